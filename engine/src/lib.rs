@@ -1,0 +1,25 @@
+//! sdgraph's engine: graph files, validation, scheduling, execution.
+//!
+//! - [`graph`]: RON reading with positions, the graph schema, `--set`, validation
+//! - [`node`]: node schemas and the `NodeKind` trait
+//! - [`registry`]: the set of node kinds
+//! - [`schedule`]: which nodes run, in what order
+//! - [`exec`]: the executor, its cache, progress reporting
+//! - [`types`], [`value`]: port types and run-time values
+//! - [`error`]: diagnostics that name file, line, column, node and port
+
+pub mod error;
+pub mod exec;
+pub mod graph;
+pub mod node;
+pub mod registry;
+pub mod schedule;
+pub mod suggest;
+pub mod types;
+pub mod value;
+
+pub use error::{Diagnostic, GraphErrors};
+pub use node::{NodeError, NodeInputs, NodeKind, NodeSchema, ParamKind, ParamValue, RunContext};
+pub use registry::Registry;
+pub use types::PortType;
+pub use value::{Image, Mask, Value};

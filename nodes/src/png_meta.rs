@@ -1,0 +1,91 @@
+//! PNG writing with the graph that made the picture embedded in text chunks,
+//! and reading it back, so `sdgraph run picture.png` re-runs the graph.
+
+use std::io::Cursor;
+
+/// iTXt keyword holding the graph as RON text.
+pub const GRAPH_KEY: &str = "sdgraph";
+/// iTXt keyword holding the folder the graph's relative paths resolve against.
+pub const BASE_DIR_KEY: &str = "sdgraph-base";
+
+/// Encodes 8-bit pixels (`channels` 1 = gray, 2 = gray+alpha, 3 = RGB,
+/// 4 = RGBA) as PNG, with `texts` as iTXt chunks ahead of the pixel data.
+pub fn encode_png(
+    width: u32,
+    height: u32,
+    channels: usize,
+    pixels: &[u8],
+    texts: &[(&str, &str)],
+) -> Result<Vec<u8>, String> {
+    let color = match channels {
+        1 => png::ColorType::Grayscale,
+        2 => png::ColorType::GrayscaleAlpha,
+        3 => png::ColorType::Rgb,
+        4 => png::ColorType::Rgba,
+        c => return Err(format!("cannot save an image with {c} channels as PNG")),
+    };
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(Cursor::new(&mut out), width, height);
+    enc.set_color(color);
+    enc.set_depth(png::BitDepth::Eight);
+    for (k, v) in texts {
+        enc.add_itxt_chunk(k.to_string(), v.to_string()).map_err(|e| format!("PNG text chunk {k:?}: {e}"))?;
+    }
+    let mut w = enc.write_header().map_err(|e| format!("PNG header: {e}"))?;
+    w.write_image_data(pixels).map_err(|e| format!("PNG data: {e}"))?;
+    w.finish().map_err(|e| format!("PNG finish: {e}"))?;
+    Ok(out)
+}
+
+/// The text chunks (tEXt, zTXt, iTXt) found before the pixel data.
+pub fn read_texts(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let dec = png::Decoder::new(Cursor::new(bytes));
+    let reader = dec.read_info().map_err(|e| format!("not a readable PNG: {e}"))?;
+    let info = reader.info();
+    let mut out = Vec::new();
+    for t in &info.uncompressed_latin1_text {
+        out.push((t.keyword.clone(), t.text.clone()));
+    }
+    for t in &info.compressed_latin1_text {
+        if let Ok(s) = t.get_text() {
+            out.push((t.keyword.clone(), s));
+        }
+    }
+    for t in &info.utf8_text {
+        if let Ok(s) = t.get_text() {
+            out.push((t.keyword.clone(), s));
+        }
+    }
+    Ok(out)
+}
+
+/// The graph text and base folder embedded by SaveImage, if any.
+pub fn embedded_graph(bytes: &[u8]) -> Result<Option<(String, Option<String>)>, String> {
+    let texts = read_texts(bytes)?;
+    let find = |key: &str| texts.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    Ok(find(GRAPH_KEY).map(|g| (g, find(BASE_DIR_KEY))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_graph_round_trips_through_png() {
+        let px = vec![10u8, 20, 30, 40, 50, 60];
+        let graph = "(nodes: { \"a\": (kind: \"X\") }) // ünïcode";
+        let png = encode_png(2, 1, 3, &px, &[(GRAPH_KEY, graph), (BASE_DIR_KEY, "/tmp/x")]).unwrap();
+        let (g, base) = embedded_graph(&png).unwrap().unwrap();
+        assert_eq!(g, graph);
+        assert_eq!(base.as_deref(), Some("/tmp/x"));
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(img.as_raw(), &px);
+    }
+
+    #[test]
+    fn png_without_graph_reports_none_and_garbage_is_an_error() {
+        let png = encode_png(1, 1, 1, &[0], &[]).unwrap();
+        assert_eq!(embedded_graph(&png).unwrap(), None);
+        assert!(read_texts(b"not a png").is_err());
+    }
+}

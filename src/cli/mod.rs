@@ -1,0 +1,85 @@
+//! Command-line interface: `run`, `check`, `nodes`, `dot`.
+
+mod dot;
+mod load;
+mod list_nodes;
+mod progress;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a graph or command line that is wrong.
+pub const EXIT_INVALID: i32 = 2;
+/// Exit code for a valid graph that failed while running.
+pub const EXIT_FAILED: i32 = 1;
+
+#[derive(Parser)]
+#[command(name = "sdgraph", version, about = "Stable Diffusion pipelines as RON node graphs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a graph file (or a PNG that sdgraph saved, to make it again).
+    Run {
+        /// The graph (.ron) or a PNG with an embedded graph.
+        file: PathBuf,
+        /// Override a param: node.param=value (repeatable).
+        #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+        sets: Vec<String>,
+        /// Folder for saved images.
+        #[arg(long, default_value = "output")]
+        out_dir: PathBuf,
+        /// Print a machine-readable run report on stdout.
+        #[arg(long)]
+        json: bool,
+        /// No progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Validate a graph without running it or touching model and input files.
+    Check {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+        sets: Vec<String>,
+        /// Print the problems as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List node kinds, or show one kind's ports and params.
+    Nodes {
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the graph as Graphviz DOT (kinds on nodes, port types on edges).
+    Dot {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_INVALID } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let registry = nodes::builtin_registry();
+    match cli.command {
+        Command::Run { file, sets, out_dir, json, quiet } => {
+            run::run(&registry, &file, &sets, &out_dir, json, quiet || json)
+        }
+        Command::Check { file, sets, json } => run::check(&registry, &file, &sets, json),
+        Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
+        Command::Dot { file, sets } => dot::dot(&registry, &file, &sets),
+    }
+}

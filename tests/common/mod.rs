@@ -1,0 +1,128 @@
+//! Shared test helpers: stub node kinds that count their executions, and a
+//! one-call "parse and validate" for graph text.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use engine::exec::{Executor, NoProgress, RunOptions, RunReport};
+use engine::graph::{self, ValidGraph};
+use engine::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
+use engine::{GraphErrors, PortType, Registry, Value};
+
+/// Executions per node id, shared by every stub kind of one registry.
+#[derive(Default, Clone)]
+pub struct Counter(Arc<Mutex<HashMap<String, usize>>>);
+
+impl Counter {
+    pub fn get(&self, id: &str) -> usize {
+        self.0.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+    fn bump(&self, id: &str) {
+        *self.0.lock().unwrap().entry(id.to_string()).or_default() += 1;
+    }
+    pub fn total(&self) -> usize {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+type RunFn = dyn Fn(&NodeInputs) -> Result<Vec<Value>, NodeError> + Send + Sync;
+
+struct Stub {
+    schema: NodeSchema,
+    counter: Counter,
+    f: Box<RunFn>,
+}
+
+impl NodeKind for Stub {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        self.counter.bump(ctx.node_id);
+        (self.f)(inputs)
+    }
+}
+
+/// A registry of stub kinds:
+/// - `Const` (param `value`: Int) -> `int`
+/// - `Add` (inputs `a`, `b`: Int) -> `int`
+/// - `Fail` (input `a`) -> `int`: always fails
+/// - `Panic` (input `a`) -> `int`: panics
+/// - `Sink` (input `a`: Int, output node) -> nothing
+pub fn stub_registry(counter: &Counter) -> Registry {
+    let mut reg = Registry::new();
+    let mut add = |schema: NodeSchema, f: Box<RunFn>| {
+        reg.register(Arc::new(Stub { schema, counter: counter.clone(), f })).unwrap();
+    };
+    add(
+        NodeSchema::new("Const", "test", "An integer.").int("value", -1000, 1000, 0, "The value.").output(
+            "int",
+            PortType::Int,
+            "It.",
+        ),
+        Box::new(|i| Ok(vec![Value::Int(i.int("value")?)])),
+    );
+    add(
+        NodeSchema::new("Add", "test", "a + b.")
+            .input("a", PortType::Int, "a")
+            .input("b", PortType::Int, "b")
+            .output("int", PortType::Int, "sum"),
+        Box::new(|i| match (i.input("a")?, i.input("b")?) {
+            (Value::Int(a), Value::Int(b)) => Ok(vec![Value::Int(a + b)]),
+            _ => Err(NodeError::new("not ints")),
+        }),
+    );
+    add(
+        NodeSchema::new("Fail", "test", "Fails.").input("a", PortType::Int, "a").output("int", PortType::Int, "never"),
+        Box::new(|_| Err(NodeError::new("this node always fails"))),
+    );
+    add(
+        NodeSchema::new("Panic", "test", "Panics.").input("a", PortType::Int, "a").output("int", PortType::Int, "never"),
+        Box::new(|_| panic!("stub panic")),
+    );
+    add(
+        NodeSchema::new("Sink", "test", "Consumes.").input("a", PortType::Int, "a").sink(),
+        Box::new(|_| Ok(vec![])),
+    );
+    reg
+}
+
+pub fn validate_str(text: &str, reg: &Registry) -> Result<ValidGraph, GraphErrors> {
+    let g = graph::parse_graph("test.ron", text.as_bytes())?;
+    graph::validate(g, reg)
+}
+
+/// The rendered diagnostics of an invalid graph, one per line.
+pub fn errors_of(text: &str, reg: &Registry) -> String {
+    match validate_str(text, reg) {
+        Ok(_) => panic!("expected the graph to be invalid:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+pub fn run(exec: &mut Executor, g: &ValidGraph, out_dir: &std::path::Path) -> RunReport {
+    let opts = RunOptions {
+        base_dir: ".".into(),
+        out_dir: out_dir.to_path_buf(),
+        graph_text: String::new(),
+        progress: &NoProgress,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    exec.run(g, &opts)
+}
+
+pub fn cancelled_flag() -> Arc<AtomicBool> {
+    let f = Arc::new(AtomicBool::new(false));
+    f.store(true, Ordering::Relaxed);
+    f
+}
+
+/// A fresh empty folder under the system temp dir.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sdgraph-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
