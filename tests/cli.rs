@@ -190,7 +190,10 @@ fn nodes_lists_kinds_and_shows_one_in_text_and_json() {
     let one = text(&o.stdout);
     assert!(one.contains("  image: Image - The images to resize."), "{one}");
     assert!(one.contains("  width: Int 0..=16384 = 512"), "{one}");
-    assert!(one.contains("upscale_method: one of nearest-exact | bilinear | area | bicubic | lanczos = \"nearest-exact\""), "{one}");
+    assert!(
+        one.contains("upscale_method: one of nearest-exact | bilinear | area | bicubic | lanczos = \"nearest-exact\""),
+        "{one}"
+    );
 
     let o = sdgraph(&["nodes", "ImageScale", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

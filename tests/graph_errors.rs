@@ -124,7 +124,9 @@ fn unknown_param_suggests_the_nearest() {
 })"#;
     let e = errors(text);
     assert!(
-        e.contains(r#"test.ron:2:43: node "load", param "imgae": LoadImage has no param "imgae" (did you mean "image"?)"#),
+        e.contains(
+            r#"test.ron:2:43: node "load", param "imgae": LoadImage has no param "imgae" (did you mean "image"?)"#
+        ),
         "{e}"
     );
 }
@@ -190,7 +192,12 @@ fn every_problem_is_reported_at_once_in_file_order() {
     assert!(lines[0].starts_with("test.ron:2:20: node \"load\": unknown node kind"), "{e}");
     assert!(lines[1].starts_with("test.ron:3:89: node \"scale\", param \"width\": value -1 is out of range"), "{e}");
     assert!(lines[2].starts_with("test.ron:3:101: node \"scale\", param \"crop\": \"top\" is not allowed"), "{e}");
-    assert!(lines[3].starts_with("test.ron:4:53: node \"save\", input \"images\": node \"scale\" (ImageScale) has no output \"mask\""), "{e}");
+    assert!(
+        lines[3].starts_with(
+            "test.ron:4:53: node \"save\", input \"images\": node \"scale\" (ImageScale) has no output \"mask\""
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -218,7 +225,10 @@ fn wrong_top_level_shape_says_what_a_graph_looks_like() {
         "test.ron:1:1: expected the graph as `(nodes: { ... })`, found a map; wrap it in `(nodes: ...)`"
     );
     assert_eq!(errors("[1, 2]"), "test.ron:1:1: expected the graph as `(nodes: { ... })`, found a list");
-    assert_eq!(errors("(nodez: {})"), "test.ron:1:2: unknown field `nodez`; the graph has only `nodes`\ntest.ron:1:1: missing field `nodes`");
+    assert_eq!(
+        errors("(nodez: {})"),
+        "test.ron:1:2: unknown field `nodez`; the graph has only `nodes`\ntest.ron:1:1: missing field `nodes`"
+    );
 }
 
 #[test]
@@ -238,7 +248,11 @@ fn unknown_node_field_and_non_string_link_are_reported() {
 
 #[test]
 fn deeply_nested_file_is_an_error_not_a_crash() {
-    let text = format!("(nodes: {{ \"a\": (kind: \"X\", params: {{ \"p\": {}{} }}) }})", "[".repeat(100_000), "]".repeat(100_000));
+    let text = format!(
+        "(nodes: {{ \"a\": (kind: \"X\", params: {{ \"p\": {}{} }}) }})",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let e = errors(&text);
     assert!(e.contains("malformed RON: nesting deeper than 64 levels"), "{e}");
 }

@@ -72,12 +72,22 @@ impl std::fmt::Display for ParamValue {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ParamKind {
-    Int { min: i64, max: i64 },
-    Float { min: f64, max: f64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+    },
     Bool,
-    String { multiline: bool },
+    String {
+        multiline: bool,
+    },
     /// One of a fixed list of names.
-    Enum { values: Vec<String> },
+    Enum {
+        values: Vec<String>,
+    },
     /// A file path; `check` never touches the file, `run` resolves it
     /// against the graph file's directory.
     Path,
@@ -131,8 +141,7 @@ impl ParamKind {
                 if values.iter().any(|x| x == s) {
                     Ok(v.clone())
                 } else {
-                    let mut msg =
-                        format!("{s:?} is not allowed; expected one of {}", quote_list(values));
+                    let mut msg = format!("{s:?} is not allowed; expected one of {}", quote_list(values));
                     if let Some(near) = crate::suggest::nearest(s, values.iter().map(|s| s.as_str())) {
                         msg.push_str(&format!(" (did you mean {near:?}?)"));
                     }

@@ -32,7 +32,8 @@ pub fn execution_order(g: &ValidGraph) -> Vec<usize> {
             indegree[i] = g.dag.neighbors_directed(ix, Direction::Incoming).filter(|p| needed[g.dag[*p]]).count();
         }
     }
-    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| needed[i] && indegree[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| needed[i] && indegree[i] == 0).map(Reverse).collect();
     let index_of: Vec<_> = g.dag.node_indices().collect();
     let mut order = Vec::new();
     while let Some(Reverse(i)) = ready.pop() {

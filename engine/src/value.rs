@@ -25,13 +25,7 @@ impl Image {
     }
 
     /// Wraps `data`, checking that its length matches the shape.
-    pub fn from_data(
-        batch: usize,
-        height: usize,
-        width: usize,
-        channels: usize,
-        data: Vec<f32>,
-    ) -> Option<Self> {
+    pub fn from_data(batch: usize, height: usize, width: usize, channels: usize, data: Vec<f32>) -> Option<Self> {
         let want = batch.checked_mul(height)?.checked_mul(width)?.checked_mul(channels)?;
         (data.len() == want).then_some(Self { batch, height, width, channels, data })
     }

@@ -49,10 +49,18 @@ pub struct LoadImage(NodeSchema);
 impl LoadImage {
     fn new() -> Self {
         Self(
-            NodeSchema::new("LoadImage", "image", "Loads a PNG, JPEG or WebP file; its alpha channel becomes the mask.")
-                .path("image", "Image file, relative to the graph file's folder.")
-                .output("image", PortType::Image, "The picture as RGB.")
-                .output("mask", PortType::Mask, "1 - alpha (transparent = masked, as ComfyUI); all 0 without alpha."),
+            NodeSchema::new(
+                "LoadImage",
+                "image",
+                "Loads a PNG, JPEG or WebP file; its alpha channel becomes the mask.",
+            )
+            .path("image", "Image file, relative to the graph file's folder.")
+            .output("image", PortType::Image, "The picture as RGB.")
+            .output(
+                "mask",
+                PortType::Mask,
+                "1 - alpha (transparent = masked, as ComfyUI); all 0 without alpha.",
+            ),
         )
     }
 }
@@ -71,7 +79,8 @@ pub fn load_image_file(path: &Path) -> Result<(Image, Mask), String> {
     use image::ImageDecoder;
     let mut decoder = reader.into_decoder().map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
+    let mut img =
+        image::DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
     img.apply_orientation(orientation);
     let (w, h) = (img.width() as usize, img.height() as usize);
     check_size(1, w, h).map_err(|e| e.message)?;
@@ -414,7 +423,11 @@ mod tests {
         assert_eq!(fs::read(&a).unwrap(), b"one");
         assert_eq!(fs::read(dir.join("pic_00041.png")).unwrap(), b"user's");
         // No temporary files are left behind.
-        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
         assert!(leftovers.is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }

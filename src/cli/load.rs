@@ -35,7 +35,9 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Loaded, GraphErrors> {
                 let base = base.map(PathBuf::from).filter(|b| b.is_dir()).unwrap_or(dir);
                 (g.into_bytes(), base)
             }
-            None => return Err(one("this PNG carries no sdgraph graph (it was not saved by sdgraph's SaveImage)".into())),
+            None => {
+                return Err(one("this PNG carries no sdgraph graph (it was not saved by sdgraph's SaveImage)".into()));
+            }
         }
     } else {
         (bytes, dir)

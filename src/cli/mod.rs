@@ -1,8 +1,8 @@
 //! Command-line interface: `run`, `check`, `nodes`, `dot`.
 
 mod dot;
-mod load;
 mod list_nodes;
+mod load;
 mod progress;
 mod run;
 

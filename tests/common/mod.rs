@@ -65,10 +65,11 @@ pub fn stub_registry(counter: &Counter) -> Registry {
         Box::new(|i| Ok(vec![Value::Int(i.int("value")?)])),
     );
     add(
-        NodeSchema::new("Add", "test", "a + b.")
-            .input("a", PortType::Int, "a")
-            .input("b", PortType::Int, "b")
-            .output("int", PortType::Int, "sum"),
+        NodeSchema::new("Add", "test", "a + b.").input("a", PortType::Int, "a").input("b", PortType::Int, "b").output(
+            "int",
+            PortType::Int,
+            "sum",
+        ),
         Box::new(|i| match (i.input("a")?, i.input("b")?) {
             (Value::Int(a), Value::Int(b)) => Ok(vec![Value::Int(a + b)]),
             _ => Err(NodeError::new("not ints")),
@@ -79,13 +80,14 @@ pub fn stub_registry(counter: &Counter) -> Registry {
         Box::new(|_| Err(NodeError::new("this node always fails"))),
     );
     add(
-        NodeSchema::new("Panic", "test", "Panics.").input("a", PortType::Int, "a").output("int", PortType::Int, "never"),
+        NodeSchema::new("Panic", "test", "Panics.").input("a", PortType::Int, "a").output(
+            "int",
+            PortType::Int,
+            "never",
+        ),
         Box::new(|_| panic!("stub panic")),
     );
-    add(
-        NodeSchema::new("Sink", "test", "Consumes.").input("a", PortType::Int, "a").sink(),
-        Box::new(|_| Ok(vec![])),
-    );
+    add(NodeSchema::new("Sink", "test", "Consumes.").input("a", PortType::Int, "a").sink(), Box::new(|_| Ok(vec![])));
     reg
 }
 

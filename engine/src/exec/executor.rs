@@ -234,11 +234,21 @@ fn gather_inputs(g: &ValidGraph, i: usize, outputs: &HashMap<usize, Arc<Vec<Valu
 /// A node must return one value per declared output, of the declared type.
 fn check_outputs(schema: &crate::node::NodeSchema, values: Vec<Value>) -> Result<Vec<Value>, String> {
     if values.len() != schema.outputs.len() {
-        return Err(format!("returned {} outputs, but {} declares {}", values.len(), schema.kind, schema.outputs.len()));
+        return Err(format!(
+            "returned {} outputs, but {} declares {}",
+            values.len(),
+            schema.kind,
+            schema.outputs.len()
+        ));
     }
     for (v, spec) in values.iter().zip(&schema.outputs) {
         if v.port_type() != spec.ty {
-            return Err(format!("output {:?} should be {} but the node returned {}", spec.name, spec.ty, v.port_type()));
+            return Err(format!(
+                "output {:?} should be {} but the node returned {}",
+                spec.name,
+                spec.ty,
+                v.port_type()
+            ));
         }
     }
     Ok(values)

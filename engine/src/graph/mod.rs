@@ -28,15 +28,17 @@ pub fn parse_graph(file: &str, bytes: &[u8]) -> Result<Graph, GraphErrors> {
         Ok(t) => t,
         Err(e) => {
             let pos = pos_of(bytes, e.valid_up_to());
-            return Err(one(Some(pos), "not a text file: invalid UTF-8 (is this an image or other binary file?)".into()));
+            return Err(one(
+                Some(pos),
+                "not a text file: invalid UTF-8 (is this an image or other binary file?)".into(),
+            ));
         }
     };
     if let Some(i) = text.find('\0') {
         return Err(one(Some(pos_of(bytes, i)), "not a text file: contains NUL bytes".into()));
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let root = ron_reader::read(text, limits)
-        .map_err(|e| one(Some(e.pos), format!("malformed RON: {}", e.message)))?;
+    let root = ron_reader::read(text, limits).map_err(|e| one(Some(e.pos), format!("malformed RON: {}", e.message)))?;
     Graph::from_ron(file, &root).map_err(GraphErrors)
 }
 
@@ -61,9 +63,7 @@ impl SetOverride {
     /// `7.5`, `true`, `"a cat"`); anything else is taken as a plain string,
     /// so `--set pos.text=a cat` works without quotes.
     pub fn parse(arg: &str) -> Result<SetOverride, String> {
-        let (target, raw) = arg
-            .split_once('=')
-            .ok_or_else(|| format!("--set {arg:?}: expected node.param=value"))?;
+        let (target, raw) = arg.split_once('=').ok_or_else(|| format!("--set {arg:?}: expected node.param=value"))?;
         let (node, param) = target
             .rsplit_once('.')
             .filter(|(n, p)| !n.is_empty() && !p.is_empty())
@@ -73,7 +73,12 @@ impl SetOverride {
             Ok(v) => match schema::param_value(&v.value) {
                 Some(p) => p,
                 None if matches!(v.value, RonValue::Ident(_)) => ParamValue::String(raw.to_string()),
-                None => return Err(format!("--set {arg:?}: expected a number, string or bool, found {}", v.value.describe())),
+                None => {
+                    return Err(format!(
+                        "--set {arg:?}: expected a number, string or bool, found {}",
+                        v.value.describe()
+                    ));
+                }
             },
             Err(_) => ParamValue::String(raw.to_string()),
         };

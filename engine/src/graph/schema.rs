@@ -77,11 +77,17 @@ impl Graph {
         let fields = match &root.value {
             RonValue::Struct { fields, .. } => fields,
             RonValue::Map(_) => {
-                errs.push(d(root.pos, "expected the graph as `(nodes: { ... })`, found a map; wrap it in `(nodes: ...)`".into()));
+                errs.push(d(
+                    root.pos,
+                    "expected the graph as `(nodes: { ... })`, found a map; wrap it in `(nodes: ...)`".into(),
+                ));
                 return Err(errs);
             }
             other => {
-                errs.push(d(root.pos, format!("expected the graph as `(nodes: {{ ... }})`, found {}", other.describe())));
+                errs.push(d(
+                    root.pos,
+                    format!("expected the graph as `(nodes: {{ ... }})`, found {}", other.describe()),
+                ));
                 return Err(errs);
             }
         };
@@ -100,12 +106,18 @@ impl Graph {
         let entries = match &nodes_val.value {
             RonValue::Map(entries) => entries,
             other => {
-                errs.push(d(nodes_val.pos, format!("`nodes` must be a map of node ids to nodes, found {}", other.describe())));
+                errs.push(d(
+                    nodes_val.pos,
+                    format!("`nodes` must be a map of node ids to nodes, found {}", other.describe()),
+                ));
                 return Err(errs);
             }
         };
         if entries.len() > MAX_NODES {
-            errs.push(d(nodes_val.pos, format!("the graph has {} nodes, more than the limit of {MAX_NODES}", entries.len())));
+            errs.push(d(
+                nodes_val.pos,
+                format!("the graph has {} nodes, more than the limit of {MAX_NODES}", entries.len()),
+            ));
             return Err(errs);
         }
         for (key, node) in entries {
@@ -132,13 +144,21 @@ impl Graph {
 
 fn node_id(file: &str, key: &SValue, errs: &mut Vec<Diagnostic>) -> Option<Spanned<String>> {
     let RonValue::Str(id) = &key.value else {
-        errs.push(Diagnostic::new(file, Some(key.pos), format!("a node id must be a string, found {}", key.value.describe())));
+        errs.push(Diagnostic::new(
+            file,
+            Some(key.pos),
+            format!("a node id must be a string, found {}", key.value.describe()),
+        ));
         return None;
     };
     match check_name(id) {
         Ok(()) if !id.contains('.') => Some(Spanned::new(id.clone(), key.pos)),
         Ok(()) => {
-            errs.push(Diagnostic::new(file, Some(key.pos), format!("node id {id:?} must not contain '.', which separates node and output in links")));
+            errs.push(Diagnostic::new(
+                file,
+                Some(key.pos),
+                format!("node id {id:?} must not contain '.', which separates node and output in links"),
+            ));
             None
         }
         Err(why) => {
@@ -165,7 +185,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
 fn read_node(file: &str, id: Spanned<String>, v: &SValue, errs: &mut Vec<Diagnostic>) -> Option<GraphNode> {
     let nd = |pos: Pos, msg: String| Diagnostic::new(file, Some(pos), msg).node(&id.value);
     let RonValue::Struct { fields, .. } = &v.value else {
-        errs.push(nd(v.pos, format!("expected `(kind: \"...\", inputs: {{...}}, params: {{...}})`, found {}", v.value.describe())));
+        errs.push(nd(
+            v.pos,
+            format!("expected `(kind: \"...\", inputs: {{...}}, params: {{...}})`, found {}", v.value.describe()),
+        ));
         return None;
     };
     let before = errs.len();
@@ -182,7 +205,9 @@ fn read_node(file: &str, id: Spanned<String>, v: &SValue, errs: &mut Vec<Diagnos
         match name.value.as_str() {
             "kind" => match &fv.value {
                 RonValue::Str(s) => kind = Some(Spanned::new(s.clone(), fv.pos)),
-                o => errs.push(nd(fv.pos, format!("`kind` must be a string naming a node kind, found {}", o.describe()))),
+                o => {
+                    errs.push(nd(fv.pos, format!("`kind` must be a string naming a node kind, found {}", o.describe())))
+                }
             },
             "inputs" => {
                 for (k, lv) in map_entries(file, &id.value, "inputs", fv, errs) {
@@ -192,7 +217,8 @@ fn read_node(file: &str, id: Spanned<String>, v: &SValue, errs: &mut Vec<Diagnos
                             Err(why) => errs.push(nd(lv.pos, why).input(&k.value)),
                         },
                         o => errs.push(
-                            nd(lv.pos, format!("expected a link \"node.output\", found {}", o.describe())).input(&k.value),
+                            nd(lv.pos, format!("expected a link \"node.output\", found {}", o.describe()))
+                                .input(&k.value),
                         ),
                     }
                 }
@@ -208,7 +234,9 @@ fn read_node(file: &str, id: Spanned<String>, v: &SValue, errs: &mut Vec<Diagnos
                     }
                 }
             }
-            other => errs.push(nd(name.pos, format!("unknown field `{other}`; a node has `kind`, `inputs` and `params`"))),
+            other => {
+                errs.push(nd(name.pos, format!("unknown field `{other}`; a node has `kind`, `inputs` and `params`")))
+            }
         }
     }
     let Some(kind) = kind else {
@@ -228,8 +256,12 @@ fn map_entries<'a>(
 ) -> Vec<(Spanned<String>, &'a SValue)> {
     let RonValue::Map(entries) = &v.value else {
         errs.push(
-            Diagnostic::new(file, Some(v.pos), format!("`{field}` must be a map {{ \"name\": value }}, found {}", v.value.describe()))
-                .node(node),
+            Diagnostic::new(
+                file,
+                Some(v.pos),
+                format!("`{field}` must be a map {{ \"name\": value }}, found {}", v.value.describe()),
+            )
+            .node(node),
         );
         return vec![];
     };
@@ -237,8 +269,12 @@ fn map_entries<'a>(
     for (k, val) in entries {
         let RonValue::Str(name) = &k.value else {
             errs.push(
-                Diagnostic::new(file, Some(k.pos), format!("a name in `{field}` must be a string, found {}", k.value.describe()))
-                    .node(node),
+                Diagnostic::new(
+                    file,
+                    Some(k.pos),
+                    format!("a name in `{field}` must be a string, found {}", k.value.describe()),
+                )
+                .node(node),
             );
             continue;
         };

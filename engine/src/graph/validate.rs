@@ -81,7 +81,8 @@ pub fn validate(graph: Graph, registry: &Registry) -> Result<ValidGraph, GraphEr
         for (port, link) in &node.inputs {
             let from = graph.nodes.iter().position(|n| n.id.value == link.value.node);
             let Some(from) = from else {
-                let mut msg = format!("no node {:?} in the graph (linked as {:?})", link.value.node, link.value.to_string());
+                let mut msg =
+                    format!("no node {:?} in the graph (linked as {:?})", link.value.node, link.value.to_string());
                 let ids = graph.nodes.iter().map(|n| n.id.value.as_str());
                 if let Some(near) = nearest(&link.value.node, ids) {
                     msg.push_str(&format!(" (did you mean {near:?}?)"));
@@ -99,12 +100,16 @@ pub fn validate(graph: Graph, registry: &Registry) -> Result<ValidGraph, GraphEr
                 linked_params.push(port.value.clone());
                 (p.kind.port_type(), true)
             } else {
-                let names = schema.inputs.iter().map(|i| i.name.as_str()).chain(schema.params.iter().map(|p| p.name.as_str()));
+                let names =
+                    schema.inputs.iter().map(|i| i.name.as_str()).chain(schema.params.iter().map(|p| p.name.as_str()));
                 let mut msg = format!("{} has no input {:?}", schema.kind, port.value);
                 if let Some(near) = nearest(&port.value, names) {
                     msg.push_str(&format!(" (did you mean {near:?}?)"));
                 } else {
-                    msg.push_str(&format!("; its inputs are {}", list_or_none(schema.inputs.iter().map(|i| i.name.as_str()))));
+                    msg.push_str(&format!(
+                        "; its inputs are {}",
+                        list_or_none(schema.inputs.iter().map(|i| i.name.as_str()))
+                    ));
                 }
                 errs.push(d(port.pos, node, msg).input(&port.value));
                 ok = false;
@@ -115,7 +120,8 @@ pub fn validate(graph: Graph, registry: &Registry) -> Result<ValidGraph, GraphEr
             let src_schema = src_kind.schema();
             let Some((out_index, out)) = src_schema.find_output(&link.value.output) else {
                 let names = src_schema.outputs.iter().map(|o| o.name.as_str());
-                let mut msg = format!("node {:?} ({}) has no output {:?}", src.id.value, src_schema.kind, link.value.output);
+                let mut msg =
+                    format!("node {:?} ({}) has no output {:?}", src.id.value, src_schema.kind, link.value.output);
                 if let Some(near) = nearest(&link.value.output, names.clone()) {
                     msg.push_str(&format!(" (did you mean {:?}?)", format!("{}.{near}", src.id.value)));
                 } else {
@@ -128,8 +134,15 @@ pub fn validate(graph: Graph, registry: &Registry) -> Result<ValidGraph, GraphEr
             if !out.ty.feeds(want) {
                 let what = if to_param { "param" } else { "input" };
                 errs.push(
-                    d(link.pos, node, format!("type mismatch: {} is {}, but {what} {:?} takes {}", link.value, out.ty, port.value, want))
-                        .input(&port.value),
+                    d(
+                        link.pos,
+                        node,
+                        format!(
+                            "type mismatch: {} is {}, but {what} {:?} takes {}",
+                            link.value, out.ty, port.value, want
+                        ),
+                    )
+                    .input(&port.value),
                 );
                 ok = false;
                 continue;
@@ -156,11 +169,17 @@ pub fn validate(graph: Graph, registry: &Registry) -> Result<ValidGraph, GraphEr
             let Some(spec) = schema.find_param(&name.value) else {
                 let mut msg = format!("{} has no param {:?}", schema.kind, name.value);
                 if schema.find_input(&name.value).is_some() {
-                    msg = format!("{:?} is an input port, not a param: connect it in `inputs` as \"node.output\"", name.value);
+                    msg = format!(
+                        "{:?} is an input port, not a param: connect it in `inputs` as \"node.output\"",
+                        name.value
+                    );
                 } else if let Some(near) = nearest(&name.value, schema.params.iter().map(|p| p.name.as_str())) {
                     msg.push_str(&format!(" (did you mean {near:?}?)"));
                 } else {
-                    msg.push_str(&format!("; its params are {}", list_or_none(schema.params.iter().map(|p| p.name.as_str()))));
+                    msg.push_str(&format!(
+                        "; its params are {}",
+                        list_or_none(schema.params.iter().map(|p| p.name.as_str()))
+                    ));
                 }
                 errs.push(d(name.pos, node, msg).param(&name.value));
                 ok = false;
@@ -262,11 +281,7 @@ fn cycle_order(g: &DiGraph<usize, ()>, idx: &[NodeIndex], members: &[usize]) -> 
     let mut order = vec![members[0]];
     let mut cur = members[0];
     while order.len() < members.len() {
-        let next = g
-            .neighbors(idx[cur])
-            .map(|n| g[n])
-            .filter(|m| members.contains(m) && !order.contains(m))
-            .min();
+        let next = g.neighbors(idx[cur]).map(|n| g[n]).filter(|m| members.contains(m) && !order.contains(m)).min();
         match next {
             Some(n) => {
                 order.push(n);
