@@ -38,7 +38,7 @@ fn run_resize_writes_a_png_that_carries_its_graph_and_reruns_to_the_same_picture
     let o = sdgraph(&["run", "graphs/resize.ron", "--out-dir", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let first = out.join("resize_00001.png");
-    assert_eq!(pngs_in(&out), [first.clone()]);
+    assert_eq!(pngs_in(&out), std::slice::from_ref(&first));
     let pic = rgb(&first);
     assert_eq!(pic.dimensions(), (320, 240));
 
@@ -124,7 +124,7 @@ fn check_of_a_bad_graph_exits_2_with_every_problem() {
     assert_eq!(o.status.code(), Some(2));
     let err = text(&o.stderr);
     let name = bad.display();
-    assert!(err.contains(&format!("error: {name}:3:20: node \"scale\": unknown node kind \"ImageScal\"")), "{err}");
+    assert!(err.contains(&format!("error: {name}:3:21: node \"scale\": unknown node kind \"ImageScal\"")), "{err}");
     assert!(err.contains(&format!("error: {name}:4:53: node \"save\", input \"images\": type mismatch")), "{err}");
     assert!(err.contains("2 problems found"), "{err}");
     assert!(!err.contains("does-not-exist"), "check must not touch input files: {err}");

@@ -13,7 +13,7 @@ fn errors(text: &str) -> String {
 #[test]
 fn malformed_ron_names_line_and_column() {
     let text = "(nodes: {\n    \"load\": (kind: \"LoadImage\" params: {}),\n})";
-    assert_eq!(errors(text), "test.ron:2:32: malformed RON: expected ',' or ')' after struct field, found 'p'");
+    assert_eq!(errors(text), "test.ron:2:32: malformed RON: expected ',' or ')' after a struct field, found 'p'");
 }
 
 #[test]

@@ -71,9 +71,9 @@ fn mutated_graphs_never_panic_and_errors_carry_positions() {
     for seed in seeds() {
         for _ in 0..1500 {
             let m = mutate(&seed, &mut rng);
-            let result = std::panic::catch_unwind(|| {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 engine::graph::parse_graph("m.ron", &m).and_then(|g| engine::graph::validate(g, &reg)).map(|_| ())
-            });
+            }));
             match result {
                 Ok(Ok(())) => valid += 1,
                 Ok(Err(errs)) => {

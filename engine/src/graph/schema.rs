@@ -315,6 +315,7 @@ pub fn param_value(v: &RonValue) -> Option<ParamValue> {
 
 /// Serialises a graph as `(nodes: { id: (kind, inputs, params) })` in file order.
 struct GraphOut<'a>(&'a Graph);
+
 struct NodesOut<'a>(&'a [GraphNode]);
 struct NodeOut<'a>(&'a GraphNode);
 struct InputsOut<'a>(&'a [(Spanned<String>, Spanned<Link>)]);
@@ -323,7 +324,7 @@ struct ParamsOut<'a>(&'a [(Spanned<String>, Spanned<ParamValue>)]);
 impl Serialize for GraphOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("", 1)?;
+        let mut st = s.serialize_struct("Graph", 1)?;
         st.serialize_field("nodes", &NodesOut(&self.0.nodes))?;
         st.end()
     }
@@ -340,7 +341,7 @@ impl Serialize for NodesOut<'_> {
 impl Serialize for NodeOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("", 3)?;
+        let mut st = s.serialize_struct("Node", 3)?;
         st.serialize_field("kind", &self.0.kind.value)?;
         if !self.0.inputs.is_empty() {
             st.serialize_field("inputs", &InputsOut(&self.0.inputs))?;
