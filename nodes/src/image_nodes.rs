@@ -451,6 +451,80 @@ mod tests {
         assert_eq!((out.width, out.height), (50, 25));
     }
 
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sdgraph-load-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn load_png_with_alpha_gives_rgb_and_inverted_alpha_mask() {
+        let path = temp("alpha.png");
+        let px: Vec<u8> = vec![255, 0, 0, 255, 0, 255, 0, 0, 0, 0, 255, 51, 10, 20, 30, 204];
+        image::RgbaImage::from_raw(2, 2, px).unwrap().save(&path).unwrap();
+        let (img, mask) = load_image_file(&path).unwrap();
+        assert_eq!((img.batch, img.height, img.width, img.channels), (1, 2, 2, 3));
+        assert_eq!(&img.data[..6], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        assert!((img.get(0, 1, 1, 2) - 30.0 / 255.0).abs() < 1e-6);
+        let want = [0.0, 1.0, 1.0 - 0.2, 1.0 - 0.8];
+        for (m, w) in mask.data.iter().zip(want) {
+            assert!((m - w).abs() < 1e-6, "{:?}", mask.data);
+        }
+    }
+
+    #[test]
+    fn load_jpeg_and_webp_without_alpha_gives_empty_mask() {
+        let grey = image::RgbImage::from_pixel(8, 4, image::Rgb([128, 128, 128]));
+        for name in ["grey.jpg", "grey.webp"] {
+            let path = temp(name);
+            grey.save(&path).unwrap();
+            let (img, mask) = load_image_file(&path).unwrap();
+            assert_eq!((img.width, img.height), (8, 4), "{name}");
+            assert!(img.data.iter().all(|v| (v - 128.0 / 255.0).abs() < 3.0 / 255.0), "{name}");
+            assert!(mask.data.iter().all(|&m| m == 0.0), "{name}");
+        }
+    }
+
+    #[test]
+    fn load_of_a_corrupt_or_missing_file_is_an_error_naming_it() {
+        let path = temp("corrupt.png");
+        fs::write(&path, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
+        let e = load_image_file(&path).unwrap_err();
+        assert!(e.contains("corrupt.png"), "{e}");
+        let e = load_image_file(&temp("missing.png")).unwrap_err();
+        assert!(e.starts_with("cannot open") && e.contains("missing.png"), "{e}");
+        let e = load_image_file(Path::new("/")).unwrap_err();
+        assert!(e.contains("cannot"), "{e}");
+    }
+
+    #[test]
+    fn oversized_dimensions_are_refused_before_decoding() {
+        // A PNG header claiming 100000x100000 pixels, with no data behind it.
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        let path = temp("huge.png");
+        fs::write(&path, &png).unwrap();
+        let e = load_image_file(&path).unwrap_err();
+        assert!(e.contains("huge.png"), "{e}");
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
     #[test]
     fn to_u8_round_trips_every_8_bit_value() {
         let data: Vec<f32> = (0..=255).map(|v| v as f32 / 255.0).collect();
