@@ -1,5 +1,6 @@
 //! sdgraph's engine: graph files, validation, scheduling, execution.
 //!
+//! - [`gpu`]: wgpu device, tensors, WGSL kernel launchers and their f64 references
 //! - [`graph`]: RON reading with positions, the graph schema, `--set`, validation
 //! - [`node`]: node schemas and the `NodeKind` trait
 //! - [`registry`]: the set of node kinds
@@ -10,6 +11,7 @@
 
 pub mod error;
 pub mod exec;
+pub mod gpu;
 pub mod graph;
 pub mod node;
 pub mod registry;

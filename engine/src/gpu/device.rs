@@ -1,0 +1,280 @@
+//! The `Gpu` context: adapter choice, feature detection, limits, and the
+//! command encoder every op records into.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use serde::Serialize;
+
+use super::pipeline_cache::PipelineCache;
+use super::pool::BufferPool;
+
+/// Why the GPU could not be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GpuError {
+    #[error(
+        "no usable GPU adapter found{0}. sdgraph needs Vulkan, Metal or DX12; on Linux without a GPU install Mesa's software driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)"
+    )]
+    NoAdapter(String),
+    #[error("no adapter matches {wanted:?}; available: {available}")]
+    AdapterNotFound { wanted: String, available: String },
+    #[error("could not open the GPU device {adapter}: {message}")]
+    Device { adapter: String, message: String },
+    #[error("{0}")]
+    Shape(String),
+    #[error("tensor of {bytes} bytes exceeds this adapter's limit of {limit} bytes per {what}")]
+    TooLarge { bytes: u64, limit: u64, what: &'static str },
+    #[error("GPU error: {0}")]
+    Wgpu(String),
+    #[error("reading back from the GPU failed: {0}")]
+    Readback(String),
+}
+
+/// Features sdgraph uses when the adapter has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GpuFeatures {
+    /// f16 arithmetic and storage in shaders.
+    pub shader_f16: bool,
+    /// Subgroup operations.
+    pub subgroup: bool,
+    /// Cooperative matrices (tensor cores) with 16x16x16 f16 inputs and f32 accumulation.
+    pub coop_matrix_f16: bool,
+    /// GPU timestamps for profiling.
+    pub timestamps: bool,
+}
+
+/// What `sdgraph gpu` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuInfo {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub features: GpuFeatures,
+    /// Cooperative matrix configurations the driver offers, as "MxNxK ab->cr".
+    pub coop_matrix_configs: Vec<String>,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub subgroup_size: (u32, u32),
+}
+
+/// How to pick and open an adapter.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Case-insensitive substring of the adapter's name or backend
+    /// ("vulkan", "llvmpipe", "nvidia"); `SDGRAPH_ADAPTER` when `None`.
+    pub adapter: Option<String>,
+    /// Use no optional feature (f16, subgroups, cooperative matrices): the
+    /// portable path, for testing it on capable hardware.
+    pub portable_only: bool,
+}
+
+/// The one GPU context. Ops record into its current command encoder; reading
+/// a tensor back submits what was recorded.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: GpuInfo,
+    pub limits: wgpu::Limits,
+    pub(crate) encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    pub(crate) pool: Arc<BufferPool>,
+    pub(crate) pipelines: PipelineCache,
+    /// Errors wgpu reported outside any call (a bug in a kernel launch).
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+/// Polls a future that wgpu-core resolves immediately on native backends.
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn describe(a: &wgpu::Adapter) -> String {
+    let i = a.get_info();
+    format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+}
+
+/// Preference when no adapter is named: discrete GPU, then integrated,
+/// then anything else, then the CPU.
+fn rank(a: &wgpu::Adapter) -> u32 {
+    match a.get_info().device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu | wgpu::DeviceType::Other => 2,
+        wgpu::DeviceType::Cpu => 3,
+    }
+}
+
+impl Gpu {
+    /// Opens the best adapter (or the one `opts`/`SDGRAPH_ADAPTER` names).
+    pub fn new(opts: &GpuOptions) -> Result<Gpu, GpuError> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
+        // Validation layers slow kernels down badly and are not needed to find our bugs.
+        desc.flags = wgpu::InstanceFlags::empty();
+        let instance = wgpu::Instance::new(desc);
+        let mut adapters = block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        if adapters.is_empty() {
+            return Err(GpuError::NoAdapter(String::new()));
+        }
+        adapters.sort_by_key(rank);
+        let wanted = opts.adapter.clone().or_else(|| std::env::var("SDGRAPH_ADAPTER").ok()).filter(|s| !s.is_empty());
+        let adapter = match &wanted {
+            None => adapters.remove(0),
+            Some(w) => {
+                let w_low = w.to_lowercase();
+                let pos = adapters.iter().position(|a| {
+                    let i = a.get_info();
+                    i.name.to_lowercase().contains(&w_low) || format!("{:?}", i.backend).to_lowercase() == w_low
+                });
+                match pos {
+                    Some(p) => adapters.remove(p),
+                    None => {
+                        let available = adapters.iter().map(describe).collect::<Vec<_>>().join(", ");
+                        return Err(GpuError::AdapterNotFound { wanted: w.clone(), available });
+                    }
+                }
+            }
+        };
+        Self::open(adapter, opts)
+    }
+
+    fn open(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Gpu, GpuError> {
+        let ai = adapter.get_info();
+        let af = adapter.features();
+        let coop_props = adapter.cooperative_matrix_properties();
+        let coop_f16 = coop_props.iter().any(|p| {
+            p.m_size == 16
+                && p.n_size == 16
+                && p.k_size == 16
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        });
+        let portable = opts.portable_only;
+        let features = GpuFeatures {
+            shader_f16: !portable && af.contains(wgpu::Features::SHADER_F16),
+            subgroup: !portable && af.contains(wgpu::Features::SUBGROUP),
+            coop_matrix_f16: !portable
+                && coop_f16
+                && af.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+                && af.contains(wgpu::Features::SHADER_F16),
+            timestamps: af.contains(wgpu::Features::TIMESTAMP_QUERY),
+        };
+        let mut required = wgpu::Features::empty();
+        if features.shader_f16 {
+            required |= wgpu::Features::SHADER_F16;
+        }
+        if features.subgroup {
+            required |= wgpu::Features::SUBGROUP;
+        }
+        if features.coop_matrix_f16 {
+            required |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
+        if features.timestamps {
+            required |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        // The adapter's own limits, not WebGPU's defaults: those cap buffers at 256 MiB.
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("sdgraph"),
+            required_features: required,
+            required_limits: limits.clone(),
+            // SAFETY: cooperative matrices are wgpu's only experimental feature we
+            // request, and every configuration we use is checked against the
+            // driver's list above (wgpu does not check shaders against it).
+            experimental_features: if features.coop_matrix_f16 {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = block_on(adapter.request_device(&desc))
+            .map_err(|e| GpuError::Device { adapter: describe(&adapter), message: e.to_string() })?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        // wgpu's default handler panics; record instead and surface at the next sync point.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let info = GpuInfo {
+            name: ai.name.clone(),
+            backend: format!("{:?}", ai.backend),
+            device_type: format!("{:?}", ai.device_type),
+            driver: format!("{} {}", ai.driver, ai.driver_info).trim().to_string(),
+            features,
+            coop_matrix_configs: coop_props
+                .iter()
+                .map(|p| format!("{}x{}x{} {:?}->{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+                .collect(),
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            subgroup_size: (ai.subgroup_min_size, ai.subgroup_max_size),
+        };
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            encoder: Mutex::new(None),
+            pool: Arc::new(BufferPool::default()),
+            pipelines: PipelineCache::default(),
+            errors,
+        })
+    }
+
+    pub fn features(&self) -> GpuFeatures {
+        self.info.features
+    }
+
+    /// Runs `f` with the current command encoder, creating one if needed.
+    pub(crate) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut guard = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+        let enc = guard.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        f(enc)
+    }
+
+    /// Submits everything recorded so far.
+    pub fn flush(&self) {
+        // Submit while holding the lock: otherwise another thread could take
+        // a newer encoder and submit it first, running work out of order.
+        let mut guard = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(enc) = guard.take() {
+            self.queue.submit([enc.finish()]);
+        }
+    }
+
+    /// Submits and waits until the GPU has finished all work, then reports
+    /// any error wgpu raised meanwhile.
+    pub fn sync(&self) -> Result<(), GpuError> {
+        self.flush();
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Wgpu(e.to_string()))?;
+        self.take_error()
+    }
+
+    pub(crate) fn take_error(&self) -> Result<(), GpuError> {
+        let mut errs = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errs.is_empty() { Ok(()) } else { Err(GpuError::Wgpu(std::mem::take(&mut *errs).join("; "))) }
+    }
+
+    /// Bytes held by the buffer pool for reuse.
+    pub fn pooled_bytes(&self) -> u64 {
+        self.pool.pooled_bytes()
+    }
+}

@@ -1,0 +1,71 @@
+//! A buffer pool: storage buffers come back here when their last tensor is
+//! dropped and are handed out again for the next tensor of the same size, so
+//! a network pass allocates nothing after the first.
+//!
+//! Reuse is safe without waiting for the GPU: every op records into one
+//! encoder, in order, so a buffer's next writer is always recorded after its
+//! last reader, and wgpu orders the passes.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+
+/// Usage of every pooled buffer: kernels read and write it, copies move data in and out.
+pub const STORAGE_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+
+#[derive(Default)]
+pub struct BufferPool {
+    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+}
+
+impl BufferPool {
+    /// A buffer of exactly `size` bytes, reused if one is free.
+    pub fn take(self: &Arc<Self>, device: &wgpu::Device, size: u64) -> PooledBuffer {
+        let reused = self.free.lock().ok().and_then(|mut f| f.get_mut(&size).and_then(|v| v.pop()));
+        let buffer = reused.unwrap_or_else(|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("tensor"),
+                size,
+                usage: STORAGE_USAGE,
+                mapped_at_creation: false,
+            })
+        });
+        PooledBuffer { buffer: Some(buffer), pool: Arc::downgrade(self) }
+    }
+
+    pub fn pooled_bytes(&self) -> u64 {
+        self.free.lock().map(|f| f.iter().map(|(s, v)| s * v.len() as u64).sum()).unwrap_or(0)
+    }
+
+    /// Frees every idle buffer.
+    pub fn clear(&self) {
+        if let Ok(mut f) = self.free.lock() {
+            f.clear();
+        }
+    }
+}
+
+/// A storage buffer that returns to its pool on drop.
+pub struct PooledBuffer {
+    buffer: Option<wgpu::Buffer>,
+    pool: std::sync::Weak<BufferPool>,
+}
+
+impl Deref for PooledBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        // Only `drop` takes the buffer out.
+        self.buffer.as_ref().expect("buffer present until drop")
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let (Some(b), Some(pool)) = (self.buffer.take(), self.pool.upgrade())
+            && let Ok(mut f) = pool.free.lock()
+        {
+            f.entry(b.size()).or_default().push(b);
+        }
+    }
+}

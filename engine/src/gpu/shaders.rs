@@ -1,0 +1,146 @@
+//! The shader registry: every WGSL file in `shaders/`, its variants and the
+//! bindings each entry point declares, and the one preprocessing step that
+//! makes a variant (a header naming the storage type).
+//!
+//! Conventions (also in `shaders/README.md`): storage element type is the
+//! alias `T` (`f32` or `f16`), arithmetic is f32; binding 0 is the `Params`
+//! uniform when an entry point has one; tile and workgroup sizes are WGSL
+//! `override` constants.
+
+use serde::Serialize;
+
+/// One WGSL file: one kernel family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum ShaderFamily {
+    Elementwise,
+    Cast,
+}
+
+/// A storage-type (and hardware-path) variant of a shader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Variant {
+    /// `T = f32`.
+    F32,
+    /// `T = f16` (needs `SHADER_F16`).
+    F16,
+    /// `T = f16` with cooperative matrices (tensor cores).
+    CoopF16,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::F32, Variant::F16, Variant::CoopF16];
+
+    /// The text prepended to a shader body. `enable` lines must precede
+    /// every declaration, so they can only come from here.
+    pub fn header(self) -> &'static str {
+        match self {
+            Variant::F32 => "alias T = f32;\n",
+            Variant::F16 => "enable f16;\nalias T = f16;\n",
+            Variant::CoopF16 => "enable f16;\nenable wgpu_cooperative_matrix;\nalias T = f16;\n",
+        }
+    }
+
+    pub fn needs_f16(self) -> bool {
+        self != Variant::F32
+    }
+}
+
+/// How an entry point uses a binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Access {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// One `@group(0) @binding(index) var<...> name` an entry point uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Binding {
+    pub index: u32,
+    pub name: &'static str,
+    pub access: Access,
+}
+
+pub const fn uniform(index: u32, name: &'static str) -> Binding {
+    Binding { index, name, access: Access::Uniform }
+}
+pub const fn read(index: u32, name: &'static str) -> Binding {
+    Binding { index, name, access: Access::Read }
+}
+pub const fn read_write(index: u32, name: &'static str) -> Binding {
+    Binding { index, name, access: Access::ReadWrite }
+}
+
+/// An entry point and the bindings its launcher passes, in binding order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EntryPoint {
+    pub name: &'static str,
+    pub bindings: &'static [Binding],
+}
+
+/// One shader file with its variants and entry points.
+#[derive(Debug, Clone, Copy)]
+pub struct ShaderSource {
+    pub family: ShaderFamily,
+    /// File name in `shaders/`.
+    pub file: &'static str,
+    pub body: &'static str,
+    pub variants: &'static [Variant],
+    pub entries: &'static [EntryPoint],
+    /// Override constants the tests set when validating (name, value).
+    pub overrides: &'static [(&'static str, f64)],
+}
+
+impl ShaderSource {
+    /// The full WGSL text of one variant.
+    pub fn source(&self, variant: Variant) -> String {
+        format!("{}{}", variant.header(), self.body)
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&EntryPoint> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+}
+
+const UNARY: &[Binding] = &[uniform(0, "params"), read(1, "x"), read_write(2, "y")];
+
+/// Every shader. A test checks this table against the files in `shaders/`
+/// in both directions, and validates every (shader, variant) with naga.
+pub const SHADERS: &[ShaderSource] = &[
+    ShaderSource {
+        family: ShaderFamily::Elementwise,
+        file: "elementwise.wgsl",
+        body: include_str!("../../../shaders/elementwise.wgsl"),
+        variants: &[Variant::F32, Variant::F16],
+        entries: &[
+            EntryPoint { name: "silu", bindings: UNARY },
+            EntryPoint { name: "gelu", bindings: UNARY },
+            EntryPoint { name: "quick_gelu", bindings: UNARY },
+            EntryPoint { name: "leaky_relu", bindings: UNARY },
+            EntryPoint { name: "scale", bindings: UNARY },
+        ],
+        overrides: &[],
+    },
+    ShaderSource {
+        family: ShaderFamily::Cast,
+        file: "cast.wgsl",
+        body: include_str!("../../../shaders/cast.wgsl"),
+        variants: &[Variant::F16],
+        entries: &[
+            EntryPoint {
+                name: "f32_to_f16",
+                bindings: &[uniform(0, "params"), read(1, "src32"), read_write(2, "dst16")],
+            },
+            EntryPoint {
+                name: "f16_to_f32",
+                bindings: &[uniform(0, "params"), read(3, "src16"), read_write(4, "dst32")],
+            },
+        ],
+        overrides: &[],
+    },
+];
+
+pub fn shader(family: ShaderFamily) -> &'static ShaderSource {
+    // Every family has exactly one entry; the shaders test checks it.
+    SHADERS.iter().find(|s| s.family == family).expect("every ShaderFamily is in SHADERS")
+}

@@ -1,0 +1,198 @@
+//! GPU tensors.
+//!
+//! Layout: contiguous, row-major, the last axis innermost. Image-like
+//! activations are NCHW (`[B, C, H, W]`), sequences `[B, L, C]`, as in
+//! PyTorch, so weights load without transposes. A tensor owns a whole pooled
+//! buffer; reshapes share it, slices copy.
+
+use std::sync::Arc;
+
+use super::device::{Gpu, GpuError};
+use super::pool::PooledBuffer;
+use super::shaders::Variant;
+
+/// Storage type. Arithmetic is always f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+
+    pub fn variant(self) -> Variant {
+        match self {
+            DType::F32 => Variant::F32,
+            DType::F16 => Variant::F16,
+        }
+    }
+}
+
+/// A tensor on the GPU.
+#[derive(Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    dtype: DType,
+    buf: Arc<PooledBuffer>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Bytes a buffer needs for `n` elements: copies and bindings want multiples of 4.
+fn byte_size(n: usize, dtype: DType) -> u64 {
+    ((n * dtype.size()) as u64).div_ceil(4).max(1) * 4
+}
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    /// Size of one axis; negative indices count from the end.
+    pub fn dim(&self, axis: isize) -> usize {
+        let r = self.shape.len() as isize;
+        let a = if axis < 0 { r + axis } else { axis };
+        self.shape[a as usize]
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buf
+    }
+    /// Bytes the data occupies (without padding).
+    pub fn bytes(&self) -> u64 {
+        (self.numel() * self.dtype.size()) as u64
+    }
+
+    /// The same data under another shape with the same element count (no copy).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor, GpuError> {
+        if numel(shape) != self.numel() {
+            return Err(GpuError::Shape(format!("cannot reshape {:?} to {shape:?}", self.shape)));
+        }
+        Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, buf: self.buf.clone() })
+    }
+}
+
+impl Gpu {
+    /// An uninitialised tensor (a reused buffer may hold old data).
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor, GpuError> {
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let n = n.ok_or_else(|| GpuError::Shape(format!("shape {shape:?} overflows")))?;
+        if dtype == DType::F16 && !self.features().shader_f16 {
+            return Err(GpuError::Shape(format!("{} has no f16 support; use f32 tensors", self.info.name)));
+        }
+        let bytes = byte_size(n, dtype);
+        if bytes > self.limits.max_buffer_size {
+            return Err(GpuError::TooLarge { bytes, limit: self.limits.max_buffer_size, what: "buffer" });
+        }
+        let buf = self.pool.take(&self.device, bytes);
+        Ok(Tensor { shape: shape.to_vec(), dtype, buf: Arc::new(buf) })
+    }
+
+    /// A zero-filled tensor.
+    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor, GpuError> {
+        let t = self.empty(shape, dtype)?;
+        self.with_encoder(|enc| enc.clear_buffer(t.buffer(), 0, None));
+        Ok(t)
+    }
+
+    /// Uploads f32 data, stored as `dtype`.
+    pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor, GpuError> {
+        if data.len() != numel(shape) {
+            return Err(GpuError::Shape(format!("{} values do not fill shape {shape:?}", data.len())));
+        }
+        let t = self.empty(shape, dtype)?;
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::F16 => data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        };
+        self.write_bytes(&t, &bytes);
+        Ok(t)
+    }
+
+    /// Uploads raw f16 bits (as stored in checkpoints).
+    pub fn upload_f16_bits(&self, bits: &[u16], shape: &[usize]) -> Result<Tensor, GpuError> {
+        if bits.len() != numel(shape) {
+            return Err(GpuError::Shape(format!("{} values do not fill shape {shape:?}", bits.len())));
+        }
+        let t = self.empty(shape, DType::F16)?;
+        let bytes: Vec<u8> = bits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.write_bytes(&t, &bytes);
+        Ok(t)
+    }
+
+    /// Copies bytes in through a staging buffer recorded in the current
+    /// encoder, so the write is ordered after earlier recorded work on a
+    /// reused buffer (a queue write would jump ahead of it).
+    fn write_bytes(&self, t: &Tensor, bytes: &[u8]) {
+        let size = t.buffer().size();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("upload"),
+            size,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::MAP_WRITE,
+            mapped_at_creation: true,
+        });
+        {
+            let mut padded = bytes.to_vec();
+            padded.resize(size as usize, 0);
+            // A buffer mapped at creation is always mappable in full.
+            let mut view = staging.get_mapped_range_mut(..).expect("mapped at creation");
+            view.copy_from_slice(&padded);
+        }
+        staging.unmap();
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, Some(size)));
+    }
+
+    /// Reads a tensor back as f32 (waits for all recorded work).
+    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>, GpuError> {
+        let size = t.buffer().size();
+        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &readback, 0, Some(size)));
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        readback.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.sync()?;
+        rx.recv().map_err(|e| GpuError::Readback(e.to_string()))?.map_err(|e| GpuError::Readback(e.to_string()))?;
+        let out = {
+            let view = readback.get_mapped_range(..).map_err(|e| GpuError::Readback(e.to_string()))?;
+            let n = t.numel();
+            match t.dtype {
+                DType::F32 => {
+                    view.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                }
+                DType::F16 => {
+                    view.chunks_exact(2).take(n).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+                }
+            }
+        };
+        readback.unmap();
+        Ok(out)
+    }
+}
