@@ -237,3 +237,17 @@ fn image_ops_example_runs_and_writes_into_a_subfolder() {
     let p = sun.get_pixel(80, 60).0;
     assert!(p[0] > 230 && p[1] > 190 && p[2] < 130, "{p:?}");
 }
+
+#[test]
+fn gpu_reports_the_adapter_and_refuses_an_unknown_name() {
+    let o = sdgraph(&["gpu", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!v["name"].as_str().unwrap().is_empty());
+    assert!(v["max_storage_buffer_binding_size"].as_u64().unwrap() >= 128 << 20);
+    assert!(v["features"]["shader_f16"].is_boolean());
+
+    let o = sdgraph(&["gpu", "--adapter", "no-such-gpu-anywhere"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("no adapter matches \"no-such-gpu-anywhere\"; available:"), "{}", text(&o.stderr));
+}

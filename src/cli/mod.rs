@@ -1,6 +1,7 @@
 //! Command-line interface: `run`, `check`, `nodes`, `dot`.
 
 mod dot;
+mod gpu;
 mod list_nodes;
 mod load;
 mod progress;
@@ -56,6 +57,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the GPU adapter sdgraph uses, its features and limits.
+    Gpu {
+        /// Pick an adapter by name or backend substring (default: SDGRAPH_ADAPTER, else the best GPU).
+        #[arg(long)]
+        adapter: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the graph as Graphviz DOT (kinds on nodes, port types on edges).
     Dot {
         file: PathBuf,
@@ -81,5 +90,6 @@ pub fn main() -> i32 {
         Command::Check { file, sets, json } => run::check(&registry, &file, &sets, json),
         Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
         Command::Dot { file, sets } => dot::dot(&registry, &file, &sets),
+        Command::Gpu { adapter, json } => gpu::gpu(adapter, json),
     }
 }

@@ -45,7 +45,7 @@ impl Tolerance {
             let diff = (a as f64 - e).abs();
             let bound = self.abs + self.rel * e.abs();
             // NaN never passes.
-            if !(diff <= bound) {
+            if diff.is_nan() || diff > bound {
                 failures += 1;
                 let excess = if diff.is_nan() { f64::INFINITY } else { diff / bound };
                 if worst.is_none_or(|(_, w)| excess > w) {
