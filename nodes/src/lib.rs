@@ -1,9 +1,11 @@
 //! sdgraph's built-in node kinds.
 //!
+//! - [`checkpoint`]: safetensors files and weight layouts
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
 //! - [`image_ops`]: the pure pixel operations behind them
 //! - [`png_meta`]: the graph embedded in saved PNGs
 
+pub mod checkpoint;
 pub mod image_nodes;
 pub mod image_ops;
 pub mod png_meta;

@@ -1,0 +1,4 @@
+//! Checkpoint files: the safetensors reader (layouts and conversions of
+//! model weights build on it).
+
+pub mod safetensors;
