@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod image_nodes;
 pub mod image_ops;
 pub mod png_meta;
+pub mod tokenizer;
 
 use engine::Registry;
 use engine::registry::DuplicateKind;

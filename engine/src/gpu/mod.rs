@@ -2,6 +2,7 @@
 //! cache, kernel launchers (`ops`) and their plain f64 CPU references
 //! (`reference`, never optimised, never deleted).
 
+pub mod bench;
 pub mod device;
 pub mod launch;
 pub mod ops;

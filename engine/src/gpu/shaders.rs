@@ -14,6 +14,15 @@ use serde::Serialize;
 pub enum ShaderFamily {
     Elementwise,
     Cast,
+    Binary,
+    Layout,
+    Embedding,
+    Matmul,
+    MatmulCoop,
+    Conv2d,
+    Norm,
+    Softmax,
+    Attention,
 }
 
 /// A storage-type (and hardware-path) variant of a shader.
@@ -103,6 +112,9 @@ impl ShaderSource {
 }
 
 const UNARY: &[Binding] = &[uniform(0, "params"), read(1, "x"), read_write(2, "y")];
+const BINARY: &[Binding] = &[uniform(0, "params"), read(1, "a"), read(2, "b"), read_write(3, "y")];
+const MATMUL: &[Binding] =
+    &[uniform(0, "params"), read(1, "a"), read(2, "b"), read(3, "bias"), read_write(4, "c")];
 
 /// Every shader. A test checks this table against the files in `shaders/`
 /// in both directions, and validates every (shader, variant) with naga.
@@ -122,6 +134,35 @@ pub const SHADERS: &[ShaderSource] = &[
         overrides: &[],
     },
     ShaderSource {
+        family: ShaderFamily::Matmul,
+        file: "matmul.wgsl",
+        body: include_str!("../../../shaders/matmul.wgsl"),
+        variants: &[Variant::F32, Variant::F16],
+        entries: &[EntryPoint { name: "matmul", bindings: MATMUL }],
+        // The tile the launcher uses (ops::matmul::TILE).
+        overrides: &[("BM", 64.0), ("BN", 64.0), ("BK", 16.0), ("WG", 256.0)],
+    },
+    ShaderSource {
+        family: ShaderFamily::MatmulCoop,
+        file: "matmul_coop.wgsl",
+        body: include_str!("../../../shaders/matmul_coop.wgsl"),
+        variants: &[Variant::CoopF16],
+        entries: &[EntryPoint { name: "matmul", bindings: MATMUL }],
+        // Subgroup size (NVIDIA's 32).
+        overrides: &[("SG", 32.0)],
+    },
+    ShaderSource {
+        family: ShaderFamily::Conv2d,
+        file: "conv2d.wgsl",
+        body: include_str!("../../../shaders/conv2d.wgsl"),
+        variants: &[Variant::F32, Variant::F16],
+        entries: &[EntryPoint {
+            name: "conv2d",
+            bindings: &[uniform(0, "params"), read(1, "x"), read(2, "w"), read(3, "bias"), read_write(4, "y")],
+        }],
+        overrides: &[("BM", 64.0), ("BN", 64.0), ("BK", 16.0), ("WG", 256.0)],
+    },
+    ShaderSource {
         family: ShaderFamily::Cast,
         file: "cast.wgsl",
         body: include_str!("../../../shaders/cast.wgsl"),
@@ -137,6 +178,89 @@ pub const SHADERS: &[ShaderSource] = &[
             },
         ],
         overrides: &[],
+    },
+    ShaderSource {
+        family: ShaderFamily::Binary,
+        file: "binary.wgsl",
+        body: include_str!("../../../shaders/binary.wgsl"),
+        variants: &[Variant::F32, Variant::F16],
+        entries: &[
+            EntryPoint { name: "add", bindings: BINARY },
+            EntryPoint { name: "mul", bindings: BINARY },
+            EntryPoint { name: "geglu", bindings: BINARY },
+        ],
+        overrides: &[],
+    },
+    ShaderSource {
+        family: ShaderFamily::Layout,
+        file: "layout.wgsl",
+        body: include_str!("../../../shaders/layout.wgsl"),
+        variants: &[Variant::F32, Variant::F16],
+        entries: &[EntryPoint {
+            name: "copy",
+            bindings: &[uniform(0, "params"), read(1, "src"), read_write(2, "dst")],
+        }],
+        overrides: &[],
+    },
+    ShaderSource {
+        family: ShaderFamily::Embedding,
+        file: "embedding.wgsl",
+        body: include_str!("../../../shaders/embedding.wgsl"),
+        variants: &[Variant::F32, Variant::F16],
+        entries: &[EntryPoint {
+            name: "timestep_embedding",
+            bindings: &[uniform(0, "params"), read(1, "t"), read_write(2, "y")],
+        }],
+        overrides: &[],
+    },
+    ShaderSource {
+        family: ShaderFamily::Norm,
+        file: "norm.wgsl",
+        body: include_str!("../../../shaders/norm.wgsl"),
+        variants: &[Variant::F32, Variant::F16],
+        entries: &[
+            EntryPoint { name: "gn_stats", bindings: &[uniform(0, "params"), read(1, "x"), read_write(2, "partial")] },
+            EntryPoint {
+                name: "gn_finalize",
+                bindings: &[uniform(0, "params"), read(1, "x"), read_write(2, "partial"), read_write(3, "stats")],
+            },
+            EntryPoint {
+                name: "gn_apply",
+                bindings: &[
+                    uniform(0, "params"),
+                    read(1, "x"),
+                    read_write(3, "stats"),
+                    read(4, "gamma"),
+                    read(5, "beta"),
+                    read_write(6, "y"),
+                ],
+            },
+            EntryPoint {
+                name: "layer_norm",
+                bindings: &[uniform(0, "params"), read(1, "x"), read(4, "gamma"), read(5, "beta"), read_write(6, "y")],
+            },
+        ],
+        overrides: &[],
+    },
+    ShaderSource {
+        family: ShaderFamily::Softmax,
+        file: "softmax.wgsl",
+        body: include_str!("../../../shaders/softmax.wgsl"),
+        variants: &[Variant::F32, Variant::F16],
+        entries: &[EntryPoint { name: "softmax", bindings: UNARY }],
+        overrides: &[],
+    },
+    ShaderSource {
+        family: ShaderFamily::Attention,
+        file: "attention.wgsl",
+        body: include_str!("../../../shaders/attention.wgsl"),
+        variants: &[Variant::F32, Variant::F16],
+        entries: &[EntryPoint {
+            name: "attention",
+            bindings: &[uniform(0, "params"), read(1, "q"), read(2, "k"), read(3, "v"), read_write(4, "out")],
+        }],
+        // The largest head dimension, where the per-invocation arrays are fullest.
+        overrides: &[("HEAD_DIM", 160.0)],
     },
 ];
 

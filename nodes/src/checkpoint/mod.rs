@@ -2,3 +2,4 @@
 //! model weights build on it).
 
 pub mod safetensors;
+pub mod weights;

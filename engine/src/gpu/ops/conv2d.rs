@@ -1,0 +1,217 @@
+//! 2-D convolution, PyTorch's `F.conv2d` with groups = 1 (any kernel size,
+//! stride, padding, dilation), with an optional fused activation. Launches
+//! `shaders/conv2d.wgsl`, an implicit GEMM on the portable matmul tiling.
+//!
+//! Tensors larger than one storage binding are processed in windows: batch
+//! items, then output channels, then input channels (later splits add to
+//! the output, the bias goes in with the first and the activation with the
+//! last).
+
+use super::super::device::{Gpu, GpuError};
+use super::super::launch::{Kernel, Params, grid};
+use super::super::shaders::ShaderFamily;
+use super::super::tensor::Tensor;
+use super::matmul::{Activation, TILE, window, window_budget};
+
+/// Geometry and epilogue of a convolution; (y, x) pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub activation: Activation,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Self { stride: (1, 1), padding: (0, 0), dilation: (1, 1), activation: Activation::None }
+    }
+}
+
+/// `F.conv2d(x, weight, bias, stride, padding)`: `x [B, Cin, H, W]`, `weight
+/// [Cout, Cin, kh, kw]`, `bias [Cout]` -> `[B, Cout, Hout, Wout]`.
+pub fn conv2d(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor, GpuError> {
+    let opts = Conv2dOptions { stride: (stride, stride), padding: (padding, padding), ..Default::default() };
+    conv2d_with(gpu, x, weight, bias, &opts)
+}
+
+/// `conv2d` with per-axis stride, padding, dilation and an activation.
+pub fn conv2d_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &Conv2dOptions,
+) -> Result<Tensor, GpuError> {
+    run(gpu, x, weight, bias, opts, gpu.limits.max_storage_buffer_binding_size)
+}
+
+/// `conv2d_with` as if one storage binding held at most `limit` bytes, to
+/// test the windows without gigabyte tensors.
+#[doc(hidden)]
+pub fn conv2d_with_binding_limit(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &Conv2dOptions,
+    limit: u64,
+) -> Result<Tensor, GpuError> {
+    run(gpu, x, weight, bias, opts, limit.min(gpu.limits.max_storage_buffer_binding_size))
+}
+
+/// Output height and width, as PyTorch computes them; an error when the
+/// (dilated) kernel does not fit the padded input or a step is zero.
+pub fn output_size(h: usize, w: usize, kh: usize, kw: usize, opts: &Conv2dOptions) -> Result<(usize, usize), GpuError> {
+    let axis = |len: usize, k: usize, s: usize, p: usize, d: usize, name: &str| {
+        if s == 0 || d == 0 || k == 0 {
+            return Err(GpuError::Shape(format!(
+                "conv2d {name}: kernel size, stride and dilation must be >= 1 (kernel {k}, stride {s}, dilation {d})"
+            )));
+        }
+        let span = d * (k - 1) + 1;
+        if len + 2 * p < span {
+            return Err(GpuError::Shape(format!(
+                "conv2d {name}: kernel spans {span} but the padded input is only {}",
+                len + 2 * p
+            )));
+        }
+        Ok((len + 2 * p - span) / s + 1)
+    };
+    Ok((
+        axis(h, kh, opts.stride.0, opts.padding.0, opts.dilation.0, "height")?,
+        axis(w, kw, opts.stride.1, opts.padding.1, opts.dilation.1, "width")?,
+    ))
+}
+
+fn run(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &Conv2dOptions,
+    limit: u64,
+) -> Result<Tensor, GpuError> {
+    let (&[b, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
+        return Err(GpuError::Shape(format!(
+            "conv2d wants x [B, Cin, H, W] and weight [Cout, Cin, kh, kw]; got x {:?}, weight {:?}",
+            x.shape(),
+            weight.shape()
+        )));
+    };
+    if cin != wcin {
+        return Err(GpuError::Shape(format!(
+            "conv2d: x has {cin} channels but the weight {:?} expects {wcin} (groups = 1 only)",
+            weight.shape()
+        )));
+    }
+    if x.dtype() != weight.dtype() {
+        return Err(GpuError::Shape(format!("conv2d: x is {:?}, weight {:?}", x.dtype(), weight.dtype())));
+    }
+    if let Some(bias) = bias {
+        if bias.shape() != [cout] {
+            return Err(GpuError::Shape(format!("conv2d bias must be [{cout}] (Cout); got {:?}", bias.shape())));
+        }
+        if bias.dtype() != x.dtype() {
+            return Err(GpuError::Shape(format!("conv2d: bias is {:?}, x {:?}", bias.dtype(), x.dtype())));
+        }
+    }
+    let (hout, wout) = output_size(h, w, kh, kw, opts)?;
+    let y = gpu.empty(&[b, cout, hout, wout], x.dtype())?;
+    if y.numel() == 0 {
+        return Ok(y);
+    }
+    let es = x.dtype().size() as u64;
+    let (hw, npix, khw) = (h * w, hout * wout, kh * kw);
+    let budget = window_budget(gpu, limit);
+    let fits = |elems: usize| elems as u64 * es <= budget;
+    // Output channels per window: their output plane and weight rows fit.
+    let co_n = (1..=cout).rev().find(|&n| fits(n * npix) && fits(n * cin * khw)).unwrap_or(0);
+    // Input channels per window.
+    let ci_n = if fits(cin * hw) { cin } else { (budget / (hw as u64 * es).max(1)) as usize };
+    if co_n == 0 || ci_n == 0 || (bias.is_some() && !fits(cout)) {
+        return Err(GpuError::TooLarge {
+            bytes: (npix.max(hw).max(cin * khw) as u64) * es,
+            limit,
+            what: "storage binding (one channel of a conv2d)",
+        });
+    }
+    let max_dim = gpu.limits.max_compute_workgroups_per_dimension as usize;
+    // Whole batch items per window when all channels fit at once.
+    let b_n = if co_n == cout && ci_n == cin {
+        (1..=b).rev().find(|&n| fits(n * cin * hw) && fits(n * cout * npix)).unwrap_or(1).min(max_dim)
+    } else {
+        1
+    };
+
+    let kernel = TILE.constants(Kernel::new(ShaderFamily::Conv2d, x.dtype().variant(), "conv2d"));
+    for b0 in (0..b).step_by(b_n) {
+        let items = b_n.min(b - b0);
+        for co0 in (0..cout).step_by(co_n) {
+            let co_len = co_n.min(cout - co0);
+            let tiles_n = (npix as u32).div_ceil(TILE.bn);
+            let tiles_total = (co_len as u32).div_ceil(TILE.bm) * tiles_n;
+            let [gx, gy, _] = grid(tiles_total, max_dim as u32);
+            for ci0 in (0..cin).step_by(ci_n) {
+                let ci_len = ci_n.min(cin - ci0);
+                let first = ci0 == 0;
+                let last = ci0 + ci_len == cin;
+                let (wx, off_x) =
+                    window(gpu, x, b0 * cin * hw + ci0 * hw, (b0 + items - 1) * cin * hw + (ci0 + ci_len) * hw);
+                let (wy, off_y) = window(
+                    gpu,
+                    &y,
+                    b0 * cout * npix + co0 * npix,
+                    (b0 + items - 1) * cout * npix + (co0 + co_len) * npix,
+                );
+                let (ww, off_w) = window(gpu, weight, co0 * cin * khw, (co0 + co_len) * cin * khw);
+                let has_bias = first && bias.is_some();
+                // Without a bias, bind the weight again (read-only) so the layout stays the same.
+                let (wb, off_bias) = match bias {
+                    Some(t) if has_bias => {
+                        let (bb, off) = window(gpu, t, 0, cout);
+                        (bb, off + co0 as u32)
+                    }
+                    _ => (ww.clone(), 0),
+                };
+                let params = Params::new()
+                    .usize(ci_len)
+                    .usize(h)
+                    .usize(w)
+                    .usize(co_len)
+                    .usize(hout)
+                    .usize(wout)
+                    .usize(kh)
+                    .usize(kw)
+                    .usize(opts.stride.0)
+                    .usize(opts.stride.1)
+                    .usize(opts.padding.0)
+                    .usize(opts.padding.1)
+                    .usize(opts.dilation.0)
+                    .usize(opts.dilation.1)
+                    .usize(cin)
+                    .usize(ci0)
+                    .usize(cin * hw)
+                    .usize(cout * npix)
+                    .u32(off_x)
+                    .u32(off_w)
+                    .u32(off_bias)
+                    .u32(off_y)
+                    .u32(has_bias as u32)
+                    .u32(if last { opts.activation.code() } else { 0 })
+                    .u32(!first as u32)
+                    .u32(tiles_n)
+                    .u32(tiles_total);
+                gpu.dispatch(&kernel, params, &[wx, ww, wb, wy], [gx, gy, items as u32])?;
+            }
+        }
+    }
+    Ok(y)
+}

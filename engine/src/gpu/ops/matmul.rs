@@ -1,0 +1,363 @@
+//! Batched matrix multiplication, `torch.matmul` with optional transposes,
+//! bias and a fused activation, and `linear` (PyTorch's `F.linear`, weight
+//! `[out, in]`). Launches `shaders/matmul.wgsl` (portable tiled GEMM) or, for
+//! f16 on adapters with cooperative matrices, `shaders/matmul_coop.wgsl`
+//! (tensor cores: f16 inputs, f32 accumulation, f16 output).
+//!
+//! Operands larger than one storage binding are processed in batch windows;
+//! a single matrix must fit one binding.
+
+use std::num::NonZeroU64;
+
+use super::super::device::{Gpu, GpuError};
+use super::super::launch::{Kernel, Params, grid};
+use super::super::shaders::{ShaderFamily, Variant};
+use super::super::tensor::{DType, Tensor};
+
+/// An activation applied to the result in the kernel's epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    #[default]
+    None,
+    Silu,
+    /// The exact erf form (PyTorch's default `F.gelu`).
+    Gelu,
+    /// `x * sigmoid(1.702 x)`, CLIP's.
+    QuickGelu,
+}
+
+impl Activation {
+    /// The code the shaders' `activate` switches on.
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Activation::None => 0,
+            Activation::Silu => 1,
+            Activation::Gelu => 2,
+            Activation::QuickGelu => 3,
+        }
+    }
+}
+
+/// What `matmul` computes besides the plain product.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MatmulOptions<'a> {
+    /// A is stored `[.., K, M]`.
+    pub transpose_a: bool,
+    /// B is stored `[.., N, K]` (a PyTorch `Linear` weight `[out, in]`).
+    pub transpose_b: bool,
+    /// Length-N vector added to every row of the result.
+    pub bias: Option<&'a Tensor>,
+    pub activation: Activation,
+}
+
+/// Which kernel runs the product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulKernel {
+    /// Cooperative matrices when `coop_available`, else portable.
+    #[default]
+    Auto,
+    /// The portable tiled kernel, whatever the adapter offers.
+    Portable,
+    /// Cooperative matrices; an error where `coop_available` is false.
+    Coop,
+}
+
+/// The portable kernel's tile: a workgroup computes BM x BN of C in BK-steps;
+/// each invocation a 4x4 micro-tile (the shader's TM, TN), so the workgroup
+/// has (BM / 4) * (BN / 4) invocations. Also used by `conv2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tile {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+}
+
+impl Tile {
+    pub fn workgroup(self) -> u32 {
+        (self.bm / 4) * (self.bn / 4)
+    }
+
+    pub(crate) fn constants(self, kernel: Kernel) -> Kernel {
+        kernel
+            .constant("BM", self.bm as f64)
+            .constant("BN", self.bn as f64)
+            .constant("BK", self.bk as f64)
+            .constant("WG", self.workgroup() as f64)
+    }
+}
+
+/// 64x64x16 with 256 invocations: fits lavapipe's 32 KiB of workgroup memory
+/// (8.3 KiB used) and keeps 16 accumulators per invocation in registers.
+pub const TILE: Tile = Tile { bm: 64, bn: 64, bk: 16 };
+
+/// The cooperative kernel's block (fixed in the shader): 4 subgroups, each
+/// 64x64 of C as 4x4 tiles of 16x16.
+const COOP_BLOCK: u32 = 128;
+
+/// Whether `MatmulKernel::Auto` uses cooperative matrices for `dtype`: f16
+/// tensors on an adapter with 16x16x16 f16->f32 cooperative matrices and a
+/// fixed subgroup size (the shader maps its 4 subgroups to quadrants).
+pub fn coop_available(gpu: &Gpu, dtype: DType) -> bool {
+    let f = gpu.features();
+    let (lo, hi) = gpu.info.subgroup_size;
+    dtype == DType::F16
+        && f.coop_matrix_f16
+        && f.subgroup
+        && lo == hi
+        && lo >= 1
+        && 4 * lo <= gpu.limits.max_compute_invocations_per_workgroup
+}
+
+/// `op(a) · op(b) (+ bias) (then activation)`, batched over leading dims.
+///
+/// `a` is `[.., M, K]` (`[.., K, M]` with `transpose_a`), `b` `[.., K, N]`
+/// (`[.., N, K]` with `transpose_b`). Batch dims must match, or one operand
+/// has none and is shared by every batch item. Returns `[.., M, N]` in the
+/// inputs' dtype.
+pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor, GpuError> {
+    matmul_with_kernel(gpu, a, b, opts, MatmulKernel::Auto)
+}
+
+/// `matmul` with an explicit kernel choice (benchmarks and tests).
+pub fn matmul_with_kernel(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    opts: &MatmulOptions,
+    kernel: MatmulKernel,
+) -> Result<Tensor, GpuError> {
+    run(gpu, a, b, opts, kernel, gpu.limits.max_storage_buffer_binding_size)
+}
+
+/// `matmul` as if one storage binding held at most `limit` bytes, to test
+/// the batch windows without gigabyte tensors.
+#[doc(hidden)]
+pub fn matmul_with_binding_limit(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    opts: &MatmulOptions,
+    limit: u64,
+) -> Result<Tensor, GpuError> {
+    run(gpu, a, b, opts, MatmulKernel::Portable, limit.min(gpu.limits.max_storage_buffer_binding_size))
+}
+
+/// `F.linear(x, weight, bias)`: `x [.., in]`, `weight [out, in]`, `bias [out]`
+/// -> `[.., out]`.
+pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor, GpuError> {
+    if x.rank() == 0 || weight.rank() != 2 {
+        return Err(GpuError::Shape(format!(
+            "linear wants x [.., in] and weight [out, in]; got x {:?}, weight {:?}",
+            x.shape(),
+            weight.shape()
+        )));
+    }
+    let inner = x.dim(-1);
+    let rows = x.numel() / inner.max(1);
+    // [.., in] -> [rows, in]: one product with the weight shared by every row.
+    let x2 = x.reshape(&[rows, inner])?;
+    let y = matmul(gpu, &x2, weight, &MatmulOptions { transpose_b: true, bias, ..Default::default() })?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = weight.dim(0);
+    y.reshape(&shape)
+}
+
+/// A product's sizes and element strides, after the shape checks.
+struct Plan {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    out_shape: Vec<usize>,
+    // Element steps between batch items; 0 for a shared operand.
+    batch_a: usize,
+    batch_b: usize,
+    a_rs: usize,
+    a_cs: usize,
+    b_rs: usize,
+    b_cs: usize,
+}
+
+fn plan(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Plan, GpuError> {
+    if a.rank() < 2 || b.rank() < 2 {
+        return Err(GpuError::Shape(format!(
+            "matmul needs operands of rank >= 2; got {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    if a.dtype() != b.dtype() {
+        return Err(GpuError::Shape(format!("matmul operands differ in dtype: {:?} and {:?}", a.dtype(), b.dtype())));
+    }
+    let (ar, br) = (a.rank(), b.rank());
+    let (r, c) = (a.shape()[ar - 2], a.shape()[ar - 1]);
+    let (m, k) = if opts.transpose_a { (c, r) } else { (r, c) };
+    let (r, c) = (b.shape()[br - 2], b.shape()[br - 1]);
+    let (kb, n) = if opts.transpose_b { (c, r) } else { (r, c) };
+    if k != kb {
+        return Err(GpuError::Shape(format!(
+            "matmul inner dimensions differ: a {:?}{} has K = {k}, b {:?}{} has K = {kb}",
+            a.shape(),
+            if opts.transpose_a { " (transposed)" } else { "" },
+            b.shape(),
+            if opts.transpose_b { " (transposed)" } else { "" },
+        )));
+    }
+    let a_dims = &a.shape()[..ar - 2];
+    let b_dims = &b.shape()[..br - 2];
+    let batch_dims = if b_dims.is_empty() {
+        a_dims
+    } else if a_dims.is_empty() || a_dims == b_dims {
+        b_dims
+    } else {
+        return Err(GpuError::Shape(format!(
+            "matmul batch dimensions differ: {:?} and {:?} (they must match, or one operand has none)",
+            a.shape(),
+            b.shape()
+        )));
+    };
+    if let Some(bias) = opts.bias {
+        if bias.rank() != 1 || bias.dim(0) != n {
+            return Err(GpuError::Shape(format!("matmul bias must be [{n}] (N); got {:?}", bias.shape())));
+        }
+        if bias.dtype() != a.dtype() {
+            return Err(GpuError::Shape(format!("matmul bias is {:?}, operands {:?}", bias.dtype(), a.dtype())));
+        }
+    }
+    let mut out_shape = batch_dims.to_vec();
+    out_shape.extend([m, n]);
+    let (a_rs, a_cs) = if opts.transpose_a { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if opts.transpose_b { (1, k) } else { (n, 1) };
+    Ok(Plan {
+        batch: batch_dims.iter().product(),
+        m,
+        n,
+        k,
+        out_shape,
+        batch_a: if a_dims.is_empty() { 0 } else { m * k },
+        batch_b: if b_dims.is_empty() { 0 } else { k * n },
+        a_rs,
+        a_cs,
+        b_rs,
+        b_cs,
+    })
+}
+
+/// A binding of the elements `start..end` of `t`, starting at an offset the
+/// adapter can bind, and the element offset of `start` inside it.
+pub(crate) fn window<'t>(gpu: &Gpu, t: &'t Tensor, start: usize, end: usize) -> (wgpu::BufferBinding<'t>, u32) {
+    let es = t.dtype().size() as u64;
+    let align = gpu.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    let first = start as u64 * es;
+    let offset = first / align * align;
+    let size = ((end.max(start + 1) as u64 * es - offset).div_ceil(4) * 4).min(t.buffer().size() - offset);
+    let binding = wgpu::BufferBinding { buffer: t.buffer(), offset, size: NonZeroU64::new(size) };
+    (binding, ((first - offset) / es) as u32)
+}
+
+/// Bytes of data one window may hold so that, with the alignment slack and
+/// rounding `window` adds, its binding stays within `limit` (capped at 2 GiB
+/// so element indices fit the shaders' u32 arithmetic).
+pub(crate) fn window_budget(gpu: &Gpu, limit: u64) -> u64 {
+    let align = gpu.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    limit.min(1 << 31).saturating_sub(align + 4)
+}
+
+fn run(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    opts: &MatmulOptions,
+    kernel: MatmulKernel,
+    limit: u64,
+) -> Result<Tensor, GpuError> {
+    let p = plan(a, b, opts)?;
+    let dtype = a.dtype();
+    let coop = match kernel {
+        MatmulKernel::Auto => coop_available(gpu, dtype),
+        MatmulKernel::Portable => false,
+        MatmulKernel::Coop if coop_available(gpu, dtype) => true,
+        MatmulKernel::Coop => {
+            return Err(GpuError::Shape(format!(
+                "cooperative-matrix matmul needs f16 tensors and an adapter with 16x16x16 f16 cooperative matrices and a fixed subgroup size; {} with {dtype:?}",
+                gpu.info.name
+            )));
+        }
+    };
+    let c = gpu.empty(&p.out_shape, dtype)?;
+    if c.numel() == 0 {
+        return Ok(c);
+    }
+    let es = dtype.size() as u64;
+    let budget = window_budget(gpu, limit);
+    // Batch items per dispatch: every batched operand's window must fit.
+    let per_item = p.batch_a.max(p.batch_b).max(p.m * p.n) as u64 * es;
+    let shared_bytes = [(p.batch_a == 0, a.bytes()), (p.batch_b == 0, b.bytes())]
+        .into_iter()
+        .filter(|(shared, _)| *shared)
+        .map(|(_, bytes)| bytes)
+        .max()
+        .unwrap_or(0);
+    if per_item > budget || shared_bytes > budget {
+        return Err(GpuError::TooLarge {
+            bytes: per_item.max(shared_bytes),
+            limit,
+            what: "storage binding (one matrix of a matmul)",
+        });
+    }
+    let max_dim = gpu.limits.max_compute_workgroups_per_dimension;
+    let chunk = ((budget / per_item.max(1)) as usize).clamp(1, max_dim as usize);
+
+    let (block_m, block_n) = if coop { (COOP_BLOCK, COOP_BLOCK) } else { (TILE.bm, TILE.bn) };
+    let tiles_n = (p.n as u32).div_ceil(block_n);
+    let tiles_total = (p.m as u32).div_ceil(block_m) * tiles_n;
+    let [gx, gy, _] = grid(tiles_total, max_dim);
+    let k = if coop {
+        let sg = gpu.info.subgroup_size.0;
+        Kernel::new(ShaderFamily::MatmulCoop, Variant::CoopF16, "matmul").constant("SG", sg as f64)
+    } else {
+        TILE.constants(Kernel::new(ShaderFamily::Matmul, dtype.variant(), "matmul"))
+    };
+
+    for b0 in (0..p.batch).step_by(chunk) {
+        let items = chunk.min(p.batch - b0);
+        let (wa, off_a) = if p.batch_a == 0 {
+            window(gpu, a, 0, a.numel())
+        } else {
+            window(gpu, a, b0 * p.batch_a, (b0 + items) * p.batch_a)
+        };
+        let (wb, off_b) = if p.batch_b == 0 {
+            window(gpu, b, 0, b.numel())
+        } else {
+            window(gpu, b, b0 * p.batch_b, (b0 + items) * p.batch_b)
+        };
+        let mn = p.m * p.n;
+        let (wc, off_c) = window(gpu, &c, b0 * mn, (b0 + items) * mn);
+        // Without a bias, bind A again (read-only) so the layout stays the same.
+        let (wbias, off_bias) = match opts.bias {
+            Some(bias) => window(gpu, bias, 0, bias.numel()),
+            None => (wa.clone(), 0),
+        };
+        let params = Params::new()
+            .usize(p.m)
+            .usize(p.n)
+            .usize(p.k)
+            .usize(p.batch_a)
+            .usize(p.batch_b)
+            .usize(mn)
+            .usize(p.a_rs)
+            .usize(p.a_cs)
+            .usize(p.b_rs)
+            .usize(p.b_cs)
+            .u32(off_a)
+            .u32(off_b)
+            .u32(off_c)
+            .u32(off_bias)
+            .u32(opts.bias.is_some() as u32)
+            .u32(opts.activation.code())
+            .u32(tiles_n)
+            .u32(tiles_total);
+        gpu.dispatch(&k, params, &[wa, wb, wbias, wc], [gx, gy, items as u32])?;
+    }
+    Ok(c)
+}

@@ -1,0 +1,120 @@
+//! GroupNorm (PyTorch `nn.GroupNorm`, with diffusers' SiLU optionally fused
+//! after it) and LayerNorm over the last axis (`nn.LayerNorm`), launching
+//! `shaders/norm.wgsl`. Both use the biased variance.
+
+use super::super::device::{Gpu, GpuError};
+use super::super::launch::{Kernel, Params, grid, whole};
+use super::super::shaders::ShaderFamily;
+use super::super::tensor::{DType, Tensor};
+
+/// Workgroup size of every norm kernel (`WG` in the shader).
+const WG: usize = 256;
+/// Elements one `gn_stats` workgroup folds: 16 per invocation, so each
+/// invocation's Welford run is short and the groups spread over many workgroups.
+const CHUNK: usize = WG * 16;
+
+fn check_affine(x: &Tensor, gamma: &Tensor, beta: &Tensor, c: usize, op: &str) -> Result<(), GpuError> {
+    for (name, t) in [("gamma", gamma), ("beta", beta)] {
+        if t.shape() != [c] {
+            return Err(GpuError::Shape(format!("{op}: {name} has shape {:?}, expected [{c}]", t.shape())));
+        }
+        if t.dtype() != x.dtype() {
+            return Err(GpuError::Shape(format!("{op}: {name} is {:?} but x is {:?}", t.dtype(), x.dtype())));
+        }
+    }
+    Ok(())
+}
+
+/// `nn.GroupNorm(groups, C, eps)` on `x` `[B, C, *spatial]` with per-channel
+/// `gamma` and `beta` `[C]`, followed by SiLU when `silu`. Mean and variance
+/// are taken over each group's `C / groups` channels and all spatial positions.
+pub fn group_norm(
+    gpu: &Gpu,
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    silu: bool,
+) -> Result<Tensor, GpuError> {
+    if x.rank() < 2 {
+        return Err(GpuError::Shape(format!("group_norm: x must be [B, C, ...], got {:?}", x.shape())));
+    }
+    let (b, c) = (x.dim(0), x.dim(1));
+    if groups == 0 || c % groups != 0 {
+        return Err(GpuError::Shape(format!("group_norm: {c} channels do not split into {groups} groups")));
+    }
+    check_affine(x, gamma, beta, c, "group_norm")?;
+    let y = gpu.empty(x.shape(), x.dtype())?;
+    if x.numel() == 0 {
+        return Ok(y);
+    }
+    let spatial: usize = x.shape()[2..].iter().product();
+    let cpg = c / groups;
+    let group_len = cpg * spatial;
+    let bg = b * groups;
+    let nchunks = group_len.div_ceil(CHUNK);
+    let limit = gpu.limits.max_compute_workgroups_per_dimension as usize;
+    if bg > limit || nchunks > limit {
+        return Err(GpuError::Shape(format!(
+            "group_norm: {bg} (batch, group) pairs of {group_len} elements exceed the dispatch limit"
+        )));
+    }
+    // Per (group, chunk): count, mean, M2, pad. Per group: shift, mean - shift, rstd, pad.
+    let partial = gpu.empty(&[bg * nchunks * 4], DType::F32)?;
+    let stats = gpu.empty(&[bg * 4], DType::F32)?;
+    // Fields in the order of the shader's `Params`; `n` differs per pass.
+    let params = |n: usize| {
+        Params::new()
+            .usize(n)
+            .usize(group_len)
+            .usize(CHUNK)
+            .usize(nchunks)
+            .usize(spatial)
+            .usize(c)
+            .usize(cpg)
+            .u32(silu as u32)
+            .f32(eps)
+    };
+    let variant = x.dtype().variant();
+    let kernel = |entry| Kernel::new(ShaderFamily::Norm, variant, entry);
+    let max = gpu.limits.max_compute_workgroups_per_dimension;
+    gpu.dispatch(&kernel("gn_stats"), params(0), &[whole(x), whole(&partial)], [nchunks as u32, bg as u32, 1])?;
+    gpu.dispatch(
+        &kernel("gn_finalize"),
+        params(bg),
+        &[whole(x), whole(&partial), whole(&stats)],
+        grid(bg as u32, max),
+    )?;
+    let n = x.numel();
+    gpu.dispatch(
+        &kernel("gn_apply"),
+        params(n),
+        &[whole(x), whole(&stats), whole(gamma), whole(beta), whole(&y)],
+        grid(n.div_ceil(WG) as u32, max),
+    )?;
+    Ok(y)
+}
+
+/// `nn.LayerNorm(C, eps)` over the last axis of `x` `[.., C]`, with `gamma`
+/// and `beta` `[C]`.
+pub fn layer_norm(gpu: &Gpu, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor, GpuError> {
+    if x.rank() < 1 {
+        return Err(GpuError::Shape("layer_norm: x must have at least one axis".into()));
+    }
+    let c = x.dim(-1);
+    check_affine(x, gamma, beta, c, "layer_norm")?;
+    let y = gpu.empty(x.shape(), x.dtype())?;
+    if x.numel() == 0 {
+        return Ok(y);
+    }
+    let rows = x.numel() / c;
+    let params = Params::new().usize(rows).usize(c).usize(0).usize(0).usize(0).usize(0).usize(0).u32(0).f32(eps);
+    gpu.dispatch(
+        &Kernel::new(ShaderFamily::Norm, x.dtype().variant(), "layer_norm"),
+        params,
+        &[whole(x), whole(gamma), whole(beta), whole(&y)],
+        grid(rows as u32, gpu.limits.max_compute_workgroups_per_dimension),
+    )?;
+    Ok(y)
+}

@@ -1,0 +1,123 @@
+//! Named weights for the models, whatever file layout they came from.
+//!
+//! Models ask for tensors by their single-file (LDM/CompVis) names, the
+//! layout users download (`model.diffusion_model.input_blocks.0.0.weight`);
+//! a diffusers folder is mapped onto those names by `convert`. Every lookup
+//! checks the shape and names the file and key when something is wrong.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use engine::gpu::{DType, Gpu, Tensor};
+
+use super::safetensors::{CheckpointError, SafeTensors};
+
+/// Where one canonical name's data lives.
+#[derive(Debug, Clone)]
+struct Location {
+    file: usize,
+    key: String,
+}
+
+/// A set of checkpoint files seen through canonical names.
+#[derive(Debug, Clone)]
+pub struct WeightSource {
+    files: Vec<Arc<SafeTensors>>,
+    names: BTreeMap<String, Location>,
+}
+
+impl WeightSource {
+    /// A single-file checkpoint: its names are already canonical.
+    pub fn single_file(path: &Path) -> Result<WeightSource, CheckpointError> {
+        let st = SafeTensors::open(path)?;
+        let names = st.names().map(|n| (n.to_string(), Location { file: 0, key: n.to_string() })).collect();
+        Ok(WeightSource { files: vec![Arc::new(st)], names })
+    }
+
+    /// Builds a source from files and a canonical-name -> (file, key) table.
+    pub fn from_parts(files: Vec<Arc<SafeTensors>>, table: Vec<(String, usize, String)>) -> WeightSource {
+        let names = table.into_iter().map(|(name, file, key)| (name, Location { file, key })).collect();
+        WeightSource { files, names }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.keys().map(|k| k.as_str())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// The weights under `prefix` (e.g. `"model.diffusion_model."`).
+    pub fn prefix(&self, prefix: &str) -> Weights<'_> {
+        Weights { src: self, prefix: prefix.to_string() }
+    }
+
+    fn missing(&self, name: &str) -> CheckpointError {
+        CheckpointError {
+            file: self.files.first().map(|f| f.path().to_path_buf()).unwrap_or_default(),
+            key: Some(name.to_string()),
+            message: "missing from the checkpoint".into(),
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Result<(&SafeTensors, &str), CheckpointError> {
+        let loc = self.names.get(name).ok_or_else(|| self.missing(name))?;
+        Ok((&self.files[loc.file], loc.key.as_str()))
+    }
+}
+
+/// A view of a `WeightSource` under a name prefix, as candle's `VarBuilder::pp`.
+#[derive(Debug, Clone)]
+pub struct Weights<'a> {
+    src: &'a WeightSource,
+    prefix: String,
+}
+
+impl<'a> Weights<'a> {
+    /// A deeper prefix: `w.pp("input_blocks.1").pp("0")`.
+    pub fn pp(&self, part: impl std::fmt::Display) -> Weights<'a> {
+        Weights { src: self.src, prefix: format!("{}{part}.", self.prefix) }
+    }
+
+    pub fn full_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.src.contains(&self.full_name(name))
+    }
+
+    /// The stored shape of a weight.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>, CheckpointError> {
+        let full = self.full_name(name);
+        let (st, key) = self.src.lookup(&full)?;
+        Ok(st.info(key).map(|i| i.shape.clone()).unwrap_or_default())
+    }
+
+    /// A weight as f32 on the CPU, checked against `shape`.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+        let full = self.full_name(name);
+        let (st, key) = self.src.lookup(&full)?;
+        st.f32(key, shape).map_err(|mut e| {
+            e.key = Some(full);
+            e
+        })
+    }
+
+    /// A weight uploaded to the GPU as `dtype`, checked against `shape`.
+    pub fn tensor(&self, gpu: &Gpu, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, WeightError> {
+        let data = self.f32(name, shape)?;
+        gpu.upload(&data, shape, dtype).map_err(|e| WeightError::Gpu(self.full_name(name), e.to_string()))
+    }
+}
+
+/// Loading a weight failed: the file was wrong, or the GPU refused it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WeightError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("uploading {0}: {1}")]
+    Gpu(String, String),
+}

@@ -1,0 +1,122 @@
+// Broadcasting binary ops, computed in f32: `add` is y = a + alpha * b
+// (torch.add(a, b, alpha=alpha); alpha 1 and -1 give add and sub exactly),
+// `mul` is y = a * b, and `geglu` is y = a * gelu(b) with exact-erf GELU,
+// diffusers' GEGLU once the launcher binds the two halves of its input as a and b.
+// Bindings: 0 params, 1 a (read), 2 b (read), 3 y (write).
+//
+// One invocation per output element of this window. The launcher merges
+// dims and windows the tensors, so y is contiguous here (y[y_off + i]) and
+// a and b are read through per-dim strides (0 where they broadcast). Dims
+// are listed innermost first; those past `rank` have size 1 and are skipped.
+
+struct Params {
+    n: u32,
+    rank: u32,
+    a_off: u32,
+    b_off: u32,
+    y_off: u32,
+    alpha: f32,
+    n0: u32,
+    n1: u32,
+    n2: u32,
+    n3: u32,
+    n4: u32,
+    n5: u32,
+    a0: u32,
+    a1: u32,
+    a2: u32,
+    a3: u32,
+    a4: u32,
+    a5: u32,
+    b0: u32,
+    b1: u32,
+    b2: u32,
+    b3: u32,
+    b4: u32,
+    b5: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<T>;
+@group(0) @binding(2) var<storage, read> b: array<T>;
+@group(0) @binding(3) var<storage, read_write> y: array<T>;
+
+const WG: u32 = 256u;
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+// Offsets into a (x) and b (y) of output element i: peel the coordinates
+// off innermost first. The rank guards keep low-rank (merged) launches from
+// paying for divisions by 1.
+fn offsets(i: u32) -> vec2<u32> {
+    var rem = i;
+    var o = vec2<u32>(params.a_off, params.b_off);
+    var c = rem % params.n0;
+    rem = rem / params.n0;
+    o += c * vec2<u32>(params.a0, params.b0);
+    if params.rank > 1u {
+        c = rem % params.n1;
+        rem = rem / params.n1;
+        o += c * vec2<u32>(params.a1, params.b1);
+    }
+    if params.rank > 2u {
+        c = rem % params.n2;
+        rem = rem / params.n2;
+        o += c * vec2<u32>(params.a2, params.b2);
+    }
+    if params.rank > 3u {
+        c = rem % params.n3;
+        rem = rem / params.n3;
+        o += c * vec2<u32>(params.a3, params.b3);
+    }
+    if params.rank > 4u {
+        c = rem % params.n4;
+        rem = rem / params.n4;
+        o += c * vec2<u32>(params.a4, params.b4);
+    }
+    if params.rank > 5u {
+        o += rem * vec2<u32>(params.a5, params.b5);
+    }
+    return o;
+}
+
+// Copied from elementwise.wgsl (shader bodies cannot include each other):
+// a series for |v| < 0.5, Numerical Recipes' erfc (relative error < 1.2e-7) beyond.
+fn erf_f32(v: f32) -> f32 {
+    let a = abs(v);
+    if a < 0.5 {
+        let z = v * v;
+        return v * 1.1283791670955126 * (1.0 + z * (-0.3333333333333333 + z * (0.1 + z * (-0.023809523809523808 + z * (0.004629629629629629 + z * (-0.0007575757575757576))))));
+    }
+    let t = 1.0 / (1.0 + 0.5 * a);
+    let r = t * exp(-a * a - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+    return select(r - 1.0, 1.0 - r, v >= 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if i >= params.n { return; }
+    let o = offsets(i);
+    y[params.y_off + i] = T(f32(a[o.x]) + params.alpha * f32(b[o.y]));
+}
+
+@compute @workgroup_size(WG)
+fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if i >= params.n { return; }
+    let o = offsets(i);
+    y[params.y_off + i] = T(f32(a[o.x]) * f32(b[o.y]));
+}
+
+// diffusers GEGLU: `hidden, gate = proj(x).chunk(2, -1); hidden * F.gelu(gate)`.
+@compute @workgroup_size(WG)
+fn geglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if i >= params.n { return; }
+    let o = offsets(i);
+    let g = f32(b[o.y]);
+    y[params.y_off + i] = T(f32(a[o.x]) * (0.5 * g * (1.0 + erf_f32(g * 0.7071067811865476))));
+}

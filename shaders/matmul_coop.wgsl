@@ -1,0 +1,271 @@
+// Batched matmul on cooperative matrices (tensor cores): C = op(A) · op(B)
+// (+ bias per column) (then activation), like `torch.matmul` / `F.linear`.
+// Variant CoopF16 only: A, B and C are f16 in memory, products accumulate in
+// f32 (`coop_mat16x16<f32, C>`). Bindings: 0 params, 1 a, 2 b, 3 bias, 4 c.
+//
+// One workgroup = 4 subgroups of SG invocations computes a 128x128 block of
+// C; each subgroup owns a 64x64 quadrant, 4x4 tiles of 16x16, so it keeps 16
+// accumulators. Every K-step of 32 stages A and B in workgroup memory with
+// zeros past the edges, so any M, N, K works and no load leaves the tensor.
+// A tile is staged in the layout its global memory already has (rows or
+// columns contiguous), so the staging writes stay coalesced; the coop load
+// then reads it row-major (coopLoadT) or column-major (coopLoad) to match.
+//
+// naga 30.0.1's SPIR-V writer panics on coop accumulators made with the zero
+// constructor and on strides written inline from uniform fields, so every
+// stride is a `let` and the accumulators are loaded from a zeroed tile.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    // Element step between batch items (0 = shared by every item).
+    batch_a: u32,
+    batch_b: u32,
+    batch_c: u32,
+    // A[m, k] = a[off_a + m * a_rs + k * a_cs]; B[k, n] = b[off_b + k * b_rs + n * b_cs].
+    a_rs: u32,
+    a_cs: u32,
+    b_rs: u32,
+    b_cs: u32,
+    off_a: u32,
+    off_b: u32,
+    off_c: u32,
+    off_bias: u32,
+    has_bias: u32,
+    // 0 none, 1 SiLU, 2 GELU (erf), 3 quick-GELU.
+    act: u32,
+    tiles_n: u32,
+    tiles_total: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<T>;
+@group(0) @binding(2) var<storage, read> b: array<T>;
+@group(0) @binding(3) var<storage, read> bias: array<T>;
+@group(0) @binding(4) var<storage, read_write> c: array<T>;
+
+// Subgroup size; the launcher sets it to the adapter's (fixed) size.
+override SG: u32 = 32u;
+
+const BM: u32 = 128u;
+const BN: u32 = 128u;
+const BK: u32 = 32u;
+// Staging row strides, padded by 8 halves (16 bytes: coop loads need 16-byte
+// aligned rows) to spread rows over memory banks.
+const SK: u32 = 40u; // a tile stored [BM][SK] or b tile stored [BN][SK] (k contiguous)
+const SA: u32 = 136u; // a tile stored [BK][SA] (m contiguous)
+const SB: u32 = 136u; // b tile stored [BK][SB] (n contiguous)
+
+var<workgroup> sa: array<f16, 5120>; // max(BM * SK, BK * SA)
+var<workgroup> sb: array<f16, 5120>; // max(BN * SK, BK * SB)
+// One 16x16 f32 tile per subgroup: the zero source for the accumulators and
+// the bounce buffer for the epilogue (bias, activation, f16 conversion).
+var<workgroup> sc: array<f32, 1024>;
+
+fn erf_f32(v: f32) -> f32 {
+    let x = abs(v);
+    if x < 0.5 {
+        let z = v * v;
+        return v * 1.1283791670955126 * (1.0 + z * (-0.3333333333333333 + z * (0.1 + z * (-0.023809523809523808 + z * (0.004629629629629629 + z * (-0.0007575757575757576))))));
+    }
+    let t = 1.0 / (1.0 + 0.5 * x);
+    let r = t * exp(-x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+    return select(r - 1.0, 1.0 - r, v >= 0.0);
+}
+
+fn activate(v: f32) -> f32 {
+    switch params.act {
+        case 1u: { return v / (1.0 + exp(-v)); }
+        case 2u: { return 0.5 * v * (1.0 + erf_f32(v * 0.7071067811865476)); }
+        case 3u: { return v / (1.0 + exp(-1.702 * v)); }
+        default: { return v; }
+    }
+}
+
+// The A tile (rows r0.., k-step kk) of the staged block: row-major when A's
+// k is contiguous, column-major otherwise. The branch is on a uniform.
+fn load_a(r0: u32, kk: u32) -> coop_mat16x16<f16, A> {
+    if params.a_cs == 1u {
+        let off = r0 * SK + kk;
+        let stride = SK;
+        return coopLoadT<coop_mat16x16<f16, A>>(&sa[off], stride);
+    }
+    let off = kk * SA + r0;
+    let stride = SA;
+    return coopLoad<coop_mat16x16<f16, A>>(&sa[off], stride);
+}
+
+fn load_b(kk: u32, c0: u32) -> coop_mat16x16<f16, B> {
+    if params.b_cs == 1u {
+        let off = kk * SB + c0;
+        let stride = SB;
+        return coopLoadT<coop_mat16x16<f16, B>>(&sb[off], stride);
+    }
+    let off = c0 * SK + kk;
+    let stride = SK;
+    return coopLoad<coop_mat16x16<f16, B>>(&sb[off], stride);
+}
+
+// Writes one accumulator tile (rows row0.., cols col0.. of C) through the
+// subgroup's f32 bounce tile. Called in uniform control flow by every subgroup.
+fn store_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, row0: u32, col0: u32, base_c: u32) {
+    let off = sg * 256u;
+    let stride = 16u;
+    coopStoreT(acc, &sc[off], stride);
+    workgroupBarrier();
+    for (var e = sl; e < 256u; e += SG) {
+        let row = row0 + e / 16u;
+        let col = col0 + e % 16u;
+        if row < params.m && col < params.n {
+            var v = sc[off + e];
+            if params.has_bias != 0u {
+                v += f32(bias[params.off_bias + col]);
+            }
+            c[base_c + row * params.n + col] = T(activate(v));
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(4u * SG)
+fn matmul(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_id) sgid: u32,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
+    let tile = wid.y * nwg.x + wid.x;
+    if tile >= params.tiles_total {
+        return;
+    }
+    let wg = 4u * SG;
+    let m0 = (tile / params.tiles_n) * BM;
+    let n0 = (tile % params.tiles_n) * BN;
+    let kdim = params.k;
+    let base_a = params.off_a + wid.z * params.batch_a;
+    let base_b = params.off_b + wid.z * params.batch_b;
+    let base_c = params.off_c + wid.z * params.batch_c;
+    let sg = sgid % 4u;
+    // This subgroup's 64x64 quadrant inside the block.
+    let qm = (sg / 2u) * 64u;
+    let qn = (sg % 2u) * 64u;
+
+    for (var i = lid; i < 1024u; i += wg) {
+        sc[i] = 0.0;
+    }
+    workgroupBarrier();
+    let zoff = sg * 256u;
+    let zstride = 16u;
+    var c00 = coopLoadT<coop_mat16x16<f32, C>>(&sc[zoff], zstride);
+    var c01 = c00;
+    var c02 = c00;
+    var c03 = c00;
+    var c10 = c00;
+    var c11 = c00;
+    var c12 = c00;
+    var c13 = c00;
+    var c20 = c00;
+    var c21 = c00;
+    var c22 = c00;
+    var c23 = c00;
+    var c30 = c00;
+    var c31 = c00;
+    var c32 = c00;
+    var c33 = c00;
+
+    for (var k0 = 0u; k0 < kdim; k0 += BK) {
+        // Stage A's [BM, BK] block, zero past the edges, in its global layout.
+        for (var e = lid; e < BM * BK; e += wg) {
+            var r: u32;
+            var q: u32;
+            var dst: u32;
+            if params.a_cs == 1u {
+                r = e / BK;
+                q = e % BK;
+                dst = r * SK + q;
+            } else {
+                r = e % BM;
+                q = e / BM;
+                dst = q * SA + r;
+            }
+            let gm = m0 + r;
+            let gk = k0 + q;
+            var v = 0.0h;
+            if gm < params.m && gk < kdim {
+                v = f16(a[base_a + gm * params.a_rs + gk * params.a_cs]);
+            }
+            sa[dst] = v;
+        }
+        // Stage B's [BK, BN] block the same way.
+        for (var e = lid; e < BK * BN; e += wg) {
+            var q: u32;
+            var s: u32;
+            var dst: u32;
+            if params.b_cs == 1u {
+                q = e / BN;
+                s = e % BN;
+                dst = q * SB + s;
+            } else {
+                s = e / BK;
+                q = e % BK;
+                dst = s * SK + q;
+            }
+            let gk = k0 + q;
+            let gn = n0 + s;
+            var v = 0.0h;
+            if gk < kdim && gn < params.n {
+                v = f16(b[base_b + gk * params.b_rs + gn * params.b_cs]);
+            }
+            sb[dst] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk += 16u) {
+            let a0 = load_a(qm, kk);
+            let a1 = load_a(qm + 16u, kk);
+            let a2 = load_a(qm + 32u, kk);
+            let a3 = load_a(qm + 48u, kk);
+            let b0 = load_b(kk, qn);
+            let b1 = load_b(kk, qn + 16u);
+            let b2 = load_b(kk, qn + 32u);
+            let b3 = load_b(kk, qn + 48u);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+            c12 = coopMultiplyAdd(a1, b2, c12);
+            c13 = coopMultiplyAdd(a1, b3, c13);
+            c20 = coopMultiplyAdd(a2, b0, c20);
+            c21 = coopMultiplyAdd(a2, b1, c21);
+            c22 = coopMultiplyAdd(a2, b2, c22);
+            c23 = coopMultiplyAdd(a2, b3, c23);
+            c30 = coopMultiplyAdd(a3, b0, c30);
+            c31 = coopMultiplyAdd(a3, b1, c31);
+            c32 = coopMultiplyAdd(a3, b2, c32);
+            c33 = coopMultiplyAdd(a3, b3, c33);
+        }
+        workgroupBarrier();
+    }
+
+    let r0 = m0 + qm;
+    let col0 = n0 + qn;
+    store_tile(c00, sg, sl, r0, col0, base_c);
+    store_tile(c01, sg, sl, r0, col0 + 16u, base_c);
+    store_tile(c02, sg, sl, r0, col0 + 32u, base_c);
+    store_tile(c03, sg, sl, r0, col0 + 48u, base_c);
+    store_tile(c10, sg, sl, r0 + 16u, col0, base_c);
+    store_tile(c11, sg, sl, r0 + 16u, col0 + 16u, base_c);
+    store_tile(c12, sg, sl, r0 + 16u, col0 + 32u, base_c);
+    store_tile(c13, sg, sl, r0 + 16u, col0 + 48u, base_c);
+    store_tile(c20, sg, sl, r0 + 32u, col0, base_c);
+    store_tile(c21, sg, sl, r0 + 32u, col0 + 16u, base_c);
+    store_tile(c22, sg, sl, r0 + 32u, col0 + 32u, base_c);
+    store_tile(c23, sg, sl, r0 + 32u, col0 + 48u, base_c);
+    store_tile(c30, sg, sl, r0 + 48u, col0, base_c);
+    store_tile(c31, sg, sl, r0 + 48u, col0 + 16u, base_c);
+    store_tile(c32, sg, sl, r0 + 48u, col0 + 32u, base_c);
+    store_tile(c33, sg, sl, r0 + 48u, col0 + 48u, base_c);
+}
