@@ -3,11 +3,13 @@
 //! - [`checkpoint`]: safetensors files and weight layouts
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
 //! - [`image_ops`]: the pure pixel operations behind them
+//! - [`models`]: the SD networks on the GPU kernels
 //! - [`png_meta`]: the graph embedded in saved PNGs
 
 pub mod checkpoint;
 pub mod image_nodes;
 pub mod image_ops;
+pub mod models;
 pub mod png_meta;
 pub mod tokenizer;
 
