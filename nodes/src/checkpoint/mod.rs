@@ -1,5 +1,6 @@
-//! Checkpoint files: the safetensors reader (layouts and conversions of
-//! model weights build on it).
+//! Checkpoint files: the safetensors reader, the canonical (single-file)
+//! weight names, and the diffusers-folder conversion onto them.
 
+pub mod convert;
 pub mod safetensors;
 pub mod weights;

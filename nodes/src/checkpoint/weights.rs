@@ -18,6 +18,9 @@ use super::safetensors::{CheckpointError, SafeTensors};
 struct Location {
     file: usize,
     key: String,
+    /// The shape under the canonical name when it differs from the stored
+    /// one with the same data (diffusers' `[C, C]` linear for LDM's `[C, C, 1, 1]` conv).
+    shape: Option<Vec<usize>>,
 }
 
 /// A set of checkpoint files seen through canonical names.
@@ -31,13 +34,18 @@ impl WeightSource {
     /// A single-file checkpoint: its names are already canonical.
     pub fn single_file(path: &Path) -> Result<WeightSource, CheckpointError> {
         let st = SafeTensors::open(path)?;
-        let names = st.names().map(|n| (n.to_string(), Location { file: 0, key: n.to_string() })).collect();
+        let names =
+            st.names().map(|n| (n.to_string(), Location { file: 0, key: n.to_string(), shape: None })).collect();
         Ok(WeightSource { files: vec![Arc::new(st)], names })
     }
 
-    /// Builds a source from files and a canonical-name -> (file, key) table.
-    pub fn from_parts(files: Vec<Arc<SafeTensors>>, table: Vec<(String, usize, String)>) -> WeightSource {
-        let names = table.into_iter().map(|(name, file, key)| (name, Location { file, key })).collect();
+    /// Builds a source from files and a table of canonical name -> (file,
+    /// stored key, canonical shape when it differs from the stored one).
+    pub fn from_parts(
+        files: Vec<Arc<SafeTensors>>,
+        table: Vec<(String, usize, String, Option<Vec<usize>>)>,
+    ) -> WeightSource {
+        let names = table.into_iter().map(|(name, file, key, shape)| (name, Location { file, key, shape })).collect();
         WeightSource { files, names }
     }
 
@@ -62,9 +70,9 @@ impl WeightSource {
         }
     }
 
-    fn lookup(&self, name: &str) -> Result<(&SafeTensors, &str), CheckpointError> {
+    fn lookup(&self, name: &str) -> Result<(&SafeTensors, &Location), CheckpointError> {
         let loc = self.names.get(name).ok_or_else(|| self.missing(name))?;
-        Ok((&self.files[loc.file], loc.key.as_str()))
+        Ok((&self.files[loc.file], loc))
     }
 }
 
@@ -92,15 +100,20 @@ impl<'a> Weights<'a> {
     /// The stored shape of a weight.
     pub fn shape(&self, name: &str) -> Result<Vec<usize>, CheckpointError> {
         let full = self.full_name(name);
-        let (st, key) = self.src.lookup(&full)?;
-        Ok(st.info(key).map(|i| i.shape.clone()).unwrap_or_default())
+        let (st, loc) = self.src.lookup(&full)?;
+        Ok(loc.shape.clone().or_else(|| st.info(&loc.key).map(|i| i.shape.clone())).unwrap_or_default())
     }
 
     /// A weight as f32 on the CPU, checked against `shape`.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let full = self.full_name(name);
-        let (st, key) = self.src.lookup(&full)?;
-        st.f32(key, shape).map_err(|mut e| {
+        let (st, loc) = self.src.lookup(&full)?;
+        // A reshaped entry holds the same elements in the same order.
+        let stored = match &loc.shape {
+            Some(canonical) if canonical == shape => st.info(&loc.key).map(|i| i.shape.clone()).unwrap_or_default(),
+            _ => shape.to_vec(),
+        };
+        st.f32(&loc.key, &stored).map_err(|mut e| {
             e.key = Some(full);
             e
         })
