@@ -2,8 +2,16 @@
 //! file, with fields named after the single-file checkpoint keys.
 //!
 //! - [`nn`]: the layers they are built from (Linear, Conv2d, GroupNorm, LayerNorm)
+//! - [`clip`]: the SD 1.x text encoder (transformers' `CLIPTextModel`)
+//! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
+//! - [`vae`]: the SD 1.x VAE (`first_stage_model.`, diffusers' `AutoencoderKL`); its blocks in [`vae_blocks`]
 
+pub mod clip;
 pub mod nn;
+pub mod unet;
+pub mod unet_blocks;
+pub mod vae;
+pub mod vae_blocks;
 
 use engine::gpu::GpuError;
 

@@ -21,17 +21,14 @@ use super::{END_OF_TEXT, START_OF_TEXT};
 /// or a control character. The position in this list is the byte's vocabulary id (and + 256 with `</w>`).
 pub(crate) fn bytes_to_unicode() -> [(u8, char); 256] {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let kept = (0..=255u8).filter(|&b| printable(b)).map(|b| (b, char::from(b)));
+    let shifted = (0..=255u8)
+        .filter(|&b| !printable(b))
+        .zip(0x100..)
+        .map(|(b, cp)| (b, char::from_u32(cp).expect("U+0100..=U+0143 are chars")));
     let mut out = [(0u8, '\0'); 256];
-    let mut i = 0;
-    for b in (0..=255u8).filter(|&b| printable(b)) {
-        out[i] = (b, char::from(b));
-        i += 1;
-    }
-    let mut n = 0;
-    for b in (0..=255u8).filter(|&b| !printable(b)) {
-        out[i] = (b, char::from_u32(256 + n).expect("U+0100..U+0143 are chars"));
-        i += 1;
-        n += 1;
+    for (slot, entry) in out.iter_mut().zip(kept.chain(shifted)) {
+        *slot = entry;
     }
     out
 }

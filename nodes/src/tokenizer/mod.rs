@@ -2,23 +2,28 @@
 //!
 //! Token-for-token identical to Hugging Face transformers' slow Python `CLIPTokenizer` (checked against 4.57.6,
 //! the last release line that has it; diffusers and ComfyUI load it for SD 1.x), which is OpenAI CLIP's /
-//! open_clip's `SimpleTokenizer` with a different text clean-up:
+//! open_clip's `SimpleTokenizer` with a different text clean-up. (transformers 5 replaced it with a
+//! `tokenizers`-backed class whose normalisation is only NFC, whitespace collapsing and lower-casing.)
 //!
-//! - Vocabulary: the 256 byte symbols of [`bpe::bytes_to_unicode`], the same 256 with `</w>`, the first 48,894
+//! - Vocabulary: the 256 byte symbols of `bytes_to_unicode` (in `bpe.rs`), the same 256 with `</w>`, the first 48,894
 //!   merges of open_clip's `bpe_simple_vocab_16e6.txt.gz` (lines 1..=48894, `merges[1:49152-256-2+1]`), then
 //!   `<|startoftext|>` (49406) and `<|endoftext|>` (49407): 49,408 entries, the ids of HF's `vocab.json`.
 //! - Special tokens typed in the prompt: the exact strings `<|startoftext|>` / `<|endoftext|>` are cut out before
 //!   anything else and become their ids, as HF's added-token trie does.
-//! - Normalisation ([`normalize`]): HF's fallback for when `ftfy` is NOT installed, i.e. `BasicTokenizer(
+//! - Normalisation (`normalize.rs`): HF's fallback for when `ftfy` is NOT installed, i.e. `BasicTokenizer(
 //!   strip_accents=False, do_split_on_punc=False)`: delete control/format/unassigned characters, space out CJK
 //!   ideographs, NFC, split on whitespace, lower-case. We match this rather than the `ftfy.fix_text` path because
-//!   it is what diffusers and ComfyUI run by default (neither depends on ftfy), and because ftfy's mojibake
-//!   heuristics cannot be reproduced exactly. For ordinary prompts (no mojibake, HTML entities, curly quotes or
-//!   full-width forms) the two paths give the same tokens.
-//! - Pre-tokenising pattern and byte-level BPE ([`bpe`]) as in the reference.
+//!   it is what diffusers and ComfyUI run by default (neither depends on ftfy), and because ftfy's heuristics
+//!   (mojibake repair, HTML unescaping, quote uncurling) cannot be reproduced exactly. With ftfy 6.3.1 installed,
+//!   HF gives the same ids for all the fixture's SD-style, Latin/Greek/Cyrillic, punctuation, number, apostrophe,
+//!   NFC and special-token prompts, but different ids for CJK ideographs (one word per run instead of one per
+//!   ideograph), full-width forms, ligatures, curly quotes, HTML entities, ZWJ emoji sequences (the ZWJ is deleted
+//!   here) and control/format/unassigned characters.
+//! - Pre-tokenising pattern and byte-level BPE (`bpe.rs`) as in the reference.
 //!
-//! Unicode data (categories, NFC) is Python 3.11's (Unicode 14.0.0). A Python with a newer Unicode keeps characters
-//! assigned after 14.0 that we (like Python 3.11) delete as unassigned; nothing else depends on the version.
+//! Unicode data (categories, NFC, case properties) is Python 3.11's (Unicode 14.0.0). Under another Python, HF can
+//! differ on characters whose data changed between Unicode versions: mainly those assigned after 14.0, which we,
+//! like Python 3.11, delete as unassigned.
 //!
 //! Sequence forms: [`ClipTokenizer::tokenize_77`] is HF's `padding="max_length", max_length=77, truncation=True`;
 //! [`ClipTokenizer::chunks_75`] is ComfyUI's long-prompt chunking.
@@ -68,6 +73,8 @@ struct Inner {
     tokens: Vec<String>,
     /// Token string -> id.
     ids: HashMap<String, u32>,
+    /// Byte symbol -> byte, for decoding.
+    byte_of: HashMap<char, u8>,
     bpe: Bpe,
 }
 
@@ -119,7 +126,7 @@ impl ClipTokenizer {
     /// each wrapped in start/end tokens, the last padded with [`PAD`]. Always at least one sequence (an empty
     /// prompt gives start, end, padding).
     ///
-    /// This is ComfyUI's `SDTokenizer.tokenize_with_weights` (comfy/sd1_clip.py, 2025) for prompts without its
+    /// This is ComfyUI's `SDTokenizer.tokenize_with_weights` (comfy/sd1_clip.py at b55c224) for prompts without its
     /// extra syntax: there, a prompt segment of 8 or more tokens is cut at exactly 75 tokens per sequence, and a
     /// plain prompt is one segment. Emphasis such as `(word:1.2)`, escaped `\(`, and `embedding:name` references
     /// are not parsed here: they are tokenized as the literal text. (Older ComfyUI tokenized word by word and
@@ -151,12 +158,11 @@ impl ClipTokenizer {
     /// U+FFFD), each `</w>` a space, ends stripped. Special tokens come out as their text; unknown ids are skipped.
     /// Normalisation is lossy, so this gives the normalised (lower-cased) text, not the prompt.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let byte_of: HashMap<char, u8> = bpe::bytes_to_unicode().iter().map(|&(b, c)| (c, b)).collect();
         let mut bytes = Vec::new();
         for token in ids.iter().filter_map(|&id| self.token(id)) {
             for c in token.chars() {
                 // Every char of every vocabulary entry is a byte symbol (the special tokens are printable ASCII).
-                if let Some(&b) = byte_of.get(&c) {
+                if let Some(&b) = self.inner.byte_of.get(&c) {
                     bytes.push(b);
                 }
             }
@@ -205,14 +211,16 @@ impl Inner {
         for (i, &(b, _)) in table.iter().enumerate() {
             byte_ids[b as usize] = i as u32;
         }
-        let id = |s: &str| ids.get(s).copied().ok_or_else(|| format!("CLIP merge symbol {s:?} is not in the vocabulary"));
+        let id =
+            |s: &str| ids.get(s).copied().ok_or_else(|| format!("CLIP merge symbol {s:?} is not in the vocabulary"));
         let mut ranks = HashMap::with_capacity(MERGES_USED);
         for (rank, (a, b)) in merges.iter().enumerate() {
             let merged = id(&format!("{a}{b}"))?;
             // `dict(zip(merges, range(..)))`: a repeated pair would keep its later rank.
             ranks.insert((id(a)?, id(b)?), Merge { rank: rank as u32, merged });
         }
-        Ok(Inner { tokens, ids, bpe: Bpe::new(byte_ids, ranks) })
+        let byte_of = table.iter().map(|&(b, c)| (c, b)).collect();
+        Ok(Inner { tokens, ids, byte_of, bpe: Bpe::new(byte_ids, ranks) })
     }
 }
 

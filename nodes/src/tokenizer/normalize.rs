@@ -13,9 +13,10 @@
 //!
 //! General categories and NFC data come from [`super::tables`], generated from Python 3.11's `unicodedata` (Unicode
 //! 14.0.0), because the reference depends on them and Rust's std has neither. Lower-casing uses Rust's
-//! `str::to_lowercase`, which implements the same full mappings (İ → i̇) and the same Final_Sigma rule as Python's
-//! `str.lower`; every character the cleaning step keeps is assigned in Unicode 14, whose case mappings Rust's newer
-//! Unicode tables keep unchanged (checked exhaustively against Python, see the fixture generator's `--exhaustive`).
+//! `char::to_lowercase` for the per-character full mappings (İ → i̇), which agree with Python's for every character
+//! the cleaning step keeps (checked exhaustively with the fixture generator's `--exhaustive`, and the committed
+//! fixture lower-cases every cased character), but decides final sigma with Python's tables (see
+//! [`lowercase_into`]).
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -93,9 +94,37 @@ pub(crate) fn normalize(text: &str) -> String {
         if !out.is_empty() {
             out.push(' ');
         }
-        out.push_str(&word.to_lowercase());
+        lowercase_into(word, &mut out);
     }
     out
+}
+
+/// Python's `str.lower`: each character's full lower-case mapping (Rust's `char::to_lowercase`, identical for every
+/// character normalisation keeps), except that a capital sigma becomes final `ς` in the Final_Sigma context, decided
+/// with Python's Cased / Case_Ignorable properties. (Rust's `str::to_lowercase` applies the same rule with its
+/// own, newer properties, which differ for U+0295 and U+1171E.)
+fn lowercase_into(word: &str, out: &mut String) {
+    if word.is_ascii() {
+        out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
+        return;
+    }
+    let chars: Vec<char> = word.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c == '\u{3A3}' {
+            out.push(if is_final_sigma(&chars, i) { '\u{3C2}' } else { '\u{3C3}' });
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+}
+
+/// CPython's `handle_capital_sigma`: `\p{Cased} \p{Case_Ignorable}* Σ !(\p{Case_Ignorable}* \p{Cased})`.
+fn is_final_sigma(chars: &[char], i: usize) -> bool {
+    let ignorable = |c: &&char| in_ranges(tables::CASE_IGNORABLE, **c as u32);
+    let cased = |c: &char| in_ranges(tables::CASED, *c as u32);
+    let before = chars[..i].iter().rev().find(|c| !ignorable(c));
+    let after = chars[i + 1..].iter().find(|c| !ignorable(c));
+    before.is_some_and(cased) && !after.is_some_and(cased)
 }
 
 // ---- NFC (UAX #15), over the tables CPython's `unicodedata` uses. ----
@@ -138,7 +167,7 @@ fn decompose(cp: u32, out: &mut Vec<u32>) {
         let s = cp - S_BASE;
         out.push(L_BASE + s / N_COUNT);
         out.push(V_BASE + (s % N_COUNT) / T_COUNT);
-        if s % T_COUNT != 0 {
+        if !s.is_multiple_of(T_COUNT) {
             out.push(T_BASE + s % T_COUNT);
         }
     } else if let Ok(i) = tables::DECOMP_PAIR.binary_search_by_key(&cp, |&(c, _, _)| c) {
@@ -168,7 +197,9 @@ fn compose_pair(a: u32, b: u32) -> Option<u32> {
     if (L_BASE..L_BASE + L_COUNT).contains(&a) && (V_BASE..V_BASE + V_COUNT).contains(&b) {
         return Some(S_BASE + ((a - L_BASE) * V_COUNT + (b - V_BASE)) * T_COUNT);
     }
-    if (S_BASE..S_BASE + S_COUNT).contains(&a) && (a - S_BASE) % T_COUNT == 0 && (T_BASE + 1..T_BASE + T_COUNT).contains(&b)
+    if (S_BASE..S_BASE + S_COUNT).contains(&a)
+        && (a - S_BASE).is_multiple_of(T_COUNT)
+        && (T_BASE + 1..T_BASE + T_COUNT).contains(&b)
     {
         return Some(a + (b - T_BASE));
     }
@@ -249,7 +280,10 @@ mod tests {
         // VT/FF and ZWJ are deleted rather than turned into spaces.
         assert_eq!(normalize("a\u{b}b\u{c}c\u{200d}d"), "abcd");
         assert_eq!(normalize("猫猫"), "猫 猫");
-        assert_eq!(normalize("ΟΔΟΣ"), "οδος");
+        // Final sigma at the end of a word only.
+        assert_eq!(normalize("ΟΔΟΣ ΣΑΣ"), "\u{3BF}\u{3B4}\u{3BF}\u{3C2} \u{3C3}\u{3B1}\u{3C2}");
+        // U+0295 is Cased in Unicode 14 (Python 3.11), so the sigma after it is final.
+        assert_eq!(normalize("\u{295}\u{3A3}"), "\u{295}\u{3C2}");
         assert_eq!(normalize(""), "");
         assert_eq!(normalize(" \t\n "), "");
     }
