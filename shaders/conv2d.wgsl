@@ -8,7 +8,7 @@
 // outer loop and input channels in BK-steps inside it, so staging a step needs
 // no division: the kernel tap is fixed per step and each invocation's output
 // pixel is fixed for the whole run. Same tiling as matmul.wgsl: a workgroup
-// computes a BM (channels) x BN (pixels) block, an invocation a TM x TN
+// computes a BM (channels) x BN (pixels) block, an invocation an 8x8
 // micro-tile; zero-padded staging handles every edge and the padding ring.
 // The output block is written along pixels, i.e. contiguously in NCHW.
 
@@ -54,16 +54,17 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<T>;
 @group(0) @binding(4) var<storage, read_write> y: array<T>;
 
-override BM: u32 = 64u;
-override BN: u32 = 64u;
+// Block size (multiples of 8) and K-step; WG must be (BM / 8) * (BN / 8)
+// and a multiple of BN / 4.
+override BM: u32 = 128u;
+override BN: u32 = 128u;
 override BK: u32 = 16u;
-// Must equal (BM / TM) * (BN / TN) and be a multiple of BN.
 override WG: u32 = 256u;
-const TM: u32 = 4u;
-const TN: u32 = 4u;
 
-var<workgroup> sa: array<f32, BK * (BM + 1u)>;
-var<workgroup> sb: array<f32, BK * BN>;
+// k-major staging as in matmul.wgsl: one vec4 per 4 output channels (4
+// pixels), rows padded by one vec4.
+var<workgroup> sa: array<vec4<f32>, BK * (BM / 4u + 1u)>;
+var<workgroup> sb: array<vec4<f32>, BK * (BN / 4u + 1u)>;
 
 fn erf_f32(v: f32) -> f32 {
     let a = abs(v);
@@ -82,6 +83,28 @@ fn activate(v: f32) -> f32 {
         case 2u: { return 0.5 * v * (1.0 + erf_f32(v * 0.7071067811865476)); }
         case 3u: { return v / (1.0 + exp(-1.702 * v)); }
         default: { return v; }
+    }
+}
+
+// Writes four consecutive pixels of one output channel.
+fn store4(base: u32, co: u32, px: u32, npix: u32, v: vec4<f32>) {
+    if co >= params.cout {
+        return;
+    }
+    var add = 0.0;
+    if params.has_bias != 0u {
+        add = f32(bias[params.off_bias + co]);
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let p = px + j;
+        if p < npix {
+            let at = base + co * npix + p;
+            var x = v[j] + add;
+            if params.accumulate != 0u {
+                x += f32(y[at]);
+            }
+            y[at] = T(activate(x));
+        }
     }
 }
 
@@ -105,92 +128,127 @@ fn conv2d(
     // Weight row stride and the first weight element of this channel split.
     let w_row = params.w_cin * khw;
     let base_w = params.off_w + params.ci_start * khw;
+    let qa = BM / 4u;
+    let qb = BN / 4u;
+    let sra = qa + 1u;
+    let srb = qb + 1u;
 
-    // The output pixel this invocation stages for B (WG is a multiple of BN,
-    // so it is the same in every staging pass).
-    let sp = lid % BN;
-    let q0 = lid / BN;
-    let qstep = WG / BN;
-    let p = n0 + sp;
-    let p_ok = p < npix;
-    let oy = i32(p / max(params.wout, 1u));
-    let ox = i32(p % max(params.wout, 1u));
-    let iy0 = oy * i32(params.stride_y) - i32(params.pad_y);
-    let ix0 = ox * i32(params.stride_x) - i32(params.pad_x);
+    // The 4 output pixels this invocation stages for B: WG is a multiple of
+    // BN / 4, so they are the same in every staging pass and every step.
+    let s4 = lid % qb;
+    let q0 = lid / qb;
+    let qstep = WG / qb;
+    let p = vec4<u32>(n0 + 4u * s4) + vec4<u32>(0u, 1u, 2u, 3u);
+    let wout = max(params.wout, 1u);
+    let p_ok = p < vec4<u32>(npix);
+    let iy0 = vec4<i32>(p / wout) * i32(params.stride_y) - i32(params.pad_y);
+    let ix0 = vec4<i32>(p % wout) * i32(params.stride_x) - i32(params.pad_x);
 
-    let cols = BN / TN;
-    let tx = lid % cols;
-    let ty = lid / cols;
-    let rs = BM / TM;
-    let cs = BN / TN;
-    let sam = BM + 1u;
+    let tx = lid % (BN / 8u);
+    let ty = lid / (BN / 8u);
 
-    var acc: array<vec4<f32>, TM>;
-    for (var i = 0u; i < TM; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    var c00 = vec4<f32>(0.0);
+    var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0);
+    var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0);
+    var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0);
+    var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0);
+    var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0);
+    var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0);
+    var c71 = vec4<f32>(0.0);
 
     for (var tap = 0u; tap < khw; tap++) {
         let ky = tap / params.kw;
         let kx = tap % params.kw;
-        let iy = iy0 + i32(ky * params.dil_y);
-        let ix = ix0 + i32(kx * params.dil_x);
-        let pix_ok = p_ok && iy >= 0 && iy < i32(params.h) && ix >= 0 && ix < i32(params.w);
-        let pix = u32(iy) * params.w + u32(ix);
+        let iy = iy0 + vec4<i32>(i32(ky * params.dil_y));
+        let ix = ix0 + vec4<i32>(i32(kx * params.dil_x));
+        let inside = p_ok & (iy >= vec4<i32>(0)) & (iy < vec4<i32>(i32(params.h))) & (ix >= vec4<i32>(0))
+            & (ix < vec4<i32>(i32(params.w)));
+        let pix = vec4<u32>(iy) * params.w + vec4<u32>(ix);
         for (var c0 = 0u; c0 < params.cin; c0 += BK) {
-            // W block [BM channels out, BK channels in] at this tap, k fastest.
-            for (var e = lid; e < BM * BK; e += WG) {
-                let r = e / BK;
+            // W block: (BM / 4) x BK vec4s, 4 output channels at one input channel.
+            for (var e = lid; e < qa * BK; e += WG) {
+                let r4 = e / BK;
                 let q = e % BK;
-                let co = m0 + r;
+                let co = m0 + 4u * r4;
                 let ci = c0 + q;
-                var v = 0.0;
-                if co < params.cout && ci < params.cin {
-                    v = f32(w[base_w + co * w_row + ci * khw + tap]);
+                var v = vec4<f32>(0.0);
+                if ci < params.cin {
+                    let at = base_w + co * w_row + ci * khw + tap;
+                    for (var i = 0u; i < 4u; i++) {
+                        if co + i < params.cout {
+                            v[i] = f32(w[at + i * w_row]);
+                        }
+                    }
                 }
-                sa[q * sam + r] = v;
+                sa[q * sra + r4] = v;
             }
-            // X block [BK channels in, BN pixels], pixels fastest.
+            // X block: BK x (BN / 4) vec4s, 4 pixels at one input channel.
             for (var q = q0; q < BK; q += qstep) {
                 let ci = c0 + q;
-                var v = 0.0;
-                if pix_ok && ci < params.cin {
-                    v = f32(x[base_x + ci * hw + pix]);
+                var v = vec4<f32>(0.0);
+                if ci < params.cin {
+                    let at = base_x + ci * hw;
+                    for (var i = 0u; i < 4u; i++) {
+                        if inside[i] {
+                            v[i] = f32(x[at + pix[i]]);
+                        }
+                    }
                 }
-                sb[q * BN + sp] = v;
+                sb[q * srb + s4] = v;
             }
             workgroupBarrier();
             for (var kk = 0u; kk < BK; kk++) {
-                let ra = kk * sam + ty;
-                let rb = kk * BN + tx;
-                let bv = vec4<f32>(sb[rb], sb[rb + cs], sb[rb + 2u * cs], sb[rb + 3u * cs]);
-                for (var i = 0u; i < TM; i++) {
-                    acc[i] = fma(vec4<f32>(sa[ra + i * rs]), bv, acc[i]);
-                }
+                let a0 = sa[kk * sra + ty];
+                let a1 = sa[kk * sra + ty + qa / 2u];
+                let b0 = sb[kk * srb + tx];
+                let b1 = sb[kk * srb + tx + qb / 2u];
+                c00 = fma(vec4<f32>(a0.x), b0, c00);
+                c01 = fma(vec4<f32>(a0.x), b1, c01);
+                c10 = fma(vec4<f32>(a0.y), b0, c10);
+                c11 = fma(vec4<f32>(a0.y), b1, c11);
+                c20 = fma(vec4<f32>(a0.z), b0, c20);
+                c21 = fma(vec4<f32>(a0.z), b1, c21);
+                c30 = fma(vec4<f32>(a0.w), b0, c30);
+                c31 = fma(vec4<f32>(a0.w), b1, c31);
+                c40 = fma(vec4<f32>(a1.x), b0, c40);
+                c41 = fma(vec4<f32>(a1.x), b1, c41);
+                c50 = fma(vec4<f32>(a1.y), b0, c50);
+                c51 = fma(vec4<f32>(a1.y), b1, c51);
+                c60 = fma(vec4<f32>(a1.z), b0, c60);
+                c61 = fma(vec4<f32>(a1.z), b1, c61);
+                c70 = fma(vec4<f32>(a1.w), b0, c70);
+                c71 = fma(vec4<f32>(a1.w), b1, c71);
             }
             workgroupBarrier();
         }
     }
 
-    for (var i = 0u; i < TM; i++) {
-        let co = m0 + ty + i * rs;
-        if co >= params.cout {
-            continue;
-        }
-        var add = 0.0;
-        if params.has_bias != 0u {
-            add = f32(bias[params.off_bias + co]);
-        }
-        for (var j = 0u; j < TN; j++) {
-            let px = n0 + tx + j * cs;
-            if px < npix {
-                let at = base_y + co * npix + px;
-                var v = acc[i][j] + add;
-                if params.accumulate != 0u {
-                    v += f32(y[at]);
-                }
-                y[at] = T(activate(v));
-            }
-        }
-    }
+    let r0 = m0 + 4u * ty;
+    let r1 = r0 + BM / 2u;
+    let p0 = n0 + 4u * tx;
+    let p1 = p0 + BN / 2u;
+    store4(base_y, r0, p0, npix, c00);
+    store4(base_y, r0, p1, npix, c01);
+    store4(base_y, r0 + 1u, p0, npix, c10);
+    store4(base_y, r0 + 1u, p1, npix, c11);
+    store4(base_y, r0 + 2u, p0, npix, c20);
+    store4(base_y, r0 + 2u, p1, npix, c21);
+    store4(base_y, r0 + 3u, p0, npix, c30);
+    store4(base_y, r0 + 3u, p1, npix, c31);
+    store4(base_y, r1, p0, npix, c40);
+    store4(base_y, r1, p1, npix, c41);
+    store4(base_y, r1 + 1u, p0, npix, c50);
+    store4(base_y, r1 + 1u, p1, npix, c51);
+    store4(base_y, r1 + 2u, p0, npix, c60);
+    store4(base_y, r1 + 2u, p1, npix, c61);
+    store4(base_y, r1 + 3u, p0, npix, c70);
+    store4(base_y, r1 + 3u, p1, npix, c71);
 }

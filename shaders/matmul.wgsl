@@ -4,12 +4,14 @@
 // 3 bias, 4 c.
 //
 // Shared-memory tiled GEMM with register blocking: a workgroup computes a
-// BM x BN block of C, one invocation a TM x TN micro-tile of it (rows and
-// columns strided by BM/TM and BN/TN so neighbouring invocations touch
-// neighbouring shared-memory words). Each K-step stages A's [BM, BK] and B's
-// [BK, BN] blocks in workgroup memory, zero past the edges, so any M, N, K
-// works. Operands are addressed through row/column strides, which is how
-// transposes and broadcast batches come for free.
+// BM x BN block of C; each invocation an 8x8 micro-tile made of two 4-row
+// by two 4-column groups, half a block apart, so its shared-memory reads are
+// four vec4s per k and neighbouring invocations read neighbouring vec4s.
+// Each K-step stages A's [BM, BK] and B's [BK, BN] blocks in workgroup
+// memory (k-major, zero past the edges), so any M, N, K works. Operands are
+// addressed through row and column strides, which is how transposes and
+// shared (broadcast) batch operands come for free; staging reads global
+// memory along whichever index is contiguous.
 
 struct Params {
     m: u32,
@@ -43,18 +45,16 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<T>;
 @group(0) @binding(4) var<storage, read_write> c: array<T>;
 
-override BM: u32 = 64u;
-override BN: u32 = 64u;
+// Block size (multiples of 8) and K-step; WG must be (BM / 8) * (BN / 8).
+override BM: u32 = 128u;
+override BN: u32 = 128u;
 override BK: u32 = 16u;
-// Must equal (BM / TM) * (BN / TN); the launcher sets all four together.
 override WG: u32 = 256u;
-const TM: u32 = 4u;
-const TN: u32 = 4u;
 
-// [BK][BM + 1] and [BK][BN + 1]: the padding breaks bank conflicts when a
-// tile is staged with k as the fast index.
-var<workgroup> sa: array<f32, BK * (BM + 1u)>;
-var<workgroup> sb: array<f32, BK * (BN + 1u)>;
+// k-major staging, one vec4 per 4 rows (columns), rows padded by one vec4
+// to spread the k-fast staging writes over memory banks.
+var<workgroup> sa: array<vec4<f32>, BK * (BM / 4u + 1u)>;
+var<workgroup> sb: array<vec4<f32>, BK * (BN / 4u + 1u)>;
 
 fn erf_f32(v: f32) -> f32 {
     let x = abs(v);
@@ -76,6 +76,38 @@ fn activate(v: f32) -> f32 {
     }
 }
 
+// A[gm, gk], zero outside the matrix.
+fn load_a(base: u32, gm: u32, gk: u32) -> f32 {
+    if gm < params.m && gk < params.k {
+        return f32(a[base + gm * params.a_rs + gk * params.a_cs]);
+    }
+    return 0.0;
+}
+
+fn load_b(base: u32, gk: u32, gn: u32) -> f32 {
+    if gk < params.k && gn < params.n {
+        return f32(b[base + gk * params.b_rs + gn * params.b_cs]);
+    }
+    return 0.0;
+}
+
+// Writes four consecutive columns of one row of C with bias and activation.
+fn store4(base: u32, row: u32, col: u32, v: vec4<f32>) {
+    if row >= params.m {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let cj = col + j;
+        if cj < params.n {
+            var x = v[j];
+            if params.has_bias != 0u {
+                x += f32(bias[params.off_bias + cj]);
+            }
+            c[base + row * params.n + cj] = T(activate(x));
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn matmul(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -91,76 +123,106 @@ fn matmul(
     let base_a = params.off_a + wid.z * params.batch_a;
     let base_b = params.off_b + wid.z * params.batch_b;
     let base_c = params.off_c + wid.z * params.batch_c;
-    let am = params.a_rs;
-    let ak = params.a_cs;
-    let bk = params.b_rs;
-    let bn = params.b_cs;
-    // Stage with the contiguous global index fastest across invocations.
-    let a_kfast = ak == 1u;
-    let b_nfast = bn == 1u;
-    let sam = BM + 1u;
-    let sbn = BN + 1u;
-    // This invocation's micro-tile: rows ty + i * RS, columns tx + j * CS.
-    let cols = BN / TN;
-    let tx = lid % cols;
-    let ty = lid / cols;
-    let rs = BM / TM;
-    let cs = BN / TN;
+    // Stage along the contiguous global index.
+    let a_kfast = params.a_cs == 1u;
+    let b_kfast = params.b_cs != 1u;
+    let qa = BM / 4u; // vec4s per k-row of sa (plus one of padding)
+    let qb = BN / 4u;
+    let sra = qa + 1u;
+    let srb = qb + 1u;
+    // This invocation's rows: 4 * ty + (0..4) and BM / 2 + 4 * ty + (0..4);
+    // columns likewise with tx.
+    let tx = lid % (BN / 8u);
+    let ty = lid / (BN / 8u);
 
-    var acc: array<vec4<f32>, TM>;
-    for (var i = 0u; i < TM; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    var c00 = vec4<f32>(0.0);
+    var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0);
+    var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0);
+    var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0);
+    var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0);
+    var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0);
+    var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0);
+    var c71 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < params.k; k0 += BK) {
-        for (var e = lid; e < BM * BK; e += WG) {
-            let r = select(e % BM, e / BK, a_kfast);
-            let q = select(e / BM, e % BK, a_kfast);
-            let gm = m0 + r;
+        // A block: (BM / 4) x BK vec4s, each 4 rows at one k.
+        for (var e = lid; e < qa * BK; e += WG) {
+            let r4 = select(e % qa, e / BK, a_kfast);
+            let q = select(e / qa, e % BK, a_kfast);
+            let gm = m0 + 4u * r4;
             let gk = k0 + q;
-            var v = 0.0;
-            if gm < params.m && gk < params.k {
-                v = f32(a[base_a + gm * am + gk * ak]);
-            }
-            sa[q * sam + r] = v;
+            sa[q * sra + r4] = vec4<f32>(
+                load_a(base_a, gm, gk),
+                load_a(base_a, gm + 1u, gk),
+                load_a(base_a, gm + 2u, gk),
+                load_a(base_a, gm + 3u, gk),
+            );
         }
-        for (var e = lid; e < BK * BN; e += WG) {
-            let q = select(e % BK, e / BN, b_nfast);
-            let s = select(e / BK, e % BN, b_nfast);
+        // B block: BK x (BN / 4) vec4s, each 4 columns at one k.
+        for (var e = lid; e < qb * BK; e += WG) {
+            let s4 = select(e % qb, e / BK, b_kfast);
+            let q = select(e / qb, e % BK, b_kfast);
+            let gn = n0 + 4u * s4;
             let gk = k0 + q;
-            let gn = n0 + s;
-            var v = 0.0;
-            if gk < params.k && gn < params.n {
-                v = f32(b[base_b + gk * bk + gn * bn]);
-            }
-            sb[q * sbn + s] = v;
+            sb[q * srb + s4] = vec4<f32>(
+                load_b(base_b, gk, gn),
+                load_b(base_b, gk, gn + 1u),
+                load_b(base_b, gk, gn + 2u),
+                load_b(base_b, gk, gn + 3u),
+            );
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let ra = kk * sam + ty;
-            let rb = kk * sbn + tx;
-            let bv = vec4<f32>(sb[rb], sb[rb + cs], sb[rb + 2u * cs], sb[rb + 3u * cs]);
-            for (var i = 0u; i < TM; i++) {
-                acc[i] = fma(vec4<f32>(sa[ra + i * rs]), bv, acc[i]);
-            }
+            let a0 = sa[kk * sra + ty];
+            let a1 = sa[kk * sra + ty + qa / 2u];
+            let b0 = sb[kk * srb + tx];
+            let b1 = sb[kk * srb + tx + qb / 2u];
+            c00 = fma(vec4<f32>(a0.x), b0, c00);
+            c01 = fma(vec4<f32>(a0.x), b1, c01);
+            c10 = fma(vec4<f32>(a0.y), b0, c10);
+            c11 = fma(vec4<f32>(a0.y), b1, c11);
+            c20 = fma(vec4<f32>(a0.z), b0, c20);
+            c21 = fma(vec4<f32>(a0.z), b1, c21);
+            c30 = fma(vec4<f32>(a0.w), b0, c30);
+            c31 = fma(vec4<f32>(a0.w), b1, c31);
+            c40 = fma(vec4<f32>(a1.x), b0, c40);
+            c41 = fma(vec4<f32>(a1.x), b1, c41);
+            c50 = fma(vec4<f32>(a1.y), b0, c50);
+            c51 = fma(vec4<f32>(a1.y), b1, c51);
+            c60 = fma(vec4<f32>(a1.z), b0, c60);
+            c61 = fma(vec4<f32>(a1.z), b1, c61);
+            c70 = fma(vec4<f32>(a1.w), b0, c70);
+            c71 = fma(vec4<f32>(a1.w), b1, c71);
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < TM; i++) {
-        let row = m0 + ty + i * rs;
-        if row >= params.m {
-            continue;
-        }
-        for (var j = 0u; j < TN; j++) {
-            let col = n0 + tx + j * cs;
-            if col < params.n {
-                var v = acc[i][j];
-                if params.has_bias != 0u {
-                    v += f32(bias[params.off_bias + col]);
-                }
-                c[base_c + row * params.n + col] = T(activate(v));
-            }
-        }
-    }
+    let r0 = m0 + 4u * ty;
+    let r1 = r0 + BM / 2u;
+    let col0 = n0 + 4u * tx;
+    let col1 = col0 + BN / 2u;
+    store4(base_c, r0, col0, c00);
+    store4(base_c, r0, col1, c01);
+    store4(base_c, r0 + 1u, col0, c10);
+    store4(base_c, r0 + 1u, col1, c11);
+    store4(base_c, r0 + 2u, col0, c20);
+    store4(base_c, r0 + 2u, col1, c21);
+    store4(base_c, r0 + 3u, col0, c30);
+    store4(base_c, r0 + 3u, col1, c31);
+    store4(base_c, r1, col0, c40);
+    store4(base_c, r1, col1, c41);
+    store4(base_c, r1 + 1u, col0, c50);
+    store4(base_c, r1 + 1u, col1, c51);
+    store4(base_c, r1 + 2u, col0, c60);
+    store4(base_c, r1 + 2u, col1, c61);
+    store4(base_c, r1 + 3u, col0, c70);
+    store4(base_c, r1 + 3u, col1, c71);
 }

@@ -1,7 +1,11 @@
-// Batched matmul on cooperative matrices (tensor cores): C = op(A) · op(B)
-// (+ bias per column) (then activation), like `torch.matmul` / `F.linear`.
-// Variant CoopF16 only: A, B and C are f16 in memory, products accumulate in
-// f32 (`coop_mat16x16<f32, C>`). Bindings: 0 params, 1 a, 2 b, 3 bias, 4 c.
+// Batched matmul and 2-D convolution on cooperative matrices (tensor cores).
+// `matmul`: C = op(A) · op(B) (+ bias per column) (then activation), like
+// `torch.matmul` / `F.linear`; bindings 0 params, 1 a, 2 b, 3 bias, 4 c.
+// `conv2d`: `F.conv2d` (groups = 1) as an implicit GEMM, the same scheme as
+// conv2d.wgsl; bindings 5 cparams, 6 cx, 7 cw, 8 cbias, 9 cy (its own
+// numbers, so the two entry points never share a binding slot).
+// Variant CoopF16 only: tensors are f16 in memory, products accumulate in
+// f32 (`coop_mat16x16<f32, C>`), results go out through an f32 tile.
 //
 // One workgroup = 4 subgroups of SG invocations computes a 128x128 block of
 // C; each subgroup owns a 64x64 quadrant, 4x4 tiles of 16x16, so it keeps 16
@@ -74,8 +78,8 @@ fn erf_f32(v: f32) -> f32 {
     return select(r - 1.0, 1.0 - r, v >= 0.0);
 }
 
-fn activate(v: f32) -> f32 {
-    switch params.act {
+fn activate(v: f32, act: u32) -> f32 {
+    switch act {
         case 1u: { return v / (1.0 + exp(-v)); }
         case 2u: { return 0.5 * v * (1.0 + erf_f32(v * 0.7071067811865476)); }
         case 3u: { return v / (1.0 + exp(-1.702 * v)); }
@@ -122,7 +126,7 @@ fn store_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, row0: u32, col0: u32
             if params.has_bias != 0u {
                 v += f32(bias[params.off_bias + col]);
             }
-            c[base_c + row * params.n + col] = T(activate(v));
+            c[base_c + row * params.n + col] = T(activate(v, params.act));
         }
     }
     workgroupBarrier();
@@ -268,4 +272,214 @@ fn matmul(
     store_tile(c31, sg, sl, r0 + 48u, col0 + 16u, base_c);
     store_tile(c32, sg, sl, r0 + 48u, col0 + 32u, base_c);
     store_tile(c33, sg, sl, r0 + 48u, col0 + 48u, base_c);
+}
+
+// ---------------------------------------------------------------------------
+// conv2d: Y[co, p] = sum over taps (ky, kx) and input channels ci of
+// W[co, ci, ky, kx] * X[ci, iy, ix]. M = output channels, N = output pixels;
+// each K-step is one tap and BK input channels, so staging needs no division.
+
+struct ConvParams {
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    hout: u32,
+    wout: u32,
+    kh: u32,
+    kw: u32,
+    stride_y: u32,
+    stride_x: u32,
+    pad_y: u32,
+    pad_x: u32,
+    dil_y: u32,
+    dil_x: u32,
+    // The weight's full input-channel count and the first channel of this
+    // dispatch (input channels may be split over dispatches).
+    w_cin: u32,
+    ci_start: u32,
+    batch_x: u32,
+    batch_y: u32,
+    off_x: u32,
+    off_w: u32,
+    off_bias: u32,
+    off_y: u32,
+    has_bias: u32,
+    act: u32,
+    // 1: add to what y holds (a later split of the input channels).
+    accumulate: u32,
+    tiles_n: u32,
+    tiles_total: u32,
+}
+
+@group(0) @binding(5) var<uniform> cparams: ConvParams;
+@group(0) @binding(6) var<storage, read> cx: array<T>;
+@group(0) @binding(7) var<storage, read> cw: array<T>;
+@group(0) @binding(8) var<storage, read> cbias: array<T>;
+@group(0) @binding(9) var<storage, read_write> cy: array<T>;
+
+// As `store_tile`, for output channel rows and pixel columns of NCHW y.
+fn store_conv_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, co0: u32, p0: u32, base_y: u32) {
+    let off = sg * 256u;
+    let stride = 16u;
+    coopStoreT(acc, &sc[off], stride);
+    workgroupBarrier();
+    let npix = cparams.hout * cparams.wout;
+    for (var e = sl; e < 256u; e += SG) {
+        let co = co0 + e / 16u;
+        let px = p0 + e % 16u;
+        if co < cparams.cout && px < npix {
+            let at = base_y + co * npix + px;
+            var v = sc[off + e];
+            if cparams.has_bias != 0u {
+                v += f32(cbias[cparams.off_bias + co]);
+            }
+            if cparams.accumulate != 0u {
+                v += f32(cy[at]);
+            }
+            cy[at] = T(activate(v, cparams.act));
+        }
+    }
+    workgroupBarrier();
+}
+
+// The launcher runs this only when 4 * SG is a multiple of BN (SG 32 or 64),
+// so each invocation stages the same output pixel in every pass.
+@compute @workgroup_size(4u * SG)
+fn conv2d(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_id) sgid: u32,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
+    let tile = wid.y * nwg.x + wid.x;
+    if tile >= cparams.tiles_total {
+        return;
+    }
+    let wg = 4u * SG;
+    let m0 = (tile / cparams.tiles_n) * BM;
+    let n0 = (tile % cparams.tiles_n) * BN;
+    let npix = cparams.hout * cparams.wout;
+    let khw = cparams.kh * cparams.kw;
+    let cin = cparams.cin;
+    let hw = cparams.h * cparams.w;
+    let base_x = cparams.off_x + wid.z * cparams.batch_x;
+    let base_y = cparams.off_y + wid.z * cparams.batch_y;
+    let w_row = cparams.w_cin * khw;
+    let base_w = cparams.off_w + cparams.ci_start * khw;
+    let sg = sgid % 4u;
+    let qm = (sg / 2u) * 64u;
+    let qn = (sg % 2u) * 64u;
+
+    // This invocation's staged output pixel.
+    let s = lid % BN;
+    let p = n0 + s;
+    let wout = max(cparams.wout, 1u);
+    let iy0 = i32(p / wout) * i32(cparams.stride_y) - i32(cparams.pad_y);
+    let ix0 = i32(p % wout) * i32(cparams.stride_x) - i32(cparams.pad_x);
+
+    for (var i = lid; i < 1024u; i += wg) {
+        sc[i] = 0.0;
+    }
+    workgroupBarrier();
+    let zoff = sg * 256u;
+    let zstride = 16u;
+    var c00 = coopLoadT<coop_mat16x16<f32, C>>(&sc[zoff], zstride);
+    var c01 = c00;
+    var c02 = c00;
+    var c03 = c00;
+    var c10 = c00;
+    var c11 = c00;
+    var c12 = c00;
+    var c13 = c00;
+    var c20 = c00;
+    var c21 = c00;
+    var c22 = c00;
+    var c23 = c00;
+    var c30 = c00;
+    var c31 = c00;
+    var c32 = c00;
+    var c33 = c00;
+    let sa_stride = SK;
+    let sb_stride = SB;
+
+    for (var tap = 0u; tap < khw; tap++) {
+        let ky = tap / cparams.kw;
+        let kx = tap % cparams.kw;
+        let iy = iy0 + i32(ky * cparams.dil_y);
+        let ix = ix0 + i32(kx * cparams.dil_x);
+        let inside = p < npix && iy >= 0 && iy < i32(cparams.h) && ix >= 0 && ix < i32(cparams.w);
+        let pix = u32(iy) * cparams.w + u32(ix);
+        for (var c0 = 0u; c0 < cin; c0 += BK) {
+            // W block [BM out channels][BK in channels], row-major.
+            for (var e = lid; e < BM * BK; e += wg) {
+                let r = e / BK;
+                let q = e % BK;
+                let co = m0 + r;
+                let ci = c0 + q;
+                var v = 0.0h;
+                if co < cparams.cout && ci < cin {
+                    v = f16(cw[base_w + co * w_row + ci * khw + tap]);
+                }
+                sa[r * SK + q] = v;
+            }
+            // X block [BK in channels][BN pixels], row-major.
+            for (var q = lid / BN; q < BK; q += max(wg / BN, 1u)) {
+                let ci = c0 + q;
+                var v = 0.0h;
+                if inside && ci < cin {
+                    v = f16(cx[base_x + ci * hw + pix]);
+                }
+                sb[q * SB + s] = v;
+            }
+            workgroupBarrier();
+            for (var kk = 0u; kk < BK; kk += 16u) {
+                let a0 = coopLoadT<coop_mat16x16<f16, A>>(&sa[qm * SK + kk], sa_stride);
+                let a1 = coopLoadT<coop_mat16x16<f16, A>>(&sa[(qm + 16u) * SK + kk], sa_stride);
+                let a2 = coopLoadT<coop_mat16x16<f16, A>>(&sa[(qm + 32u) * SK + kk], sa_stride);
+                let a3 = coopLoadT<coop_mat16x16<f16, A>>(&sa[(qm + 48u) * SK + kk], sa_stride);
+                let b0 = coopLoadT<coop_mat16x16<f16, B>>(&sb[kk * SB + qn], sb_stride);
+                let b1 = coopLoadT<coop_mat16x16<f16, B>>(&sb[kk * SB + qn + 16u], sb_stride);
+                let b2 = coopLoadT<coop_mat16x16<f16, B>>(&sb[kk * SB + qn + 32u], sb_stride);
+                let b3 = coopLoadT<coop_mat16x16<f16, B>>(&sb[kk * SB + qn + 48u], sb_stride);
+                c00 = coopMultiplyAdd(a0, b0, c00);
+                c01 = coopMultiplyAdd(a0, b1, c01);
+                c02 = coopMultiplyAdd(a0, b2, c02);
+                c03 = coopMultiplyAdd(a0, b3, c03);
+                c10 = coopMultiplyAdd(a1, b0, c10);
+                c11 = coopMultiplyAdd(a1, b1, c11);
+                c12 = coopMultiplyAdd(a1, b2, c12);
+                c13 = coopMultiplyAdd(a1, b3, c13);
+                c20 = coopMultiplyAdd(a2, b0, c20);
+                c21 = coopMultiplyAdd(a2, b1, c21);
+                c22 = coopMultiplyAdd(a2, b2, c22);
+                c23 = coopMultiplyAdd(a2, b3, c23);
+                c30 = coopMultiplyAdd(a3, b0, c30);
+                c31 = coopMultiplyAdd(a3, b1, c31);
+                c32 = coopMultiplyAdd(a3, b2, c32);
+                c33 = coopMultiplyAdd(a3, b3, c33);
+            }
+            workgroupBarrier();
+        }
+    }
+
+    let r0 = m0 + qm;
+    let p0 = n0 + qn;
+    store_conv_tile(c00, sg, sl, r0, p0, base_y);
+    store_conv_tile(c01, sg, sl, r0, p0 + 16u, base_y);
+    store_conv_tile(c02, sg, sl, r0, p0 + 32u, base_y);
+    store_conv_tile(c03, sg, sl, r0, p0 + 48u, base_y);
+    store_conv_tile(c10, sg, sl, r0 + 16u, p0, base_y);
+    store_conv_tile(c11, sg, sl, r0 + 16u, p0 + 16u, base_y);
+    store_conv_tile(c12, sg, sl, r0 + 16u, p0 + 32u, base_y);
+    store_conv_tile(c13, sg, sl, r0 + 16u, p0 + 48u, base_y);
+    store_conv_tile(c20, sg, sl, r0 + 32u, p0, base_y);
+    store_conv_tile(c21, sg, sl, r0 + 32u, p0 + 16u, base_y);
+    store_conv_tile(c22, sg, sl, r0 + 32u, p0 + 32u, base_y);
+    store_conv_tile(c23, sg, sl, r0 + 32u, p0 + 48u, base_y);
+    store_conv_tile(c30, sg, sl, r0 + 48u, p0, base_y);
+    store_conv_tile(c31, sg, sl, r0 + 48u, p0 + 16u, base_y);
+    store_conv_tile(c32, sg, sl, r0 + 48u, p0 + 32u, base_y);
+    store_conv_tile(c33, sg, sl, r0 + 48u, p0 + 48u, base_y);
 }

@@ -3,8 +3,10 @@
 //! channel counts that are not multiples of the tiles, bias, fused
 //! activations, binding windows; shape errors.
 
-use engine::gpu::ops::conv2d::{Conv2dOptions, conv2d, conv2d_with, conv2d_with_binding_limit};
-use engine::gpu::ops::matmul::Activation;
+use engine::gpu::ops::conv2d::{
+    Conv2dOptions, conv2d, conv2d_with, conv2d_with_binding_limit, conv2d_with_kernel, coop_conv_available,
+};
+use engine::gpu::ops::matmul::{Activation, MatmulKernel};
 use engine::gpu::reference::conv2d as r;
 use engine::gpu::reference::elementwise as act;
 use engine::gpu::testing::{random, round_f16, shared_gpu};
@@ -34,9 +36,17 @@ fn activate(a: Activation, v: f64) -> f64 {
     }
 }
 
-/// Runs `c` (through `limit`-byte bindings when given) and compares with the
-/// reference on the inputs as stored.
-fn check_with(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, limit: Option<u64>) {
+/// How to launch a case.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Auto,
+    /// Through bindings of at most this many bytes (portable kernel).
+    Limit(u64),
+    Kernel(MatmulKernel),
+}
+
+/// Runs `c` and compares with the reference on the inputs as stored.
+fn check_via(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, via: Via) {
     let round = |v: Vec<f32>| if dtype == DType::F16 { round_f16(&v) } else { v };
     let dx = round(random(c.x.iter().product(), seed, -1.0, 1.0));
     let dw = round(random(c.w.iter().product(), seed + 1, -1.0, 1.0));
@@ -45,9 +55,10 @@ fn check_with(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, limit: Option<u64>) 
     let w = gpu.upload(&dw, &c.w, dtype).unwrap();
     let b = gpu.upload(&db, &[c.w[0]], dtype).unwrap();
     let bias = c.bias.then_some(&b);
-    let y = match limit {
-        Some(l) => conv2d_with_binding_limit(gpu, &x, &w, bias, &c.opts, l),
-        None => conv2d_with(gpu, &x, &w, bias, &c.opts),
+    let y = match via {
+        Via::Auto => conv2d_with(gpu, &x, &w, bias, &c.opts),
+        Via::Limit(l) => conv2d_with_binding_limit(gpu, &x, &w, bias, &c.opts, l),
+        Via::Kernel(k) => conv2d_with_kernel(gpu, &x, &w, bias, &c.opts, k),
     }
     .unwrap();
     let (want, shape) =
@@ -55,13 +66,12 @@ fn check_with(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, limit: Option<u64>) 
     let want: Vec<f64> = want.into_iter().map(|v| activate(c.opts.activation, v)).collect();
     assert_eq!(y.shape(), shape);
     let tol = if dtype == DType::F16 { Tolerance::f16() } else { Tolerance::balanced() };
-    tol.check(&gpu.download(&y).unwrap(), &want).unwrap_or_else(|e| {
-        panic!("{dtype:?} x {:?} w {:?} bias {} {:?} limit {limit:?}: {e}", c.x, c.w, c.bias, c.opts)
-    });
+    tol.check(&gpu.download(&y).unwrap(), &want)
+        .unwrap_or_else(|e| panic!("{dtype:?} x {:?} w {:?} bias {} {:?} {via:?}: {e}", c.x, c.w, c.bias, c.opts));
 }
 
 fn check(gpu: &Gpu, c: &Case, dtype: DType, seed: u64) {
-    check_with(gpu, c, dtype, seed, None)
+    check_via(gpu, c, dtype, seed, Via::Auto)
 }
 
 /// The SD layer kinds at small odd sizes: (x, Cout, k, stride, padding, bias).
@@ -92,7 +102,8 @@ fn conv2d_matches_reference_in_f16() {
         return;
     }
     for (i, &(x, cout, k, s, p, bias)) in CASES.iter().enumerate() {
-        check(gpu, &case(x, cout, k, s, p, bias), DType::F16, 20 + i as u64);
+        let c = case(x, cout, k, s, p, bias);
+        check_via(gpu, &c, DType::F16, 20 + i as u64, Via::Kernel(MatmulKernel::Portable));
     }
 }
 
@@ -143,10 +154,10 @@ fn conv2d_splits_batches_and_channels_over_binding_windows() {
         // windows (partial sums added, bias first, activation last) and 3 output-channel
         // windows, all at unaligned offsets.
         let limit = 5 * 63 * es + 64 + 8;
-        check_with(gpu, &c, dtype, 60, Some(limit));
+        check_via(gpu, &c, dtype, 60, Via::Limit(limit));
         // Room for two whole batch items per window.
         let c = case([5, 3, 5, 7], 4, 3, 2, 1, true);
-        check_with(gpu, &c, dtype, 61, Some(2 * 3 * 35 * es + 64 + 8));
+        check_via(gpu, &c, dtype, 61, Via::Limit(2 * 3 * 35 * es + 64 + 8));
     }
 }
 
@@ -175,7 +186,44 @@ fn bad_shapes_are_errors_not_panics() {
         let h = gpu.zeros(&[2, 4, 3, 3], DType::F16).unwrap();
         shape_err(conv2d(gpu, &x, &h, None, 1, 1));
     }
+    if !coop_conv_available(gpu, DType::F32) {
+        let opts = Conv2dOptions::default();
+        let w = t(&[2, 4, 3, 3]);
+        shape_err(conv2d_with_kernel(gpu, &x, &w, None, &opts, MatmulKernel::Coop));
+    }
     // A channel plane larger than one binding cannot be split.
     let err = conv2d_with_binding_limit(gpu, &x, &t(&[2, 4, 3, 3]), None, &Conv2dOptions::default(), 200).unwrap_err();
     assert!(matches!(err, GpuError::TooLarge { .. }), "{err}");
+}
+
+/// Runs only where the adapter has f16 cooperative matrices (not lavapipe).
+#[test]
+fn coop_conv2d_matches_reference_when_adapter_has_cooperative_matrices() {
+    let Some(gpu) = shared_gpu() else { return };
+    if !coop_conv_available(gpu, DType::F16) {
+        eprintln!(
+            "skipped: {} has no usable f16 cooperative matrices (configs: {:?}, subgroup size {:?})",
+            gpu.info.name, gpu.info.coop_matrix_configs, gpu.info.subgroup_size
+        );
+        return;
+    }
+    let coop = Via::Kernel(MatmulKernel::Coop);
+    for (i, &(x, cout, k, s, p, bias)) in CASES.iter().enumerate() {
+        check_via(gpu, &case(x, cout, k, s, p, bias), DType::F16, 70 + i as u64, coop);
+    }
+    check_via(gpu, &case([2, 20, 9, 15], 130, 3, 1, 1, true), DType::F16, 80, coop);
+    let opts = Conv2dOptions { stride: (2, 1), padding: (0, 2), dilation: (2, 1), activation: Activation::Gelu };
+    check_via(gpu, &Case { x: [2, 7, 13, 9], w: [11, 7, 4, 2], bias: true, opts }, DType::F16, 81, coop);
+    // Whole 128x128 blocks and several 32-channel steps, as in the UNet.
+    check_via(gpu, &case([1, 96, 16, 16], 128, 3, 1, 1, true), DType::F16, 82, coop);
+}
+
+#[test]
+fn conv2d_without_input_channels_gives_the_bias() {
+    let Some(gpu) = shared_gpu() else { return };
+    let x = gpu.upload(&[], &[1, 0, 2, 3], DType::F32).unwrap();
+    let w = gpu.upload(&[], &[2, 0, 1, 1], DType::F32).unwrap();
+    let b = gpu.upload(&[0.5, -1.0], &[2], DType::F32).unwrap();
+    let y = conv2d(gpu, &x, &w, Some(&b), 1, 0).unwrap();
+    assert_eq!(gpu.download(&y).unwrap(), [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0]);
 }

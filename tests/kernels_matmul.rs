@@ -94,8 +94,8 @@ fn has_f16(gpu: &Gpu) -> bool {
 }
 
 /// (M, K, N) around the 64-wide tiles and the 16-deep K-steps.
-const ODD: [(usize, usize, usize); 6] =
-    [(1, 1, 1), (17, 63, 65), (65, 17, 130), (63, 130, 17), (130, 65, 63), (3, 200, 1)];
+const ODD: [(usize, usize, usize); 7] =
+    [(1, 1, 1), (17, 63, 65), (65, 17, 130), (63, 130, 17), (130, 65, 63), (3, 200, 1), (257, 33, 130)];
 
 #[test]
 fn matmul_matches_reference_when_sizes_are_not_multiples_of_tile() {
@@ -134,7 +134,8 @@ fn batched_matmul_matches_reference_with_and_without_shared_operands() {
 #[test]
 fn bias_and_each_fused_activation_match_reference() {
     let Some(gpu) = shared_gpu() else { return };
-    for (i, a) in [Activation::None, Activation::Silu, Activation::Gelu, Activation::QuickGelu].into_iter().enumerate() {
+    for (i, a) in [Activation::None, Activation::Silu, Activation::Gelu, Activation::QuickGelu].into_iter().enumerate()
+    {
         let case = Case::new(&[2, 37, 70], &[67, 70]).t(false, true).bias(a);
         check(gpu, &case, DType::F32, MatmulKernel::Portable, Tolerance::balanced(), 30 + i as u64);
         if gpu.features().shader_f16 {
@@ -162,7 +163,14 @@ fn matmul_matches_reference_in_f16_when_sizes_are_not_multiples_of_tile() {
         return;
     }
     for (i, &(m, k, n)) in ODD.iter().enumerate() {
-        check(gpu, &Case::new(&[m, k], &[n, k]).t(false, true), DType::F16, MatmulKernel::Portable, Tolerance::f16(), 60 + i as u64);
+        check(
+            gpu,
+            &Case::new(&[m, k], &[n, k]).t(false, true),
+            DType::F16,
+            MatmulKernel::Portable,
+            Tolerance::f16(),
+            60 + i as u64,
+        );
     }
     check(gpu, &Case::new(&[3, 19, 33], &[33, 70]), DType::F16, MatmulKernel::Portable, Tolerance::f16(), 70);
 }
@@ -277,7 +285,8 @@ fn coop_matmul_matches_reference_when_adapter_has_cooperative_matrices() {
     check(gpu, &Case::new(&[3, 19, 33], &[33, 70]), DType::F16, k, tol, 120);
     check(gpu, &Case::new(&[3, 130, 200], &[3, 200, 257]).t(false, false), DType::F16, k, tol, 121);
     check(gpu, &Case::new(&[19, 300], &[3, 270, 300]).t(false, true), DType::F16, k, tol, 122);
-    for (i, a) in [Activation::None, Activation::Silu, Activation::Gelu, Activation::QuickGelu].into_iter().enumerate() {
+    for (i, a) in [Activation::None, Activation::Silu, Activation::Gelu, Activation::QuickGelu].into_iter().enumerate()
+    {
         let case = Case::new(&[2, 137, 320], &[190, 320]).t(false, true).bias(a);
         check(gpu, &case, DType::F16, k, tol, 130 + i as u64);
     }

@@ -120,7 +120,8 @@ fn coop_variants_compile_to_spirv() {
     let mut written = 0;
     for s in SHADERS.iter().filter(|s| s.variants.contains(&Variant::CoopF16)) {
         let src = s.source(Variant::CoopF16);
-        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{}: {}", s.file, e.emit_to_string(&src)));
+        let module =
+            naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{}: {}", s.file, e.emit_to_string(&src)));
         let caps = capabilities(Variant::CoopF16);
         let info = Validator::new(ValidationFlags::all(), caps)
             .validate(&module)

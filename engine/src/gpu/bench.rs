@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::device::{Gpu, GpuError};
-use super::ops::conv2d::conv2d;
+use super::ops::conv2d::{Conv2dOptions, conv2d_with_kernel, coop_conv_available};
 use super::ops::matmul::{MatmulKernel, MatmulOptions, coop_available, matmul_with_kernel};
 use super::tensor::{DType, Tensor};
 use super::testing::random;
@@ -98,7 +98,10 @@ impl Op {
             Op::Matmul { linear, .. } => {
                 matmul_with_kernel(gpu, a, b, &MatmulOptions { transpose_b: linear, ..Default::default() }, kernel)
             }
-            Op::Conv3x3 { .. } => conv2d(gpu, a, b, None, 1, 1),
+            Op::Conv3x3 { .. } => {
+                let opts = Conv2dOptions { padding: (1, 1), ..Default::default() };
+                conv2d_with_kernel(gpu, a, b, None, &opts, kernel)
+            }
         }
     }
 }
@@ -126,7 +129,7 @@ fn time(gpu: &Gpu, target: f64, mut call: impl FnMut() -> Result<Tensor, GpuErro
 }
 
 /// Times every case on every path the adapter has: f16 on cooperative
-/// matrices (matmul only), f16 and f32 on the portable kernels.
+/// matrices, f16 and f32 on the portable kernels.
 pub fn bench_kernels(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchResult>, GpuError> {
     let target = if size == BenchSize::Full { 0.5 } else { 0.0 };
     let mut paths = Vec::new();
@@ -141,8 +144,8 @@ pub fn bench_kernels(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchResult>, Gpu
     let mut out = Vec::new();
     for case in cases(size) {
         for &(dtype, kernel, kname) in &paths {
-            // conv2d has no cooperative-matrix kernel yet.
-            if kernel == MatmulKernel::Coop && matches!(case.op, Op::Conv3x3 { .. }) {
+            if kernel == MatmulKernel::Coop && matches!(case.op, Op::Conv3x3 { .. }) && !coop_conv_available(gpu, dtype)
+            {
                 continue;
             }
             let (a, b) = case.op.inputs(gpu, dtype)?;

@@ -113,8 +113,7 @@ impl ShaderSource {
 
 const UNARY: &[Binding] = &[uniform(0, "params"), read(1, "x"), read_write(2, "y")];
 const BINARY: &[Binding] = &[uniform(0, "params"), read(1, "a"), read(2, "b"), read_write(3, "y")];
-const MATMUL: &[Binding] =
-    &[uniform(0, "params"), read(1, "a"), read(2, "b"), read(3, "bias"), read_write(4, "c")];
+const MATMUL: &[Binding] = &[uniform(0, "params"), read(1, "a"), read(2, "b"), read(3, "bias"), read_write(4, "c")];
 
 /// Every shader. A test checks this table against the files in `shaders/`
 /// in both directions, and validates every (shader, variant) with naga.
@@ -140,14 +139,20 @@ pub const SHADERS: &[ShaderSource] = &[
         variants: &[Variant::F32, Variant::F16],
         entries: &[EntryPoint { name: "matmul", bindings: MATMUL }],
         // The tile the launcher uses (ops::matmul::TILE).
-        overrides: &[("BM", 64.0), ("BN", 64.0), ("BK", 16.0), ("WG", 256.0)],
+        overrides: &[("BM", 128.0), ("BN", 128.0), ("BK", 16.0), ("WG", 256.0)],
     },
     ShaderSource {
         family: ShaderFamily::MatmulCoop,
         file: "matmul_coop.wgsl",
         body: include_str!("../../../shaders/matmul_coop.wgsl"),
         variants: &[Variant::CoopF16],
-        entries: &[EntryPoint { name: "matmul", bindings: MATMUL }],
+        entries: &[
+            EntryPoint { name: "matmul", bindings: MATMUL },
+            EntryPoint {
+                name: "conv2d",
+                bindings: &[uniform(5, "cparams"), read(6, "cx"), read(7, "cw"), read(8, "cbias"), read_write(9, "cy")],
+            },
+        ],
         // Subgroup size (NVIDIA's 32).
         overrides: &[("SG", 32.0)],
     },
@@ -160,7 +165,7 @@ pub const SHADERS: &[ShaderSource] = &[
             name: "conv2d",
             bindings: &[uniform(0, "params"), read(1, "x"), read(2, "w"), read(3, "bias"), read_write(4, "y")],
         }],
-        overrides: &[("BM", 64.0), ("BN", 64.0), ("BK", 16.0), ("WG", 256.0)],
+        overrides: &[("BM", 128.0), ("BN", 128.0), ("BK", 16.0), ("WG", 256.0)],
     },
     ShaderSource {
         family: ShaderFamily::Cast,

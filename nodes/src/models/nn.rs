@@ -142,7 +142,11 @@ impl LayerNorm {
         if shape.len() != 1 {
             return Err(ModelError::Config(format!("{} must be 1-D, got {shape:?}", w.full_name("weight"))));
         }
-        Ok(LayerNorm { weight: w.tensor(gpu, "weight", &shape, dtype)?, bias: w.tensor(gpu, "bias", &shape, dtype)?, eps })
+        Ok(LayerNorm {
+            weight: w.tensor(gpu, "weight", &shape, dtype)?,
+            bias: w.tensor(gpu, "bias", &shape, dtype)?,
+            eps,
+        })
     }
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor, ModelError> {

@@ -1,6 +1,8 @@
 //! 2-D convolution, PyTorch's `F.conv2d` with groups = 1 (any kernel size,
 //! stride, padding, dilation), with an optional fused activation. Launches
-//! `shaders/conv2d.wgsl`, an implicit GEMM on the portable matmul tiling.
+//! `shaders/conv2d.wgsl`, an implicit GEMM on the portable matmul tiling, or
+//! for f16 on adapters with cooperative matrices the `conv2d` entry point of
+//! `shaders/matmul_coop.wgsl` (f16 in and out, f32 accumulation).
 //!
 //! Tensors larger than one storage binding are processed in windows: batch
 //! items, then output channels, then input channels (later splits add to
@@ -9,9 +11,9 @@
 
 use super::super::device::{Gpu, GpuError};
 use super::super::launch::{Kernel, Params, grid};
-use super::super::shaders::ShaderFamily;
-use super::super::tensor::Tensor;
-use super::matmul::{Activation, TILE, window, window_budget};
+use super::super::shaders::{ShaderFamily, Variant};
+use super::super::tensor::{DType, Tensor};
+use super::matmul::{Activation, COOP_BLOCK, MatmulKernel, Tile, coop_available, window, window_budget};
 
 /// Geometry and epilogue of a convolution; (y, x) pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +52,27 @@ pub fn conv2d_with(
     bias: Option<&Tensor>,
     opts: &Conv2dOptions,
 ) -> Result<Tensor, GpuError> {
-    run(gpu, x, weight, bias, opts, gpu.limits.max_storage_buffer_binding_size)
+    conv2d_with_kernel(gpu, x, weight, bias, opts, MatmulKernel::Auto)
+}
+
+/// `conv2d_with` with an explicit kernel choice (benchmarks and tests).
+pub fn conv2d_with_kernel(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &Conv2dOptions,
+    kernel: MatmulKernel,
+) -> Result<Tensor, GpuError> {
+    run(gpu, x, weight, bias, opts, kernel, gpu.limits.max_storage_buffer_binding_size)
+}
+
+/// Whether `MatmulKernel::Auto` runs conv2d on cooperative matrices: as for
+/// matmul, and the 4-subgroup workgroup must cover whole 128-pixel rows of
+/// the staging tile (subgroups of 32 or 64).
+pub fn coop_conv_available(gpu: &Gpu, dtype: DType) -> bool {
+    let sg = gpu.info.subgroup_size.0;
+    coop_available(gpu, dtype) && (4 * sg).is_multiple_of(COOP_BLOCK)
 }
 
 /// `conv2d_with` as if one storage binding held at most `limit` bytes, to
@@ -64,7 +86,7 @@ pub fn conv2d_with_binding_limit(
     opts: &Conv2dOptions,
     limit: u64,
 ) -> Result<Tensor, GpuError> {
-    run(gpu, x, weight, bias, opts, limit.min(gpu.limits.max_storage_buffer_binding_size))
+    run(gpu, x, weight, bias, opts, MatmulKernel::Portable, limit.min(gpu.limits.max_storage_buffer_binding_size))
 }
 
 /// Output height and width, as PyTorch computes them; an error when the
@@ -97,6 +119,7 @@ fn run(
     weight: &Tensor,
     bias: Option<&Tensor>,
     opts: &Conv2dOptions,
+    kernel: MatmulKernel,
     limit: u64,
 ) -> Result<Tensor, GpuError> {
     let (&[b, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
@@ -124,6 +147,19 @@ fn run(
         }
     }
     let (hout, wout) = output_size(h, w, kh, kw, opts)?;
+    let coop = match kernel {
+        MatmulKernel::Auto => coop_conv_available(gpu, x.dtype()),
+        MatmulKernel::Portable => false,
+        MatmulKernel::Coop if coop_conv_available(gpu, x.dtype()) => true,
+        MatmulKernel::Coop => {
+            return Err(GpuError::Shape(format!(
+                "cooperative-matrix conv2d needs f16 tensors on an adapter with 16x16x16 f16 cooperative \
+                 matrices and a fixed subgroup size of 32 or 64; got {:?} on {}",
+                x.dtype(),
+                gpu.info.name
+            )));
+        }
+    };
     let y = gpu.empty(&[b, cout, hout, wout], x.dtype())?;
     if y.numel() == 0 {
         return Ok(y);
@@ -134,8 +170,8 @@ fn run(
     let fits = |elems: usize| elems as u64 * es <= budget;
     // Output channels per window: their output plane and weight rows fit.
     let co_n = (1..=cout).rev().find(|&n| fits(n * npix) && fits(n * cin * khw)).unwrap_or(0);
-    // Input channels per window.
-    let ci_n = if fits(cin * hw) { cin } else { (budget / (hw as u64 * es).max(1)) as usize };
+    // Input channels per window (one empty window when there are none, so the bias is still written).
+    let ci_n = if fits(cin * hw) { cin.max(1) } else { (budget / (hw as u64 * es).max(1)) as usize };
     if co_n == 0 || ci_n == 0 || (bias.is_some() && !fits(cout)) {
         return Err(GpuError::TooLarge {
             bytes: (npix.max(hw).max(cin * khw) as u64) * es,
@@ -151,18 +187,25 @@ fn run(
         1
     };
 
-    let kernel = TILE.constants(Kernel::new(ShaderFamily::Conv2d, x.dtype().variant(), "conv2d"));
+    let (kernel, block_m, block_n) = if coop {
+        let sg = gpu.info.subgroup_size.0;
+        let k = Kernel::new(ShaderFamily::MatmulCoop, Variant::CoopF16, "conv2d").constant("SG", sg as f64);
+        (k, COOP_BLOCK, COOP_BLOCK)
+    } else {
+        let tile = Tile::for_shape(co_n, npix);
+        (tile.constants(Kernel::new(ShaderFamily::Conv2d, x.dtype().variant(), "conv2d")), tile.bm, tile.bn)
+    };
     for b0 in (0..b).step_by(b_n) {
         let items = b_n.min(b - b0);
         for co0 in (0..cout).step_by(co_n) {
             let co_len = co_n.min(cout - co0);
-            let tiles_n = (npix as u32).div_ceil(TILE.bn);
-            let tiles_total = (co_len as u32).div_ceil(TILE.bm) * tiles_n;
+            let tiles_n = (npix as u32).div_ceil(block_n);
+            let tiles_total = (co_len as u32).div_ceil(block_m) * tiles_n;
             let [gx, gy, _] = grid(tiles_total, max_dim as u32);
-            for ci0 in (0..cin).step_by(ci_n) {
+            for ci0 in (0..cin.max(1)).step_by(ci_n) {
                 let ci_len = ci_n.min(cin - ci0);
                 let first = ci0 == 0;
-                let last = ci0 + ci_len == cin;
+                let last = ci0 + ci_len >= cin;
                 let (wx, off_x) =
                     window(gpu, x, b0 * cin * hw + ci0 * hw, (b0 + items - 1) * cin * hw + (ci0 + ci_len) * hw);
                 let (wy, off_y) = window(

@@ -4,6 +4,8 @@
 /// `x` is `[B, Cin, H, W]`, `w` `[Cout, Cin, kh, kw]`, `bias` `[Cout]`;
 /// `stride`, `padding` and `dilation` are (y, x). Returns `[B, Cout, Hout, Wout]`
 /// and that shape, with `Hout = (H + 2 pad - dil (kh - 1) - 1) / stride + 1`.
+// The arguments are F.conv2d's, in its order.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     x: &[f32],
     x_shape: [usize; 4],
@@ -53,7 +55,8 @@ mod tests {
     #[test]
     fn three_by_three_box_filter_with_padding() {
         // A 3x3 all-ones kernel over a 3x3 all-ones image with padding 1 counts neighbours.
-        let (y, s) = super::conv2d(&[1.0; 9], [1, 1, 3, 3], &[1.0; 9], [1, 1, 3, 3], Some(&[0.5]), (1, 1), (1, 1), (1, 1));
+        let (y, s) =
+            super::conv2d(&[1.0; 9], [1, 1, 3, 3], &[1.0; 9], [1, 1, 3, 3], Some(&[0.5]), (1, 1), (1, 1), (1, 1));
         assert_eq!(s, [1, 1, 3, 3]);
         assert_eq!(y, vec![4.5, 6.5, 4.5, 6.5, 9.5, 6.5, 4.5, 6.5, 4.5]);
         // Stride 2 keeps the corners and the centre row/column pattern.

@@ -59,7 +59,8 @@ mod tests {
         let (c, s) = super::matmul(&[1., 2., 3., 4.], &[2, 2], &[5., 6., 7., 8.], &[2, 2], false, false, None);
         assert_eq!((c, s), (vec![19., 22., 43., 50.], vec![2, 2]));
         // Transposing B: [[5, 7], [6, 8]] as stored gives the same product, plus bias.
-        let (c, _) = super::matmul(&[1., 2., 3., 4.], &[2, 2], &[5., 7., 6., 8.], &[2, 2], false, true, Some(&[1., -1.]));
+        let (c, _) =
+            super::matmul(&[1., 2., 3., 4.], &[2, 2], &[5., 7., 6., 8.], &[2, 2], false, true, Some(&[1., -1.]));
         assert_eq!(c, vec![20., 21., 44., 49.]);
     }
 }
