@@ -251,3 +251,14 @@ fn gpu_reports_the_adapter_and_refuses_an_unknown_name() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("no adapter matches \"no-such-gpu-anywhere\"; available:"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn bench_kernels_small_prints_every_case_with_positive_throughput() {
+    let o = sdgraph(&["bench", "kernels", "--small", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert!(results.iter().any(|r| r["name"].as_str().unwrap().starts_with("matmul")));
+    assert!(results.iter().any(|r| r["name"].as_str().unwrap().starts_with("conv")));
+    assert!(results.iter().all(|r| r["tflops"].as_f64().unwrap() > 0.0));
+}

@@ -1,5 +1,6 @@
 //! Command-line interface: `run`, `check`, `nodes`, `dot`.
 
+mod bench;
 mod dot;
 mod gpu;
 mod list_nodes;
@@ -65,11 +66,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks (`kernels`: matmul and conv TFLOP/s at SD 1.5 shapes).
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Print the graph as Graphviz DOT (kinds on nodes, port types on edges).
     Dot {
         file: PathBuf,
         #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
         sets: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Matmul and conv2d at SD 1.5 UNet shapes and 4096^3, on every kernel path the adapter has.
+    Kernels {
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Tiny shapes, one repetition: a smoke test for CPU adapters.
+        #[arg(long)]
+        small: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -91,5 +111,6 @@ pub fn main() -> i32 {
         Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
         Command::Dot { file, sets } => dot::dot(&registry, &file, &sets),
         Command::Gpu { adapter, json } => gpu::gpu(adapter, json),
+        Command::Bench { what: BenchWhat::Kernels { adapter, small, json } } => bench::kernels(adapter, small, json),
     }
 }
