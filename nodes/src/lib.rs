@@ -1,24 +1,41 @@
 //! sdgraph's built-in node kinds.
 //!
 //! - [`checkpoint`]: safetensors files and weight layouts
+//! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`vae_nodes`]: the SD pipeline nodes
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
 //! - [`image_ops`]: the pure pixel operations behind them
 //! - [`models`]: the SD networks on the GPU kernels
 //! - [`png_meta`]: the graph embedded in saved PNGs
+//! - [`latent`]: LATENT and CONDITIONING values; [`runtime`]: the shared GPU
 
 pub mod checkpoint;
+pub mod checkpoint_loader;
 pub mod image_nodes;
 pub mod image_ops;
+pub mod latent;
+pub mod latent_nodes;
 pub mod models;
 pub mod png_meta;
+pub mod runtime;
+pub mod sampling;
+pub mod text_encode;
 pub mod tokenizer;
+pub mod vae_nodes;
+
+use std::sync::Arc;
 
 use engine::Registry;
 use engine::registry::DuplicateKind;
 
 /// Registers every built-in node kind.
 pub fn register_builtin(reg: &mut Registry) -> Result<(), DuplicateKind> {
-    image_nodes::register(reg)
+    image_nodes::register(reg)?;
+    reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new()))?;
+    reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
+    reg.register(Arc::new(latent_nodes::EmptyLatentImage::new()))?;
+    reg.register(Arc::new(vae_nodes::VaeDecode::new()))?;
+    reg.register(Arc::new(vae_nodes::VaeEncode::new()))?;
+    Ok(())
 }
 
 /// A registry holding the built-in kinds.

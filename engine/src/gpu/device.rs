@@ -115,6 +115,14 @@ fn rank(a: &wgpu::Adapter) -> u32 {
     }
 }
 
+/// The process-wide GPU (the adapter `SDGRAPH_ADAPTER` names, else the
+/// best), opened on first use. Tensors from different `Gpu`s must never
+/// meet, so everything that does not need its own context shares this one.
+pub fn shared() -> Result<&'static Gpu, GpuError> {
+    static GPU: std::sync::OnceLock<Result<Gpu, GpuError>> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| Gpu::new(&GpuOptions::default())).as_ref().map_err(|e| e.clone())
+}
+
 impl Gpu {
     /// Opens the best adapter (or the one `opts`/`SDGRAPH_ADAPTER` names).
     pub fn new(opts: &GpuOptions) -> Result<Gpu, GpuError> {

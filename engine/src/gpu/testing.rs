@@ -9,9 +9,7 @@ use super::device::{Gpu, GpuOptions};
 /// on lavapipe). Without an adapter the test fails with the reason, unless
 /// `SDGRAPH_SKIP_GPU_TESTS=1` asks to skip (then `None`).
 pub fn shared_gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    let g = GPU.get_or_init(|| Gpu::new(&GpuOptions::default()).map_err(|e| e.to_string()));
-    match g {
+    match super::device::shared() {
         Ok(g) => Some(g),
         Err(_) if std::env::var("SDGRAPH_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => None,
         Err(e) => panic!("GPU tests need an adapter ({e}); set SDGRAPH_SKIP_GPU_TESTS=1 to skip them"),

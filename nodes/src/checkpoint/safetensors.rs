@@ -269,7 +269,22 @@ fn parse_header(data: &[u8]) -> Result<Header, (Option<String>, String)> {
 /// Writes a safetensors file (tests and tools): f32 tensors stored as `dtype`
 /// (F32, F16 or BF16), in name order.
 pub fn write(path: &Path, tensors: &[(&str, &[usize], &[f32])], dtype: Dtype) -> std::io::Result<()> {
+    write_with_metadata(path, tensors, dtype, &[])
+}
+
+/// `write` with `__metadata__` string entries.
+pub fn write_with_metadata(
+    path: &Path,
+    tensors: &[(&str, &[usize], &[f32])],
+    dtype: Dtype,
+    metadata: &[(&str, &str)],
+) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let m: serde_json::Map<String, serde_json::Value> =
+            metadata.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(m));
+    }
     let mut data = Vec::new();
     for (name, shape, values) in tensors {
         let start = data.len();

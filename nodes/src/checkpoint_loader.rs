@@ -1,0 +1,168 @@
+//! CheckpointLoaderSimple: one checkpoint file (or diffusers folder) to the
+//! MODEL, CLIP and VAE values, as ComfyUI's node.
+
+use std::sync::Arc;
+
+use engine::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
+use engine::{PortType, Value};
+
+use crate::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, open_checkpoint};
+use crate::checkpoint::weights::WeightSource;
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::unet::{Unet, UnetConfig};
+use crate::models::unet_blocks::AttentionHeads;
+use crate::models::vae::{Vae, VaeConfig};
+use crate::runtime;
+use crate::tokenizer::ClipTokenizer;
+
+/// What the UNet predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    V,
+}
+
+/// A loaded UNet and how to interpret its output.
+pub struct ModelHandle {
+    pub unet: Unet,
+    pub prediction: Prediction,
+}
+
+pub struct ClipHandle {
+    pub model: ClipTextModel,
+    pub tokenizer: ClipTokenizer,
+}
+
+pub struct VaeHandle {
+    pub vae: Vae,
+}
+
+/// What a checkpoint's `__metadata__` may say about the architecture that
+/// the tensors cannot (SD 1.x defaults otherwise): `sdgraph.unet.heads`,
+/// `sdgraph.clip.heads`, `sdgraph.norm_groups`, `sdgraph.vae.scaling_factor`,
+/// and `sdgraph.prediction` or modelspec's `modelspec.prediction_type`
+/// (`epsilon` | `v`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigOverrides {
+    pub unet_heads: Option<usize>,
+    pub clip_heads: Option<usize>,
+    pub norm_groups: Option<usize>,
+    pub vae_scaling_factor: Option<f32>,
+    pub prediction: Prediction,
+}
+
+impl ConfigOverrides {
+    pub fn read(src: &WeightSource) -> Result<ConfigOverrides, String> {
+        fn num<T: std::str::FromStr>(src: &WeightSource, key: &str) -> Result<Option<T>, String> {
+            match src.metadata(key) {
+                None => Ok(None),
+                Some(v) => {
+                    v.trim().parse().map(Some).map_err(|_| format!("checkpoint metadata {key}={v:?} is not a number"))
+                }
+            }
+        }
+        let prediction = match src.metadata("sdgraph.prediction").or(src.metadata("modelspec.prediction_type")) {
+            None | Some("epsilon") | Some("eps") => Prediction::Epsilon,
+            Some("v") | Some("v_prediction") => Prediction::V,
+            Some(other) => return Err(format!("checkpoint metadata: unknown prediction type {other:?}")),
+        };
+        Ok(ConfigOverrides {
+            unet_heads: num(src, "sdgraph.unet.heads")?,
+            clip_heads: num(src, "sdgraph.clip.heads")?,
+            norm_groups: num(src, "sdgraph.norm_groups")?,
+            vae_scaling_factor: num(src, "sdgraph.vae.scaling_factor")?,
+            prediction,
+        })
+    }
+}
+
+pub struct CheckpointLoaderSimple(NodeSchema);
+
+impl CheckpointLoaderSimple {
+    pub fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "CheckpointLoaderSimple",
+                "loaders",
+                "Loads an SD 1.x checkpoint (.safetensors single file or diffusers folder) onto the GPU.",
+            )
+            .path("ckpt_name", "Checkpoint file or diffusers folder, relative to the graph file's folder.")
+            .output("model", PortType::Model, "The denoising UNet.")
+            .output("clip", PortType::Clip, "The text encoder with its tokenizer.")
+            .output("vae", PortType::Vae, "The image autoencoder."),
+        )
+    }
+}
+
+impl Default for CheckpointLoaderSimple {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::new(e.to_string())
+}
+
+impl NodeKind for CheckpointLoaderSimple {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let path = ctx.resolve(inputs.str("ckpt_name")?);
+        let gpu = runtime::gpu()?;
+        let dtype = runtime::model_dtype(gpu);
+        ctx.progress.message(&format!("loading {} ({dtype:?})", path.display()));
+        let src = open_checkpoint(&path).map_err(err)?;
+        let id = ctx.node_id.to_string();
+        ctx.progress.step(&id, 0, 3, "models");
+
+        let meta = ConfigOverrides::read(&src).map_err(NodeError::new)?;
+        let w = src.prefix(UNET_PREFIX);
+        let mut ucfg = UnetConfig::detect_from_weights(&w).map_err(err)?;
+        if let Some(h) = meta.unet_heads {
+            ucfg.heads = AttentionHeads::Count(h);
+        }
+        if let Some(g) = meta.norm_groups {
+            ucfg.norm.groups = g;
+        }
+        let unet = Unet::load(gpu, &w, &ucfg, dtype).map_err(err)?;
+        ctx.progress.step(&id, 1, 3, "models");
+
+        let w = src.prefix(&format!("{CLIP_PREFIX}text_model."));
+        let mut ccfg = ClipTextConfig::detect_from_weights(&w).map_err(err)?;
+        if let Some(h) = meta.clip_heads {
+            ccfg.num_heads = h;
+        }
+        let clip = ClipTextModel::load(gpu, &w, &ccfg, dtype).map_err(err)?;
+        let tokenizer = ClipTokenizer::new().map_err(err)?;
+        ctx.progress.step(&id, 2, 3, "models");
+
+        // The SD VAE overflows in f16 at real resolutions (diffusers' force_upcast): keep it f32.
+        let w = src.prefix(VAE_PREFIX);
+        let mut vcfg = VaeConfig::detect_from_weights(&w).map_err(err)?;
+        if let Some(g) = meta.norm_groups {
+            vcfg.norm_groups = g;
+        }
+        if let Some(f) = meta.vae_scaling_factor {
+            vcfg.scaling_factor = f;
+        }
+        let vae = Vae::load(gpu, &w, &vcfg, engine::gpu::DType::F32).map_err(err)?;
+        ctx.progress.step(&id, 3, 3, "models");
+
+        let prediction = meta.prediction;
+        Ok(vec![
+            Value::Opaque(PortType::Model, Arc::new(ModelHandle { unet, prediction })),
+            Value::Opaque(PortType::Clip, Arc::new(ClipHandle { model: clip, tokenizer })),
+            Value::Opaque(PortType::Vae, Arc::new(VaeHandle { vae })),
+        ])
+    }
+
+    /// Size and modification time: replacing the file reloads it.
+    fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
+        let path = ctx.resolve(inputs.str("ckpt_name").ok()?);
+        let meta = std::fs::metadata(&path).ok()?;
+        Some(format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok()))
+    }
+}
