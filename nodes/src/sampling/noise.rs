@@ -1,7 +1,7 @@
 //! PyTorch's CPU random generator, bit for bit: `torch.manual_seed(seed)` + `torch.randn(shape)` for float32, and
 //! ComfyUI's `prepare_noise` (`comfy/sample.py`) on top of it.
 //!
-//! Mirrors PyTorch 2.11.0 (checked against the x86-64 Linux wheel, `tests/fixtures/noise/`):
+//! Mirrors PyTorch 2.11.0:
 //!
 //! - `aten/src/ATen/core/MT19937RNGEngine.h`: the mt19937 engine and how a 64-bit seed initialises it;
 //! - `aten/src/ATen/CPUGeneratorImpl.cpp`: `random()` (one 32-bit draw), `random64()` (two, the first one high) and
@@ -25,6 +25,17 @@
 //!
 //! The seed: `manual_seed` accepts 0..=2^64-1 (negative Python ints wrap modulo 2^64), the engine keeps only its low
 //! 32 bits, so seeds that agree mod 2^32 give the same stream (`initial_seed` still reports the full value).
+//!
+//! What matches, as f32 bit patterns (signed zeros included), checked against the torch 2.11.0+cu130 x86-64 Linux
+//! wheel (glibc 2.36) by `tests/noise.rs`:
+//!
+//! - [`NormalKernel::Avx2`], numel >= 16: torch at CPU capability AVX2 or AVX512, any shape, any seed, any sequence
+//!   of calls. Pure f32 arithmetic and correctly rounded `mul_add`, so it does not depend on the platform running it.
+//! - numel < 16: the same, given a libm whose double `log1p`/`sin`/`cos` round as glibc's do (torch calls the
+//!   platform libm there too, so e.g. torch on macOS and this code on macOS should agree; not checked).
+//! - [`NormalKernel::Scalar`]: torch at capability DEFAULT, given glibc's `logf`/`sinf`/`cosf`.
+//!
+//! Not reproduced: the POWER (VSX) kernel, half/bfloat16/double tensors, non-contiguous outputs, CUDA generators.
 
 use std::f64::consts::PI;
 use std::fmt;
@@ -113,6 +124,11 @@ pub enum NormalKernel {
 /// generator do, including the cached second sample of the double path (a `randn` of fewer than 16 elements uses
 /// up an odd number of Box-Muller samples and leaves one for the next small `randn`; the >= 16 path neither reads
 /// nor clears it).
+///
+/// For samplers: ComfyUI's `default_noise_sampler` (ancestral/SDE steps, `comfy/k_diffusion/sampling.py`) draws
+/// successive `torch.randn(x.size())` from `torch.Generator(x.device).manual_seed(seed)`, with `seed + 1` when the
+/// latent is on the CPU; that CPU stream is `TorchRng::new(seed + 1)`. On a CUDA latent it is CUDA's Philox
+/// generator, which this does not reproduce.
 ///
 /// ```
 /// use nodes::sampling::noise::TorchRng;
@@ -225,7 +241,7 @@ impl TorchRng {
         for block in out.chunks_exact_mut(16) {
             fill_16(block, mean, std);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             // "Recompute the last 16 values": fresh uniforms over the tail, overlapping the last full block.
             let tail = &mut out[n - 16..];
             tail.fill_with(|| self.uniform_f32());
@@ -304,10 +320,13 @@ fn normal_fill_16_scalar(data: &mut [f32], mean: f32, std: f32) {
 // PyTorch's x86-64 wheels are built by GCC, which contracts a multiply whose only use is an add or subtract into an
 // FMA (`-ffp-contract=fast` is GCC's default for C++, and the AVX2 kernels are compiled with `-mfma`); intrinsics
 // are plain vector arithmetic to GCC, so this happens inside avx_mathfun too. Where a sum has two products feeding
-// it, the first product in statement order is fused. Each `mul_add` below is such a contraction; every one that can
-// change a result was confirmed against torch by flipping it (each flip changes outputs in the first 42,000 values
-// of seed 123, except the `DP3` step of `sincos256`, which only 3 of the 2^24 possible u2 draw values expose, e.g.
-// seed 133 element 118,763). `mul_add` is a correctly rounded fused multiply-add on every platform.
+// it, the first product in statement order is fused. Each `mul_add` below is such a contraction, and each one that
+// can change a result was confirmed against torch on its own: unfusing it alone changes some outputs (found by
+// trying all 2^24 possible 24-bit draws, then seeded streams containing them), and torch has the fused value there
+// (tests/fixtures/noise `witnesses`; the rarest, the DP3 step, shows for 3 of the 2^24 u2 draws). The remaining
+// ones give the same bits fused or not, their products being exact: `z * 0.5`, and small integers times short
+// constants (`e * LOG_Q2`, `y * MINUS_DP1`, `y * MINUS_DP2`).
+// `mul_add` is a correctly rounded fused multiply-add on every platform.
 
 /// `normal_fill_16_AVX2`.
 fn normal_fill_16_avx2(data: &mut [f32], mean: f32, std: f32) {
@@ -326,7 +345,8 @@ fn normal_fill_16_avx2(data: &mut [f32], mean: f32, std: f32) {
 /// The smallest normal float, `_ps256_min_norm_pos` (0x00800000).
 const MIN_NORM_POS: u32 = 0x0080_0000;
 // Constants as avx_mathfun spells them: double literals rounded to float (`as f32` rounds to nearest, like C).
-const SQRTHF: f32 = 0.707106781186547524_f64 as f32; // cephes_SQRTHF
+// cephes_SQRTHF, spelt 0.707106781186547524: the same double as FRAC_1_SQRT_2.
+const SQRTHF: f32 = std::f64::consts::FRAC_1_SQRT_2 as f32;
 const LOG_P: [f32; 9] = [
     7.0376836292E-2_f64 as f32,  // cephes_log_p0
     -1.1514610310E-1_f64 as f32, // cephes_log_p1
@@ -374,8 +394,8 @@ fn log256(x: f32) -> f32 {
 
 const FOPI: f32 = 1.27323954473516_f64 as f32; // cephes_FOPI, 4 / pi
 const MINUS_DP1: f32 = -0.78515625_f64 as f32; // minus_cephes_DP1
-const MINUS_DP2: f32 = -2.4187564849853515625e-4_f64 as f32; // minus_cephes_DP2
-const MINUS_DP3: f32 = -3.77489497744594108e-8_f64 as f32; // minus_cephes_DP3
+const MINUS_DP2: f32 = -2.418_756_484_985_351_6e-4_f64 as f32; // minus_cephes_DP2, -2.4187564849853515625e-4
+const MINUS_DP3: f32 = -3.774_894_977_445_941e-8_f64 as f32; // minus_cephes_DP3, -3.77489497744594108e-8
 const SINCOF: [f32; 3] = [-1.9515295891E-4_f64 as f32, 8.3321608736E-3_f64 as f32, -1.6666654611E-1_f64 as f32];
 const COSCOF: [f32; 3] =
     [2.443315711809948E-005_f64 as f32, -1.388731625493765E-003_f64 as f32, 4.166664568298827E-002_f64 as f32];
