@@ -1,0 +1,186 @@
+//! DPM-Solver++ samplers: k-diffusion 0.1.1.post1 `sample_dpmpp_2m`, `sample_dpmpp_2m_sde` (midpoint) and
+//! `sample_dpmpp_sde`, as in ComfyUI's `comfy/k_diffusion/sampling.py` (rattus128/ComfyUI @
+//! 9b039406af3b518885b2cf891942df69d09ee8ae). ComfyUI writes the SDE ones in half-log-SNR form with `alpha_t`
+//! factors, which are 1 for eps/v (non-flow) models, leaving k-diffusion's formulas; like ComfyUI, the last step
+//! (to sigma 0) returns the denoised latent, and no noise is drawn when `eta` or `s_noise` is 0.
+
+use super::{Denoiser, NoiseSource, Run, SampleError, SamplerHooks, ancestral_step, draw};
+
+/// `sample_dpmpp_2m`: the second-order multistep DPM-Solver++ (first order on the first and last steps).
+pub fn sample_dpmpp_2m<D, H>(
+    denoiser: &mut D,
+    mut x: Vec<f32>,
+    sigmas: &[f64],
+    hooks: &mut H,
+) -> Result<Vec<f32>, SampleError<D::Error>>
+where
+    D: Denoiser + ?Sized,
+    H: SamplerHooks + ?Sized,
+{
+    let mut run = Run::new(denoiser, hooks, &x, sigmas)?;
+    let t_fn = |sigma: f64| -sigma.ln();
+    let sigma_fn = |t: f64| (-t).exp();
+    let mut old_denoised: Option<Vec<f32>> = None;
+    for i in 0..sigmas.len() - 1 {
+        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
+        let den = run.denoise(i, &x, s)?;
+        run.report(i, sigmas, &x, &den);
+        if s_next == 0.0 {
+            // (0 / sigma) * x - expm1(-inf) * denoised.
+            x.copy_from_slice(&den);
+        } else {
+            let (t, t_next) = (t_fn(s), t_fn(s_next));
+            let h = t_next - t;
+            let ratio = sigma_fn(t_next) / sigma_fn(t);
+            let c = -(-h).exp_m1();
+            match &old_denoised {
+                None => {
+                    for (xv, &dv) in x.iter_mut().zip(&den) {
+                        *xv = (ratio * f64::from(*xv) + c * f64::from(dv)) as f32;
+                    }
+                }
+                Some(old) => {
+                    let h_last = t - t_fn(sigmas[i - 1]);
+                    let r = h_last / h;
+                    let (a, b) = (1.0 + 1.0 / (2.0 * r), 1.0 / (2.0 * r));
+                    for ((xv, &dv), &ov) in x.iter_mut().zip(&den).zip(old) {
+                        let dd = a * f64::from(dv) - b * f64::from(ov);
+                        *xv = (ratio * f64::from(*xv) + c * dd) as f32;
+                    }
+                }
+            }
+        }
+        old_denoised = Some(den);
+    }
+    Ok(x)
+}
+
+/// `sample_dpmpp_2m_sde(eta, s_noise, solver_type='midpoint')`: one noise draw per step but the last.
+pub fn sample_dpmpp_2m_sde<D, N, H>(
+    denoiser: &mut D,
+    mut x: Vec<f32>,
+    sigmas: &[f64],
+    noise: &mut N,
+    hooks: &mut H,
+    eta: f64,
+    s_noise: f64,
+) -> Result<Vec<f32>, SampleError<D::Error>>
+where
+    D: Denoiser + ?Sized,
+    N: NoiseSource + ?Sized,
+    H: SamplerHooks + ?Sized,
+{
+    let mut run = Run::new(denoiser, hooks, &x, sigmas)?;
+    let mut old_denoised: Option<Vec<f32>> = None;
+    let mut h_last: Option<f64> = None;
+    let mut h: Option<f64> = None;
+    for i in 0..sigmas.len() - 1 {
+        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
+        let den = run.denoise(i, &x, s)?;
+        run.report(i, sigmas, &x, &den);
+        if s_next == 0.0 {
+            x.copy_from_slice(&den);
+        } else {
+            let (t, t_next) = (-s.ln(), -s_next.ln());
+            let hh = t_next - t;
+            h = Some(hh);
+            let eta_h = eta * hh;
+            let ratio = s_next / s * (-eta_h).exp();
+            let c = -(-hh - eta_h).exp_m1();
+            // midpoint correction: 0.5 * c * (1 / r) * (denoised - old_denoised), r = h_last / h.
+            let corr = match (&old_denoised, h_last) {
+                (Some(old), Some(hl)) => Some((old, 0.5 * c * (1.0 / (hl / hh)))),
+                _ => None,
+            };
+            let z = if eta > 0.0 && s_noise > 0.0 { Some(draw(noise, s, s_next, x.len())) } else { None };
+            let amp = s_next * (-(-2.0 * eta_h).exp_m1()).sqrt() * s_noise;
+            for (j, xv) in x.iter_mut().enumerate() {
+                let dv = f64::from(den[j]);
+                let mut v = ratio * f64::from(*xv) + c * dv;
+                if let Some((old, k)) = corr {
+                    v += k * (dv - f64::from(old[j]));
+                }
+                if let Some(z) = &z {
+                    v += f64::from(z[j]) * amp;
+                }
+                *xv = v as f32;
+            }
+        }
+        old_denoised = Some(den);
+        h_last = h;
+    }
+    Ok(x)
+}
+
+/// `sample_dpmpp_sde(eta, s_noise, r=1/2)`: two model calls and two noise draws per step but the last. The draws are
+/// for the steps from `sigma` to the intermediate sigma and from `sigma` to `sigma_next` (ComfyUI's arguments; these
+/// overlap, which matters to [`super::BrownianNoise`]).
+pub fn sample_dpmpp_sde<D, N, H>(
+    denoiser: &mut D,
+    mut x: Vec<f32>,
+    sigmas: &[f64],
+    noise: &mut N,
+    hooks: &mut H,
+    eta: f64,
+    s_noise: f64,
+) -> Result<Vec<f32>, SampleError<D::Error>>
+where
+    D: Denoiser + ?Sized,
+    N: NoiseSource + ?Sized,
+    H: SamplerHooks + ?Sized,
+{
+    const R: f64 = 0.5;
+    let mut run = Run::new(denoiser, hooks, &x, sigmas)?;
+    let t_fn = |sigma: f64| -sigma.ln();
+    let sigma_fn = |t: f64| (-t).exp();
+    let noisy = eta > 0.0 && s_noise > 0.0;
+    for i in 0..sigmas.len() - 1 {
+        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
+        let den = run.denoise(i, &x, s)?;
+        run.report(i, sigmas, &x, &den);
+        if s_next == 0.0 {
+            x.copy_from_slice(&den);
+            continue;
+        }
+        let (t, t_next) = (t_fn(s), t_fn(s_next));
+        let h = t_next - t;
+        let t_s = t + h * R;
+        let fac = 1.0 / (2.0 * R);
+        let sigma_s = sigma_fn(t_s);
+
+        // Step 1
+        let (sd, su) = ancestral_step(sigma_fn(t), sigma_s, eta);
+        let s_ = t_fn(sd);
+        let ratio = sigma_fn(s_) / sigma_fn(t);
+        let c = (t - s_).exp_m1();
+        let z1 = if noisy { Some(draw(noise, s, sigma_s, x.len())) } else { None };
+        let amp1 = s_noise * su;
+        let x2: Vec<f32> = (0..x.len())
+            .map(|j| {
+                let mut v = ratio * f64::from(x[j]) - c * f64::from(den[j]);
+                if let Some(z) = &z1 {
+                    v += f64::from(z[j]) * amp1;
+                }
+                v as f32
+            })
+            .collect();
+        let den2 = run.denoise(i, &x2, sigma_s)?;
+
+        // Step 2
+        let (sd, su) = ancestral_step(sigma_fn(t), sigma_fn(t_next), eta);
+        let t_next_ = t_fn(sd);
+        let ratio = sigma_fn(t_next_) / sigma_fn(t);
+        let c = (t - t_next_).exp_m1();
+        let z2 = if noisy { Some(draw(noise, s, s_next, x.len())) } else { None };
+        let amp2 = s_noise * su;
+        for (j, xv) in x.iter_mut().enumerate() {
+            let dd = (1.0 - fac) * f64::from(den[j]) + fac * f64::from(den2[j]);
+            let mut v = ratio * f64::from(*xv) - c * dd;
+            if let Some(z) = &z2 {
+                v += f64::from(z[j]) * amp2;
+            }
+            *xv = v as f32;
+        }
+    }
+    Ok(x)
+}
