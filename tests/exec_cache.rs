@@ -43,6 +43,21 @@ fn nodes_that_feed_no_output_node_never_run() {
 }
 
 #[test]
+fn a_node_feeding_both_a_needed_and_an_unneeded_branch_schedules_only_the_needed_one() {
+    let (c, reg, mut exec, dir) = setup();
+    let text = r#"(nodes: {
+        "a": (kind: "Const", params: { "value": 1 }),
+        "dead_end": (kind: "Add", inputs: { "a": "a.int", "b": "a.int" }),
+        "live": (kind: "Add", inputs: { "a": "a.int", "b": "a.int" }),
+        "out": (kind: "Sink", inputs: { "a": "live.int" }),
+    })"#;
+    let r = run(&mut exec, &validate_str(text, &reg).unwrap(), &dir);
+    assert!(r.ok);
+    assert_eq!(r.ids_with(NodeStatus::Executed), ["a", "live", "out"]);
+    assert_eq!(c.get("dead_end"), 0);
+}
+
+#[test]
 fn second_run_of_the_same_graph_is_entirely_cached() {
     let (c, reg, mut exec, dir) = setup();
     let g = validate_str(DIAMOND, &reg).unwrap();

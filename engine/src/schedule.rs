@@ -40,6 +40,10 @@ pub fn execution_order(g: &ValidGraph) -> Vec<usize> {
         order.push(i);
         for m in g.dag.neighbors_directed(index_of[i], Direction::Outgoing) {
             let j = g.dag[m];
+            // Consumers that feed no output node are not scheduled.
+            if !needed[j] {
+                continue;
+            }
             // Parallel edges (two links between one pair) appear once per edge.
             indegree[j] -= 1;
             if indegree[j] == 0 {

@@ -15,12 +15,7 @@ use crate::models::vae::{Vae, VaeConfig};
 use crate::runtime;
 use crate::tokenizer::ClipTokenizer;
 
-/// What the UNet predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prediction {
-    Epsilon,
-    V,
-}
+pub use crate::sampling::samplers::Prediction;
 
 /// A loaded UNet and how to interpret its output.
 pub struct ModelHandle {

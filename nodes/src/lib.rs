@@ -1,7 +1,7 @@
 //! sdgraph's built-in node kinds.
 //!
 //! - [`checkpoint`]: safetensors files and weight layouts
-//! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`vae_nodes`]: the SD pipeline nodes
+//! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`ksampler`], [`vae_nodes`]: the SD pipeline nodes
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
 //! - [`image_ops`]: the pure pixel operations behind them
 //! - [`models`]: the SD networks on the GPU kernels
@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod checkpoint_loader;
 pub mod image_nodes;
 pub mod image_ops;
+pub mod ksampler;
 pub mod latent;
 pub mod latent_nodes;
 pub mod models;
@@ -33,6 +34,7 @@ pub fn register_builtin(reg: &mut Registry) -> Result<(), DuplicateKind> {
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new()))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
     reg.register(Arc::new(latent_nodes::EmptyLatentImage::new()))?;
+    reg.register(Arc::new(ksampler::KSampler::new()))?;
     reg.register(Arc::new(vae_nodes::VaeDecode::new()))?;
     reg.register(Arc::new(vae_nodes::VaeEncode::new()))?;
     Ok(())
