@@ -82,19 +82,6 @@ fn offsets(i: u32) -> vec2<u32> {
     return o;
 }
 
-// Copied from elementwise.wgsl (shader bodies cannot include each other):
-// a series for |v| < 0.5, Numerical Recipes' erfc (relative error < 1.2e-7) beyond.
-fn erf_f32(v: f32) -> f32 {
-    let a = abs(v);
-    if a < 0.5 {
-        let z = v * v;
-        return v * 1.1283791670955126 * (1.0 + z * (-0.3333333333333333 + z * (0.1 + z * (-0.023809523809523808 + z * (0.004629629629629629 + z * (-0.0007575757575757576))))));
-    }
-    let t = 1.0 / (1.0 + 0.5 * a);
-    let r = t * exp(-a * a - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
-    return select(r - 1.0, 1.0 - r, v >= 0.0);
-}
-
 @compute @workgroup_size(WG)
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
@@ -118,5 +105,5 @@ fn geglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if i >= params.n { return; }
     let o = offsets(i);
     let g = f32(b[o.y]);
-    y[params.y_off + i] = T(f32(a[o.x]) * (0.5 * g * (1.0 + erf_f32(g * 0.7071067811865476))));
+    y[params.y_off + i] = T(f32(a[o.x]) * gelu_f32(g));
 }

@@ -66,26 +66,6 @@ override WG: u32 = 256u;
 var<workgroup> sa: array<vec4<f32>, BK * (BM / 4u + 1u)>;
 var<workgroup> sb: array<vec4<f32>, BK * (BN / 4u + 1u)>;
 
-fn erf_f32(v: f32) -> f32 {
-    let a = abs(v);
-    if a < 0.5 {
-        let z = v * v;
-        return v * 1.1283791670955126 * (1.0 + z * (-0.3333333333333333 + z * (0.1 + z * (-0.023809523809523808 + z * (0.004629629629629629 + z * (-0.0007575757575757576))))));
-    }
-    let t = 1.0 / (1.0 + 0.5 * a);
-    let r = t * exp(-a * a - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
-    return select(r - 1.0, 1.0 - r, v >= 0.0);
-}
-
-fn activate(v: f32) -> f32 {
-    switch params.act {
-        case 1u: { return v / (1.0 + exp(-v)); }
-        case 2u: { return 0.5 * v * (1.0 + erf_f32(v * 0.7071067811865476)); }
-        case 3u: { return v / (1.0 + exp(-1.702 * v)); }
-        default: { return v; }
-    }
-}
-
 // Writes four consecutive pixels of one output channel.
 fn store4(base: u32, co: u32, px: u32, npix: u32, v: vec4<f32>) {
     if co >= params.cout {
@@ -103,7 +83,7 @@ fn store4(base: u32, co: u32, px: u32, npix: u32, v: vec4<f32>) {
             if params.accumulate != 0u {
                 x += f32(y[at]);
             }
-            y[at] = T(activate(x));
+            y[at] = T(apply_activation(x, params.act));
         }
     }
 }

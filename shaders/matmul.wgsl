@@ -56,26 +56,6 @@ override WG: u32 = 256u;
 var<workgroup> sa: array<vec4<f32>, BK * (BM / 4u + 1u)>;
 var<workgroup> sb: array<vec4<f32>, BK * (BN / 4u + 1u)>;
 
-fn erf_f32(v: f32) -> f32 {
-    let x = abs(v);
-    if x < 0.5 {
-        let z = v * v;
-        return v * 1.1283791670955126 * (1.0 + z * (-0.3333333333333333 + z * (0.1 + z * (-0.023809523809523808 + z * (0.004629629629629629 + z * (-0.0007575757575757576))))));
-    }
-    let t = 1.0 / (1.0 + 0.5 * x);
-    let r = t * exp(-x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
-    return select(r - 1.0, 1.0 - r, v >= 0.0);
-}
-
-fn activate(v: f32) -> f32 {
-    switch params.act {
-        case 1u: { return v / (1.0 + exp(-v)); }
-        case 2u: { return 0.5 * v * (1.0 + erf_f32(v * 0.7071067811865476)); }
-        case 3u: { return v / (1.0 + exp(-1.702 * v)); }
-        default: { return v; }
-    }
-}
-
 // A[gm, gk], zero outside the matrix.
 fn load_a(base: u32, gm: u32, gk: u32) -> f32 {
     if gm < params.m && gk < params.k {
@@ -103,7 +83,7 @@ fn store4(base: u32, row: u32, col: u32, v: vec4<f32>) {
             if params.has_bias != 0u {
                 x += f32(bias[params.off_bias + cj]);
             }
-            c[base + row * params.n + cj] = T(activate(x));
+            c[base + row * params.n + cj] = T(apply_activation(x, params.act));
         }
     }
 }

@@ -67,26 +67,6 @@ var<workgroup> sb: array<f16, 5120>; // max(BN * SK, BK * SB)
 // the bounce buffer for the epilogue (bias, activation, f16 conversion).
 var<workgroup> sc: array<f32, 1024>;
 
-fn erf_f32(v: f32) -> f32 {
-    let x = abs(v);
-    if x < 0.5 {
-        let z = v * v;
-        return v * 1.1283791670955126 * (1.0 + z * (-0.3333333333333333 + z * (0.1 + z * (-0.023809523809523808 + z * (0.004629629629629629 + z * (-0.0007575757575757576))))));
-    }
-    let t = 1.0 / (1.0 + 0.5 * x);
-    let r = t * exp(-x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
-    return select(r - 1.0, 1.0 - r, v >= 0.0);
-}
-
-fn activate(v: f32, act: u32) -> f32 {
-    switch act {
-        case 1u: { return v / (1.0 + exp(-v)); }
-        case 2u: { return 0.5 * v * (1.0 + erf_f32(v * 0.7071067811865476)); }
-        case 3u: { return v / (1.0 + exp(-1.702 * v)); }
-        default: { return v; }
-    }
-}
-
 // The A tile (rows r0.., k-step kk) of the staged block: row-major when A's
 // k is contiguous, column-major otherwise. The branch is on a uniform.
 fn load_a(r0: u32, kk: u32) -> coop_mat16x16<f16, A> {
@@ -126,7 +106,7 @@ fn store_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, row0: u32, col0: u32
             if params.has_bias != 0u {
                 v += f32(bias[params.off_bias + col]);
             }
-            c[base_c + row * params.n + col] = T(activate(v, params.act));
+            c[base_c + row * params.n + col] = T(apply_activation(v, params.act));
         }
     }
     workgroupBarrier();
@@ -337,7 +317,7 @@ fn store_conv_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, co0: u32, p0: u
             if cparams.accumulate != 0u {
                 v += f32(cy[at]);
             }
-            cy[at] = T(activate(v, cparams.act));
+            cy[at] = T(apply_activation(v, cparams.act));
         }
     }
     workgroupBarrier();

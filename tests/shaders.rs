@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use engine::gpu::shaders::{Access, SHADERS, Variant};
+use engine::gpu::shaders::{Access, LIBS, SHADERS, Variant};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn shader_dir() -> std::path::PathBuf {
@@ -36,6 +36,28 @@ fn registry_and_shader_folder_agree_both_ways() {
         let text = std::fs::read_to_string(shader_dir().join(s.file)).unwrap();
         assert_eq!(text, s.body, "{} is stale in the binary", s.file);
         assert_eq!(SHADERS.iter().filter(|o| o.family == s.family).count(), 1, "{:?} registered twice", s.family);
+    }
+}
+
+#[test]
+fn shared_snippets_and_lib_folder_agree_and_every_snippet_is_used() {
+    let on_disk: BTreeSet<String> = std::fs::read_dir(shader_dir().join("lib"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".wgsl"))
+        .collect();
+    let registered: BTreeSet<String> = LIBS.iter().map(|(n, _)| format!("{n}.wgsl")).collect();
+    assert_eq!(on_disk, registered, "shaders/lib/ and engine::gpu::shaders::LIBS differ");
+    for (name, text) in LIBS {
+        let file = std::fs::read_to_string(shader_dir().join("lib").join(format!("{name}.wgsl"))).unwrap();
+        assert_eq!(&file, text, "{name} is stale in the binary");
+        assert!(SHADERS.iter().any(|s| s.libs.contains(name)), "snippet {name} is used by no shader");
+    }
+    for s in SHADERS {
+        for lib in s.libs {
+            assert!(LIBS.iter().any(|(n, _)| n == lib), "{} names unknown snippet {lib}", s.file);
+        }
     }
 }
 

@@ -98,12 +98,26 @@ pub struct ShaderSource {
     pub entries: &'static [EntryPoint],
     /// Override constants the tests set when validating (name, value).
     pub overrides: &'static [(&'static str, f64)],
+    /// Shared snippets from `shaders/lib/` (by name in [`LIBS`]) prepended to the body.
+    pub libs: &'static [&'static str],
 }
+
+/// Functions several kernels share, in `shaders/lib/`: WGSL has no includes,
+/// so the registry prepends them (after the variant header).
+pub const LIBS: &[(&str, &str)] = &[("activation", include_str!("../../../shaders/lib/activation.wgsl"))];
 
 impl ShaderSource {
     /// The full WGSL text of one variant.
     pub fn source(&self, variant: Variant) -> String {
-        format!("{}{}", variant.header(), self.body)
+        let mut src = variant.header().to_string();
+        for lib in self.libs {
+            // Every name in `libs` is in LIBS; the shaders test checks it.
+            if let Some((_, text)) = LIBS.iter().find(|(n, _)| n == lib) {
+                src.push_str(text);
+            }
+        }
+        src.push_str(self.body);
+        src
     }
 
     pub fn entry(&self, name: &str) -> Option<&EntryPoint> {
@@ -131,6 +145,7 @@ pub const SHADERS: &[ShaderSource] = &[
             EntryPoint { name: "scale", bindings: UNARY },
         ],
         overrides: &[],
+        libs: &["activation"],
     },
     ShaderSource {
         family: ShaderFamily::Matmul,
@@ -140,6 +155,7 @@ pub const SHADERS: &[ShaderSource] = &[
         entries: &[EntryPoint { name: "matmul", bindings: MATMUL }],
         // The tile the launcher uses (ops::matmul::TILE).
         overrides: &[("BM", 128.0), ("BN", 128.0), ("BK", 16.0), ("WG", 256.0)],
+        libs: &["activation"],
     },
     ShaderSource {
         family: ShaderFamily::MatmulCoop,
@@ -155,6 +171,7 @@ pub const SHADERS: &[ShaderSource] = &[
         ],
         // Subgroup size (NVIDIA's 32).
         overrides: &[("SG", 32.0)],
+        libs: &["activation"],
     },
     ShaderSource {
         family: ShaderFamily::Conv2d,
@@ -166,6 +183,7 @@ pub const SHADERS: &[ShaderSource] = &[
             bindings: &[uniform(0, "params"), read(1, "x"), read(2, "w"), read(3, "bias"), read_write(4, "y")],
         }],
         overrides: &[("BM", 128.0), ("BN", 128.0), ("BK", 16.0), ("WG", 256.0)],
+        libs: &["activation"],
     },
     ShaderSource {
         family: ShaderFamily::Cast,
@@ -183,6 +201,7 @@ pub const SHADERS: &[ShaderSource] = &[
             },
         ],
         overrides: &[],
+        libs: &[],
     },
     ShaderSource {
         family: ShaderFamily::Binary,
@@ -195,6 +214,7 @@ pub const SHADERS: &[ShaderSource] = &[
             EntryPoint { name: "geglu", bindings: BINARY },
         ],
         overrides: &[],
+        libs: &["activation"],
     },
     ShaderSource {
         family: ShaderFamily::Layout,
@@ -206,6 +226,7 @@ pub const SHADERS: &[ShaderSource] = &[
             bindings: &[uniform(0, "params"), read(1, "src"), read_write(2, "dst")],
         }],
         overrides: &[],
+        libs: &[],
     },
     ShaderSource {
         family: ShaderFamily::Embedding,
@@ -217,6 +238,7 @@ pub const SHADERS: &[ShaderSource] = &[
             bindings: &[uniform(0, "params"), read(1, "t"), read_write(2, "y")],
         }],
         overrides: &[],
+        libs: &[],
     },
     ShaderSource {
         family: ShaderFamily::Norm,
@@ -246,6 +268,7 @@ pub const SHADERS: &[ShaderSource] = &[
             },
         ],
         overrides: &[],
+        libs: &[],
     },
     ShaderSource {
         family: ShaderFamily::Softmax,
@@ -254,6 +277,7 @@ pub const SHADERS: &[ShaderSource] = &[
         variants: &[Variant::F32, Variant::F16],
         entries: &[EntryPoint { name: "softmax", bindings: UNARY }],
         overrides: &[],
+        libs: &[],
     },
     ShaderSource {
         family: ShaderFamily::Attention,
@@ -266,6 +290,7 @@ pub const SHADERS: &[ShaderSource] = &[
         }],
         // The largest head dimension, where the per-invocation arrays are fullest.
         overrides: &[("HEAD_DIM", 160.0)],
+        libs: &[],
     },
 ];
 
