@@ -4,11 +4,13 @@
 //! in f16; config detection; ControlNet residual hook; broken checkpoints
 //! name the bad key.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::sd_tiny::{Layout, fixtures, source};
 use engine::gpu::testing::shared_gpu;
 use engine::gpu::{DType, Gpu, Tensor};
-use nodes::checkpoint::convert::open_diffusers_folder;
 use nodes::checkpoint::safetensors::{Dtype, SafeTensors, write};
 use nodes::checkpoint::weights::WeightSource;
 use nodes::models::unet::{Unet, UnetConfig};
@@ -24,29 +26,6 @@ const F16_TOL_OUTPUT: f32 = 1e-2;
 /// ... and up to 4.1e-2 on the intermediates (up_blocks.2, values up to ~11.5:
 /// a few f16 ulps), bounded at about 1.5x.
 const F16_TOL_INTERMEDIATE: f32 = 6e-2;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd_tiny")
-}
-
-/// Where the fixture's weights come from.
-#[derive(Debug, Clone, Copy)]
-enum Layout {
-    /// `model.safetensors` (LDM names, f32).
-    SingleFile,
-    /// `model_f16.safetensors` (LDM names, f16).
-    SingleFileF16,
-    /// `diffusers/` (the folder layout, mapped onto LDM names).
-    Diffusers,
-}
-
-fn source(layout: Layout) -> WeightSource {
-    match layout {
-        Layout::SingleFile => WeightSource::single_file(&fixtures().join("model.safetensors")).unwrap(),
-        Layout::SingleFileF16 => WeightSource::single_file(&fixtures().join("model_f16.safetensors")).unwrap(),
-        Layout::Diffusers => open_diffusers_folder(&fixtures().join("diffusers")).unwrap(),
-    }
-}
 
 /// The detected config with what the file cannot tell taken from sd_tiny/meta.json.
 fn fixture_config(src: &WeightSource) -> UnetConfig {

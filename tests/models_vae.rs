@@ -6,11 +6,13 @@
 //! in query blocks) and both checkpoint layouts; a stated bound in f16;
 //! config detection; input checks; broken checkpoints name the bad key.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::sd_tiny::{Layout, fixtures, source};
 use engine::gpu::testing::shared_gpu;
 use engine::gpu::{DType, Gpu, Tensor};
-use nodes::checkpoint::convert::open_diffusers_folder;
 use nodes::checkpoint::safetensors::{Dtype, SafeTensors, write};
 use nodes::checkpoint::weights::WeightSource;
 use nodes::models::vae::{Vae, VaeConfig};
@@ -23,29 +25,6 @@ const F32_TOL: f32 = 1e-4;
 /// and 0.0028 to 0.0039 on the latent-side tensors (both attention paths), on
 /// lavapipe; about 2.5x headroom for other adapters' rounding.
 const F16_TOL: f32 = 0.015;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd_tiny")
-}
-
-/// Where the fixture's weights come from.
-#[derive(Debug, Clone, Copy)]
-enum Layout {
-    /// `model.safetensors` (LDM names, f32).
-    SingleFile,
-    /// `model_f16.safetensors` (LDM names, f16).
-    SingleFileF16,
-    /// `diffusers/` (the folder layout, mapped onto LDM names).
-    Diffusers,
-}
-
-fn source(layout: Layout) -> WeightSource {
-    match layout {
-        Layout::SingleFile => WeightSource::single_file(&fixtures().join("model.safetensors")).unwrap(),
-        Layout::SingleFileF16 => WeightSource::single_file(&fixtures().join("model_f16.safetensors")).unwrap(),
-        Layout::Diffusers => open_diffusers_folder(&fixtures().join("diffusers")).unwrap(),
-    }
-}
 
 /// The detected config with what the file cannot tell taken from sd_tiny/meta.json.
 fn fixture_config(src: &WeightSource) -> VaeConfig {

@@ -2,6 +2,8 @@
 //! one-call "parse and validate" for graph text.
 #![allow(dead_code)]
 
+pub mod sd_tiny;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
