@@ -7,6 +7,7 @@
 //! - [`schedule`]: which nodes run, in what order
 //! - [`exec`]: the executor, its cache, progress reporting
 //! - [`types`], [`value`]: port types and run-time values
+//! - [`watch`]: the files a graph reads, and a debounced wait for changes
 //! - [`error`]: diagnostics that name file, line, column, node and port
 
 pub mod error;
@@ -19,6 +20,7 @@ pub mod schedule;
 pub mod suggest;
 pub mod types;
 pub mod value;
+pub mod watch;
 
 pub use error::{Diagnostic, GraphErrors};
 pub use node::{NodeError, NodeInputs, NodeKind, NodeSchema, ParamKind, ParamValue, RunContext};

@@ -7,6 +7,7 @@ mod list_nodes;
 mod load;
 mod progress;
 mod run;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,23 @@ enum Command {
         kind: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Run a graph, then again on every save of it or of a file it reads (cached results are reused).
+    Watch {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+        sets: Vec<String>,
+        #[arg(long, default_value = "output")]
+        out_dir: PathBuf,
+        /// One JSON line per run on stdout: {"run", "ok", "executed", "cached", "errors", "outputs"}.
+        #[arg(long)]
+        json: bool,
+        /// Quiet time after a change before re-running, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        debounce_ms: u64,
+        /// Stop after this many runs.
+        #[arg(long)]
+        max_runs: Option<usize>,
     },
     /// Show the GPU adapter sdgraph uses, its features and limits.
     Gpu {
@@ -111,6 +129,17 @@ pub fn main() -> i32 {
         Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
         Command::Dot { file, sets } => dot::dot(&registry, &file, &sets),
         Command::Gpu { adapter, json } => gpu::gpu(adapter, json),
+        Command::Watch { file, sets, out_dir, json, debounce_ms, max_runs } => watch::watch(
+            &registry,
+            watch::WatchArgs {
+                file,
+                sets,
+                out_dir,
+                json,
+                debounce: std::time::Duration::from_millis(debounce_ms),
+                max_runs,
+            },
+        ),
         Command::Bench { what: BenchWhat::Kernels { adapter, small, json } } => bench::kernels(adapter, small, json),
     }
 }
