@@ -1,7 +1,12 @@
-"""Draws assets/sample.png, the picture the example graphs load.
+"""Draws the pictures the example graphs load.
 
-Pure standard library (no PIL), so it runs anywhere: a sky gradient, a sun,
-two hills and a lake, 160x120 RGB. Run: python3 assets/make_sample.py
+- sample.png: a sky gradient, a sun, two hills and a lake, 160x120 RGB.
+- sample_inpaint.png: the same with the sun cut out (alpha 0 in a disc, RGB
+  grey there), 160x120 RGBA: LoadImage's mask (1 - alpha) marks the hole.
+- sample_mask.png: that disc painted white on black, 160x120 RGB, for
+  ImageToMask.
+
+Pure standard library (no PIL), so it runs anywhere. Run: python3 assets/make_sample.py
 """
 import math
 import struct
@@ -36,9 +41,29 @@ def chunk(kind, data):
     return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
 
 
-raw = b"".join(b"\x00" + b"".join(pixel(x, y) for x in range(W)) for y in range(H))
-png = b"\x89PNG\r\n\x1a\n"
-png += chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0))
-png += chunk(b"IDAT", zlib.compress(raw, 9))
-png += chunk(b"IEND", b"")
-Path(__file__).with_name("sample.png").write_bytes(png)
+def in_hole(x, y):
+    # A disc a little larger than the sun, so the repainted area takes all of it.
+    return math.hypot(x - 112, y - 34) < 18
+
+
+def rgba(x, y):
+    return bytes([128, 128, 128, 0]) if in_hole(x, y) else pixel(x, y) + b"\xff"
+
+
+def mask(x, y):
+    return b"\xff\xff\xff" if in_hole(x, y) else b"\x00\x00\x00"
+
+
+def write_png(name, px, color_type):
+    """8-bit PNG; color_type 2 is RGB, 6 is RGBA."""
+    raw = b"".join(b"\x00" + b"".join(px(x, y) for x in range(W)) for y in range(H))
+    png = b"\x89PNG\r\n\x1a\n"
+    png += chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, color_type, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw, 9))
+    png += chunk(b"IEND", b"")
+    Path(__file__).with_name(name).write_bytes(png)
+
+
+write_png("sample.png", pixel, 2)
+write_png("sample_inpaint.png", rgba, 6)
+write_png("sample_mask.png", mask, 2)

@@ -2,6 +2,7 @@
 //!
 //! - [`checkpoint`]: safetensors files and weight layouts
 //! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`ksampler`], [`vae_nodes`]: the SD pipeline nodes
+//! - [`mask_nodes`]: the mask nodes (ImageToMask)
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
 //! - [`image_ops`]: the pure pixel operations behind them
 //! - [`models`]: the SD networks on the GPU kernels
@@ -15,6 +16,7 @@ pub mod image_ops;
 pub mod ksampler;
 pub mod latent;
 pub mod latent_nodes;
+pub mod mask_nodes;
 pub mod models;
 pub mod png_meta;
 pub mod runtime;
@@ -34,6 +36,10 @@ pub fn register_builtin(reg: &mut Registry) -> Result<(), DuplicateKind> {
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new()))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
     reg.register(Arc::new(latent_nodes::EmptyLatentImage::new()))?;
+    reg.register(Arc::new(latent_nodes::SetLatentNoiseMask::new()))?;
+    reg.register(Arc::new(latent_nodes::LatentUpscale::new()))?;
+    reg.register(Arc::new(latent_nodes::LatentUpscaleBy::new()))?;
+    reg.register(Arc::new(mask_nodes::ImageToMask::new()))?;
     reg.register(Arc::new(ksampler::KSampler::new()))?;
     reg.register(Arc::new(vae_nodes::VaeDecode::new()))?;
     reg.register(Arc::new(vae_nodes::VaeEncode::new()))?;
