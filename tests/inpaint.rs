@@ -5,42 +5,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::sd_tiny::full_vocab_checkpoint;
+
+use std::path::Path;
 use std::sync::Arc;
 
 use engine::exec::{Executor, NoProgress, NodeStatus};
 use engine::{Image, Mask, NodeInputs, ParamValue, PortType, Registry, RunContext, Value};
-use nodes::checkpoint::safetensors::{Dtype, SafeTensors, write_with_metadata};
 use nodes::image_ops::{self, Method};
 use nodes::latent::Latent;
 use nodes::latent_nodes::expand_noise_mask;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The fixture checkpoint with a full 49408-token embedding, so the real
-/// tokenizer's ids are in range (as tests/sd_nodes.rs makes it).
-fn full_vocab_checkpoint(dir: &Path) -> PathBuf {
-    let path = dir.join("tiny_full_vocab.safetensors");
-    let st = SafeTensors::open(&root().join("tests/fixtures/sd_tiny/model.safetensors")).unwrap();
-    let emb = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight";
-    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    for name in st.names() {
-        let Ok((shape, mut data)) = st.f32_any(name) else { continue }; // skip integer buffers
-        let mut shape = shape;
-        if name == emb {
-            let width = shape[1];
-            data.extend(engine::gpu::testing::random((49408 - shape[0]) * width, 9, -0.5, 0.5));
-            shape[0] = 49408;
-        }
-        owned.push((name.to_string(), shape, data));
-    }
-    let tensors: Vec<(&str, &[usize], &[f32])> =
-        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
-    let meta = [("sdgraph.unet.heads", "2"), ("sdgraph.clip.heads", "4"), ("sdgraph.norm_groups", "4")];
-    write_with_metadata(&path, &tensors, Dtype::F32, &meta).unwrap();
-    path
 }
 
 /// Runs one node kind directly, with its schema's defaults for the params not given.

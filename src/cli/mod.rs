@@ -3,6 +3,7 @@
 mod bench;
 mod dot;
 mod gpu;
+mod interrupt;
 mod list_nodes;
 mod load;
 mod progress;
@@ -17,6 +18,8 @@ use clap::{Parser, Subcommand};
 pub const EXIT_INVALID: i32 = 2;
 /// Exit code for a valid graph that failed while running.
 pub const EXIT_FAILED: i32 = 1;
+/// Exit code after Ctrl-C, as shells report SIGINT.
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Parser)]
 #[command(name = "sdgraph", version, about = "Stable Diffusion pipelines as RON node graphs")]

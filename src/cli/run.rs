@@ -1,8 +1,6 @@
 //! `sdgraph run` and `sdgraph check`.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use engine::exec::{Executor, NoProgress, RunOptions};
 use engine::{GraphErrors, Registry, graph};
@@ -71,10 +69,17 @@ pub fn run(registry: &Registry, file: &Path, sets: &[String], out_dir: &Path, js
         out_dir: out_dir.to_path_buf(),
         graph_text: loaded.text,
         progress,
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel: super::interrupt::cancel_flag(),
     };
     let mut exec = Executor::default();
     let report = exec.run(&valid, &opts);
+    if report.cancelled || super::interrupt::interrupted() {
+        if json {
+            println!("{}", serde_json::json!({ "ok": false, "cancelled": true, "nodes": report.nodes }));
+        }
+        eprintln!("cancelled");
+        return super::EXIT_INTERRUPTED;
+    }
     if json {
         let v = serde_json::json!({
             "ok": report.ok,

@@ -4,8 +4,6 @@
 //! its errors and keeps the last good graph.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use engine::exec::{Executor, NoProgress, NodeStatus, Progress, RunOptions, RunReport};
@@ -51,7 +49,8 @@ pub fn watch(registry: &Registry, args: WatchArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
+    // Ctrl-C stops the run in progress and the watch.
+    let stop = super::interrupt::cancel_flag();
     let stderr_progress = StderrProgress::new();
     let progress: &dyn Progress = if args.json { &NoProgress } else { &stderr_progress };
     let mut exec = Executor::default();

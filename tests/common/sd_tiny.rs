@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use nodes::checkpoint::convert::open_diffusers_folder;
+use nodes::checkpoint::safetensors::{Dtype, SafeTensors, write_with_metadata};
 use nodes::checkpoint::weights::WeightSource;
 
 pub fn fixtures() -> PathBuf {
@@ -26,4 +27,28 @@ pub fn source(layout: Layout) -> WeightSource {
         Layout::SingleFileF16 => WeightSource::single_file(&fixtures().join("model_f16.safetensors")).unwrap(),
         Layout::Diffusers => open_diffusers_folder(&fixtures().join("diffusers")).unwrap(),
     }
+}
+
+/// The fixture checkpoint with a full 49408-token embedding, so the real
+/// tokenizer's ids are in range (the fixture's CLIP has 1000 tokens to stay small).
+pub fn full_vocab_checkpoint(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny_full_vocab.safetensors");
+    let st = SafeTensors::open(&fixtures().join("model.safetensors")).unwrap();
+    let emb = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight";
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for name in st.names() {
+        let Ok((shape, mut data)) = st.f32_any(name) else { continue }; // skip integer buffers
+        let mut shape = shape;
+        if name == emb {
+            let width = shape[1];
+            data.extend(engine::gpu::testing::random((49408 - shape[0]) * width, 9, -0.5, 0.5));
+            shape[0] = 49408;
+        }
+        owned.push((name.to_string(), shape, data));
+    }
+    let tensors: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+    let meta = [("sdgraph.unet.heads", "2"), ("sdgraph.clip.heads", "4"), ("sdgraph.norm_groups", "4")];
+    write_with_metadata(&path, &tensors, Dtype::F32, &meta).unwrap();
+    path
 }
