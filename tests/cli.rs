@@ -262,3 +262,29 @@ fn bench_kernels_small_prints_every_case_with_positive_throughput() {
     assert!(results.iter().any(|r| r["name"].as_str().unwrap().starts_with("conv")));
     assert!(results.iter().all(|r| r["tflops"].as_f64().unwrap() > 0.0));
 }
+
+#[test]
+fn run_with_an_unknown_adapter_fails_only_when_the_graph_needs_the_gpu() {
+    let out = common::temp_dir("cli-adapter");
+    // Image-only graphs never open the GPU.
+    let o = sdgraph(&["run", "graphs/resize.ron", "--adapter", "no-such-gpu", "--out-dir", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // A model graph does, and names the problem.
+    let g = out.join("vae.ron");
+    let ckpt = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd_tiny/model.safetensors");
+    std::fs::write(
+        &g,
+        format!(
+            r#"(nodes: {{
+    "ckpt": (kind: "CheckpointLoaderSimple", params: {{ "ckpt_name": {ckpt:?} }}),
+    "empty": (kind: "EmptyLatentImage", params: {{ "width": 64, "height": 64 }}),
+    "dec": (kind: "VAEDecode", inputs: {{ "samples": "empty.latent", "vae": "ckpt.vae" }}),
+    "save": (kind: "SaveImage", inputs: {{ "images": "dec.image" }}),
+}})"#
+        ),
+    )
+    .unwrap();
+    let o = sdgraph(&["run", g.to_str().unwrap(), "--adapter", "no-such-gpu", "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("no adapter matches \"no-such-gpu\""), "{}", text(&o.stderr));
+}

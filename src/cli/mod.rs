@@ -46,6 +46,9 @@ enum Command {
         /// No progress on stderr.
         #[arg(long, short)]
         quiet: bool,
+        /// GPU adapter by name or backend substring (default: SDGRAPH_ADAPTER, else the best GPU).
+        #[arg(long)]
+        adapter: Option<String>,
     },
     /// Validate a graph without running it or touching model and input files.
     Check {
@@ -125,7 +128,10 @@ pub fn main() -> i32 {
     };
     let registry = nodes::builtin_registry();
     match cli.command {
-        Command::Run { file, sets, out_dir, json, quiet } => {
+        Command::Run { file, sets, out_dir, json, quiet, adapter } => {
+            if adapter.is_some() {
+                engine::gpu::device::configure_shared(engine::gpu::GpuOptions { adapter, ..Default::default() });
+            }
             run::run(&registry, &file, &sets, &out_dir, json, quiet || json)
         }
         Command::Check { file, sets, json } => run::check(&registry, &file, &sets, json),

@@ -120,7 +120,15 @@ fn rank(a: &wgpu::Adapter) -> u32 {
 /// meet, so everything that does not need its own context shares this one.
 pub fn shared() -> Result<&'static Gpu, GpuError> {
     static GPU: std::sync::OnceLock<Result<Gpu, GpuError>> = std::sync::OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(&GpuOptions::default())).as_ref().map_err(|e| e.clone())
+    GPU.get_or_init(|| Gpu::new(SHARED_OPTIONS.get().unwrap_or(&GpuOptions::default()))).as_ref().map_err(|e| e.clone())
+}
+
+static SHARED_OPTIONS: std::sync::OnceLock<GpuOptions> = std::sync::OnceLock::new();
+
+/// Sets the options the shared GPU opens with (the CLI's `--adapter`).
+/// Only the first call counts, and only before the GPU is first used.
+pub fn configure_shared(opts: GpuOptions) {
+    let _ = SHARED_OPTIONS.set(opts);
 }
 
 impl Gpu {
