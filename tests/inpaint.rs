@@ -43,15 +43,7 @@ fn call(
     let progress = NoProgress;
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let out_dir = std::env::temp_dir();
-    let mut ctx = RunContext {
-        node_id: kind,
-        base_dir: Path::new("."),
-        out_dir: &out_dir,
-        graph_text: "",
-        progress: &progress,
-        files_written: vec![],
-        cancel: &cancel,
-    };
+    let mut ctx = RunContext::new(kind, Path::new("."), &out_dir, "", &progress, &cancel);
     node.run(&mut ctx, &inp).map_err(|e| e.message)
 }
 

@@ -54,15 +54,7 @@ fn text_encode_runs_on_both_checkpoint_layouts_and_long_prompts_chunk() {
     let encode = reg.get("CLIPTextEncode").unwrap();
     let progress = engine::exec::NoProgress;
     let cancel = std::sync::atomic::AtomicBool::new(false);
-    let mut ctx = engine::RunContext {
-        node_id: "t",
-        base_dir: Path::new("."),
-        out_dir: &dir,
-        graph_text: "",
-        progress: &progress,
-        files_written: vec![],
-        cancel: &cancel,
-    };
+    let mut ctx = engine::RunContext::new("t", Path::new("."), &dir, "", &progress, &cancel);
     let mut inp = engine::NodeInputs::default();
     inp.params.insert("ckpt_name".into(), engine::ParamValue::String(ckpt.display().to_string()));
     let loaded = loader.run(&mut ctx, &inp).unwrap();

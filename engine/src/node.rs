@@ -359,9 +359,55 @@ pub struct RunContext<'a> {
     pub files_written: Vec<PathBuf>,
     /// Set by Ctrl-C; long nodes poll it and stop early.
     pub cancel: &'a std::sync::atomic::AtomicBool,
+    /// Files that determine this node's result (model weights), declared with
+    /// [`RunContext::record_input_file`]; their SHA-256 goes in the run report.
+    pub files_read: Vec<PathBuf>,
+    /// What the nodes upstream of this one recorded with `record_input_file`
+    /// (absolute, sorted), for outputs that embed their provenance.
+    pub upstream_files: Vec<PathBuf>,
 }
 
-impl RunContext<'_> {
+impl<'a> RunContext<'a> {
+    /// A context with nothing written, read or recorded upstream yet.
+    pub fn new(
+        node_id: &'a str,
+        base_dir: &'a Path,
+        out_dir: &'a Path,
+        graph_text: &'a str,
+        progress: &'a dyn Progress,
+        cancel: &'a std::sync::atomic::AtomicBool,
+    ) -> Self {
+        RunContext {
+            node_id,
+            base_dir,
+            out_dir,
+            graph_text,
+            progress,
+            files_written: vec![],
+            cancel,
+            files_read: vec![],
+            upstream_files: vec![],
+        }
+    }
+
+    /// Declares that this node's result depends on the contents of file
+    /// `path` (a checkpoint, a ControlNet...): the run report and saved
+    /// PNGs record its SHA-256. Hashing starts now on a background thread
+    /// (cached by path, size and mtime), so it overlaps the node's work.
+    pub fn record_input_file(&mut self, path: &Path) {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        crate::exec::provenance::HashCache::global().prefetch(&path);
+        if !self.files_read.contains(&path) {
+            self.files_read.push(path);
+        }
+    }
+
+    /// The SHA-256 of every file recorded upstream of this node (waiting for
+    /// background hashing, but not past Ctrl-C).
+    pub fn upstream_digests(&self) -> Vec<crate::exec::provenance::FileDigest> {
+        crate::exec::provenance::digests(&self.upstream_files, self.cancel)
+    }
+
     /// Resolves a path param against the graph's directory.
     pub fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);

@@ -110,6 +110,10 @@ impl NodeKind for CheckpointLoaderSimple {
         let dtype = runtime::model_dtype(gpu);
         ctx.progress.message(&format!("loading {} ({dtype:?})", path.display()));
         let src = open_checkpoint(&path).map_err(err)?;
+        // Provenance: every weight file actually read (a diffusers folder's used components only).
+        for p in src.paths() {
+            ctx.record_input_file(p);
+        }
         let id = ctx.node_id.to_string();
         ctx.progress.step(&id, 0, 3, "models");
 
@@ -154,10 +158,29 @@ impl NodeKind for CheckpointLoaderSimple {
         ])
     }
 
-    /// Size and modification time: replacing the file reloads it.
+    /// Size and modification time: replacing the file reloads it. A folder's
+    /// own mtime does not change when a component's weights are replaced in
+    /// place, so for a diffusers folder the components' files count too
+    /// (else a cached model, and the digests recorded for it, would be stale).
     fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
         let path = ctx.resolve(inputs.str("ckpt_name").ok()?);
         let meta = std::fs::metadata(&path).ok()?;
-        Some(format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok()))
+        let mut fp = format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok());
+        if meta.is_dir() {
+            for part in ["unet", "vae", "text_encoder"] {
+                let Ok(entries) = std::fs::read_dir(path.join(part)) else { continue };
+                let mut files: Vec<String> = entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                    .filter_map(|e| {
+                        let m = e.metadata().ok()?;
+                        Some(format!("{part}/{}:{}:{:?}", e.file_name().to_string_lossy(), m.len(), m.modified().ok()))
+                    })
+                    .collect();
+                files.sort();
+                fp.extend(files.iter().map(|f| format!("|{f}")));
+            }
+        }
+        Some(fp)
     }
 }

@@ -204,6 +204,29 @@ pub fn to_u8(img: &Image, b: usize) -> Vec<u8> {
     img.item(b).iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
 }
 
+/// `{"path": "sha256"}` for every model file recorded upstream. A file that
+/// cannot be hashed (deleted mid-run) is left out with a warning rather than
+/// losing the picture.
+fn model_digests_json(ctx: &RunContext<'_>) -> String {
+    let mut map = serde_json::Map::new();
+    for f in ctx.upstream_digests() {
+        match (f.sha256, f.error) {
+            (Some(d), _) => {
+                map.insert(f.path.to_string_lossy().into_owned(), d.into());
+            }
+            (None, e) if !ctx.cancelled() => {
+                ctx.progress.message(&format!(
+                    "warning: no digest recorded for {}: {}",
+                    f.path.display(),
+                    e.unwrap_or_default()
+                ));
+            }
+            (None, _) => {}
+        }
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
 impl NodeKind for SaveImage {
     fn schema(&self) -> &NodeSchema {
         &self.0
@@ -218,7 +241,12 @@ impl NodeKind for SaveImage {
         let stem = full.file_name().and_then(|s| s.to_str()).unwrap_or("sdgraph").to_string();
         let base = std::path::absolute(ctx.base_dir).unwrap_or_else(|_| ctx.base_dir.to_path_buf());
         let base = base.to_string_lossy();
-        let texts = [(png_meta::GRAPH_KEY, ctx.graph_text), (png_meta::BASE_DIR_KEY, base.as_ref())];
+        let models = model_digests_json(ctx);
+        let texts = [
+            (png_meta::GRAPH_KEY, ctx.graph_text),
+            (png_meta::BASE_DIR_KEY, base.as_ref()),
+            (png_meta::MODELS_KEY, models.as_str()),
+        ];
         for b in 0..images.batch {
             if ctx.cancelled() {
                 return Err(err("cancelled"));

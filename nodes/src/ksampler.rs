@@ -246,7 +246,11 @@ impl NodeKind for KSampler {
         let cancel = ctx.cancel;
         let total = (sigmas.len() - 1) as u64;
         let mut hooks = FnHooks {
-            on_step: |info: &StepInfo<'_>| progress.step(&id, info.step as u64 + 1, total, "steps"),
+            on_step: |info: &StepInfo<'_>| {
+                progress.step(&id, info.step as u64 + 1, total, "steps");
+                // `sdgraph run --preview`: a latent-to-RGB picture every few steps (see preview.rs).
+                crate::preview::sampler_step(progress, &id, info, shape);
+            },
             is_cancelled: || cancel.load(std::sync::atomic::Ordering::Relaxed),
         };
         let mut samples = sample(sampler, &mut *denoiser, x, &sigmas, &mut rng, &mut hooks).map_err(err)?;

@@ -2,11 +2,13 @@
 //!
 //! - [`checkpoint`]: safetensors files and weight layouts
 //! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`ksampler`], [`vae_nodes`]: the SD pipeline nodes
+//! - [`prompt_weights`]: ComfyUI's `(word:1.2)` prompt weighting, used by CLIPTextEncode
 //! - [`mask_nodes`]: the mask nodes (ImageToMask)
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
 //! - [`image_ops`]: the pure pixel operations behind them
 //! - [`models`]: the SD networks on the GPU kernels
 //! - [`png_meta`]: the graph embedded in saved PNGs
+//! - [`preview`]: latent previews while sampling (`sdgraph run --preview`)
 //! - [`latent`]: LATENT and CONDITIONING values; [`runtime`]: the shared GPU
 
 pub mod checkpoint;
@@ -19,6 +21,8 @@ pub mod latent_nodes;
 pub mod mask_nodes;
 pub mod models;
 pub mod png_meta;
+pub mod preview;
+pub mod prompt_weights;
 pub mod runtime;
 pub mod sampling;
 pub mod text_encode;

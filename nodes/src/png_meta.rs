@@ -7,6 +7,9 @@ use std::io::Cursor;
 pub const GRAPH_KEY: &str = "sdgraph";
 /// iTXt keyword holding the folder the graph's relative paths resolve against.
 pub const BASE_DIR_KEY: &str = "sdgraph-base";
+/// iTXt keyword holding the model files the picture was made with, as JSON
+/// `{"absolute path": "sha256 hex"}` (`{}` when none).
+pub const MODELS_KEY: &str = "sdgraph-models";
 
 /// Encodes 8-bit pixels (`channels` 1 = gray, 2 = gray+alpha, 3 = RGB,
 /// 4 = RGBA) as PNG, with `texts` as iTXt chunks ahead of the pixel data.
@@ -66,6 +69,14 @@ pub fn embedded_graph(bytes: &[u8]) -> Result<Option<(String, Option<String>)>, 
     Ok(find(GRAPH_KEY).map(|g| (g, find(BASE_DIR_KEY))))
 }
 
+/// The model files and digests embedded by SaveImage; `None` for a PNG that
+/// records none (not saved by sdgraph, or by a version before it did).
+pub fn embedded_models(bytes: &[u8]) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
+    let texts = read_texts(bytes)?;
+    let Some((_, json)) = texts.iter().find(|(k, _)| k == MODELS_KEY) else { return Ok(None) };
+    serde_json::from_str(json).map(Some).map_err(|e| format!("the PNG's {MODELS_KEY:?} record is not valid: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +91,17 @@ mod tests {
         assert_eq!(base.as_deref(), Some("/tmp/x"));
         let img = image::load_from_memory(&png).unwrap().to_rgb8();
         assert_eq!(img.as_raw(), &px);
+    }
+
+    #[test]
+    fn model_digests_round_trip_and_a_bad_record_is_an_error() {
+        let json = r#"{"/m/a.safetensors":"00ff"}"#;
+        let png = encode_png(1, 1, 1, &[0], &[(MODELS_KEY, json)]).unwrap();
+        let models = embedded_models(&png).unwrap().unwrap();
+        assert_eq!(models.get("/m/a.safetensors").map(String::as_str), Some("00ff"));
+        assert_eq!(embedded_models(&encode_png(1, 1, 1, &[0], &[]).unwrap()).unwrap(), None);
+        let bad = encode_png(1, 1, 1, &[0], &[(MODELS_KEY, "[1, 2]")]).unwrap();
+        assert!(embedded_models(&bad).unwrap_err().contains(MODELS_KEY));
     }
 
     #[test]

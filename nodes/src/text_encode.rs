@@ -1,16 +1,17 @@
-//! CLIPTextEncode: a prompt to CONDITIONING, as ComfyUI's node. Prompts
-//! longer than 75 tokens are encoded in chunks of 75 and concatenated along
-//! the sequence, as ComfyUI does.
+//! CLIPTextEncode: a prompt to CONDITIONING, as ComfyUI's node. The prompt's
+//! weights (`(word:1.2)`, `(word)`, escaped `\(`) are read and applied as
+//! ComfyUI does ([`crate::prompt_weights`]); prompts longer than 75 tokens are
+//! encoded in chunks of 75 and concatenated along the sequence, as ComfyUI does.
 
 use std::sync::Arc;
 
-use engine::gpu::ops::layout::concat;
 use engine::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use engine::{PortType, Value};
 
 use crate::checkpoint_loader::ClipHandle;
 use crate::latent::Conditioning;
 use crate::models::clip::ClipLayer;
+use crate::prompt_weights::{encode_token_weights, tokenize_with_weights};
 use crate::runtime;
 
 pub struct ClipTextEncode(NodeSchema);
@@ -20,7 +21,11 @@ impl ClipTextEncode {
         Self(
             NodeSchema::new("CLIPTextEncode", "conditioning", "Encodes a text prompt with the CLIP text encoder.")
                 .input("clip", PortType::Clip, "The text encoder (from CheckpointLoaderSimple).")
-                .text("text", "", "The prompt.")
+                .text(
+                    "text",
+                    "",
+                    "The prompt. `(words)` weighs words 1.1x, `(words:1.3)` 1.3x; `\\(` is a literal parenthesis.",
+                )
                 .output("conditioning", PortType::Conditioning, "The encoded prompt."),
         )
     }
@@ -37,29 +42,20 @@ impl NodeKind for ClipTextEncode {
         &self.0
     }
 
-    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
         let clip = inputs
             .input("clip")?
             .downcast::<ClipHandle>()
             .ok_or_else(|| NodeError::new("input \"clip\" is not a loaded text encoder"))?;
-        let gpu = runtime::gpu()?;
-        let chunks = clip.tokenizer.chunks_75(inputs.str("text")?);
-        let mut parts = Vec::with_capacity(chunks.len());
-        for ids in &chunks {
-            // [1, 77, C] per chunk
-            let t = clip
-                .model
-                .forward(gpu, std::slice::from_ref(ids), ClipLayer::Last)
-                .map_err(|e| NodeError::new(e.to_string()))?;
-            parts.push(t);
+        let tokens = tokenize_with_weights(&clip.tokenizer, inputs.str("text")?)
+            .map_err(|e| NodeError::new(format!("param \"text\": {e}")))?;
+        for w in &tokens.warnings {
+            ctx.progress.message(&format!("warning: node {:?}, param \"text\": {w}", ctx.node_id));
         }
-        let refs: Vec<&_> = parts.iter().collect();
+        let gpu = runtime::gpu()?;
         // [1, 77 * chunks, C]
-        let cond = if refs.len() == 1 {
-            parts[0].clone()
-        } else {
-            concat(gpu, &refs, 1).map_err(|e| NodeError::new(e.to_string()))?
-        };
+        let cond = encode_token_weights(gpu, &clip.model, &tokens.chunks, ClipLayer::Last)
+            .map_err(|e| NodeError::new(e.to_string()))?;
         Ok(vec![Value::Opaque(PortType::Conditioning, Arc::new(Conditioning { cond }))])
     }
 }

@@ -8,6 +8,7 @@ mod list_nodes;
 mod load;
 mod progress;
 mod run;
+mod verify;
 mod watch;
 
 use std::path::PathBuf;
@@ -40,12 +41,21 @@ enum Command {
         /// Folder for saved images.
         #[arg(long, default_value = "output")]
         out_dir: PathBuf,
-        /// Print a machine-readable run report on stdout.
+        /// Print a machine-readable run report on stdout (and no progress, unless --progress).
         #[arg(long)]
         json: bool,
         /// No progress on stderr.
         #[arg(long, short)]
         quiet: bool,
+        /// Progress on stderr even with --json.
+        #[arg(long, conflicts_with = "quiet")]
+        progress: bool,
+        /// Write each sampler's preview to DIR/preview_<node>.png every few steps (replaced in place).
+        #[arg(long, value_name = "DIR")]
+        preview: Option<PathBuf>,
+        /// Sampler steps between previews (the last step always gets one).
+        #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        preview_every: u64,
         /// GPU adapter by name or backend substring (default: SDGRAPH_ADAPTER, else the best GPU).
         #[arg(long)]
         adapter: Option<String>,
@@ -58,6 +68,9 @@ enum Command {
         /// Print the problems as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// For a PNG sdgraph saved: re-hash the model files it records and report any that changed (exit 2).
+        #[arg(long)]
+        verify: bool,
     },
     /// List node kinds, or show one kind's ports and params.
     Nodes {
@@ -128,13 +141,21 @@ pub fn main() -> i32 {
     };
     let registry = nodes::builtin_registry();
     match cli.command {
-        Command::Run { file, sets, out_dir, json, quiet, adapter } => {
+        Command::Run { file, sets, out_dir, json, quiet, progress, preview, preview_every, adapter } => {
             if adapter.is_some() {
                 engine::gpu::device::configure_shared(engine::gpu::GpuOptions { adapter, ..Default::default() });
             }
-            run::run(&registry, &file, &sets, &out_dir, json, quiet || json)
+            let args = run::RunArgs {
+                file,
+                sets,
+                out_dir,
+                json,
+                show_progress: progress || !(quiet || json),
+                preview: preview.map(|dir| (dir, preview_every)),
+            };
+            run::run(&registry, &args)
         }
-        Command::Check { file, sets, json } => run::check(&registry, &file, &sets, json),
+        Command::Check { file, sets, json, verify } => run::check(&registry, &file, &sets, json, verify),
         Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
         Command::Dot { file, sets } => dot::dot(&registry, &file, &sets),
         Command::Gpu { adapter, json } => gpu::gpu(adapter, json),

@@ -1,9 +1,11 @@
 //! `sdgraph run` and `sdgraph check`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use engine::exec::{Executor, NoProgress, RunOptions};
+use engine::exec::{Executor, NoProgress, Progress, RunOptions, RunReport};
 use engine::{GraphErrors, Registry, graph};
+
+use nodes::preview::PreviewWriter;
 
 use super::load::load;
 use super::progress::StderrProgress;
@@ -23,7 +25,8 @@ pub fn report_errors(errs: &GraphErrors, json: bool) {
     }
 }
 
-pub fn check(registry: &Registry, file: &Path, sets: &[String], json: bool) -> i32 {
+/// `check --verify` re-hashes the model files a PNG records (see verify.rs).
+pub fn check(registry: &Registry, file: &Path, sets: &[String], json: bool, verify: bool) -> i32 {
     let loaded = match load(file, sets) {
         Ok(l) => l,
         Err(e) => {
@@ -31,7 +34,9 @@ pub fn check(registry: &Registry, file: &Path, sets: &[String], json: bool) -> i
             return EXIT_INVALID;
         }
     };
+    let base_dir = loaded.base_dir.clone();
     match graph::validate(loaded.graph, registry) {
+        Ok(g) if verify => super::verify::verify(file, &base_dir, g.nodes.len(), json),
         Ok(g) => {
             if json {
                 println!("{}", serde_json::json!({ "ok": true, "errors": [], "nodes": g.nodes.len() }));
@@ -47,7 +52,22 @@ pub fn check(registry: &Registry, file: &Path, sets: &[String], json: bool) -> i
     }
 }
 
-pub fn run(registry: &Registry, file: &Path, sets: &[String], out_dir: &Path, json: bool, quiet: bool) -> i32 {
+/// What `sdgraph run` was asked to do.
+pub struct RunArgs {
+    pub file: PathBuf,
+    pub sets: Vec<String>,
+    pub out_dir: PathBuf,
+    /// Print the run report as JSON on stdout.
+    pub json: bool,
+    /// Draw progress on stderr.
+    pub show_progress: bool,
+    /// Folder for sampler previews, and the steps between them.
+    pub preview: Option<(PathBuf, u64)>,
+}
+
+pub fn run(registry: &Registry, args: &RunArgs) -> i32 {
+    let RunArgs { file, sets, out_dir, json, .. } = args;
+    let (file, json) = (file.as_path(), *json);
     let loaded = match load(file, sets) {
         Ok(l) => l,
         Err(e) => {
@@ -63,7 +83,21 @@ pub fn run(registry: &Registry, file: &Path, sets: &[String], out_dir: &Path, js
         }
     };
     let stderr_progress = StderrProgress::new();
-    let progress: &dyn engine::exec::Progress = if quiet { &NoProgress } else { &stderr_progress };
+    let shown: &dyn Progress = if args.show_progress { &stderr_progress } else { &NoProgress };
+    let previews = match &args.preview {
+        None => None,
+        Some((dir, every)) => match PreviewWriter::new(shown, dir, *every) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("error: --preview: {e}");
+                return EXIT_INVALID;
+            }
+        },
+    };
+    let progress: &dyn Progress = match &previews {
+        Some(w) => w,
+        None => shown,
+    };
     let opts = RunOptions {
         base_dir: loaded.base_dir,
         out_dir: out_dir.to_path_buf(),
@@ -73,6 +107,9 @@ pub fn run(registry: &Registry, file: &Path, sets: &[String], out_dir: &Path, js
     };
     let mut exec = Executor::default();
     let report = exec.run(&valid, &opts);
+    if let Some(e) = previews.as_ref().and_then(PreviewWriter::error) {
+        eprintln!("warning: {e}");
+    }
     if report.cancelled || super::interrupt::interrupted() {
         if json {
             println!("{}", serde_json::json!({ "ok": false, "cancelled": true, "nodes": report.nodes }));
@@ -87,6 +124,7 @@ pub fn run(registry: &Registry, file: &Path, sets: &[String], out_dir: &Path, js
             "seconds": report.seconds,
             "nodes": report.nodes,
             "outputs": report.outputs(),
+            "models": models_json(&report),
             "errors": report.errors(),
         });
         println!("{v}");
@@ -99,4 +137,15 @@ pub fn run(registry: &Registry, file: &Path, sets: &[String], out_dir: &Path, js
         }
     }
     if report.ok { 0 } else { EXIT_FAILED }
+}
+
+/// `{"path": "sha256"}` for every model file the run used (`null` where it
+/// could not be hashed; the node's `files_read` entry says why).
+fn models_json(report: &RunReport) -> serde_json::Value {
+    let map = report
+        .files_read()
+        .into_iter()
+        .map(|(path, f)| (path.display().to_string(), f.sha256.clone().map_or(serde_json::Value::Null, Into::into)))
+        .collect();
+    serde_json::Value::Object(map)
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::cache::{Cache, CacheKey, CachePolicy, node_key};
 use super::progress::Progress;
+use super::provenance::{FileDigest, digests};
 use crate::graph::ValidGraph;
 use crate::node::{NodeInputs, ParamValue, RunContext};
 use crate::schedule::execution_order;
@@ -47,6 +48,10 @@ pub struct NodeReport {
     pub seconds: f64,
     /// Files the node wrote.
     pub outputs: Vec<PathBuf>,
+    /// Files the node's result depends on (model weights), with their
+    /// SHA-256; also listed for a cached node, whose outputs came from them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files_read: Vec<FileDigest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -68,6 +73,12 @@ impl RunReport {
 
     pub fn outputs(&self) -> Vec<&PathBuf> {
         self.nodes.iter().flat_map(|n| &n.outputs).collect()
+    }
+
+    /// Every file a node of the run recorded as read, with its SHA-256 (or
+    /// why there is none), by path.
+    pub fn files_read(&self) -> std::collections::BTreeMap<&PathBuf, &FileDigest> {
+        self.nodes.iter().flat_map(|n| &n.files_read).map(|f| (&f.path, f)).collect()
     }
 
     /// `node "id" (Kind): message` for each failed node.
@@ -94,6 +105,9 @@ pub struct RunOptions<'a> {
 /// only what changed.
 pub struct Executor {
     cache: Cache,
+    /// The files each cached result was made from, so a run that reuses
+    /// it still reports and embeds their digests.
+    files_by_key: HashMap<CacheKey, Arc<Vec<PathBuf>>>,
 }
 
 impl Default for Executor {
@@ -104,7 +118,7 @@ impl Default for Executor {
 
 impl Executor {
     pub fn new(policy: CachePolicy) -> Self {
-        Self { cache: Cache::new(policy) }
+        Self { cache: Cache::new(policy), files_by_key: HashMap::new() }
     }
 
     pub fn cache(&self) -> &Cache {
@@ -114,6 +128,7 @@ impl Executor {
     /// Drops every cached output (loaded models too).
     pub fn clear_cache(&mut self) {
         self.cache.clear();
+        self.files_by_key.clear();
     }
 
     pub fn run(&mut self, g: &ValidGraph, opts: &RunOptions<'_>) -> RunReport {
@@ -124,6 +139,11 @@ impl Executor {
         let mut kept: HashMap<CacheKey, Arc<Vec<Value>>> = HashMap::new();
         let mut reports = Vec::with_capacity(order.len());
         let mut cancelled = false;
+        // Per node: the files it and everything upstream of it recorded.
+        let mut used: HashMap<usize, Vec<PathBuf>> = HashMap::new();
+        let mut run_files: HashMap<CacheKey, Arc<Vec<PathBuf>>> = HashMap::new();
+        // Per report: the files the node itself recorded.
+        let mut own_files: Vec<Arc<Vec<PathBuf>>> = Vec::with_capacity(order.len());
 
         for i in order {
             let node = &g.nodes[i];
@@ -134,29 +154,30 @@ impl Executor {
                 status: NodeStatus::Skipped,
                 seconds: 0.0,
                 outputs: vec![],
+                files_read: vec![],
                 error: None,
             };
             if opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 cancelled = true;
                 reports.push(report);
+                own_files.push(Arc::default());
                 continue;
             }
             // A node whose producer failed or was skipped cannot run.
             let upstream: Option<Vec<CacheKey>> = node.inputs.iter().map(|e| keys.get(&e.from).copied()).collect();
             let Some(input_keys) = upstream else {
                 reports.push(report);
+                own_files.push(Arc::default());
                 continue;
             };
             let inputs = gather_inputs(g, i, &outputs);
-            let mut ctx = RunContext {
-                node_id: &node.id,
-                base_dir: &opts.base_dir,
-                out_dir: &opts.out_dir,
-                graph_text: &opts.graph_text,
-                progress: opts.progress,
-                files_written: vec![],
-                cancel: &opts.cancel,
-            };
+            let mut upstream_files: Vec<PathBuf> =
+                node.inputs.iter().filter_map(|e| used.get(&e.from)).flatten().cloned().collect();
+            upstream_files.sort();
+            upstream_files.dedup();
+            let mut ctx =
+                RunContext::new(&node.id, &opts.base_dir, &opts.out_dir, &opts.graph_text, opts.progress, &opts.cancel);
+            ctx.upstream_files = upstream_files;
             let fingerprint = node.kind.fingerprint(&ctx, &inputs);
             let key = node_key(node, &input_keys, fingerprint.as_deref());
 
@@ -166,6 +187,10 @@ impl Executor {
                 keys.insert(i, key);
                 outputs.insert(i, cached.clone());
                 kept.insert(key, cached);
+                let own = self.files_by_key.get(&key).cloned().unwrap_or_default();
+                used.insert(i, union(ctx.upstream_files, &own));
+                run_files.insert(key, own.clone());
+                own_files.push(own);
                 reports.push(report);
                 continue;
             }
@@ -176,6 +201,8 @@ impl Executor {
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| node.kind.run(&mut ctx, &inputs)));
             report.seconds = t.elapsed().as_secs_f64();
             report.outputs = std::mem::take(&mut ctx.files_written);
+            let own = Arc::new(std::mem::take(&mut ctx.files_read));
+            used.insert(i, union(std::mem::take(&mut ctx.upstream_files), &own));
             let result = match result {
                 Ok(r) => r.map_err(|e| e.message),
                 Err(panic) => Err(format!("internal error (panic): {}", panic_text(&panic))),
@@ -185,6 +212,7 @@ impl Executor {
                 Ok(values) => {
                     let values = Arc::new(values);
                     report.status = NodeStatus::Executed;
+                    run_files.insert(key, own.clone());
                     keys.insert(i, key);
                     outputs.insert(i, values.clone());
                     kept.insert(key, values);
@@ -196,16 +224,35 @@ impl Executor {
             }
             opts.progress.node_end(&node.id, report.status.name(), report.seconds);
             reports.push(report);
+            own_files.push(own);
+        }
+
+        // Digests for the report: background hashing began when each file was
+        // recorded, so this mostly collects finished work. Ctrl-C does not wait.
+        for (report, files) in reports.iter_mut().zip(&own_files) {
+            report.files_read = digests(files, &opts.cancel);
         }
 
         let ok = reports.iter().all(|r| matches!(r.status, NodeStatus::Executed | NodeStatus::Cached));
         if ok {
             self.cache.keep(kept);
+            self.files_by_key = run_files;
         } else {
             self.cache.merge(kept);
+            self.files_by_key.extend(run_files);
         }
+        let cache = &self.cache;
+        self.files_by_key.retain(|k, _| cache.get(*k).is_some());
         RunReport { ok, cancelled, seconds: start.elapsed().as_secs_f64(), nodes: reports }
     }
+}
+
+/// `upstream` plus `own`, sorted, without repeats.
+fn union(mut upstream: Vec<PathBuf>, own: &[PathBuf]) -> Vec<PathBuf> {
+    upstream.extend_from_slice(own);
+    upstream.sort();
+    upstream.dedup();
+    upstream
 }
 
 /// The values of node `i`'s inputs, and its params with linked ones filled in.

@@ -53,6 +53,11 @@ impl WeightSource {
         self.names.keys().map(|k| k.as_str())
     }
 
+    /// The files the weights come from (one, or a diffusers folder's components).
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path())
+    }
+
     /// A `__metadata__` entry from any of the files (the first that has it).
     pub fn metadata(&self, key: &str) -> Option<&str> {
         self.files.iter().find_map(|f| f.metadata().get(key).map(|s| s.as_str()))
