@@ -102,7 +102,7 @@ fn json_run_report_lists_nodes_and_outputs() {
 fn check_accepts_every_example_graph() {
     for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs")).unwrap() {
         let p = entry.unwrap().path();
-        let o = sdgraph(&["check", p.to_str().unwrap()]);
+        let o = sdgraph(&["check", "--plugins", "plugins", p.to_str().unwrap()]);
         assert!(o.status.success(), "{}: {}", p.display(), text(&o.stderr));
     }
 }
@@ -287,4 +287,15 @@ fn run_with_an_unknown_adapter_fails_only_when_the_graph_needs_the_gpu() {
     let o = sdgraph(&["run", g.to_str().unwrap(), "--adapter", "no-such-gpu", "--out-dir", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("no adapter matches \"no-such-gpu\""), "{}", text(&o.stderr));
+}
+
+#[test]
+fn plugin_kinds_are_listed_with_plugins_and_unknown_without() {
+    let o = sdgraph(&["nodes", "Vignette", "--plugins", "plugins"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).starts_with("Vignette"), "{}", text(&o.stdout));
+    let o = sdgraph(&["nodes", "Vignette"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = sdgraph(&["check", "--plugins", "no/such/folder", "graphs/resize.ron"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
 }

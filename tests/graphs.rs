@@ -5,8 +5,12 @@ use std::collections::BTreeSet;
 
 #[test]
 fn every_builtin_kind_is_used_by_an_example_graph() {
-    let reg = nodes::builtin_registry();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs");
+    let mut reg = nodes::builtin_registry();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // graphs/plugin_demo.ron uses the example Lua plugins, which must then be used too.
+    let limits = engine::plugin::SandboxLimits::default();
+    engine::plugin::load_plugins(&[root.join("plugins")], &mut reg, &limits).unwrap_or_else(|e| panic!("{e:?}"));
+    let dir = root.join("graphs");
     let mut used = BTreeSet::new();
     let mut files = 0;
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -4,6 +4,7 @@
 //! - [`graph`]: RON reading with positions, the graph schema, `--set`, validation
 //! - [`node`]: node schemas and the `NodeKind` trait
 //! - [`registry`]: the set of node kinds
+//! - [`plugin`]: Lua plugin node kinds, sandboxed
 //! - [`schedule`]: which nodes run, in what order
 //! - [`exec`]: the executor, its cache, progress reporting
 //! - [`types`], [`value`]: port types and run-time values
@@ -15,6 +16,7 @@ pub mod exec;
 pub mod gpu;
 pub mod graph;
 pub mod node;
+pub mod plugin;
 pub mod registry;
 pub mod schedule;
 pub mod suggest;

@@ -2,6 +2,7 @@
 //!
 //! - [`checkpoint`]: safetensors files and weight layouts
 //! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`ksampler`], [`vae_nodes`]: the SD pipeline nodes
+//! - [`vae_tiled`]: VAEDecodeTiled / VAEEncodeTiled and the tiled fallback of VAEDecode / VAEEncode
 //! - [`prompt_weights`]: ComfyUI's `(word:1.2)` prompt weighting, used by CLIPTextEncode
 //! - [`mask_nodes`]: the mask nodes (ImageToMask)
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
@@ -10,6 +11,7 @@
 //! - [`png_meta`]: the graph embedded in saved PNGs
 //! - [`preview`]: latent previews while sampling (`sdgraph run --preview`)
 //! - [`latent`]: LATENT and CONDITIONING values; [`runtime`]: the shared GPU
+//! - [`plugin_values`]: how Lua plugins read and write LATENT values
 
 pub mod checkpoint;
 pub mod checkpoint_loader;
@@ -20,6 +22,7 @@ pub mod latent;
 pub mod latent_nodes;
 pub mod mask_nodes;
 pub mod models;
+pub mod plugin_values;
 pub mod png_meta;
 pub mod preview;
 pub mod prompt_weights;
@@ -28,6 +31,7 @@ pub mod sampling;
 pub mod text_encode;
 pub mod tokenizer;
 pub mod vae_nodes;
+pub mod vae_tiled;
 
 use std::sync::Arc;
 
@@ -36,6 +40,8 @@ use engine::registry::DuplicateKind;
 
 /// Registers every built-in node kind.
 pub fn register_builtin(reg: &mut Registry) -> Result<(), DuplicateKind> {
+    // Lets Lua plugins (engine::plugin) read and write LATENT values as tables.
+    plugin_values::register();
     image_nodes::register(reg)?;
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new()))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
@@ -47,6 +53,8 @@ pub fn register_builtin(reg: &mut Registry) -> Result<(), DuplicateKind> {
     reg.register(Arc::new(ksampler::KSampler::new()))?;
     reg.register(Arc::new(vae_nodes::VaeDecode::new()))?;
     reg.register(Arc::new(vae_nodes::VaeEncode::new()))?;
+    reg.register(Arc::new(vae_tiled::VaeDecodeTiled::new()))?;
+    reg.register(Arc::new(vae_tiled::VaeEncodeTiled::new()))?;
     Ok(())
 }
 

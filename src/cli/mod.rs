@@ -25,6 +25,9 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 #[derive(Parser)]
 #[command(name = "sdgraph", version, about = "Stable Diffusion pipelines as RON node graphs")]
 struct Cli {
+    /// Load Lua plugin nodes from this folder or file (repeatable; also SDGRAPH_PLUGIN_PATH).
+    #[arg(long, global = true, value_name = "DIR")]
+    plugins: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,7 +142,17 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let registry = nodes::builtin_registry();
+    let mut registry = nodes::builtin_registry();
+    let mut dirs = engine::plugin::default_plugin_dirs();
+    dirs.extend(cli.plugins.iter().cloned());
+    if !dirs.is_empty()
+        && let Err(errs) = engine::plugin::load_plugins(&dirs, &mut registry, &engine::plugin::SandboxLimits::default())
+    {
+        for e in &errs {
+            eprintln!("error: {e}");
+        }
+        return EXIT_INVALID;
+    }
     match cli.command {
         Command::Run { file, sets, out_dir, json, quiet, progress, preview, preview_every, adapter } => {
             if adapter.is_some() {
