@@ -17,9 +17,14 @@ struct Watch {
 
 impl Watch {
     fn start(graph: &Path, out: &Path) -> Watch {
+        Self::start_with(graph, out, &[])
+    }
+
+    fn start_with(graph: &Path, out: &Path, extra: &[&str]) -> Watch {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sdgraph"))
             .args(["watch", graph.to_str().unwrap(), "--json", "--debounce-ms", "100", "--out-dir"])
             .arg(out)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -127,4 +132,69 @@ fn watch_with_max_runs_exits_after_the_first_run() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["run"], 1);
     assert_eq!(v["ok"], true);
+}
+
+fn scale_plugin(factor: &str) -> String {
+    format!(
+        r#"node {{
+  kind = "TestScale",
+  inputs = {{ image = {{ type = "Image" }} }},
+  outputs = {{ image = {{ type = "Image" }} }},
+  run = function(inputs, params)
+    return {{ image = inputs.image:map(function(r, g, b) return r * {factor}, g * {factor}, b * {factor} end) }}
+  end,
+}}
+"#
+    )
+}
+
+#[test]
+fn watch_reloads_an_edited_plugin_and_reruns_only_its_nodes() {
+    let dir = common::temp_dir("watch-plugin");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let plugin = plugins.join("scale.lua");
+    save(&plugin, &scale_plugin("0.5"));
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/sample.png"), dir.join("in.png")).unwrap();
+    let g = dir.join("g.ron");
+    save(
+        &g,
+        r#"(nodes: {
+    "load": (kind: "LoadImage", params: { "image": "in.png" }),
+    "inv": (kind: "ImageInvert", inputs: { "image": "load.image" }),
+    "save_inv": (kind: "SaveImage", inputs: { "images": "inv.image" }, params: { "filename_prefix": "inv" }),
+    "dim": (kind: "TestScale", inputs: { "image": "load.image" }),
+    "save_dim": (kind: "SaveImage", inputs: { "images": "dim.image" }, params: { "filename_prefix": "dim" }),
+})"#,
+    );
+    let out = dir.join("out");
+    let w = Watch::start_with(&g, &out, &["--plugins", plugins.to_str().unwrap()]);
+    let first = w.next_run();
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(ids(&first, "executed"), ["load", "inv", "save_inv", "dim", "save_dim"]);
+    let mean = |name: &str| {
+        let img = image::open(out.join(name)).unwrap().to_rgb8();
+        img.pixels().map(|p| p.0.iter().map(|&c| c as f64).sum::<f64>()).sum::<f64>() / img.pixels().len() as f64
+    };
+    let dim1 = mean("dim_00001.png");
+
+    save(&plugin, &scale_plugin("0.25"));
+    let second = w.next_run();
+    assert_eq!(second["ok"], true, "{second}");
+    assert_eq!(ids(&second, "executed"), ["dim", "save_dim"]);
+    assert_eq!(ids(&second, "cached"), ["load", "inv", "save_inv"]);
+    let dim2 = mean("dim_00002.png");
+    assert!((dim2 / dim1 - 0.5).abs() < 0.02, "the edited plugin halves the picture again: {dim1} -> {dim2}");
+
+    // A broken plugin is reported with its file and line; the watch goes on.
+    save(&plugin, "node {\n  kind = \"TestScale\",\n  run = 3 +\n}\n");
+    let third = w.next_run();
+    assert_eq!(third["ok"], false, "{third}");
+    let err = third["errors"][0].as_str().unwrap();
+    assert!(err.contains("scale.lua"), "{err}");
+
+    save(&plugin, &scale_plugin("0.25"));
+    let fourth = w.next_run();
+    assert_eq!(fourth["ok"], true, "{fourth}");
+    assert_eq!(ids(&fourth, "executed"), Vec::<String>::new(), "same plugin text as the last good run: all cached");
 }

@@ -36,7 +36,7 @@ pub fn input_files(graph: &Graph, registry: &Registry, base_dir: &Path) -> Vec<P
 
 /// Absolute, with `.` and `..` folded, without touching the file system
 /// (the file may not exist yet).
-fn normalize(p: &Path) -> PathBuf {
+pub fn normalize(p: &Path) -> PathBuf {
     let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let mut out = PathBuf::new();
     for c in abs.components() {

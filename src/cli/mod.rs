@@ -142,17 +142,17 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let mut registry = nodes::builtin_registry();
-    let mut dirs = engine::plugin::default_plugin_dirs();
-    dirs.extend(cli.plugins.iter().cloned());
-    if !dirs.is_empty()
-        && let Err(errs) = engine::plugin::load_plugins(&dirs, &mut registry, &engine::plugin::SandboxLimits::default())
-    {
-        for e in &errs {
-            eprintln!("error: {e}");
+    let mut plugin_dirs = engine::plugin::default_plugin_dirs();
+    plugin_dirs.extend(cli.plugins.iter().cloned());
+    let registry = match build_registry(&plugin_dirs) {
+        Ok(r) => r,
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("error: {e}");
+            }
+            return EXIT_INVALID;
         }
-        return EXIT_INVALID;
-    }
+    };
     match cli.command {
         Command::Run { file, sets, out_dir, json, quiet, progress, preview, preview_every, adapter } => {
             if adapter.is_some() {
@@ -173,8 +173,9 @@ pub fn main() -> i32 {
         Command::Dot { file, sets } => dot::dot(&registry, &file, &sets),
         Command::Gpu { adapter, json } => gpu::gpu(adapter, json),
         Command::Watch { file, sets, out_dir, json, debounce_ms, max_runs } => watch::watch(
-            &registry,
+            registry,
             watch::WatchArgs {
+                plugin_dirs,
                 file,
                 sets,
                 out_dir,
@@ -185,4 +186,14 @@ pub fn main() -> i32 {
         ),
         Command::Bench { what: BenchWhat::Kernels { adapter, small, json } } => bench::kernels(adapter, small, json),
     }
+}
+
+/// The built-in node kinds plus the plugins in `plugin_dirs`; any plugin
+/// problem is an error (each message names its file).
+pub(crate) fn build_registry(plugin_dirs: &[PathBuf]) -> Result<engine::Registry, Vec<engine::plugin::PluginError>> {
+    let mut registry = nodes::builtin_registry();
+    if !plugin_dirs.is_empty() {
+        engine::plugin::load_plugins(plugin_dirs, &mut registry, &engine::plugin::SandboxLimits::default())?;
+    }
+    Ok(registry)
 }

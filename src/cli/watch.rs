@@ -1,5 +1,6 @@
 //! `sdgraph watch FILE`: run the graph, then run it again whenever the graph
-//! file or a file it reads changes. Results stay cached between runs, so an
+//! file, a file it reads or a plugin file changes. An edited plugin is
+//! loaded again (its nodes' cache keys include its text, so they re-run). Results stay cached between runs, so an
 //! edit re-runs only the nodes whose inputs changed; an invalid save prints
 //! its errors and keeps the last good graph.
 
@@ -15,6 +16,8 @@ use super::load::load;
 use super::progress::StderrProgress;
 
 pub struct WatchArgs {
+    /// Plugin files and folders (reloaded when one of their files changes).
+    pub plugin_dirs: Vec<PathBuf>,
     pub file: PathBuf,
     pub sets: Vec<String>,
     pub out_dir: PathBuf,
@@ -41,7 +44,7 @@ fn json_line(run: usize, report: Option<&RunReport>, errors: Vec<String>) -> Str
     .to_string()
 }
 
-pub fn watch(registry: &Registry, args: WatchArgs) -> i32 {
+pub fn watch(mut registry: Registry, args: WatchArgs) -> i32 {
     let mut watcher = match FileWatcher::new() {
         Ok(w) => w,
         Err(e) => {
@@ -57,18 +60,38 @@ pub fn watch(registry: &Registry, args: WatchArgs) -> i32 {
     let mut last_files: Vec<PathBuf> = vec![args.file.clone()];
     let mut run = 0usize;
     watcher.set_files(&last_files);
+    let mut plugin_files = engine::plugin::plugin_files(&args.plugin_dirs).0;
+    let mut reload_plugins = false;
     loop {
         run += 1;
+        if reload_plugins {
+            plugin_files = engine::plugin::plugin_files(&args.plugin_dirs).0;
+            match super::build_registry(&args.plugin_dirs) {
+                Ok(r) => registry = r,
+                Err(errs) => {
+                    // Keep the last good plugins and wait for the next save.
+                    report_plugin_errors(run, &errs, args.json);
+                    if args.max_runs.is_some_and(|m| run >= m) {
+                        return 0;
+                    }
+                    match wait(&mut watcher, &last_files, &plugin_files, &args, &stop) {
+                        Some(plugins_changed) => reload_plugins = plugins_changed,
+                        None => return 0,
+                    }
+                    continue;
+                }
+            }
+        }
         match load(&args.file, &args.sets).and_then(|l| {
-            let files = input_files(&l.graph, registry, &l.base_dir);
-            graph::validate(l.graph, registry).map(|g| (g, l.text, l.base_dir, files))
+            let files = input_files(&l.graph, &registry, &l.base_dir);
+            graph::validate(l.graph, &registry).map(|g| (g, l.text, l.base_dir, files))
         }) {
             Err(errs) => report_invalid(run, &errs, args.json),
             Ok((valid, text, base_dir, files)) => {
                 last_files = std::iter::once(args.file.clone()).chain(files).collect();
                 // Watch before running: a save during the run queues another run
                 // instead of being missed.
-                for problem in watcher.set_files(&last_files) {
+                for problem in watcher.set_files(&watched(&last_files, &plugin_files)) {
                     eprintln!("warning: {problem}");
                 }
                 let opts = RunOptions {
@@ -89,23 +112,52 @@ pub fn watch(registry: &Registry, args: WatchArgs) -> i32 {
         if args.max_runs.is_some_and(|m| run >= m) {
             return 0;
         }
-        // After an invalid load, keep watching what the last good graph read
-        // (and the graph file itself).
-        for problem in watcher.set_files(&last_files) {
-            eprintln!("warning: {problem}");
-        }
-        if !args.json {
-            eprintln!("watching {} file(s); Ctrl-C to stop", last_files.len());
-        }
-        match watcher.wait(args.debounce, &stop) {
-            Some(changed) => {
-                if !args.json {
-                    let names: Vec<String> = changed.iter().map(|p| short(p)).collect();
-                    eprintln!("changed: {}", names.join(", "));
-                }
-            }
+        match wait(&mut watcher, &last_files, &plugin_files, &args, &stop) {
+            Some(plugins_changed) => reload_plugins = plugins_changed,
             None => return 0,
         }
+    }
+}
+
+fn watched(graph_files: &[PathBuf], plugin_files: &[PathBuf]) -> Vec<PathBuf> {
+    graph_files.iter().chain(plugin_files).cloned().collect()
+}
+
+/// Waits for the next change; `Some(true)` when a plugin file changed,
+/// `None` on Ctrl-C.
+fn wait(
+    watcher: &mut FileWatcher,
+    graph_files: &[PathBuf],
+    plugin_files: &[PathBuf],
+    args: &WatchArgs,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Option<bool> {
+    // After an invalid load, keep watching what the last good graph read
+    // (and the graph file itself).
+    let files = watched(graph_files, plugin_files);
+    for problem in watcher.set_files(&files) {
+        eprintln!("warning: {problem}");
+    }
+    if !args.json {
+        eprintln!("watching {} file(s); Ctrl-C to stop", files.len());
+    }
+    let changed = watcher.wait(args.debounce, stop)?;
+    if !args.json {
+        let names: Vec<String> = changed.iter().map(|p| short(p)).collect();
+        eprintln!("changed: {}", names.join(", "));
+    }
+    let plugins: Vec<PathBuf> = plugin_files.iter().map(|p| engine::watch::normalize(p)).collect();
+    Some(changed.iter().any(|c| plugins.contains(c)))
+}
+
+fn report_plugin_errors(run: usize, errs: &[engine::plugin::PluginError], json: bool) {
+    if json {
+        println!("{}", json_line(run, None, errs.iter().map(|e| e.to_string()).collect()));
+    } else {
+        for e in errs {
+            eprintln!("error: {e}");
+        }
+        eprintln!("run {run}: a plugin failed to load; keeping the last good plugins");
     }
 }
 

@@ -100,21 +100,11 @@ pub fn plugin_dirs_from(list: &std::ffi::OsStr) -> Vec<PathBuf> {
 /// Largest plugin file read.
 const MAX_PLUGIN_FILE: u64 = 4 << 20;
 
-/// Loads plugins into `registry`. Each path is a `.lua` file or a folder
-/// whose `.lua` files (not those of subfolders) load in name order; a file
-/// named twice loads once.
-///
-/// Every problem is reported, each naming its file: unreadable paths, Lua
-/// errors, bad declarations, and kind names that clash with a kind already
-/// registered (built-in or from another plugin: the message names both
-/// sources). A file with any problem registers none of its kinds; the
-/// others are registered even when `Err` is returned, so a caller may warn
-/// and carry on, or stop.
-pub fn load_plugins(
-    paths: &[PathBuf],
-    registry: &mut Registry,
-    limits: &SandboxLimits,
-) -> Result<Vec<PluginInfo>, Vec<PluginError>> {
+/// The plugin files that `paths` name, in load order: each path is a `.lua`
+/// file or a folder whose `.lua` files (not those of subfolders) count, in
+/// name order; a file named twice counts once. Paths that cannot be listed
+/// are reported.
+pub fn plugin_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PluginError>) {
     let mut errors = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
     for p in paths {
@@ -143,7 +133,25 @@ pub fn load_plugins(
         seen.push(key);
         new
     });
+    (files, errors)
+}
 
+/// Loads plugins into `registry`. Each path is a `.lua` file or a folder
+/// whose `.lua` files (not those of subfolders) load in name order; a file
+/// named twice loads once.
+///
+/// Every problem is reported, each naming its file: unreadable paths, Lua
+/// errors, bad declarations, and kind names that clash with a kind already
+/// registered (built-in or from another plugin: the message names both
+/// sources). A file with any problem registers none of its kinds; the
+/// others are registered even when `Err` is returned, so a caller may warn
+/// and carry on, or stop.
+pub fn load_plugins(
+    paths: &[PathBuf],
+    registry: &mut Registry,
+    limits: &SandboxLimits,
+) -> Result<Vec<PluginInfo>, Vec<PluginError>> {
+    let (files, mut errors) = plugin_files(paths);
     let mut infos = Vec::new();
     for file in files {
         let kinds = match load_plugin_file(&file, limits) {
