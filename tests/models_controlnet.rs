@@ -17,7 +17,7 @@ use engine::gpu::{DType, Gpu, Tensor};
 use nodes::checkpoint::safetensors::{Dtype, SafeTensors, write, write_with_metadata};
 use nodes::controlnet_apply::{
     ControlApplication, ControlNetHandle, PreparedControl, control_hint, control_residuals, load_controlnet,
-    scale_residuals,
+    prepare_controls, scale_residuals,
 };
 use nodes::models::unet::{Unet, UnetConfig};
 use nodes::models::unet_blocks::AttentionHeads;
@@ -218,6 +218,22 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
         let err = max_abs_diff(&gpu.download(&got.mid).unwrap(), &gpu.download(&want.mid).unwrap());
         assert!(err < 1e-6, "sigma {sigma}: {err}");
     }
+    // A ControlNet for another architecture is refused before sampling, naming its file.
+    let mut other = tiny_unet(gpu, DType::F32).config.clone();
+    other.context_dim = 768;
+    let sigmas = nodes::sampling::schedulers::ModelSigmas::sd15();
+    let apps = [application(&net, 1.0, 0.0, 1.0)];
+    let e = prepare_controls(gpu, &other, &sigmas, &apps, [1, 4, 8, 8], false).err().expect("must not fit");
+    assert!(
+        e.contains("control_ldm.safetensors") && e.contains("does not fit the model") && e.contains("context 32"),
+        "{e}"
+    );
+    let ok = prepare_controls(gpu, &tiny_unet(gpu, DType::F32).config, &sigmas, &apps, [2, 4, 8, 8], true).unwrap();
+    assert_eq!(ok[0].hint.shape(), &[2, 8, 8, 8]);
+    assert_eq!(ok[0].hint_doubled.as_ref().unwrap().shape(), &[4, 8, 8, 8]);
+    // ComfyUI's percent_to_sigma: start 0 -> 999999999.9, end 1 -> 0.
+    assert_eq!((ok[0].sigma_start, ok[0].sigma_end), (999_999_999.9, 0.0));
+
     let narrow = [prepared(1.0, 5.0, 1.0)];
     assert!(control_residuals(gpu, &narrow, &x, &t, &ctx, 0.5, false).unwrap().is_none());
     assert!(control_residuals(gpu, &narrow, &x, &t, &ctx, 6.0, false).unwrap().is_none());
