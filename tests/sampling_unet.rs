@@ -398,7 +398,7 @@ impl NodeKind for FixtureConditioning {
         let gpu = shared_gpu().ok_or_else(|| NodeError::new("no GPU"))?;
         let (shape, data) = fixture().tensor(inputs.str("which")?);
         let cond = gpu.upload(&data, &shape, DType::F32).map_err(|e| NodeError::new(e.to_string()))?;
-        Ok(vec![GraphValue::Opaque(PortType::Conditioning, Arc::new(Conditioning { cond }))])
+        Ok(vec![GraphValue::Opaque(PortType::Conditioning, Arc::new(Conditioning::new(cond)))])
     }
 }
 

@@ -23,6 +23,7 @@ use engine::node::{NodeError, NodeInputs, NodeKind, NodeSchema, ParamKind, Param
 use engine::{PortType, Value};
 
 use crate::checkpoint_loader::ModelHandle;
+use crate::controlnet_apply::{PreparedControl, control_residuals, prepare_controls};
 use crate::latent::{Conditioning, Latent};
 use crate::latent_nodes::expand_noise_mask;
 use crate::runtime;
@@ -80,8 +81,9 @@ fn cond_of(inputs: &NodeInputs, name: &str) -> Result<Arc<Conditioning>, NodeErr
         .ok_or_else(|| NodeError::new(format!("input {name:?} is not conditioning")))
 }
 
-/// The UNet with both prompts bound: one batched call for cond and uncond
-/// when their token lengths agree, two calls otherwise.
+/// The UNet with both prompts (and their ControlNets) bound: one batched
+/// call for cond and uncond when their token lengths agree and they carry
+/// the same controls, two calls otherwise (as ComfyUI's `can_concat_cond`).
 struct UnetPredictor<'a> {
     gpu: &'a Gpu,
     model: &'a ModelHandle,
@@ -89,12 +91,23 @@ struct UnetPredictor<'a> {
     /// `[B, L, C]` each, repeated over the batch.
     pos: Tensor,
     neg: Tensor,
-    /// `[2B, L, C]`, uncond first, when the lengths allow batching.
+    /// `[2B, L, C]`, uncond first, when the lengths and controls allow batching.
     both: Option<Tensor>,
+    pos_controls: Vec<PreparedControl>,
+    neg_controls: Vec<PreparedControl>,
 }
 
 impl UnetPredictor<'_> {
-    fn run(&self, x: &[f32], copies: usize, timestep: f64, context: &Tensor) -> Result<Vec<f32>, NodeError> {
+    /// One UNet call on `copies` copies of `x`, steered by `controls` (the `[2B]` hints when `copies` is 2).
+    fn run(
+        &self,
+        x: &[f32],
+        copies: usize,
+        timestep: f64,
+        sigma: f64,
+        context: &Tensor,
+        controls: &[PreparedControl],
+    ) -> Result<Vec<f32>, NodeError> {
         let [b, c, h, w] = self.shape;
         let mut batch = Vec::with_capacity(x.len() * copies);
         for _ in 0..copies {
@@ -102,7 +115,12 @@ impl UnetPredictor<'_> {
         }
         let xt = self.gpu.upload(&batch, &[b * copies, c, h, w], DType::F32).map_err(err)?;
         let t = vec![timestep as f32; b * copies];
-        let out = self.model.unet.forward(self.gpu, &xt, &t, context).map_err(err)?;
+        let residuals = control_residuals(self.gpu, controls, &xt, &t, context, sigma, copies == 2).map_err(err)?;
+        let out = match &residuals {
+            None => self.model.unet.forward(self.gpu, &xt, &t, context),
+            Some(r) => self.model.unet.forward_with_residuals(self.gpu, &xt, &t, context, Some(&r.down), Some(&r.mid)),
+        }
+        .map_err(err)?;
         self.gpu.download(&out).map_err(err)
     }
 }
@@ -110,17 +128,19 @@ impl UnetPredictor<'_> {
 impl NoisePredictor for UnetPredictor<'_> {
     type Error = NodeError;
 
-    fn predict(&mut self, x_in: &[f32], timestep: f64, _sigma: f64, with_uncond: bool) -> Result<NetOutput, NodeError> {
+    fn predict(&mut self, x_in: &[f32], timestep: f64, sigma: f64, with_uncond: bool) -> Result<NetOutput, NodeError> {
         if !with_uncond {
-            return Ok(NetOutput { cond: self.run(x_in, 1, timestep, &self.pos)?, uncond: None });
+            let cond = self.run(x_in, 1, timestep, sigma, &self.pos, &self.pos_controls)?;
+            return Ok(NetOutput { cond, uncond: None });
         }
         if let Some(both) = &self.both {
-            let mut out = self.run(x_in, 2, timestep, both)?;
+            // The controls are the same on both sides (checked when `both` was made).
+            let mut out = self.run(x_in, 2, timestep, sigma, both, &self.pos_controls)?;
             let cond = out.split_off(x_in.len());
             return Ok(NetOutput { cond, uncond: Some(out) });
         }
-        let uncond = self.run(x_in, 1, timestep, &self.neg)?;
-        let cond = self.run(x_in, 1, timestep, &self.pos)?;
+        let uncond = self.run(x_in, 1, timestep, sigma, &self.neg, &self.neg_controls)?;
+        let cond = self.run(x_in, 1, timestep, sigma, &self.pos, &self.pos_controls)?;
         Ok(NetOutput { cond, uncond: Some(uncond) })
     }
 }
@@ -214,13 +234,27 @@ impl NodeKind for KSampler {
 
         let pos_t = repeat(gpu, &pos.cond, b)?;
         let neg_t = repeat(gpu, &neg.cond, b)?;
-        let both = if pos.cond.shape() == neg.cond.shape() {
+        // Batch the two prompts only when they carry the same ControlNet applications (ComfyUI's objects_concatable).
+        let same_controls = pos.controls.len() == neg.controls.len()
+            && pos.controls.iter().zip(&neg.controls).all(|(a, b)| Arc::ptr_eq(a, b));
+        let both = if pos.cond.shape() == neg.cond.shape() && same_controls {
             // [2B, L, C]: uncond first, as the predictor splits it.
             Some(concat(gpu, &[&neg_t, &pos_t], 0).map_err(err)?)
         } else {
             None
         };
-        let predictor = UnetPredictor { gpu, model: &model, shape, pos: pos_t, neg: neg_t, both };
+        let unet_cfg = &model.unet.config;
+        let doubled = both.is_some();
+        let pos_controls = prepare_controls(gpu, unet_cfg, &model_sigmas, &pos.controls, shape, doubled)
+            .map_err(|e| err(format!("input \"positive\": {e}")))?;
+        let neg_controls = if doubled {
+            Vec::new() // the same controls as pos_controls, run on the batched call
+        } else {
+            prepare_controls(gpu, unet_cfg, &model_sigmas, &neg.controls, shape, false)
+                .map_err(|e| err(format!("input \"negative\": {e}")))?
+        };
+        let predictor =
+            UnetPredictor { gpu, model: &model, shape, pos: pos_t, neg: neg_t, both, pos_controls, neg_controls };
         let cfg_denoiser = CfgDenoiser::new(predictor, model_sigmas.clone(), model.prediction, cfg);
         let mut denoiser: Box<dyn Denoiser<Error = _>> = match &mask {
             None => Box::new(cfg_denoiser),

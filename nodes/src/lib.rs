@@ -2,6 +2,8 @@
 //!
 //! - [`checkpoint`]: safetensors files and weight layouts
 //! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`ksampler`], [`vae_nodes`]: the SD pipeline nodes
+//! - [`controlnet_apply`]: ControlNetLoader, ControlNetApplyAdvanced and the controls KSampler applies
+//! - [`preprocessors`]: ControlNet preprocessors (Canny, BinaryPreprocessor)
 //! - [`vae_tiled`]: VAEDecodeTiled / VAEEncodeTiled and the tiled fallback of VAEDecode / VAEEncode
 //! - [`prompt_weights`]: ComfyUI's `(word:1.2)` prompt weighting, used by CLIPTextEncode
 //! - [`mask_nodes`]: the mask nodes (ImageToMask)
@@ -15,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod checkpoint_loader;
+pub mod controlnet_apply;
 pub mod image_nodes;
 pub mod image_ops;
 pub mod ksampler;
@@ -24,6 +27,7 @@ pub mod mask_nodes;
 pub mod models;
 pub mod plugin_values;
 pub mod png_meta;
+pub mod preprocessors;
 pub mod preview;
 pub mod prompt_weights;
 pub mod runtime;
@@ -45,6 +49,10 @@ pub fn register_builtin(reg: &mut Registry) -> Result<(), DuplicateKind> {
     image_nodes::register(reg)?;
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new()))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
+    reg.register(Arc::new(controlnet_apply::ControlNetLoader::new()))?;
+    reg.register(Arc::new(controlnet_apply::ControlNetApplyAdvanced::new()))?;
+    reg.register(Arc::new(preprocessors::Canny::new()))?;
+    reg.register(Arc::new(preprocessors::BinaryPreprocessor::new()))?;
     reg.register(Arc::new(latent_nodes::EmptyLatentImage::new()))?;
     reg.register(Arc::new(latent_nodes::SetLatentNoiseMask::new()))?;
     reg.register(Arc::new(latent_nodes::LatentUpscale::new()))?;

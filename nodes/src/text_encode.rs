@@ -56,6 +56,6 @@ impl NodeKind for ClipTextEncode {
         // [1, 77 * chunks, C]
         let cond = encode_token_weights(gpu, &clip.model, &tokens.chunks, ClipLayer::Last)
             .map_err(|e| NodeError::new(e.to_string()))?;
-        Ok(vec![Value::Opaque(PortType::Conditioning, Arc::new(Conditioning { cond }))])
+        Ok(vec![Value::Opaque(PortType::Conditioning, Arc::new(Conditioning::new(cond)))])
     }
 }

@@ -286,3 +286,101 @@ pub fn open_diffusers_folder(dir: &Path) -> Result<WeightSource, CheckpointError
 pub fn open_checkpoint(path: &Path) -> Result<WeightSource, CheckpointError> {
     if path.is_dir() { open_diffusers_folder(path) } else { WeightSource::single_file(path) }
 }
+
+/// Where a ControlNet's weights are seen, under LDM's `cldm.ControlNet` names.
+pub const CONTROLNET_PREFIX: &str = "control_model.";
+
+/// A diffusers `ControlNetModel` key as its LDM name (without
+/// `control_model.`): `controlnet_cond_embedding.{conv_in, blocks.j,
+/// conv_out}` are `input_hint_block.{0, 2(j + 1), 2(blocks + 1)}` (the
+/// Sequential has a SiLU between convs), `controlnet_down_blocks.N` is
+/// `zero_convs.N.0`, `controlnet_mid_block` is `middle_block_out.0`, and the
+/// rest is the UNet's encoder half ([`unet_key`]). The inverse of diffusers
+/// 0.42.1 `convert_controlnet_checkpoint` (which fixes conv_out at index 14,
+/// SD's); `hint_blocks` is the number of `blocks.j` in the file.
+pub fn controlnet_key(key: &str, layout: &UnetLayout, hint_blocks: usize) -> Option<String> {
+    if let Some(rest) = key.strip_prefix("controlnet_cond_embedding.") {
+        if let Some(tail) = rest.strip_prefix("conv_in.") {
+            return Some(format!("input_hint_block.0.{tail}"));
+        }
+        if let Some(tail) = rest.strip_prefix("conv_out.") {
+            return Some(format!("input_hint_block.{}.{tail}", 2 * (hint_blocks + 1)));
+        }
+        let (j, tail) = index(rest.strip_prefix("blocks.")?)?;
+        return Some(format!("input_hint_block.{}.{tail}", 2 * (j + 1)));
+    }
+    if let Some(rest) = key.strip_prefix("controlnet_down_blocks.") {
+        let (n, tail) = index(rest)?;
+        return Some(format!("zero_convs.{n}.0.{tail}"));
+    }
+    if let Some(tail) = key.strip_prefix("controlnet_mid_block.") {
+        return Some(format!("middle_block_out.0.{tail}"));
+    }
+    if key.starts_with("up_blocks.") || key.starts_with("conv_out.") || key.starts_with("conv_norm_out.") {
+        return None;
+    }
+    unet_key(key, layout)
+}
+
+/// The layout a ControlNet file was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlNetLayout {
+    /// `control_model.` + LDM names (ComfyUI's and A1111's downloads).
+    SingleFile,
+    /// LDM names without the prefix (lllyasviel's `.pth` converted as is).
+    SingleFileUnprefixed,
+    /// diffusers' `ControlNetModel` names (a `save_pretrained` folder or its weights file).
+    Diffusers,
+}
+
+/// Opens a ControlNet: a `.safetensors` file in either layout, or a
+/// diffusers folder holding `diffusion_pytorch_model(.fp16).safetensors`.
+/// Its weights are seen under `control_model.` + LDM names. Also returns
+/// the layout and the weights file actually read.
+pub fn open_controlnet(path: &Path) -> Result<(WeightSource, ControlNetLayout, std::path::PathBuf), CheckpointError> {
+    let file = if path.is_dir() {
+        ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
+            .iter()
+            .map(|n| path.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| CheckpointError {
+                file: path.to_path_buf(),
+                key: None,
+                message: "no diffusion_pytorch_model.safetensors in this folder (is it a diffusers ControlNet folder? .bin weights are not read: convert them to safetensors)".into(),
+            })?
+    } else {
+        path.to_path_buf()
+    };
+    let st = SafeTensors::open(&file)?;
+    let has = |k: &str| st.info(k).is_some();
+    if has("control_model.zero_convs.0.0.weight") {
+        drop(st);
+        return Ok((WeightSource::single_file(&file)?, ControlNetLayout::SingleFile, file));
+    }
+    let (layout, table): (ControlNetLayout, Vec<_>) = if has("zero_convs.0.0.weight") {
+        let table = st.names().map(|k| (format!("{CONTROLNET_PREFIX}{k}"), 0, k.to_string(), None)).collect();
+        (ControlNetLayout::SingleFileUnprefixed, table)
+    } else if has("controlnet_cond_embedding.conv_in.weight") {
+        let layout = UnetLayout::from_keys(st.names());
+        let hint_blocks = st
+            .names()
+            .filter_map(|k| k.strip_prefix("controlnet_cond_embedding.blocks.").and_then(index).map(|(j, _)| j + 1))
+            .max()
+            .unwrap_or(0);
+        let table = st
+            .names()
+            .filter_map(|k| {
+                controlnet_key(k, &layout, hint_blocks)
+                    .map(|n| (format!("{CONTROLNET_PREFIX}{n}"), 0, k.to_string(), None))
+            })
+            .collect();
+        (ControlNetLayout::Diffusers, table)
+    } else {
+        return Err(CheckpointError {
+            file,
+            key: None,
+            message: "not an SD ControlNet: none of control_model.zero_convs.0.0.weight, zero_convs.0.0.weight or controlnet_cond_embedding.conv_in.weight is in it (T2I-adapters, Control-LoRAs and ControlNets of other model families are not supported)".into(),
+        });
+    };
+    Ok((WeightSource::from_parts(vec![Arc::new(st)], table), layout, file))
+}

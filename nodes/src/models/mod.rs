@@ -4,9 +4,11 @@
 //! - [`nn`]: the layers they are built from (Linear, Conv2d, GroupNorm, LayerNorm)
 //! - [`clip`]: the SD 1.x text encoder (transformers' `CLIPTextModel`)
 //! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
+//! - [`controlnet`]: ControlNet (`control_model.`, diffusers' `ControlNetModel`), sharing the UNet's down path
 //! - [`vae`]: the SD 1.x VAE (`first_stage_model.`, diffusers' `AutoencoderKL`); its blocks in [`vae_blocks`]
 
 pub mod clip;
+pub mod controlnet;
 pub mod nn;
 pub mod unet;
 pub mod unet_blocks;

@@ -92,6 +92,15 @@ impl UnetConfig {
     /// a 1024-wide context, as ComfyUI's detection does; groups and eps are
     /// SD's (32; 1e-5, 1e-6, 1e-5): override them for other models.
     pub fn detect_from_weights(w: &Weights) -> Result<UnetConfig, ModelError> {
+        let mut cfg = UnetConfig::detect_down_path(w)?;
+        cfg.out_channels = w.shape("out.2.weight")?.first().copied().unwrap_or(0);
+        Ok(cfg)
+    }
+
+    /// [`UnetConfig::detect_from_weights`] for the encoder half alone
+    /// (`time_embed`, `input_blocks`, `middle_block`), as a ControlNet holds
+    /// it: everything but `out_channels`, which is set to `in_channels`.
+    pub fn detect_down_path(w: &Weights) -> Result<UnetConfig, ModelError> {
         let conv_in = w.shape("input_blocks.0.0.weight")?;
         let &[model_channels, in_channels, k, k2] = conv_in.as_slice() else {
             return Err(ModelError::Config(format!("input_blocks.0.0.weight has shape {conv_in:?}, not a 2-D conv")));
@@ -130,7 +139,6 @@ impl UnetConfig {
             None => 0,
         };
         let time_embed_dim = w.shape("time_embed.0.weight")?.first().copied().unwrap_or(0);
-        let out_channels = w.shape("out.2.weight")?.first().copied().unwrap_or(0);
         let linear_proj = first_transformer(w, levels, layers, &transformer_depth, mid_transformer_depth)
             .map(|t| t.shape("proj_in.weight").map(|s| s.len() == 2))
             .transpose()?
@@ -141,7 +149,7 @@ impl UnetConfig {
         }
         Ok(UnetConfig {
             in_channels,
-            out_channels,
+            out_channels: in_channels,
             model_channels,
             conv_in_kernel: k,
             layers_per_block: layers,
@@ -213,10 +221,10 @@ impl Layer {
     }
 }
 
-/// The UNet's weights on the GPU, fields named after the LDM keys.
-pub struct Unet {
-    pub config: UnetConfig,
-    pub dtype: DType,
+/// The encoder half of the UNet, which a ControlNet shares: the time
+/// embedding MLP, `input_blocks` and `middle_block` (diffusers' `time_embedding`,
+/// `conv_in`, `down_blocks`, `mid_block`), fields named after the LDM keys.
+pub struct DownPath {
     /// `time_embed.0` (then SiLU, `time_embed.1`).
     pub time_embed_0: Linear,
     /// `time_embed.2`.
@@ -225,23 +233,38 @@ pub struct Unet {
     pub input_blocks: Vec<Vec<Layer>>,
     /// `middle_block.M`: ResBlock, SpatialTransformer, ResBlock.
     pub middle_block: Vec<Layer>,
-    /// `output_blocks.N.M`.
-    pub output_blocks: Vec<Vec<Layer>>,
-    /// `out.0` GroupNorm (+ `out.1` SiLU, fused).
-    pub out_0: GroupNorm,
-    /// `out.2` 3x3 conv.
-    pub out_2: Conv2d,
+    /// Channels of the middle block (the width of the last level).
+    pub mid_channels: usize,
 }
 
-/// Intermediate tensors of one forward pass, named as diffusers' modules
-/// (`time_proj`, `time_embedding`, `conv_in`, `down_blocks.N`, `mid_block`,
-/// `up_blocks.N`), in the model's dtype.
-pub type Intermediates = Vec<(String, Tensor)>;
+/// What [`DownPath::forward`] hands on: the middle block's output, the
+/// skip connections (conv_in's and every input block's output) and the
+/// time embedding after SiLU that the up path's ResBlocks take.
+pub struct DownOutput {
+    pub mid: Tensor,
+    pub skips: Vec<Tensor>,
+    pub emb_silu: Tensor,
+}
 
-impl Unet {
-    /// Builds the network `config` describes from `w` (at `model.diffusion_model.`),
-    /// checking every tensor's shape; weights stored as `dtype`.
-    pub fn load(gpu: &Gpu, w: &Weights, config: &UnetConfig, dtype: DType) -> Result<Unet, ModelError> {
+/// Records a named intermediate tensor (see [`Intermediates`]), or does nothing.
+pub type Recorder<'r> = Option<&'r mut Intermediates>;
+
+fn record(trace: &mut Recorder<'_>, name: String, t: &Tensor) {
+    if let Some(tr) = trace.as_deref_mut() {
+        tr.push((name, t.clone()));
+    }
+}
+
+impl DownPath {
+    /// Loads `time_embed`, `input_blocks` and `middle_block` under `w` for
+    /// `config` (checking every shape), and the channels of each skip
+    /// connection the input blocks push.
+    pub fn load(
+        gpu: &Gpu,
+        w: &Weights,
+        config: &UnetConfig,
+        dtype: DType,
+    ) -> Result<(DownPath, Vec<usize>), ModelError> {
         let c = config;
         let levels = c.block_out_channels.len();
         if levels == 0 || c.transformer_depth.len() != levels || c.layers_per_block == 0 {
@@ -294,7 +317,132 @@ impl Unet {
             middle_block.push(attn(&wm.pp(1), ch, c.mid_transformer_depth)?);
         }
         middle_block.push(res(&wm.pp(middle_block.len()), ch, ch)?);
+        Ok((DownPath { time_embed_0, time_embed_2, input_blocks, middle_block, mid_channels: ch }, skips))
+    }
 
+    /// Checks the inputs and broadcasts the timesteps: `x [B, in, h, w]`,
+    /// `context [B, L, context_dim]`, one timestep per batch item or one for all.
+    pub fn check_inputs(
+        c: &UnetConfig,
+        x: &Tensor,
+        timesteps: &[f32],
+        context: &Tensor,
+    ) -> Result<Vec<f32>, ModelError> {
+        let &[b, cin, _, _] = x.shape() else {
+            return Err(ModelError::Config(format!("UNet input must be [B, C, H, W], got {:?}", x.shape())));
+        };
+        if cin != c.in_channels {
+            return Err(ModelError::Config(format!(
+                "UNet input has {cin} channels, the model takes {}",
+                c.in_channels
+            )));
+        }
+        if context.rank() != 3 || context.dim(0) != b || context.dim(2) != c.context_dim {
+            return Err(ModelError::Config(format!(
+                "context must be [{b}, L, {}], got {:?}",
+                c.context_dim,
+                context.shape()
+            )));
+        }
+        match timesteps.len() {
+            1 => Ok(vec![timesteps[0]; b]),
+            n if n == b => Ok(timesteps.to_vec()),
+            n => Err(ModelError::Config(format!("{n} timesteps for a batch of {b}"))),
+        }
+    }
+
+    /// The down path on checked inputs (see [`DownPath::check_inputs`]), in
+    /// `dt`. `hint` (a ControlNet's embedded control image, conv_in's shape)
+    /// is added to conv_in's output before anything else reads it, as
+    /// diffusers' `ControlNetModel` and LDM's `cldm.ControlNet` do.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        c: &UnetConfig,
+        dt: DType,
+        x: &Tensor,
+        timesteps: &[f32],
+        context: &Tensor,
+        hint: Option<&Tensor>,
+        trace: &mut Recorder<'_>,
+    ) -> Result<DownOutput, ModelError> {
+        // Time: sinusoidal [cos | sin] (diffusers `Timesteps`, flip_sin_to_cos, shift 0), then the MLP.
+        let t_emb = timestep_embedding_as(gpu, timesteps, c.model_channels, true, 0.0, 10000.0, dt)?;
+        record(trace, "time_proj".into(), &t_emb);
+        let h = linear_act(gpu, &self.time_embed_0, &t_emb, Activation::Silu)?;
+        let emb = self.time_embed_2.forward(gpu, &h)?;
+        record(trace, "time_embedding".into(), &emb);
+        // Every ResBlock's emb_layers starts with SiLU: apply it once.
+        let emb_silu = unary(gpu, &emb, Unary::Silu)?;
+
+        let mut h = cast(gpu, x, dt)?;
+        let l = c.layers_per_block;
+        let mut skips: Vec<Tensor> = Vec::with_capacity(self.input_blocks.len());
+        for (n, block) in self.input_blocks.iter().enumerate() {
+            for layer in block {
+                h = layer.forward(gpu, &h, &emb_silu, context, None)?;
+            }
+            if n == 0 {
+                if let Some(hint) = hint {
+                    h = add(gpu, &h, hint).map_err(|e| {
+                        ModelError::Config(format!(
+                            "ControlNet hint {:?} does not fit conv_in's output: {e}",
+                            hint.shape()
+                        ))
+                    })?;
+                }
+                record(trace, "conv_in".into(), &h);
+            } else if n % (l + 1) == 0 || n == self.input_blocks.len() - 1 {
+                // A level ends with its downsampler (the last level with its last ResBlock).
+                record(trace, format!("down_blocks.{}", (n - 1) / (l + 1)), &h);
+            }
+            skips.push(h.clone());
+        }
+
+        for layer in &self.middle_block {
+            h = layer.forward(gpu, &h, &emb_silu, context, None)?;
+        }
+        record(trace, "mid_block".into(), &h);
+        Ok(DownOutput { mid: h, skips, emb_silu })
+    }
+}
+
+/// The UNet's weights on the GPU, fields named after the LDM keys.
+pub struct Unet {
+    pub config: UnetConfig,
+    pub dtype: DType,
+    /// `time_embed`, `input_blocks`, `middle_block`.
+    pub down: DownPath,
+    /// `output_blocks.N.M`.
+    pub output_blocks: Vec<Vec<Layer>>,
+    /// `out.0` GroupNorm (+ `out.1` SiLU, fused).
+    pub out_0: GroupNorm,
+    /// `out.2` 3x3 conv.
+    pub out_2: Conv2d,
+}
+
+/// Intermediate tensors of one forward pass, named as diffusers' modules
+/// (`time_proj`, `time_embedding`, `conv_in`, `down_blocks.N`, `mid_block`,
+/// `up_blocks.N`), in the model's dtype.
+pub type Intermediates = Vec<(String, Tensor)>;
+
+impl Unet {
+    /// Builds the network `config` describes from `w` (at `model.diffusion_model.`),
+    /// checking every tensor's shape; weights stored as `dtype`.
+    pub fn load(gpu: &Gpu, w: &Weights, config: &UnetConfig, dtype: DType) -> Result<Unet, ModelError> {
+        let c = config;
+        let (down, mut skips) = DownPath::load(gpu, w, c, dtype)?;
+        let (emb, norm, l) = (c.time_embed_dim, &c.norm, c.layers_per_block);
+        let res = |w: &Weights, i: usize, o: usize| {
+            ResBlock::load(gpu, w, i, o, emb, norm, dtype).map(|r| Layer::Res(Box::new(r)))
+        };
+        let attn = |w: &Weights, ch: usize, depth: usize| {
+            SpatialTransformer::load(gpu, w, ch, depth, c.context_dim, c.heads, norm, dtype)
+                .map(|t| Layer::Attn(Box::new(t)))
+        };
+        let levels = c.block_out_channels.len();
+        let mut ch = down.mid_channels;
         let mut output_blocks = Vec::new();
         for level in (0..levels).rev() {
             let out = c.block_out_channels[level];
@@ -316,10 +464,7 @@ impl Unet {
         Ok(Unet {
             config: c.clone(),
             dtype,
-            time_embed_0,
-            time_embed_2,
-            input_blocks,
-            middle_block,
+            down,
             output_blocks,
             out_0: GroupNorm {
                 weight: w.tensor(gpu, "out.0.weight", &[ch], dtype)?,
@@ -379,36 +524,11 @@ impl Unet {
         context: &Tensor,
         down: Option<&[Tensor]>,
         mid: Option<&Tensor>,
-        mut trace: Option<&mut Intermediates>,
+        mut trace: Recorder<'_>,
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let dt = self.dtype;
-        let mut record = |name: String, t: &Tensor| {
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.push((name, t.clone()));
-            }
-        };
-        let &[b, cin, _, _] = x.shape() else {
-            return Err(ModelError::Config(format!("UNet input must be [B, C, H, W], got {:?}", x.shape())));
-        };
-        if cin != c.in_channels {
-            return Err(ModelError::Config(format!(
-                "UNet input has {cin} channels, the model takes {}",
-                c.in_channels
-            )));
-        }
-        if context.rank() != 3 || context.dim(0) != b || context.dim(2) != c.context_dim {
-            return Err(ModelError::Config(format!(
-                "context must be [{b}, L, {}], got {:?}",
-                c.context_dim,
-                context.shape()
-            )));
-        }
-        let timesteps: Vec<f32> = match timesteps.len() {
-            1 => vec![timesteps[0]; b],
-            n if n == b => timesteps.to_vec(),
-            n => return Err(ModelError::Config(format!("{n} timesteps for a batch of {b}"))),
-        };
+        let timesteps = DownPath::check_inputs(c, x, timesteps, context)?;
         if let Some(down) = down
             && down.len() != c.skip_count()
         {
@@ -418,47 +538,20 @@ impl Unet {
                 c.skip_count()
             )));
         }
-
-        // Time: sinusoidal [cos | sin] (diffusers `Timesteps`, flip_sin_to_cos, shift 0), then the MLP.
-        let t_emb = timestep_embedding_as(gpu, &timesteps, c.model_channels, true, 0.0, 10000.0, dt)?;
-        record("time_proj".into(), &t_emb);
-        let h = linear_act(gpu, &self.time_embed_0, &t_emb, Activation::Silu)?;
-        let emb = self.time_embed_2.forward(gpu, &h)?;
-        record("time_embedding".into(), &emb);
-        // Every ResBlock's emb_layers starts with SiLU: apply it once.
-        let emb_silu = unary(gpu, &emb, Unary::Silu)?;
-
         let context = cast(gpu, context, dt)?;
-        let mut h = cast(gpu, x, dt)?;
-        let l = c.layers_per_block;
-        let levels = c.block_out_channels.len();
-        let mut skips: Vec<Tensor> = Vec::with_capacity(self.input_blocks.len());
-        for (n, block) in self.input_blocks.iter().enumerate() {
-            for layer in block {
-                h = layer.forward(gpu, &h, &emb_silu, &context, None)?;
+        let DownOutput { mid: mut h, mut skips, emb_silu } =
+            self.down.forward(gpu, c, dt, x, &timesteps, &context, None, &mut trace)?;
+        if let Some(res) = down {
+            // ControlNet residuals go to the stored skips, not the running state (diffusers and cldm alike).
+            for (n, (skip, r)) in skips.iter_mut().zip(res).enumerate() {
+                *skip = add(gpu, skip, &cast(gpu, r, dt)?).map_err(|e| residual_error("down", n, e))?;
             }
-            if n == 0 {
-                record("conv_in".into(), &h);
-            } else if n % (l + 1) == 0 || n == self.input_blocks.len() - 1 {
-                // A level ends with its downsampler (the last level with its last ResBlock).
-                record(format!("down_blocks.{}", (n - 1) / (l + 1)), &h);
-            }
-            // ControlNet residuals go to the stored skip, not the running state (diffusers and cldm alike).
-            let skip = match down {
-                Some(res) => add(gpu, &h, &cast(gpu, &res[n], dt)?).map_err(|e| residual_error("down", n, e))?,
-                None => h.clone(),
-            };
-            skips.push(skip);
         }
-
-        for layer in &self.middle_block {
-            h = layer.forward(gpu, &h, &emb_silu, &context, None)?;
-        }
-        record("mid_block".into(), &h);
         if let Some(m) = mid {
             h = add(gpu, &h, &cast(gpu, m, dt)?).map_err(|e| residual_error("mid", 0, e))?;
         }
 
+        let l = c.layers_per_block;
         for (n, block) in self.output_blocks.iter().enumerate() {
             let skip = skips.pop().expect("one skip per output block");
             if skip.dim(2) != h.dim(2) || skip.dim(3) != h.dim(3) {
@@ -476,10 +569,10 @@ impl Unet {
                 h = layer.forward(gpu, &h, &emb_silu, &context, next_hw)?;
             }
             if n % (l + 1) == l {
-                record(format!("up_blocks.{}", n / (l + 1)), &h);
+                record(&mut trace, format!("up_blocks.{}", n / (l + 1)), &h);
             }
         }
-        debug_assert_eq!(self.output_blocks.len(), levels * (l + 1));
+        debug_assert_eq!(self.output_blocks.len(), c.block_out_channels.len() * (l + 1));
 
         let h = self.out_0.forward(gpu, &h, true)?;
         let y = self.out_2.forward(gpu, &h)?;
@@ -487,24 +580,31 @@ impl Unet {
     }
 }
 
-fn residual_error(which: &str, i: usize, e: engine::gpu::GpuError) -> ModelError {
+pub(crate) fn residual_error(which: &str, i: usize, e: engine::gpu::GpuError) -> ModelError {
     ModelError::Config(format!("ControlNet {which} residual {i} does not fit: {e}"))
 }
 
 /// `act(x W^T + b)` in one matmul (the bias and activation in its epilogue).
-fn linear_act(gpu: &Gpu, lin: &Linear, x: &Tensor, activation: Activation) -> Result<Tensor, ModelError> {
+pub(crate) fn linear_act(gpu: &Gpu, lin: &Linear, x: &Tensor, activation: Activation) -> Result<Tensor, ModelError> {
     let opts = MatmulOptions { transpose_b: true, bias: lin.bias.as_ref(), activation, ..Default::default() };
     Ok(matmul(gpu, x, &lin.weight, &opts)?)
 }
 
-fn linear(gpu: &Gpu, w: &Weights, out: usize, inp: usize, dtype: DType) -> Result<Linear, ModelError> {
+pub(crate) fn linear(gpu: &Gpu, w: &Weights, out: usize, inp: usize, dtype: DType) -> Result<Linear, ModelError> {
     Ok(Linear {
         weight: w.tensor(gpu, "weight", &[out, inp], dtype)?,
         bias: Some(w.tensor(gpu, "bias", &[out], dtype)?),
     })
 }
 
-fn conv(gpu: &Gpu, w: &Weights, out: usize, inp: usize, k: usize, dtype: DType) -> Result<Conv2d, ModelError> {
+pub(crate) fn conv(
+    gpu: &Gpu,
+    w: &Weights,
+    out: usize,
+    inp: usize,
+    k: usize,
+    dtype: DType,
+) -> Result<Conv2d, ModelError> {
     Ok(Conv2d {
         weight: w.tensor(gpu, "weight", &[out, inp, k, k], dtype)?,
         bias: Some(w.tensor(gpu, "bias", &[out], dtype)?),
