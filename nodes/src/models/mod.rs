@@ -5,11 +5,15 @@
 //! - [`clip`]: the SD 1.x text encoder (transformers' `CLIPTextModel`)
 //! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
 //! - [`vae`]: the SD 1.x VAE (`first_stage_model.`, diffusers' `AutoencoderKL`); its blocks in [`vae_blocks`]
+//! - [`upscaler`]: image upscale models, [`esrgan`] (RRDBNet) and [`srvgg`] (SRVGGNetCompact)
 
 pub mod clip;
+pub mod esrgan;
 pub mod nn;
+pub mod srvgg;
 pub mod unet;
 pub mod unet_blocks;
+pub mod upscaler;
 pub mod vae;
 pub mod vae_blocks;
 
