@@ -24,6 +24,10 @@
 //! sees at most `overlap / 4` input pixels around each output pixel gives
 //! the same result tiled as whole (tested). Output values are clamped to
 //! 0..1 after blending, as ComfyUI's ImageUpscaleWithModel does.
+//!
+//! A picture whose sides are not multiples of the unshuffle factor (2 for
+//! Real-ESRGAN x2plus) is padded by reflection at the bottom and right, and
+//! the output cropped, as spandrel's ESRGAN does.
 
 use engine::gpu::{DType, Gpu};
 use engine::node::NodeError;
@@ -123,12 +127,13 @@ pub fn upscale_tiled(
     for (ky, &y0) in plan.ys.iter().enumerate() {
         let wy = axis_weights(&plan.ys, ky, th, s);
         for (kx, &x0) in plan.xs.iter().enumerate() {
-            // The tile's input, with the picture's last row and column repeated into the padding.
+            // The tile's input; rows and columns past the picture (padding to
+            // the size multiple) mirror it, as spandrel's reflect padding.
             for c in 0..cin {
                 for y in 0..th {
-                    let sy = (y0 + y).min(h - 1);
+                    let sy = reflect(y0 + y, h);
                     for x in 0..tw {
-                        let sx = (x0 + x).min(w - 1);
+                        let sx = reflect(x0 + x, w);
                         tile[(c * th + y) * tw + x] = chw[(c * h + sy) * w + sx];
                     }
                 }
@@ -191,6 +196,12 @@ pub fn upscale_tiled(
         out = cropped;
     }
     Ok(out)
+}
+
+/// Index `i` of an axis of `len`, mirrored at the far end (`F.pad(mode="reflect")`:
+/// `len` maps to `len - 2`); repeats the last pixel where the axis is too short to mirror.
+fn reflect(i: usize, len: usize) -> usize {
+    if i < len { i } else { (2 * (len - 1)).checked_sub(i).unwrap_or(len - 1).min(len - 1) }
 }
 
 /// The largest tile side (halving `tile` from the request, down to the
