@@ -120,7 +120,8 @@ fn edited(src: &Path, out: &Path, edit: impl Fn(&str, Vec<usize>, Vec<f32>) -> O
             edit(n, s, v)
         })
         .collect();
-    let refs: Vec<(&str, &[usize], &[f32])> = owned.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
+    let refs: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
     write(out, &refs, Dtype::F32).unwrap();
 }
 

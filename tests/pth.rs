@@ -89,7 +89,10 @@ fn foreign_globals_are_refused_by_name_never_run() {
         // Protocol 4's STACK_GLOBAL spelling.
         (b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93X\x01\x00\x00\x001\x85R.", "refused global builtins.eval"),
         // A whole pickled model (torch.save(model)): its class.
-        (b"\x80\x02cbasicsr.archs.rrdbnet_arch\nRRDBNet\nq\x00)\x81q\x01}b.", "refused global basicsr.archs.rrdbnet_arch.RRDBNet"),
+        (
+            b"\x80\x02cbasicsr.archs.rrdbnet_arch\nRRDBNet\nq\x00)\x81q\x01}b.",
+            "refused global basicsr.archs.rrdbnet_arch.RRDBNet",
+        ),
         // A custom class in a state dict's place.
         (b"\x80\x02c__main__\nEvil\n)R.", "refused global __main__.Evil"),
         // torch functions other than the tensor rebuilders.

@@ -60,7 +60,8 @@ impl NodeKind for UpscaleModelLoader {
         let dtype = runtime::model_dtype(gpu);
         let src = open_weights(&path).map_err(err)?;
         ctx.record_input_file(&path);
-        let model = UpscaleModel::load(gpu, &src, dtype).map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?;
+        let model =
+            UpscaleModel::load(gpu, &src, dtype).map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?;
         ctx.progress.message(&format!("{}: {} ({})", ctx.node_id, model.describe(), dtype_name(dtype)));
         Ok(vec![Value::Opaque(PortType::UpscaleModel, Arc::new(UpscaleModelHandle { model }))])
     }
@@ -168,7 +169,8 @@ impl NodeKind for ImageUpscaleWithModel {
                 }
             }
         }
-        let image = Image::from_data(img.batch, oh, ow, 3, data).ok_or_else(|| NodeError::new("upscaled size mismatch"))?;
+        let image =
+            Image::from_data(img.batch, oh, ow, 3, data).ok_or_else(|| NodeError::new("upscaled size mismatch"))?;
         Ok(vec![Value::Image(Arc::new(image))])
     }
 }

@@ -223,9 +223,10 @@ impl<'a> Machine<'a> {
 
     fn line(&mut self) -> Result<&'a str, String> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().take(256).position(|&b| b == b'\n').ok_or_else(|| {
-            format!("GLOBAL at byte {}: no end of line within 256 bytes", self.pos.saturating_sub(1))
-        })?;
+        let n =
+            rest.iter().take(256).position(|&b| b == b'\n').ok_or_else(|| {
+                format!("GLOBAL at byte {}: no end of line within 256 bytes", self.pos.saturating_sub(1))
+            })?;
         let s = std::str::from_utf8(&rest[..n]).map_err(|_| format!("GLOBAL at byte {}: not UTF-8", self.pos))?;
         self.pos += n + 1;
         Ok(s)
@@ -450,7 +451,10 @@ impl<'a> Machine<'a> {
                     let _state = self.pop(at)?;
                     let target = self.top(at)?;
                     if !matches!(target, Object::Dict(_)) {
-                        return Err(format!("BUILD at byte {at} sets the state of {}; only dicts allowed", target.kind()));
+                        return Err(format!(
+                            "BUILD at byte {at} sets the state of {}; only dicts allowed",
+                            target.kind()
+                        ));
                     }
                 }
                 _ => {
@@ -528,7 +532,8 @@ fn rebuild_tensor(args: &[Object]) -> Result<TensorRef, String> {
 
 /// Unpickles `data`, refusing anything but the plain data of a state dict.
 pub fn unpickle(data: &[u8]) -> Result<Unpickled, String> {
-    let m = Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), out: Unpickled::default() };
+    let m =
+        Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), out: Unpickled::default() };
     m.run()
 }
 

@@ -37,11 +37,8 @@ pub fn is_pth(path: &Path) -> bool {
 pub fn open(path: &Path) -> Result<SafeTensors, CheckpointError> {
     let err = |message: String| CheckpointError { file: path.to_path_buf(), key: None, message };
     let data = std::fs::read(path).map_err(|e| err(format!("cannot open: {e}")))?;
-    let (tensors, bytes) = parse(&data).map_err(|(key, message)| CheckpointError {
-        file: path.to_path_buf(),
-        key,
-        message,
-    })?;
+    let (tensors, bytes) =
+        parse(&data).map_err(|(key, message)| CheckpointError { file: path.to_path_buf(), key, message })?;
     Ok(SafeTensors::from_memory(path, bytes, tensors))
 }
 

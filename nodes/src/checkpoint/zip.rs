@@ -48,9 +48,11 @@ impl<'a> Reader<'a> {
     }
 
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
-            format!("a record at byte {} runs past the end of the file (truncated?)", self.pos)
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| format!("a record at byte {} runs past the end of the file (truncated?)", self.pos))?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)

@@ -62,7 +62,10 @@ impl RrdbConfig {
         let (num_feat, in_total, out_channels) = (first[0], first[1], last[0]);
         let num_block = (0..).take_while(|i| w.contains(&format!("body.{i}.rdb1.conv1.weight"))).count();
         if num_block == 0 {
-            return Err(ModelError::Config(format!("RRDBNet without RRDB blocks: no {}", w.full_name("body.0.rdb1.conv1.weight"))));
+            return Err(ModelError::Config(format!(
+                "RRDBNet without RRDB blocks: no {}",
+                w.full_name("body.0.rdb1.conv1.weight")
+            )));
         }
         let num_grow_ch = conv_shape(w, "body.0.rdb1.conv1")?[0];
         let upsamples = (1..).take_while(|k| w.contains(&format!("conv_up{k}.weight"))).count();
@@ -94,7 +97,10 @@ impl RrdbConfig {
 fn conv_shape(w: &Weights, name: &str) -> Result<Vec<usize>, ModelError> {
     let s = w.pp(name).shape("weight")?;
     if s.len() != 4 || s[2] != 3 || s[3] != 3 {
-        return Err(ModelError::Config(format!("{} has shape {s:?}, expected a 3x3 conv", w.full_name(&format!("{name}.weight")))));
+        return Err(ModelError::Config(format!(
+            "{} has shape {s:?}, expected a 3x3 conv",
+            w.full_name(&format!("{name}.weight"))
+        )));
     }
     Ok(s)
 }
@@ -225,19 +231,15 @@ pub fn old_layout_names<'a>(names: impl Iterator<Item = &'a str>) -> Option<Vec<
     if !names.contains(&"model.0.weight") || !names.iter().any(|n| n.starts_with("model.1.sub.")) {
         return None;
     }
-    let top: Vec<usize> = names
-        .iter()
-        .filter_map(|n| n.strip_prefix("model.")?.strip_suffix(".weight")?.parse().ok())
-        .collect();
+    let top: Vec<usize> =
+        names.iter().filter_map(|n| n.strip_prefix("model.")?.strip_suffix(".weight")?.parse().ok()).collect();
     let last = *top.iter().max()?;
     if last < 7 || (last - 4) % 3 != 0 {
         return None;
     }
     let ups = (last - 4) / 3;
-    let subs: Vec<usize> = names
-        .iter()
-        .filter_map(|n| n.strip_prefix("model.1.sub.")?.split('.').next()?.parse().ok())
-        .collect();
+    let subs: Vec<usize> =
+        names.iter().filter_map(|n| n.strip_prefix("model.1.sub.")?.split('.').next()?.parse().ok()).collect();
     let trunk_conv = *subs.iter().max()?;
     let mut map = Vec::new();
     for n in &names {
