@@ -93,6 +93,49 @@ fn original_esrgan_key_layout_loads_to_the_same_network() {
 }
 
 #[test]
+fn bsrgan_key_layout_loads_and_unknown_variants_are_refused() {
+    let Some(gpu) = shared_gpu() else { return };
+    let d = dir("rrdb_x4");
+    let tmp = std::env::temp_dir().join(format!("sdgraph-upscale-bsrgan-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // BSRGAN / RealSR names: RRDB_trunk.N.RDBk.convj, trunk_conv, upconvK, HRconv.
+    let p = tmp.join("bsrgan.safetensors");
+    edited(&d.join("model.safetensors"), &p, |n, s, v| {
+        let n = if let Some(rest) = n.strip_prefix("body.") {
+            let (i, rest) = rest.split_once('.').unwrap();
+            let (rdb, rest) = rest.split_once('.').unwrap();
+            format!("RRDB_trunk.{i}.{}.{rest}", rdb.to_uppercase())
+        } else {
+            n.replace("conv_body", "trunk_conv").replace("conv_up", "upconv").replace("conv_hr", "HRconv")
+        };
+        Some((n, s, v))
+    });
+    let bsrgan = load(gpu, &p, DType::F32);
+    let base = load(gpu, &d.join("model.safetensors"), DType::F32);
+    let (shape, x) = tensor(&d.join("inputs.safetensors"), "image");
+    assert_eq!(run(gpu, &bsrgan, &x, &shape).1, run(gpu, &base, &x, &shape).1);
+    // ESRGAN+ adds a 1x1 conv to every dense block: not this network, so refused.
+    let p = tmp.join("plus.safetensors");
+    let st = SafeTensors::open(&d.join("model.safetensors")).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .names()
+        .map(|n| {
+            let (shape, v) = st.f32_any(n).unwrap();
+            (n.to_string(), shape, v)
+        })
+        .collect();
+    owned.push(("body.0.rdb1.conv1x1.weight".into(), vec![4, 8, 1, 1], vec![0.1; 32]));
+    let refs: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
+    write(&p, &refs, Dtype::F32).unwrap();
+    let e = UpscaleModel::load(gpu, &open_weights(&p).unwrap(), DType::F32)
+        .err()
+        .expect("ESRGAN+ was accepted")
+        .to_string();
+    assert!(e.contains("body.0.rdb1.conv1x1.weight") && e.contains("does not use"), "{e}");
+}
+
+#[test]
 fn f16_path_stays_within_its_stated_tolerance() {
     let Some(gpu) = shared_gpu() else { return };
     if !gpu.features().shader_f16 {

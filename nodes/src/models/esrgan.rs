@@ -14,8 +14,10 @@
 //!
 //! Weights are named as basicsr saves them (`conv_first`, `body.N.rdb1.conv1`,
 //! `conv_body`, `conv_up1`, `conv_hr`, `conv_last`); the original ESRGAN
-//! layout (`model.0`, `model.1.sub.N.RDB1.conv1.0`, ...) is mapped onto those
-//! names by [`old_layout_names`]. Every size is read from the weights.
+//! layout (`model.0`, `model.1.sub.N.RDB1.conv1.0`, ...) and the BSRGAN /
+//! RealSR one (`RRDB_trunk.N.RDB1.conv1`, `trunk_conv`, `upconv1`, `HRconv`)
+//! are mapped onto those names by [`layout_names`]. Every size is read from
+//! the weights.
 
 use engine::gpu::ops::binary::{add, add_scaled};
 use engine::gpu::ops::elementwise::{Unary, unary};
@@ -222,11 +224,48 @@ impl RrdbNet {
     }
 }
 
+/// (basicsr name, stored name) for every weight of a file in another RRDBNet
+/// layout (the original ESRGAN one or BSRGAN's), or `None` for basicsr's own
+/// layout and anything that is not RRDBNet.
+pub fn layout_names<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Option<Vec<(String, String)>> {
+    old_layout_names(names.clone()).or_else(|| bsrgan_layout_names(names))
+}
+
+/// BSRGAN / RealSR names: `RRDB_trunk.N.RDBk.convj` -> `body.N.rdbk.convj`,
+/// `trunk_conv` -> `conv_body`, `upconvK` -> `conv_upK`, `HRconv` -> `conv_hr`.
+fn bsrgan_layout_names<'a>(names: impl Iterator<Item = &'a str>) -> Option<Vec<(String, String)>> {
+    let names: Vec<&str> = names.collect();
+    if !names.contains(&"trunk_conv.weight") || !names.iter().any(|n| n.starts_with("RRDB_trunk.")) {
+        return None;
+    }
+    let map = names
+        .iter()
+        .map(|n| {
+            let new = if let Some(rest) = n.strip_prefix("RRDB_trunk.") {
+                // N.RDB1.conv1.weight -> body.N.rdb1.conv1.weight
+                let (i, rest) = rest.split_once('.')?;
+                let (rdb, rest) = rest.split_once('.')?;
+                format!("body.{i}.{}.{rest}", rdb.to_ascii_lowercase())
+            } else if let Some(rest) = n.strip_prefix("trunk_conv.") {
+                format!("conv_body.{rest}")
+            } else if let Some(rest) = n.strip_prefix("HRconv.") {
+                format!("conv_hr.{rest}")
+            } else if let Some(rest) = n.strip_prefix("upconv") {
+                format!("conv_up{rest}")
+            } else {
+                n.to_string()
+            };
+            Some((new, n.to_string()))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(map)
+}
+
 /// For the original ESRGAN layout (`model.0.weight`, `model.1.sub.N.RDB1.conv1.0.weight`, ...):
 /// (basicsr name, stored name) for every weight, or `None` if `names` is not that layout.
 /// In that layout each upsampling stage is (Upsample, Conv, LeakyReLU), so for n stages the
 /// convs are `model.3`, `model.6`, ..., then `model.{3n+2}` (HR conv) and `model.{3n+4}` (last).
-pub fn old_layout_names<'a>(names: impl Iterator<Item = &'a str>) -> Option<Vec<(String, String)>> {
+fn old_layout_names<'a>(names: impl Iterator<Item = &'a str>) -> Option<Vec<(String, String)>> {
     let names: Vec<&str> = names.collect();
     if !names.contains(&"model.0.weight") || !names.iter().any(|n| n.starts_with("model.1.sub.")) {
         return None;

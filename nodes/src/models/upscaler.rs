@@ -10,7 +10,7 @@ use std::sync::Arc;
 use engine::gpu::{DType, Gpu, Tensor};
 
 use super::ModelError;
-use super::esrgan::{RrdbConfig, RrdbNet, old_layout_names};
+use super::esrgan::{RrdbConfig, RrdbNet, layout_names};
 use super::srvgg::{SrvggConfig, SrvggNet};
 use crate::checkpoint::pth;
 use crate::checkpoint::safetensors::{CheckpointError, SafeTensors};
@@ -19,8 +19,8 @@ use crate::checkpoint::zip;
 
 /// Opens an upscale model's weights: a PyTorch zip archive (`.pth`, `.pt`,
 /// whatever the extension) through the restricted reader, else safetensors.
-/// A DataParallel `module.` prefix is dropped, and the original ESRGAN
-/// layout is renamed to basicsr's.
+/// A DataParallel `module.` prefix is dropped, and the original ESRGAN and
+/// BSRGAN layouts are renamed to basicsr's.
 pub fn open_weights(path: &Path) -> Result<WeightSource, CheckpointError> {
     let mut head = [0u8; 4];
     let zipped = std::fs::File::open(path)
@@ -31,7 +31,7 @@ pub fn open_weights(path: &Path) -> Result<WeightSource, CheckpointError> {
     let strip = stored.iter().all(|n| n.starts_with("module."));
     let plain: Vec<(String, String)> =
         stored.iter().map(|n| (if strip { n["module.".len()..].to_string() } else { n.clone() }, n.clone())).collect();
-    let renamed = match old_layout_names(plain.iter().map(|(p, _)| p.as_str())) {
+    let renamed = match layout_names(plain.iter().map(|(p, _)| p.as_str())) {
         // (basicsr name, plain name) -> (basicsr name, stored name)
         Some(map) => map
             .into_iter()
@@ -75,12 +75,61 @@ impl UpscaleModel {
             let some: Vec<&str> = src.names().take(6).collect();
             return Err(ModelError::Config(format!(
                 "unknown upscale model layout: expected RRDBNet (ESRGAN / Real-ESRGAN: conv_first, body.N.rdb1.conv1, \
-                 conv_up1, conv_last, or model.0, model.1.sub.N...) or SRVGGNetCompact (body.N) weights; the file \
-                 has {some:?}{}",
+                 conv_up1, conv_last; model.0, model.1.sub.N...; or RRDB_trunk.N, trunk_conv) or SRVGGNetCompact \
+                 (body.N) weights; the file has {some:?}{}",
                 if src.names().count() > 6 { " ..." } else { "" }
             )));
         };
-        Ok(UpscaleModel { net, dtype })
+        let model = UpscaleModel { net, dtype };
+        // A tensor the network does not use means a variant this loader does not know
+        // (ESRGAN+'s conv1x1, an extra layer): refuse rather than run something else.
+        let expected = model.tensor_names();
+        let extra: Vec<&str> = src.names().filter(|n| !expected.contains(*n)).take(5).collect();
+        if !extra.is_empty() {
+            return Err(ModelError::Config(format!(
+                "{} does not use the tensors {extra:?}: an architecture variant sdgraph does not support \
+                 (ESRGAN+, an extra layer...)",
+                model.describe()
+            )));
+        }
+        Ok(model)
+    }
+
+    /// Every tensor name the loaded network reads (basicsr names).
+    fn tensor_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut conv = |p: String| {
+            names.insert(format!("{p}.weight"));
+            names.insert(format!("{p}.bias"));
+        };
+        match &self.net {
+            UpscaleNet::Esrgan(n) => {
+                let c = &n.config;
+                for p in ["conv_first", "conv_body", "conv_hr", "conv_last"] {
+                    conv(p.to_string());
+                }
+                for k in 1..=c.upsamples {
+                    conv(format!("conv_up{k}"));
+                }
+                for i in 0..c.num_block {
+                    for r in 1..=3 {
+                        for j in 1..=5 {
+                            conv(format!("body.{i}.rdb{r}.conv{j}"));
+                        }
+                    }
+                }
+            }
+            UpscaleNet::Compact(n) => {
+                let convs = n.config.num_conv + 2;
+                for k in 0..convs {
+                    conv(format!("body.{}", 2 * k));
+                }
+                for k in 0..convs - 1 {
+                    names.insert(format!("body.{}.weight", 2 * k + 1));
+                }
+            }
+        }
+        names
     }
 
     /// Output pixels per input pixel along each axis.
