@@ -51,7 +51,7 @@ pub fn open_weights(path: &Path) -> Result<WeightSource, CheckpointError> {
 
 /// A loaded network.
 pub enum UpscaleNet {
-    Esrgan(RrdbNet),
+    Esrgan(Box<RrdbNet>),
     Compact(SrvggNet),
 }
 
@@ -67,7 +67,7 @@ impl UpscaleModel {
         let w = src.prefix("");
         let net = if src.contains("conv_first.weight") {
             let cfg = RrdbConfig::detect_from_weights(&w)?;
-            UpscaleNet::Esrgan(RrdbNet::load(gpu, &w, &cfg, dtype)?)
+            UpscaleNet::Esrgan(Box::new(RrdbNet::load(gpu, &w, &cfg, dtype)?))
         } else if src.contains("body.0.weight") {
             let cfg = SrvggConfig::detect_from_weights(&w)?;
             UpscaleNet::Compact(SrvggNet::load(gpu, &w, &cfg, dtype)?)
