@@ -197,6 +197,16 @@ fn truncated_corrupt_and_foreign_files_are_refused() {
 }
 
 #[test]
+fn a_key_set_twice_is_refused_not_guessed() {
+    let p = tmp("twice.pth");
+    let pickle = state_dict_pickle(&[("w", &[2]), ("w", &[2])], "FloatStorage");
+    let (a, b) = (f32_bytes(&[1.0, 2.0]), f32_bytes(&[3.0, 4.0]));
+    archive(&p, "archive", &pickle, &[&a, &b]);
+    let e = refused(&p);
+    assert!(e.contains("tensor \"w\"") && e.contains("appears twice"), "{e}");
+}
+
+#[test]
 fn random_corruption_never_panics() {
     let p = tmp("fuzz-src.pth");
     pth::write(&p, "f", &[("x", &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), ("y", &[2], &[0.5, 0.25])]).unwrap();

@@ -356,3 +356,25 @@ fn hires_fix_with_an_upscale_model_runs_end_to_end() {
     let png = image::open(dir.join("hires_fix_model_00001.png")).unwrap().to_rgb8();
     assert_eq!(png.dimensions(), (32, 24));
 }
+
+/// Slow on lavapipe (11 minutes on 2 cores; measured max diff 4e-7): run with `--ignored`.
+#[test]
+#[ignore]
+fn activations_larger_than_one_storage_binding_give_the_tiled_result() {
+    let Some(gpu) = shared_gpu() else { return };
+    let dir = common::temp_dir("upscale-big");
+    let model = load(gpu, &one_block_rrdb(&dir, "rrdb_x4"));
+    // 560x560 at x4: the HR activations [1, 8, 2240, 2240] f32 are 153 MiB, over
+    // lavapipe's 128 MiB binding, so every op on them runs in windows.
+    let (h, w) = (560, 560);
+    assert!(model.largest_activation(h, w) > gpu.limits.max_storage_buffer_binding_size);
+    let x = picture(3, h, w, 5);
+    let big = upscale(gpu, &model, &x, (h, w), &whole(h, w, 1));
+    // Tiles of 288 overlapping by at least 128 (4x the radius of 19): exact everywhere.
+    let plan = TilePlan::new(h, w, 288, 128, 1);
+    assert!(model.largest_activation(plan.tile_h, plan.tile_w) < gpu.limits.max_storage_buffer_binding_size);
+    let tiled = upscale(gpu, &model, &x, (h, w), &plan);
+    let err = max_abs(&big, &tiled);
+    eprintln!("whole (windowed) vs tiled: max diff {err:e}");
+    assert!(err <= 1e-5, "{err}");
+}

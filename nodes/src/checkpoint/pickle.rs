@@ -124,7 +124,8 @@ pub struct Unpickled {
 }
 
 impl Unpickled {
-    /// A dict's entries in insertion order (`None` if `o` is not a dict).
+    /// A dict's entries in insertion order, a repeated key as often as it was
+    /// set (`None` if `o` is not a dict).
     pub fn dict(&self, o: &Object) -> Option<&[(Object, Object)]> {
         match o {
             Object::Dict(i) => self.dicts.get(*i).map(|d| d.as_slice()),
@@ -396,14 +397,11 @@ impl<'a> Machine<'a> {
                     let Object::Dict(i) = target else {
                         return Err(format!("SETITEM at byte {at} onto {}, not a dict", target.kind()));
                     };
+                    // Entries are kept in order, repeats included (linear time whatever the
+                    // pickle); readers refuse a repeated key rather than pick one.
                     let mut it = items.into_iter();
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        let d = &mut self.out.dicts[i];
-                        // Python dicts keep the first position of a repeated key and its last value.
-                        match d.iter_mut().find(|(old, _)| *old == k) {
-                            Some(slot) => slot.1 = v,
-                            None => d.push((k, v)),
-                        }
+                        self.out.dicts[i].push((k, v));
                     }
                 }
                 b'q' | b'r' | 0x94 => {

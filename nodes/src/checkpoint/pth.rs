@@ -167,7 +167,7 @@ pub fn parse(data: &[u8]) -> Result<Parsed, (Option<String>, String)> {
         };
         debug_assert_eq!(out.len() - start, len);
         if tensors.insert(key.clone(), TensorInfo { dtype, shape, start, end: start + len }).is_some() {
-            return Err(bad("appears twice (once with a `module.` prefix?)".into()));
+            return Err(bad("appears twice in the state dict".into()));
         }
     }
     Ok((tensors, out))
