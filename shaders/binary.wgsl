@@ -1,6 +1,7 @@
 // Broadcasting binary ops, computed in f32: `add` is y = a + alpha * b
 // (torch.add(a, b, alpha=alpha); alpha 1 and -1 give add and sub exactly),
-// `mul` is y = a * b, and `geglu` is y = a * gelu(b) with exact-erf GELU,
+// `mul` is y = a * b, `prelu` is y = a where a >= 0 else a * b (nn.PReLU with
+// its slope b broadcast per channel), and `geglu` is y = a * gelu(b) with exact-erf GELU,
 // diffusers' GEGLU once the launcher binds the two halves of its input as a and b.
 // Bindings: 0 params, 1 a (read), 2 b (read), 3 y (write).
 //
@@ -96,6 +97,15 @@ fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if i >= params.n { return; }
     let o = offsets(i);
     y[params.y_off + i] = T(f32(a[o.x]) * f32(b[o.y]));
+}
+
+@compute @workgroup_size(WG)
+fn prelu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if i >= params.n { return; }
+    let o = offsets(i);
+    let v = f32(a[o.x]);
+    y[params.y_off + i] = T(select(v * f32(b[o.y]), v, v >= 0.0));
 }
 
 // diffusers GEGLU: `hidden, gate = proj(x).chunk(2, -1); hidden * F.gelu(gate)`.

@@ -1,9 +1,9 @@
-//! Broadcasting add/sub/mul/add_scaled and GEGLU against the f64
+//! Broadcasting add/sub/mul/add_scaled/prelu and GEGLU against the f64
 //! references, in f32 and f16, over shape pairs covering rank mismatch,
 //! size-1 dims on either side and both sides broadcasting, at sizes that are
 //! not multiples of the workgroup; plus shape and dtype errors.
 
-use engine::gpu::ops::binary::{add, add_scaled, geglu, mul, sub};
+use engine::gpu::ops::binary::{add, add_scaled, geglu, mul, prelu, prelu_broadcast, sub};
 use engine::gpu::reference::binary as r;
 use engine::gpu::testing::{random, round_f16, shared_gpu};
 use engine::gpu::tolerance::Tolerance;
@@ -40,6 +40,7 @@ enum Op {
     Sub,
     Mul,
     AddScaled(f32),
+    Prelu,
 }
 
 impl Op {
@@ -49,6 +50,7 @@ impl Op {
             Op::Sub => sub(gpu, a, b),
             Op::Mul => mul(gpu, a, b),
             Op::AddScaled(s) => add_scaled(gpu, a, b, s),
+            Op::Prelu => prelu_broadcast(gpu, a, b),
         }
     }
 
@@ -58,11 +60,12 @@ impl Op {
             Op::Sub => a - b,
             Op::Mul => a * b,
             Op::AddScaled(s) => a + s as f64 * b,
+            Op::Prelu => r::prelu(a, b),
         }
     }
 }
 
-const OPS: [Op; 4] = [Op::Add, Op::Sub, Op::Mul, Op::AddScaled(-7.5)];
+const OPS: [Op; 5] = [Op::Add, Op::Sub, Op::Mul, Op::AddScaled(-7.5), Op::Prelu];
 
 /// What the kernel sees of `data` stored as `dtype`.
 fn stored(data: &[f32], dtype: DType) -> Vec<f32> {
@@ -235,4 +238,42 @@ fn outputs_larger_than_one_binding_are_processed_in_windows() {
         let (row, col) = (i / cols, i % cols);
         assert_eq!(v, row as f32 + 0.5 * col as f32, "element {i} (row {row}, col {col})");
     }
+}
+
+fn check_prelu_channels(gpu: &Gpu, dtype: DType, tol: Tolerance) {
+    // nn.PReLU(C) on [B, C, H, W]: SRVGGNetCompact's activation, at widths off the workgroup size.
+    for (k, shape) in [&[1, 8, 5, 7][..], &[2, 3, 17, 19], &[1, 64, 3, 3]].into_iter().enumerate() {
+        let c = shape[1];
+        let data = random(shape.iter().product(), 70 + k as u64, -3.0, 3.0);
+        let slope = random(c, 80 + k as u64, -0.5, 0.9);
+        let x = gpu.upload(&data, shape, dtype).unwrap();
+        let w = gpu.upload(&slope, &[c], dtype).unwrap();
+        let y = prelu(gpu, &x, &w).unwrap();
+        assert_eq!(y.shape(), shape);
+        let (xs, ws) = (f64s(&stored(&data, dtype)), f64s(&stored(&slope, dtype)));
+        let plane: usize = shape[2..].iter().product();
+        let want: Vec<f64> = xs.iter().enumerate().map(|(i, &v)| r::prelu(v, ws[(i / plane) % c])).collect();
+        tol.check(&gpu.download(&y).unwrap(), &want).unwrap_or_else(|e| panic!("prelu {dtype:?} {shape:?}: {e}"));
+    }
+    let x = gpu.zeros(&[1, 4, 2, 2], dtype).unwrap();
+    let w = gpu.zeros(&[3], dtype).unwrap();
+    let e = prelu(gpu, &x, &w).unwrap_err();
+    assert!(e.to_string().contains("[1, 4, 2, 2]") && e.to_string().contains("[3]"), "{e}");
+}
+
+#[test]
+fn prelu_applies_one_slope_per_channel_in_f32() {
+    let Some(gpu) = shared_gpu() else { return };
+    // One f32 product (or none): exact up to one rounding.
+    check_prelu_channels(gpu, DType::F32, Tolerance::strict());
+}
+
+#[test]
+fn prelu_applies_one_slope_per_channel_in_f16() {
+    let Some(gpu) = shared_gpu() else { return };
+    if !gpu.features().shader_f16 {
+        eprintln!("skipped: {} has no f16", gpu.info.name);
+        return;
+    }
+    check_prelu_channels(gpu, DType::F16, Tolerance::f16());
 }

@@ -5,6 +5,7 @@
 //! - [`controlnet_apply`]: ControlNetLoader, ControlNetApplyAdvanced and the controls KSampler applies
 //! - [`preprocessors`]: ControlNet preprocessors (Canny, BinaryPreprocessor)
 //! - [`vae_tiled`]: VAEDecodeTiled / VAEEncodeTiled and the tiled fallback of VAEDecode / VAEEncode
+//! - [`upscale_nodes`]: UpscaleModelLoader / ImageUpscaleWithModel; their tiling in [`upscale_tiled`]
 //! - [`prompt_weights`]: ComfyUI's `(word:1.2)` prompt weighting, used by CLIPTextEncode
 //! - [`mask_nodes`]: the mask nodes (ImageToMask)
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
@@ -34,6 +35,8 @@ pub mod runtime;
 pub mod sampling;
 pub mod text_encode;
 pub mod tokenizer;
+pub mod upscale_nodes;
+pub mod upscale_tiled;
 pub mod vae_nodes;
 pub mod vae_tiled;
 
@@ -63,6 +66,8 @@ pub fn register_builtin(reg: &mut Registry) -> Result<(), DuplicateKind> {
     reg.register(Arc::new(vae_nodes::VaeEncode::new()))?;
     reg.register(Arc::new(vae_tiled::VaeDecodeTiled::new()))?;
     reg.register(Arc::new(vae_tiled::VaeEncodeTiled::new()))?;
+    reg.register(Arc::new(upscale_nodes::UpscaleModelLoader::new()))?;
+    reg.register(Arc::new(upscale_nodes::ImageUpscaleWithModel::new()))?;
     Ok(())
 }
 

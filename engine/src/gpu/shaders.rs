@@ -211,6 +211,7 @@ pub const SHADERS: &[ShaderSource] = &[
         entries: &[
             EntryPoint { name: "add", bindings: BINARY },
             EntryPoint { name: "mul", bindings: BINARY },
+            EntryPoint { name: "prelu", bindings: BINARY },
             EntryPoint { name: "geglu", bindings: BINARY },
         ],
         overrides: &[],

@@ -1,6 +1,10 @@
 //! Checkpoint files: the safetensors reader, the canonical (single-file)
-//! weight names, and the diffusers-folder conversion onto them.
+//! weight names, and the diffusers-folder conversion onto them; PyTorch
+//! `.pth` state dicts through a restricted unpickler (`pth`, `pickle`, `zip`).
 
 pub mod convert;
+pub mod pickle;
+pub mod pth;
 pub mod safetensors;
 pub mod weights;
+pub mod zip;

@@ -81,10 +81,27 @@ pub struct CheckpointError {
 /// Largest header accepted: real checkpoints have a few hundred KiB of JSON.
 const MAX_HEADER: u64 = 100 << 20;
 
-/// An open `.safetensors` file.
+/// Where a file's tensor bytes live: the mapped file, or memory (a `.pth`
+/// state dict copied out by `pth`).
+enum Backing {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
+/// An open `.safetensors` file (or tensors read from another format into memory).
 pub struct SafeTensors {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: Backing,
     tensors: BTreeMap<String, TensorInfo>,
     metadata: BTreeMap<String, String>,
 }
@@ -110,7 +127,14 @@ impl SafeTensors {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("cannot map: {e}")))?;
         let (tensors, metadata) =
             parse_header(&map).map_err(|(key, message)| CheckpointError { file: path.to_path_buf(), key, message })?;
-        Ok(SafeTensors { path: path.to_path_buf(), map, tensors, metadata })
+        Ok(SafeTensors { path: path.to_path_buf(), map: Backing::Mapped(map), tensors, metadata })
+    }
+
+    /// Tensors held in memory, read from `path` in another format. Each
+    /// entry's `start..end` must lie inside `bytes` and match its dtype and shape.
+    pub fn from_memory(path: &Path, bytes: Vec<u8>, tensors: BTreeMap<String, TensorInfo>) -> SafeTensors {
+        debug_assert!(tensors.values().all(|t| t.end <= bytes.len() && t.end - t.start == t.numel() * t.dtype.size()));
+        SafeTensors { path: path.to_path_buf(), map: Backing::Owned(bytes), tensors, metadata: BTreeMap::new() }
     }
 
     pub fn path(&self) -> &Path {

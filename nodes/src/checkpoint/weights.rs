@@ -33,10 +33,14 @@ pub struct WeightSource {
 impl WeightSource {
     /// A single-file checkpoint: its names are already canonical.
     pub fn single_file(path: &Path) -> Result<WeightSource, CheckpointError> {
-        let st = SafeTensors::open(path)?;
+        Ok(Self::from_tensors(SafeTensors::open(path)?))
+    }
+
+    /// One already open file (or in-memory tensors, such as a `.pth` state dict), names as stored.
+    pub fn from_tensors(st: SafeTensors) -> WeightSource {
         let names =
             st.names().map(|n| (n.to_string(), Location { file: 0, key: n.to_string(), shape: None })).collect();
-        Ok(WeightSource { files: vec![Arc::new(st)], names })
+        WeightSource { files: vec![Arc::new(st)], names }
     }
 
     /// Builds a source from files and a table of canonical name -> (file,

@@ -6,12 +6,16 @@
 //! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
 //! - [`controlnet`]: ControlNet (`control_model.`, diffusers' `ControlNetModel`), sharing the UNet's down path
 //! - [`vae`]: the SD 1.x VAE (`first_stage_model.`, diffusers' `AutoencoderKL`); its blocks in [`vae_blocks`]
+//! - [`upscaler`]: image upscale models, [`esrgan`] (RRDBNet) and [`srvgg`] (SRVGGNetCompact)
 
 pub mod clip;
 pub mod controlnet;
+pub mod esrgan;
 pub mod nn;
+pub mod srvgg;
 pub mod unet;
 pub mod unet_blocks;
+pub mod upscaler;
 pub mod vae;
 pub mod vae_blocks;
 

@@ -1,6 +1,7 @@
 //! Broadcasting binary ops, launching `shaders/binary.wgsl`: `add`, `sub`,
 //! `mul` and `add_scaled` (`torch.add(a, b, alpha=alpha)`) with NumPy /
-//! PyTorch broadcasting, and diffusers' `GEGLU` activation
+//! PyTorch broadcasting, `prelu_broadcast` and its channel-wise form `prelu`
+//! (`nn.PReLU`, SRVGGNetCompact's activation), and diffusers' `GEGLU` activation
 //! (`h, gate = x.chunk(2, -1); h * F.gelu(gate)`), which is a product of two
 //! strided views of one tensor.
 //!
@@ -98,6 +99,29 @@ pub fn mul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor, GpuError> {
 /// `uncond + s * (cond - uncond)` after a `sub`).
 pub fn add_scaled(gpu: &Gpu, a: &Tensor, b: &Tensor, alpha: f32) -> Result<Tensor, GpuError> {
     broadcasting(gpu, "add_scaled", "add", alpha, a, b)
+}
+
+/// PReLU with a broadcast slope: `a` where `a >= 0`, else `a * b`.
+pub fn prelu_broadcast(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor, GpuError> {
+    broadcasting(gpu, "prelu", "prelu", 1.0, a, b)
+}
+
+/// `nn.PReLU(num_parameters=C)` on `x [B, C, ...]`: one slope per channel
+/// (`weight [C]`), so `y = x` where `x >= 0`, else `weight[c] * x`.
+pub fn prelu(gpu: &Gpu, x: &Tensor, weight: &Tensor) -> Result<Tensor, GpuError> {
+    let c = if x.rank() >= 2 { x.shape()[1] } else { 0 };
+    if weight.shape() != [c] || c == 0 {
+        return Err(GpuError::Shape(format!(
+            "prelu: x {:?} needs a weight of [C] for its channel dim 1; got {:?}",
+            x.shape(),
+            weight.shape()
+        )));
+    }
+    // [C] read as [1, C, 1, ...] against x's shape.
+    let mut shape = vec![1; x.rank()];
+    shape[1] = c;
+    let w = weight.reshape(&shape)?;
+    prelu_broadcast(gpu, x, &w)
 }
 
 /// diffusers GEGLU's activation: `x [.., 2N] -> [.., N]`, `h * gelu(gate)`

@@ -64,6 +64,11 @@ pub fn broadcast(
     (out, shape)
 }
 
+/// PReLU of one element: `a` where `a >= 0`, else `slope * a` (`nn.PReLU`).
+pub fn prelu(a: f64, slope: f64) -> f64 {
+    if a >= 0.0 { a } else { slope * a }
+}
+
 /// GEGLU over the last dim of `x` (length 2N): `x[.., j] * gelu(x[.., N + j])`.
 pub fn geglu(x: &[f64], last: usize) -> Vec<f64> {
     let n = last / 2;
