@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use engine::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
+use engine::gpu::{DType, Gpu};
 use engine::{PortType, Value};
 
 use crate::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, open_checkpoint};
 use crate::checkpoint::weights::WeightSource;
+use crate::models::ModelError;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet::{Unet, UnetConfig};
 use crate::models::unet_blocks::AttentionHeads;
@@ -71,6 +73,62 @@ impl ConfigOverrides {
     }
 }
 
+/// The three networks of one checkpoint, ready to run.
+pub struct LoadedCheckpoint {
+    pub model: ModelHandle,
+    pub clip: ClipHandle,
+    pub vae: VaeHandle,
+}
+
+/// Builds the UNet and text encoder in `dtype` and the VAE in f32 from an
+/// open checkpoint (what CheckpointLoaderSimple does, also used by
+/// `sdgraph bench models`); `done(n)` is called after each of the 3 parts.
+pub fn load_checkpoint(
+    gpu: &Gpu,
+    src: &WeightSource,
+    dtype: DType,
+    mut done: impl FnMut(usize),
+) -> Result<LoadedCheckpoint, String> {
+    let err = |e: ModelError| e.to_string();
+    let meta = ConfigOverrides::read(src)?;
+    let w = src.prefix(UNET_PREFIX);
+    let mut ucfg = UnetConfig::detect_from_weights(&w).map_err(err)?;
+    if let Some(h) = meta.unet_heads {
+        ucfg.heads = AttentionHeads::Count(h);
+    }
+    if let Some(g) = meta.norm_groups {
+        ucfg.norm.groups = g;
+    }
+    let unet = Unet::load(gpu, &w, &ucfg, dtype).map_err(err)?;
+    done(1);
+
+    let w = src.prefix(&format!("{CLIP_PREFIX}text_model."));
+    let mut ccfg = ClipTextConfig::detect_from_weights(&w).map_err(err)?;
+    if let Some(h) = meta.clip_heads {
+        ccfg.num_heads = h;
+    }
+    let clip = ClipTextModel::load(gpu, &w, &ccfg, dtype).map_err(err)?;
+    let tokenizer = ClipTokenizer::new().map_err(|e| e.to_string())?;
+    done(2);
+
+    // The SD VAE overflows in f16 at real resolutions (diffusers' force_upcast): keep it f32.
+    let w = src.prefix(VAE_PREFIX);
+    let mut vcfg = VaeConfig::detect_from_weights(&w).map_err(err)?;
+    if let Some(g) = meta.norm_groups {
+        vcfg.norm_groups = g;
+    }
+    if let Some(f) = meta.vae_scaling_factor {
+        vcfg.scaling_factor = f;
+    }
+    let vae = Vae::load(gpu, &w, &vcfg, DType::F32).map_err(err)?;
+    done(3);
+    Ok(LoadedCheckpoint {
+        model: ModelHandle { unet, prediction: meta.prediction },
+        clip: ClipHandle { model: clip, tokenizer },
+        vae: VaeHandle { vae },
+    })
+}
+
 pub struct CheckpointLoaderSimple(NodeSchema);
 
 impl CheckpointLoaderSimple {
@@ -117,44 +175,13 @@ impl NodeKind for CheckpointLoaderSimple {
         let id = ctx.node_id.to_string();
         ctx.progress.step(&id, 0, 3, "models");
 
-        let meta = ConfigOverrides::read(&src).map_err(NodeError::new)?;
-        let w = src.prefix(UNET_PREFIX);
-        let mut ucfg = UnetConfig::detect_from_weights(&w).map_err(err)?;
-        if let Some(h) = meta.unet_heads {
-            ucfg.heads = AttentionHeads::Count(h);
-        }
-        if let Some(g) = meta.norm_groups {
-            ucfg.norm.groups = g;
-        }
-        let unet = Unet::load(gpu, &w, &ucfg, dtype).map_err(err)?;
-        ctx.progress.step(&id, 1, 3, "models");
-
-        let w = src.prefix(&format!("{CLIP_PREFIX}text_model."));
-        let mut ccfg = ClipTextConfig::detect_from_weights(&w).map_err(err)?;
-        if let Some(h) = meta.clip_heads {
-            ccfg.num_heads = h;
-        }
-        let clip = ClipTextModel::load(gpu, &w, &ccfg, dtype).map_err(err)?;
-        let tokenizer = ClipTokenizer::new().map_err(err)?;
-        ctx.progress.step(&id, 2, 3, "models");
-
-        // The SD VAE overflows in f16 at real resolutions (diffusers' force_upcast): keep it f32.
-        let w = src.prefix(VAE_PREFIX);
-        let mut vcfg = VaeConfig::detect_from_weights(&w).map_err(err)?;
-        if let Some(g) = meta.norm_groups {
-            vcfg.norm_groups = g;
-        }
-        if let Some(f) = meta.vae_scaling_factor {
-            vcfg.scaling_factor = f;
-        }
-        let vae = Vae::load(gpu, &w, &vcfg, engine::gpu::DType::F32).map_err(err)?;
-        ctx.progress.step(&id, 3, 3, "models");
-
-        let prediction = meta.prediction;
+        let progress = ctx.progress;
+        let loaded = load_checkpoint(gpu, &src, dtype, |done| progress.step(&id, done as u64, 3, "models"))
+            .map_err(NodeError::new)?;
         Ok(vec![
-            Value::Opaque(PortType::Model, Arc::new(ModelHandle { unet, prediction })),
-            Value::Opaque(PortType::Clip, Arc::new(ClipHandle { model: clip, tokenizer })),
-            Value::Opaque(PortType::Vae, Arc::new(VaeHandle { vae })),
+            Value::Opaque(PortType::Model, Arc::new(loaded.model)),
+            Value::Opaque(PortType::Clip, Arc::new(loaded.clip)),
+            Value::Opaque(PortType::Vae, Arc::new(loaded.vae)),
         ])
     }
 

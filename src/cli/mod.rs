@@ -62,6 +62,9 @@ enum Command {
         /// GPU adapter by name or backend substring (default: SDGRAPH_ADAPTER, else the best GPU).
         #[arg(long)]
         adapter: Option<String>,
+        /// Time every GPU kernel and print the top kernels by total time on stderr (in the report with --json).
+        #[arg(long)]
+        profile: bool,
     },
     /// Validate a graph without running it or touching model and input files.
     Check {
@@ -106,7 +109,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks (`kernels`: matmul and conv TFLOP/s at SD 1.5 shapes).
+    /// Benchmarks (`kernels`: matmul and conv TFLOP/s at SD 1.5 shapes; `models`: networks of a checkpoint).
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
@@ -128,6 +131,35 @@ enum BenchWhat {
         /// Tiny shapes, one repetition: a smoke test for CPU adapters.
         #[arg(long)]
         small: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Milliseconds per call of a checkpoint's text encoder, UNet and VAE on given inputs (and of a
+    /// whole graph), writing their outputs for comparison with a reference (see bench/README.md).
+    Models {
+        /// Single-file checkpoint (.safetensors) or diffusers folder.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// safetensors with clip.input_ids, unet.bN.{sample,timestep,context}, vae.latent, vae.image (each optional).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write the outputs (safetensors, f32).
+        #[arg(long)]
+        out: PathBuf,
+        /// A graph to time end to end: one first run, then timed runs with each KSampler's seed bumped.
+        #[arg(long)]
+        graph: Option<PathBuf>,
+        /// Untimed calls before timing (pipeline compilation, buffer pool warm-up).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Timed calls per network (the median is reported).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
+        /// Time every kernel of the timed calls and print the top kernels per network.
+        #[arg(long)]
+        profile: bool,
+        #[arg(long)]
+        adapter: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -154,9 +186,9 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Run { file, sets, out_dir, json, quiet, progress, preview, preview_every, adapter } => {
-            if adapter.is_some() {
-                engine::gpu::device::configure_shared(engine::gpu::GpuOptions { adapter, ..Default::default() });
+        Command::Run { file, sets, out_dir, json, quiet, progress, preview, preview_every, adapter, profile } => {
+            if adapter.is_some() || profile {
+                engine::gpu::device::configure_shared(engine::gpu::GpuOptions { adapter, profile, ..Default::default() });
             }
             let args = run::RunArgs {
                 file,
@@ -165,6 +197,7 @@ pub fn main() -> i32 {
                 json,
                 show_progress: progress || !(quiet || json),
                 preview: preview.map(|dir| (dir, preview_every)),
+                profile,
             };
             run::run(&registry, &args)
         }
@@ -185,6 +218,19 @@ pub fn main() -> i32 {
             },
         ),
         Command::Bench { what: BenchWhat::Kernels { adapter, small, json } } => bench::kernels(adapter, small, json),
+        Command::Bench {
+            what: BenchWhat::Models { checkpoint, inputs, out, graph, warmup, runs, profile, adapter, json },
+        } => bench::models(&bench::ModelsArgs {
+            checkpoint,
+            inputs,
+            out,
+            graph,
+            warmup,
+            runs: runs as usize,
+            profile,
+            adapter,
+            json,
+        }),
     }
 }
 

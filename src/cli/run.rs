@@ -63,6 +63,8 @@ pub struct RunArgs {
     pub show_progress: bool,
     /// Folder for sampler previews, and the steps between them.
     pub preview: Option<(PathBuf, u64)>,
+    /// Print the kernel profile (the shared GPU was opened with profiling on).
+    pub profile: bool,
 }
 
 pub fn run(registry: &Registry, args: &RunArgs) -> i32 {
@@ -117,8 +119,12 @@ pub fn run(registry: &Registry, args: &RunArgs) -> i32 {
         eprintln!("cancelled");
         return super::EXIT_INTERRUPTED;
     }
+    let profile = if args.profile { profile_report() } else { None };
+    if let (Some(p), false) = (&profile, json) {
+        eprint!("{}", p.render(20));
+    }
     if json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "ok": report.ok,
             "file": file.display().to_string(),
             "seconds": report.seconds,
@@ -127,6 +133,9 @@ pub fn run(registry: &Registry, args: &RunArgs) -> i32 {
             "models": models_json(&report),
             "errors": report.errors(),
         });
+        if let (Some(p), Some(obj)) = (profile, v.as_object_mut()) {
+            obj.insert("profile".into(), serde_json::to_value(p).unwrap_or_default());
+        }
         println!("{v}");
     } else {
         for e in report.errors() {
@@ -137,6 +146,24 @@ pub fn run(registry: &Registry, args: &RunArgs) -> i32 {
         }
     }
     if report.ok { 0 } else { EXIT_FAILED }
+}
+
+/// The kernel times of this run, from the shared GPU (opened with profiling by `main`).
+fn profile_report() -> Option<engine::gpu::profile::ProfileReport> {
+    let gpu = match engine::gpu::device::shared() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("warning: --profile: {e}");
+            return None;
+        }
+    };
+    match gpu.profile_report() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("warning: --profile: {e}");
+            None
+        }
+    }
 }
 
 /// `{"path": "sha256"}` for every model file the run used (`null` where it

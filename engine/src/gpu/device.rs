@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::pipeline_cache::PipelineCache;
 use super::pool::BufferPool;
+use super::profile::{ProfileClock, Profiler};
 
 /// Why the GPU could not be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -71,6 +72,9 @@ pub struct GpuOptions {
     /// Use no optional feature (f16, subgroups, cooperative matrices): the
     /// portable path, for testing it on capable hardware.
     pub portable_only: bool,
+    /// Time every kernel (`--profile`): GPU timestamps where the adapter has
+    /// them, else CPU timing with a queue wait per kernel (see `profile.rs`).
+    pub profile: bool,
 }
 
 /// The one GPU context. Ops record into its current command encoder; reading
@@ -83,6 +87,8 @@ pub struct Gpu {
     pub(crate) encoder: Mutex<Option<wgpu::CommandEncoder>>,
     pub(crate) pool: Arc<BufferPool>,
     pub(crate) pipelines: PipelineCache,
+    /// Present only when opened with `GpuOptions::profile`.
+    pub(crate) profiler: Option<Profiler>,
     /// Errors wgpu reported outside any call (a bug in a kernel launch).
     errors: Arc<Mutex<Vec<String>>>,
 }
@@ -243,7 +249,12 @@ impl Gpu {
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             subgroup_size: (ai.subgroup_min_size, ai.subgroup_max_size),
         };
+        let profiler = opts.profile.then(|| {
+            let clock = if features.timestamps { ProfileClock::GpuTimestamps } else { ProfileClock::CpuQueueWait };
+            Profiler::new(clock, queue.get_timestamp_period())
+        });
         Ok(Gpu {
+            profiler,
             device,
             queue,
             info,
@@ -271,7 +282,10 @@ impl Gpu {
         // Submit while holding the lock: otherwise another thread could take
         // a newer encoder and submit it first, running work out of order.
         let mut guard = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(enc) = guard.take() {
+        if let Some(mut enc) = guard.take() {
+            if let Some(p) = &self.profiler {
+                p.resolve(&self.device, &mut enc);
+            }
             self.queue.submit([enc.finish()]);
         }
     }
@@ -280,8 +294,28 @@ impl Gpu {
     /// any error wgpu raised meanwhile.
     pub fn sync(&self) -> Result<(), GpuError> {
         self.flush();
+        if let Some(p) = &self.profiler {
+            p.request_readback();
+        }
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Wgpu(e.to_string()))?;
+        if let Some(p) = &self.profiler {
+            p.collect();
+        }
         self.take_error()
+    }
+
+    /// The kernel profiler, when opened with `GpuOptions::profile`.
+    pub fn profiler(&self) -> Option<&Profiler> {
+        self.profiler.as_ref()
+    }
+
+    /// Waits for all work and returns the kernel times so far (None unless profiling).
+    pub fn profile_report(&self) -> Result<Option<super::profile::ProfileReport>, GpuError> {
+        if self.profiler.is_none() {
+            return Ok(None);
+        }
+        self.sync()?;
+        Ok(self.profiler.as_ref().map(Profiler::report))
     }
 
     pub(crate) fn take_error(&self) -> Result<(), GpuError> {
@@ -292,5 +326,25 @@ impl Gpu {
     /// Bytes held by the buffer pool for reuse.
     pub fn pooled_bytes(&self) -> u64 {
         self.pool.pooled_bytes()
+    }
+
+    /// Bytes of every tensor buffer held, in use or idle in the pool.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.pool.allocated_bytes()
+    }
+
+    /// The most tensor-buffer bytes held at once since the last [`Self::reset_peak_bytes`].
+    pub fn peak_bytes(&self) -> u64 {
+        self.pool.peak_bytes()
+    }
+
+    /// Starts a new peak measurement from what is held now.
+    pub fn reset_peak_bytes(&self) {
+        self.pool.reset_peak();
+    }
+
+    /// Frees the idle buffers of the pool (tensors in use keep theirs).
+    pub fn release_idle_buffers(&self) {
+        self.pool.clear();
     }
 }

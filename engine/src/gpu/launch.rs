@@ -5,6 +5,7 @@ use wgpu::util::DeviceExt;
 
 use super::device::{Gpu, GpuError};
 use super::pipeline_cache::PipelineKey;
+use super::profile::{KernelId, ProfileClock};
 use super::shaders::{Access, ShaderFamily, Variant, shader};
 
 /// A kernel: which shader, variant and entry point, with override constants.
@@ -151,13 +152,38 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        self.with_encoder(|enc| {
-            let mut pass = enc
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes: None });
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        });
+        let record = |timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+            self.with_encoder(|enc| {
+                let mut pass =
+                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes });
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            })
+        };
+        let Some(profiler) = &self.profiler else {
+            record(None);
+            return Ok(());
+        };
+        let id = KernelId { entry: kernel.entry, variant: kernel.variant };
+        match profiler.clock() {
+            ProfileClock::GpuTimestamps => {
+                let (query_set, index) = profiler.begin_pass(&self.device, id);
+                record(Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &query_set,
+                    beginning_of_pass_write_index: Some(index),
+                    end_of_pass_write_index: Some(index + 1),
+                }));
+            }
+            ProfileClock::CpuQueueWait => {
+                // Finish everything before this kernel, then time it alone.
+                self.sync()?;
+                let t0 = std::time::Instant::now();
+                record(None);
+                self.sync()?;
+                profiler.add_cpu_time(id, t0.elapsed());
+            }
+        }
         Ok(())
     }
 }

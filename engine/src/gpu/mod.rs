@@ -8,6 +8,7 @@ pub mod launch;
 pub mod ops;
 pub mod pipeline_cache;
 pub mod pool;
+pub mod profile;
 pub mod reference;
 pub mod shaders;
 pub mod tensor;
