@@ -82,7 +82,7 @@ def comfy_normal_sigmas(steps: int) -> list[float]:
 def load_pipe(folder: Path, dev, dtype):
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), dtype=dtype, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use engine::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use engine::gpu::{DType, Gpu};
+use engine::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use engine::{PortType, Value};
 
 use crate::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, open_checkpoint};

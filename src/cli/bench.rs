@@ -135,9 +135,8 @@ fn run_models(args: &ModelsArgs) -> Result<(), String> {
     if inputs.info("clip.input_ids").is_some() {
         let (shape, ids) = inputs.f32_any("clip.input_ids").map_err(fail)?;
         let rows = token_rows(&shape, &ids)?;
-        let (r, out) = timer.time("text_encoder", || {
-            ckpt.clip.model.forward(gpu, &rows, ClipLayer::Last).map_err(fail)
-        })?;
+        let (r, out) =
+            timer.time("text_encoder", || ckpt.clip.model.forward(gpu, &rows, ClipLayer::Last).map_err(fail))?;
         results.push(r);
         outputs.push(("clip.last_hidden_state".into(), out.shape().to_vec(), gpu.download(&out).map_err(fail)?));
     }

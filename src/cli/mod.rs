@@ -188,7 +188,11 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run { file, sets, out_dir, json, quiet, progress, preview, preview_every, adapter, profile } => {
             if adapter.is_some() || profile {
-                engine::gpu::device::configure_shared(engine::gpu::GpuOptions { adapter, profile, ..Default::default() });
+                engine::gpu::device::configure_shared(engine::gpu::GpuOptions {
+                    adapter,
+                    profile,
+                    ..Default::default()
+                });
             }
             let args = run::RunArgs {
                 file,

@@ -75,6 +75,8 @@ pub struct GpuOptions {
     /// Time every kernel (`--profile`): GPU timestamps where the adapter has
     /// them, else CPU timing with a queue wait per kernel (see `profile.rs`).
     pub profile: bool,
+    /// With `profile`: use the CPU clock even where timestamps exist (to test that path).
+    pub profile_cpu_clock: bool,
 }
 
 /// The one GPU context. Ops record into its current command encoder; reading
@@ -250,7 +252,11 @@ impl Gpu {
             subgroup_size: (ai.subgroup_min_size, ai.subgroup_max_size),
         };
         let profiler = opts.profile.then(|| {
-            let clock = if features.timestamps { ProfileClock::GpuTimestamps } else { ProfileClock::CpuQueueWait };
+            let clock = if features.timestamps && !opts.profile_cpu_clock {
+                ProfileClock::GpuTimestamps
+            } else {
+                ProfileClock::CpuQueueWait
+            };
             Profiler::new(clock, queue.get_timestamp_period())
         });
         Ok(Gpu {
