@@ -340,7 +340,7 @@ def main() -> None:
         else:
             c = cosine(d_out[key], s_out[key])
             ok &= c > COS_MIN
-            agree = f"cos {c:.6f}" + ("" if c > COS_MIN else " FAIL")
+            agree = f"cos {c:.6f} (1-cos {1 - c:.1e})" + ("" if c > COS_MIN else " FAIL")
         rows.append((op, d["ms"], sg["ms"], sg["ms"] / d["ms"], fmt_bytes(d["peak_bytes"]), fmt_bytes(sg["peak_bytes"]), agree))
     header = ("op", "diffusers ms", "sdgraph ms", "sdgraph/diffusers", "diffusers peak MiB", "sdgraph peak MiB", "agreement")
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
