@@ -13,46 +13,23 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Element types of PyTorch's typed storages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageDtype {
-    F64,
-    F32,
-    F16,
-    BF16,
-    I64,
-    I32,
-    I16,
-    I8,
-    U8,
-    Bool,
-}
+use super::safetensors::Dtype;
 
-impl StorageDtype {
-    fn from_class(name: &str) -> Option<StorageDtype> {
-        Some(match name {
-            "DoubleStorage" => StorageDtype::F64,
-            "FloatStorage" => StorageDtype::F32,
-            "HalfStorage" => StorageDtype::F16,
-            "BFloat16Storage" => StorageDtype::BF16,
-            "LongStorage" => StorageDtype::I64,
-            "IntStorage" => StorageDtype::I32,
-            "ShortStorage" => StorageDtype::I16,
-            "CharStorage" => StorageDtype::I8,
-            "ByteStorage" => StorageDtype::U8,
-            "BoolStorage" => StorageDtype::Bool,
-            _ => return None,
-        })
-    }
-
-    pub fn size(self) -> usize {
-        match self {
-            StorageDtype::F64 | StorageDtype::I64 => 8,
-            StorageDtype::F32 | StorageDtype::I32 => 4,
-            StorageDtype::F16 | StorageDtype::BF16 | StorageDtype::I16 => 2,
-            StorageDtype::I8 | StorageDtype::U8 | StorageDtype::Bool => 1,
-        }
-    }
+/// The element type of a `torch.<Name>Storage` class (PyTorch's typed storages).
+fn storage_dtype(class: &str) -> Option<Dtype> {
+    Some(match class {
+        "DoubleStorage" => Dtype::F64,
+        "FloatStorage" => Dtype::F32,
+        "HalfStorage" => Dtype::F16,
+        "BFloat16Storage" => Dtype::BF16,
+        "LongStorage" => Dtype::I64,
+        "IntStorage" => Dtype::I32,
+        "ShortStorage" => Dtype::I16,
+        "CharStorage" => Dtype::I8,
+        "ByteStorage" => Dtype::U8,
+        "BoolStorage" => Dtype::Bool,
+        _ => return None,
+    })
 }
 
 /// The callables a state dict may name.
@@ -61,13 +38,13 @@ pub enum Global {
     OrderedDict,
     RebuildTensorV2,
     RebuildParameter,
-    Storage(StorageDtype),
+    Storage(Dtype),
 }
 
 /// A storage a tensor views: `archive/data/<key>`, `numel` elements.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageRef {
-    pub dtype: StorageDtype,
+    pub dtype: Dtype,
     pub key: String,
     pub numel: u64,
 }
@@ -265,7 +242,7 @@ impl<'a> Machine<'a> {
             ("collections", "OrderedDict") => Some(Global::OrderedDict),
             ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
             ("torch._utils", "_rebuild_parameter") => Some(Global::RebuildParameter),
-            ("torch", class) => StorageDtype::from_class(class).map(Global::Storage),
+            ("torch", class) => storage_dtype(class).map(Global::Storage),
             _ => None,
         };
         g.ok_or_else(|| {
@@ -554,7 +531,7 @@ mod tests {
         let u = unpickle(&state_dict_pickle()).unwrap();
         let root = u.root.clone().unwrap();
         let Some(Object::Tensor(t)) = u.get(&root, "w") else { panic!("{:?}", u.root) };
-        assert_eq!((t.storage.key.as_str(), t.storage.numel, t.storage.dtype), ("0", 6, StorageDtype::F32));
+        assert_eq!((t.storage.key.as_str(), t.storage.numel, t.storage.dtype), ("0", 6, Dtype::F32));
         assert_eq!((t.offset, t.size.clone(), t.stride.clone()), (0, vec![2, 3], vec![3, 1]));
     }
 

@@ -17,8 +17,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::pickle::{Object, StorageDtype, TensorRef, Unpickled, unpickle};
-use super::safetensors::{CheckpointError, Dtype, SafeTensors, TensorInfo};
+use super::pickle::{Object, TensorRef, Unpickled, unpickle};
+use super::safetensors::{CheckpointError, SafeTensors, TensorInfo};
 use super::zip;
 
 /// Keys under which training code nests the weights, most preferred first
@@ -153,18 +153,7 @@ pub fn parse(data: &[u8]) -> Result<Parsed, (Option<String>, String)> {
                 })?;
             copy_view(&mut out, bytes, t, elem);
         }
-        let dtype = match t.storage.dtype {
-            StorageDtype::F64 => Dtype::F64,
-            StorageDtype::F32 => Dtype::F32,
-            StorageDtype::F16 => Dtype::F16,
-            StorageDtype::BF16 => Dtype::BF16,
-            StorageDtype::I64 => Dtype::I64,
-            StorageDtype::I32 => Dtype::I32,
-            StorageDtype::I16 => Dtype::I16,
-            StorageDtype::I8 => Dtype::I8,
-            StorageDtype::U8 => Dtype::U8,
-            StorageDtype::Bool => Dtype::Bool,
-        };
+        let dtype = t.storage.dtype;
         debug_assert_eq!(out.len() - start, len);
         if tensors.insert(key.clone(), TensorInfo { dtype, shape, start, end: start + len }).is_some() {
             return Err(bad("appears twice in the state dict".into()));

@@ -18,6 +18,7 @@ use engine::gpu::{DType, Gpu, Tensor};
 use super::ModelError;
 use super::nn::Conv2d;
 use super::unet::{DownOutput, DownPath, UnetConfig};
+use super::unet_blocks::conv;
 use crate::checkpoint::weights::Weights;
 
 /// What the ControlNet looks like: the encoder half's config and the hint
@@ -111,23 +112,6 @@ pub struct ControlNet {
     pub zero_convs: Vec<Conv2d>,
     /// `middle_block_out.0`: 1x1 conv (diffusers' `controlnet_mid_block`).
     pub middle_block_out: Conv2d,
-}
-
-fn conv(
-    gpu: &Gpu,
-    w: &Weights,
-    out: usize,
-    inp: usize,
-    k: usize,
-    stride: usize,
-    dtype: DType,
-) -> Result<Conv2d, ModelError> {
-    Ok(Conv2d {
-        weight: w.tensor(gpu, "weight", &[out, inp, k, k], dtype)?,
-        bias: Some(w.tensor(gpu, "bias", &[out], dtype)?),
-        stride,
-        padding: k / 2,
-    })
 }
 
 impl ControlNet {

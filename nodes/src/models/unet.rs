@@ -28,7 +28,7 @@ use engine::gpu::{DType, Gpu, Tensor};
 
 use super::ModelError;
 use super::nn::{Conv2d, GroupNorm, Linear};
-use super::unet_blocks::{AttentionHeads, Downsample, NormConfig, ResBlock, SpatialTransformer, Upsample};
+use super::unet_blocks::{AttentionHeads, Downsample, NormConfig, ResBlock, SpatialTransformer, Upsample, conv};
 use crate::checkpoint::weights::Weights;
 
 /// What the UNet looks like. Levels are in down order (diffusers'
@@ -287,7 +287,7 @@ impl DownPath {
         let time_embed_2 = linear(gpu, &w.pp("time_embed.2"), emb, emb, dtype)?;
 
         let k = c.conv_in_kernel;
-        let conv_in = conv(gpu, &w.pp("input_blocks.0.0"), mc, c.in_channels, k, dtype)?;
+        let conv_in = conv(gpu, &w.pp("input_blocks.0.0"), mc, c.in_channels, k, 1, dtype)?;
         let mut input_blocks = vec![vec![Layer::Conv(conv_in)]];
         // Channels of each pushed skip connection, popped by the output blocks.
         let mut skips = vec![mc];
@@ -472,7 +472,7 @@ impl Unet {
                 groups: norm.groups,
                 eps: norm.resnet_eps,
             },
-            out_2: conv(gpu, &w.pp("out.2"), c.out_channels, ch, 3, dtype)?,
+            out_2: conv(gpu, &w.pp("out.2"), c.out_channels, ch, 3, 1, dtype)?,
         })
     }
 
@@ -594,21 +594,5 @@ pub(crate) fn linear(gpu: &Gpu, w: &Weights, out: usize, inp: usize, dtype: DTyp
     Ok(Linear {
         weight: w.tensor(gpu, "weight", &[out, inp], dtype)?,
         bias: Some(w.tensor(gpu, "bias", &[out], dtype)?),
-    })
-}
-
-pub(crate) fn conv(
-    gpu: &Gpu,
-    w: &Weights,
-    out: usize,
-    inp: usize,
-    k: usize,
-    dtype: DType,
-) -> Result<Conv2d, ModelError> {
-    Ok(Conv2d {
-        weight: w.tensor(gpu, "weight", &[out, inp, k, k], dtype)?,
-        bias: Some(w.tensor(gpu, "bias", &[out], dtype)?),
-        stride: 1,
-        padding: k / 2,
     })
 }

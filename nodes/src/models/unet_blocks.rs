@@ -62,7 +62,8 @@ pub struct NormConfig {
     pub layer_norm_eps: f32,
 }
 
-fn conv(
+/// A biased conv with `k / 2` padding, as every conv of the SD networks.
+pub(crate) fn conv(
     gpu: &Gpu,
     w: &Weights,
     out: usize,
