@@ -37,6 +37,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 import make_fixtures as mf  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tests" / "fixtures" / "tokenizer"))
+from make_tokenizer_fixture import bytes_to_unicode  # noqa: E402  (CLIP's byte -> character table)
+
 SEED = 1515
 VOCAB_GZ = REPO / "nodes" / "src" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 
@@ -93,19 +96,6 @@ def configs(small: bool) -> tuple[dict, dict, dict]:
         "pad_token_id": 49407,
     }
     return unet, vae, clip
-
-
-def bytes_to_unicode() -> dict:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def write_tokenizer_files(folder: Path) -> tuple[Path, Path]:

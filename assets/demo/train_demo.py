@@ -49,6 +49,9 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "sampling"))
 import make_fixtures as mf  # noqa: E402  (the LDM key mapping)
 import make_sampling_fixture as sf  # noqa: E402  (ComfyUI's sampling, ported)
 
+sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "tokenizer"))
+from make_tokenizer_fixture import bytes_to_unicode  # noqa: E402  (CLIP's byte -> character table)
+
 SEED = 20261123
 # Where the checkpoint and the parity fixture go (--out, --parity).
 OUT_PATHS = {"out": HERE / "sdgraph-demo.safetensors", "parity": ROOT / "tests" / "fixtures" / "demo" / "parity.safetensors"}
@@ -190,9 +193,7 @@ class Tokenizer:
         path = ROOT / "nodes" / "src" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
         lines = gzip.open(path).read().decode("utf-8").split("\n")
         merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-        bs += list(range(ord("®"), ord("ÿ") + 1))
-        byte_chars = [chr(b) for b in bs] + [chr(256 + i) for i in range(256 - len(bs))]
+        byte_chars = list(bytes_to_unicode().values())
         vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
         vocab += ["<|startoftext|>", "<|endoftext|>"]
         self.ids = {t: i for i, t in enumerate(vocab)}
