@@ -75,6 +75,12 @@ struct OpResult {
     ms: f64,
     min_ms: f64,
     runs: usize,
+    /// Median CPU milliseconds spent recording one call (before its queue
+    /// wait): the per-call overhead that no GPU speed can hide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_ms: Option<f64>,
+    /// Kernel dispatches per call.
+    kernels: u64,
     /// Pool bytes at the op's peak: weights plus activations (see engine/src/gpu/pool.rs).
     peak_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,14 +194,19 @@ fn run_models(args: &ModelsArgs) -> Result<(), String> {
         });
         println!("{v}");
     } else {
-        println!("{:<14} {:>10} {:>10} {:>6} {:>12}", "op", "median ms", "min ms", "runs", "peak MiB");
+        println!(
+            "{:<14} {:>10} {:>10} {:>6} {:>8} {:>10} {:>12}",
+            "op", "median ms", "min ms", "runs", "kernels", "record ms", "peak MiB"
+        );
         for r in &results {
             println!(
-                "{:<14} {:>10.2} {:>10.2} {:>6} {:>12.1}",
+                "{:<14} {:>10.2} {:>10.2} {:>6} {:>8} {:>10} {:>12.1}",
                 r.name,
                 r.ms,
                 r.min_ms,
                 r.runs,
+                r.kernels,
+                r.record_ms.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
                 r.peak_bytes as f64 / (1u64 << 20) as f64
             );
         }
@@ -243,12 +254,15 @@ impl Timer<'_> {
             p.reset();
         }
         let mut times = Vec::with_capacity(self.runs);
+        let mut record = Vec::with_capacity(self.runs);
+        let dispatches0 = gpu.dispatch_count();
         let mut last = None;
         for _ in 0..self.runs {
             // The previous output goes back to the pool before the next call, as in a sampling loop.
             drop(last.take());
             let t0 = Instant::now();
             let out = call()?;
+            record.push(t0.elapsed().as_secs_f64() * 1e3);
             gpu.sync().map_err(fail)?;
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             last = Some(out);
@@ -260,10 +274,18 @@ impl Timer<'_> {
             ms: median(&mut times),
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
             runs: self.runs,
+            record_ms: Some(median(&mut record)),
+            kernels: (gpu.dispatch_count() - dispatches0) / self.runs.max(1) as u64,
             peak_bytes: gpu.peak_bytes(),
             profile,
         };
-        eprintln!("{name}: {:.2} ms (median of {})", r.ms, r.runs);
+        eprintln!(
+            "{name}: {:.2} ms (median of {}); {} kernels, {:.2} ms of it recording on the CPU",
+            r.ms,
+            r.runs,
+            r.kernels,
+            r.record_ms.unwrap_or(0.0)
+        );
         Ok((r, out))
     }
 }
@@ -334,6 +356,7 @@ fn time_graph(
         p.reset();
     }
     let mut times = Vec::with_capacity(runs);
+    let dispatches0 = gpu.dispatch_count();
     for i in 0..runs {
         times.push(run_once(1 + (warmup + i) as i64)?.0);
     }
@@ -343,6 +366,9 @@ fn time_graph(
         ms: median(&mut times),
         min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
         runs,
+        // The graph's recording overlaps its execution (samplers wait per step).
+        record_ms: None,
+        kernels: (gpu.dispatch_count() - dispatches0) / runs.max(1) as u64,
         peak_bytes: gpu.peak_bytes(),
         profile,
     };

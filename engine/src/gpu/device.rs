@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::pipeline_cache::PipelineCache;
 use super::pool::BufferPool;
 use super::profile::{ProfileClock, Profiler};
+use super::recording::Recording;
 
 /// Why the GPU could not be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -86,13 +87,15 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: GpuInfo,
     pub limits: wgpu::Limits,
-    pub(crate) encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    pub(crate) encoder: Mutex<Option<Recording>>,
     pub(crate) pool: Arc<BufferPool>,
     pub(crate) pipelines: PipelineCache,
     /// Present only when opened with `GpuOptions::profile`.
     pub(crate) profiler: Option<Profiler>,
     /// Errors wgpu reported outside any call (a bug in a kernel launch).
     errors: Arc<Mutex<Vec<String>>>,
+    /// Kernel dispatches recorded since the context opened.
+    pub(crate) dispatches: std::sync::atomic::AtomicU64,
 }
 
 /// Polls a future that wgpu-core resolves immediately on native backends.
@@ -269,6 +272,7 @@ impl Gpu {
             pool: Arc::new(BufferPool::default()),
             pipelines: PipelineCache::default(),
             errors,
+            dispatches: Default::default(),
         })
     }
 
@@ -278,9 +282,14 @@ impl Gpu {
 
     /// Runs `f` with the current command encoder, creating one if needed.
     pub(crate) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        self.with_recording(|rec| f(rec.encoder()))
+    }
+
+    /// Runs `f` with what is being recorded for the next submit.
+    pub(crate) fn with_recording<R>(&self, f: impl FnOnce(&mut Recording) -> R) -> R {
         let mut guard = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
-        let enc = guard.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
-        f(enc)
+        let rec = guard.get_or_insert_with(|| Recording::new(&self.device));
+        f(rec)
     }
 
     /// Submits everything recorded so far.
@@ -288,7 +297,8 @@ impl Gpu {
         // Submit while holding the lock: otherwise another thread could take
         // a newer encoder and submit it first, running work out of order.
         let mut guard = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut enc) = guard.take() {
+        if let Some(rec) = guard.take() {
+            let mut enc = rec.finish(&self.queue);
             if let Some(p) = &self.profiler {
                 p.resolve(&self.device, &mut enc);
             }
@@ -327,6 +337,11 @@ impl Gpu {
     pub(crate) fn take_error(&self) -> Result<(), GpuError> {
         let mut errs = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         if errs.is_empty() { Ok(()) } else { Err(GpuError::Wgpu(std::mem::take(&mut *errs).join("; "))) }
+    }
+
+    /// Kernel dispatches recorded so far (benchmarks report them per call).
+    pub fn dispatch_count(&self) -> u64 {
+        self.dispatches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes held by the buffer pool for reuse.

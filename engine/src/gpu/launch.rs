@@ -1,8 +1,6 @@
 //! Recording a kernel dispatch: pipeline lookup, uniform params, bind group,
 //! workgroup grid. Every op launcher goes through `Gpu::dispatch`.
 
-use wgpu::util::DeviceExt;
-
 use super::device::{Gpu, GpuError};
 use super::pipeline_cache::PipelineKey;
 use super::profile::{KernelId, ProfileClock};
@@ -83,6 +81,7 @@ impl Gpu {
         buffers: &[wgpu::BufferBinding<'_>],
         groups: [u32; 3],
     ) -> Result<(), GpuError> {
+        self.dispatches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let src = shader(kernel.family);
         let entry = src
             .entry(kernel.entry)
@@ -122,16 +121,20 @@ impl Gpu {
                 cache: None,
             })
         });
-        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: &params.into_bytes(),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let align = u64::from(self.limits.min_uniform_buffer_offset_alignment).max(16);
+        let params = params.into_bytes();
+        // The pipeline and bind group are made outside the recording lock;
+        // only the parameter slot is taken inside it.
+        let (uniform, offset, size) = self.with_recording(|rec| rec.uniform(&self.device, align, &params));
         let mut next = buffers.iter();
         let mut entries = Vec::with_capacity(entry.bindings.len());
         for b in entry.bindings {
             let resource = match b.access {
-                Access::Uniform => uniform.as_entire_binding(),
+                Access::Uniform => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &uniform,
+                    offset,
+                    size: std::num::NonZeroU64::new(size),
+                }),
                 Access::Read | Access::ReadWrite => match next.next() {
                     Some(bb) => wgpu::BindingResource::Buffer(bb.clone()),
                     None => {
@@ -152,9 +155,19 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
+        // With timestamps each kernel gets a pass of its own (the timestamps
+        // bracket passes); otherwise kernels share the open pass.
         let record = |timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-            self.with_encoder(|enc| {
-                let mut pass = enc
+            self.with_recording(|rec| {
+                if timestamp_writes.is_none() {
+                    let pass = rec.pass();
+                    pass.set_pipeline(&pipeline);
+                    pass.set_bind_group(0, &bind_group, &[]);
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    return;
+                }
+                let mut pass = rec
+                    .encoder()
                     .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes });
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);

@@ -9,6 +9,7 @@ pub mod ops;
 pub mod pipeline_cache;
 pub mod pool;
 pub mod profile;
+mod recording;
 pub mod reference;
 pub mod shaders;
 pub mod tensor;
