@@ -4,7 +4,9 @@
 // exists; key blocks stream through workgroup memory with an online softmax.
 //
 // Layout: q [B, Lq, H*D], k and v [B, Lk, H*D], out [B, Lq, H*D]; head h owns
-// channels h*D .. h*D + D of every row. Grid: (ceil(Lq / BQ), H, B); one
+// channels h*D .. h*D + D of every row. q, k and v may be column ranges of
+// wider rows (one projection [B, L, 3*H*D] holding q, k and v): each has a
+// row stride and an element offset. Grid: (ceil(Lq / BQ), H, B); one
 // workgroup holds BQ query rows of one (batch, head). Per block of BK keys:
 //   1. S = Q K^T for the block, D in chunks of DK: each chunk of Q and K is
 //      staged in workgroup memory, each invocation accumulates a 4x4 tile of S.
@@ -24,6 +26,13 @@ struct Params {
     causal: u32,
     // The softmax scale times log2(e): the kernel exponentiates with exp2.
     scale_log2: f32,
+    // Elements between rows (positions) of q, k, v, and their first element.
+    q_rs: u32,
+    k_rs: u32,
+    v_rs: u32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -72,8 +81,10 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let lk = params.lk;
     let causal = params.causal != 0u;
     let stride = params.heads * HEAD_DIM;
-    let q_base = b * lq * stride + h * HEAD_DIM;
-    let kv_base = b * lk * stride + h * HEAD_DIM;
+    let o_base = b * lq * stride + h * HEAD_DIM;
+    let q_base = params.q_off + b * lq * params.q_rs + h * HEAD_DIM;
+    let k_base = params.k_off + b * lk * params.k_rs + h * HEAD_DIM;
+    let v_base = params.v_off + b * lk * params.v_rs + h * HEAD_DIM;
     // Invocation (tr, tc) owns score rows tr + 16i, keys tc + 8j, and output
     // rows tr + 16i, channels tc + 8kk.
     let tr = lid / 8u;
@@ -105,7 +116,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
                 let d = d0 + e % DK;
                 var val = 0.0;
                 if r < lq && d < HEAD_DIM {
-                    val = f32(q[q_base + r * stride + d]);
+                    val = f32(q[q_base + r * params.q_rs + d]);
                 }
                 stage[(e / DK) * KS + e % DK] = val;
             }
@@ -114,7 +125,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
                 let d = d0 + e % DK;
                 var val = 0.0;
                 if j < lk && d < HEAD_DIM {
-                    val = f32(k[kv_base + j * stride + d]);
+                    val = f32(k[k_base + j * params.k_rs + d]);
                 }
                 stage[BQ * KS + (e / DK) * KS + e % DK] = val;
             }
@@ -171,7 +182,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             let j = k0 + e / HEAD_DIM;
             var val = 0.0;
             if j < lk {
-                val = f32(v[kv_base + j * stride + e % HEAD_DIM]);
+                val = f32(v[v_base + j * params.v_rs + e % HEAD_DIM]);
             }
             stage[e] = val;
         }
@@ -208,7 +219,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             for (var kk = 0u; kk < DPT; kk++) {
                 let d = tc + 8u * kk;
                 if d < HEAD_DIM {
-                    out[q_base + (q0 + r) * stride + d] = T(acc[i * DPT_MAX + kk] * inv_l);
+                    out[o_base + (q0 + r) * stride + d] = T(acc[i * DPT_MAX + kk] * inv_l);
                 }
             }
         }

@@ -1,7 +1,9 @@
 // 2-D convolution as PyTorch's `F.conv2d` (groups = 1): NCHW input, weight
-// [Cout, Cin, kh, kw], optional bias [Cout], any stride, padding and dilation,
-// then an optional activation. f32 arithmetic, storage T. Bindings: 0 params,
-// 1 x, 2 w, 3 bias, 4 y.
+// [Cout, Cin, kh, kw], optional bias [Cout] or per batch item [B, Cout] (a
+// ResNet block's conv plus its time embedding), any stride, padding and
+// dilation, then an optional activation, then an optional residual of y's
+// shape (`skip + conv(h)`). f32 arithmetic, storage T. Bindings: 0 params,
+// 1 x, 2 w, 3 bias, 4 y, 5 res.
 //
 // Implicit GEMM, no im2col buffer: per batch item, Y[co, p] = sum_k W[co, k] *
 // X[k, p] with p = oy * Wout + ox and the reduction k walking (ky, kx) in the
@@ -46,6 +48,11 @@ struct Params {
     accumulate: u32,
     tiles_n: u32,
     tiles_total: u32,
+    // Element step of the bias between batch items (0: one bias for all).
+    bias_bs: u32,
+    // 1: add res (laid out as y) after the activation.
+    has_res: u32,
+    off_res: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -53,6 +60,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<T>;
 @group(0) @binding(3) var<storage, read> bias: array<T>;
 @group(0) @binding(4) var<storage, read_write> y: array<T>;
+@group(0) @binding(5) var<storage, read> res: array<T>;
 
 // Block size (multiples of 8) and K-step; WG must be (BM / 8) * (BN / 8)
 // and a multiple of BN / 4.
@@ -66,24 +74,29 @@ override WG: u32 = 256u;
 var<workgroup> sa: array<vec4<f32>, BK * (BM / 4u + 1u)>;
 var<workgroup> sb: array<vec4<f32>, BK * (BN / 4u + 1u)>;
 
-// Writes four consecutive pixels of one output channel.
-fn store4(base: u32, co: u32, px: u32, npix: u32, v: vec4<f32>) {
+// Writes four consecutive pixels of one output channel through the
+// epilogue; base_y / base_b / base_r: this batch item's y / bias / res.
+fn store4(base_y: u32, base_b: u32, base_r: u32, co: u32, px: u32, npix: u32, v: vec4<f32>) {
     if co >= params.cout {
         return;
     }
     var add = 0.0;
     if params.has_bias != 0u {
-        add = f32(bias[params.off_bias + co]);
+        add = f32(bias[base_b + co]);
     }
     for (var j = 0u; j < 4u; j++) {
         let p = px + j;
         if p < npix {
-            let at = base + co * npix + p;
+            let at = base_y + co * npix + p;
             var x = v[j] + add;
             if params.accumulate != 0u {
                 x += f32(y[at]);
             }
-            y[at] = T(apply_activation(x, params.act));
+            x = apply_activation(x, params.act);
+            if params.has_res != 0u {
+                x += f32(res[base_r + co * npix + p]);
+            }
+            y[at] = T(x);
         }
     }
 }
@@ -104,6 +117,8 @@ fn conv2d(
     let khw = params.kh * params.kw;
     let base_x = params.off_x + wid.z * params.batch_x;
     let base_y = params.off_y + wid.z * params.batch_y;
+    let base_b = params.off_bias + wid.z * params.bias_bs;
+    let base_r = params.off_res + wid.z * params.batch_y;
     let hw = params.h * params.w;
     // Weight row stride and the first weight element of this channel split.
     let w_row = params.w_cin * khw;
@@ -215,20 +230,20 @@ fn conv2d(
     let r1 = r0 + BM / 2u;
     let p0 = n0 + 4u * tx;
     let p1 = p0 + BN / 2u;
-    store4(base_y, r0, p0, npix, c00);
-    store4(base_y, r0, p1, npix, c01);
-    store4(base_y, r0 + 1u, p0, npix, c10);
-    store4(base_y, r0 + 1u, p1, npix, c11);
-    store4(base_y, r0 + 2u, p0, npix, c20);
-    store4(base_y, r0 + 2u, p1, npix, c21);
-    store4(base_y, r0 + 3u, p0, npix, c30);
-    store4(base_y, r0 + 3u, p1, npix, c31);
-    store4(base_y, r1, p0, npix, c40);
-    store4(base_y, r1, p1, npix, c41);
-    store4(base_y, r1 + 1u, p0, npix, c50);
-    store4(base_y, r1 + 1u, p1, npix, c51);
-    store4(base_y, r1 + 2u, p0, npix, c60);
-    store4(base_y, r1 + 2u, p1, npix, c61);
-    store4(base_y, r1 + 3u, p0, npix, c70);
-    store4(base_y, r1 + 3u, p1, npix, c71);
+    store4(base_y, base_b, base_r, r0, p0, npix, c00);
+    store4(base_y, base_b, base_r, r0, p1, npix, c01);
+    store4(base_y, base_b, base_r, r0 + 1u, p0, npix, c10);
+    store4(base_y, base_b, base_r, r0 + 1u, p1, npix, c11);
+    store4(base_y, base_b, base_r, r0 + 2u, p0, npix, c20);
+    store4(base_y, base_b, base_r, r0 + 2u, p1, npix, c21);
+    store4(base_y, base_b, base_r, r0 + 3u, p0, npix, c30);
+    store4(base_y, base_b, base_r, r0 + 3u, p1, npix, c31);
+    store4(base_y, base_b, base_r, r1, p0, npix, c40);
+    store4(base_y, base_b, base_r, r1, p1, npix, c41);
+    store4(base_y, base_b, base_r, r1 + 1u, p0, npix, c50);
+    store4(base_y, base_b, base_r, r1 + 1u, p1, npix, c51);
+    store4(base_y, base_b, base_r, r1 + 2u, p0, npix, c60);
+    store4(base_y, base_b, base_r, r1 + 2u, p1, npix, c61);
+    store4(base_y, base_b, base_r, r1 + 3u, p0, npix, c70);
+    store4(base_y, base_b, base_r, r1 + 3u, p1, npix, c71);
 }

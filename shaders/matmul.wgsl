@@ -1,7 +1,13 @@
-// Batched matmul C = op(A) · op(B) (+ bias per column) (then activation), as
-// `torch.matmul` / `F.linear` (weight [out, in], i.e. B transposed). Portable:
-// f32 arithmetic and accumulation, storage T. Bindings: 0 params, 1 a, 2 b,
-// 3 bias, 4 c.
+// Batched matmul C = act(op(A) · op(B) + bias) + residual, as `torch.matmul`
+// / `F.linear` (weight [out, in], i.e. B transposed). Portable: f32
+// arithmetic and accumulation, storage T. Bindings: 0 params, 1 a, 2 b,
+// 3 bias, 4 c, 5 res.
+//
+// The epilogue fuses what usually follows a product: a bias per column (a
+// linear layer) or per row (a 1x1 conv written channels-first), an
+// activation, a residual of C's shape added last (`x + f(x)`), or GEGLU on
+// interleaved columns: C[r, j] = P[r, 2j] * gelu(P[r, 2j + 1]), so C has
+// N / 2 columns (the launcher interleaves the weight's value and gate rows).
 //
 // Shared-memory tiled GEMM with register blocking: a workgroup computes a
 // BM x BN block of C; each invocation an 8x8 micro-tile made of two 4-row
@@ -37,6 +43,14 @@ struct Params {
     // Tiles along N, and in all; workgroups past the last tile exit.
     tiles_n: u32,
     tiles_total: u32,
+    // bias[off_bias + row * bias_rs + col * bias_cs].
+    bias_rs: u32,
+    bias_cs: u32,
+    // 1: add res (laid out as C) after the activation.
+    has_res: u32,
+    off_res: u32,
+    // Elements between rows of C (N, or N / 2 with GEGLU).
+    c_rs: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -44,6 +58,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<T>;
 @group(0) @binding(3) var<storage, read> bias: array<T>;
 @group(0) @binding(4) var<storage, read_write> c: array<T>;
+@group(0) @binding(5) var<storage, read> res: array<T>;
+
+// `Params::act` for GEGLU on interleaved columns (not an `apply_activation` code).
+const ACT_GEGLU: u32 = 4u;
 
 // Block size (multiples of 8) and K-step; WG must be (BM / 8) * (BN / 8).
 override BM: u32 = 128u;
@@ -71,19 +89,37 @@ fn load_b(base: u32, gk: u32, gn: u32) -> f32 {
     return 0.0;
 }
 
-// Writes four consecutive columns of one row of C with bias and activation.
-fn store4(base: u32, row: u32, col: u32, v: vec4<f32>) {
+// Writes four consecutive columns (col a multiple of 4) of one row of C
+// through the epilogue; base_c / base_r: this batch item's C / res.
+fn store4(base_c: u32, base_r: u32, row: u32, col: u32, acc: vec4<f32>) {
     if row >= params.m {
+        return;
+    }
+    var v = acc;
+    if params.has_bias != 0u {
+        for (var j = 0u; j < 4u; j++) {
+            if col + j < params.n {
+                v[j] += f32(bias[params.off_bias + row * params.bias_rs + (col + j) * params.bias_cs]);
+            }
+        }
+    }
+    if params.act == ACT_GEGLU {
+        // N is even, so a (value, gate) pair is whole or entirely past the edge.
+        for (var j = 0u; j < 4u; j += 2u) {
+            if col + j < params.n {
+                c[base_c + row * params.c_rs + (col + j) / 2u] = T(v[j] * gelu_f32(v[j + 1u]));
+            }
+        }
         return;
     }
     for (var j = 0u; j < 4u; j++) {
         let cj = col + j;
         if cj < params.n {
-            var x = v[j];
-            if params.has_bias != 0u {
-                x += f32(bias[params.off_bias + cj]);
+            var x = apply_activation(v[j], params.act);
+            if params.has_res != 0u {
+                x += f32(res[base_r + row * params.c_rs + cj]);
             }
-            c[base + row * params.n + cj] = T(apply_activation(x, params.act));
+            c[base_c + row * params.c_rs + cj] = T(x);
         }
     }
 }
@@ -103,6 +139,7 @@ fn matmul(
     let base_a = params.off_a + wid.z * params.batch_a;
     let base_b = params.off_b + wid.z * params.batch_b;
     let base_c = params.off_c + wid.z * params.batch_c;
+    let base_r = params.off_res + wid.z * params.batch_c;
     // Stage along the contiguous global index.
     let a_kfast = params.a_cs == 1u;
     let b_kfast = params.b_cs != 1u;
@@ -189,20 +226,20 @@ fn matmul(
     let r1 = r0 + BM / 2u;
     let col0 = n0 + 4u * tx;
     let col1 = col0 + BN / 2u;
-    store4(base_c, r0, col0, c00);
-    store4(base_c, r0, col1, c01);
-    store4(base_c, r0 + 1u, col0, c10);
-    store4(base_c, r0 + 1u, col1, c11);
-    store4(base_c, r0 + 2u, col0, c20);
-    store4(base_c, r0 + 2u, col1, c21);
-    store4(base_c, r0 + 3u, col0, c30);
-    store4(base_c, r0 + 3u, col1, c31);
-    store4(base_c, r1, col0, c40);
-    store4(base_c, r1, col1, c41);
-    store4(base_c, r1 + 1u, col0, c50);
-    store4(base_c, r1 + 1u, col1, c51);
-    store4(base_c, r1 + 2u, col0, c60);
-    store4(base_c, r1 + 2u, col1, c61);
-    store4(base_c, r1 + 3u, col0, c70);
-    store4(base_c, r1 + 3u, col1, c71);
+    store4(base_c, base_r, r0, col0, c00);
+    store4(base_c, base_r, r0, col1, c01);
+    store4(base_c, base_r, r0 + 1u, col0, c10);
+    store4(base_c, base_r, r0 + 1u, col1, c11);
+    store4(base_c, base_r, r0 + 2u, col0, c20);
+    store4(base_c, base_r, r0 + 2u, col1, c21);
+    store4(base_c, base_r, r0 + 3u, col0, c30);
+    store4(base_c, base_r, r0 + 3u, col1, c31);
+    store4(base_c, base_r, r1, col0, c40);
+    store4(base_c, base_r, r1, col1, c41);
+    store4(base_c, base_r, r1 + 1u, col0, c50);
+    store4(base_c, base_r, r1 + 1u, col1, c51);
+    store4(base_c, base_r, r1 + 2u, col0, c60);
+    store4(base_c, base_r, r1 + 2u, col1, c61);
+    store4(base_c, base_r, r1 + 3u, col0, c70);
+    store4(base_c, base_r, r1 + 3u, col1, c71);
 }

@@ -1,9 +1,10 @@
 // Batched matmul and 2-D convolution on cooperative matrices (tensor cores).
-// `matmul`: C = op(A) · op(B) (+ bias per column) (then activation), like
-// `torch.matmul` / `F.linear`; bindings 0 params, 1 a, 2 b, 3 bias, 4 c.
-// `conv2d`: `F.conv2d` (groups = 1) as an implicit GEMM, the same scheme as
-// conv2d.wgsl; bindings 5 cparams, 6 cx, 7 cw, 8 cbias, 9 cy (its own
-// numbers, so the two entry points never share a binding slot).
+// `matmul`: C = act(op(A) · op(B) + bias) + residual, like `torch.matmul` /
+// `F.linear`, with matmul.wgsl's epilogue (bias per row or column, GEGLU on
+// interleaved columns); bindings 0 params, 1 a, 2 b, 3 bias, 4 c, 10 res.
+// `conv2d`: `F.conv2d` (groups = 1) as an implicit GEMM, the same scheme and
+// epilogue as conv2d.wgsl; bindings 5 cparams, 6 cx, 7 cw, 8 cbias, 9 cy,
+// 11 cres (its own numbers, so the two entry points never share a slot).
 // Variant CoopF16 only: tensors are f16 in memory, products accumulate in
 // f32 (`coop_mat16x16<f32, C>`), results go out through an f32 tile.
 //
@@ -41,6 +42,14 @@ struct Params {
     act: u32,
     tiles_n: u32,
     tiles_total: u32,
+    // bias[off_bias + row * bias_rs + col * bias_cs].
+    bias_rs: u32,
+    bias_cs: u32,
+    // 1: add res (laid out as C) after the activation.
+    has_res: u32,
+    off_res: u32,
+    // Elements between rows of C (N, or N / 2 with GEGLU).
+    c_rs: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -48,6 +57,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<T>;
 @group(0) @binding(3) var<storage, read> bias: array<T>;
 @group(0) @binding(4) var<storage, read_write> c: array<T>;
+@group(0) @binding(10) var<storage, read> res: array<T>;
+
+// `Params::act` for GEGLU on interleaved columns (not an `apply_activation` code).
+const ACT_GEGLU: u32 = 4u;
 
 // Subgroup size; the launcher sets it to the adapter's (fixed) size.
 override SG: u32 = 32u;
@@ -92,21 +105,44 @@ fn load_b(kk: u32, c0: u32) -> coop_mat16x16<f16, B> {
 }
 
 // Writes one accumulator tile (rows row0.., cols col0.. of C) through the
-// subgroup's f32 bounce tile. Called in uniform control flow by every subgroup.
-fn store_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, row0: u32, col0: u32, base_c: u32) {
+// subgroup's f32 bounce tile and the epilogue; base_c / base_r: this batch
+// item's C / res. Called in uniform control flow by every subgroup.
+fn store_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, row0: u32, col0: u32, base_c: u32, base_r: u32) {
     let off = sg * 256u;
     let stride = 16u;
     coopStoreT(acc, &sc[off], stride);
     workgroupBarrier();
-    for (var e = sl; e < 256u; e += SG) {
-        let row = row0 + e / 16u;
-        let col = col0 + e % 16u;
-        if row < params.m && col < params.n {
-            var v = sc[off + e];
-            if params.has_bias != 0u {
-                v += f32(bias[params.off_bias + col]);
+    if params.act == ACT_GEGLU {
+        // One invocation per (value, gate) pair: columns col0 + 2j, col0 + 2j + 1.
+        for (var e = sl; e < 128u; e += SG) {
+            let row = row0 + e / 8u;
+            let col = col0 + 2u * (e % 8u);
+            if row < params.m && col < params.n {
+                let t = off + (e / 8u) * 16u + 2u * (e % 8u);
+                var val = sc[t];
+                var gate = sc[t + 1u];
+                if params.has_bias != 0u {
+                    val += f32(bias[params.off_bias + row * params.bias_rs + col * params.bias_cs]);
+                    gate += f32(bias[params.off_bias + row * params.bias_rs + (col + 1u) * params.bias_cs]);
+                }
+                c[base_c + row * params.c_rs + col / 2u] = T(val * gelu_f32(gate));
             }
-            c[base_c + row * params.n + col] = T(apply_activation(v, params.act));
+        }
+    } else {
+        for (var e = sl; e < 256u; e += SG) {
+            let row = row0 + e / 16u;
+            let col = col0 + e % 16u;
+            if row < params.m && col < params.n {
+                var v = sc[off + e];
+                if params.has_bias != 0u {
+                    v += f32(bias[params.off_bias + row * params.bias_rs + col * params.bias_cs]);
+                }
+                v = apply_activation(v, params.act);
+                if params.has_res != 0u {
+                    v += f32(res[base_r + row * params.c_rs + col]);
+                }
+                c[base_c + row * params.c_rs + col] = T(v);
+            }
         }
     }
     workgroupBarrier();
@@ -131,6 +167,7 @@ fn matmul(
     let base_a = params.off_a + wid.z * params.batch_a;
     let base_b = params.off_b + wid.z * params.batch_b;
     let base_c = params.off_c + wid.z * params.batch_c;
+    let base_r = params.off_res + wid.z * params.batch_c;
     let sg = sgid % 4u;
     // This subgroup's 64x64 quadrant inside the block.
     let qm = (sg / 2u) * 64u;
@@ -236,22 +273,22 @@ fn matmul(
 
     let r0 = m0 + qm;
     let col0 = n0 + qn;
-    store_tile(c00, sg, sl, r0, col0, base_c);
-    store_tile(c01, sg, sl, r0, col0 + 16u, base_c);
-    store_tile(c02, sg, sl, r0, col0 + 32u, base_c);
-    store_tile(c03, sg, sl, r0, col0 + 48u, base_c);
-    store_tile(c10, sg, sl, r0 + 16u, col0, base_c);
-    store_tile(c11, sg, sl, r0 + 16u, col0 + 16u, base_c);
-    store_tile(c12, sg, sl, r0 + 16u, col0 + 32u, base_c);
-    store_tile(c13, sg, sl, r0 + 16u, col0 + 48u, base_c);
-    store_tile(c20, sg, sl, r0 + 32u, col0, base_c);
-    store_tile(c21, sg, sl, r0 + 32u, col0 + 16u, base_c);
-    store_tile(c22, sg, sl, r0 + 32u, col0 + 32u, base_c);
-    store_tile(c23, sg, sl, r0 + 32u, col0 + 48u, base_c);
-    store_tile(c30, sg, sl, r0 + 48u, col0, base_c);
-    store_tile(c31, sg, sl, r0 + 48u, col0 + 16u, base_c);
-    store_tile(c32, sg, sl, r0 + 48u, col0 + 32u, base_c);
-    store_tile(c33, sg, sl, r0 + 48u, col0 + 48u, base_c);
+    store_tile(c00, sg, sl, r0, col0, base_c, base_r);
+    store_tile(c01, sg, sl, r0, col0 + 16u, base_c, base_r);
+    store_tile(c02, sg, sl, r0, col0 + 32u, base_c, base_r);
+    store_tile(c03, sg, sl, r0, col0 + 48u, base_c, base_r);
+    store_tile(c10, sg, sl, r0 + 16u, col0, base_c, base_r);
+    store_tile(c11, sg, sl, r0 + 16u, col0 + 16u, base_c, base_r);
+    store_tile(c12, sg, sl, r0 + 16u, col0 + 32u, base_c, base_r);
+    store_tile(c13, sg, sl, r0 + 16u, col0 + 48u, base_c, base_r);
+    store_tile(c20, sg, sl, r0 + 32u, col0, base_c, base_r);
+    store_tile(c21, sg, sl, r0 + 32u, col0 + 16u, base_c, base_r);
+    store_tile(c22, sg, sl, r0 + 32u, col0 + 32u, base_c, base_r);
+    store_tile(c23, sg, sl, r0 + 32u, col0 + 48u, base_c, base_r);
+    store_tile(c30, sg, sl, r0 + 48u, col0, base_c, base_r);
+    store_tile(c31, sg, sl, r0 + 48u, col0 + 16u, base_c, base_r);
+    store_tile(c32, sg, sl, r0 + 48u, col0 + 32u, base_c, base_r);
+    store_tile(c33, sg, sl, r0 + 48u, col0 + 48u, base_c, base_r);
 }
 
 // ---------------------------------------------------------------------------
@@ -290,6 +327,11 @@ struct ConvParams {
     accumulate: u32,
     tiles_n: u32,
     tiles_total: u32,
+    // Element step of the bias between batch items (0: one bias for all).
+    bias_bs: u32,
+    // 1: add cres (laid out as y) after the activation.
+    has_res: u32,
+    off_res: u32,
 }
 
 @group(0) @binding(5) var<uniform> cparams: ConvParams;
@@ -297,9 +339,10 @@ struct ConvParams {
 @group(0) @binding(7) var<storage, read> cw: array<T>;
 @group(0) @binding(8) var<storage, read> cbias: array<T>;
 @group(0) @binding(9) var<storage, read_write> cy: array<T>;
+@group(0) @binding(11) var<storage, read> cres: array<T>;
 
 // As `store_tile`, for output channel rows and pixel columns of NCHW y.
-fn store_conv_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, co0: u32, p0: u32, base_y: u32) {
+fn store_conv_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, co0: u32, p0: u32, base_y: u32, base_b: u32, base_r: u32) {
     let off = sg * 256u;
     let stride = 16u;
     coopStoreT(acc, &sc[off], stride);
@@ -312,12 +355,16 @@ fn store_conv_tile(acc: coop_mat16x16<f32, C>, sg: u32, sl: u32, co0: u32, p0: u
             let at = base_y + co * npix + px;
             var v = sc[off + e];
             if cparams.has_bias != 0u {
-                v += f32(cbias[cparams.off_bias + co]);
+                v += f32(cbias[base_b + co]);
             }
             if cparams.accumulate != 0u {
                 v += f32(cy[at]);
             }
-            cy[at] = T(apply_activation(v, cparams.act));
+            v = apply_activation(v, cparams.act);
+            if cparams.has_res != 0u {
+                v += f32(cres[base_r + co * npix + px]);
+            }
+            cy[at] = T(v);
         }
     }
     workgroupBarrier();
@@ -346,6 +393,8 @@ fn conv2d(
     let hw = cparams.h * cparams.w;
     let base_x = cparams.off_x + wid.z * cparams.batch_x;
     let base_y = cparams.off_y + wid.z * cparams.batch_y;
+    let base_b = cparams.off_bias + wid.z * cparams.bias_bs;
+    let base_r = cparams.off_res + wid.z * cparams.batch_y;
     let w_row = cparams.w_cin * khw;
     let base_w = cparams.off_w + cparams.ci_start * khw;
     let sg = sgid % 4u;
@@ -446,20 +495,20 @@ fn conv2d(
 
     let r0 = m0 + qm;
     let p0 = n0 + qn;
-    store_conv_tile(c00, sg, sl, r0, p0, base_y);
-    store_conv_tile(c01, sg, sl, r0, p0 + 16u, base_y);
-    store_conv_tile(c02, sg, sl, r0, p0 + 32u, base_y);
-    store_conv_tile(c03, sg, sl, r0, p0 + 48u, base_y);
-    store_conv_tile(c10, sg, sl, r0 + 16u, p0, base_y);
-    store_conv_tile(c11, sg, sl, r0 + 16u, p0 + 16u, base_y);
-    store_conv_tile(c12, sg, sl, r0 + 16u, p0 + 32u, base_y);
-    store_conv_tile(c13, sg, sl, r0 + 16u, p0 + 48u, base_y);
-    store_conv_tile(c20, sg, sl, r0 + 32u, p0, base_y);
-    store_conv_tile(c21, sg, sl, r0 + 32u, p0 + 16u, base_y);
-    store_conv_tile(c22, sg, sl, r0 + 32u, p0 + 32u, base_y);
-    store_conv_tile(c23, sg, sl, r0 + 32u, p0 + 48u, base_y);
-    store_conv_tile(c30, sg, sl, r0 + 48u, p0, base_y);
-    store_conv_tile(c31, sg, sl, r0 + 48u, p0 + 16u, base_y);
-    store_conv_tile(c32, sg, sl, r0 + 48u, p0 + 32u, base_y);
-    store_conv_tile(c33, sg, sl, r0 + 48u, p0 + 48u, base_y);
+    store_conv_tile(c00, sg, sl, r0, p0, base_y, base_b, base_r);
+    store_conv_tile(c01, sg, sl, r0, p0 + 16u, base_y, base_b, base_r);
+    store_conv_tile(c02, sg, sl, r0, p0 + 32u, base_y, base_b, base_r);
+    store_conv_tile(c03, sg, sl, r0, p0 + 48u, base_y, base_b, base_r);
+    store_conv_tile(c10, sg, sl, r0 + 16u, p0, base_y, base_b, base_r);
+    store_conv_tile(c11, sg, sl, r0 + 16u, p0 + 16u, base_y, base_b, base_r);
+    store_conv_tile(c12, sg, sl, r0 + 16u, p0 + 32u, base_y, base_b, base_r);
+    store_conv_tile(c13, sg, sl, r0 + 16u, p0 + 48u, base_y, base_b, base_r);
+    store_conv_tile(c20, sg, sl, r0 + 32u, p0, base_y, base_b, base_r);
+    store_conv_tile(c21, sg, sl, r0 + 32u, p0 + 16u, base_y, base_b, base_r);
+    store_conv_tile(c22, sg, sl, r0 + 32u, p0 + 32u, base_y, base_b, base_r);
+    store_conv_tile(c23, sg, sl, r0 + 32u, p0 + 48u, base_y, base_b, base_r);
+    store_conv_tile(c30, sg, sl, r0 + 48u, p0, base_y, base_b, base_r);
+    store_conv_tile(c31, sg, sl, r0 + 48u, p0 + 16u, base_y, base_b, base_r);
+    store_conv_tile(c32, sg, sl, r0 + 48u, p0 + 32u, base_y, base_b, base_r);
+    store_conv_tile(c33, sg, sl, r0 + 48u, p0 + 48u, base_y, base_b, base_r);
 }

@@ -2,14 +2,18 @@
 // as in diffusers' ResnetBlock2D) and LayerNorm over the last axis
 // (nn.LayerNorm). Biased variance, statistics in f32.
 //
-// GroupNorm runs in three passes so that a group of a million elements (the
-// VAE at 512x512) is spread over many workgroups:
+// GroupNorm spreads a large group (a million elements in the VAE at
+// 512x512) over many workgroups, in up to three passes:
 //   gn_stats:    grid (chunks, B*G). Each workgroup folds one chunk of one
 //                group into (count, mean, M2) and writes it to `partial`.
 //   gn_finalize: one workgroup per (batch, group) merges its chunks' partials
 //                into `stats` = (shift, mean - shift, 1/sqrt(var + eps)).
 //   gn_apply:    one element per invocation: normalise, affine, optional SiLU.
-// layer_norm does all of it in one workgroup per row.
+//                With `merge` set (few chunks per group: the UNet's sizes)
+//                each invocation merges its group's partials itself and
+//                gn_finalize is skipped.
+// A group of at most one chunk takes one pass, gn_single: one workgroup per
+// (batch, group) folds it and applies. layer_norm likewise, per row.
 //
 // Stability: each invocation runs Welford's update over its strided elements,
 // and the workgroup merges those with Chan's pairwise formula in a tree, so no
@@ -38,6 +42,8 @@ struct Params {
     // gn_apply: 1 to apply SiLU after the affine.
     silu: u32,
     eps: f32,
+    // gn_apply: 1 to merge the partials itself (no gn_finalize).
+    merge: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -157,12 +163,53 @@ fn gn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     // [B, C, S]: b * C + c, and (b * C + c) / (C / G) = b * G + g.
     let bc = i / params.spatial;
     let c = bc % params.channels;
-    let o = (bc / params.channels_per_group) * 4u;
-    let v = ((f32(x[i]) - stats[o]) - stats[o + 1u]) * stats[o + 2u] * f32(gamma[c]) + f32(beta[c]);
+    let bg = bc / params.channels_per_group;
+    var v: f32;
+    if params.merge != 0u {
+        var s = Stat(0.0, 0.0, 0.0);
+        for (var k = 0u; k < params.nchunks; k++) {
+            let o = (bg * params.nchunks + k) * 4u;
+            s = merge(s, Stat(partial[o], partial[o + 1u], partial[o + 2u]));
+        }
+        let rstd = inverseSqrt(max(s.m2 / s.n, 0.0) + params.eps);
+        let shift = f32(x[bg * params.group_len]);
+        v = ((f32(x[i]) - shift) - s.mean) * rstd;
+    } else {
+        let o = bg * 4u;
+        v = ((f32(x[i]) - stats[o]) - stats[o + 1u]) * stats[o + 2u];
+    }
+    v = v * f32(gamma[c]) + f32(beta[c]);
     if params.silu != 0u {
         y[i] = T(v / (1.0 + exp(-v)));
     } else {
         y[i] = T(v);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn gn_single(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let bg = wid.y * nwg.x + wid.x;
+    if bg >= params.n {
+        return;
+    }
+    let len = params.group_len;
+    let base = bg * len;
+    let shift = f32(x[base]);
+    var s = Stat(0.0, 0.0, 0.0);
+    for (var i = lid; i < len; i += WG) {
+        s = welford(s, f32(x[base + i]) - shift);
+    }
+    let total = reduce(lid, s);
+    let rstd = inverseSqrt(max(total.m2 / total.n, 0.0) + params.eps);
+    // This group's first channel: (b * G + g) -> g * (C / G).
+    let c0 = (bg % (params.channels / params.channels_per_group)) * params.channels_per_group;
+    for (var i = lid; i < len; i += WG) {
+        let c = c0 + i / params.spatial;
+        var v = ((f32(x[base + i]) - shift) - total.mean) * rstd * f32(gamma[c]) + f32(beta[c]);
+        if params.silu != 0u {
+            v = v / (1.0 + exp(-v));
+        }
+        y[base + i] = T(v);
     }
 }
 

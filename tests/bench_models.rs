@@ -196,7 +196,7 @@ fn profile_reports_kernels_per_network_and_for_a_run() {
     for (k, n) in &c1 {
         assert_eq!(c3[k], 3 * n, "{k}");
     }
-    for k in ["conv2d", "attention", "matmul", "gn_stats", "layer_norm"] {
+    for k in ["conv2d", "attention", "matmul", "gn_single", "layer_norm"] {
         assert!(c1.get(k).is_some_and(|&n| n > 0), "{k} missing from {c1:?}");
     }
     assert_eq!(three["calls"].as_u64().unwrap(), c3.values().sum::<u64>());

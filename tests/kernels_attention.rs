@@ -3,7 +3,7 @@
 //! blocks, SD's and CLIP's head dims, batch 2, causal and not, cross-attention,
 //! custom scales, f32 and f16; bad shapes give errors.
 
-use engine::gpu::ops::attention::{AttentionOptions, attention};
+use engine::gpu::ops::attention::{AttentionOptions, attention, attention_kv, attention_qkv};
 use engine::gpu::reference::attention::{self as r, AttentionShape};
 use engine::gpu::testing::{random, round_f16, shared_gpu};
 use engine::gpu::tolerance::Tolerance;
@@ -118,6 +118,40 @@ fn attention_rescales_correctly_when_scores_are_large_and_peaked() {
     // that much; allow 1e-4.
     let c = Case { scale: Some(1.0), range: 4.0, ..case(2, 70, 200, 2, 64, false) };
     check(gpu, c, DType::F32, Tolerance::rel_abs(1e-4, 1e-4), 500);
+}
+
+/// Rows of `[n, w]` blocks side by side: `[n, w * parts.len()]`.
+fn side_by_side(parts: &[&[f32]], w: usize) -> Vec<f32> {
+    let n = parts[0].len() / w;
+    (0..n).flat_map(|i| parts.iter().flat_map(move |p| p[i * w..(i + 1) * w].iter().copied())).collect()
+}
+
+#[test]
+fn packed_qkv_and_kv_projections_give_the_same_attention() {
+    let Some(gpu) = shared_gpu() else { return };
+    // SD's first level: 8 heads of 40, 2 x 77 positions; cross-attention onto 13 tokens.
+    let (b, l, lk, heads, d) = (2, 77, 13, 8, 40);
+    let hd = heads * d;
+    let (q, k, v) =
+        (random(b * l * hd, 400, -1.0, 1.0), random(b * l * hd, 401, -1.0, 1.0), random(b * l * hd, 402, -1.0, 1.0));
+    let opts = AttentionOptions::new(heads);
+    let shape =
+        |lk| AttentionShape { batch: b, lq: l, lk, heads, head_dim: d, causal: false, scale: 1.0 / (d as f64).sqrt() };
+    let qkv = gpu.upload(&side_by_side(&[&q, &k, &v], hd), &[b, l, 3 * hd], DType::F32).unwrap();
+    let out = attention_qkv(gpu, &qkv, opts).unwrap();
+    assert_eq!(out.shape(), [b, l, hd]);
+    Tolerance::balanced().check(&gpu.download(&out).unwrap(), &r::attention(&q, &k, &v, shape(l))).unwrap();
+
+    let (kc, vc) = (&k[..b * lk * hd], &v[..b * lk * hd]);
+    let kv = gpu.upload(&side_by_side(&[kc, vc], hd), &[b, lk, 2 * hd], DType::F32).unwrap();
+    let qt = gpu.upload(&q, &[b, l, hd], DType::F32).unwrap();
+    let out = attention_kv(gpu, &qt, &kv, opts).unwrap();
+    Tolerance::balanced().check(&gpu.download(&out).unwrap(), &r::attention(&q, kc, vc, shape(lk))).unwrap();
+
+    // Widths that do not split into 3 (or 2) parts are errors.
+    let bad = gpu.zeros(&[b, l, 3 * hd + 1], DType::F32).unwrap();
+    assert!(matches!(attention_qkv(gpu, &bad, opts), Err(GpuError::Shape(_))));
+    assert!(matches!(attention_kv(gpu, &qt, &bad, opts), Err(GpuError::Shape(_))));
 }
 
 #[test]

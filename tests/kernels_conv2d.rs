@@ -4,7 +4,8 @@
 //! activations, binding windows; shape errors.
 
 use engine::gpu::ops::conv2d::{
-    Conv2dOptions, conv2d, conv2d_with, conv2d_with_binding_limit, conv2d_with_kernel, coop_conv_available,
+    Conv2dOptions, ConvExtras, conv2d, conv2d_fused, conv2d_fused_with_kernel, conv2d_with, conv2d_with_binding_limit,
+    conv2d_with_kernel, coop_conv_available,
 };
 use engine::gpu::ops::matmul::{Activation, MatmulKernel};
 use engine::gpu::reference::conv2d as r;
@@ -20,11 +21,22 @@ struct Case {
     w: [usize; 4],
     bias: bool,
     opts: Conv2dOptions,
+    /// The bias is `[B, Cout]`.
+    batch_bias: bool,
+    residual: bool,
 }
 
 fn case(x: [usize; 4], cout: usize, k: usize, stride: usize, padding: usize, bias: bool) -> Case {
     let opts = Conv2dOptions { stride: (stride, stride), padding: (padding, padding), ..Default::default() };
-    Case { x, w: [cout, x[1], k, k], bias, opts }
+    Case { x, w: [cout, x[1], k, k], bias, opts, batch_bias: false, residual: false }
+}
+
+impl Case {
+    /// With a per-batch bias and a residual, as a ResNet block's convs use them.
+    fn fused(mut self) -> Case {
+        (self.bias, self.batch_bias, self.residual) = (true, true, true);
+        self
+    }
 }
 
 fn activate(a: Activation, v: f64) -> f64 {
@@ -50,24 +62,50 @@ fn check_via(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, via: Via) {
     let round = |v: Vec<f32>| if dtype == DType::F16 { round_f16(&v) } else { v };
     let dx = round(random(c.x.iter().product(), seed, -1.0, 1.0));
     let dw = round(random(c.w.iter().product(), seed + 1, -1.0, 1.0));
-    let db = round(random(c.w[0], seed + 2, -1.0, 1.0));
+    let (batch, cout) = (c.x[0], c.w[0]);
+    let bias_shape = if c.batch_bias { vec![batch, cout] } else { vec![cout] };
+    let db = round(random(bias_shape.iter().product(), seed + 2, -1.0, 1.0));
     let x = gpu.upload(&dx, &c.x, dtype).unwrap();
     let w = gpu.upload(&dw, &c.w, dtype).unwrap();
-    let b = gpu.upload(&db, &[c.w[0]], dtype).unwrap();
+    let b = gpu.upload(&db, &bias_shape, dtype).unwrap();
     let bias = c.bias.then_some(&b);
+    // The reference: the plain convolution, then the epilogue in f64.
+    let (conv, shape) = r::conv2d(&dx, c.x, &dw, c.w, None, c.opts.stride, c.opts.padding, c.opts.dilation);
+    let npix = shape[2] * shape[3];
+    let dres = round(random(conv.len(), seed + 3, -1.0, 1.0));
+    let res = gpu.upload(&dres, &shape, dtype).unwrap();
+    let want: Vec<f64> = conv
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let (item, co) = (i / (cout * npix), (i / npix) % cout);
+            let bias = match (c.bias, c.batch_bias) {
+                (false, _) => 0.0,
+                (true, false) => db[co] as f64,
+                (true, true) => db[item * cout + co] as f64,
+            };
+            let v = activate(c.opts.activation, v + bias);
+            if c.residual { v + dres[i] as f64 } else { v }
+        })
+        .collect();
+    let extras = ConvExtras { bias_per_batch: c.batch_bias, residual: c.residual.then_some(&res) };
+    let plain = !c.batch_bias && !c.residual;
     let y = match via {
-        Via::Auto => conv2d_with(gpu, &x, &w, bias, &c.opts),
-        Via::Limit(l) => conv2d_with_binding_limit(gpu, &x, &w, bias, &c.opts, l),
-        Via::Kernel(k) => conv2d_with_kernel(gpu, &x, &w, bias, &c.opts, k),
+        Via::Auto if plain => conv2d_with(gpu, &x, &w, bias, &c.opts),
+        Via::Auto => conv2d_fused(gpu, &x, &w, bias, &c.opts, extras),
+        Via::Limit(l) => conv2d_with_binding_limit(gpu, &x, &w, bias, &c.opts, extras, l),
+        Via::Kernel(k) if plain => conv2d_with_kernel(gpu, &x, &w, bias, &c.opts, k),
+        Via::Kernel(k) => conv2d_fused_with_kernel(gpu, &x, &w, bias, &c.opts, extras, k),
     }
     .unwrap();
-    let (want, shape) =
-        r::conv2d(&dx, c.x, &dw, c.w, c.bias.then_some(&db[..]), c.opts.stride, c.opts.padding, c.opts.dilation);
-    let want: Vec<f64> = want.into_iter().map(|v| activate(c.opts.activation, v)).collect();
     assert_eq!(y.shape(), shape);
     let tol = if dtype == DType::F16 { Tolerance::f16() } else { Tolerance::balanced() };
-    tol.check(&gpu.download(&y).unwrap(), &want)
-        .unwrap_or_else(|e| panic!("{dtype:?} x {:?} w {:?} bias {} {:?} {via:?}: {e}", c.x, c.w, c.bias, c.opts));
+    tol.check(&gpu.download(&y).unwrap(), &want).unwrap_or_else(|e| {
+        panic!(
+            "{dtype:?} x {:?} w {:?} bias {} (per batch {}) residual {} {:?} {via:?}: {e}",
+            c.x, c.w, c.bias, c.batch_bias, c.residual, c.opts
+        )
+    });
 }
 
 fn check(gpu: &Gpu, c: &Case, dtype: DType, seed: u64) {
@@ -120,9 +158,19 @@ fn conv2d_matches_reference_when_width_not_multiple_of_tile() {
 fn conv2d_supports_rectangular_kernels_strides_padding_and_dilation() {
     let Some(gpu) = shared_gpu() else { return };
     let opts = Conv2dOptions { stride: (2, 1), padding: (0, 2), dilation: (2, 1), activation: Activation::None };
-    check(gpu, &Case { x: [2, 7, 13, 9], w: [11, 7, 4, 2], bias: true, opts }, DType::F32, 40);
+    check(
+        gpu,
+        &Case { x: [2, 7, 13, 9], w: [11, 7, 4, 2], bias: true, opts, batch_bias: false, residual: false },
+        DType::F32,
+        40,
+    );
     let opts = Conv2dOptions { stride: (1, 3), padding: (3, 0), dilation: (1, 2), activation: Activation::None };
-    check(gpu, &Case { x: [1, 4, 6, 17], w: [5, 4, 7, 3], bias: false, opts }, DType::F32, 41);
+    check(
+        gpu,
+        &Case { x: [1, 4, 6, 17], w: [5, 4, 7, 3], bias: false, opts, batch_bias: false, residual: false },
+        DType::F32,
+        41,
+    );
     // Same-size 3x3 as in the UNet, through the two-argument API.
     let x = gpu.upload(&random(2 * 4 * 5 * 6, 42, -1.0, 1.0), &[2, 4, 5, 6], DType::F32).unwrap();
     let w = gpu.upload(&random(8 * 4 * 9, 43, -1.0, 1.0), &[8, 4, 3, 3], DType::F32).unwrap();
@@ -137,6 +185,26 @@ fn conv2d_fuses_each_activation_after_the_bias() {
         let mut c = case([2, 9, 7, 9], 21, 3, 1, 1, true);
         c.opts.activation = a;
         check(gpu, &c, DType::F32, 50 + i as u64);
+    }
+}
+
+#[test]
+fn conv2d_fuses_a_per_batch_bias_and_a_residual() {
+    let Some(gpu) = shared_gpu() else { return };
+    // A ResNet block's second conv (3x3, skip added) and a 1x1 shortcut-sized one, odd sizes.
+    check(gpu, &case([2, 9, 7, 9], 21, 3, 1, 1, true).fused(), DType::F32, 55);
+    check(gpu, &case([3, 17, 5, 7], 66, 1, 1, 0, true).fused(), DType::F32, 56);
+    let mut c = case([2, 9, 7, 9], 21, 3, 1, 1, true).fused();
+    c.opts.activation = Activation::Silu;
+    check(gpu, &c, DType::F32, 57);
+    if gpu.features().shader_f16 {
+        check_via(
+            gpu,
+            &case([2, 9, 7, 9], 21, 3, 1, 1, true).fused(),
+            DType::F16,
+            58,
+            Via::Kernel(MatmulKernel::Portable),
+        );
     }
 }
 
@@ -158,6 +226,12 @@ fn conv2d_splits_batches_and_channels_over_binding_windows() {
         // Room for two whole batch items per window.
         let c = case([5, 3, 5, 7], 4, 3, 2, 1, true);
         check_via(gpu, &c, dtype, 61, Via::Limit(2 * 3 * 35 * es + 64 + 8));
+        // The same windows with a per-batch bias (first split) and a residual (last split).
+        let mut c = case([3, 10, 7, 9], 12, 3, 1, 1, true).fused();
+        c.opts.activation = Activation::Silu;
+        check_via(gpu, &c, dtype, 62, Via::Limit(5 * 63 * es + 64 + 8));
+        let c = case([5, 3, 5, 7], 4, 3, 2, 1, true).fused();
+        check_via(gpu, &c, dtype, 63, Via::Limit(2 * 4 * 35 * es + 64 + 8));
     }
 }
 
@@ -177,6 +251,13 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(msg.contains("channels"), "{msg}");
     let msg = shape_err(conv2d(gpu, &x, &t(&[2, 4, 3, 3]), Some(&t(&[3])), 1, 1));
     assert!(msg.contains("bias"), "{msg}");
+    let per_batch = ConvExtras { bias_per_batch: true, ..Default::default() };
+    let msg = shape_err(conv2d_fused(gpu, &x, &t(&[2, 4, 3, 3]), Some(&t(&[2])), &Default::default(), per_batch));
+    assert!(msg.contains("(B, Cout)"), "{msg}");
+    let res = t(&[1, 2, 8, 8]);
+    let with_res = ConvExtras { residual: Some(&res), ..Default::default() };
+    let msg = shape_err(conv2d_fused(gpu, &x, &t(&[2, 4, 3, 3]), None, &Default::default(), with_res));
+    assert!(msg.contains("residual"), "{msg}");
     let msg = shape_err(conv2d(gpu, &x, &t(&[2, 4, 11, 11]), None, 1, 1));
     assert!(msg.contains("kernel spans"), "{msg}");
     shape_err(conv2d(gpu, &x, &t(&[2, 4, 3, 3]), None, 0, 1));
@@ -192,7 +273,9 @@ fn bad_shapes_are_errors_not_panics() {
         shape_err(conv2d_with_kernel(gpu, &x, &w, None, &opts, MatmulKernel::Coop));
     }
     // A channel plane larger than one binding cannot be split.
-    let err = conv2d_with_binding_limit(gpu, &x, &t(&[2, 4, 3, 3]), None, &Conv2dOptions::default(), 200).unwrap_err();
+    let err =
+        conv2d_with_binding_limit(gpu, &x, &t(&[2, 4, 3, 3]), None, &Conv2dOptions::default(), Default::default(), 200)
+            .unwrap_err();
     assert!(matches!(err, GpuError::TooLarge { .. }), "{err}");
 }
 
@@ -213,9 +296,17 @@ fn coop_conv2d_matches_reference_when_adapter_has_cooperative_matrices() {
     }
     check_via(gpu, &case([2, 20, 9, 15], 130, 3, 1, 1, true), DType::F16, 80, coop);
     let opts = Conv2dOptions { stride: (2, 1), padding: (0, 2), dilation: (2, 1), activation: Activation::Gelu };
-    check_via(gpu, &Case { x: [2, 7, 13, 9], w: [11, 7, 4, 2], bias: true, opts }, DType::F16, 81, coop);
+    check_via(
+        gpu,
+        &Case { x: [2, 7, 13, 9], w: [11, 7, 4, 2], bias: true, opts, batch_bias: false, residual: false },
+        DType::F16,
+        81,
+        coop,
+    );
     // Whole 128x128 blocks and several 32-channel steps, as in the UNet.
     check_via(gpu, &case([1, 96, 16, 16], 128, 3, 1, 1, true), DType::F16, 82, coop);
+    check_via(gpu, &case([2, 9, 7, 9], 21, 3, 1, 1, true).fused(), DType::F16, 83, coop);
+    check_via(gpu, &case([2, 96, 16, 16], 130, 3, 1, 1, true).fused(), DType::F16, 84, coop);
 }
 
 #[test]

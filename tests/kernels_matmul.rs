@@ -4,8 +4,8 @@
 //! the adapter has one; shape errors.
 
 use engine::gpu::ops::matmul::{
-    Activation, MatmulKernel, MatmulOptions, coop_available, linear, matmul, matmul_with_binding_limit,
-    matmul_with_kernel,
+    Activation, MatmulKernel, MatmulOptions, coop_available, interleave_halves, linear, matmul,
+    matmul_with_binding_limit, matmul_with_kernel,
 };
 use engine::gpu::reference::elementwise as act;
 use engine::gpu::reference::matmul as r;
@@ -21,11 +21,41 @@ struct Case<'s> {
     tb: bool,
     bias: bool,
     act: Activation,
+    /// The bias is per row (length M).
+    row_bias: bool,
+    geglu: bool,
+    residual: bool,
 }
 
 impl<'s> Case<'s> {
     fn new(a: &'s [usize], b: &'s [usize]) -> Self {
-        Self { a, b, ta: false, tb: false, bias: false, act: Activation::None }
+        Self {
+            a,
+            b,
+            ta: false,
+            tb: false,
+            bias: false,
+            act: Activation::None,
+            row_bias: false,
+            geglu: false,
+            residual: false,
+        }
+    }
+    fn row_bias(mut self) -> Self {
+        (self.bias, self.row_bias) = (true, true);
+        self
+    }
+    fn geglu(mut self) -> Self {
+        self.geglu = true;
+        self
+    }
+    fn residual(mut self) -> Self {
+        self.residual = true;
+        self
+    }
+    fn m(&self) -> usize {
+        let r = self.a.len();
+        if self.ta { self.a[r - 1] } else { self.a[r - 2] }
     }
     fn t(mut self, ta: bool, tb: bool) -> Self {
         (self.ta, self.tb) = (ta, tb);
@@ -58,30 +88,64 @@ fn check(gpu: &Gpu, case: &Case, dtype: DType, kernel: MatmulKernel, tol: Tolera
     let round = |v: Vec<f32>| if dtype == DType::F16 { round_f16(&v) } else { v };
     let da = round(random(na, seed, -1.0, 1.0));
     let db = round(random(nb, seed + 1, -1.0, 1.0));
-    let dbias = round(random(case.n(), seed + 2, -1.0, 1.0));
+    let (m, n) = (case.m(), case.n());
+    let bias_len = if case.row_bias { m } else { n };
+    let dbias = round(random(bias_len, seed + 2, -1.0, 1.0));
     let a = gpu.upload(&da, case.a, dtype).unwrap();
     let b = gpu.upload(&db, case.b, dtype).unwrap();
-    let bias = gpu.upload(&dbias, &[case.n()], dtype).unwrap();
+    let bias = gpu.upload(&dbias, &[bias_len], dtype).unwrap();
+    // The reference: the plain product, then the epilogue in f64.
+    let (prod, mut shape) = r::matmul(&da, case.a, &db, case.b, case.ta, case.tb, None);
+    let mut want: Vec<f64> = prod
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let (row, col) = ((i / n) % m, i % n);
+            let bias = if !case.bias {
+                0.0
+            } else if case.row_bias {
+                dbias[row]
+            } else {
+                dbias[col]
+            };
+            v + bias as f64
+        })
+        .collect();
+    if case.geglu {
+        want = want.chunks(2).map(|p| p[0] * act::gelu(p[1])).collect();
+        *shape.last_mut().unwrap() = n / 2;
+    } else {
+        want = want.into_iter().map(|v| activate(case.act, v)).collect();
+    }
+    let dres = round(random(want.len(), seed + 3, -1.0, 1.0));
+    let res = gpu.upload(&dres, &shape, dtype).unwrap();
+    if case.residual {
+        want.iter_mut().zip(&dres).for_each(|(w, r)| *w += *r as f64);
+    }
     let opts = MatmulOptions {
         transpose_a: case.ta,
         transpose_b: case.tb,
         bias: case.bias.then_some(&bias),
+        bias_per_row: case.row_bias,
         activation: case.act,
+        geglu: case.geglu,
+        residual: case.residual.then_some(&res),
     };
     let c = matmul_with_kernel(gpu, &a, &b, &opts, kernel).unwrap();
-    let (want, shape) = r::matmul(&da, case.a, &db, case.b, case.ta, case.tb, case.bias.then_some(&dbias[..]));
-    let want: Vec<f64> = want.into_iter().map(|v| activate(case.act, v)).collect();
     assert_eq!(c.shape(), &shape[..], "{:?} x {:?}", case.a, case.b);
     let got = gpu.download(&c).unwrap();
     tol.check(&got, &want).unwrap_or_else(|e| {
         panic!(
-            "{dtype:?} {kernel:?} a {:?}{} b {:?}{} bias {} {:?}: {e}",
+            "{dtype:?} {kernel:?} a {:?}{} b {:?}{} bias {} (per row {}) {:?} geglu {} residual {}: {e}",
             case.a,
             if case.ta { "ᵀ" } else { "" },
             case.b,
             if case.tb { "ᵀ" } else { "" },
             case.bias,
-            case.act
+            case.row_bias,
+            case.act,
+            case.geglu,
+            case.residual
         )
     });
 }
@@ -142,6 +206,44 @@ fn bias_and_each_fused_activation_match_reference() {
             check(gpu, &case, DType::F16, MatmulKernel::Portable, Tolerance::f16(), 40 + i as u64);
         }
     }
+}
+
+/// The epilogues the models fuse, on shapes off the tile sizes: a linear
+/// plus residual (attention output, feed-forward out), GEGLU on interleaved
+/// columns (feed-forward in), a channels-first 1x1 conv with a per-row bias
+/// plus residual (a transformer's proj_out written as NCHW).
+fn fused_epilogue_cases(gpu: &Gpu, dtype: DType, kernel: MatmulKernel, tol: Tolerance, seed: u64) {
+    let cases = [
+        Case::new(&[2, 37, 70], &[67, 70]).t(false, true).bias(Activation::None).residual(),
+        Case::new(&[2, 37, 70], &[67, 70]).t(false, true).residual(),
+        Case::new(&[2, 37, 70], &[134, 70]).t(false, true).bias(Activation::None).geglu(),
+        Case::new(&[75, 33], &[2, 130, 33]).t(false, true).row_bias().residual(),
+        Case::new(&[2, 33, 75], &[41, 33]).t(true, true).bias(Activation::Silu).residual(),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        check(gpu, case, dtype, kernel, tol, seed + i as u64);
+    }
+}
+
+#[test]
+fn fused_residual_geglu_and_row_bias_match_reference() {
+    let Some(gpu) = shared_gpu() else { return };
+    fused_epilogue_cases(gpu, DType::F32, MatmulKernel::Portable, Tolerance::balanced(), 300);
+    if gpu.features().shader_f16 {
+        fused_epilogue_cases(gpu, DType::F16, MatmulKernel::Portable, Tolerance::f16(), 310);
+    }
+}
+
+#[test]
+fn interleave_halves_pairs_value_and_gate_rows() {
+    let Some(gpu) = shared_gpu() else { return };
+    let data: Vec<f32> = (0..12).map(|v| v as f32).collect();
+    let t = gpu.upload(&data, &[4, 3], DType::F32).unwrap();
+    let pairs = interleave_halves(gpu, &t).unwrap();
+    assert_eq!(pairs.shape(), [4, 3]);
+    // Rows 0, 2, 1, 3 of the original: (value 0, gate 0), (value 1, gate 1).
+    assert_eq!(gpu.download(&pairs).unwrap(), [0., 1., 2., 6., 7., 8., 3., 4., 5., 9., 10., 11.]);
+    assert!(interleave_halves(gpu, &gpu.zeros(&[3, 2], DType::F32).unwrap()).is_err());
 }
 
 #[test]
@@ -252,6 +354,19 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(msg.contains("bias"), "{msg}");
     let bias2 = t(&[1, 6]);
     shape_err(matmul(gpu, &t(&[4, 5]), &t(&[5, 6]), &MatmulOptions { bias: Some(&bias2), ..plain }));
+    let bias6 = t(&[6]);
+    let msg = shape_err(matmul(
+        gpu,
+        &t(&[4, 5]),
+        &t(&[5, 6]),
+        &MatmulOptions { bias: Some(&bias6), bias_per_row: true, ..plain },
+    ));
+    assert!(msg.contains("per row"), "{msg}");
+    let res = t(&[4, 5]);
+    let msg = shape_err(matmul(gpu, &t(&[4, 5]), &t(&[5, 6]), &MatmulOptions { residual: Some(&res), ..plain }));
+    assert!(msg.contains("residual"), "{msg}");
+    let msg = shape_err(matmul(gpu, &t(&[4, 5]), &t(&[5, 7]), &MatmulOptions { geglu: true, ..plain }));
+    assert!(msg.contains("GEGLU"), "{msg}");
     shape_err(linear(gpu, &t(&[4, 5]), &t(&[6, 4]), None));
     shape_err(linear(gpu, &t(&[4, 5]), &t(&[2, 6, 5]), None));
     if gpu.features().shader_f16 {
@@ -293,6 +408,7 @@ fn coop_matmul_matches_reference_when_adapter_has_cooperative_matrices() {
     check(gpu, &Case::new(&[20, 1000], &[36, 1000]).t(false, true), DType::F16, k, tol, 140);
     // Whole 128x128 blocks, the fast path's shape.
     check(gpu, &Case::new(&[256, 320], &[320, 384]), DType::F16, k, tol, 141);
+    fused_epilogue_cases(gpu, DType::F16, k, tol, 150);
 }
 
 #[test]

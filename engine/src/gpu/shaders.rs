@@ -127,7 +127,11 @@ impl ShaderSource {
 
 const UNARY: &[Binding] = &[uniform(0, "params"), read(1, "x"), read_write(2, "y")];
 const BINARY: &[Binding] = &[uniform(0, "params"), read(1, "a"), read(2, "b"), read_write(3, "y")];
-const MATMUL: &[Binding] = &[uniform(0, "params"), read(1, "a"), read(2, "b"), read(3, "bias"), read_write(4, "c")];
+const MATMUL: &[Binding] =
+    &[uniform(0, "params"), read(1, "a"), read(2, "b"), read(3, "bias"), read_write(4, "c"), read(5, "res")];
+/// The cooperative matmul's: the same, with the residual at 10 (5..9 are its conv2d's).
+const MATMUL_COOP: &[Binding] =
+    &[uniform(0, "params"), read(1, "a"), read(2, "b"), read(3, "bias"), read_write(4, "c"), read(10, "res")];
 
 /// Every shader. A test checks this table against the files in `shaders/`
 /// in both directions, and validates every (shader, variant) with naga.
@@ -163,10 +167,17 @@ pub const SHADERS: &[ShaderSource] = &[
         body: include_str!("../../../shaders/matmul_coop.wgsl"),
         variants: &[Variant::CoopF16],
         entries: &[
-            EntryPoint { name: "matmul", bindings: MATMUL },
+            EntryPoint { name: "matmul", bindings: MATMUL_COOP },
             EntryPoint {
                 name: "conv2d",
-                bindings: &[uniform(5, "cparams"), read(6, "cx"), read(7, "cw"), read(8, "cbias"), read_write(9, "cy")],
+                bindings: &[
+                    uniform(5, "cparams"),
+                    read(6, "cx"),
+                    read(7, "cw"),
+                    read(8, "cbias"),
+                    read_write(9, "cy"),
+                    read(11, "cres"),
+                ],
             },
         ],
         // Subgroup size (NVIDIA's 32).
@@ -180,7 +191,14 @@ pub const SHADERS: &[ShaderSource] = &[
         variants: &[Variant::F32, Variant::F16],
         entries: &[EntryPoint {
             name: "conv2d",
-            bindings: &[uniform(0, "params"), read(1, "x"), read(2, "w"), read(3, "bias"), read_write(4, "y")],
+            bindings: &[
+                uniform(0, "params"),
+                read(1, "x"),
+                read(2, "w"),
+                read(3, "bias"),
+                read_write(4, "y"),
+                read(5, "res"),
+            ],
         }],
         overrides: &[("BM", 128.0), ("BN", 128.0), ("BK", 16.0), ("WG", 256.0)],
         libs: &["activation"],
@@ -257,11 +275,16 @@ pub const SHADERS: &[ShaderSource] = &[
                 bindings: &[
                     uniform(0, "params"),
                     read(1, "x"),
+                    read_write(2, "partial"),
                     read_write(3, "stats"),
                     read(4, "gamma"),
                     read(5, "beta"),
                     read_write(6, "y"),
                 ],
+            },
+            EntryPoint {
+                name: "gn_single",
+                bindings: &[uniform(0, "params"), read(1, "x"), read(4, "gamma"), read(5, "beta"), read_write(6, "y")],
             },
             EntryPoint {
                 name: "layer_norm",

@@ -19,7 +19,6 @@
 //! embedding are uploaded as `[B, L, C]`.
 
 use engine::gpu::ops::attention::{AttentionOptions, MAX_HEAD_DIM, attention};
-use engine::gpu::ops::binary::add;
 use engine::gpu::ops::layout::{concat, slice};
 use engine::gpu::ops::matmul::{Activation, MatmulOptions, matmul};
 use engine::gpu::{DType, Gpu, Tensor};
@@ -221,7 +220,7 @@ impl ClipEncoderLayer {
         // q, k, v stay [B, L, H*D]: the kernel splits heads itself. Scale is
         // CLIPAttention's head_dim^-0.5, the kernel's default.
         let a = attention(gpu, &q, &k, &v, AttentionOptions { heads, causal: true, scale: None })?;
-        let x = add(gpu, x, &self.out_proj.forward(gpu, &a)?)?;
+        let x = self.out_proj.forward_residual(gpu, &a, Some(x))?;
 
         let h = self.layer_norm2.forward(gpu, &x)?;
         let (b, l, c) = (h.dim(0), h.dim(1), h.dim(2));
@@ -232,7 +231,7 @@ impl ClipEncoderLayer {
         let m = matmul(gpu, &h2, &self.fc1.weight, &opts)?;
         // [B*L, I] -> [B, L, I]
         let m = m.reshape(&[b, l, self.fc1.out_features()])?;
-        Ok(add(gpu, &x, &self.fc2.forward(gpu, &m)?)?)
+        self.fc2.forward_residual(gpu, &m, Some(&x))
     }
 }
 

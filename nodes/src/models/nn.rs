@@ -2,8 +2,8 @@
 //! prefix (checking shapes) and uploads them; `forward` records kernels.
 //! Shapes follow PyTorch's `nn` modules so checkpoint tensors load as stored.
 
-use engine::gpu::ops::conv2d::{Conv2dOptions, conv2d_with};
-use engine::gpu::ops::matmul::{Activation, linear};
+use engine::gpu::ops::conv2d::{Conv2dOptions, ConvExtras, conv2d_fused, conv2d_with};
+use engine::gpu::ops::matmul::{Activation, MatmulOptions, linear, matmul};
 use engine::gpu::ops::norm::{group_norm, layer_norm};
 use engine::gpu::{DType, Gpu, Tensor};
 
@@ -52,6 +52,18 @@ impl Linear {
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor, ModelError> {
         Ok(linear(gpu, x, &self.weight, self.bias.as_ref())?)
     }
+
+    /// `forward` plus `residual` (shaped as the output), added in the same kernel.
+    pub fn forward_residual(&self, gpu: &Gpu, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        let Some(residual) = residual else { return self.forward(gpu, x) };
+        let opts = MatmulOptions {
+            transpose_b: true,
+            bias: self.bias.as_ref(),
+            residual: Some(residual),
+            ..Default::default()
+        };
+        Ok(matmul(gpu, x, &self.weight, &opts)?)
+    }
 }
 
 /// `nn.Conv2d` (groups 1): weight `[out, in, kh, kw]`, optional bias `[out]`.
@@ -81,15 +93,25 @@ impl Conv2d {
         self.weight.dim(0)
     }
 
-    /// `x [B, in, H, W] -> [B, out, H', W']`, with an optional fused activation.
-    pub fn forward_act(&self, gpu: &Gpu, x: &Tensor, activation: Activation) -> Result<Tensor, ModelError> {
-        let opts = Conv2dOptions {
+    /// Its stride and padding as kernel options (no activation).
+    pub fn options(&self) -> Conv2dOptions {
+        Conv2dOptions {
             stride: (self.stride, self.stride),
             padding: (self.padding, self.padding),
-            activation,
             ..Default::default()
-        };
+        }
+    }
+
+    /// `x [B, in, H, W] -> [B, out, H', W']`, with an optional fused activation.
+    pub fn forward_act(&self, gpu: &Gpu, x: &Tensor, activation: Activation) -> Result<Tensor, ModelError> {
+        let opts = Conv2dOptions { activation, ..self.options() };
         Ok(conv2d_with(gpu, x, &self.weight, self.bias.as_ref(), &opts)?)
+    }
+
+    /// `forward` plus `residual` (shaped as the output), added in the same kernel.
+    pub fn forward_residual(&self, gpu: &Gpu, x: &Tensor, residual: &Tensor) -> Result<Tensor, ModelError> {
+        let extras = ConvExtras { bias_per_batch: false, residual: Some(residual) };
+        Ok(conv2d_fused(gpu, x, &self.weight, self.bias.as_ref(), &self.options(), extras)?)
     }
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor, ModelError> {

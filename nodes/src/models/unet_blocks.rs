@@ -14,9 +14,11 @@
 //! against the shape the network needs, so a wrong checkpoint fails with
 //! the key's name.
 
-use engine::gpu::ops::attention::{AttentionOptions, attention};
-use engine::gpu::ops::binary::{add, geglu};
-use engine::gpu::ops::layout::{permute, slice, transpose_last2, upsample_nearest2x};
+use engine::gpu::ops::attention::{AttentionOptions, attention_kv, attention_qkv};
+use engine::gpu::ops::binary::add;
+use engine::gpu::ops::conv2d::{ConvExtras, conv2d_fused};
+use engine::gpu::ops::layout::{concat, slice, upsample_nearest2x};
+use engine::gpu::ops::matmul::{MatmulOptions, interleave_halves, matmul};
 use engine::gpu::{DType, Gpu, Tensor};
 
 use super::ModelError;
@@ -124,6 +126,9 @@ pub struct ResBlock {
     pub out_layers_3: Conv2d,
     /// 1x1 conv when the channel count changes (diffusers `conv_shortcut`).
     pub skip_connection: Option<Conv2d>,
+    /// `emb_layers.1.bias + in_layers.2.bias`: the time projection's output
+    /// is conv1's bias, per batch item, so both biases go in at once.
+    emb_conv_bias: Option<Tensor>,
 }
 
 impl ResBlock {
@@ -139,13 +144,20 @@ impl ResBlock {
         let (g, eps) = (norm.groups, norm.resnet_eps);
         let skip_connection =
             if inp != out { Some(conv(gpu, &w.pp("skip_connection"), out, inp, 1, 1, dtype)?) } else { None };
+        let in_layers_2 = conv(gpu, &w.pp("in_layers.2"), out, inp, 3, 1, dtype)?;
+        let emb_layers_1 = linear(gpu, &w.pp("emb_layers.1"), out, emb, dtype)?;
+        let emb_conv_bias = match (&emb_layers_1.bias, &in_layers_2.bias) {
+            (Some(a), Some(b)) => Some(add(gpu, a, b)?),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
         Ok(ResBlock {
             in_layers_0: group_norm(gpu, &w.pp("in_layers.0"), inp, g, eps, dtype)?,
-            in_layers_2: conv(gpu, &w.pp("in_layers.2"), out, inp, 3, 1, dtype)?,
-            emb_layers_1: linear(gpu, &w.pp("emb_layers.1"), out, emb, dtype)?,
+            in_layers_2,
+            emb_layers_1,
             out_layers_0: group_norm(gpu, &w.pp("out_layers.0"), out, g, eps, dtype)?,
             out_layers_3: conv(gpu, &w.pp("out_layers.3"), out, out, 3, 1, dtype)?,
             skip_connection,
+            emb_conv_bias,
         })
     }
 
@@ -156,41 +168,84 @@ impl ResBlock {
     /// `x [B, in, H, W]`, `emb_silu [B, emb]` (the time embedding after SiLU,
     /// computed once per step for every block) -> `[B, out, H, W]`.
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, emb_silu: &Tensor) -> Result<Tensor, ModelError> {
+        if emb_silu.rank() != 2 || emb_silu.dim(0) != x.dim(0) {
+            return Err(ModelError::Config(format!(
+                "ResBlock: time embedding {:?} does not match the batch of {:?}",
+                emb_silu.shape(),
+                x.shape()
+            )));
+        }
+        // emb_proj(silu(emb)) + conv1's bias: [B, out], conv1's bias per batch item.
+        let e = matmul(
+            gpu,
+            emb_silu,
+            &self.emb_layers_1.weight,
+            &MatmulOptions { transpose_b: true, bias: self.emb_conv_bias.as_ref(), ..Default::default() },
+        )?;
         let h = self.in_layers_0.forward(gpu, x, true)?;
-        let h = self.in_layers_2.forward(gpu, &h)?;
-        let e = self.emb_layers_1.forward(gpu, emb_silu)?;
-        // [B, out] -> [B, out, 1, 1]: broadcast over the pixels.
-        let e = e.reshape(&[e.dim(0), e.dim(1), 1, 1])?;
-        let h = add(gpu, &h, &e)?;
+        let conv1 = &self.in_layers_2;
+        let per_batch = ConvExtras { bias_per_batch: true, residual: None };
+        let h = conv2d_fused(gpu, &h, &conv1.weight, Some(&e), &conv1.options(), per_batch)?;
         let h = self.out_layers_0.forward(gpu, &h, true)?;
-        let h = self.out_layers_3.forward(gpu, &h)?;
         let skip = match &self.skip_connection {
             Some(c) => c.forward(gpu, x)?,
             None => x.clone(),
         };
-        Ok(add(gpu, &skip, &h)?)
+        self.out_layers_3.forward_residual(gpu, &h, &skip)
     }
 }
 
 /// diffusers `Attention` as SD's transformer blocks use it: `to_q`, `to_k`,
 /// `to_v` (no bias in SD), multi-head scaled dot-product attention with
 /// scale `1/sqrt(head_dim)`, then `to_out.0` (with bias; `.1` is dropout).
+///
+/// The projections that read the same input are stacked into one weight, so
+/// one product makes them: q, k and v for self-attention (`[3 inner, dim]`),
+/// k and v for cross-attention (`[2 inner, kv_dim]`); the attention kernel
+/// reads its operands out of the packed rows.
 pub struct CrossAttention {
-    pub to_q: Linear,
-    pub to_k: Linear,
-    pub to_v: Linear,
+    pub projections: Projections,
     pub to_out_0: Linear,
     pub heads: usize,
 }
 
+/// The input projections of a [`CrossAttention`], stacked by input.
+pub enum Projections {
+    /// `to_q`, `to_k`, `to_v` stacked: `[3 inner, dim]`.
+    SelfAttention { qkv: Linear },
+    /// `to_q` `[inner, dim]`; `to_k`, `to_v` stacked: `[2 inner, kv_dim]`.
+    Cross { q: Linear, kv: Linear },
+}
+
+/// Stacks linear layers of the same input along their outputs; a layer
+/// without a bias contributes zeros when another has one.
+fn stack(gpu: &Gpu, layers: &[Linear]) -> Result<Linear, ModelError> {
+    let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+    let weight = concat(gpu, &weights, 0)?;
+    if layers.iter().all(|l| l.bias.is_none()) {
+        return Ok(Linear { weight, bias: None });
+    }
+    let biases = layers
+        .iter()
+        .map(|l| match &l.bias {
+            Some(b) => Ok(b.clone()),
+            None => gpu.zeros(&[l.weight.dim(0)], l.weight.dtype()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bias = concat(gpu, &biases.iter().collect::<Vec<_>>(), 0)?;
+    Ok(Linear { weight, bias: Some(bias) })
+}
+
 impl CrossAttention {
-    /// `query_dim` channels attend over `kv_dim`-channel keys (= `query_dim` for self-attention).
+    /// `query_dim` channels attend over `kv_dim`-channel keys; with
+    /// `self_attention` over themselves (then `kv_dim` = `query_dim`).
     pub fn load(
         gpu: &Gpu,
         w: &Weights,
         query_dim: usize,
         kv_dim: usize,
         heads: usize,
+        self_attention: bool,
         dtype: DType,
     ) -> Result<CrossAttention, ModelError> {
         // The inner width is what to_q produces; SD keeps it equal to query_dim.
@@ -201,30 +256,50 @@ impl CrossAttention {
                 w.full_name("to_q.weight")
             )));
         }
-        Ok(CrossAttention {
-            to_q: linear(gpu, &w.pp("to_q"), inner, query_dim, dtype)?,
-            to_k: linear(gpu, &w.pp("to_k"), inner, kv_dim, dtype)?,
-            to_v: linear(gpu, &w.pp("to_v"), inner, kv_dim, dtype)?,
-            to_out_0: linear(gpu, &w.pp("to_out.0"), query_dim, inner, dtype)?,
-            heads,
-        })
+        let kv_dim = if self_attention { query_dim } else { kv_dim };
+        let q = linear(gpu, &w.pp("to_q"), inner, query_dim, dtype)?;
+        let k = linear(gpu, &w.pp("to_k"), inner, kv_dim, dtype)?;
+        let v = linear(gpu, &w.pp("to_v"), inner, kv_dim, dtype)?;
+        let projections = if self_attention {
+            Projections::SelfAttention { qkv: stack(gpu, &[q, k, v])? }
+        } else {
+            Projections::Cross { q, kv: stack(gpu, &[k, v])? }
+        };
+        Ok(CrossAttention { projections, to_out_0: linear(gpu, &w.pp("to_out.0"), query_dim, inner, dtype)?, heads })
     }
 
-    /// `x [B, L, query_dim]` attends over `context [B, Lk, kv_dim]` (or itself) -> `[B, L, query_dim]`.
-    pub fn forward(&self, gpu: &Gpu, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor, ModelError> {
-        let kv = context.unwrap_or(x);
-        let q = self.to_q.forward(gpu, x)?;
-        let k = self.to_k.forward(gpu, kv)?;
-        let v = self.to_v.forward(gpu, kv)?;
-        // q, k, v are [B, L, heads * head_dim], the layout the kernel splits heads from.
-        let o = attention(gpu, &q, &k, &v, AttentionOptions::new(self.heads))?;
-        self.to_out_0.forward(gpu, &o)
+    /// `x [B, L, query_dim]` attends over itself (self-attention) or over
+    /// `context [B, Lk, kv_dim]` (cross) -> `[B, L, query_dim]`, plus
+    /// `residual` (same shape) when given.
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        let opts = AttentionOptions::new(self.heads);
+        // The packed rows are [B, L, heads * head_dim] per operand, the layout the kernel splits heads from.
+        let o = match (&self.projections, context) {
+            (Projections::SelfAttention { qkv }, None) => attention_qkv(gpu, &qkv.forward(gpu, x)?, opts)?,
+            (Projections::Cross { q, kv }, Some(context)) => {
+                attention_kv(gpu, &q.forward(gpu, x)?, &kv.forward(gpu, context)?, opts)?
+            }
+            (Projections::SelfAttention { .. }, Some(_)) | (Projections::Cross { .. }, None) => {
+                return Err(ModelError::Config(
+                    "attention: a self-attention layer got a context, or a cross-attention layer none".into(),
+                ));
+            }
+        };
+        self.to_out_0.forward_residual(gpu, &o, residual)
     }
 }
 
 /// diffusers `FeedForward` with GEGLU: `net.0.proj` `[2 * inner, C]`, then
 /// `h * gelu(gate)` over its two halves, then `net.2` `[C, inner]` (`net.1` is dropout).
 pub struct FeedForward {
+    /// `net.0.proj` with its output rows reordered into (value, gate) pairs
+    /// ([`interleave_halves`]), so the product's epilogue computes GEGLU.
     pub net_0_proj: Linear,
     pub net_2: Linear,
 }
@@ -236,17 +311,20 @@ impl FeedForward {
         if inner == 0 {
             return Err(ModelError::Config(format!("{} has no input width", w.full_name("net.2.weight"))));
         }
+        let proj = linear(gpu, &w.pp("net.0.proj"), 2 * inner, dim, dtype)?;
+        let bias = proj.bias.as_ref().map(|b| interleave_halves(gpu, b)).transpose()?;
         Ok(FeedForward {
-            net_0_proj: linear(gpu, &w.pp("net.0.proj"), 2 * inner, dim, dtype)?,
+            net_0_proj: Linear { weight: interleave_halves(gpu, &proj.weight)?, bias },
             net_2: linear(gpu, &w.pp("net.2"), dim, inner, dtype)?,
         })
     }
 
-    /// `[B, L, C] -> [B, L, C]`.
-    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor, ModelError> {
-        let h = self.net_0_proj.forward(gpu, x)?;
-        let h = geglu(gpu, &h)?;
-        self.net_2.forward(gpu, &h)
+    /// `[B, L, C] -> [B, L, C]`, plus `residual` when given.
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        let p = &self.net_0_proj;
+        let opts = MatmulOptions { transpose_b: true, bias: p.bias.as_ref(), geglu: true, ..Default::default() };
+        let h = matmul(gpu, x, &p.weight, &opts)?;
+        self.net_2.forward_residual(gpu, &h, residual)
     }
 }
 
@@ -274,9 +352,9 @@ impl BasicTransformerBlock {
     ) -> Result<BasicTransformerBlock, ModelError> {
         Ok(BasicTransformerBlock {
             norm1: layer_norm(gpu, &w.pp("norm1"), dim, eps, dtype)?,
-            attn1: CrossAttention::load(gpu, &w.pp("attn1"), dim, dim, heads, dtype)?,
+            attn1: CrossAttention::load(gpu, &w.pp("attn1"), dim, dim, heads, true, dtype)?,
             norm2: layer_norm(gpu, &w.pp("norm2"), dim, eps, dtype)?,
-            attn2: CrossAttention::load(gpu, &w.pp("attn2"), dim, context_dim, heads, dtype)?,
+            attn2: CrossAttention::load(gpu, &w.pp("attn2"), dim, context_dim, heads, false, dtype)?,
             norm3: layer_norm(gpu, &w.pp("norm3"), dim, eps, dtype)?,
             ff: FeedForward::load(gpu, &w.pp("ff"), dim, dtype)?,
         })
@@ -284,12 +362,9 @@ impl BasicTransformerBlock {
 
     /// `x [B, L, C]`, `context [B, Lk, context_dim]` -> `[B, L, C]`.
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, context: &Tensor) -> Result<Tensor, ModelError> {
-        let h = self.attn1.forward(gpu, &self.norm1.forward(gpu, x)?, None)?;
-        let x = add(gpu, x, &h)?;
-        let h = self.attn2.forward(gpu, &self.norm2.forward(gpu, &x)?, Some(context))?;
-        let x = add(gpu, &x, &h)?;
-        let h = self.ff.forward(gpu, &self.norm3.forward(gpu, &x)?)?;
-        Ok(add(gpu, &x, &h)?)
+        let x = self.attn1.forward(gpu, &self.norm1.forward(gpu, x)?, None, Some(x))?;
+        let x = self.attn2.forward(gpu, &self.norm2.forward(gpu, &x)?, Some(context), Some(&x))?;
+        self.ff.forward(gpu, &self.norm3.forward(gpu, &x)?, Some(&x))
     }
 }
 
@@ -354,16 +429,24 @@ impl SpatialTransformer {
             return Err(ModelError::Config(format!("SpatialTransformer wants [B, C, H, W], got {:?}", x.shape())));
         };
         let h = self.norm.forward(gpu, x, false)?;
-        // [B, C, H, W] -> [B, C, HW] -> [B, HW, C]: pixels as a sequence.
-        let h = transpose_last2(gpu, &h.reshape(&[b, c, hh * ww])?)?;
-        let mut h = self.proj_in.forward(gpu, &h)?;
+        // proj_in reads [B, C, HW] as the transposed sequence and writes [B, HW, inner].
+        let p = &self.proj_in;
+        let opts = MatmulOptions { transpose_a: true, transpose_b: true, bias: p.bias.as_ref(), ..Default::default() };
+        let mut h = matmul(gpu, &h.reshape(&[b, c, hh * ww])?, &p.weight, &opts)?;
         for block in &self.transformer_blocks {
             h = block.forward(gpu, &h, context)?;
         }
-        let h = self.proj_out.forward(gpu, &h)?;
-        // [B, HW, C] -> [B, C, HW] -> [B, C, H, W].
-        let h = permute(gpu, &h, &[0, 2, 1])?.reshape(&[b, c, hh, ww])?;
-        Ok(add(gpu, x, &h)?)
+        // proj_out writes channels-first: W [C, inner] · h[b]ᵀ = [C, HW] per item, plus x.
+        let p = &self.proj_out;
+        let x3 = x.reshape(&[b, c, hh * ww])?;
+        let opts = MatmulOptions {
+            transpose_b: true,
+            bias: p.bias.as_ref(),
+            bias_per_row: true,
+            residual: Some(&x3),
+            ..Default::default()
+        };
+        Ok(matmul(gpu, &p.weight, &h, &opts)?.reshape(&[b, c, hh, ww])?)
     }
 }
 

@@ -9,9 +9,8 @@
 //! than later in a kernel.
 
 use engine::gpu::ops::attention::{AttentionOptions, MAX_HEAD_DIM, attention};
-use engine::gpu::ops::binary::add;
 use engine::gpu::ops::elementwise::{Unary, unary};
-use engine::gpu::ops::layout::{concat, slice, transpose_last2, upsample_nearest2x};
+use engine::gpu::ops::layout::{concat, slice, upsample_nearest2x};
 use engine::gpu::ops::matmul::{MatmulOptions, matmul};
 use engine::gpu::ops::softmax::softmax;
 use engine::gpu::{DType, Gpu, Tensor};
@@ -99,12 +98,12 @@ impl ResnetBlock {
         let h = self.norm1.forward(gpu, x, true)?;
         let h = self.conv1.forward(gpu, &h)?;
         let h = self.norm2.forward(gpu, &h, true)?;
-        let h = self.conv2.forward(gpu, &h)?;
         let skip = match &self.nin_shortcut {
             Some(conv) => conv.forward(gpu, x)?,
             None => x.clone(),
         };
-        Ok(add(gpu, &skip, &h)?)
+        // skip + conv2(h) in one kernel.
+        self.conv2.forward_residual(gpu, &h, &skip)
     }
 }
 
@@ -262,10 +261,16 @@ impl AttnBlock {
             AttentionPath::Matmul { max_score_bytes } => attention_matmul(gpu, &q, &k, &v, max_score_bytes)?,
             _ => attention(gpu, &q, &k, &v, AttentionOptions::new(1))?,
         };
-        let o = self.proj_out.forward(gpu, &o)?;
-        // [B, HW, C] -> [B, C, HW] -> [B, C, H, W]
-        let o = transpose_last2(gpu, &o)?.reshape(&[b, c, h, w])?;
-        Ok(add(gpu, x, &o)?)
+        // x + proj_out(o), written channels-first: W [C, C] · o[b]ᵀ = [C, HW] per item.
+        let x3 = x.reshape(&[b, c, h * w])?;
+        let opts = MatmulOptions {
+            transpose_b: true,
+            bias: self.proj_out.bias.as_ref(),
+            bias_per_row: true,
+            residual: Some(&x3),
+            ..Default::default()
+        };
+        Ok(matmul(gpu, &self.proj_out.weight, &o, &opts)?.reshape(&[b, c, h, w])?)
     }
 }
 

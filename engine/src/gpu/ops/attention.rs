@@ -40,38 +40,84 @@ impl AttentionOptions {
 /// `v` `[B, Lk, H*D]`, result `[B, Lq, H*D]` (the projections' layout, so no
 /// permutes are needed). `D` may be 1..=160.
 pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: AttentionOptions) -> Result<Tensor, GpuError> {
-    let err = |m: String| Err(GpuError::Shape(format!("attention: {m}")));
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         if t.rank() != 3 {
-            return err(format!("{name} must be [B, L, H*D], got {:?}", t.shape()));
-        }
-        if t.dtype() != q.dtype() {
-            return err(format!("{name} is {:?} but q is {:?}", t.dtype(), q.dtype()));
+            return Err(GpuError::Shape(format!("attention: {name} must be [B, L, H*D], got {:?}", t.shape())));
         }
     }
-    let (b, lq, hd) = (q.dim(0), q.dim(1), q.dim(2));
-    let lk = k.dim(1);
+    let part = |t| Part { tensor: t, offset: 0, row: t.dim(2), channels: t.dim(2) };
+    run(gpu, part(q), part(k), part(v), opts)
+}
+
+/// Self-attention on one packed projection: `qkv` `[B, L, 3*H*D]` holds q,
+/// k and v side by side in each row (the output of to_q, to_k and to_v
+/// stacked into one weight). Result `[B, L, H*D]`.
+pub fn attention_qkv(gpu: &Gpu, qkv: &Tensor, opts: AttentionOptions) -> Result<Tensor, GpuError> {
+    if qkv.rank() != 3 || !qkv.dim(2).is_multiple_of(3) {
+        return Err(GpuError::Shape(format!("attention: qkv must be [B, L, 3*H*D], got {:?}", qkv.shape())));
+    }
+    let (row, hd) = (qkv.dim(2), qkv.dim(2) / 3);
+    let part = |i| Part { tensor: qkv, offset: i * hd, row, channels: hd };
+    run(gpu, part(0), part(1), part(2), opts)
+}
+
+/// Cross-attention with k and v packed: `q` `[B, Lq, H*D]`, `kv` `[B, Lk,
+/// 2*H*D]` (to_k and to_v stacked). Result `[B, Lq, H*D]`.
+pub fn attention_kv(gpu: &Gpu, q: &Tensor, kv: &Tensor, opts: AttentionOptions) -> Result<Tensor, GpuError> {
+    if q.rank() != 3 || kv.rank() != 3 || !kv.dim(2).is_multiple_of(2) {
+        return Err(GpuError::Shape(format!(
+            "attention: q must be [B, Lq, H*D] and kv [B, Lk, 2*H*D], got {:?} and {:?}",
+            q.shape(),
+            kv.shape()
+        )));
+    }
+    let (row, hd) = (kv.dim(2), kv.dim(2) / 2);
+    let q = Part { tensor: q, offset: 0, row: q.dim(2), channels: q.dim(2) };
+    let kv_part = |i| Part { tensor: kv, offset: i * hd, row, channels: hd };
+    run(gpu, q, kv_part(0), kv_part(1), opts)
+}
+
+/// One operand: `channels` columns from `offset` of rows `row` elements
+/// wide, in a `[B, L, row]` tensor.
+#[derive(Clone, Copy)]
+struct Part<'t> {
+    tensor: &'t Tensor,
+    offset: usize,
+    row: usize,
+    channels: usize,
+}
+
+fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<Tensor, GpuError> {
+    let err = |m: String| Err(GpuError::Shape(format!("attention: {m}")));
+    for (name, p) in [("k", &k), ("v", &v)] {
+        if p.tensor.dtype() != q.tensor.dtype() {
+            return err(format!("{name} is {:?} but q is {:?}", p.tensor.dtype(), q.tensor.dtype()));
+        }
+    }
+    let (b, lq, hd) = (q.tensor.dim(0), q.tensor.dim(1), q.channels);
+    let lk = k.tensor.dim(1);
     let heads = opts.heads;
     if heads == 0 || hd % heads != 0 {
         return err(format!("{hd} channels do not split into {heads} heads"));
     }
-    if k.dim(0) != b || v.dim(0) != b {
-        return err(format!("batch sizes differ: q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape()));
+    let (ks, vs) = (k.tensor.shape(), v.tensor.shape());
+    if k.tensor.dim(0) != b || v.tensor.dim(0) != b {
+        return err(format!("batch sizes differ: q {:?}, k {ks:?}, v {vs:?}", q.tensor.shape()));
     }
-    if k.dim(2) != hd {
-        return err(format!("k has {} channels but q has {hd} (q and k need the same head dim)", k.dim(2)));
+    if k.channels != hd {
+        return err(format!("k has {} channels but q has {hd} (q and k need the same head dim)", k.channels));
     }
-    if v.dim(2) != hd {
-        return err(format!("v has {} channels but q has {hd}", v.dim(2)));
+    if v.channels != hd {
+        return err(format!("v has {} channels but q has {hd}", v.channels));
     }
-    if v.dim(1) != lk {
-        return err(format!("k has {lk} positions but v has {}", v.dim(1)));
+    if v.tensor.dim(1) != lk {
+        return err(format!("k has {lk} positions but v has {}", v.tensor.dim(1)));
     }
     let d = hd / heads;
     if d > MAX_HEAD_DIM {
         return err(format!("head dim {d} exceeds the supported {MAX_HEAD_DIM}"));
     }
-    let out = gpu.empty(q.shape(), q.dtype())?;
+    let out = gpu.empty(&[b, lq, hd], q.tensor.dtype())?;
     if b == 0 || lq == 0 || d == 0 {
         return Ok(out);
     }
@@ -86,17 +132,27 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: AttentionO
         )));
     }
     let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
-    let params =
-        Params::new().usize(lq).usize(lk).usize(heads).u32(opts.causal as u32).f32(scale * std::f32::consts::LOG2_E);
+    let params = Params::new()
+        .usize(lq)
+        .usize(lk)
+        .usize(heads)
+        .u32(opts.causal as u32)
+        .f32(scale * std::f32::consts::LOG2_E)
+        .usize(q.row)
+        .usize(k.row)
+        .usize(v.row)
+        .usize(q.offset)
+        .usize(k.offset)
+        .usize(v.offset);
     // D chunks of 16 halve the barriers; 8 when 16 would pad (D = 40).
     let dk = if d.is_multiple_of(16) { 16.0 } else { 8.0 };
-    let kernel = Kernel::new(ShaderFamily::Attention, q.dtype().variant(), "attention")
+    let kernel = Kernel::new(ShaderFamily::Attention, q.tensor.dtype().variant(), "attention")
         .constant("HEAD_DIM", d as f64)
         .constant("DK", dk);
     gpu.dispatch(
         &kernel,
         params,
-        &[whole(q), whole(k), whole(v), whole(&out)],
+        &[whole(q.tensor), whole(k.tensor), whole(v.tensor), whole(&out)],
         [lq.div_ceil(BQ) as u32, heads as u32, b as u32],
     )?;
     Ok(out)

@@ -1,5 +1,6 @@
 //! 2-D convolution, PyTorch's `F.conv2d` with groups = 1 (any kernel size,
-//! stride, padding, dilation), with an optional fused activation. Launches
+//! stride, padding, dilation), with a fused epilogue: activation, a bias per
+//! batch item, a residual added last. Launches
 //! `shaders/conv2d.wgsl`, an implicit GEMM on the portable matmul tiling, or
 //! for f16 on adapters with cooperative matrices the `conv2d` entry point of
 //! `shaders/matmul_coop.wgsl` (f16 in and out, f32 accumulation).
@@ -28,6 +29,17 @@ impl Default for Conv2dOptions {
     fn default() -> Self {
         Self { stride: (1, 1), padding: (0, 0), dilation: (1, 1), activation: Activation::None }
     }
+}
+
+/// Extra inputs of a convolution's epilogue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConvExtras<'a> {
+    /// The bias is `[B, Cout]`, one per batch item (a ResNet block's conv
+    /// bias plus its time embedding), instead of `[Cout]`.
+    pub bias_per_batch: bool,
+    /// Added to the output last, after the activation (`skip + conv(h)`);
+    /// the output's shape and dtype.
+    pub residual: Option<&'a Tensor>,
 }
 
 /// `F.conv2d(x, weight, bias, stride, padding)`: `x [B, Cin, H, W]`, `weight
@@ -64,7 +76,32 @@ pub fn conv2d_with_kernel(
     opts: &Conv2dOptions,
     kernel: MatmulKernel,
 ) -> Result<Tensor, GpuError> {
-    run(gpu, x, weight, bias, opts, kernel, gpu.limits.max_storage_buffer_binding_size)
+    run(gpu, x, weight, bias, opts, ConvExtras::default(), kernel, gpu.limits.max_storage_buffer_binding_size)
+}
+
+/// `conv2d_with` with a per-batch bias and/or a residual (see [`ConvExtras`]).
+pub fn conv2d_fused(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &Conv2dOptions,
+    extras: ConvExtras,
+) -> Result<Tensor, GpuError> {
+    conv2d_fused_with_kernel(gpu, x, weight, bias, opts, extras, MatmulKernel::Auto)
+}
+
+/// `conv2d_fused` with an explicit kernel choice (tests).
+pub fn conv2d_fused_with_kernel(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &Conv2dOptions,
+    extras: ConvExtras,
+    kernel: MatmulKernel,
+) -> Result<Tensor, GpuError> {
+    run(gpu, x, weight, bias, opts, extras, kernel, gpu.limits.max_storage_buffer_binding_size)
 }
 
 /// Whether `MatmulKernel::Auto` runs conv2d on cooperative matrices: as for
@@ -84,9 +121,11 @@ pub fn conv2d_with_binding_limit(
     weight: &Tensor,
     bias: Option<&Tensor>,
     opts: &Conv2dOptions,
+    extras: ConvExtras,
     limit: u64,
 ) -> Result<Tensor, GpuError> {
-    run(gpu, x, weight, bias, opts, MatmulKernel::Portable, limit.min(gpu.limits.max_storage_buffer_binding_size))
+    let limit = limit.min(gpu.limits.max_storage_buffer_binding_size);
+    run(gpu, x, weight, bias, opts, extras, MatmulKernel::Portable, limit)
 }
 
 /// Output height and width, as PyTorch computes them; an error when the
@@ -113,12 +152,14 @@ pub fn output_size(h: usize, w: usize, kh: usize, kw: usize, opts: &Conv2dOption
     ))
 }
 
+#[allow(clippy::too_many_arguments)] // the public entry points' arguments, plus the binding limit
 fn run(
     gpu: &Gpu,
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     opts: &Conv2dOptions,
+    extras: ConvExtras,
     kernel: MatmulKernel,
     limit: u64,
 ) -> Result<Tensor, GpuError> {
@@ -139,14 +180,27 @@ fn run(
         return Err(GpuError::Shape(format!("conv2d: x is {:?}, weight {:?}", x.dtype(), weight.dtype())));
     }
     if let Some(bias) = bias {
-        if bias.shape() != [cout] {
-            return Err(GpuError::Shape(format!("conv2d bias must be [{cout}] (Cout); got {:?}", bias.shape())));
+        let ok = if extras.bias_per_batch { bias.shape() == [b, cout] } else { bias.shape() == [cout] };
+        if !ok {
+            let want =
+                if extras.bias_per_batch { format!("[{b}, {cout}] (B, Cout)") } else { format!("[{cout}] (Cout)") };
+            return Err(GpuError::Shape(format!("conv2d bias must be {want}; got {:?}", bias.shape())));
         }
         if bias.dtype() != x.dtype() {
             return Err(GpuError::Shape(format!("conv2d: bias is {:?}, x {:?}", bias.dtype(), x.dtype())));
         }
     }
     let (hout, wout) = output_size(h, w, kh, kw, opts)?;
+    if let Some(r) = extras.residual
+        && (r.shape() != [b, cout, hout, wout] || r.dtype() != x.dtype())
+    {
+        return Err(GpuError::Shape(format!(
+            "conv2d residual is {:?} {:?}; the output is [{b}, {cout}, {hout}, {wout}] {:?}",
+            r.shape(),
+            r.dtype(),
+            x.dtype()
+        )));
+    }
     let coop = match kernel {
         MatmulKernel::Auto => coop_conv_available(gpu, x.dtype()),
         MatmulKernel::Portable => false,
@@ -172,7 +226,8 @@ fn run(
     let co_n = (1..=cout).rev().find(|&n| fits(n * npix) && fits(n * cin * khw)).unwrap_or(0);
     // Input channels per window (one empty window when there are none, so the bias is still written).
     let ci_n = if fits(cin * hw) { cin.max(1) } else { (budget / (hw as u64 * es).max(1)) as usize };
-    if co_n == 0 || ci_n == 0 || (bias.is_some() && !fits(cout)) {
+    let bias_len = if extras.bias_per_batch { b * cout } else { cout };
+    if co_n == 0 || ci_n == 0 || (bias.is_some() && !fits(bias_len)) {
         return Err(GpuError::TooLarge {
             bytes: (npix.max(hw).max(cin * khw) as u64) * es,
             limit,
@@ -216,12 +271,24 @@ fn run(
                 );
                 let (ww, off_w) = window(gpu, weight, co0 * cin * khw, (co0 + co_len) * cin * khw);
                 let has_bias = first && bias.is_some();
-                // Without a bias, bind the weight again (read-only) so the layout stays the same.
+                // The residual goes in with the last input-channel split, after the activation.
+                let has_res = last && extras.residual.is_some();
+                let bias_bs = if extras.bias_per_batch { cout } else { 0 };
+                // Without a bias or residual, bind the weight again (read-only) so the layout stays the same.
                 let (wb, off_bias) = match bias {
                     Some(t) if has_bias => {
-                        let (bb, off) = window(gpu, t, 0, cout);
-                        (bb, off + co0 as u32)
+                        let (bb, off) = window(gpu, t, 0, bias_len);
+                        (bb, off + (b0 * bias_bs + co0) as u32)
                     }
+                    _ => (ww.clone(), 0),
+                };
+                let (wr, off_res) = match extras.residual {
+                    Some(r) if has_res => window(
+                        gpu,
+                        r,
+                        b0 * cout * npix + co0 * npix,
+                        (b0 + items - 1) * cout * npix + (co0 + co_len) * npix,
+                    ),
                     _ => (ww.clone(), 0),
                 };
                 let params = Params::new()
@@ -251,8 +318,11 @@ fn run(
                     .u32(if last { opts.activation.code() } else { 0 })
                     .u32(!first as u32)
                     .u32(tiles_n)
-                    .u32(tiles_total);
-                gpu.dispatch(&kernel, params, &[wx, ww, wb, wy], [gx, gy, items as u32])?;
+                    .u32(tiles_total)
+                    .usize(bias_bs)
+                    .u32(has_res as u32)
+                    .u32(off_res);
+                gpu.dispatch(&kernel, params, &[wx, ww, wb, wy, wr], [gx, gy, items as u32])?;
             }
         }
     }

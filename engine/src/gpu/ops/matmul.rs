@@ -1,5 +1,6 @@
-//! Batched matrix multiplication, `torch.matmul` with optional transposes,
-//! bias and a fused activation, and `linear` (PyTorch's `F.linear`, weight
+//! Batched matrix multiplication, `torch.matmul` with optional transposes
+//! and a fused epilogue (bias per column or row, activation or GEGLU,
+//! residual add), and `linear` (PyTorch's `F.linear`, weight
 //! `[out, in]`). Launches `shaders/matmul.wgsl` (portable tiled GEMM) or, for
 //! f16 on adapters with cooperative matrices, `shaders/matmul_coop.wgsl`
 //! (tensor cores: f16 inputs, f32 accumulation, f16 output).
@@ -38,6 +39,9 @@ impl Activation {
     }
 }
 
+/// The shaders' `act` code for GEGLU on interleaved columns.
+const ACT_GEGLU: u32 = 4;
+
 /// What `matmul` computes besides the plain product.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MatmulOptions<'a> {
@@ -45,9 +49,19 @@ pub struct MatmulOptions<'a> {
     pub transpose_a: bool,
     /// B is stored `[.., N, K]` (a PyTorch `Linear` weight `[out, in]`).
     pub transpose_b: bool,
-    /// Length-N vector added to every row of the result.
+    /// Length-N vector added to every row of the result (length M added to
+    /// every column with `bias_per_row`).
     pub bias: Option<&'a Tensor>,
+    /// The bias has one value per row (M): a 1x1 conv written channels-first.
+    pub bias_per_row: bool,
     pub activation: Activation,
+    /// GEGLU on interleaved columns instead of an activation: result column
+    /// `j` is `P[.., 2j] * gelu(P[.., 2j + 1])` of the product P (plus bias),
+    /// so the result has N / 2 columns. See [`interleave_halves`].
+    pub geglu: bool,
+    /// Added to the result last (after the activation): `residual + f(x)`.
+    /// Same shape and dtype as the result.
+    pub residual: Option<&'a Tensor>,
 }
 
 /// Which kernel runs a product (or a convolution, in `conv2d`).
@@ -172,6 +186,20 @@ pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
     y.reshape(&shape)
 }
 
+/// A GEGLU projection's output rows reordered for [`MatmulOptions::geglu`]:
+/// `t` `[2n, ..]` holds the value rows then the gate rows (as `chunk(2)`
+/// splits the product); the result holds them in (value, gate) pairs,
+/// rows `2i` and `2i + 1`. For the weight `[2n, in]` and the bias `[2n]`.
+pub fn interleave_halves(gpu: &Gpu, t: &Tensor) -> Result<Tensor, GpuError> {
+    if t.rank() == 0 || !t.dim(0).is_multiple_of(2) {
+        return Err(GpuError::Shape(format!("interleave_halves needs an even first axis; got {:?}", t.shape())));
+    }
+    let half = t.dim(0) / 2;
+    let rest: usize = t.shape()[1..].iter().product();
+    let pairs = super::layout::permute(gpu, &t.reshape(&[2, half, rest])?, &[1, 0, 2])?;
+    pairs.reshape(t.shape())
+}
+
 /// A product's sizes and element strides, after the shape checks.
 struct Plan {
     batch: usize,
@@ -227,15 +255,31 @@ fn plan(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Plan, GpuError> 
         )));
     };
     if let Some(bias) = opts.bias {
-        if bias.rank() != 1 || bias.dim(0) != n {
-            return Err(GpuError::Shape(format!("matmul bias must be [{n}] (N); got {:?}", bias.shape())));
+        let (len, axis) = if opts.bias_per_row { (m, "M, one per row") } else { (n, "N") };
+        if bias.rank() != 1 || bias.dim(0) != len {
+            return Err(GpuError::Shape(format!("matmul bias must be [{len}] ({axis}); got {:?}", bias.shape())));
         }
         if bias.dtype() != a.dtype() {
             return Err(GpuError::Shape(format!("matmul bias is {:?}, operands {:?}", bias.dtype(), a.dtype())));
         }
     }
+    if opts.geglu && (!n.is_multiple_of(2) || opts.activation != Activation::None || opts.residual.is_some()) {
+        return Err(GpuError::Shape(format!(
+            "matmul GEGLU needs an even N (got {n}) and no other activation or residual"
+        )));
+    }
     let mut out_shape = batch_dims.to_vec();
-    out_shape.extend([m, n]);
+    out_shape.extend([m, if opts.geglu { n / 2 } else { n }]);
+    if let Some(r) = opts.residual
+        && (r.shape() != out_shape || r.dtype() != a.dtype())
+    {
+        return Err(GpuError::Shape(format!(
+            "matmul residual is {:?} {:?}; the result is {out_shape:?} {:?}",
+            r.shape(),
+            r.dtype(),
+            a.dtype()
+        )));
+    }
     let (a_rs, a_cs) = if opts.transpose_a { (1, m) } else { (k, 1) };
     let (b_rs, b_cs) = if opts.transpose_b { (1, k) } else { (n, 1) };
     Ok(Plan {
@@ -302,7 +346,9 @@ fn run(
     let es = dtype.size() as u64;
     let budget = window_budget(gpu, limit);
     // Batch items per dispatch: every batched operand's window must fit.
-    let per_item = p.batch_a.max(p.batch_b).max(p.m * p.n) as u64 * es;
+    // Elements between rows of C.
+    let c_rs = if opts.geglu { p.n / 2 } else { p.n };
+    let per_item = p.batch_a.max(p.batch_b).max(p.m * c_rs) as u64 * es;
     let shared_bytes = [(p.batch_a == 0, a.bytes()), (p.batch_b == 0, b.bytes())]
         .into_iter()
         .filter(|(shared, _)| *shared)
@@ -343,13 +389,19 @@ fn run(
         } else {
             window(gpu, b, b0 * p.batch_b, (b0 + items) * p.batch_b)
         };
-        let mn = p.m * p.n;
+        let mn = p.m * c_rs;
         let (wc, off_c) = window(gpu, &c, b0 * mn, (b0 + items) * mn);
-        // Without a bias, bind A again (read-only) so the layout stays the same.
+        // Without a bias or residual, bind A again (read-only) so the layout stays the same.
         let (wbias, off_bias) = match opts.bias {
             Some(bias) => window(gpu, bias, 0, bias.numel()),
             None => (wa.clone(), 0),
         };
+        let (wres, off_res) = match opts.residual {
+            Some(r) => window(gpu, r, b0 * mn, (b0 + items) * mn),
+            None => (wa.clone(), 0),
+        };
+        let (bias_rs, bias_cs) = if opts.bias_per_row { (1, 0) } else { (0, 1) };
+        let act = if opts.geglu { ACT_GEGLU } else { opts.activation.code() };
         let params = Params::new()
             .usize(p.m)
             .usize(p.n)
@@ -366,10 +418,15 @@ fn run(
             .u32(off_c)
             .u32(off_bias)
             .u32(opts.bias.is_some() as u32)
-            .u32(opts.activation.code())
+            .u32(act)
             .u32(tiles_n)
-            .u32(tiles_total);
-        gpu.dispatch(&k, params, &[wa, wb, wbias, wc], [gx, gy, items as u32])?;
+            .u32(tiles_total)
+            .u32(bias_rs)
+            .u32(bias_cs)
+            .u32(opts.residual.is_some() as u32)
+            .u32(off_res)
+            .usize(c_rs);
+        gpu.dispatch(&k, params, &[wa, wb, wbias, wc, wres], [gx, gy, items as u32])?;
     }
     Ok(c)
 }

@@ -11,7 +11,12 @@ use super::super::tensor::{DType, Tensor};
 const WG: usize = 256;
 /// Elements one `gn_stats` workgroup folds: 16 per invocation, so each
 /// invocation's Welford run is short and the groups spread over many workgroups.
+/// A group of at most one chunk is normalised in a single pass (`gn_single`).
 const CHUNK: usize = WG * 16;
+/// Up to this many chunks per group, `gn_apply` merges the partials itself
+/// (a few merges per element) instead of a `gn_finalize` pass: two kernel
+/// calls instead of three for every UNet GroupNorm at 512x512.
+const MERGE_IN_APPLY: usize = 16;
 
 fn check_affine(x: &Tensor, gamma: &Tensor, beta: &Tensor, c: usize, op: &str) -> Result<(), GpuError> {
     for (name, t) in [("gamma", gamma), ("beta", beta)] {
@@ -60,10 +65,8 @@ pub fn group_norm(
             "group_norm: {bg} (batch, group) pairs of {group_len} elements exceed the dispatch limit"
         )));
     }
-    // Per (group, chunk): count, mean, M2, pad. Per group: shift, mean - shift, rstd, pad.
-    let partial = gpu.empty(&[bg * nchunks * 4], DType::F32)?;
-    let stats = gpu.empty(&[bg * 4], DType::F32)?;
     // Fields in the order of the shader's `Params`; `n` differs per pass.
+    let merge = nchunks <= MERGE_IN_APPLY;
     let params = |n: usize| {
         Params::new()
             .usize(n)
@@ -75,22 +78,37 @@ pub fn group_norm(
             .usize(cpg)
             .u32(silu as u32)
             .f32(eps)
+            .u32(merge as u32)
     };
     let variant = x.dtype().variant();
     let kernel = |entry| Kernel::new(ShaderFamily::Norm, variant, entry);
     let max = gpu.limits.max_compute_workgroups_per_dimension;
+    if nchunks == 1 {
+        gpu.dispatch(
+            &kernel("gn_single"),
+            params(bg),
+            &[whole(x), whole(gamma), whole(beta), whole(&y)],
+            grid(bg as u32, max),
+        )?;
+        return Ok(y);
+    }
+    // Per (group, chunk): count, mean, M2, pad. Per group: shift, mean - shift, rstd, pad.
+    let partial = gpu.empty(&[bg * nchunks * 4], DType::F32)?;
+    let stats = gpu.empty(&[bg * 4], DType::F32)?;
     gpu.dispatch(&kernel("gn_stats"), params(0), &[whole(x), whole(&partial)], [nchunks as u32, bg as u32, 1])?;
-    gpu.dispatch(
-        &kernel("gn_finalize"),
-        params(bg),
-        &[whole(x), whole(&partial), whole(&stats)],
-        grid(bg as u32, max),
-    )?;
+    if !merge {
+        gpu.dispatch(
+            &kernel("gn_finalize"),
+            params(bg),
+            &[whole(x), whole(&partial), whole(&stats)],
+            grid(bg as u32, max),
+        )?;
+    }
     let n = x.numel();
     gpu.dispatch(
         &kernel("gn_apply"),
         params(n),
-        &[whole(x), whole(&stats), whole(gamma), whole(beta), whole(&y)],
+        &[whole(x), whole(&partial), whole(&stats), whole(gamma), whole(beta), whole(&y)],
         grid(n.div_ceil(WG) as u32, max),
     )?;
     Ok(y)
@@ -109,7 +127,7 @@ pub fn layer_norm(gpu: &Gpu, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32
         return Ok(y);
     }
     let rows = x.numel() / c;
-    let params = Params::new().usize(rows).usize(c).usize(0).usize(0).usize(0).usize(0).usize(0).u32(0).f32(eps);
+    let params = Params::new().usize(rows).usize(c).usize(0).usize(0).usize(0).usize(0).usize(0).u32(0).f32(eps).u32(0);
     gpu.dispatch(
         &Kernel::new(ShaderFamily::Norm, x.dtype().variant(), "layer_norm"),
         params,
