@@ -3,7 +3,8 @@
 //! blocks, SD's and CLIP's head dims, batch 2, causal and not, cross-attention,
 //! custom scales, f32 and f16; bad shapes give errors.
 
-use engine::gpu::ops::attention::{AttentionOptions, attention, attention_kv, attention_qkv};
+use engine::gpu::ops::attention::{AttentionOptions, attention, attention_kv, attention_qkv, coop_attention_available};
+use engine::gpu::ops::matmul::MatmulKernel;
 use engine::gpu::reference::attention::{self as r, AttentionShape};
 use engine::gpu::testing::{random, round_f16, shared_gpu};
 use engine::gpu::tolerance::Tolerance;
@@ -28,13 +29,17 @@ const fn case(batch: usize, lq: usize, lk: usize, heads: usize, head_dim: usize,
 }
 
 fn check(gpu: &Gpu, c: Case, dtype: DType, tol: Tolerance, seed: u64) {
+    check_with(gpu, c, dtype, tol, seed, MatmulKernel::Auto)
+}
+
+fn check_with(gpu: &Gpu, c: Case, dtype: DType, tol: Tolerance, seed: u64, kernel: MatmulKernel) {
     let hd = c.heads * c.head_dim;
     let stored = |d: Vec<f32>| if dtype == DType::F16 { round_f16(&d) } else { d };
     let q = stored(random(c.batch * c.lq * hd, seed, -c.range, c.range));
     let k = stored(random(c.batch * c.lk * hd, seed + 1, -c.range, c.range));
     let v = stored(random(c.batch * c.lk * hd, seed + 2, -1.0, 1.0));
     let up = |d: &[f32], l: usize| gpu.upload(d, &[c.batch, l, hd], dtype).unwrap();
-    let opts = AttentionOptions { heads: c.heads, causal: c.causal, scale: c.scale };
+    let opts = AttentionOptions { causal: c.causal, scale: c.scale, kernel, ..AttentionOptions::new(c.heads) };
     let out = attention(gpu, &up(&q, c.lq), &up(&k, c.lk), &up(&v, c.lk), opts).unwrap();
     assert_eq!(out.shape(), [c.batch, c.lq, hd]);
     assert_eq!(out.dtype(), dtype);
@@ -49,7 +54,7 @@ fn check(gpu: &Gpu, c: Case, dtype: DType, tol: Tolerance, seed: u64) {
         scale: c.scale.map_or(1.0 / (c.head_dim as f64).sqrt(), |s| s as f64),
     };
     let want = r::attention(&q, &k, &v, shape);
-    tol.check(&got, &want).unwrap_or_else(|e| panic!("{c:?} {dtype:?}: {e}"));
+    tol.check(&got, &want).unwrap_or_else(|e| panic!("{c:?} {dtype:?} {kernel:?}: {e}"));
 }
 
 /// Self-attention, cross-attention and CLIP-style causal cases over SD's
@@ -85,8 +90,37 @@ fn attention_matches_reference_for_sd_and_clip_shapes_in_f16() {
         return;
     }
     for (i, &c) in CASES.iter().enumerate() {
-        check(gpu, c, DType::F16, Tolerance::f16(), 200 + 3 * i as u64);
+        check_with(gpu, c, DType::F16, Tolerance::f16(), 200 + 3 * i as u64, MatmulKernel::Portable);
     }
+}
+
+/// Runs only where the adapter has f16 cooperative matrices (not lavapipe).
+#[test]
+fn coop_attention_matches_reference_when_adapter_has_cooperative_matrices() {
+    let Some(gpu) = shared_gpu() else { return };
+    if !coop_attention_available(gpu, DType::F16, 64) {
+        eprintln!("skipped: {} has no usable f16 cooperative matrices", gpu.info.name);
+        let q = gpu.zeros(&[1, 4, 16], DType::F32).unwrap();
+        let opts = AttentionOptions { kernel: MatmulKernel::Coop, ..AttentionOptions::new(1) };
+        // Asking for tensor cores where there are none is an error, not a fallback.
+        assert!(matches!(attention(gpu, &q, &q, &q, opts), Err(GpuError::Shape(_))));
+        return;
+    }
+    let coop = MatmulKernel::Coop;
+    for (i, &c) in CASES.iter().enumerate() {
+        check_with(gpu, c, DType::F16, Tolerance::f16(), 500 + 3 * i as u64, coop);
+    }
+    // Head dims off the 16-wide tiles, and SD 1.5's 40, 80 and 160 over many query and key blocks.
+    for (i, d) in [1, 3, 20, 157].into_iter().enumerate() {
+        check_with(gpu, case(2, 33, 45, 3, d, i % 2 == 1), DType::F16, Tolerance::f16(), 530 + i as u64, coop);
+    }
+    for (i, (l, heads, d)) in [(1024, 8, 40), (1024, 8, 80), (256, 8, 160)].into_iter().enumerate() {
+        check_with(gpu, case(2, l, l, heads, d, false), DType::F16, Tolerance::f16(), 540 + i as u64, coop);
+    }
+    // Peaked scores (large logits) exercise the max/sum pass.
+    let mut c = case(1, 70, 90, 2, 64, false);
+    c.range = 6.0;
+    check_with(gpu, c, DType::F16, Tolerance::f16(), 550, coop);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Kernel benchmarks: wall-clock time and throughput of matmul and conv2d at
+//! Kernel benchmarks: wall-clock time and throughput of matmul, conv2d and attention at
 //! a square 4096³ product and at Stable Diffusion 1.5 UNet shapes for a
 //! 512x512 image with classifier-free guidance (batch 2, so 2 x 64 x 64 =
 //! 8192 tokens at the top level). `BenchSize::Small` runs the same list
@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::device::{Gpu, GpuError};
+use super::ops::attention::{AttentionOptions, attention, coop_attention_available};
 use super::ops::conv2d::{Conv2dOptions, conv2d_with_kernel, coop_conv_available};
 use super::ops::matmul::{MatmulKernel, MatmulOptions, coop_available, matmul_with_kernel};
 use super::tensor::{DType, Tensor};
@@ -40,6 +41,8 @@ enum Op {
     Matmul { m: usize, k: usize, n: usize, linear: bool },
     /// 3x3 convolution, stride 1, padding 1.
     Conv3x3 { b: usize, cin: usize, cout: usize, hw: usize },
+    /// Multi-head attention of `l` queries over `lk` keys (k = v).
+    Attention { b: usize, l: usize, lk: usize, heads: usize, d: usize },
 }
 
 struct Case {
@@ -61,6 +64,10 @@ fn cases(size: BenchSize) -> Vec<Case> {
         Case { label: "conv2d 3x3", op: Op::Conv3x3 { b: 2, cin: 320 / c, cout: 320 / c, hw: 64 / c } },
         Case { label: "conv2d 3x3", op: Op::Conv3x3 { b: 2, cin: 640 / c, cout: 640 / c, hw: 32 / c } },
         Case { label: "conv2d 3x3", op: Op::Conv3x3 { b: 2, cin: 1280 / c, cout: 1280 / c, hw: 16 / c } },
+        // Self- and cross-attention (77 tokens) at the 64x64 level, self-attention at 32x32.
+        Case { label: "attention self", op: Op::Attention { b: 2, l: 4096 / d, lk: 4096 / d, heads: 8, d: 40 } },
+        Case { label: "attention cross", op: Op::Attention { b: 2, l: 4096 / d, lk: 77, heads: 8, d: 40 } },
+        Case { label: "attention self", op: Op::Attention { b: 2, l: 1024 / d, lk: 1024 / d, heads: 8, d: 80 } },
     ]
 }
 
@@ -69,6 +76,8 @@ impl Op {
         match *self {
             Op::Matmul { m, k, n, .. } => 2.0 * (m * k * n) as f64,
             Op::Conv3x3 { b, cin, cout, hw } => 2.0 * (b * cout * hw * hw * cin * 9) as f64,
+            // Q K^T and P V; the softmax and the cooperative kernel's second Q K^T are not counted.
+            Op::Attention { b, l, lk, heads, d } => 4.0 * (b * heads * l * lk * d) as f64,
         }
     }
 
@@ -77,6 +86,7 @@ impl Op {
             Op::Matmul { m, k, n, linear: false } => format!("[{m},{k}]x[{k},{n}]"),
             Op::Matmul { m, k, n, linear: true } => format!("[{m},{k}]x[{n},{k}]T"),
             Op::Conv3x3 { b, cin, cout, hw } => format!("[{b},{cin},{hw},{hw}] -> {cout} ch, 3x3 s1 p1"),
+            Op::Attention { b, l, lk, heads, d } => format!("[{b},{l},{heads}x{d}] over {lk} keys"),
         }
     }
 
@@ -85,6 +95,7 @@ impl Op {
         let (sa, sb) = match *self {
             Op::Matmul { m, k, n, linear } => (vec![m, k], if linear { vec![n, k] } else { vec![k, n] }),
             Op::Conv3x3 { b, cin, cout, hw } => (vec![b, cin, hw, hw], vec![cout, cin, 3, 3]),
+            Op::Attention { b, l, lk, heads, d } => (vec![b, l, heads * d], vec![b, lk, heads * d]),
         };
         let upload = |shape: &[usize], seed| {
             let n = shape.iter().product();
@@ -101,6 +112,9 @@ impl Op {
             Op::Conv3x3 { .. } => {
                 let opts = Conv2dOptions { padding: (1, 1), ..Default::default() };
                 conv2d_with_kernel(gpu, a, b, None, &opts, kernel)
+            }
+            Op::Attention { heads, .. } => {
+                attention(gpu, a, b, b, AttentionOptions { kernel, ..AttentionOptions::new(heads) })
             }
         }
     }
@@ -144,8 +158,12 @@ pub fn bench_kernels(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchResult>, Gpu
     let mut out = Vec::new();
     for case in cases(size) {
         for &(dtype, kernel, kname) in &paths {
-            if kernel == MatmulKernel::Coop && matches!(case.op, Op::Conv3x3 { .. }) && !coop_conv_available(gpu, dtype)
-            {
+            let coop_ok = match case.op {
+                Op::Matmul { .. } => true,
+                Op::Conv3x3 { .. } => coop_conv_available(gpu, dtype),
+                Op::Attention { d, .. } => coop_attention_available(gpu, dtype, d),
+            };
+            if kernel == MatmulKernel::Coop && !coop_ok {
                 continue;
             }
             let (a, b) = case.op.inputs(gpu, dtype)?;

@@ -23,6 +23,7 @@ pub enum ShaderFamily {
     Norm,
     Softmax,
     Attention,
+    AttentionCoop,
 }
 
 /// A storage-type (and hardware-path) variant of a shader.
@@ -314,6 +315,19 @@ pub const SHADERS: &[ShaderSource] = &[
         }],
         // The largest head dimension, where the per-invocation arrays are fullest.
         overrides: &[("HEAD_DIM", 160.0)],
+        libs: &[],
+    },
+    ShaderSource {
+        family: ShaderFamily::AttentionCoop,
+        file: "attention_coop.wgsl",
+        body: include_str!("../../../shaders/attention_coop.wgsl"),
+        variants: &[Variant::CoopF16],
+        entries: &[EntryPoint {
+            name: "attention",
+            bindings: &[uniform(0, "params"), read(1, "q"), read(2, "k"), read(3, "v"), read_write(4, "out")],
+        }],
+        // NVIDIA's subgroup size; the largest head dim (every accumulator in use).
+        overrides: &[("SG", 32.0), ("HEAD_DIM", 160.0)],
         libs: &[],
     },
 ];

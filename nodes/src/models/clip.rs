@@ -219,7 +219,7 @@ impl ClipEncoderLayer {
         let v = self.v_proj.forward(gpu, &h)?;
         // q, k, v stay [B, L, H*D]: the kernel splits heads itself. Scale is
         // CLIPAttention's head_dim^-0.5, the kernel's default.
-        let a = attention(gpu, &q, &k, &v, AttentionOptions { heads, causal: true, scale: None })?;
+        let a = attention(gpu, &q, &k, &v, AttentionOptions { causal: true, ..AttentionOptions::new(heads) })?;
         let x = self.out_proj.forward_residual(gpu, &a, Some(x))?;
 
         let h = self.layer_norm2.forward(gpu, &x)?;

@@ -2,12 +2,14 @@
 //! (`torch.nn.functional.scaled_dot_product_attention` on heads split out of
 //! the channel axis, as diffusers' `Attention` and CLIP's self-attention use
 //! it), launching `shaders/attention.wgsl`: flash-style, the score matrix is
-//! never stored.
+//! never stored; or for f16 on adapters with cooperative matrices
+//! `shaders/attention_coop.wgsl` (tensor cores, two passes over the keys).
 
 use super::super::device::{Gpu, GpuError};
 use super::super::launch::{Kernel, Params, whole};
-use super::super::shaders::ShaderFamily;
+use super::super::shaders::{ShaderFamily, Variant};
 use super::super::tensor::Tensor;
+use super::matmul::{MatmulKernel, coop_available};
 
 /// Query rows per workgroup (`BQ` in the shader).
 const BQ: usize = 64;
@@ -27,13 +29,28 @@ pub struct AttentionOptions {
     pub causal: bool,
     /// Softmax scale; `None` is `1 / sqrt(D)`.
     pub scale: Option<f32>,
+    /// Which kernel: `Auto` uses cooperative matrices where the adapter and
+    /// the shapes allow (f16, D <= 160), the portable kernel elsewhere.
+    pub kernel: MatmulKernel,
 }
 
 impl AttentionOptions {
     /// `heads` heads, no mask, the default scale.
     pub fn new(heads: usize) -> Self {
-        Self { heads, causal: false, scale: None }
+        Self { heads, causal: false, scale: None, kernel: MatmulKernel::Auto }
     }
+}
+
+/// Workgroup memory the cooperative kernel declares, sized for D = 160: Q
+/// (64 rows), K and V (16 rows each) in f16 with rows of 168, the score
+/// tiles (4 x 16 x 16 f32), the P tiles (4 x 16 x 24 f16), the row sums.
+const COOP_WORKGROUP_BYTES: u32 = (64 + 2 * 16) * 168 * 2 + 1024 * 4 + 1536 * 2 + 64 * 4;
+
+/// Whether `MatmulKernel::Auto` runs attention on cooperative matrices.
+pub fn coop_attention_available(gpu: &Gpu, dtype: super::super::tensor::DType, head_dim: usize) -> bool {
+    coop_available(gpu, dtype)
+        && (1..=MAX_HEAD_DIM).contains(&head_dim)
+        && COOP_WORKGROUP_BYTES <= gpu.limits.max_compute_workgroup_storage_size
 }
 
 /// `softmax(q k^T * scale) v` per (batch, head): `q` `[B, Lq, H*D]`, `k` and
@@ -124,8 +141,21 @@ fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<T
     if lk == 0 {
         return err("no keys to attend to (Lk = 0)".into());
     }
+    let dtype = q.tensor.dtype();
+    let coop = match opts.kernel {
+        MatmulKernel::Auto => coop_attention_available(gpu, dtype, d),
+        MatmulKernel::Portable => false,
+        MatmulKernel::Coop if coop_attention_available(gpu, dtype, d) => true,
+        MatmulKernel::Coop => {
+            return err(format!(
+                "the cooperative-matrix kernel needs f16 tensors, D <= {MAX_HEAD_DIM} and an adapter with \
+                 16x16x16 f16 cooperative matrices; got {dtype:?}, D = {d} on {}",
+                gpu.info.name
+            ));
+        }
+    };
     let available = gpu.limits.max_compute_workgroup_storage_size;
-    if available < WORKGROUP_BYTES {
+    if !coop && available < WORKGROUP_BYTES {
         return Err(GpuError::Wgpu(format!(
             "attention needs {WORKGROUP_BYTES} bytes of workgroup memory; {} offers {available}",
             gpu.info.name
@@ -144,11 +174,18 @@ fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<T
         .usize(q.offset)
         .usize(k.offset)
         .usize(v.offset);
-    // D chunks of 16 halve the barriers; 8 when 16 would pad (D = 40).
-    let dk = if d.is_multiple_of(16) { 16.0 } else { 8.0 };
-    let kernel = Kernel::new(ShaderFamily::Attention, q.tensor.dtype().variant(), "attention")
-        .constant("HEAD_DIM", d as f64)
-        .constant("DK", dk);
+    let kernel = if coop {
+        let sg = gpu.info.subgroup_size.0;
+        Kernel::new(ShaderFamily::AttentionCoop, Variant::CoopF16, "attention")
+            .constant("SG", sg as f64)
+            .constant("HEAD_DIM", d as f64)
+    } else {
+        // D chunks of 16 halve the barriers; 8 when 16 would pad (D = 40).
+        let dk = if d.is_multiple_of(16) { 16.0 } else { 8.0 };
+        Kernel::new(ShaderFamily::Attention, dtype.variant(), "attention")
+            .constant("HEAD_DIM", d as f64)
+            .constant("DK", dk)
+    };
     gpu.dispatch(
         &kernel,
         params,
