@@ -121,3 +121,38 @@ fn a_folder_without_weights_is_refused_with_the_reason() {
     let e = SafeTensors::open(&cut).unwrap_err().to_string();
     assert!(e.contains("truncated?"), "{e}");
 }
+
+#[test]
+fn weights_convert_from_every_float_format_exactly_as_through_f32() {
+    use engine::gpu::DType;
+    use nodes::checkpoint::safetensors::{Dtype, convert_into, to_f32};
+    // Just past one million elements: the conversion splits over threads, with a short last part.
+    let n = (1 << 20) + 3;
+    let values: Vec<f64> =
+        (0..n).map(|i| ((i as f64) * 0.618_033_988_7).sin() * 1e3_f64.powf((i % 7) as f64 / 3.0 - 1.0)).collect();
+    let encodings: [(Dtype, Vec<u8>); 4] = [
+        (Dtype::F64, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        (Dtype::F32, values.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect()),
+        (Dtype::F16, values.iter().flat_map(|v| half::f16::from_f64(*v).to_le_bytes()).collect()),
+        (Dtype::BF16, values.iter().flat_map(|v| half::bf16::from_f64(*v).to_le_bytes()).collect()),
+    ];
+    for (dtype, bytes) in &encodings {
+        let as_f32 = to_f32(*dtype, bytes).unwrap();
+        let mut out = vec![0u8; n * 4];
+        assert!(convert_into(*dtype, bytes, DType::F32, &mut out));
+        let got: Vec<f32> = out.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert!(got.iter().zip(&as_f32).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype:?} -> f32");
+        let mut out = vec![0u8; n * 2];
+        assert!(convert_into(*dtype, bytes, DType::F16, &mut out));
+        let got: Vec<u16> = out.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        // f64 rounds once, straight to f16 (as PyTorch's .half()); the rest through f32 (exact for f16/bf16).
+        let want: Vec<u16> = match dtype {
+            Dtype::F64 => values.iter().map(|v| half::f16::from_f64(*v).to_bits()).collect(),
+            _ => as_f32.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect(),
+        };
+        assert!(got == want, "{dtype:?} -> f16");
+    }
+    // Integer data is not a weight; lengths that disagree are refused.
+    assert!(!convert_into(Dtype::I64, &[0; 8], DType::F32, &mut [0; 4]));
+    assert!(!convert_into(Dtype::F32, &[0; 8], DType::F32, &mut [0; 4]));
+}

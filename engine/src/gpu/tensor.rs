@@ -121,13 +121,13 @@ impl Gpu {
         if data.len() != numel(shape) {
             return Err(GpuError::Shape(format!("{} values do not fill shape {shape:?}", data.len())));
         }
-        let t = self.empty(shape, dtype)?;
-        let bytes: Vec<u8> = match dtype {
-            DType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            DType::F16 => data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-        };
-        self.write_bytes(&t, &bytes);
-        Ok(t)
+        self.upload_filled(shape, dtype, |dst| match dtype {
+            DType::F32 => dst.chunks_exact_mut(4).zip(data).for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
+            DType::F16 => dst
+                .chunks_exact_mut(2)
+                .zip(data)
+                .for_each(|(d, v)| d.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        })
     }
 
     /// Uploads raw f16 bits (as stored in checkpoints).
@@ -135,16 +135,30 @@ impl Gpu {
         if bits.len() != numel(shape) {
             return Err(GpuError::Shape(format!("{} values do not fill shape {shape:?}", bits.len())));
         }
-        let t = self.empty(shape, DType::F16)?;
-        let bytes: Vec<u8> = bits.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.write_bytes(&t, &bytes);
+        self.upload_filled(shape, DType::F16, |dst| {
+            dst.chunks_exact_mut(2).zip(bits).for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes()))
+        })
+    }
+
+    /// A tensor whose bytes (little-endian, `numel * dtype size` of them)
+    /// `fill` writes, converting from a file's format in one pass: uploading
+    /// large weights with no intermediate f32 copy.
+    pub fn upload_filled(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Tensor, GpuError> {
+        let t = self.empty(shape, dtype)?;
+        self.fill_staged(&t, fill);
         Ok(t)
     }
 
     /// Copies bytes in through a staging buffer recorded in the current
     /// encoder, so the write is ordered after earlier recorded work on a
-    /// reused buffer (a queue write would jump ahead of it).
-    fn write_bytes(&self, t: &Tensor, bytes: &[u8]) {
+    /// reused buffer (a queue write would jump ahead of it). `fill` writes
+    /// the first `t.bytes()` bytes of the staging memory; the padding is zeroed.
+    fn fill_staged(&self, t: &Tensor, fill: impl FnOnce(&mut [u8])) {
         let size = t.buffer().size();
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("upload"),
@@ -153,11 +167,15 @@ impl Gpu {
             mapped_at_creation: true,
         });
         {
-            let mut padded = bytes.to_vec();
-            padded.resize(size as usize, 0);
+            // Mapped memory is write-only (it may be write-combined), so the
+            // data is made here and copied in once.
+            let n = t.bytes() as usize;
+            let mut data = vec![0u8; n];
+            fill(&mut data);
             // A buffer mapped at creation is always mappable in full.
             let mut view = staging.get_mapped_range_mut(..).expect("mapped at creation");
-            view.copy_from_slice(&padded);
+            view.slice(..n).copy_from_slice(&data);
+            view.slice(n..).fill(0);
         }
         staging.unmap();
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, Some(size)));

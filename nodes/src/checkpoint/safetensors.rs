@@ -190,6 +190,62 @@ impl SafeTensors {
     }
 }
 
+/// Converts little-endian float data of `dtype` into `dst`, little-endian
+/// f32 or f16 as `out` says (`dst` holds exactly the elements of `src`);
+/// tensors of millions of elements are split over the CPU's cores. `false`
+/// for non-float dtypes or mismatched lengths.
+pub fn convert_into(dtype: Dtype, src: &[u8], out: engine::gpu::DType, dst: &mut [u8]) -> bool {
+    let in_size = match dtype {
+        Dtype::F64 => 8,
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
+        _ => return false,
+    };
+    let n = dst.len() / out.size();
+    if src.len() != n * in_size || dst.len() != n * out.size() {
+        return false;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
+    let per = if n >= 1 << 20 { n.div_ceil(threads) } else { n }.max(1);
+    std::thread::scope(|scope| {
+        let mut parts = src.chunks(per * in_size).zip(dst.chunks_mut(per * out.size())).peekable();
+        while let Some((s, d)) = parts.next() {
+            if parts.peek().is_some() {
+                scope.spawn(move || convert_chunk(dtype, s, out, d));
+            } else {
+                convert_chunk(dtype, s, out, d);
+            }
+        }
+    });
+    true
+}
+
+/// `f` on each `I`-byte element of `src`, written as `O` bytes into `dst`.
+fn map_elems<const I: usize, const O: usize>(src: &[u8], dst: &mut [u8], f: impl Fn([u8; I]) -> [u8; O]) {
+    for (d, s) in dst.chunks_exact_mut(O).zip(src.chunks_exact(I)) {
+        // `chunks_exact` hands out exactly I bytes.
+        d.copy_from_slice(&f(s.try_into().unwrap_or([0; I])));
+    }
+}
+
+fn convert_chunk(dtype: Dtype, src: &[u8], out: engine::gpu::DType, dst: &mut [u8]) {
+    use engine::gpu::DType as Out;
+    use half::f16;
+    // bf16 is the top half of an f32.
+    let bf16 = |b: [u8; 2]| f32::from_bits((u16::from_le_bytes(b) as u32) << 16);
+    match (dtype, out) {
+        (Dtype::F32, Out::F32) | (Dtype::F16, Out::F16) => dst.copy_from_slice(src),
+        (Dtype::F16, Out::F32) => map_elems(src, dst, |b: [u8; 2]| f16::from_le_bytes(b).to_f32().to_le_bytes()),
+        (Dtype::BF16, Out::F32) => map_elems(src, dst, |b: [u8; 2]| bf16(b).to_le_bytes()),
+        (Dtype::F64, Out::F32) => map_elems(src, dst, |b: [u8; 8]| (f64::from_le_bytes(b) as f32).to_le_bytes()),
+        (Dtype::F32, Out::F16) => map_elems(src, dst, |b: [u8; 4]| f16::from_f32(f32::from_le_bytes(b)).to_le_bytes()),
+        (Dtype::BF16, Out::F16) => map_elems(src, dst, |b: [u8; 2]| f16::from_f32(bf16(b)).to_le_bytes()),
+        (Dtype::F64, Out::F16) => map_elems(src, dst, |b: [u8; 8]| f16::from_f64(f64::from_le_bytes(b)).to_le_bytes()),
+        // `convert_into` lets only float dtypes through.
+        _ => {}
+    }
+}
+
 /// Converts little-endian float data; `None` for non-float dtypes.
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use engine::gpu::{DType, Gpu, Tensor};
 
-use super::safetensors::{CheckpointError, SafeTensors};
+use super::safetensors::{CheckpointError, SafeTensors, convert_into};
 
 /// Where one canonical name's data lives.
 #[derive(Debug, Clone)]
@@ -135,8 +135,27 @@ impl<'a> Weights<'a> {
 
     /// A weight uploaded to the GPU as `dtype`, checked against `shape`.
     pub fn tensor(&self, gpu: &Gpu, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, WeightError> {
-        let data = self.f32(name, shape)?;
-        gpu.upload(&data, shape, dtype).map_err(|e| WeightError::Gpu(self.full_name(name), e.to_string()))
+        let full = self.full_name(name);
+        let (st, loc) = self.src.lookup(&full)?;
+        // As `f32`: a name mapped from another layout is checked against the file's own shape.
+        let stored = match &loc.shape {
+            Some(canonical) if canonical == shape => st.info(&loc.key).map(|i| i.shape.clone()).unwrap_or_default(),
+            _ => shape.to_vec(),
+        };
+        let error =
+            |message: String| CheckpointError { file: st.path().to_path_buf(), key: Some(full.clone()), message };
+        let (info, bytes) = st.bytes(&loc.key).map_err(|e| error(e.message))?;
+        if info.shape != stored {
+            return Err(error(format!("has shape {:?}, expected {stored:?}", info.shape)).into());
+        }
+        let mut converted = true;
+        let t = gpu
+            .upload_filled(shape, dtype, |dst| converted = convert_into(info.dtype, bytes, dtype, dst))
+            .map_err(|e| WeightError::Gpu(full.clone(), e.to_string()))?;
+        if !converted {
+            return Err(error(format!("has dtype {:?}, expected a float type", info.dtype)).into());
+        }
+        Ok(t)
     }
 }
 
