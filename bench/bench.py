@@ -256,13 +256,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=None, help="timed runs per op (default 10, 2 with --small)")
     ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--size", type=int, default=None,
+                    help="picture size (default 512, 64 with --small); e.g. the full-width model at 64 on a CPU")
     ap.add_argument("--profile", action="store_true", help="also print sdgraph's top kernels per network")
     ap.add_argument("--skip-cold", action="store_true", help="skip the cold-start timings")
     ap.add_argument("--results", type=Path, default=None, help="append the table here (default bench/RESULTS.md; never with --small)")
     ap.add_argument("--no-results", action="store_true")
     ap.add_argument("--cold-diffusers", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    size = 64 if a.small else 512
+    size = a.size or (64 if a.small else 512)
+    if size % 64 != 0:
+        raise SystemExit("--size must be a multiple of 64 (the VAE encoder's input)")
     work = a.work or (HERE / ("work-small" if a.small else "work"))
     if a.cold_diffusers is not None:
         cold_diffusers(work, size, a.steps, a.cold_diffusers)
@@ -324,7 +328,7 @@ def main() -> None:
         cold_dir.mkdir(exist_ok=True)
         cold["sdgraph"] = cold_start([sdgraph, "run", str(graph), "--out-dir", str(cold_dir), "--quiet"])
         cold["diffusers"] = cold_start([sys.executable, str(Path(__file__).resolve()), "--work", str(work),
-                                        "--steps", str(a.steps)] + (["--small"] if a.small else [])
+                                        "--steps", str(a.steps), "--size", str(size)] + (["--small"] if a.small else [])
                                        + ["--cold-diffusers", str(cold_dir / "diffusers.png")])
 
     # --- compare and report -----------------------------------------------------------------
@@ -350,7 +354,9 @@ def main() -> None:
         table.append(f"| first image, cold process | {cold['diffusers'] * 1e3:.0f} | {cold['sdgraph'] * 1e3:.0f} | "
                      f"{cold['sdgraph'] / cold['diffusers']:.2f} | - | - | - |")
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = (f"### {when}: {'--small (LOCAL SMOKE RUN, not GPU numbers)' if a.small else 'SD 1.5 shapes, 512x512'}\n\n"
+    model = "narrow SD 1.5-shaped model (--small)" if a.small else "SD 1.5 shapes"
+    where = "" if dev.type == "cuda" else " (LOCAL CPU RUN, not GPU numbers)"
+    title = (f"### {when}: {model}, {size}x{size}{where}\n\n"
              f"- diffusers: {dname}, {str(dtype).replace('torch.', '')}, torch {torch.__version__}, "
              f"diffusers {__import__('diffusers').__version__}\n"
              f"- sdgraph: {s['adapter']} ({s['backend']}, {s['device_type']}), {s['dtype']}; VAE f32; "

@@ -63,7 +63,9 @@ fn check_via(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, via: Via) {
     let dx = round(random(c.x.iter().product(), seed, -1.0, 1.0));
     let dw = round(random(c.w.iter().product(), seed + 1, -1.0, 1.0));
     let (batch, cout) = (c.x[0], c.w[0]);
-    let bias_shape = if c.batch_bias { vec![batch, cout] } else { vec![cout] };
+    // A per-batch bias row holds other convs' values too: this conv's are columns 3..3 + cout.
+    let (row, offset) = if c.batch_bias { (cout + 5, 3) } else { (cout, 0) };
+    let bias_shape = if c.batch_bias { vec![batch, row] } else { vec![cout] };
     let db = round(random(bias_shape.iter().product(), seed + 2, -1.0, 1.0));
     let x = gpu.upload(&dx, &c.x, dtype).unwrap();
     let w = gpu.upload(&dw, &c.w, dtype).unwrap();
@@ -82,13 +84,13 @@ fn check_via(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, via: Via) {
             let bias = match (c.bias, c.batch_bias) {
                 (false, _) => 0.0,
                 (true, false) => db[co] as f64,
-                (true, true) => db[item * cout + co] as f64,
+                (true, true) => db[item * row + offset + co] as f64,
             };
             let v = activate(c.opts.activation, v + bias);
             if c.residual { v + dres[i] as f64 } else { v }
         })
         .collect();
-    let extras = ConvExtras { bias_per_batch: c.batch_bias, residual: c.residual.then_some(&res) };
+    let extras = ConvExtras { bias_per_batch: c.batch_bias, bias_offset: offset, residual: c.residual.then_some(&res) };
     let plain = !c.batch_bias && !c.residual;
     let y = match via {
         Via::Auto if plain => conv2d_with(gpu, &x, &w, bias, &c.opts),
@@ -253,7 +255,10 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(msg.contains("bias"), "{msg}");
     let per_batch = ConvExtras { bias_per_batch: true, ..Default::default() };
     let msg = shape_err(conv2d_fused(gpu, &x, &t(&[2, 4, 3, 3]), Some(&t(&[2])), &Default::default(), per_batch));
-    assert!(msg.contains("(B, Cout)"), "{msg}");
+    assert!(msg.contains("(B, N >= 0 + Cout 2)"), "{msg}");
+    let past_end = ConvExtras { bias_per_batch: true, bias_offset: 3, ..Default::default() };
+    let msg = shape_err(conv2d_fused(gpu, &x, &t(&[2, 4, 3, 3]), Some(&t(&[1, 4])), &Default::default(), past_end));
+    assert!(msg.contains("bias"), "{msg}");
     let res = t(&[1, 2, 8, 8]);
     let with_res = ConvExtras { residual: Some(&res), ..Default::default() };
     let msg = shape_err(conv2d_fused(gpu, &x, &t(&[2, 4, 3, 3]), None, &Default::default(), with_res));

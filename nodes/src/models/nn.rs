@@ -110,7 +110,7 @@ impl Conv2d {
 
     /// `forward` plus `residual` (shaped as the output), added in the same kernel.
     pub fn forward_residual(&self, gpu: &Gpu, x: &Tensor, residual: &Tensor) -> Result<Tensor, ModelError> {
-        let extras = ConvExtras { bias_per_batch: false, residual: Some(residual) };
+        let extras = ConvExtras { residual: Some(residual), ..Default::default() };
         Ok(conv2d_fused(gpu, x, &self.weight, self.bias.as_ref(), &self.options(), extras)?)
     }
 

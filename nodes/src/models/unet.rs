@@ -28,7 +28,9 @@ use engine::gpu::{DType, Gpu, Tensor};
 
 use super::ModelError;
 use super::nn::{Conv2d, GroupNorm, Linear};
-use super::unet_blocks::{AttentionHeads, Downsample, NormConfig, ResBlock, SpatialTransformer, Upsample, conv};
+use super::unet_blocks::{
+    AttentionHeads, Downsample, EmbTable, NormConfig, ResBlock, SpatialTransformer, TimeEmb, Upsample, conv,
+};
 use crate::checkpoint::weights::Weights;
 
 /// What the UNet looks like. Levels are in down order (diffusers'
@@ -207,13 +209,13 @@ impl Layer {
         &self,
         gpu: &Gpu,
         x: &Tensor,
-        emb_silu: &Tensor,
+        emb: TimeEmb<'_>,
         context: &Tensor,
         skip_hw: Option<(usize, usize)>,
     ) -> Result<Tensor, ModelError> {
         match self {
             Layer::Conv(c) => c.forward(gpu, x),
-            Layer::Res(r) => r.forward(gpu, x, emb_silu),
+            Layer::Res(r) => r.forward(gpu, x, emb),
             Layer::Attn(t) => t.forward(gpu, x, context),
             Layer::Down(d) => d.forward(gpu, x),
             Layer::Up(u) => u.forward(gpu, x, skip_hw.unwrap_or((2 * x.dim(2), 2 * x.dim(3)))),
@@ -235,6 +237,29 @@ pub struct DownPath {
     pub middle_block: Vec<Layer>,
     /// Channels of the middle block (the width of the last level).
     pub mid_channels: usize,
+    /// The time projections of every ResBlock above, in one product.
+    pub emb_table: Option<EmbTable>,
+}
+
+/// The ResBlocks among `blocks`, in order.
+fn res_blocks<'a>(blocks: impl IntoIterator<Item = &'a mut Vec<Layer>>) -> impl Iterator<Item = &'a mut ResBlock> {
+    blocks.into_iter().flatten().filter_map(|l| match l {
+        Layer::Res(r) => Some(&mut **r),
+        _ => None,
+    })
+}
+
+/// The time embedding for `table`'s blocks: its product, or SiLU(emb) itself without a table.
+fn project<'t>(
+    gpu: &Gpu,
+    table: &Option<EmbTable>,
+    emb_silu: &'t Tensor,
+    out: &'t mut Option<Tensor>,
+) -> Result<TimeEmb<'t>, ModelError> {
+    match table {
+        Some(t) => Ok(TimeEmb::Projected(out.insert(t.project(gpu, emb_silu)?))),
+        None => Ok(TimeEmb::Silu(emb_silu)),
+    }
 }
 
 /// What [`DownPath::forward`] hands on: the middle block's output, the
@@ -317,7 +342,9 @@ impl DownPath {
             middle_block.push(attn(&wm.pp(1), ch, c.mid_transformer_depth)?);
         }
         middle_block.push(res(&wm.pp(middle_block.len()), ch, ch)?);
-        Ok((DownPath { time_embed_0, time_embed_2, input_blocks, middle_block, mid_channels: ch }, skips))
+        let emb_table =
+            EmbTable::build(gpu, res_blocks(input_blocks.iter_mut().chain(std::iter::once(&mut middle_block))))?;
+        Ok((DownPath { time_embed_0, time_embed_2, input_blocks, middle_block, mid_channels: ch, emb_table }, skips))
     }
 
     /// Checks the inputs and broadcasts the timesteps: `x [B, in, h, w]`,
@@ -371,17 +398,24 @@ impl DownPath {
         let t_emb = timestep_embedding_as(gpu, timesteps, c.model_channels, true, 0.0, 10000.0, dt)?;
         record(trace, "time_proj".into(), &t_emb);
         let h = linear_act(gpu, &self.time_embed_0, &t_emb, Activation::Silu)?;
-        let emb = self.time_embed_2.forward(gpu, &h)?;
-        record(trace, "time_embedding".into(), &emb);
-        // Every ResBlock's emb_layers starts with SiLU: apply it once.
-        let emb_silu = unary(gpu, &emb, Unary::Silu)?;
+        // Every ResBlock's emb_layers starts with SiLU: apply it once, in
+        // time_embed.2's epilogue unless the embedding itself is recorded.
+        let emb_silu = if trace.is_some() {
+            let emb = self.time_embed_2.forward(gpu, &h)?;
+            record(trace, "time_embedding".into(), &emb);
+            unary(gpu, &emb, Unary::Silu)?
+        } else {
+            linear_act(gpu, &self.time_embed_2, &h, Activation::Silu)?
+        };
+        let mut projected = None;
+        let emb_in = project(gpu, &self.emb_table, &emb_silu, &mut projected)?;
 
         let mut h = cast(gpu, x, dt)?;
         let l = c.layers_per_block;
         let mut skips: Vec<Tensor> = Vec::with_capacity(self.input_blocks.len());
         for (n, block) in self.input_blocks.iter().enumerate() {
             for layer in block {
-                h = layer.forward(gpu, &h, &emb_silu, context, None)?;
+                h = layer.forward(gpu, &h, emb_in, context, None)?;
             }
             if n == 0 {
                 if let Some(hint) = hint {
@@ -401,7 +435,7 @@ impl DownPath {
         }
 
         for layer in &self.middle_block {
-            h = layer.forward(gpu, &h, &emb_silu, context, None)?;
+            h = layer.forward(gpu, &h, emb_in, context, None)?;
         }
         record(trace, "mid_block".into(), &h);
         Ok(DownOutput { mid: h, skips, emb_silu })
@@ -416,6 +450,8 @@ pub struct Unet {
     pub down: DownPath,
     /// `output_blocks.N.M`.
     pub output_blocks: Vec<Vec<Layer>>,
+    /// The time projections of the output blocks' ResBlocks, in one product.
+    pub up_emb_table: Option<EmbTable>,
     /// `out.0` GroupNorm (+ `out.1` SiLU, fused).
     pub out_0: GroupNorm,
     /// `out.2` 3x3 conv.
@@ -461,11 +497,13 @@ impl Unet {
                 output_blocks.push(block);
             }
         }
+        let up_emb_table = EmbTable::build(gpu, res_blocks(output_blocks.iter_mut()))?;
         Ok(Unet {
             config: c.clone(),
             dtype,
             down,
             output_blocks,
+            up_emb_table,
             out_0: GroupNorm {
                 weight: w.tensor(gpu, "out.0.weight", &[ch], dtype)?,
                 bias: w.tensor(gpu, "out.0.bias", &[ch], dtype)?,
@@ -541,6 +579,8 @@ impl Unet {
         let context = cast(gpu, context, dt)?;
         let DownOutput { mid: mut h, mut skips, emb_silu } =
             self.down.forward(gpu, c, dt, x, &timesteps, &context, None, &mut trace)?;
+        let mut projected = None;
+        let emb_in = project(gpu, &self.up_emb_table, &emb_silu, &mut projected)?;
         if let Some(res) = down {
             // ControlNet residuals go to the stored skips, not the running state (diffusers and cldm alike).
             for (n, (skip, r)) in skips.iter_mut().zip(res).enumerate() {
@@ -566,7 +606,7 @@ impl Unet {
             // An upsampler must produce the size of the skip the next block reads.
             let next_hw = skips.last().map(|s| (s.dim(2), s.dim(3)));
             for layer in block {
-                h = layer.forward(gpu, &h, &emb_silu, &context, next_hw)?;
+                h = layer.forward(gpu, &h, emb_in, &context, next_hw)?;
             }
             if n % (l + 1) == l {
                 record(&mut trace, format!("up_blocks.{}", n / (l + 1)), &h);

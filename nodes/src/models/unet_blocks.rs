@@ -113,22 +113,86 @@ fn layer_norm(gpu: &Gpu, w: &Weights, c: usize, eps: f32, dtype: DType) -> Resul
 /// LDM `ResBlock` (diffusers `ResnetBlock2D`, time-embedding added after conv1,
 /// `output_scale_factor` 1):
 /// `skip(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + emb_proj(silu(emb)))))`.
+///
+/// The time projection's output is conv1's bias, one per batch item, and
+/// conv1's own bias is folded into the projection's. The projection is the
+/// block's own, or, once an [`EmbTable`] has taken it, a column range of
+/// the table's product for every block at once.
 pub struct ResBlock {
     /// `in_layers.0` GroupNorm (+ `in_layers.1` SiLU, fused).
     pub in_layers_0: GroupNorm,
-    /// `in_layers.2` 3x3 conv, in -> out.
+    /// `in_layers.2` 3x3 conv, in -> out; its bias is in `emb`'s.
     pub in_layers_2: Conv2d,
-    /// `emb_layers.1` (after the `emb_layers.0` SiLU): `[out, emb]`.
-    pub emb_layers_1: Linear,
+    /// `emb_layers.1` (after the `emb_layers.0` SiLU), `[out, emb]`, bias
+    /// `emb_layers.1.bias + in_layers.2.bias`.
+    pub emb: EmbProjection,
     /// `out_layers.0` GroupNorm (+ `out_layers.1` SiLU, fused; `.2` is dropout).
     pub out_layers_0: GroupNorm,
     /// `out_layers.3` 3x3 conv, out -> out.
     pub out_layers_3: Conv2d,
     /// 1x1 conv when the channel count changes (diffusers `conv_shortcut`).
     pub skip_connection: Option<Conv2d>,
-    /// `emb_layers.1.bias + in_layers.2.bias`: the time projection's output
-    /// is conv1's bias, per batch item, so both biases go in at once.
-    emb_conv_bias: Option<Tensor>,
+}
+
+/// Where a [`ResBlock`]'s time projection lives.
+pub enum EmbProjection {
+    Own(Linear),
+    /// Columns `offset..offset + out` of an [`EmbTable`]'s product.
+    InTable {
+        offset: usize,
+    },
+}
+
+/// What a [`ResBlock`] takes of the time embedding.
+#[derive(Clone, Copy)]
+pub enum TimeEmb<'a> {
+    /// SiLU(emb) `[B, emb]`: a block with its own projection applies it.
+    Silu(&'a Tensor),
+    /// [`EmbTable::project`]'s `[B, width]`: every block's projection at once.
+    Projected(&'a Tensor),
+}
+
+/// The time projections of several ResBlocks stacked into one weight, so a
+/// UNet step makes them with one product instead of one per block.
+pub struct EmbTable {
+    /// `[width, emb]`.
+    pub weight: Tensor,
+    /// `[width]`.
+    pub bias: Option<Tensor>,
+}
+
+impl EmbTable {
+    /// Takes the projection of every block (in order) into one table and
+    /// points each block at its columns; `None` when there are no blocks.
+    pub fn build<'b>(
+        gpu: &Gpu,
+        blocks: impl IntoIterator<Item = &'b mut ResBlock>,
+    ) -> Result<Option<EmbTable>, ModelError> {
+        let mut layers = Vec::new();
+        let mut offset = 0;
+        for b in blocks {
+            match std::mem::replace(&mut b.emb, EmbProjection::InTable { offset }) {
+                EmbProjection::Own(lin) => {
+                    offset += lin.weight.dim(0);
+                    layers.push(lin);
+                }
+                EmbProjection::InTable { .. } => {
+                    return Err(ModelError::Config("a ResBlock's time projection is already in a table".into()));
+                }
+            }
+        }
+        if layers.is_empty() {
+            return Ok(None);
+        }
+        let Linear { weight, bias } = stack(gpu, &layers)?;
+        Ok(Some(EmbTable { weight, bias }))
+    }
+
+    /// Every block's projection of `emb_silu [B, emb]`: `[B, width]`.
+    pub fn project(&self, gpu: &Gpu, emb_silu: &Tensor) -> Result<Tensor, ModelError> {
+        let opts = MatmulOptions { transpose_b: true, bias: self.bias.as_ref(), ..Default::default() };
+        Ok(matmul(gpu, emb_silu, &self.weight, &opts)?)
+    }
 }
 
 impl ResBlock {
@@ -144,20 +208,19 @@ impl ResBlock {
         let (g, eps) = (norm.groups, norm.resnet_eps);
         let skip_connection =
             if inp != out { Some(conv(gpu, &w.pp("skip_connection"), out, inp, 1, 1, dtype)?) } else { None };
-        let in_layers_2 = conv(gpu, &w.pp("in_layers.2"), out, inp, 3, 1, dtype)?;
+        let mut in_layers_2 = conv(gpu, &w.pp("in_layers.2"), out, inp, 3, 1, dtype)?;
         let emb_layers_1 = linear(gpu, &w.pp("emb_layers.1"), out, emb, dtype)?;
-        let emb_conv_bias = match (&emb_layers_1.bias, &in_layers_2.bias) {
-            (Some(a), Some(b)) => Some(add(gpu, a, b)?),
-            (a, b) => a.clone().or_else(|| b.clone()),
+        let bias = match (&emb_layers_1.bias, in_layers_2.bias.take()) {
+            (Some(a), Some(b)) => Some(add(gpu, a, &b)?),
+            (a, b) => a.clone().or(b),
         };
         Ok(ResBlock {
             in_layers_0: group_norm(gpu, &w.pp("in_layers.0"), inp, g, eps, dtype)?,
             in_layers_2,
-            emb_layers_1,
+            emb: EmbProjection::Own(Linear { weight: emb_layers_1.weight, bias }),
             out_layers_0: group_norm(gpu, &w.pp("out_layers.0"), out, g, eps, dtype)?,
             out_layers_3: conv(gpu, &w.pp("out_layers.3"), out, out, 3, 1, dtype)?,
             skip_connection,
-            emb_conv_bias,
         })
     }
 
@@ -165,26 +228,34 @@ impl ResBlock {
         self.in_layers_2.out_channels()
     }
 
-    /// `x [B, in, H, W]`, `emb_silu [B, emb]` (the time embedding after SiLU,
-    /// computed once per step for every block) -> `[B, out, H, W]`.
-    pub fn forward(&self, gpu: &Gpu, x: &Tensor, emb_silu: &Tensor) -> Result<Tensor, ModelError> {
-        if emb_silu.rank() != 2 || emb_silu.dim(0) != x.dim(0) {
+    /// `x [B, in, H, W]` and the time embedding -> `[B, out, H, W]`.
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor, emb: TimeEmb<'_>) -> Result<Tensor, ModelError> {
+        let t = match emb {
+            TimeEmb::Silu(t) | TimeEmb::Projected(t) => t,
+        };
+        if t.rank() != 2 || t.dim(0) != x.dim(0) {
             return Err(ModelError::Config(format!(
                 "ResBlock: time embedding {:?} does not match the batch of {:?}",
-                emb_silu.shape(),
+                t.shape(),
                 x.shape()
             )));
         }
-        // emb_proj(silu(emb)) + conv1's bias: [B, out], conv1's bias per batch item.
-        let e = matmul(
-            gpu,
-            emb_silu,
-            &self.emb_layers_1.weight,
-            &MatmulOptions { transpose_b: true, bias: self.emb_conv_bias.as_ref(), ..Default::default() },
-        )?;
+        // emb_proj(silu(emb)) + conv1's bias, [B, ..]: conv1's bias per batch item.
+        let (e, offset) = match (&self.emb, emb) {
+            (EmbProjection::Own(lin), TimeEmb::Silu(t)) => {
+                let opts = MatmulOptions { transpose_b: true, bias: lin.bias.as_ref(), ..Default::default() };
+                (matmul(gpu, t, &lin.weight, &opts)?, 0)
+            }
+            (EmbProjection::InTable { offset }, TimeEmb::Projected(t)) => (t.clone(), *offset),
+            _ => {
+                return Err(ModelError::Config(
+                    "ResBlock: the time embedding does not match where its projection lives".into(),
+                ));
+            }
+        };
         let h = self.in_layers_0.forward(gpu, x, true)?;
         let conv1 = &self.in_layers_2;
-        let per_batch = ConvExtras { bias_per_batch: true, residual: None };
+        let per_batch = ConvExtras { bias_per_batch: true, bias_offset: offset, residual: None };
         let h = conv2d_fused(gpu, &h, &conv1.weight, Some(&e), &conv1.options(), per_batch)?;
         let h = self.out_layers_0.forward(gpu, &h, true)?;
         let skip = match &self.skip_connection {

@@ -34,9 +34,12 @@ impl Default for Conv2dOptions {
 /// Extra inputs of a convolution's epilogue.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConvExtras<'a> {
-    /// The bias is `[B, Cout]`, one per batch item (a ResNet block's conv
-    /// bias plus its time embedding), instead of `[Cout]`.
+    /// The bias has a row per batch item (a ResNet block's conv bias plus
+    /// its time embedding): `[B, N]`, of which columns `bias_offset ..
+    /// bias_offset + Cout` are this conv's (N = Cout, offset 0, unless the
+    /// rows hold the biases of several convs). Otherwise the bias is `[Cout]`.
     pub bias_per_batch: bool,
+    pub bias_offset: usize,
     /// Added to the output last, after the activation (`skip + conv(h)`);
     /// the output's shape and dtype.
     pub residual: Option<&'a Tensor>,
@@ -180,10 +183,18 @@ fn run(
         return Err(GpuError::Shape(format!("conv2d: x is {:?}, weight {:?}", x.dtype(), weight.dtype())));
     }
     if let Some(bias) = bias {
-        let ok = if extras.bias_per_batch { bias.shape() == [b, cout] } else { bias.shape() == [cout] };
+        let off = extras.bias_offset;
+        let ok = match bias.shape() {
+            &[bb, n] if extras.bias_per_batch => bb == b && n >= off + cout,
+            &[n] if !extras.bias_per_batch => n == cout && off == 0,
+            _ => false,
+        };
         if !ok {
-            let want =
-                if extras.bias_per_batch { format!("[{b}, {cout}] (B, Cout)") } else { format!("[{cout}] (Cout)") };
+            let want = if extras.bias_per_batch {
+                format!("[{b}, N] (B, N >= {off} + Cout {cout})")
+            } else {
+                format!("[{cout}] (Cout)")
+            };
             return Err(GpuError::Shape(format!("conv2d bias must be {want}; got {:?}", bias.shape())));
         }
         if bias.dtype() != x.dtype() {
@@ -226,7 +237,7 @@ fn run(
     let co_n = (1..=cout).rev().find(|&n| fits(n * npix) && fits(n * cin * khw)).unwrap_or(0);
     // Input channels per window (one empty window when there are none, so the bias is still written).
     let ci_n = if fits(cin * hw) { cin.max(1) } else { (budget / (hw as u64 * es).max(1)) as usize };
-    let bias_len = if extras.bias_per_batch { b * cout } else { cout };
+    let bias_len = bias.map_or(0, Tensor::numel);
     if co_n == 0 || ci_n == 0 || (bias.is_some() && !fits(bias_len)) {
         return Err(GpuError::TooLarge {
             bytes: (npix.max(hw).max(cin * khw) as u64) * es,
@@ -273,12 +284,15 @@ fn run(
                 let has_bias = first && bias.is_some();
                 // The residual goes in with the last input-channel split, after the activation.
                 let has_res = last && extras.residual.is_some();
-                let bias_bs = if extras.bias_per_batch { cout } else { 0 };
+                let bias_bs = match bias {
+                    Some(t) if extras.bias_per_batch => t.dim(1),
+                    _ => 0,
+                };
                 // Without a bias or residual, bind the weight again (read-only) so the layout stays the same.
                 let (wb, off_bias) = match bias {
                     Some(t) if has_bias => {
                         let (bb, off) = window(gpu, t, 0, bias_len);
-                        (bb, off + (b0 * bias_bs + co0) as u32)
+                        (bb, off + (b0 * bias_bs + extras.bias_offset + co0) as u32)
                     }
                     _ => (ww.clone(), 0),
                 };
