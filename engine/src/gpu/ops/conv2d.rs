@@ -184,9 +184,9 @@ fn run(
     }
     if let Some(bias) = bias {
         let off = extras.bias_offset;
-        let ok = match bias.shape() {
-            &[bb, n] if extras.bias_per_batch => bb == b && n >= off + cout,
-            &[n] if !extras.bias_per_batch => n == cout && off == 0,
+        let ok = match *bias.shape() {
+            [bb, n] if extras.bias_per_batch => bb == b && n >= off + cout,
+            [n] if !extras.bias_per_batch => n == cout && off == 0,
             _ => false,
         };
         if !ok {
