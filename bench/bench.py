@@ -295,6 +295,10 @@ def main() -> None:
     dname = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     log(f"diffusers on {dname}, {dtype}")
     d_res, d_out, d_img = run_diffusers(pipe, inputs, dev, dtype, a.warmup, runs, size, a.steps)
+    from safetensors.torch import save_file as save_tensors
+
+    # Kept for later comparisons without re-running diffusers (e.g. sdgraph in another dtype).
+    save_tensors({k: v.contiguous() for k, v in d_out.items()}, str(work / "diffusers_out.safetensors"))
     del pipe
     if dev.type == "cuda":
         torch.cuda.empty_cache()

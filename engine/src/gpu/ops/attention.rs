@@ -47,8 +47,11 @@ impl AttentionOptions {
 const COOP_WORKGROUP_BYTES: u32 = (64 + 2 * 16) * 168 * 2 + 1024 * 4 + 1536 * 2 + 64 * 4;
 
 /// Whether `MatmulKernel::Auto` runs attention on cooperative matrices.
+/// The kernel keeps one row's statistics per invocation of a 16-row
+/// subgroup tile, so it needs subgroups of at least 16.
 pub fn coop_attention_available(gpu: &Gpu, dtype: super::super::tensor::DType, head_dim: usize) -> bool {
     coop_available(gpu, dtype)
+        && gpu.info.subgroup_size.0 >= 16
         && (1..=MAX_HEAD_DIM).contains(&head_dim)
         && COOP_WORKGROUP_BYTES <= gpu.limits.max_compute_workgroup_storage_size
 }
