@@ -188,10 +188,14 @@ impl Gpu {
                 && p.cr_type == wgpu::CooperativeScalarType::F32
         });
         let portable = opts.portable_only;
+        // A switch for users (and for comparing the two paths on one GPU): the
+        // portable kernels even where tensor cores exist.
+        let no_tensor_cores = std::env::var("SDGRAPH_TENSOR_CORES").is_ok_and(|v| v.trim() == "0");
         let features = GpuFeatures {
             shader_f16: !portable && af.contains(wgpu::Features::SHADER_F16),
             subgroup: !portable && af.contains(wgpu::Features::SUBGROUP),
             coop_matrix_f16: !portable
+                && !no_tensor_cores
                 && coop_f16
                 && af.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
                 && af.contains(wgpu::Features::SHADER_F16),
