@@ -21,28 +21,7 @@
 // matmul_coop.wgsl, accumulators are loaded from a zeroed tile and every
 // stride is a `let` (naga 30.0.1's SPIR-V writer panics otherwise).
 
-struct Params {
-    lq: u32,
-    lk: u32,
-    heads: u32,
-    // 1: query i attends to keys 0..=i only (CLIP's mask).
-    causal: u32,
-    // The softmax scale times log2(e): the kernel exponentiates with exp2.
-    scale_log2: f32,
-    // Elements between rows (positions) of q, k, v, and their first element.
-    q_rs: u32,
-    k_rs: u32,
-    v_rs: u32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> q: array<T>;
-@group(0) @binding(2) var<storage, read> k: array<T>;
-@group(0) @binding(3) var<storage, read> v: array<T>;
-@group(0) @binding(4) var<storage, read_write> out: array<T>;
+// Params and bindings: shaders/lib/attention_io.wgsl.
 
 // Subgroup size; the launcher sets it to the adapter's (fixed) size.
 override SG: u32 = 32u;

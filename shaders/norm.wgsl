@@ -186,14 +186,11 @@ fn gn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
-@compute @workgroup_size(WG)
-fn gn_single(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let bg = wid.y * nwg.x + wid.x;
-    if bg >= params.n {
-        return;
-    }
-    let len = params.group_len;
-    let base = bg * len;
+// Normalises x[base .. base + len), the whole workgroup together: Welford
+// statistics relative to the first element, then the affine of channel
+// c0 + i / div for element i (div 1: LayerNorm's per-element affine), then
+// SiLU when `silu`. Must be called in uniform control flow.
+fn normalise_range(lid: u32, base: u32, len: u32, c0: u32, div: u32, silu: bool) {
     let shift = f32(x[base]);
     var s = Stat(0.0, 0.0, 0.0);
     for (var i = lid; i < len; i += WG) {
@@ -201,16 +198,25 @@ fn gn_single(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     let total = reduce(lid, s);
     let rstd = inverseSqrt(max(total.m2 / total.n, 0.0) + params.eps);
-    // This group's first channel: (b * G + g) -> g * (C / G).
-    let c0 = (bg % (params.channels / params.channels_per_group)) * params.channels_per_group;
     for (var i = lid; i < len; i += WG) {
-        let c = c0 + i / params.spatial;
+        let c = c0 + i / div;
         var v = ((f32(x[base + i]) - shift) - total.mean) * rstd * f32(gamma[c]) + f32(beta[c]);
-        if params.silu != 0u {
+        if silu {
             v = v / (1.0 + exp(-v));
         }
         y[base + i] = T(v);
     }
+}
+
+@compute @workgroup_size(WG)
+fn gn_single(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let bg = wid.y * nwg.x + wid.x;
+    if bg >= params.n {
+        return;
+    }
+    // This group's first channel: (b * G + g) -> g * (C / G).
+    let c0 = (bg % (params.channels / params.channels_per_group)) * params.channels_per_group;
+    normalise_range(lid, bg * params.group_len, params.group_len, c0, params.spatial, params.silu != 0u);
 }
 
 @compute @workgroup_size(WG)
@@ -219,16 +225,5 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if row >= params.n {
         return;
     }
-    let len = params.group_len;
-    let base = row * len;
-    let shift = f32(x[base]);
-    var s = Stat(0.0, 0.0, 0.0);
-    for (var i = lid; i < len; i += WG) {
-        s = welford(s, f32(x[base + i]) - shift);
-    }
-    let total = reduce(lid, s);
-    let rstd = inverseSqrt(max(total.m2 / total.n, 0.0) + params.eps);
-    for (var i = lid; i < len; i += WG) {
-        y[base + i] = T(((f32(x[base + i]) - shift) - total.mean) * rstd * f32(gamma[i]) + f32(beta[i]));
-    }
+    normalise_range(lid, row * params.group_len, params.group_len, 0u, 1u, false);
 }

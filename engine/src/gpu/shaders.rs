@@ -105,7 +105,10 @@ pub struct ShaderSource {
 
 /// Functions several kernels share, in `shaders/lib/`: WGSL has no includes,
 /// so the registry prepends them (after the variant header).
-pub const LIBS: &[(&str, &str)] = &[("activation", include_str!("../../../shaders/lib/activation.wgsl"))];
+pub const LIBS: &[(&str, &str)] = &[
+    ("activation", include_str!("../../../shaders/lib/activation.wgsl")),
+    ("attention_io", include_str!("../../../shaders/lib/attention_io.wgsl")),
+];
 
 impl ShaderSource {
     /// The full WGSL text of one variant.
@@ -315,7 +318,7 @@ pub const SHADERS: &[ShaderSource] = &[
         }],
         // The largest head dimension, where the per-invocation arrays are fullest.
         overrides: &[("HEAD_DIM", 160.0)],
-        libs: &[],
+        libs: &["attention_io"],
     },
     ShaderSource {
         family: ShaderFamily::AttentionCoop,
@@ -328,7 +331,7 @@ pub const SHADERS: &[ShaderSource] = &[
         }],
         // NVIDIA's subgroup size; the largest head dim (every accumulator in use).
         overrides: &[("SG", 32.0), ("HEAD_DIM", 160.0)],
-        libs: &[],
+        libs: &["attention_io"],
     },
 ];
 
