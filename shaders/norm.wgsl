@@ -56,7 +56,10 @@ struct Params {
 @group(0) @binding(5) var<storage, read> beta: array<T>;
 @group(0) @binding(6) var<storage, read_write> y: array<T>;
 
-const WG: u32 = 256u;
+// Workgroup size, a power of two: 256 for the multi-pass GroupNorm; the
+// single-workgroup kernels take fewer for short rows and groups (the
+// launcher's choice), so few invocations wait at each reduction barrier.
+override WG: u32 = 256u;
 
 var<workgroup> sh_n: array<f32, WG>;
 var<workgroup> sh_mean: array<f32, WG>;

@@ -141,7 +141,9 @@ fn check_layer_norm(gpu: &Gpu, shape: &[usize], dtype: DType, (lo, hi): (f32, f3
     tol.check(&got, &want).unwrap_or_else(|e| panic!("layer_norm {shape:?} {dtype:?}: {e}"));
 }
 
-const LN_SHAPES: [&[usize]; 4] = [&[2, 5, 1], &[2, 77, 77], &[2, 3, 768], &[1000]];
+/// Row lengths across the launcher's workgroup sizes (32 to 256 invocations,
+/// from under one element each to about ten).
+const LN_SHAPES: [&[usize]; 6] = [&[2, 5, 1], &[2, 77, 77], &[2, 9, 320], &[2, 3, 768], &[1000], &[3, 2500]];
 
 #[test]
 fn layer_norm_matches_reference_in_f32() {
