@@ -35,7 +35,6 @@ override DS: u32 = DT * 16u + 8u;
 const BQ: u32 = 64u;
 const BK: u32 = 16u;
 const M_START: f32 = -1.0e30;
-const MASKED: f32 = -3.0e38;
 
 // Sized for the largest head dim (DS = 168): naga 30.0.1's SPIR-V writer
 // panics on coop loads from workgroup arrays whose length is an override.

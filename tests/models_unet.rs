@@ -312,3 +312,34 @@ fn misshapen_tensor_is_named() {
     let err = load_error(&path);
     assert!(err.contains(key) && err.contains("[127, 16]"), "{err}");
 }
+
+/// A sampling step as the samplers make it (upload the latent, run the UNet,
+/// read the prediction back) creates no GPU buffer once warm: tensors come
+/// from the pool, parameters and the upload from recycled arenas, the
+/// readback from its own pool. And the results stay exact across steps.
+#[test]
+fn warm_steps_create_no_buffers() {
+    if shared_gpu().is_none() {
+        return;
+    }
+    // A context of its own: other tests' buffers must not count.
+    let gpu = &Gpu::new(&engine::gpu::GpuOptions::default()).unwrap();
+    let unet = load(gpu, Layout::SingleFile, DType::F32);
+    let fx = Fixture::open();
+    let (shape, latent) = fx.inputs.f32_any("sample").unwrap();
+    let ctx = fx.input(gpu, "encoder_hidden_states");
+    let step = |t: f32| {
+        let x = gpu.upload(&latent, &shape, DType::F32).unwrap();
+        gpu.download(&unet.forward(gpu, &x, &[t], &ctx).unwrap()).unwrap()
+    };
+    let first = step(500.0);
+    step(400.0);
+    let before = gpu.buffers_created();
+    let dispatches = gpu.dispatch_count();
+    for t in [300.0, 200.0, 100.0] {
+        step(t);
+    }
+    assert!(gpu.dispatch_count() > dispatches, "the steps ran kernels");
+    assert_eq!(gpu.buffers_created(), before, "a warm step created buffers");
+    assert_eq!(step(500.0), first, "a reused buffer changed a result");
+}

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::pipeline_cache::PipelineCache;
 use super::pool::BufferPool;
 use super::profile::{ProfileClock, Profiler};
-use super::recording::Recording;
+use super::recording::{ArenaPool, Recording};
 
 /// Why the GPU could not be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -96,6 +96,12 @@ pub struct Gpu {
     errors: Arc<Mutex<Vec<String>>>,
     /// Kernel dispatches recorded since the context opened.
     pub(crate) dispatches: std::sync::atomic::AtomicU64,
+    /// Uniform and small-upload buffers, recycled across submits.
+    pub(crate) arenas: ArenaPool,
+    /// Readback buffers by size, reused by later downloads.
+    pub(crate) readbacks: Mutex<std::collections::HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Buffers made outside the pools (large-upload staging, readbacks).
+    pub(crate) other_buffers: std::sync::atomic::AtomicU64,
 }
 
 /// Polls a future that wgpu-core resolves immediately on native backends.
@@ -277,6 +283,9 @@ impl Gpu {
             pipelines: PipelineCache::default(),
             errors,
             dispatches: Default::default(),
+            arenas: ArenaPool::default(),
+            readbacks: Mutex::default(),
+            other_buffers: Default::default(),
         })
     }
 
@@ -302,11 +311,13 @@ impl Gpu {
         // a newer encoder and submit it first, running work out of order.
         let mut guard = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rec) = guard.take() {
-            let mut enc = rec.finish(&self.queue);
+            let (mut enc, arenas) = rec.finish(&self.queue);
             if let Some(p) = &self.profiler {
                 p.resolve(&self.device, &mut enc);
             }
             self.queue.submit([enc.finish()]);
+            // Their writes are queued: the next submit may write them again.
+            self.arenas.give_back(arenas);
         }
     }
 
@@ -343,6 +354,13 @@ impl Gpu {
         if errs.is_empty() { Ok(()) } else { Err(GpuError::Wgpu(std::mem::take(&mut *errs).join("; "))) }
     }
 
+    /// GPU buffers created so far: tensors (the pool's), arenas, staging and
+    /// readback buffers. A warm sampling step adds none.
+    pub fn buffers_created(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.pool.created() + self.arenas.created.load(Relaxed) + self.other_buffers.load(Relaxed)
+    }
+
     /// Kernel dispatches recorded so far (benchmarks report them per call).
     pub fn dispatch_count(&self) -> u64 {
         self.dispatches.load(std::sync::atomic::Ordering::Relaxed)
@@ -371,5 +389,8 @@ impl Gpu {
     /// Frees the idle buffers of the pool (tensors in use keep theirs).
     pub fn release_idle_buffers(&self) {
         self.pool.clear();
+        if let Ok(mut r) = self.readbacks.lock() {
+            r.clear();
+        }
     }
 }

@@ -123,42 +123,43 @@ impl Gpu {
         });
         let align = u64::from(self.limits.min_uniform_buffer_offset_alignment).max(16);
         let params = params.into_bytes();
-        // The pipeline and bind group are made outside the recording lock;
-        // only the parameter slot is taken inside it.
-        let (uniform, offset, size) = self.with_recording(|rec| rec.uniform(&self.device, align, &params));
-        let mut next = buffers.iter();
-        let mut entries = Vec::with_capacity(entry.bindings.len());
-        for b in entry.bindings {
-            let resource = match b.access {
-                Access::Uniform => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &uniform,
-                    offset,
-                    size: std::num::NonZeroU64::new(size),
-                }),
-                Access::Read | Access::ReadWrite => match next.next() {
-                    Some(bb) => wgpu::BindingResource::Buffer(bb.clone()),
-                    None => {
-                        return Err(GpuError::Wgpu(format!(
-                            "{}: too few buffers for binding {}",
-                            kernel.entry, b.name
-                        )));
-                    }
-                },
-            };
-            entries.push(wgpu::BindGroupEntry { binding: b.index, resource });
+        let storage = entry.bindings.iter().filter(|b| b.access != Access::Uniform).count();
+        if buffers.len() != storage {
+            return Err(GpuError::Wgpu(format!(
+                "{}: {} buffers for {storage} storage bindings",
+                kernel.entry,
+                buffers.len()
+            )));
         }
-        if next.next().is_some() {
-            return Err(GpuError::Wgpu(format!("{}: more buffers than bindings", kernel.entry)));
-        }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        // The parameter slot, the bind group and the dispatch go into the
+        // recording under one lock: a submit in between would hand the slot's
+        // arena to the next recording, which rewrites it.
         // With timestamps each kernel gets a pass of its own (the timestamps
         // bracket passes); otherwise kernels share the open pass.
         let record = |timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>| {
             self.with_recording(|rec| {
+                let slot = rec.uniform(&self.arenas, &self.device, align, &params);
+                let mut next = buffers.iter();
+                let entries: Vec<wgpu::BindGroupEntry<'_>> = entry
+                    .bindings
+                    .iter()
+                    .filter_map(|b| {
+                        let resource = match b.access {
+                            Access::Uniform => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &slot.buffer,
+                                offset: slot.offset,
+                                size: std::num::NonZeroU64::new(params.len() as u64),
+                            }),
+                            Access::Read | Access::ReadWrite => wgpu::BindingResource::Buffer(next.next()?.clone()),
+                        };
+                        Some(wgpu::BindGroupEntry { binding: b.index, resource })
+                    })
+                    .collect();
+                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(kernel.entry),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                });
                 if timestamp_writes.is_none() {
                     let pass = rec.pass();
                     pass.set_pipeline(&pipeline);

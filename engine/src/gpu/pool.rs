@@ -27,6 +27,8 @@ pub struct BufferPool {
     allocated: AtomicU64,
     /// The most `allocated` has been since creation or the last `reset_peak`.
     peak: AtomicU64,
+    /// Buffers created (not reused) so far.
+    created: AtomicU64,
 }
 
 impl BufferPool {
@@ -34,6 +36,7 @@ impl BufferPool {
     pub fn take(self: &Arc<Self>, device: &wgpu::Device, size: u64) -> PooledBuffer {
         let reused = self.free.lock().ok().and_then(|mut f| f.get_mut(&size).and_then(|v| v.pop()));
         let buffer = reused.unwrap_or_else(|| {
+            self.created.fetch_add(1, Ordering::Relaxed);
             let now = self.allocated.fetch_add(size, Ordering::Relaxed) + size;
             self.peak.fetch_max(now, Ordering::Relaxed);
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -44,6 +47,11 @@ impl BufferPool {
             })
         });
         PooledBuffer { buffer: Some(buffer), pool: Arc::downgrade(self) }
+    }
+
+    /// Buffers this pool has created.
+    pub fn created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
     }
 
     pub fn pooled_bytes(&self) -> u64 {

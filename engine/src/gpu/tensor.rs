@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::device::{Gpu, GpuError};
 use super::pool::PooledBuffer;
+use super::recording::SMALL_UPLOAD;
 use super::shaders::Variant;
 
 /// Storage type. Arithmetic is always f32.
@@ -160,23 +161,24 @@ impl Gpu {
     /// the first `t.bytes()` bytes of the staging memory; the padding is zeroed.
     fn fill_staged(&self, t: &Tensor, fill: impl FnOnce(&mut [u8])) {
         let size = t.buffer().size();
+        // The data (made here: mapped memory is write-only, it may be
+        // write-combined), zero-padded to the buffer's size.
+        let mut data = vec![0u8; size as usize];
+        fill(&mut data[..t.bytes() as usize]);
+        if size <= SMALL_UPLOAD {
+            // A step's latent or timesteps: through a recycled arena, no new buffer.
+            self.with_recording(|rec| rec.upload(&self.arenas, &self.device, &data, t.buffer(), size));
+            return;
+        }
+        self.other_buffers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("upload"),
             size,
             usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::MAP_WRITE,
             mapped_at_creation: true,
         });
-        {
-            // Mapped memory is write-only (it may be write-combined), so the
-            // data is made here and copied in once.
-            let n = t.bytes() as usize;
-            let mut data = vec![0u8; n];
-            fill(&mut data);
-            // A buffer mapped at creation is always mappable in full.
-            let mut view = staging.get_mapped_range_mut(..).expect("mapped at creation");
-            view.slice(..n).copy_from_slice(&data);
-            view.slice(n..).fill(0);
-        }
+        // A buffer mapped at creation is always mappable in full.
+        staging.get_mapped_range_mut(..).expect("mapped at creation").copy_from_slice(&data);
         staging.unmap();
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, Some(size)));
     }
@@ -184,11 +186,15 @@ impl Gpu {
     /// Reads a tensor back as f32 (waits for all recorded work).
     pub fn download(&self, t: &Tensor) -> Result<Vec<f32>, GpuError> {
         let size = t.buffer().size();
-        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let reused = self.readbacks.lock().ok().and_then(|mut f| f.get_mut(&size).and_then(|v| v.pop()));
+        let readback = reused.unwrap_or_else(|| {
+            self.other_buffers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &readback, 0, Some(size)));
         self.flush();
@@ -211,6 +217,12 @@ impl Gpu {
             }
         };
         readback.unmap();
+        // Kept for the next download of this size (a step's latent), unless large.
+        if size <= 16 << 20
+            && let Ok(mut free) = self.readbacks.lock()
+        {
+            free.entry(size).or_default().push(readback);
+        }
         Ok(out)
     }
 }

@@ -130,7 +130,12 @@ pub fn coop_available(gpu: &Gpu, dtype: DType) -> bool {
         && lo == hi
         && lo >= 1
         && 4 * lo <= gpu.limits.max_compute_invocations_per_workgroup
+        && COOP_WORKGROUP_BYTES <= gpu.limits.max_compute_workgroup_storage_size
 }
+
+/// Workgroup memory matmul_coop.wgsl declares: two f16 staging tiles of
+/// 5120 halves and four f32 16x16 tiles.
+const COOP_WORKGROUP_BYTES: u32 = 2 * 5120 * 2 + 1024 * 4;
 
 /// `op(a) · op(b) (+ bias) (then activation)`, batched over leading dims.
 ///
