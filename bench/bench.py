@@ -349,14 +349,18 @@ def main() -> None:
             c = cosine(d_out[key], s_out[key])
             ok &= c > COS_MIN
             agree = f"cos {c:.6f} (1-cos {1 - c:.1e})" + ("" if c > COS_MIN else " FAIL")
-        rows.append((op, d["ms"], sg["ms"], sg["ms"] / d["ms"], fmt_bytes(d["peak_bytes"]), fmt_bytes(sg["peak_bytes"]), agree))
-    header = ("op", "diffusers ms", "sdgraph ms", "sdgraph/diffusers", "diffusers peak MiB", "sdgraph peak MiB", "agreement")
+        record = sg.get("record_ms")
+        kernels = f"{sg.get('kernels', '-')}" + (f" / {record:.2f}" if record is not None else "")
+        rows.append((op, d["ms"], sg["ms"], sg["ms"] / d["ms"], kernels, fmt_bytes(d["peak_bytes"]),
+                     fmt_bytes(sg["peak_bytes"]), agree))
+    header = ("op", "diffusers ms", "sdgraph ms", "sdgraph/diffusers", "sdgraph kernels / record ms",
+              "diffusers peak MiB", "sdgraph peak MiB", "agreement")
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for op, dm, sm, ratio, dp, sp, agree in rows:
-        table.append(f"| {op} | {dm:.2f} | {sm:.2f} | {ratio:.2f} | {dp} | {sp} | {agree} |")
+    for op, dm, sm, ratio, kern, dp, sp, agree in rows:
+        table.append(f"| {op} | {dm:.2f} | {sm:.2f} | {ratio:.2f} | {kern} | {dp} | {sp} | {agree} |")
     if cold["sdgraph"] is not None:
         table.append(f"| first image, cold process | {cold['diffusers'] * 1e3:.0f} | {cold['sdgraph'] * 1e3:.0f} | "
-                     f"{cold['sdgraph'] / cold['diffusers']:.2f} | - | - | - |")
+                     f"{cold['sdgraph'] / cold['diffusers']:.2f} | - | - | - | - |")
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     model = "narrow SD 1.5-shaped model (--small)" if a.small else "SD 1.5 shapes"
     where = "" if dev.type == "cuda" else " (LOCAL CPU RUN, not GPU numbers)"

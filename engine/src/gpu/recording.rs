@@ -81,9 +81,10 @@ impl ArenaPool {
 }
 
 pub(crate) struct Recording {
-    pub encoder: wgpu::CommandEncoder,
-    /// The open compute pass; it locks `encoder` until dropped.
+    /// The open compute pass; it locks `encoder` until dropped (declared
+    /// first so that it is also dropped first).
     pass: Option<wgpu::ComputePass<'static>>,
+    pub encoder: wgpu::CommandEncoder,
     arenas: Vec<Arena>,
 }
 
