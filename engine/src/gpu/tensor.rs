@@ -12,6 +12,9 @@ use super::pool::PooledBuffer;
 use super::recording::SMALL_UPLOAD;
 use super::shaders::Variant;
 
+/// The largest readback buffer kept for reuse (a big picture's is freed).
+const KEEP_READBACK: u64 = 16 << 20;
+
 /// Storage type. Arithmetic is always f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -218,7 +221,7 @@ impl Gpu {
         };
         readback.unmap();
         // Kept for the next download of this size (a step's latent), unless large.
-        if size <= 16 << 20
+        if size <= KEEP_READBACK
             && let Ok(mut free) = self.readbacks.lock()
         {
             free.entry(size).or_default().push(readback);

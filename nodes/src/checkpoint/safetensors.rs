@@ -231,8 +231,7 @@ fn map_elems<const I: usize, const O: usize>(src: &[u8], dst: &mut [u8], f: impl
 fn convert_chunk(dtype: Dtype, src: &[u8], out: engine::gpu::DType, dst: &mut [u8]) {
     use engine::gpu::DType as Out;
     use half::f16;
-    // bf16 is the top half of an f32.
-    let bf16 = |b: [u8; 2]| f32::from_bits((u16::from_le_bytes(b) as u32) << 16);
+    let bf16 = bf16_to_f32;
     match (dtype, out) {
         (Dtype::F32, Out::F32) | (Dtype::F16, Out::F16) => dst.copy_from_slice(src),
         (Dtype::F16, Out::F32) => map_elems(src, dst, |b: [u8; 2]| f16::from_le_bytes(b).to_f32().to_le_bytes()),
@@ -246,15 +245,17 @@ fn convert_chunk(dtype: Dtype, src: &[u8], out: engine::gpu::DType, dst: &mut [u
     }
 }
 
+/// A little-endian bf16: the top half of an f32.
+fn bf16_to_f32(b: [u8; 2]) -> f32 {
+    f32::from_bits((u16::from_le_bytes(b) as u32) << 16)
+}
+
 /// Converts little-endian float data; `None` for non-float dtypes.
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
         Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        // bf16 is the top half of an f32.
-        Dtype::BF16 => {
-            bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
-        }
+        Dtype::BF16 => bytes.chunks_exact(2).map(|c| bf16_to_f32([c[0], c[1]])).collect(),
         Dtype::F64 => bytes
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)

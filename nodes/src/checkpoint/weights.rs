@@ -122,12 +122,7 @@ impl<'a> Weights<'a> {
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let full = self.full_name(name);
         let (st, loc) = self.src.lookup(&full)?;
-        // A reshaped entry holds the same elements in the same order.
-        let stored = match &loc.shape {
-            Some(canonical) if canonical == shape => st.info(&loc.key).map(|i| i.shape.clone()).unwrap_or_default(),
-            _ => shape.to_vec(),
-        };
-        st.f32(&loc.key, &stored).map_err(|mut e| {
+        st.f32(&loc.key, &stored_shape(st, loc, shape)).map_err(|mut e| {
             e.key = Some(full);
             e
         })
@@ -137,11 +132,7 @@ impl<'a> Weights<'a> {
     pub fn tensor(&self, gpu: &Gpu, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, WeightError> {
         let full = self.full_name(name);
         let (st, loc) = self.src.lookup(&full)?;
-        // As `f32`: a name mapped from another layout is checked against the file's own shape.
-        let stored = match &loc.shape {
-            Some(canonical) if canonical == shape => st.info(&loc.key).map(|i| i.shape.clone()).unwrap_or_default(),
-            _ => shape.to_vec(),
-        };
+        let stored = stored_shape(st, loc, shape);
         let error =
             |message: String| CheckpointError { file: st.path().to_path_buf(), key: Some(full.clone()), message };
         let (info, bytes) = st.bytes(&loc.key).map_err(|e| error(e.message))?;
@@ -156,6 +147,17 @@ impl<'a> Weights<'a> {
             return Err(error(format!("has dtype {:?}, expected a float type", info.dtype)).into());
         }
         Ok(t)
+    }
+}
+
+/// The shape the file must hold for a weight wanted as `shape`: a name
+/// mapped from another layout with its own canonical shape (a 1x1 conv read
+/// as a linear) holds the same elements in the same order, so the file's
+/// shape stands; otherwise `shape` itself.
+fn stored_shape(st: &SafeTensors, loc: &Location, shape: &[usize]) -> Vec<usize> {
+    match &loc.shape {
+        Some(canonical) if canonical == shape => st.info(&loc.key).map(|i| i.shape.clone()).unwrap_or_default(),
+        _ => shape.to_vec(),
     }
 }
 

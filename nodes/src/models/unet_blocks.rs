@@ -155,10 +155,8 @@ pub enum TimeEmb<'a> {
 /// The time projections of several ResBlocks stacked into one weight, so a
 /// UNet step makes them with one product instead of one per block.
 pub struct EmbTable {
-    /// `[width, emb]`.
-    pub weight: Tensor,
-    /// `[width]`.
-    pub bias: Option<Tensor>,
+    /// `[width, emb]`, bias `[width]`.
+    pub projection: Linear,
 }
 
 impl EmbTable {
@@ -184,14 +182,12 @@ impl EmbTable {
         if layers.is_empty() {
             return Ok(None);
         }
-        let Linear { weight, bias } = stack(gpu, &layers)?;
-        Ok(Some(EmbTable { weight, bias }))
+        Ok(Some(EmbTable { projection: stack(gpu, &layers)? }))
     }
 
     /// Every block's projection of `emb_silu [B, emb]`: `[B, width]`.
     pub fn project(&self, gpu: &Gpu, emb_silu: &Tensor) -> Result<Tensor, ModelError> {
-        let opts = MatmulOptions { transpose_b: true, bias: self.bias.as_ref(), ..Default::default() };
-        Ok(matmul(gpu, emb_silu, &self.weight, &opts)?)
+        self.projection.forward(gpu, emb_silu)
     }
 }
 
@@ -242,10 +238,7 @@ impl ResBlock {
         }
         // emb_proj(silu(emb)) + conv1's bias, [B, ..]: conv1's bias per batch item.
         let (e, offset) = match (&self.emb, emb) {
-            (EmbProjection::Own(lin), TimeEmb::Silu(t)) => {
-                let opts = MatmulOptions { transpose_b: true, bias: lin.bias.as_ref(), ..Default::default() };
-                (matmul(gpu, t, &lin.weight, &opts)?, 0)
-            }
+            (EmbProjection::Own(lin), TimeEmb::Silu(t)) => (lin.forward(gpu, t)?, 0),
             (EmbProjection::InTable { offset }, TimeEmb::Projected(t)) => (t.clone(), *offset),
             _ => {
                 return Err(ModelError::Config(
