@@ -67,7 +67,7 @@ def sync(dev) -> None:
 
 def comfy_normal_sigmas(steps: int) -> list[float]:
     """ComfyUI's "normal" scheduler on SD 1.x's discrete schedule (as sdgraph's
-    nodes/src/sampling/schedulers.rs): sigma at linspace(999, 0, steps), log-interpolated,
+    nodes/kinds/src/sampling/schedulers.rs): sigma at linspace(999, 0, steps), log-interpolated,
     then 0."""
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     ac = torch.cumprod(1.0 - betas, dim=0)

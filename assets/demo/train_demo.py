@@ -12,7 +12,7 @@ Run (CPU is enough; about 40 minutes on one core -- small ops gain little from m
 
 Environment: tests/fixtures/requirements.txt (torch, diffusers, transformers, safetensors, numpy).
 Nothing is downloaded: the models are built from the configs below, the tokenizer from the
-vocabulary file sdgraph embeds (nodes/src/tokenizer/bpe_simple_vocab_16e6.txt.gz).
+vocabulary file sdgraph embeds (nodes/models/src/tokenizer/bpe_simple_vocab_16e6.txt.gz).
 
 Data: 64x64 pictures of one shape (circle, square, triangle) in one of six colours, on a
 background of another of the six, in one of five places, with the caption
@@ -360,7 +360,7 @@ def nearest_colour(rgb):
 
 def measure(img):
     """What a picture shows: (shape colour, background colour, place), by the same simple rules
-    as sdgraph's test (tests/demo_model.rs): background = the border's commonest palette colour;
+    as sdgraph's test (tests/pipelines/demo_model.rs): background = the border's commonest palette colour;
     the shape = pixels whose palette colour differs; place = its centroid's nearest place."""
     h, w, _ = img.shape
     labels = np.array([[nearest_colour(img[y, x]) for x in range(w)] for y in range(h)])
@@ -461,7 +461,7 @@ PARITY_CASE = {"prompt": "a green square on a white background, bottom right", "
 
 
 def write_parity(clip, unet, vae, scale):
-    """The reference for tests/demo_model.rs: one prompt's final latent and decoded picture (0..1),
+    """The reference for tests/pipelines/demo_model.rs: one prompt's final latent and decoded picture (0..1),
     computed from the written f16 file in f32 as ComfyUI's KSampler would."""
     c = PARITY_CASE
     _, x, img = generate(clip, unet, vae, scale, c["prompt"], c["seed"], c["steps"], c["cfg"], c["negative"],

@@ -7,21 +7,21 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use engine::exec::{Executor, NoProgress, RunOptions};
-use engine::gpu::bench::{BenchSize, bench_kernels};
-use engine::gpu::profile::ProfileReport;
-use engine::gpu::{DType, Gpu, GpuOptions, Tensor};
-use nodes::checkpoint::convert::open_checkpoint;
-use nodes::checkpoint::safetensors::{Dtype, SafeTensors, write};
+use gpu::bench::{BenchSize, bench_kernels};
+use gpu::profile::ProfileReport;
+use gpu::{DType, Gpu, GpuOptions, Tensor};
+use graph::exec::{Executor, NoProgress, RunOptions};
+use models::checkpoint::convert::open_checkpoint;
+use models::checkpoint::safetensors::{Dtype, SafeTensors, write};
+use models::clip::ClipLayer;
 use nodes::checkpoint_loader::load_checkpoint;
-use nodes::models::clip::ClipLayer;
 use serde::Serialize;
 
 use super::EXIT_FAILED;
 use super::load::load;
 
-pub fn kernels(adapter: Option<String>, small: bool, json: bool) -> i32 {
-    let gpu = match Gpu::new(&GpuOptions { adapter, ..Default::default() }) {
+pub fn kernels(opts: &GpuOptions, small: bool, json: bool) -> i32 {
+    let gpu = match Gpu::new(opts) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
@@ -55,6 +55,10 @@ pub fn kernels(adapter: Option<String>, small: bool, json: bool) -> i32 {
 
 /// What `sdgraph bench models` was asked to do.
 pub struct ModelsArgs {
+    /// The shared GPU's options (`--adapter`, `--profile`, the environment's).
+    pub gpu: GpuOptions,
+    /// What the command read for the node kinds (`SDGRAPH_DTYPE`, ...).
+    pub nodes: nodes::Settings,
     pub checkpoint: PathBuf,
     pub inputs: PathBuf,
     pub out: PathBuf,
@@ -62,8 +66,6 @@ pub struct ModelsArgs {
     pub graph: Option<PathBuf>,
     pub warmup: usize,
     pub runs: usize,
-    pub profile: bool,
-    pub adapter: Option<String>,
     pub json: bool,
 }
 
@@ -81,7 +83,7 @@ struct OpResult {
     record_ms: Option<f64>,
     /// Kernel dispatches per call.
     kernels: u64,
-    /// Pool bytes at the op's peak: weights plus activations (see engine/src/gpu/pool.rs).
+    /// Pool bytes at the op's peak: weights plus activations (see engine/gpu/src/pool.rs).
     peak_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<ProfileReport>,
@@ -109,11 +111,10 @@ pub fn models(args: &ModelsArgs) -> i32 {
 }
 
 fn run_models(args: &ModelsArgs) -> Result<(), String> {
-    let opts = GpuOptions { adapter: args.adapter.clone(), profile: args.profile, ..Default::default() };
     // The graph section runs nodes, which use the shared GPU: open that one.
-    engine::gpu::device::configure_shared(opts);
-    let gpu = engine::gpu::device::shared().map_err(fail)?;
-    let dtype = nodes::runtime::model_dtype(gpu);
+    gpu::device::configure_shared(args.gpu.clone());
+    let gpu = gpu::device::shared().map_err(fail)?;
+    let dtype = nodes::runtime::model_dtype(gpu, args.nodes.dtype);
     eprintln!("adapter: {} ({}), model dtype {dtype:?}", gpu.info.name, gpu.info.backend);
     if let Some(p) = gpu.profiler() {
         eprintln!("profiling: {}", p.clock().describe());
@@ -171,7 +172,7 @@ fn run_models(args: &ModelsArgs) -> Result<(), String> {
 
     let mut graph_json = serde_json::Value::Null;
     if let Some(graph) = &args.graph {
-        let (r, first) = time_graph(gpu, graph, &args.out, args.warmup, args.runs.max(1))?;
+        let (r, first) = time_graph(gpu, args.nodes, graph, &args.out, args.warmup, args.runs.max(1))?;
         graph_json = first;
         results.push(r);
     }
@@ -309,6 +310,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Returns the timing and `{"first_run_ms", "outputs"}` of the first run.
 fn time_graph(
     gpu: &Gpu,
+    node_settings: nodes::Settings,
     file: &Path,
     out: &Path,
     warmup: usize,
@@ -322,13 +324,13 @@ fn time_graph(
         .filter(|n| n.kind.value == "KSampler")
         .map(|n| (n.id.value.clone(), n.param("seed").and_then(|p| p.value.as_int()).unwrap_or(0)))
         .collect();
-    let registry = nodes::builtin_registry();
+    let registry = nodes::builtin_registry_with(node_settings);
     let out_dir = out.parent().map(|p| p.join("sdgraph_images")).unwrap_or_else(|| PathBuf::from("sdgraph_images"));
     let mut exec = Executor::default();
     let mut run_once = |bump: i64| -> Result<(f64, Vec<String>), String> {
         let sets: Vec<String> = samplers.iter().map(|(id, seed)| format!("{id}.seed={}", seed + bump)).collect();
         let loaded = load(file, &sets).map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
-        let valid = engine::graph::validate(loaded.graph, &registry)
+        let valid = graph::validate(loaded.graph, &registry)
             .map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
         let opts = RunOptions {
             base_dir: loaded.base_dir,

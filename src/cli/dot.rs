@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use engine::{Registry, graph};
+use graph::Registry;
 
 use super::EXIT_INVALID;
 use super::load::load;

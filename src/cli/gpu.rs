@@ -1,11 +1,11 @@
 //! `sdgraph gpu`: which adapter sdgraph would use, its features and limits.
 
-use engine::gpu::{Gpu, GpuOptions};
+use gpu::{Gpu, GpuOptions};
 
 use super::EXIT_FAILED;
 
-pub fn gpu(adapter: Option<String>, json: bool) -> i32 {
-    let gpu = match Gpu::new(&GpuOptions { adapter, ..Default::default() }) {
+pub fn gpu(opts: &GpuOptions, json: bool) -> i32 {
+    let gpu = match Gpu::new(opts) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,7 +1,7 @@
 //! `sdgraph nodes [KIND]`: what node kinds exist and what they take.
 
-use engine::node::{NodeSchema, ParamKind};
-use engine::{Registry, suggest};
+use graph::node::{NodeSchema, ParamKind};
+use graph::{Registry, suggest};
 
 use super::EXIT_INVALID;
 

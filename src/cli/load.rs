@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::graph::{self, Graph, SetOverride};
-use engine::{Diagnostic, GraphErrors};
+use graph::{self, Graph, SetOverride};
+use graph::{Diagnostic, GraphErrors};
 
 /// A graph read from disk, with what is needed to run it.
 pub struct Loaded {

@@ -8,6 +8,7 @@ mod list_nodes;
 mod load;
 mod progress;
 mod run;
+mod settings;
 mod verify;
 mod watch;
 
@@ -174,9 +175,17 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let mut plugin_dirs = engine::plugin::default_plugin_dirs();
+    let settings = match settings::Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    graph::exec::provenance::HashCache::configure_global(settings.hash_cache_file.clone());
+    let mut plugin_dirs = settings.plugin_dirs.clone();
     plugin_dirs.extend(cli.plugins.iter().cloned());
-    let registry = match build_registry(&plugin_dirs) {
+    let registry = match build_registry(&plugin_dirs, settings.nodes) {
         Ok(r) => r,
         Err(errs) => {
             for e in &errs {
@@ -187,13 +196,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Run { file, sets, out_dir, json, quiet, progress, preview, preview_every, adapter, profile } => {
-            if adapter.is_some() || profile {
-                engine::gpu::device::configure_shared(engine::gpu::GpuOptions {
-                    adapter,
-                    profile,
-                    ..Default::default()
-                });
-            }
+            ::gpu::device::configure_shared(settings.gpu_options(adapter, profile));
             let args = run::RunArgs {
                 file,
                 sets,
@@ -208,11 +211,12 @@ pub fn main() -> i32 {
         Command::Check { file, sets, json, verify } => run::check(&registry, &file, &sets, json, verify),
         Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
         Command::Dot { file, sets } => dot::dot(&registry, &file, &sets),
-        Command::Gpu { adapter, json } => gpu::gpu(adapter, json),
+        Command::Gpu { adapter, json } => gpu::gpu(&settings.gpu_options(adapter, false), json),
         Command::Watch { file, sets, out_dir, json, debounce_ms, max_runs } => watch::watch(
             registry,
             watch::WatchArgs {
                 plugin_dirs,
+                node_settings: settings.nodes,
                 file,
                 sets,
                 out_dir,
@@ -221,18 +225,20 @@ pub fn main() -> i32 {
                 max_runs,
             },
         ),
-        Command::Bench { what: BenchWhat::Kernels { adapter, small, json } } => bench::kernels(adapter, small, json),
+        Command::Bench { what: BenchWhat::Kernels { adapter, small, json } } => {
+            bench::kernels(&settings.gpu_options(adapter, false), small, json)
+        }
         Command::Bench {
             what: BenchWhat::Models { checkpoint, inputs, out, graph, warmup, runs, profile, adapter, json },
         } => bench::models(&bench::ModelsArgs {
+            gpu: settings.gpu_options(adapter, profile),
+            nodes: settings.nodes,
             checkpoint,
             inputs,
             out,
             graph,
             warmup,
             runs: runs as usize,
-            profile,
-            adapter,
             json,
         }),
     }
@@ -240,10 +246,13 @@ pub fn main() -> i32 {
 
 /// The built-in node kinds plus the plugins in `plugin_dirs`; any plugin
 /// problem is an error (each message names its file).
-pub(crate) fn build_registry(plugin_dirs: &[PathBuf]) -> Result<engine::Registry, Vec<engine::plugin::PluginError>> {
-    let mut registry = nodes::builtin_registry();
+pub(crate) fn build_registry(
+    plugin_dirs: &[PathBuf],
+    node_settings: nodes::Settings,
+) -> Result<graph::Registry, Vec<plugin::PluginError>> {
+    let mut registry = nodes::builtin_registry_with(node_settings);
     if !plugin_dirs.is_empty() {
-        engine::plugin::load_plugins(plugin_dirs, &mut registry, &engine::plugin::SandboxLimits::default())?;
+        plugin::load_plugins(plugin_dirs, &mut registry, &plugin::SandboxLimits::default())?;
     }
     Ok(registry)
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use engine::exec::Progress;
+use graph::exec::Progress;
 
 pub struct StderrProgress {
     /// Serialises writes so concurrent nodes do not interleave lines.

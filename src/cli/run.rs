@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::exec::{Executor, NoProgress, Progress, RunOptions, RunReport};
-use engine::{GraphErrors, Registry, graph};
+use graph::exec::{Executor, NoProgress, Progress, RunOptions, RunReport};
+use graph::{GraphErrors, Registry};
 
 use nodes::preview::PreviewWriter;
 
@@ -149,8 +149,8 @@ pub fn run(registry: &Registry, args: &RunArgs) -> i32 {
 }
 
 /// The kernel times of this run, from the shared GPU (opened with profiling by `main`).
-fn profile_report() -> Option<engine::gpu::profile::ProfileReport> {
-    let gpu = match engine::gpu::device::shared() {
+fn profile_report() -> Option<gpu::profile::ProfileReport> {
+    let gpu = match gpu::device::shared() {
         Ok(g) => g,
         Err(e) => {
             eprintln!("warning: --profile: {e}");

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::exec::provenance::HashCache;
+use graph::exec::provenance::HashCache;
 use nodes::png_meta;
 
 use super::EXIT_INVALID;

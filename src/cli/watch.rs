@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use engine::exec::{Executor, NoProgress, NodeStatus, Progress, RunOptions, RunReport};
-use engine::watch::{FileWatcher, input_files};
-use engine::{GraphErrors, Registry, graph};
+use graph::exec::{Executor, NoProgress, NodeStatus, Progress, RunOptions, RunReport};
+use graph::watch::{FileWatcher, input_files};
+use graph::{GraphErrors, Registry};
 
 use super::EXIT_FAILED;
 use super::load::load;
@@ -18,6 +18,8 @@ use super::progress::StderrProgress;
 pub struct WatchArgs {
     /// Plugin files and folders (reloaded when one of their files changes).
     pub plugin_dirs: Vec<PathBuf>,
+    /// What the command read from `SDGRAPH_*` for the node kinds.
+    pub node_settings: nodes::Settings,
     pub file: PathBuf,
     pub sets: Vec<String>,
     pub out_dir: PathBuf,
@@ -60,13 +62,13 @@ pub fn watch(mut registry: Registry, args: WatchArgs) -> i32 {
     let mut last_files: Vec<PathBuf> = vec![args.file.clone()];
     let mut run = 0usize;
     watcher.set_files(&last_files);
-    let mut plugin_files = engine::plugin::plugin_files(&args.plugin_dirs).0;
+    let mut plugin_files = plugin::plugin_files(&args.plugin_dirs).0;
     let mut reload_plugins = false;
     loop {
         run += 1;
         if reload_plugins {
-            plugin_files = engine::plugin::plugin_files(&args.plugin_dirs).0;
-            match super::build_registry(&args.plugin_dirs) {
+            plugin_files = plugin::plugin_files(&args.plugin_dirs).0;
+            match super::build_registry(&args.plugin_dirs, args.node_settings) {
                 Ok(r) => registry = r,
                 Err(errs) => {
                     // Keep the last good plugins and wait for the next save.
@@ -146,11 +148,11 @@ fn wait(
         let names: Vec<String> = changed.iter().map(|p| short(p)).collect();
         eprintln!("changed: {}", names.join(", "));
     }
-    let plugins: Vec<PathBuf> = plugin_files.iter().map(|p| engine::watch::normalize(p)).collect();
+    let plugins: Vec<PathBuf> = plugin_files.iter().map(|p| graph::watch::normalize(p)).collect();
     Some(changed.iter().any(|c| plugins.contains(c)))
 }
 
-fn report_plugin_errors(run: usize, errs: &[engine::plugin::PluginError], json: bool) {
+fn report_plugin_errors(run: usize, errs: &[plugin::PluginError], json: bool) {
     if json {
         println!("{}", json_line(run, None, errs.iter().map(|e| e.to_string()).collect()));
     } else {

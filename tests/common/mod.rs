@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use engine::exec::{Executor, NoProgress, RunOptions, RunReport};
-use engine::graph::{self, ValidGraph};
-use engine::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
-use engine::{GraphErrors, PortType, Registry, Value};
+use graph::exec::{Executor, NoProgress, RunOptions, RunReport};
+use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
+use graph::{self, ValidGraph};
+use graph::{GraphErrors, PortType, Registry, Value};
 
 /// Executions per node id, shared by every stub kind of one registry.
 #[derive(Default, Clone)]

@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use nodes::checkpoint::convert::open_diffusers_folder;
-use nodes::checkpoint::safetensors::{Dtype, SafeTensors, write_with_metadata};
-use nodes::checkpoint::weights::WeightSource;
+use models::checkpoint::convert::open_diffusers_folder;
+use models::checkpoint::safetensors::{Dtype, SafeTensors, write_with_metadata};
+use models::checkpoint::weights::WeightSource;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd_tiny")
@@ -41,7 +41,7 @@ pub fn full_vocab_checkpoint(dir: &Path) -> PathBuf {
         let mut shape = shape;
         if name == emb {
             let width = shape[1];
-            data.extend(engine::gpu::testing::random((49408 - shape[0]) * width, 9, -0.5, 0.5));
+            data.extend(gpu::testing::random((49408 - shape[0]) * width, 9, -0.5, 0.5));
             shape[0] = 49408;
         }
         owned.push((name.to_string(), shape, data));

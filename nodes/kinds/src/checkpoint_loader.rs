@@ -1,0 +1,216 @@
+//! CheckpointLoaderSimple: one checkpoint file (or diffusers folder) to the
+//! MODEL, CLIP and VAE values, as ComfyUI's node.
+
+use std::sync::Arc;
+
+use gpu::{DType, Gpu};
+use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
+use graph::{PortType, Value};
+
+use crate::runtime;
+use crate::settings::Settings;
+use models::ModelError;
+use models::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, open_checkpoint};
+use models::checkpoint::weights::WeightSource;
+use models::clip::{ClipTextConfig, ClipTextModel};
+use models::tokenizer::ClipTokenizer;
+use models::unet::{Unet, UnetConfig};
+use models::unet_blocks::AttentionHeads;
+use models::vae::{Vae, VaeConfig};
+
+pub use models::sampling::samplers::Prediction;
+
+/// A loaded UNet and how to interpret its output.
+pub struct ModelHandle {
+    pub unet: Unet,
+    pub prediction: Prediction,
+}
+
+pub struct ClipHandle {
+    pub model: ClipTextModel,
+    pub tokenizer: ClipTokenizer,
+}
+
+pub struct VaeHandle {
+    pub vae: Vae,
+}
+
+/// What a checkpoint's `__metadata__` may say about the architecture that
+/// the tensors cannot (SD 1.x defaults otherwise): `sdgraph.unet.heads`,
+/// `sdgraph.clip.heads`, `sdgraph.norm_groups`, `sdgraph.vae.scaling_factor`,
+/// and `sdgraph.prediction` or modelspec's `modelspec.prediction_type`
+/// (`epsilon` | `v`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigOverrides {
+    pub unet_heads: Option<usize>,
+    pub clip_heads: Option<usize>,
+    pub norm_groups: Option<usize>,
+    pub vae_scaling_factor: Option<f32>,
+    pub prediction: Prediction,
+}
+
+impl ConfigOverrides {
+    pub fn read(src: &WeightSource) -> Result<ConfigOverrides, String> {
+        fn num<T: std::str::FromStr>(src: &WeightSource, key: &str) -> Result<Option<T>, String> {
+            match src.metadata(key) {
+                None => Ok(None),
+                Some(v) => {
+                    v.trim().parse().map(Some).map_err(|_| format!("checkpoint metadata {key}={v:?} is not a number"))
+                }
+            }
+        }
+        let prediction = match src.metadata("sdgraph.prediction").or(src.metadata("modelspec.prediction_type")) {
+            None | Some("epsilon") | Some("eps") => Prediction::Epsilon,
+            Some("v") | Some("v_prediction") => Prediction::V,
+            Some(other) => return Err(format!("checkpoint metadata: unknown prediction type {other:?}")),
+        };
+        Ok(ConfigOverrides {
+            unet_heads: num(src, "sdgraph.unet.heads")?,
+            clip_heads: num(src, "sdgraph.clip.heads")?,
+            norm_groups: num(src, "sdgraph.norm_groups")?,
+            vae_scaling_factor: num(src, "sdgraph.vae.scaling_factor")?,
+            prediction,
+        })
+    }
+}
+
+/// The three networks of one checkpoint, ready to run.
+pub struct LoadedCheckpoint {
+    pub model: ModelHandle,
+    pub clip: ClipHandle,
+    pub vae: VaeHandle,
+}
+
+/// Builds the UNet and text encoder in `dtype` and the VAE in f32 from an
+/// open checkpoint (what CheckpointLoaderSimple does, also used by
+/// `sdgraph bench models`); `done(n)` is called after each of the 3 parts.
+pub fn load_checkpoint(
+    gpu: &Gpu,
+    src: &WeightSource,
+    dtype: DType,
+    mut done: impl FnMut(usize),
+) -> Result<LoadedCheckpoint, String> {
+    let err = |e: ModelError| e.to_string();
+    let meta = ConfigOverrides::read(src)?;
+    let w = src.prefix(UNET_PREFIX);
+    let mut ucfg = UnetConfig::detect_from_weights(&w).map_err(err)?;
+    if let Some(h) = meta.unet_heads {
+        ucfg.heads = AttentionHeads::Count(h);
+    }
+    if let Some(g) = meta.norm_groups {
+        ucfg.norm.groups = g;
+    }
+    let unet = Unet::load(gpu, &w, &ucfg, dtype).map_err(err)?;
+    done(1);
+
+    let w = src.prefix(&format!("{CLIP_PREFIX}text_model."));
+    let mut ccfg = ClipTextConfig::detect_from_weights(&w).map_err(err)?;
+    if let Some(h) = meta.clip_heads {
+        ccfg.num_heads = h;
+    }
+    let clip = ClipTextModel::load(gpu, &w, &ccfg, dtype).map_err(err)?;
+    let tokenizer = ClipTokenizer::new().map_err(|e| e.to_string())?;
+    done(2);
+
+    // The SD VAE overflows in f16 at real resolutions (diffusers' force_upcast): keep it f32.
+    let w = src.prefix(VAE_PREFIX);
+    let mut vcfg = VaeConfig::detect_from_weights(&w).map_err(err)?;
+    if let Some(g) = meta.norm_groups {
+        vcfg.norm_groups = g;
+    }
+    if let Some(f) = meta.vae_scaling_factor {
+        vcfg.scaling_factor = f;
+    }
+    let vae = Vae::load(gpu, &w, &vcfg, DType::F32).map_err(err)?;
+    done(3);
+    Ok(LoadedCheckpoint {
+        model: ModelHandle { unet, prediction: meta.prediction },
+        clip: ClipHandle { model: clip, tokenizer },
+        vae: VaeHandle { vae },
+    })
+}
+
+/// The schema, and the settings the command passed.
+pub struct CheckpointLoaderSimple(NodeSchema, Settings);
+
+impl CheckpointLoaderSimple {
+    pub fn new(settings: Settings) -> Self {
+        Self(
+            NodeSchema::new(
+                "CheckpointLoaderSimple",
+                "loaders",
+                "Loads an SD 1.x checkpoint (.safetensors single file or diffusers folder) onto the GPU.",
+            )
+            .path("ckpt_name", "Checkpoint file or diffusers folder, relative to the graph file's folder.")
+            .output("model", PortType::Model, "The denoising UNet.")
+            .output("clip", PortType::Clip, "The text encoder with its tokenizer.")
+            .output("vae", PortType::Vae, "The image autoencoder."),
+            settings,
+        )
+    }
+}
+
+impl Default for CheckpointLoaderSimple {
+    fn default() -> Self {
+        Self::new(Settings::default())
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::new(e.to_string())
+}
+
+impl NodeKind for CheckpointLoaderSimple {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let path = ctx.resolve(inputs.str("ckpt_name")?);
+        let gpu = runtime::gpu()?;
+        let dtype = runtime::model_dtype(gpu, self.1.dtype);
+        ctx.progress.message(&format!("loading {} ({dtype:?})", path.display()));
+        let src = open_checkpoint(&path).map_err(err)?;
+        // Provenance: every weight file actually read (a diffusers folder's used components only).
+        for p in src.paths() {
+            ctx.record_input_file(p);
+        }
+        let id = ctx.node_id.to_string();
+        ctx.progress.step(&id, 0, 3, "models");
+
+        let progress = ctx.progress;
+        let loaded = load_checkpoint(gpu, &src, dtype, |done| progress.step(&id, done as u64, 3, "models"))
+            .map_err(NodeError::new)?;
+        Ok(vec![
+            Value::Opaque(PortType::Model, Arc::new(loaded.model)),
+            Value::Opaque(PortType::Clip, Arc::new(loaded.clip)),
+            Value::Opaque(PortType::Vae, Arc::new(loaded.vae)),
+        ])
+    }
+
+    /// Size and modification time: replacing the file reloads it. A folder's
+    /// own mtime does not change when a component's weights are replaced in
+    /// place, so for a diffusers folder the components' files count too
+    /// (else a cached model, and the digests recorded for it, would be stale).
+    fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
+        let path = ctx.resolve(inputs.str("ckpt_name").ok()?);
+        let meta = std::fs::metadata(&path).ok()?;
+        let mut fp = format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok());
+        if meta.is_dir() {
+            for part in ["unet", "vae", "text_encoder"] {
+                let Ok(entries) = std::fs::read_dir(path.join(part)) else { continue };
+                let mut files: Vec<String> = entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                    .filter_map(|e| {
+                        let m = e.metadata().ok()?;
+                        Some(format!("{part}/{}:{}:{:?}", e.file_name().to_string_lossy(), m.len(), m.modified().ok()))
+                    })
+                    .collect();
+                files.sort();
+                fp.extend(files.iter().map(|f| format!("|{f}")));
+            }
+        }
+        Some(fp)
+    }
+}

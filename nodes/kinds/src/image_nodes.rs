@@ -1,0 +1,563 @@
+//! Image nodes, with ComfyUI's kind, input and param names: LoadImage,
+//! SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
+use graph::registry::DuplicateKind;
+use graph::{Image, Mask, PortType, Registry, Value};
+
+use crate::png_meta;
+use models::image_ops::{self, BlendMode, Method};
+
+/// Largest width or height a node will make (ComfyUI's MAX_RESOLUTION).
+pub const MAX_RESOLUTION: i64 = 16384;
+/// Most pixels in one decoded or produced image batch: keeps a hostile
+/// file or param from asking for tens of GiB.
+pub const MAX_PIXELS: usize = 1 << 28;
+
+pub fn register(reg: &mut Registry) -> Result<(), DuplicateKind> {
+    reg.register(Arc::new(LoadImage::new()))?;
+    reg.register(Arc::new(SaveImage::new()))?;
+    reg.register(Arc::new(ImageScale::new()))?;
+    reg.register(Arc::new(ImageScaleBy::new()))?;
+    reg.register(Arc::new(ImageCrop::new()))?;
+    reg.register(Arc::new(ImageBlend::new()))?;
+    reg.register(Arc::new(ImageInvert::new()))?;
+    Ok(())
+}
+
+fn err(msg: impl Into<String>) -> NodeError {
+    NodeError::new(msg)
+}
+
+fn check_size(batch: usize, width: usize, height: usize) -> Result<(), NodeError> {
+    let px = batch.saturating_mul(width).saturating_mul(height);
+    if px > MAX_PIXELS {
+        return Err(err(format!("{batch}x{width}x{height} is {px} pixels, more than the limit of {MAX_PIXELS}")));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- LoadImage
+
+pub struct LoadImage(NodeSchema);
+
+impl LoadImage {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "LoadImage",
+                "image",
+                "Loads a PNG, JPEG or WebP file; its alpha channel becomes the mask.",
+            )
+            .path("image", "Image file, relative to the graph file's folder.")
+            .output("image", PortType::Image, "The picture as RGB.")
+            .output(
+                "mask",
+                PortType::Mask,
+                "1 - alpha (transparent = masked, as ComfyUI); all 0 without alpha.",
+            ),
+        )
+    }
+}
+
+/// Decodes an image file into an RGB batch of one and its mask.
+pub fn load_image_file(path: &Path) -> Result<(Image, Mask), String> {
+    let mut reader = image::ImageReader::open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_RESOLUTION as u32);
+    limits.max_image_height = Some(MAX_RESOLUTION as u32);
+    limits.max_alloc = Some(2 << 30);
+    reader.limits(limits);
+    use image::ImageDecoder;
+    let mut decoder = reader.into_decoder().map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img =
+        image::DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
+    img.apply_orientation(orientation);
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    check_size(1, w, h).map_err(|e| e.message)?;
+    let has_alpha = img.color().has_alpha();
+    let rgba = img.into_rgba32f();
+    let mut data = Vec::with_capacity(w * h * 3);
+    let mut mask = Mask::zeros(1, h, w);
+    for (i, p) in rgba.pixels().enumerate() {
+        data.extend_from_slice(&p.0[..3]);
+        if has_alpha {
+            mask.data[i] = 1.0 - p.0[3];
+        }
+    }
+    let image = Image::from_data(1, h, w, 3, data).ok_or("decoded image has an inconsistent size")?;
+    Ok((image, mask))
+}
+
+impl NodeKind for LoadImage {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let path = ctx.resolve(inputs.str("image")?);
+        let (image, mask) = load_image_file(&path).map_err(err)?;
+        Ok(vec![Value::Image(Arc::new(image)), Value::Mask(Arc::new(mask))])
+    }
+
+    /// Size and modification time, so editing the picture re-runs the node.
+    fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
+        let path = ctx.resolve(inputs.str("image").ok()?);
+        let meta = fs::metadata(&path).ok()?;
+        Some(format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok()))
+    }
+}
+
+// ---------------------------------------------------------------- SaveImage
+
+pub struct SaveImage(NodeSchema);
+
+impl SaveImage {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "SaveImage",
+                "image",
+                "Saves each image as PNG in the output folder (never overwriting), with the graph embedded.",
+            )
+            .input("images", PortType::Image, "The images to save.")
+            .string("filename_prefix", Some("sdgraph"), "File name prefix; may name a subfolder (\"pets/cat\").")
+            .sink(),
+        )
+    }
+}
+
+/// Checks a prefix stays inside the output folder.
+fn check_prefix(prefix: &str) -> Result<(), NodeError> {
+    let p = Path::new(prefix);
+    let bad = prefix.is_empty()
+        || p.is_absolute()
+        || p.components().any(|c| !matches!(c, Component::Normal(_)))
+        || prefix.ends_with('/')
+        || prefix.chars().any(|c| c.is_control() || c == '\\');
+    if bad {
+        return Err(err(format!(
+            "filename_prefix {prefix:?} must be a relative name inside the output folder (no '..', no absolute path)"
+        )));
+    }
+    Ok(())
+}
+
+/// The next free number for `prefix` in `dir`: one past the highest
+/// `prefix_NNNNN.png` already there, as ComfyUI counts.
+fn next_counter(dir: &Path, stem: &str) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 1 };
+    let mut max = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(stem).and_then(|r| r.strip_prefix('_')) else { continue };
+        let Some(num) = rest.strip_suffix(".png") else { continue };
+        if let Ok(n) = num.parse::<u64>()
+            && num.len() >= 5
+        {
+            max = max.max(n);
+        }
+    }
+    max + 1
+}
+
+/// Writes `bytes` to a new file `stem_NNNNN.png` in `dir`, never replacing an
+/// existing file: the data goes to a temporary file first, then is linked
+/// into place, so an interrupted save leaves no half-written picture.
+pub fn write_numbered(dir: &Path, stem: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create output folder {}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".{stem}.{}.tmp", std::process::id()));
+    let write_tmp = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write_tmp() {
+        let _ = fs::remove_file(&tmp);
+        return Err(format!("cannot write {}: {e}", tmp.display()));
+    }
+    let mut n = next_counter(dir, stem);
+    let result = loop {
+        let path = dir.join(format!("{stem}_{n:05}.png"));
+        match fs::hard_link(&tmp, &path) {
+            Ok(()) => break Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => break Err(format!("cannot create {}: {e}", path.display())),
+        }
+    };
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+/// One image of a batch as 8-bit pixels, rounded and clamped.
+pub fn to_u8(img: &Image, b: usize) -> Vec<u8> {
+    img.item(b).iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+}
+
+/// `{"path": "sha256"}` for every model file recorded upstream. A file that
+/// cannot be hashed (deleted mid-run) is left out with a warning rather than
+/// losing the picture.
+fn model_digests_json(ctx: &RunContext<'_>) -> String {
+    let mut map = serde_json::Map::new();
+    for f in ctx.upstream_digests() {
+        match (f.sha256, f.error) {
+            (Some(d), _) => {
+                map.insert(f.path.to_string_lossy().into_owned(), d.into());
+            }
+            (None, e) if !ctx.cancelled() => {
+                ctx.progress.message(&format!(
+                    "warning: no digest recorded for {}: {}",
+                    f.path.display(),
+                    e.unwrap_or_default()
+                ));
+            }
+            (None, _) => {}
+        }
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+impl NodeKind for SaveImage {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let images = inputs.image("images")?;
+        let prefix = inputs.str("filename_prefix")?;
+        check_prefix(prefix)?;
+        let full = ctx.out_dir.join(prefix);
+        let dir = full.parent().unwrap_or(ctx.out_dir).to_path_buf();
+        let stem = full.file_name().and_then(|s| s.to_str()).unwrap_or("sdgraph").to_string();
+        let base = std::path::absolute(ctx.base_dir).unwrap_or_else(|_| ctx.base_dir.to_path_buf());
+        let base = base.to_string_lossy();
+        let models = model_digests_json(ctx);
+        let texts = [
+            (png_meta::GRAPH_KEY, ctx.graph_text),
+            (png_meta::BASE_DIR_KEY, base.as_ref()),
+            (png_meta::MODELS_KEY, models.as_str()),
+        ];
+        for b in 0..images.batch {
+            if ctx.cancelled() {
+                return Err(err("cancelled"));
+            }
+            let px = to_u8(&images, b);
+            let png = png_meta::encode_png(images.width as u32, images.height as u32, images.channels, &px, &texts)
+                .map_err(err)?;
+            let path = write_numbered(&dir, &stem, &png).map_err(err)?;
+            ctx.files_written.push(path);
+        }
+        Ok(vec![])
+    }
+}
+
+// ---------------------------------------------------------------- ImageScale
+
+fn method_param(inputs: &NodeInputs) -> Result<Method, NodeError> {
+    let name = inputs.str("upscale_method")?;
+    Method::from_name(name).ok_or_else(|| err(format!("unknown upscale_method {name:?}")))
+}
+
+pub struct ImageScale(NodeSchema);
+
+impl ImageScale {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new("ImageScale", "image", "Resizes images to a width and height.")
+                .input("image", PortType::Image, "The images to resize.")
+                .choice("upscale_method", &Method::NAMES, "nearest-exact", "Resampling filter.")
+                .int("width", 0, MAX_RESOLUTION, 512, "Target width; 0 keeps the aspect ratio from height.")
+                .int("height", 0, MAX_RESOLUTION, 512, "Target height; 0 keeps the aspect ratio from width.")
+                .choice("crop", &["disabled", "center"], "disabled", "Center-crop to the target aspect first.")
+                .output("image", PortType::Image, "The resized images."),
+        )
+    }
+}
+
+/// Resizes as ComfyUI's ImageScale: a 0 side follows the aspect ratio.
+pub fn scale_image(img: &Image, width: usize, height: usize, method: Method, center: bool) -> Result<Image, NodeError> {
+    let (w, h) = match (width, height) {
+        (0, 0) => return Ok(img.clone()),
+        (0, h) => (((img.width * h) as f64 / img.height as f64).round().max(1.0) as usize, h),
+        (w, 0) => (w, ((img.height * w) as f64 / img.width as f64).round().max(1.0) as usize),
+        (w, h) => (w, h),
+    };
+    check_size(img.batch, w, h)?;
+    let src = if center { image_ops::center_crop_to_aspect(img, w, h) } else { img.clone() };
+    image_ops::resize(&src, w, h, method).map_err(err)
+}
+
+impl NodeKind for ImageScale {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let img = inputs.image("image")?;
+        let center = inputs.str("crop")? == "center";
+        let out = scale_image(&img, inputs.usize("width")?, inputs.usize("height")?, method_param(inputs)?, center)?;
+        Ok(vec![Value::Image(Arc::new(out))])
+    }
+}
+
+pub struct ImageScaleBy(NodeSchema);
+
+impl ImageScaleBy {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new("ImageScaleBy", "image", "Resizes images by a factor.")
+                .input("image", PortType::Image, "The images to resize.")
+                .choice("upscale_method", &Method::NAMES, "nearest-exact", "Resampling filter.")
+                .float("scale_by", 0.01, 8.0, 1.0, "Factor applied to width and height.")
+                .output("image", PortType::Image, "The resized images."),
+        )
+    }
+}
+
+impl NodeKind for ImageScaleBy {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let img = inputs.image("image")?;
+        let s = inputs.float("scale_by")?;
+        let w = ((img.width as f64 * s).round() as usize).max(1);
+        let h = ((img.height as f64 * s).round() as usize).max(1);
+        let out = scale_image(&img, w, h, method_param(inputs)?, false)?;
+        Ok(vec![Value::Image(Arc::new(out))])
+    }
+}
+
+// ---------------------------------------------------------------- ImageCrop
+
+pub struct ImageCrop(NodeSchema);
+
+impl ImageCrop {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new("ImageCrop", "image", "Cuts a rectangle out of images (clamped to the image).")
+                .input("image", PortType::Image, "The images to crop.")
+                .int("width", 1, MAX_RESOLUTION, 512, "Width of the rectangle.")
+                .int("height", 1, MAX_RESOLUTION, 512, "Height of the rectangle.")
+                .int("x", 0, MAX_RESOLUTION, 0, "Left edge.")
+                .int("y", 0, MAX_RESOLUTION, 0, "Top edge.")
+                .output("image", PortType::Image, "The cropped images."),
+        )
+    }
+}
+
+impl NodeKind for ImageCrop {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let img = inputs.image("image")?;
+        let out = image_ops::crop(
+            &img,
+            inputs.usize("width")?,
+            inputs.usize("height")?,
+            inputs.usize("x")?,
+            inputs.usize("y")?,
+        )
+        .map_err(err)?;
+        Ok(vec![Value::Image(Arc::new(out))])
+    }
+}
+
+// ---------------------------------------------------------------- ImageBlend
+
+pub struct ImageBlend(NodeSchema);
+
+impl ImageBlend {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new("ImageBlend", "image", "Blends image2 over image1 with a blend mode and factor.")
+                .input("image1", PortType::Image, "The base images.")
+                .input("image2", PortType::Image, "The images blended in (resized to image1 if needed).")
+                .float("blend_factor", 0.0, 1.0, 0.5, "0 keeps image1, 1 gives the full blend.")
+                .choice("blend_mode", &BlendMode::NAMES, "normal", "How the two are combined.")
+                .output("image", PortType::Image, "The blended images."),
+        )
+    }
+}
+
+impl NodeKind for ImageBlend {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let a = inputs.image("image1")?;
+        let b = inputs.image("image2")?;
+        let mode_name = inputs.str("blend_mode")?;
+        let mode = BlendMode::from_name(mode_name).ok_or_else(|| err(format!("unknown blend_mode {mode_name:?}")))?;
+        let out = image_ops::blend(&a, &b, inputs.float("blend_factor")? as f32, mode).map_err(err)?;
+        Ok(vec![Value::Image(Arc::new(out))])
+    }
+}
+
+// ---------------------------------------------------------------- ImageInvert
+
+pub struct ImageInvert(NodeSchema);
+
+impl ImageInvert {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new("ImageInvert", "image", "Inverts images (1 - value).")
+                .input("image", PortType::Image, "The images to invert.")
+                .output("image", PortType::Image, "The inverted images."),
+        )
+    }
+}
+
+impl NodeKind for ImageInvert {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let img = inputs.image("image")?;
+        Ok(vec![Value::Image(Arc::new(image_ops::invert(&img)))])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_files_never_overwrite_and_count_past_the_highest() {
+        let dir = std::env::temp_dir().join(format!("sdgraph-save-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let a = write_numbered(&dir, "pic", b"one").unwrap();
+        let b = write_numbered(&dir, "pic", b"two").unwrap();
+        assert_eq!(a.file_name().unwrap(), "pic_00001.png");
+        assert_eq!(b.file_name().unwrap(), "pic_00002.png");
+        fs::write(dir.join("pic_00041.png"), b"user's").unwrap();
+        let c = write_numbered(&dir, "pic", b"three").unwrap();
+        assert_eq!(c.file_name().unwrap(), "pic_00042.png");
+        assert_eq!(fs::read(&a).unwrap(), b"one");
+        assert_eq!(fs::read(dir.join("pic_00041.png")).unwrap(), b"user's");
+        // No temporary files are left behind.
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn prefixes_that_escape_the_output_folder_are_refused() {
+        for bad in ["../x", "/etc/x", "a/../../x", "", "a/", "a\\b"] {
+            assert!(check_prefix(bad).is_err(), "{bad:?} should be refused");
+        }
+        for good in ["x", "pets/cat", "a b"] {
+            assert!(check_prefix(good).is_ok(), "{good:?} should be allowed");
+        }
+    }
+
+    #[test]
+    fn scale_with_zero_side_keeps_aspect_ratio() {
+        let img = Image::zeros(1, 100, 200, 3);
+        let out = scale_image(&img, 0, 50, Method::Bilinear, false).unwrap();
+        assert_eq!((out.width, out.height), (100, 50));
+        let out = scale_image(&img, 50, 0, Method::Bilinear, false).unwrap();
+        assert_eq!((out.width, out.height), (50, 25));
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sdgraph-load-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn load_png_with_alpha_gives_rgb_and_inverted_alpha_mask() {
+        let path = temp("alpha.png");
+        let px: Vec<u8> = vec![255, 0, 0, 255, 0, 255, 0, 0, 0, 0, 255, 51, 10, 20, 30, 204];
+        image::RgbaImage::from_raw(2, 2, px).unwrap().save(&path).unwrap();
+        let (img, mask) = load_image_file(&path).unwrap();
+        assert_eq!((img.batch, img.height, img.width, img.channels), (1, 2, 2, 3));
+        assert_eq!(&img.data[..6], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        assert!((img.get(0, 1, 1, 2) - 30.0 / 255.0).abs() < 1e-6);
+        let want = [0.0, 1.0, 1.0 - 0.2, 1.0 - 0.8];
+        for (m, w) in mask.data.iter().zip(want) {
+            assert!((m - w).abs() < 1e-6, "{:?}", mask.data);
+        }
+    }
+
+    #[test]
+    fn load_jpeg_and_webp_without_alpha_gives_empty_mask() {
+        let grey = image::RgbImage::from_pixel(8, 4, image::Rgb([128, 128, 128]));
+        for name in ["grey.jpg", "grey.webp"] {
+            let path = temp(name);
+            grey.save(&path).unwrap();
+            let (img, mask) = load_image_file(&path).unwrap();
+            assert_eq!((img.width, img.height), (8, 4), "{name}");
+            assert!(img.data.iter().all(|v| (v - 128.0 / 255.0).abs() < 3.0 / 255.0), "{name}");
+            assert!(mask.data.iter().all(|&m| m == 0.0), "{name}");
+        }
+    }
+
+    #[test]
+    fn load_of_a_corrupt_or_missing_file_is_an_error_naming_it() {
+        let path = temp("corrupt.png");
+        fs::write(&path, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
+        let e = load_image_file(&path).unwrap_err();
+        assert!(e.contains("corrupt.png"), "{e}");
+        let e = load_image_file(&temp("missing.png")).unwrap_err();
+        assert!(e.starts_with("cannot open") && e.contains("missing.png"), "{e}");
+        let e = load_image_file(Path::new("/")).unwrap_err();
+        assert!(e.contains("cannot"), "{e}");
+    }
+
+    #[test]
+    fn oversized_dimensions_are_refused_before_decoding() {
+        // A PNG header claiming 100000x100000 pixels, with no data behind it.
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        let path = temp("huge.png");
+        fs::write(&path, &png).unwrap();
+        let e = load_image_file(&path).unwrap_err();
+        assert!(e.contains("huge.png"), "{e}");
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn to_u8_round_trips_every_8_bit_value() {
+        let data: Vec<f32> = (0..=255).map(|v| v as f32 / 255.0).collect();
+        let img = Image::from_data(1, 1, 256, 1, data).unwrap();
+        let bytes = to_u8(&img, 0);
+        assert_eq!(bytes, (0..=255).collect::<Vec<u8>>());
+    }
+}

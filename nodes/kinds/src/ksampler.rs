@@ -1,0 +1,370 @@
+//! KSampler: ComfyUI's sampling node. Initial noise from the seed exactly as
+//! ComfyUI draws it on the CPU (`torch.randn` with `manual_seed(seed)`),
+//! ancestral noise from `seed + 1`, ComfyUI's schedules and k-diffusion's
+//! samplers, classifier-free guidance over the UNet on the GPU.
+//!
+//! Inpainting (a latent with a noise mask, from SetLatentNoiseMask) follows
+//! ComfyUI's `KSamplerX0Inpaint` and `KSAMPLER.sample` (`comfy/samplers.py`,
+//! Comfy-Org/ComfyUI @ 311c01406130b2acbe8ab291043502de26cf3871): the mask is
+//! resized to the latent (`prepare_mask`, see [`expand_noise_mask`]); before
+//! every model call the unmasked part of `x` is replaced by the input latent
+//! re-noised to the call's sigma, `latent + noise * sigma` (`scale_latent_inpaint`
+//! of SD models), and after it the unmasked part of the denoised estimate is the
+//! input latent. `noise` is the initial noise, except for `ddim`, whose inpaint
+//! noise is a fresh `randn` from `seed + 1` (`inpaint_options={"random": True}`).
+//! One addition: where the resized mask is exactly 0 the result is the input
+//! latent bit for bit (ComfyUI's sampler lands there only up to rounding).
+
+use std::sync::Arc;
+
+use gpu::ops::layout::concat;
+use gpu::{DType, Gpu, Tensor};
+use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, ParamKind, ParamValue, RunContext};
+use graph::{PortType, Value};
+
+use crate::checkpoint_loader::ModelHandle;
+use crate::controlnet_apply::{PreparedControl, control_residuals, prepare_controls};
+use crate::latent::{Conditioning, Latent};
+use crate::latent_nodes::expand_noise_mask;
+use crate::runtime;
+use crate::vae_nodes::latent_of;
+use models::sampling::noise::{TorchRng, prepare_noise};
+use models::sampling::samplers::{
+    CfgDenoiser, Denoiser, FnHooks, NetOutput, NoisePredictor, Sampler, StepInfo, initial_latent, max_denoise, sample,
+};
+use models::sampling::schedulers::{ModelSigmas, Scheduler, ksampler_sigmas};
+
+pub const SAMPLER_NAMES: [&str; 9] =
+    ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "ddim", "lcm"];
+pub const SCHEDULER_NAMES: [&str; 6] = ["normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform"];
+
+pub struct KSampler(NodeSchema);
+
+impl KSampler {
+    pub fn new() -> Self {
+        Self(
+            NodeSchema::new("KSampler", "sampling", "Denoises latents with the model, guided by the prompts.")
+                .input("model", PortType::Model, "The UNet (from CheckpointLoaderSimple).")
+                .input("positive", PortType::Conditioning, "What the picture should show.")
+                .input("negative", PortType::Conditioning, "What it should not.")
+                .input("latent_image", PortType::Latent, "Start latents: empty for txt2img, encoded for img2img.")
+                .param(
+                    "seed",
+                    ParamKind::Int { min: 0, max: i64::MAX },
+                    Some(ParamValue::Int(0)),
+                    "Noise seed; the same seed gives ComfyUI's CPU noise.",
+                )
+                .int("steps", 1, 10000, 20, "Sampling steps.")
+                .float("cfg", 0.0, 100.0, 8.0, "Classifier-free guidance scale (1 disables the negative prompt).")
+                .choice("sampler_name", &SAMPLER_NAMES, "euler", "Sampler, as ComfyUI names them.")
+                .choice("scheduler", &SCHEDULER_NAMES, "normal", "Noise schedule, as ComfyUI names them.")
+                .float("denoise", 0.0, 1.0, 1.0, "How much of the schedule to run: below 1 keeps the input (img2img).")
+                .output("latent", PortType::Latent, "The denoised latents."),
+        )
+    }
+}
+
+impl Default for KSampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::new(e.to_string())
+}
+
+fn cond_of(inputs: &NodeInputs, name: &str) -> Result<Arc<Conditioning>, NodeError> {
+    inputs
+        .input(name)?
+        .downcast::<Conditioning>()
+        .ok_or_else(|| NodeError::new(format!("input {name:?} is not conditioning")))
+}
+
+/// The UNet with both prompts (and their ControlNets) bound: one batched
+/// call for cond and uncond when their token lengths agree and they carry
+/// the same controls, two calls otherwise (as ComfyUI's `can_concat_cond`).
+struct UnetPredictor<'a> {
+    gpu: &'a Gpu,
+    model: &'a ModelHandle,
+    shape: [usize; 4],
+    /// `[B, L, C]` each, repeated over the batch.
+    pos: Tensor,
+    neg: Tensor,
+    /// `[2B, L, C]`, uncond first, when the lengths and controls allow batching.
+    both: Option<Tensor>,
+    pos_controls: Vec<PreparedControl>,
+    neg_controls: Vec<PreparedControl>,
+}
+
+impl UnetPredictor<'_> {
+    /// One UNet call on `copies` copies of `x`, steered by `controls` (the `[2B]` hints when `copies` is 2).
+    fn run(
+        &self,
+        x: &[f32],
+        copies: usize,
+        timestep: f64,
+        sigma: f64,
+        context: &Tensor,
+        controls: &[PreparedControl],
+    ) -> Result<Vec<f32>, NodeError> {
+        let [b, c, h, w] = self.shape;
+        let mut batch = Vec::with_capacity(x.len() * copies);
+        for _ in 0..copies {
+            batch.extend_from_slice(x);
+        }
+        let xt = self.gpu.upload(&batch, &[b * copies, c, h, w], DType::F32).map_err(err)?;
+        let t = vec![timestep as f32; b * copies];
+        let residuals = control_residuals(self.gpu, controls, &xt, &t, context, sigma, copies == 2).map_err(err)?;
+        let out = match &residuals {
+            None => self.model.unet.forward(self.gpu, &xt, &t, context),
+            Some(r) => self.model.unet.forward_with_residuals(self.gpu, &xt, &t, context, Some(&r.down), Some(&r.mid)),
+        }
+        .map_err(err)?;
+        self.gpu.download(&out).map_err(err)
+    }
+}
+
+impl NoisePredictor for UnetPredictor<'_> {
+    type Error = NodeError;
+
+    fn predict(&mut self, x_in: &[f32], timestep: f64, sigma: f64, with_uncond: bool) -> Result<NetOutput, NodeError> {
+        if !with_uncond {
+            let cond = self.run(x_in, 1, timestep, sigma, &self.pos, &self.pos_controls)?;
+            return Ok(NetOutput { cond, uncond: None });
+        }
+        if let Some(both) = &self.both {
+            // The controls are the same on both sides (checked when `both` was made).
+            let mut out = self.run(x_in, 2, timestep, sigma, both, &self.pos_controls)?;
+            let cond = out.split_off(x_in.len());
+            return Ok(NetOutput { cond, uncond: Some(out) });
+        }
+        let uncond = self.run(x_in, 1, timestep, sigma, &self.neg, &self.neg_controls)?;
+        let cond = self.run(x_in, 1, timestep, sigma, &self.pos, &self.pos_controls)?;
+        Ok(NetOutput { cond, uncond: Some(uncond) })
+    }
+}
+
+/// ComfyUI's `KSamplerX0Inpaint`: a denoiser that only changes the latent
+/// where `mask` (one value per latent element, in 0..=1) is above 0.
+pub struct InpaintDenoiser<D> {
+    pub inner: D,
+    /// `[B, C, h, w]`, as the latent.
+    pub mask: Vec<f32>,
+    /// The input latent (what the unmasked area keeps).
+    pub latent: Vec<f32>,
+    /// The noise the unmasked area is re-noised with.
+    pub noise: Vec<f32>,
+}
+
+impl<D: Denoiser> Denoiser for InpaintDenoiser<D> {
+    type Error = D::Error;
+
+    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, D::Error> {
+        // x * mask + (latent + noise * sigma) * (1 - mask), in f64 like the samplers' updates.
+        let x_in: Vec<f32> = x
+            .iter()
+            .zip(&self.mask)
+            .zip(self.latent.iter().zip(&self.noise))
+            .map(|((&xv, &m), (&l, &n))| {
+                let (m, renoised) = (f64::from(m), f64::from(l) + f64::from(n) * sigma);
+                (f64::from(xv) * m + renoised * (1.0 - m)) as f32
+            })
+            .collect();
+        let mut out = self.inner.denoise(&x_in, sigma)?;
+        // out * mask + latent * (1 - mask); a wrong-length output is left for the sampler to report.
+        for ((o, &m), &l) in out.iter_mut().zip(&self.mask).zip(&self.latent) {
+            let m = f64::from(m);
+            *o = (f64::from(*o) * m + f64::from(l) * (1.0 - m)) as f32;
+        }
+        Ok(out)
+    }
+}
+
+/// `cond [1, L, C]` repeated to `[n, L, C]`.
+fn repeat(gpu: &Gpu, cond: &Tensor, n: usize) -> Result<Tensor, NodeError> {
+    if n == 1 {
+        return Ok(cond.clone());
+    }
+    let parts: Vec<&Tensor> = std::iter::repeat_n(cond, n).collect();
+    concat(gpu, &parts, 0).map_err(err)
+}
+
+impl NodeKind for KSampler {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let model = inputs
+            .input("model")?
+            .downcast::<ModelHandle>()
+            .ok_or_else(|| NodeError::new("input \"model\" is not a loaded model"))?;
+        let pos = cond_of(inputs, "positive")?;
+        let neg = cond_of(inputs, "negative")?;
+        let latent = latent_of(inputs, "latent_image")?;
+        let seed = inputs.int("seed")? as u64;
+        let steps = inputs.usize("steps")?;
+        let cfg = inputs.float("cfg")?;
+        let denoise = inputs.float("denoise")?;
+        let sampler = Sampler::from_name(inputs.str("sampler_name")?).map_err(err)?;
+        let scheduler = Scheduler::from_name(inputs.str("scheduler")?).map_err(err)?;
+        if latent.samples.len() != latent.shape.iter().product::<usize>() {
+            return Err(err(format!(
+                "input \"latent_image\": {} values for the shape {:?}",
+                latent.samples.len(),
+                latent.shape
+            )));
+        }
+        let mask = expand_noise_mask(&latent).map_err(|e| err(format!("input \"latent_image\": {e}")))?;
+
+        // SD 1.x's discrete schedule (scaled_linear 0.00085..0.012 over 1000 steps).
+        let model_sigmas = ModelSigmas::sd15();
+        let sigmas = ksampler_sigmas(&model_sigmas, scheduler, steps, denoise, sampler.discards_penultimate_sigma())
+            .map_err(err)?;
+        if sigmas.len() < 2 {
+            // denoise 0: ComfyUI returns the input unchanged.
+            return Ok(vec![Value::Opaque(PortType::Latent, latent.clone())]);
+        }
+        let gpu = runtime::gpu()?;
+        let shape = latent.shape;
+        let b = shape[0];
+        let noise = prepare_noise(&shape, seed, None);
+        let x = initial_latent(&noise, &latent.samples, sigmas[0], max_denoise(&model_sigmas, sigmas[0]));
+
+        let pos_t = repeat(gpu, &pos.cond, b)?;
+        let neg_t = repeat(gpu, &neg.cond, b)?;
+        // Batch the two prompts only when they carry the same ControlNet applications (ComfyUI's objects_concatable).
+        let same_controls = pos.controls.len() == neg.controls.len()
+            && pos.controls.iter().zip(&neg.controls).all(|(a, b)| Arc::ptr_eq(a, b));
+        let both = if pos.cond.shape() == neg.cond.shape() && same_controls {
+            // [2B, L, C]: uncond first, as the predictor splits it.
+            Some(concat(gpu, &[&neg_t, &pos_t], 0).map_err(err)?)
+        } else {
+            None
+        };
+        let unet_cfg = &model.unet.config;
+        let doubled = both.is_some();
+        let pos_controls = prepare_controls(gpu, unet_cfg, &model_sigmas, &pos.controls, shape, doubled)
+            .map_err(|e| err(format!("input \"positive\": {e}")))?;
+        let neg_controls = if doubled {
+            Vec::new() // the same controls as pos_controls, run on the batched call
+        } else {
+            prepare_controls(gpu, unet_cfg, &model_sigmas, &neg.controls, shape, false)
+                .map_err(|e| err(format!("input \"negative\": {e}")))?
+        };
+        let predictor =
+            UnetPredictor { gpu, model: &model, shape, pos: pos_t, neg: neg_t, both, pos_controls, neg_controls };
+        let cfg_denoiser = CfgDenoiser::new(predictor, model_sigmas.clone(), model.prediction, cfg);
+        let mut denoiser: Box<dyn Denoiser<Error = _>> = match &mask {
+            None => Box::new(cfg_denoiser),
+            Some(mask) => {
+                let inpaint_noise = if sampler == Sampler::Ddim {
+                    // ComfyUI's ddim: `torch.manual_seed(seed + 1)`, then `randn(noise.shape)`.
+                    TorchRng::new(seed.wrapping_add(1)).randn(&shape)
+                } else {
+                    noise.clone()
+                };
+                Box::new(InpaintDenoiser {
+                    inner: cfg_denoiser,
+                    mask: mask.clone(),
+                    latent: latent.samples.clone(),
+                    noise: inpaint_noise,
+                })
+            }
+        };
+        // ComfyUI's default_noise_sampler on the CPU: a fresh generator seeded with seed + 1.
+        let mut rng = TorchRng::new(seed.wrapping_add(1));
+        let id = ctx.node_id.to_string();
+        let progress = ctx.progress;
+        let cancel = ctx.cancel;
+        let total = (sigmas.len() - 1) as u64;
+        let mut hooks = FnHooks {
+            on_step: |info: &StepInfo<'_>| {
+                progress.step(&id, info.step as u64 + 1, total, "steps");
+                // `sdgraph run --preview`: a latent-to-RGB picture every few steps (see preview.rs).
+                crate::preview::sampler_step(progress, &id, info, shape);
+            },
+            is_cancelled: || cancel.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let mut samples = sample(sampler, &mut *denoiser, x, &sigmas, &mut rng, &mut hooks).map_err(err)?;
+        if let Some(mask) = &mask {
+            // ComfyUI's result there is the input up to rounding; make it exact.
+            for ((s, &m), &l) in samples.iter_mut().zip(mask).zip(&latent.samples) {
+                if m == 0.0 {
+                    *s = l;
+                }
+            }
+        }
+        // The mask stays on the latent, as ComfyUI's `out = latent.copy()`, so a second KSampler inpaints too.
+        let noise_mask = latent.noise_mask.clone();
+        Ok(vec![Value::Opaque(PortType::Latent, Arc::new(Latent { shape, samples, noise_mask }))])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::sampling::samplers::NoHooks;
+
+    /// A stand-in model: denoised = 0.5 * x + 0.3, remembering what it was given.
+    struct Fake(Vec<Vec<f32>>);
+
+    impl Denoiser for Fake {
+        type Error = std::convert::Infallible;
+
+        fn denoise(&mut self, x: &[f32], _sigma: f64) -> Result<Vec<f32>, Self::Error> {
+            self.0.push(x.to_vec());
+            Ok(x.iter().map(|v| 0.5 * v + 0.3).collect())
+        }
+    }
+
+    fn inpaint(mask: &[f32]) -> InpaintDenoiser<Fake> {
+        let n = mask.len();
+        InpaintDenoiser {
+            inner: Fake(vec![]),
+            mask: mask.to_vec(),
+            latent: (0..n).map(|i| i as f32 * 0.1 - 0.2).collect(),
+            noise: (0..n).map(|i| 1.0 - i as f32 * 0.3).collect(),
+        }
+    }
+
+    #[test]
+    fn inpaint_denoiser_blends_input_and_output_as_comfyui() {
+        let mask = [0.0, 0.25, 1.0, 0.0];
+        let mut d = inpaint(&mask);
+        let x = [2.0f32, -1.0, 0.5, 3.0];
+        let sigma = 1.5;
+        let out = d.denoise(&x, sigma).unwrap();
+        for i in 0..4 {
+            let (m, l, n) = (mask[i] as f64, d.latent[i] as f64, d.noise[i] as f64);
+            // x * mask + (latent + noise * sigma) * (1 - mask)
+            let x_in = x[i] as f64 * m + (l + n * sigma) * (1.0 - m);
+            assert!((d.inner.0[0][i] as f64 - x_in).abs() < 1e-6, "x_in {i}");
+            // out * mask + latent * (1 - mask)
+            let want = (0.5 * x_in as f32 as f64 + 0.3) * m + l * (1.0 - m);
+            assert!((out[i] as f64 - want).abs() < 1e-6, "out {i}");
+        }
+        // Exact where the mask is 0 or 1.
+        assert_eq!(out[0], d.latent[0]);
+        assert_eq!(d.inner.0[0][2], x[2]);
+    }
+
+    #[test]
+    fn sampling_with_the_inpaint_denoiser_lands_on_the_latent_where_unmasked() {
+        // What ComfyUI returns before sdgraph's exact copy: the input latent up to rounding.
+        let mask = [0.0, 1.0, 0.0, 0.5];
+        let mut d = inpaint(&mask);
+        let sigmas = [14.6, 5.0, 1.2, 0.3, 0.0];
+        let x = initial_latent(&d.noise, &d.latent, sigmas[0], true);
+        let latent = d.latent.clone();
+        for sampler in [Sampler::Euler, Sampler::Heun, Sampler::Dpmpp2m, Sampler::EulerAncestral] {
+            let mut rng = TorchRng::new(1);
+            let out = sample(sampler, &mut d, x.clone(), &sigmas, &mut rng, &mut NoHooks).unwrap();
+            for i in [0, 2] {
+                assert!((out[i] - latent[i]).abs() < 1e-5, "{sampler}: {} vs {}", out[i], latent[i]);
+            }
+            assert!((out[1] - latent[1]).abs() > 0.1, "{sampler}: the masked element was not sampled");
+        }
+    }
+}

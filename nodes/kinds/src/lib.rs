@@ -1,0 +1,78 @@
+//! sdgraph's built-in node kinds: adapters from graph ports and params to the
+//! model library (the `models` crate).
+//!
+//! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`ksampler`], [`vae_nodes`]: the SD pipeline nodes
+//! - [`controlnet_apply`]: ControlNetLoader, ControlNetApplyAdvanced and the controls KSampler applies
+//! - [`preprocessors`]: ControlNet preprocessors (Canny, BinaryPreprocessor)
+//! - [`vae_tiled`]: VAEDecodeTiled / VAEEncodeTiled and the tiled fallback of VAEDecode / VAEEncode
+//! - [`upscale_nodes`]: UpscaleModelLoader / ImageUpscaleWithModel; their tiling in [`upscale_tiled`]
+//! - [`mask_nodes`]: the mask nodes (ImageToMask)
+//! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
+//! - [`png_meta`]: the graph embedded in saved PNGs
+//! - [`preview`]: latent previews while sampling (`sdgraph run --preview`)
+//! - [`latent`]: LATENT and CONDITIONING values; [`runtime`]: the shared GPU; [`settings`]: what the command passes
+//! - [`plugin_values`]: how Lua plugins read and write LATENT values
+
+pub mod checkpoint_loader;
+pub mod controlnet_apply;
+pub mod image_nodes;
+pub mod ksampler;
+pub mod latent;
+pub mod latent_nodes;
+pub mod mask_nodes;
+pub mod plugin_values;
+pub mod png_meta;
+pub mod preprocessors;
+pub mod preview;
+pub mod runtime;
+pub mod settings;
+pub mod text_encode;
+pub mod upscale_nodes;
+pub mod upscale_tiled;
+pub mod vae_nodes;
+pub mod vae_tiled;
+
+use std::sync::Arc;
+
+use graph::Registry;
+use graph::registry::DuplicateKind;
+pub use settings::Settings;
+
+/// Registers every built-in node kind, with the command's `settings`.
+pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), DuplicateKind> {
+    // Lets Lua plugins (plugin) read and write LATENT values as tables.
+    plugin_values::register();
+    image_nodes::register(reg)?;
+    reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new(settings)))?;
+    reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
+    reg.register(Arc::new(controlnet_apply::ControlNetLoader::new(settings)))?;
+    reg.register(Arc::new(controlnet_apply::ControlNetApplyAdvanced::new()))?;
+    reg.register(Arc::new(preprocessors::Canny::new()))?;
+    reg.register(Arc::new(preprocessors::BinaryPreprocessor::new()))?;
+    reg.register(Arc::new(latent_nodes::EmptyLatentImage::new()))?;
+    reg.register(Arc::new(latent_nodes::SetLatentNoiseMask::new()))?;
+    reg.register(Arc::new(latent_nodes::LatentUpscale::new()))?;
+    reg.register(Arc::new(latent_nodes::LatentUpscaleBy::new()))?;
+    reg.register(Arc::new(mask_nodes::ImageToMask::new()))?;
+    reg.register(Arc::new(ksampler::KSampler::new()))?;
+    reg.register(Arc::new(vae_nodes::VaeDecode::new(settings)))?;
+    reg.register(Arc::new(vae_nodes::VaeEncode::new(settings)))?;
+    reg.register(Arc::new(vae_tiled::VaeDecodeTiled::new(settings)))?;
+    reg.register(Arc::new(vae_tiled::VaeEncodeTiled::new(settings)))?;
+    reg.register(Arc::new(upscale_nodes::UpscaleModelLoader::new(settings)))?;
+    reg.register(Arc::new(upscale_nodes::ImageUpscaleWithModel::new(settings)))?;
+    Ok(())
+}
+
+/// A registry holding the built-in kinds with default settings.
+pub fn builtin_registry() -> Registry {
+    builtin_registry_with(Settings::default())
+}
+
+/// A registry holding the built-in kinds with `settings`.
+pub fn builtin_registry_with(settings: Settings) -> Registry {
+    let mut reg = Registry::new();
+    // Built-in names are distinct by construction; a clash is a bug caught by tests.
+    register_builtin(&mut reg, settings).expect("built-in node kinds have unique names");
+    reg
+}

@@ -1,0 +1,386 @@
+//! The diffusers folder layout mapped onto single-file (LDM/CompVis) names,
+//! which the models use. The rules are the inverse of diffusers'
+//! `convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint` and
+//! `convert_ldm_clip_checkpoint` (diffusers 0.42.1,
+//! `src/diffusers/loaders/single_file_utils.py`); the fixture generator checks
+//! them against those functions and `tests/models/checkpoints.rs` checks this file
+//! against the fixture's table.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::safetensors::{CheckpointError, SafeTensors};
+use super::weights::WeightSource;
+
+pub const UNET_PREFIX: &str = "model.diffusion_model.";
+pub const VAE_PREFIX: &str = "first_stage_model.";
+pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+
+/// Structure of a diffusers UNet that its key names imply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnetLayout {
+    /// Resnets per down block (SD: 2); up blocks have one more.
+    pub layers_per_block: usize,
+    /// Up blocks that have attention (their upsampler sits one slot later).
+    pub up_with_attention: BTreeSet<usize>,
+}
+
+impl UnetLayout {
+    pub fn from_keys<'a>(keys: impl Iterator<Item = &'a str>) -> UnetLayout {
+        let mut resnets = BTreeSet::new();
+        let mut up_with_attention = BTreeSet::new();
+        for k in keys {
+            if let Some(rest) = k.strip_prefix("down_blocks.0.resnets.")
+                && let Some(j) = rest.split('.').next().and_then(|j| j.parse::<usize>().ok())
+            {
+                resnets.insert(j);
+            }
+            if let Some(rest) = k.strip_prefix("up_blocks.") {
+                let mut parts = rest.split('.');
+                if let (Some(b), Some("attentions")) = (parts.next().and_then(|b| b.parse().ok()), parts.next()) {
+                    up_with_attention.insert(b);
+                }
+            }
+        }
+        UnetLayout { layers_per_block: resnets.len().max(1), up_with_attention }
+    }
+}
+
+/// `norm1` -> `in_layers.0` and so on, for the first part of a resnet key.
+fn unet_resnet(rest: &str) -> String {
+    let (head, tail) = rest.split_once('.').unwrap_or((rest, ""));
+    let head = match head {
+        "norm1" => "in_layers.0",
+        "conv1" => "in_layers.2",
+        "norm2" => "out_layers.0",
+        "conv2" => "out_layers.3",
+        "time_emb_proj" => "emb_layers.1",
+        "conv_shortcut" => "skip_connection",
+        other => other,
+    };
+    format!("{head}.{tail}")
+}
+
+/// Splits `"3.rest.of.key"` into `(3, "rest.of.key")`.
+fn index(s: &str) -> Option<(usize, &str)> {
+    let (i, rest) = s.split_once('.')?;
+    Some((i.parse().ok()?, rest))
+}
+
+/// A diffusers UNet key as its single-file name (without the model prefix).
+pub fn unet_key(key: &str, layout: &UnetLayout) -> Option<String> {
+    let l = layout.layers_per_block;
+    let fixed = match key {
+        k if k.starts_with("time_embedding.linear_1.") => {
+            Some(k.replacen("time_embedding.linear_1", "time_embed.0", 1))
+        }
+        k if k.starts_with("time_embedding.linear_2.") => {
+            Some(k.replacen("time_embedding.linear_2", "time_embed.2", 1))
+        }
+        k if k.starts_with("conv_in.") => Some(k.replacen("conv_in", "input_blocks.0.0", 1)),
+        k if k.starts_with("conv_norm_out.") => Some(k.replacen("conv_norm_out", "out.0", 1)),
+        k if k.starts_with("conv_out.") => Some(k.replacen("conv_out", "out.2", 1)),
+        _ => None,
+    };
+    if fixed.is_some() {
+        return fixed;
+    }
+    if let Some(rest) = key.strip_prefix("down_blocks.") {
+        let (b, rest) = index(rest)?;
+        if let Some(rest) = rest.strip_prefix("resnets.") {
+            let (j, rest) = index(rest)?;
+            return Some(format!("input_blocks.{}.0.{}", 1 + b * (l + 1) + j, unet_resnet(rest)));
+        }
+        if let Some(rest) = rest.strip_prefix("attentions.") {
+            let (j, rest) = index(rest)?;
+            return Some(format!("input_blocks.{}.1.{rest}", 1 + b * (l + 1) + j));
+        }
+        if let Some(rest) = rest.strip_prefix("downsamplers.0.conv.") {
+            return Some(format!("input_blocks.{}.0.op.{rest}", (b + 1) * (l + 1)));
+        }
+        return None;
+    }
+    if let Some(rest) = key.strip_prefix("mid_block.") {
+        if let Some(rest) = rest.strip_prefix("resnets.") {
+            let (j, rest) = index(rest)?;
+            return Some(format!("middle_block.{}.{}", j * 2, unet_resnet(rest)));
+        }
+        if let Some(rest) = rest.strip_prefix("attentions.0.") {
+            return Some(format!("middle_block.1.{rest}"));
+        }
+        return None;
+    }
+    if let Some(rest) = key.strip_prefix("up_blocks.") {
+        let (b, rest) = index(rest)?;
+        if let Some(rest) = rest.strip_prefix("resnets.") {
+            let (j, rest) = index(rest)?;
+            return Some(format!("output_blocks.{}.0.{}", b * (l + 1) + j, unet_resnet(rest)));
+        }
+        if let Some(rest) = rest.strip_prefix("attentions.") {
+            let (j, rest) = index(rest)?;
+            return Some(format!("output_blocks.{}.1.{rest}", b * (l + 1) + j));
+        }
+        if let Some(rest) = rest.strip_prefix("upsamplers.0.conv.") {
+            let slot = if layout.up_with_attention.contains(&b) { 2 } else { 1 };
+            return Some(format!("output_blocks.{}.{slot}.conv.{rest}", b * (l + 1) + l));
+        }
+    }
+    None
+}
+
+/// A diffusers VAE key as its single-file name (without the model prefix);
+/// `up_blocks` is the decoder's number of up blocks (numbered in reverse in LDM).
+pub fn vae_key(key: &str, up_blocks: usize) -> Option<String> {
+    let renames = [("encoder.conv_norm_out.", "encoder.norm_out."), ("decoder.conv_norm_out.", "decoder.norm_out.")];
+    for (from, to) in renames {
+        if let Some(rest) = key.strip_prefix(from) {
+            return Some(format!("{to}{rest}"));
+        }
+    }
+    for same in [
+        "encoder.conv_in.",
+        "encoder.conv_out.",
+        "decoder.conv_in.",
+        "decoder.conv_out.",
+        "quant_conv.",
+        "post_quant_conv.",
+    ] {
+        if key.starts_with(same) {
+            return Some(key.to_string());
+        }
+    }
+    let shortcut = |s: &str| s.replacen("conv_shortcut", "nin_shortcut", 1);
+    let (part, rest) = key.split_once('.')?;
+    if part != "encoder" && part != "decoder" {
+        return None;
+    }
+    if let Some(rest) = rest.strip_prefix("down_blocks.") {
+        let (i, rest) = index(rest)?;
+        if let Some(rest) = rest.strip_prefix("resnets.") {
+            let (j, rest) = index(rest)?;
+            return Some(format!("{part}.down.{i}.block.{j}.{}", shortcut(rest)));
+        }
+        return rest.strip_prefix("downsamplers.0.conv.").map(|r| format!("{part}.down.{i}.downsample.conv.{r}"));
+    }
+    if let Some(rest) = rest.strip_prefix("up_blocks.") {
+        let (i, rest) = index(rest)?;
+        let ldm = up_blocks.checked_sub(i + 1)?;
+        if let Some(rest) = rest.strip_prefix("resnets.") {
+            let (j, rest) = index(rest)?;
+            return Some(format!("{part}.up.{ldm}.block.{j}.{}", shortcut(rest)));
+        }
+        return rest.strip_prefix("upsamplers.0.conv.").map(|r| format!("{part}.up.{ldm}.upsample.conv.{r}"));
+    }
+    if let Some(rest) = rest.strip_prefix("mid_block.resnets.") {
+        let (j, rest) = index(rest)?;
+        return Some(format!("{part}.mid.block_{}.{}", j + 1, shortcut(rest)));
+    }
+    if let Some(rest) = rest.strip_prefix("mid_block.attentions.0.") {
+        // Current names, then the deprecated ones older diffusers files carry.
+        let (head, tail) = rest.rsplit_once('.')?;
+        let ldm = match head {
+            "group_norm" => "norm",
+            "to_q" | "query" => "q",
+            "to_k" | "key" => "k",
+            "to_v" | "value" => "v",
+            "to_out.0" | "proj_attn" => "proj_out",
+            _ => return None,
+        };
+        return Some(format!("{part}.mid.attn_1.{ldm}.{tail}"));
+    }
+    None
+}
+
+/// A diffusers text-encoder key as its single-file name (without the model
+/// prefix). transformers 5 writes the names without `text_model.`.
+pub fn clip_key(key: &str) -> Option<String> {
+    if key.ends_with("position_ids") {
+        return None;
+    }
+    if key.starts_with("text_model.") {
+        return Some(key.to_string());
+    }
+    ["embeddings.", "encoder.", "final_layer_norm."]
+        .iter()
+        .any(|p| key.starts_with(p))
+        .then(|| format!("text_model.{key}"))
+}
+
+/// The first existing file among a component's usual weight file names.
+fn component_file(dir: &Path, component: &str, names: &[&str]) -> Option<std::path::PathBuf> {
+    names.iter().map(|n| dir.join(component).join(n)).find(|p| p.is_file())
+}
+
+/// Opens a diffusers folder (`unet/`, `vae/`, `text_encoder/`) under
+/// single-file names. Components that are absent are simply missing; the
+/// model that needs one reports the missing key.
+pub fn open_diffusers_folder(dir: &Path) -> Result<WeightSource, CheckpointError> {
+    let unet = component_file(
+        dir,
+        "unet",
+        &["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"],
+    );
+    let vae = component_file(
+        dir,
+        "vae",
+        &["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"],
+    );
+    let clip = component_file(dir, "text_encoder", &["model.safetensors", "model.fp16.safetensors"]);
+    if unet.is_none() && vae.is_none() && clip.is_none() {
+        return Err(CheckpointError {
+            file: dir.to_path_buf(),
+            key: None,
+            message: "no unet/, vae/ or text_encoder/ .safetensors weights in this folder (is it a diffusers model folder? .bin weights are not read: convert them to safetensors)".into(),
+        });
+    }
+    let mut files = Vec::new();
+    let mut table = Vec::new();
+    if let Some(p) = unet {
+        let st = SafeTensors::open(&p)?;
+        let layout = UnetLayout::from_keys(st.names());
+        let fi = files.len();
+        for k in st.names() {
+            if let Some(n) = unet_key(k, &layout) {
+                table.push((format!("{UNET_PREFIX}{n}"), fi, k.to_string(), None));
+            }
+        }
+        files.push(Arc::new(st));
+    }
+    if let Some(p) = vae {
+        let st = SafeTensors::open(&p)?;
+        let up_blocks = st
+            .names()
+            .filter_map(|k| k.strip_prefix("decoder.up_blocks.").and_then(index).map(|(i, _)| i + 1))
+            .max()
+            .unwrap_or(0);
+        let fi = files.len();
+        for k in st.names() {
+            if let Some(n) = vae_key(k, up_blocks) {
+                // LDM stores the mid-attention projections as 1x1 convs.
+                let conv_shape = match st.info(k) {
+                    Some(i) if n.contains(".mid.attn_1.") && i.shape.len() == 2 => {
+                        Some(vec![i.shape[0], i.shape[1], 1, 1])
+                    }
+                    _ => None,
+                };
+                table.push((format!("{VAE_PREFIX}{n}"), fi, k.to_string(), conv_shape));
+            }
+        }
+        files.push(Arc::new(st));
+    }
+    if let Some(p) = clip {
+        let st = SafeTensors::open(&p)?;
+        let fi = files.len();
+        for k in st.names() {
+            if let Some(n) = clip_key(k) {
+                table.push((format!("{CLIP_PREFIX}{n}"), fi, k.to_string(), None));
+            }
+        }
+        files.push(Arc::new(st));
+    }
+    Ok(WeightSource::from_parts(files, table))
+}
+
+/// Opens a checkpoint: a `.safetensors` single file, or a diffusers folder.
+pub fn open_checkpoint(path: &Path) -> Result<WeightSource, CheckpointError> {
+    if path.is_dir() { open_diffusers_folder(path) } else { WeightSource::single_file(path) }
+}
+
+/// Where a ControlNet's weights are seen, under LDM's `cldm.ControlNet` names.
+pub const CONTROLNET_PREFIX: &str = "control_model.";
+
+/// A diffusers `ControlNetModel` key as its LDM name (without
+/// `control_model.`): `controlnet_cond_embedding.{conv_in, blocks.j,
+/// conv_out}` are `input_hint_block.{0, 2(j + 1), 2(blocks + 1)}` (the
+/// Sequential has a SiLU between convs), `controlnet_down_blocks.N` is
+/// `zero_convs.N.0`, `controlnet_mid_block` is `middle_block_out.0`, and the
+/// rest is the UNet's encoder half ([`unet_key`]). The inverse of diffusers
+/// 0.42.1 `convert_controlnet_checkpoint` (which fixes conv_out at index 14,
+/// SD's); `hint_blocks` is the number of `blocks.j` in the file.
+pub fn controlnet_key(key: &str, layout: &UnetLayout, hint_blocks: usize) -> Option<String> {
+    if let Some(rest) = key.strip_prefix("controlnet_cond_embedding.") {
+        if let Some(tail) = rest.strip_prefix("conv_in.") {
+            return Some(format!("input_hint_block.0.{tail}"));
+        }
+        if let Some(tail) = rest.strip_prefix("conv_out.") {
+            return Some(format!("input_hint_block.{}.{tail}", 2 * (hint_blocks + 1)));
+        }
+        let (j, tail) = index(rest.strip_prefix("blocks.")?)?;
+        return Some(format!("input_hint_block.{}.{tail}", 2 * (j + 1)));
+    }
+    if let Some(rest) = key.strip_prefix("controlnet_down_blocks.") {
+        let (n, tail) = index(rest)?;
+        return Some(format!("zero_convs.{n}.0.{tail}"));
+    }
+    if let Some(tail) = key.strip_prefix("controlnet_mid_block.") {
+        return Some(format!("middle_block_out.0.{tail}"));
+    }
+    if key.starts_with("up_blocks.") || key.starts_with("conv_out.") || key.starts_with("conv_norm_out.") {
+        return None;
+    }
+    unet_key(key, layout)
+}
+
+/// The layout a ControlNet file was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlNetLayout {
+    /// `control_model.` + LDM names (ComfyUI's and A1111's downloads).
+    SingleFile,
+    /// LDM names without the prefix (lllyasviel's `.pth` converted as is).
+    SingleFileUnprefixed,
+    /// diffusers' `ControlNetModel` names (a `save_pretrained` folder or its weights file).
+    Diffusers,
+}
+
+/// Opens a ControlNet: a `.safetensors` file in either layout, or a
+/// diffusers folder holding `diffusion_pytorch_model(.fp16).safetensors`.
+/// Its weights are seen under `control_model.` + LDM names. Also returns
+/// the layout and the weights file actually read.
+pub fn open_controlnet(path: &Path) -> Result<(WeightSource, ControlNetLayout, std::path::PathBuf), CheckpointError> {
+    let file = if path.is_dir() {
+        ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
+            .iter()
+            .map(|n| path.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| CheckpointError {
+                file: path.to_path_buf(),
+                key: None,
+                message: "no diffusion_pytorch_model.safetensors in this folder (is it a diffusers ControlNet folder? .bin weights are not read: convert them to safetensors)".into(),
+            })?
+    } else {
+        path.to_path_buf()
+    };
+    let st = SafeTensors::open(&file)?;
+    let has = |k: &str| st.info(k).is_some();
+    if has("control_model.zero_convs.0.0.weight") {
+        drop(st);
+        return Ok((WeightSource::single_file(&file)?, ControlNetLayout::SingleFile, file));
+    }
+    let (layout, table): (ControlNetLayout, Vec<_>) = if has("zero_convs.0.0.weight") {
+        let table = st.names().map(|k| (format!("{CONTROLNET_PREFIX}{k}"), 0, k.to_string(), None)).collect();
+        (ControlNetLayout::SingleFileUnprefixed, table)
+    } else if has("controlnet_cond_embedding.conv_in.weight") {
+        let layout = UnetLayout::from_keys(st.names());
+        let hint_blocks = st
+            .names()
+            .filter_map(|k| k.strip_prefix("controlnet_cond_embedding.blocks.").and_then(index).map(|(j, _)| j + 1))
+            .max()
+            .unwrap_or(0);
+        let table = st
+            .names()
+            .filter_map(|k| {
+                controlnet_key(k, &layout, hint_blocks)
+                    .map(|n| (format!("{CONTROLNET_PREFIX}{n}"), 0, k.to_string(), None))
+            })
+            .collect();
+        (ControlNetLayout::Diffusers, table)
+    } else {
+        return Err(CheckpointError {
+            file,
+            key: None,
+            message: "not an SD ControlNet: none of control_model.zero_convs.0.0.weight, zero_convs.0.0.weight or controlnet_cond_embedding.conv_in.weight is in it (T2I-adapters, Control-LoRAs and ControlNets of other model families are not supported)".into(),
+        });
+    };
+    Ok((WeightSource::from_parts(vec![Arc::new(st)], table), layout, file))
+}

@@ -1,0 +1,171 @@
+//! Named weights for the models, whatever file layout they came from.
+//!
+//! Models ask for tensors by their single-file (LDM/CompVis) names, the
+//! layout users download (`model.diffusion_model.input_blocks.0.0.weight`);
+//! a diffusers folder is mapped onto those names by `convert`. Every lookup
+//! checks the shape and names the file and key when something is wrong.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use gpu::{DType, Gpu, Tensor};
+
+use super::safetensors::{CheckpointError, SafeTensors, convert_into};
+
+/// Where one canonical name's data lives.
+#[derive(Debug, Clone)]
+struct Location {
+    file: usize,
+    key: String,
+    /// The shape under the canonical name when it differs from the stored
+    /// one with the same data (diffusers' `[C, C]` linear for LDM's `[C, C, 1, 1]` conv).
+    shape: Option<Vec<usize>>,
+}
+
+/// A set of checkpoint files seen through canonical names.
+#[derive(Debug, Clone)]
+pub struct WeightSource {
+    files: Vec<Arc<SafeTensors>>,
+    names: BTreeMap<String, Location>,
+}
+
+impl WeightSource {
+    /// A single-file checkpoint: its names are already canonical.
+    pub fn single_file(path: &Path) -> Result<WeightSource, CheckpointError> {
+        Ok(Self::from_tensors(SafeTensors::open(path)?))
+    }
+
+    /// One already open file (or in-memory tensors, such as a `.pth` state dict), names as stored.
+    pub fn from_tensors(st: SafeTensors) -> WeightSource {
+        let names =
+            st.names().map(|n| (n.to_string(), Location { file: 0, key: n.to_string(), shape: None })).collect();
+        WeightSource { files: vec![Arc::new(st)], names }
+    }
+
+    /// Builds a source from files and a table of canonical name -> (file,
+    /// stored key, canonical shape when it differs from the stored one).
+    pub fn from_parts(
+        files: Vec<Arc<SafeTensors>>,
+        table: Vec<(String, usize, String, Option<Vec<usize>>)>,
+    ) -> WeightSource {
+        let names = table.into_iter().map(|(name, file, key, shape)| (name, Location { file, key, shape })).collect();
+        WeightSource { files, names }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.keys().map(|k| k.as_str())
+    }
+
+    /// The files the weights come from (one, or a diffusers folder's components).
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path())
+    }
+
+    /// A `__metadata__` entry from any of the files (the first that has it).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.files.iter().find_map(|f| f.metadata().get(key).map(|s| s.as_str()))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// The weights under `prefix` (e.g. `"model.diffusion_model."`).
+    pub fn prefix(&self, prefix: &str) -> Weights<'_> {
+        Weights { src: self, prefix: prefix.to_string() }
+    }
+
+    fn missing(&self, name: &str) -> CheckpointError {
+        CheckpointError {
+            file: self.files.first().map(|f| f.path().to_path_buf()).unwrap_or_default(),
+            key: Some(name.to_string()),
+            message: "missing from the checkpoint".into(),
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Result<(&SafeTensors, &Location), CheckpointError> {
+        let loc = self.names.get(name).ok_or_else(|| self.missing(name))?;
+        Ok((&self.files[loc.file], loc))
+    }
+}
+
+/// A view of a `WeightSource` under a name prefix, as candle's `VarBuilder::pp`.
+#[derive(Debug, Clone)]
+pub struct Weights<'a> {
+    src: &'a WeightSource,
+    prefix: String,
+}
+
+impl<'a> Weights<'a> {
+    /// A deeper prefix: `w.pp("input_blocks.1").pp("0")`.
+    pub fn pp(&self, part: impl std::fmt::Display) -> Weights<'a> {
+        Weights { src: self.src, prefix: format!("{}{part}.", self.prefix) }
+    }
+
+    pub fn full_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.src.contains(&self.full_name(name))
+    }
+
+    /// The stored shape of a weight.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>, CheckpointError> {
+        let full = self.full_name(name);
+        let (st, loc) = self.src.lookup(&full)?;
+        Ok(loc.shape.clone().or_else(|| st.info(&loc.key).map(|i| i.shape.clone())).unwrap_or_default())
+    }
+
+    /// A weight as f32 on the CPU, checked against `shape`.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+        let full = self.full_name(name);
+        let (st, loc) = self.src.lookup(&full)?;
+        st.f32(&loc.key, &stored_shape(st, loc, shape)).map_err(|mut e| {
+            e.key = Some(full);
+            e
+        })
+    }
+
+    /// A weight uploaded to the GPU as `dtype`, checked against `shape`.
+    pub fn tensor(&self, gpu: &Gpu, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, WeightError> {
+        let full = self.full_name(name);
+        let (st, loc) = self.src.lookup(&full)?;
+        let stored = stored_shape(st, loc, shape);
+        let error =
+            |message: String| CheckpointError { file: st.path().to_path_buf(), key: Some(full.clone()), message };
+        let (info, bytes) = st.bytes(&loc.key).map_err(|e| error(e.message))?;
+        if info.shape != stored {
+            return Err(error(format!("has shape {:?}, expected {stored:?}", info.shape)).into());
+        }
+        let mut converted = true;
+        let t = gpu
+            .upload_filled(shape, dtype, |dst| converted = convert_into(info.dtype, bytes, dtype, dst))
+            .map_err(|e| WeightError::Gpu(full.clone(), e.to_string()))?;
+        if !converted {
+            return Err(error(format!("has dtype {:?}, expected a float type", info.dtype)).into());
+        }
+        Ok(t)
+    }
+}
+
+/// The shape the file must hold for a weight wanted as `shape`: a name
+/// mapped from another layout with its own canonical shape (a 1x1 conv read
+/// as a linear) holds the same elements in the same order, so the file's
+/// shape stands; otherwise `shape` itself.
+fn stored_shape(st: &SafeTensors, loc: &Location, shape: &[usize]) -> Vec<usize> {
+    match &loc.shape {
+        Some(canonical) if canonical == shape => st.info(&loc.key).map(|i| i.shape.clone()).unwrap_or_default(),
+        _ => shape.to_vec(),
+    }
+}
+
+/// Loading a weight failed: the file was wrong, or the GPU refused it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WeightError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("uploading {0}: {1}")]
+    Gpu(String, String),
+}

@@ -1,0 +1,16 @@
+//! Pure pixel operations behind the image nodes, with ComfyUI's semantics.
+//!
+//! - [`resample`]: resizing as ComfyUI's `comfy.utils.common_upscale` does it
+//!   (PyTorch `F.interpolate` for nearest-exact, bilinear, bicubic and area;
+//!   PIL's Lanczos), plus its center crop to the target aspect ratio
+//! - [`blend`](mod@blend): ImageBlend's blend modes, ImageInvert and ImageCrop
+//!
+//! Everything here works on [`pixels::Image`] (`[B, H, W, C]`) or
+//! [`pixels::Mask`] (`[B, H, W]`), never panics on odd shapes, and reports
+//! invalid inputs as `Err(String)` for the node to wrap.
+
+pub mod blend;
+pub mod resample;
+
+pub use blend::{BlendMode, blend, crop, invert};
+pub use resample::{Method, center_crop_to_aspect, resize, resize_mask};

@@ -1,0 +1,55 @@
+//! sdgraph's model library: the networks of Stable Diffusion 1.x on the GPU
+//! kernels (one per file, fields named after the single-file checkpoint
+//! keys), the checkpoint formats, the tokenizer, the sampling maths and the
+//! image operations. No node kinds and no graph types: the node kinds are
+//! thin adapters over this crate.
+//!
+//! - [`checkpoint`]: safetensors, `.pth` and diffusers folders, and weight layouts
+//! - [`tokenizer`]: CLIP's byte-level BPE; [`prompt_weights`]: ComfyUI's `(word:1.2)`
+//! - [`sampling`]: noise, schedulers and samplers (k-diffusion's, as ComfyUI runs them)
+//! - [`image_ops`]: the pure pixel operations behind the image nodes
+//! - [`nn`]: the layers they are built from (Linear, Conv2d, GroupNorm, LayerNorm)
+//! - [`clip`]: the SD 1.x text encoder (transformers' `CLIPTextModel`)
+//! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
+//! - [`controlnet`]: ControlNet (`control_model.`, diffusers' `ControlNetModel`), sharing the UNet's down path
+//! - [`vae`]: the SD 1.x VAE (`first_stage_model.`, diffusers' `AutoencoderKL`); its blocks in [`vae_blocks`]
+//! - [`upscaler`]: image upscale models, [`esrgan`] (RRDBNet) and [`srvgg`] (SRVGGNetCompact)
+
+pub mod checkpoint;
+pub mod clip;
+pub mod controlnet;
+pub mod esrgan;
+pub mod image_ops;
+pub mod nn;
+pub mod prompt_weights;
+pub mod sampling;
+pub mod srvgg;
+pub mod tokenizer;
+pub mod unet;
+pub mod unet_blocks;
+pub mod upscaler;
+pub mod vae;
+pub mod vae_blocks;
+
+use gpu::GpuError;
+
+use crate::checkpoint::safetensors::CheckpointError;
+use crate::checkpoint::weights::WeightError;
+
+/// Building or running a model failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Weight(#[from] WeightError),
+    #[error("GPU: {0}")]
+    Gpu(#[from] GpuError),
+    /// The weights do not describe a network this code can run.
+    #[error("unsupported model: {0}")]
+    Config(String),
+}
+
+impl From<CheckpointError> for ModelError {
+    fn from(e: CheckpointError) -> Self {
+        ModelError::Weight(WeightError::Checkpoint(e))
+    }
+}

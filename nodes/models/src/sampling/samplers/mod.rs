@@ -1,0 +1,369 @@
+//! k-diffusion samplers as ComfyUI's KSampler runs them, on flat f32 latents, with the model behind a trait.
+//!
+//! Mirrors k-diffusion 0.1.1.post1 (`k_diffusion/sampling.py`, crowsonkb/k-diffusion) and ComfyUI's adaptation of
+//! it, `comfy/k_diffusion/sampling.py` (read at rattus128/ComfyUI @ 9b039406af3b518885b2cf891942df69d09ee8ae, a
+//! fork tracking Comfy-Org/ComfyUI), with ComfyUI's name mapping from `comfy/samplers.py` (Comfy-Org/ComfyUI @
+//! 311c01406130b2acbe8ab291043502de26cf3871: `ddim` is `ksampler("euler", inpaint_options={"random": True})`,
+//! `DISCARD_PENULTIMATE_SIGMA_SAMPLERS`). tests/models/samplers.rs checks every sampler against k-diffusion's own functions
+//! (and ComfyUI's `sample_lcm`) run in float64 on a fake model.
+//!
+//! - [`Denoiser`]: `x, sigma -> denoised` (k-diffusion's `model(x, sigma)`); [`CfgDenoiser`] builds one from a
+//!   network that predicts eps or v, with ComfyUI's input scaling, timestep and classifier-free guidance.
+//! - [`NoiseSource`]: the Gaussian noise ancestral/SDE samplers add (k-diffusion's `noise_sampler(sigma,
+//!   sigma_next)`); the crate's `TorchRng` is one, [`BrownianNoise`] turns any into Brownian increments.
+//! - [`SamplerHooks`]: a per-step callback (ComfyUI's `callback(i, denoised, x, total_steps)`) and a cancel check.
+//! - [`Sampler`] and [`sample`]: the samplers by ComfyUI name; the `sample_*` functions take explicit options.
+//!
+//! Arithmetic: the latent stays f32 between steps (the model takes and returns f32) and every update is computed in
+//! f64 per element from f64 sigmas, then rounded to f32. Features not mirrored: `s_churn` (KSampler never sets
+//! it), inpainting masks (the caller's job), and the RF/CONST-model variants ComfyUI switches to for flow models.
+
+mod brownian;
+mod dpmpp;
+mod euler;
+mod heun;
+mod lcm;
+mod model;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use brownian::BrownianNoise;
+pub use dpmpp::{sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_sde};
+pub use euler::{sample_euler, sample_euler_ancestral};
+pub use heun::{sample_dpm_2, sample_heun};
+pub use lcm::sample_lcm;
+pub use model::{CfgDenoiser, CfgError, NetOutput, NoisePredictor, Prediction, initial_latent, max_denoise};
+
+use crate::sampling::noise::TorchRng;
+
+/// The model as samplers see it: the denoised (x0) estimate of `x` at noise level `sigma`.
+pub trait Denoiser {
+    type Error;
+
+    /// `x` has the latent's length; the result must too.
+    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, Self::Error>;
+}
+
+impl<D: Denoiser + ?Sized> Denoiser for &mut D {
+    type Error = D::Error;
+
+    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, Self::Error> {
+        (**self).denoise(x, sigma)
+    }
+}
+
+/// Standard normal noise for ancestral and SDE steps: k-diffusion's `noise_sampler(sigma, sigma_next)`, which
+/// returns a latent-shaped N(0, 1) sample for the step from `sigma` to `sigma_next`. Plain generators ignore the
+/// sigmas; [`BrownianNoise`] uses them.
+pub trait NoiseSource {
+    /// Fills `out` (one latent) with N(0, 1) noise.
+    fn fill_noise(&mut self, sigma: f64, sigma_next: f64, out: &mut [f32]);
+}
+
+impl<N: NoiseSource + ?Sized> NoiseSource for &mut N {
+    fn fill_noise(&mut self, sigma: f64, sigma_next: f64, out: &mut [f32]) {
+        (**self).fill_noise(sigma, sigma_next, out)
+    }
+}
+
+/// Successive `torch.randn(latent.shape, generator=g)` draws, as ComfyUI's `default_noise_sampler` on the CPU
+/// (where ComfyUI seeds that generator with the KSampler seed + 1).
+impl NoiseSource for TorchRng {
+    fn fill_noise(&mut self, _sigma: f64, _sigma_next: f64, out: &mut [f32]) {
+        let draw = self.randn(&[out.len()]);
+        out.copy_from_slice(&draw);
+    }
+}
+
+/// What a sampler reports once per step, right after the step's first model call (k-diffusion's callback dict).
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo<'a> {
+    /// Step index, from 0.
+    pub step: usize,
+    /// Number of steps (`sigmas.len() - 1`).
+    pub total: usize,
+    /// `sigmas[step]`.
+    pub sigma: f64,
+    /// `sigmas[step + 1]`.
+    pub sigma_next: f64,
+    /// The latent at the start of the step.
+    pub x: &'a [f32],
+    /// The model's denoised estimate of `x` (what ComfyUI previews).
+    pub denoised: &'a [f32],
+}
+
+/// Progress and cancellation for a sampling run.
+pub trait SamplerHooks {
+    /// Called once per step, after its first model evaluation.
+    fn on_step(&mut self, _info: &StepInfo<'_>) {}
+
+    /// Checked before every model evaluation; `true` stops the run with [`SampleError::Cancelled`].
+    fn is_cancelled(&mut self) -> bool {
+        false
+    }
+}
+
+/// No callback, never cancelled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHooks;
+
+impl SamplerHooks for NoHooks {}
+
+/// Hooks from two closures: `on_step` and `is_cancelled` (e.g. reading an `AtomicBool`).
+pub struct FnHooks<S, C> {
+    pub on_step: S,
+    pub is_cancelled: C,
+}
+
+impl<S: FnMut(&StepInfo<'_>), C: FnMut() -> bool> SamplerHooks for FnHooks<S, C> {
+    fn on_step(&mut self, info: &StepInfo<'_>) {
+        (self.on_step)(info)
+    }
+
+    fn is_cancelled(&mut self) -> bool {
+        (self.is_cancelled)()
+    }
+}
+
+impl<H: SamplerHooks + ?Sized> SamplerHooks for &mut H {
+    fn on_step(&mut self, info: &StepInfo<'_>) {
+        (**self).on_step(info)
+    }
+
+    fn is_cancelled(&mut self) -> bool {
+        (**self).is_cancelled()
+    }
+}
+
+/// Why sampling stopped.
+#[derive(Debug)]
+pub enum SampleError<E> {
+    /// The denoiser failed.
+    Model(E),
+    /// [`SamplerHooks::is_cancelled`] said so before a model call of this step.
+    Cancelled { step: usize },
+    /// The sigmas cannot be sampled (see [`sample`]).
+    BadSigmas(String),
+    /// The denoiser returned a latent of the wrong length.
+    BadModelOutput { expected: usize, got: usize },
+}
+
+impl<E: fmt::Display> fmt::Display for SampleError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SampleError::Model(e) => write!(f, "model failed: {e}"),
+            SampleError::Cancelled { step } => write!(f, "cancelled at step {step}"),
+            SampleError::BadSigmas(why) => write!(f, "bad sigmas: {why}"),
+            SampleError::BadModelOutput { expected, got } => {
+                write!(f, "the model returned {got} values for a latent of {expected}")
+            }
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for SampleError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SampleError::Model(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A sampler name was not one of [`Sampler::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown sampler {0:?} (known: euler, euler_ancestral, heun, dpm_2, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde, ddim, lcm)"
+)]
+pub struct UnknownSampler(pub String);
+
+/// The samplers implemented, by their ComfyUI names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sampler {
+    /// `euler`: k-diffusion `sample_euler` (Karras et al. 2022, Algorithm 2 without churn).
+    Euler,
+    /// `euler_ancestral`: `sample_euler_ancestral`, eta 1, s_noise 1.
+    EulerAncestral,
+    /// `heun`: `sample_heun` (2 model calls per step but the last).
+    Heun,
+    /// `dpm_2`: `sample_dpm_2` (2 calls per step but the last). KSampler computes its schedule with one more step
+    /// and drops the penultimate sigma ([`Sampler::discards_penultimate_sigma`]).
+    Dpm2,
+    /// `dpmpp_2m`: `sample_dpmpp_2m`.
+    Dpmpp2m,
+    /// `dpmpp_2m_sde`: `sample_dpmpp_2m_sde`, midpoint, eta 1, s_noise 1; Brownian noise ([`BrownianNoise`]).
+    Dpmpp2mSde,
+    /// `dpmpp_sde`: `sample_dpmpp_sde`, r 1/2, eta 1, s_noise 1; Brownian noise ([`BrownianNoise`]).
+    DpmppSde,
+    /// `ddim`: ComfyUI runs `sample_euler` under this name (its inpaint-noise option only matters with masks).
+    Ddim,
+    /// `lcm`: ComfyUI's `sample_lcm` (denoise, then re-noise to the next sigma).
+    Lcm,
+}
+
+impl Sampler {
+    /// Every sampler, in ComfyUI's menu order.
+    pub const ALL: [Sampler; 9] = [
+        Sampler::Euler,
+        Sampler::EulerAncestral,
+        Sampler::Heun,
+        Sampler::Dpm2,
+        Sampler::DpmppSde,
+        Sampler::Dpmpp2m,
+        Sampler::Dpmpp2mSde,
+        Sampler::Lcm,
+        Sampler::Ddim,
+    ];
+
+    /// The ComfyUI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampler::Euler => "euler",
+            Sampler::EulerAncestral => "euler_ancestral",
+            Sampler::Heun => "heun",
+            Sampler::Dpm2 => "dpm_2",
+            Sampler::Dpmpp2m => "dpmpp_2m",
+            Sampler::Dpmpp2mSde => "dpmpp_2m_sde",
+            Sampler::DpmppSde => "dpmpp_sde",
+            Sampler::Ddim => "ddim",
+            Sampler::Lcm => "lcm",
+        }
+    }
+
+    /// The sampler of a ComfyUI name.
+    pub fn from_name(name: &str) -> Result<Sampler, UnknownSampler> {
+        Sampler::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| UnknownSampler(name.into()))
+    }
+
+    /// Whether it draws from the [`NoiseSource`].
+    pub fn uses_noise(self) -> bool {
+        matches!(self, Sampler::EulerAncestral | Sampler::Dpmpp2mSde | Sampler::DpmppSde | Sampler::Lcm)
+    }
+
+    /// Whether ComfyUI's KSampler computes its schedule for one step more and drops the penultimate sigma
+    /// (`DISCARD_PENULTIMATE_SIGMA_SAMPLERS`); pass it to `ksampler_sigmas`.
+    pub fn discards_penultimate_sigma(self) -> bool {
+        matches!(self, Sampler::Dpm2)
+    }
+}
+
+impl fmt::Display for Sampler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Sampler {
+    type Err = UnknownSampler;
+
+    fn from_str(s: &str) -> Result<Sampler, UnknownSampler> {
+        Sampler::from_name(s)
+    }
+}
+
+/// Runs `sampler` from the (already noised) latent `x` down the `sigmas`, with its ComfyUI default options.
+///
+/// `noise` is the Gaussian stream for the samplers that use one ([`Sampler::uses_noise`]); to reproduce ComfyUI on the
+/// CPU pass `TorchRng::new(seed + 1)` (ComfyUI's `default_noise_sampler` seeds a fresh CPU generator with the
+/// KSampler seed + 1). `dpmpp_sde` and `dpmpp_2m_sde` wrap it in a [`BrownianNoise`], standing in for ComfyUI's
+/// torchsde `BrownianTreeNoiseSampler`: the same joint distribution, other values (see [`BrownianNoise`]).
+///
+/// Sigmas: at least one; all finite; every one but the last positive, the last non-negative. With one sigma `x` is
+/// returned as is (ComfyUI's samplers loop zero times).
+pub fn sample<D, N, H>(
+    sampler: Sampler,
+    denoiser: &mut D,
+    x: Vec<f32>,
+    sigmas: &[f64],
+    noise: &mut N,
+    hooks: &mut H,
+) -> Result<Vec<f32>, SampleError<D::Error>>
+where
+    D: Denoiser + ?Sized,
+    N: NoiseSource + ?Sized,
+    H: SamplerHooks + ?Sized,
+{
+    match sampler {
+        Sampler::Euler | Sampler::Ddim => sample_euler(denoiser, x, sigmas, hooks),
+        Sampler::EulerAncestral => sample_euler_ancestral(denoiser, x, sigmas, noise, hooks, 1.0, 1.0),
+        Sampler::Heun => sample_heun(denoiser, x, sigmas, hooks),
+        Sampler::Dpm2 => sample_dpm_2(denoiser, x, sigmas, hooks),
+        Sampler::Dpmpp2m => sample_dpmpp_2m(denoiser, x, sigmas, hooks),
+        Sampler::Dpmpp2mSde => {
+            sample_dpmpp_2m_sde(denoiser, x, sigmas, &mut BrownianNoise::new(noise), hooks, 1.0, 1.0)
+        }
+        Sampler::DpmppSde => sample_dpmpp_sde(denoiser, x, sigmas, &mut BrownianNoise::new(noise), hooks, 1.0, 1.0),
+        Sampler::Lcm => sample_lcm(denoiser, x, sigmas, noise, hooks),
+    }
+}
+
+/// Shared plumbing of the samplers: the checked model call and the callback.
+pub(crate) struct Run<'a, D: ?Sized, H: ?Sized> {
+    denoiser: &'a mut D,
+    hooks: &'a mut H,
+    total: usize,
+    len: usize,
+}
+
+impl<'a, D: Denoiser + ?Sized, H: SamplerHooks + ?Sized> Run<'a, D, H> {
+    /// Checks the sigmas (see [`sample`]) and the latent.
+    pub(crate) fn new(
+        denoiser: &'a mut D,
+        hooks: &'a mut H,
+        x: &[f32],
+        sigmas: &[f64],
+    ) -> Result<Self, SampleError<D::Error>> {
+        check_sigmas(sigmas).map_err(SampleError::BadSigmas)?;
+        Ok(Run { denoiser, hooks, total: sigmas.len() - 1, len: x.len() })
+    }
+
+    /// One model call at step `step`: the cancel check, the call, the length check.
+    pub(crate) fn denoise(&mut self, step: usize, x: &[f32], sigma: f64) -> Result<Vec<f32>, SampleError<D::Error>> {
+        if self.hooks.is_cancelled() {
+            return Err(SampleError::Cancelled { step });
+        }
+        let out = self.denoiser.denoise(x, sigma).map_err(SampleError::Model)?;
+        if out.len() != self.len {
+            return Err(SampleError::BadModelOutput { expected: self.len, got: out.len() });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn report(&mut self, step: usize, sigmas: &[f64], x: &[f32], denoised: &[f32]) {
+        let info = StepInfo { step, total: self.total, sigma: sigmas[step], sigma_next: sigmas[step + 1], x, denoised };
+        self.hooks.on_step(&info);
+    }
+}
+
+fn check_sigmas(sigmas: &[f64]) -> Result<(), String> {
+    let Some((last, rest)) = sigmas.split_last() else {
+        return Err("no sigmas".into());
+    };
+    if let Some((i, s)) = rest.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+        return Err(format!("sigma {i} is {s}; all but the last must be finite and positive"));
+    }
+    if !(last.is_finite() && *last >= 0.0) {
+        return Err(format!("the last sigma is {last}; it must be finite and non-negative"));
+    }
+    Ok(())
+}
+
+/// k-diffusion's `get_ancestral_step(sigma_from, sigma_to, eta)`: `(sigma_down, sigma_up)`.
+pub fn ancestral_step(sigma_from: f64, sigma_to: f64, eta: f64) -> (f64, f64) {
+    if eta == 0.0 {
+        return (sigma_to, 0.0);
+    }
+    let up = (eta
+        * (sigma_to * sigma_to * (sigma_from * sigma_from - sigma_to * sigma_to) / (sigma_from * sigma_from)).sqrt())
+    .min(sigma_to);
+    let down = (sigma_to * sigma_to - up * up).sqrt();
+    (down, up)
+}
+
+/// Draws one latent of noise.
+pub(crate) fn draw<N: NoiseSource + ?Sized>(noise: &mut N, sigma: f64, sigma_next: f64, len: usize) -> Vec<f32> {
+    let mut out = vec![0.0; len];
+    noise.fill_noise(sigma, sigma_next, &mut out);
+    out
+}

@@ -1,0 +1,457 @@
+//! ComfyUI's KSampler noise schedules for discrete-time (DDPM-trained) models such as SD 1.x.
+//!
+//! Mirrors Comfy-Org/ComfyUI:
+//!
+//! - `comfy/model_sampling.py` @ 2fd2083913be0894287f5f1d2abef8c5f94d1d0a: `ModelSamplingDiscrete` ([`ModelSigmas`]:
+//!   float32 `sigmas`/`log_sigmas` buffers, `timestep` = [`ModelSigmas::timestep`], `sigma` =
+//!   [`ModelSigmas::t_to_sigma`], `percent_to_sigma`);
+//! - `comfy/ldm/modules/diffusionmodules/util.py` @ 22ec285c2a4446846c634cffcb69ac18352e5c69: `make_beta_schedule`
+//!   ("linear", i.e. diffusers' scaled_linear);
+//! - `comfy/samplers.py` @ 311c01406130b2acbe8ab291043502de26cf3871: `simple_scheduler`, `ddim_scheduler`,
+//!   `normal_scheduler` (and `sgm_uniform` = `normal_scheduler(sgm=True)`), `calculate_sigmas`, and
+//!   `KSampler.calculate_sigmas` / `KSampler.set_steps` ([`ksampler_sigmas`]: denoise < 1 and the samplers that
+//!   discard the penultimate sigma);
+//! - `comfy/k_diffusion/sampling.py` `get_sigmas_karras` (rho 7) and `get_sigmas_exponential`, identical to
+//!   k-diffusion 0.1.1's.
+//!
+//! ComfyUI computes these in float32 torch and returns a `torch.FloatTensor`; here they are computed in f64 from the
+//! same float32 inputs (model sigmas, and `torch.linspace` float32 grids where ComfyUI has them) and the results are
+//! rounded to f32, like ComfyUI's tensor, and returned as f64. They agree with ComfyUI to a few f32 ulps (checked to
+//! 1e-6 relative by tests/models/schedulers.rs; torch's own float32 arithmetic is the difference).
+//!
+//! Not mirrored: the `beta`, `linear_quadratic` and `kl_optimal` schedulers (unknown names are errors), and
+//! KSamplerAdvanced's start/end steps.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The largest number of steps a schedule may be computed for (including `steps / denoise`). ComfyUI has no limit;
+/// this only keeps a tiny `denoise` from asking for billions of sigmas.
+pub const MAX_SCHEDULE_STEPS: usize = 1_000_000;
+
+/// Why a schedule could not be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("steps must be at least 1")]
+    ZeroSteps,
+    #[error("unknown scheduler {0:?} (known: normal, karras, exponential, sgm_uniform, simple, ddim_uniform)")]
+    UnknownScheduler(String),
+    #[error("denoise must be a number from 0 to 1, got {0}")]
+    BadDenoise(f64),
+    #[error("{0} steps is more than the {MAX_SCHEDULE_STEPS} supported")]
+    TooManySteps(usize),
+    #[error("bad noise schedule: {0}")]
+    BadModelSchedule(String),
+}
+
+/// A discrete model's noise levels: ComfyUI's `ModelSamplingDiscrete` buffers, `sigmas[t]` for timesteps
+/// `t = 0..n` (increasing), stored as float32 like ComfyUI's (`sigmas.float()`, `sigmas.log().float()` of the
+/// float64 values).
+#[derive(Clone, PartialEq)]
+pub struct ModelSigmas {
+    sigmas: Vec<f32>,
+    log_sigmas: Vec<f32>,
+}
+
+impl fmt::Debug for ModelSigmas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelSigmas")
+            .field("len", &self.sigmas.len())
+            .field("sigma_min", &self.sigma_min())
+            .field("sigma_max", &self.sigma_max())
+            .finish()
+    }
+}
+
+/// `torch.linspace(start, end, steps)` on the CPU, for float64: `start + step * i` in the first half,
+/// `end - step * (steps - 1 - i)` in the second (ATen `linspace_kernel`), each a fused multiply-add (one rounding) as
+/// in torch's x86-64 build (checked against torch 2.11.0 for many lengths, scalar and vectorised paths alike).
+fn linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f64;
+    let half = steps / 2;
+    (0..steps)
+        .map(|i| if i < half { step.mul_add(i as f64, start) } else { (-step).mul_add((steps - 1 - i) as f64, end) })
+        .collect()
+}
+
+/// The same for float32 (start, end and step are float32, as in ATen).
+fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps)
+        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
+        .collect()
+}
+
+impl ModelSigmas {
+    /// Stable Diffusion 1.x (and 2.x): LDM's "linear" schedule (diffusers' `scaled_linear`), betas from 0.00085 to
+    /// 0.012 over 1000 steps.
+    pub fn sd15() -> ModelSigmas {
+        ModelSigmas::scaled_linear(0.00085, 0.012, 1000).expect("the SD 1.x schedule is valid")
+    }
+
+    /// `make_beta_schedule("linear", n, linear_start, linear_end)`: `linspace(sqrt(start), sqrt(end), n) ** 2` in
+    /// float64, then [`ModelSigmas::from_betas`].
+    pub fn scaled_linear(linear_start: f64, linear_end: f64, timesteps: usize) -> Result<ModelSigmas, ScheduleError> {
+        let betas: Vec<f64> =
+            linspace_f64(linear_start.sqrt(), linear_end.sqrt(), timesteps).into_iter().map(|b| b * b).collect();
+        ModelSigmas::from_betas(&betas)
+    }
+
+    /// `ModelSamplingDiscrete._register_schedule(given_betas=betas)`: `alphas_cumprod = cumprod(1 - betas)` (f64,
+    /// in order), `sigmas = sqrt((1 - alphas_cumprod) / alphas_cumprod)`. Betas must lie in (0, 1).
+    pub fn from_betas(betas: &[f64]) -> Result<ModelSigmas, ScheduleError> {
+        if betas.len() < 2 {
+            return Err(ScheduleError::BadModelSchedule(format!("{} betas; at least 2 are needed", betas.len())));
+        }
+        if let Some(b) = betas.iter().find(|b| !(**b > 0.0 && **b < 1.0)) {
+            return Err(ScheduleError::BadModelSchedule(format!("beta {b} is not in (0, 1)")));
+        }
+        let mut acp = 1.0f64;
+        let sigmas: Vec<f64> = betas
+            .iter()
+            .map(|b| {
+                acp *= 1.0 - b;
+                ((1.0 - acp) / acp).sqrt()
+            })
+            .collect();
+        ModelSigmas::from_sigmas_f64(&sigmas)
+    }
+
+    /// `set_sigmas(sigmas)`: float64 sigmas, stored as float32 (and their logs, taken in f64, as float32). They must
+    /// be finite, positive and increasing.
+    pub fn from_sigmas_f64(sigmas: &[f64]) -> Result<ModelSigmas, ScheduleError> {
+        if sigmas.len() < 2 {
+            return Err(ScheduleError::BadModelSchedule(format!("{} sigmas; at least 2 are needed", sigmas.len())));
+        }
+        if let Some(s) = sigmas.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(ScheduleError::BadModelSchedule(format!("sigma {s} is not finite and positive")));
+        }
+        if sigmas.windows(2).any(|w| w[1] <= w[0]) {
+            return Err(ScheduleError::BadModelSchedule("sigmas must increase with the timestep".into()));
+        }
+        Ok(ModelSigmas {
+            sigmas: sigmas.iter().map(|&s| s as f32).collect(),
+            log_sigmas: sigmas.iter().map(|&s| s.ln() as f32).collect(),
+        })
+    }
+
+    /// The float32 sigmas, by timestep.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// The float32 log sigmas, by timestep.
+    pub fn log_sigmas(&self) -> &[f32] {
+        &self.log_sigmas
+    }
+
+    /// Number of discrete timesteps (1000 for SD).
+    pub fn len(&self) -> usize {
+        self.sigmas.len()
+    }
+
+    /// Always false: a schedule has at least two timesteps.
+    pub fn is_empty(&self) -> bool {
+        self.sigmas.is_empty()
+    }
+
+    /// `sigmas[0]` (0.0291675 for SD 1.x).
+    pub fn sigma_min(&self) -> f64 {
+        f64::from(self.sigmas[0])
+    }
+
+    /// `sigmas[-1]` (14.614642 for SD 1.x).
+    pub fn sigma_max(&self) -> f64 {
+        f64::from(self.sigmas[self.sigmas.len() - 1])
+    }
+
+    /// ComfyUI's `ModelSamplingDiscrete.timestep(sigma)`: the timestep whose log sigma is nearest to `ln(sigma)`
+    /// (the first on a tie), i.e. what ComfyUI feeds the UNet as its timestep (`timestep(sigma).float()`). Computed in
+    /// f64 over the float32 log sigmas (ComfyUI subtracts in float32, which can only differ within an ulp of the
+    /// midpoint between two log sigmas). Sigmas of 0 or less give timestep 0.
+    pub fn timestep(&self, sigma: f64) -> usize {
+        let ls = sigma.ln();
+        let mut best = 0;
+        let mut best_d = f64::INFINITY;
+        for (i, &l) in self.log_sigmas.iter().enumerate() {
+            let d = (ls - f64::from(l)).abs();
+            if d < best_d {
+                best_d = d;
+                best = i;
+            }
+        }
+        best
+    }
+
+    /// [`ModelSigmas::timestep`] as a float: the UNet timestep ComfyUI uses for `sigma` (quantised to an integer).
+    pub fn sigma_to_t(&self, sigma: f64) -> f64 {
+        self.timestep(sigma) as f64
+    }
+
+    /// k-diffusion's `DiscreteSchedule.sigma_to_t(sigma, quantize=False)`: the fractional timestep whose
+    /// interpolated log sigma is `ln(sigma)`, clamped to `[0, n - 1]`. The inverse of [`ModelSigmas::t_to_sigma`].
+    /// ComfyUI does not use it (it quantises, see [`ModelSigmas::sigma_to_t`]); A1111-style pipelines do.
+    pub fn sigma_to_t_continuous(&self, sigma: f64) -> f64 {
+        let ls = sigma.ln();
+        let n = self.log_sigmas.len();
+        // The last index whose log sigma is <= ln(sigma) (0 when there is none), at most n - 2.
+        let low = self.log_sigmas.iter().rposition(|&l| ls - f64::from(l) >= 0.0).unwrap_or(0).min(n - 2);
+        let (lo, hi) = (f64::from(self.log_sigmas[low]), f64::from(self.log_sigmas[low + 1]));
+        let w = ((lo - ls) / (lo - hi)).clamp(0.0, 1.0);
+        (1.0 - w) * low as f64 + w * (low + 1) as f64
+    }
+
+    /// ComfyUI's `ModelSamplingDiscrete.sigma(timestep)`: `t` clamped to `[0, n - 1]`, then
+    /// `exp((1 - w) log_sigmas[floor t] + w log_sigmas[ceil t])` with `w = frac(t)`.
+    pub fn t_to_sigma(&self, t: f64) -> f64 {
+        let t = t.clamp(0.0, (self.log_sigmas.len() - 1) as f64);
+        let low = t.floor();
+        let high = t.ceil();
+        let w = t - low;
+        let ls = (1.0 - w) * f64::from(self.log_sigmas[low as usize]) + w * f64::from(self.log_sigmas[high as usize]);
+        ls.exp()
+    }
+
+    /// [`ModelSigmas::t_to_sigma`] in ComfyUI's float32 steps (clamp, frac, the two products and the sum each
+    /// rounded to f32; only the final exp in f64), as the `normal`/`sgm_uniform` schedulers compute it.
+    fn t_to_sigma_f32(&self, t: f32) -> f64 {
+        let t = t.clamp(0.0, (self.log_sigmas.len() - 1) as f32);
+        let (low, high) = (t.floor(), t.ceil());
+        let w = t - t.trunc();
+        let ls = (1.0 - w) * self.log_sigmas[low as usize] + w * self.log_sigmas[high as usize];
+        f64::from(ls).exp()
+    }
+
+    /// ComfyUI's `percent_to_sigma` (conditioning and ControlNet start/end percentages): 999999999.9 at 0 or less,
+    /// 0 at 1 or more, else `sigma((1 - percent) * 999)` (ComfyUI's literal 999, whatever the number of timesteps).
+    pub fn percent_to_sigma(&self, percent: f64) -> f64 {
+        if percent <= 0.0 {
+            return 999_999_999.9;
+        }
+        if percent >= 1.0 {
+            return 0.0;
+        }
+        self.t_to_sigma((1.0 - percent) * 999.0)
+    }
+}
+
+/// The schedulers of ComfyUI's KSampler that this crate implements, by their ComfyUI names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheduler {
+    /// `normal`: timesteps evenly spaced (float32 `linspace`) from the one of sigma_max to the one of sigma_min,
+    /// sigmas by log-linear interpolation, then 0.
+    Normal,
+    /// `karras`: Karras et al. (2022), rho 7, between the model's sigma_min and sigma_max, then 0.
+    Karras,
+    /// `exponential`: evenly spaced in log sigma from sigma_max to sigma_min, then 0.
+    Exponential,
+    /// `sgm_uniform`: like `normal` over `steps + 1` timesteps without the last (so it stops above sigma_min), then 0.
+    SgmUniform,
+    /// `simple`: every `n / steps`-th model sigma from the top, then 0.
+    Simple,
+    /// `ddim_uniform`: model sigmas at timesteps 1, 1 + k, 1 + 2k, ... (k = n / steps, integer), reversed, then 0.
+    /// Note that it gives more than `steps` steps when `n % steps` leaves room (e.g. 31 for 30 steps), as ComfyUI's.
+    DdimUniform,
+}
+
+impl Scheduler {
+    /// Every scheduler, in ComfyUI's menu order.
+    pub const ALL: [Scheduler; 6] = [
+        Scheduler::Simple,
+        Scheduler::SgmUniform,
+        Scheduler::Karras,
+        Scheduler::Exponential,
+        Scheduler::DdimUniform,
+        Scheduler::Normal,
+    ];
+
+    /// The ComfyUI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Normal => "normal",
+            Scheduler::Karras => "karras",
+            Scheduler::Exponential => "exponential",
+            Scheduler::SgmUniform => "sgm_uniform",
+            Scheduler::Simple => "simple",
+            Scheduler::DdimUniform => "ddim_uniform",
+        }
+    }
+
+    /// The scheduler of a ComfyUI name (exact, case-sensitive as in ComfyUI).
+    pub fn from_name(name: &str) -> Result<Scheduler, ScheduleError> {
+        Scheduler::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| ScheduleError::UnknownScheduler(name.into()))
+    }
+
+    /// ComfyUI's `calculate_sigmas(model_sampling, name, steps)`: `steps + 1` sigmas (ddim_uniform: see
+    /// [`Scheduler::DdimUniform`]) ending in 0, decreasing.
+    pub fn sigmas(self, model: &ModelSigmas, steps: usize) -> Result<Vec<f64>, ScheduleError> {
+        if steps == 0 {
+            return Err(ScheduleError::ZeroSteps);
+        }
+        if steps > MAX_SCHEDULE_STEPS {
+            return Err(ScheduleError::TooManySteps(steps));
+        }
+        let sigmas = match self {
+            Scheduler::Normal => normal(model, steps, false),
+            Scheduler::SgmUniform => normal(model, steps, true),
+            Scheduler::Karras => karras(steps, model.sigma_min(), model.sigma_max(), 7.0),
+            Scheduler::Exponential => exponential(steps, model.sigma_min(), model.sigma_max()),
+            Scheduler::Simple => simple(model, steps),
+            Scheduler::DdimUniform => ddim_uniform(model, steps),
+        };
+        // torch.FloatTensor(sigs): every value rounded to float32.
+        Ok(sigmas.into_iter().map(|s| f64::from(s as f32)).collect())
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = ScheduleError;
+
+    fn from_str(s: &str) -> Result<Scheduler, ScheduleError> {
+        Scheduler::from_name(s)
+    }
+}
+
+/// `normal_scheduler(model_sampling, steps, sgm)`.
+fn normal(model: &ModelSigmas, steps: usize, sgm: bool) -> Vec<f64> {
+    let start = model.timestep(model.sigma_max()) as f32;
+    let end = model.timestep(model.sigma_min()) as f32;
+    let mut append_zero = true;
+    let timesteps = if sgm {
+        let mut t = linspace_f32(start, end, steps + 1);
+        t.pop();
+        t
+    } else {
+        let mut steps = steps;
+        // ComfyUI: a model whose smallest sigma is (nearly) 0 gets one more timestep instead of the appended 0.
+        if model.t_to_sigma(f64::from(end)).abs() <= 1e-5 {
+            steps += 1;
+            append_zero = false;
+        }
+        linspace_f32(start, end, steps)
+    };
+    let mut sigs: Vec<f64> = timesteps.into_iter().map(|t| model.t_to_sigma_f32(t)).collect();
+    if append_zero {
+        sigs.push(0.0);
+    }
+    sigs
+}
+
+/// `get_sigmas_karras(n, sigma_min, sigma_max, rho)`, in ComfyUI's float32 steps: the ramp is float32
+/// `linspace(0, 1, n)`, `max_inv_rho + ramp * (min_inv_rho - max_inv_rho)` is two float32 tensor ops with the Python
+/// float scalars cast to float32, and only `** rho` is done in f64 here (torch's float32 pow is within an ulp of it).
+fn karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
+    let min_inv_rho = sigma_min.powf(1.0 / rho);
+    let max_inv_rho = sigma_max.powf(1.0 / rho);
+    let span = (min_inv_rho - max_inv_rho) as f32;
+    let top = max_inv_rho as f32;
+    let mut sigs: Vec<f64> =
+        linspace_f32(0.0, 1.0, n).into_iter().map(|r| f64::from(top + r * span).powf(rho)).collect();
+    sigs.push(0.0);
+    sigs
+}
+
+/// `get_sigmas_exponential(n, sigma_min, sigma_max)`: float32 `linspace(log sigma_max, log sigma_min, n).exp()`.
+fn exponential(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
+    let mut sigs: Vec<f64> =
+        linspace_f32(sigma_max.ln() as f32, sigma_min.ln() as f32, n).into_iter().map(|l| f64::from(l).exp()).collect();
+    sigs.push(0.0);
+    sigs
+}
+
+/// `simple_scheduler`: `sigmas[-(1 + int(x * len / steps))]` for x in 0..steps, then 0.
+fn simple(model: &ModelSigmas, steps: usize) -> Vec<f64> {
+    let n = model.len();
+    let ss = n as f64 / steps as f64;
+    let mut sigs: Vec<f64> = (0..steps)
+        .map(|x| {
+            // int(x * ss) truncates; x * ss < n for x < steps.
+            let back = (x as f64 * ss) as usize;
+            f64::from(model.sigmas[n - 1 - back.min(n - 1)])
+        })
+        .collect();
+    sigs.push(0.0);
+    sigs
+}
+
+/// `ddim_scheduler`.
+fn ddim_uniform(model: &ModelSigmas, steps: usize) -> Vec<f64> {
+    let n = model.len();
+    let mut steps = steps;
+    let mut sigs = Vec::new();
+    if f64::from(model.sigmas[1]).abs() <= 1e-5 {
+        steps += 1;
+    } else {
+        sigs.push(0.0);
+    }
+    let ss = (n / steps).max(1);
+    sigs.extend((1..n).step_by(ss).map(|x| f64::from(model.sigmas[x])));
+    sigs.reverse();
+    sigs
+}
+
+/// ComfyUI's `KSampler(...).sigmas`: `KSampler.set_steps(steps, denoise)` over `KSampler.calculate_sigmas`.
+///
+/// - `denoise > 0.9999`: the full schedule of `steps` steps.
+/// - `0 < denoise <= 0.9999`: the schedule of `int(steps / denoise)` steps, of which the last `steps + 1` sigmas are
+///   kept (all of them when it is shorter).
+/// - `denoise == 0`: an empty schedule (ComfyUI's KSampler then returns the input latent unchanged).
+/// - `discard_penultimate` (true for ComfyUI's `dpm_2`, `dpm_2_ancestral`, `uni_pc`, `uni_pc_bh2`; see
+///   `Sampler::discards_penultimate_sigma` in [`crate::sampling::samplers`]): each schedule is computed for one step
+///   more and its second-to-last sigma dropped.
+///
+/// Errors: `steps == 0`, `denoise` outside `[0, 1]` or NaN, more than [`MAX_SCHEDULE_STEPS`] steps.
+pub fn ksampler_sigmas(
+    model: &ModelSigmas,
+    scheduler: Scheduler,
+    steps: usize,
+    denoise: f64,
+    discard_penultimate: bool,
+) -> Result<Vec<f64>, ScheduleError> {
+    if steps == 0 {
+        return Err(ScheduleError::ZeroSteps);
+    }
+    if !(0.0..=1.0).contains(&denoise) {
+        return Err(ScheduleError::BadDenoise(denoise));
+    }
+    let calculate = |steps: usize| -> Result<Vec<f64>, ScheduleError> {
+        if discard_penultimate {
+            let mut s = scheduler.sigmas(model, steps.checked_add(1).ok_or(ScheduleError::TooManySteps(steps))?)?;
+            if s.len() >= 2 {
+                s.remove(s.len() - 2);
+            }
+            Ok(s)
+        } else {
+            scheduler.sigmas(model, steps)
+        }
+    };
+    if denoise > 0.9999 {
+        return calculate(steps);
+    }
+    if denoise <= 0.0 {
+        return Ok(Vec::new());
+    }
+    let total = steps as f64 / denoise;
+    if total > MAX_SCHEDULE_STEPS as f64 {
+        return Err(ScheduleError::TooManySteps(total as usize));
+    }
+    let sigmas = calculate(total as usize)?;
+    let keep = (steps + 1).min(sigmas.len());
+    Ok(sigmas[sigmas.len() - keep..].to_vec())
+}

@@ -1,0 +1,147 @@
+//! Every `SDGRAPH_*` environment variable, read once when the command starts
+//! and passed down as values: library code reads no environment.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use ::gpu::DType;
+
+/// The variable naming plugin folders, separated like `PATH`.
+pub const PLUGIN_PATH_VAR: &str = "SDGRAPH_PLUGIN_PATH";
+
+/// What the environment says, checked.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `SDGRAPH_ADAPTER`: the adapter when `--adapter` names none.
+    pub adapter: Option<String>,
+    /// `SDGRAPH_TENSOR_CORES=0`: the portable kernels even where tensor cores exist.
+    pub no_tensor_cores: bool,
+    /// `SDGRAPH_PLUGIN_PATH`: plugin folders loaded before `--plugins`.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The file-hash cache: `$SDGRAPH_CACHE_DIR/file-hashes.json`, else
+    /// `$XDG_CACHE_HOME/sdgraph/...`, else `~/.cache/sdgraph/...`
+    /// (`%LOCALAPPDATA%\sdgraph\...` on Windows); `None` when no home is known.
+    pub hash_cache_file: Option<PathBuf>,
+    /// `SDGRAPH_DTYPE`, `SDGRAPH_VAE_TILE_BYTES`, `SDGRAPH_UPSCALE_TILE_BYTES`.
+    pub nodes: nodes::Settings,
+}
+
+impl Settings {
+    /// Reads the process environment; a malformed value is an error naming the variable.
+    pub fn from_env() -> Result<Settings, String> {
+        Self::from_vars(|name| std::env::var_os(name))
+    }
+
+    /// Reads the variables through `var` (the environment, or a test's table).
+    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Result<Settings, String> {
+        let text = |name: &str| -> Result<Option<String>, String> {
+            match var(name).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => v.into_string().map(Some).map_err(|v| format!("{name}={v:?} is not valid UTF-8")),
+            }
+        };
+        let bytes = |name: &str| -> Result<Option<u64>, String> {
+            match text(name)? {
+                None => Ok(None),
+                Some(s) => match s.trim().parse::<u64>() {
+                    Ok(v) if v > 0 => Ok(Some(v)),
+                    _ => Err(format!("{name}={s:?} is not a positive number of bytes")),
+                },
+            }
+        };
+        let dtype = match text("SDGRAPH_DTYPE")?.as_deref().map(str::trim) {
+            None => None,
+            Some("f32") => Some(DType::F32),
+            Some("f16") => Some(DType::F16),
+            Some(other) => return Err(format!("SDGRAPH_DTYPE={other:?} is not one of f32, f16")),
+        };
+        let tensor_cores = text("SDGRAPH_TENSOR_CORES")?;
+        let nonempty_path = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let cache_dir = nonempty_path("SDGRAPH_CACHE_DIR").or_else(|| {
+            let base = nonempty_path("XDG_CACHE_HOME").filter(|p| p.is_absolute()).or_else(|| {
+                if cfg!(windows) {
+                    nonempty_path("LOCALAPPDATA")
+                } else {
+                    nonempty_path("HOME").map(|h| h.join(".cache"))
+                }
+            });
+            base.map(|b| b.join("sdgraph"))
+        });
+        Ok(Settings {
+            adapter: text("SDGRAPH_ADAPTER")?,
+            no_tensor_cores: tensor_cores.is_some_and(|v| v.trim() == "0"),
+            plugin_dirs: var(PLUGIN_PATH_VAR).map(|v| plugin::plugin_dirs_from(&v)).unwrap_or_default(),
+            hash_cache_file: cache_dir.map(|d| d.join("file-hashes.json")),
+            nodes: nodes::Settings {
+                dtype,
+                vae_tile_bytes: bytes("SDGRAPH_VAE_TILE_BYTES")?,
+                upscale_tile_bytes: bytes("SDGRAPH_UPSCALE_TILE_BYTES")?,
+            },
+        })
+    }
+
+    /// The options the shared GPU opens with: `--adapter` wins over `SDGRAPH_ADAPTER`.
+    pub fn gpu_options(&self, adapter: Option<String>, profile: bool) -> ::gpu::GpuOptions {
+        ::gpu::GpuOptions {
+            adapter: adapter.or_else(|| self.adapter.clone()),
+            no_tensor_cores: self.no_tensor_cores,
+            profile,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        Settings::from_vars(|name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v)))
+    }
+
+    #[test]
+    fn settings_read_every_variable() {
+        let s = from(&[
+            ("SDGRAPH_ADAPTER", "llvmpipe"),
+            ("SDGRAPH_TENSOR_CORES", "0"),
+            ("SDGRAPH_DTYPE", "f16"),
+            ("SDGRAPH_VAE_TILE_BYTES", "4096"),
+            ("SDGRAPH_UPSCALE_TILE_BYTES", " 8192 "),
+            ("SDGRAPH_CACHE_DIR", "/tmp/c"),
+        ])
+        .unwrap();
+        assert_eq!(s.adapter.as_deref(), Some("llvmpipe"));
+        assert!(s.no_tensor_cores);
+        assert_eq!(
+            s.nodes,
+            nodes::Settings { dtype: Some(DType::F16), vae_tile_bytes: Some(4096), upscale_tile_bytes: Some(8192) }
+        );
+        assert_eq!(s.hash_cache_file, Some(PathBuf::from("/tmp/c/file-hashes.json")));
+        let none = from(&[]).unwrap();
+        assert_eq!(none.nodes, nodes::Settings::default());
+        assert!(!none.no_tensor_cores && none.adapter.is_none() && none.hash_cache_file.is_none());
+    }
+
+    #[test]
+    fn settings_fall_back_to_xdg_then_home_for_the_hash_cache() {
+        let xdg = from(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]).unwrap();
+        assert_eq!(xdg.hash_cache_file, Some(PathBuf::from("/x/sdgraph/file-hashes.json")));
+        if !cfg!(windows) {
+            let home = from(&[("XDG_CACHE_HOME", "relative"), ("HOME", "/h")]).unwrap();
+            assert_eq!(home.hash_cache_file, Some(PathBuf::from("/h/.cache/sdgraph/file-hashes.json")));
+        }
+    }
+
+    #[test]
+    fn malformed_settings_are_errors_naming_the_variable() {
+        for (k, v) in [
+            ("SDGRAPH_VAE_TILE_BYTES", "x"),
+            ("SDGRAPH_VAE_TILE_BYTES", "0"),
+            ("SDGRAPH_UPSCALE_TILE_BYTES", "-1"),
+            ("SDGRAPH_DTYPE", "bf16"),
+        ] {
+            let e = from(&[(k, v)]).unwrap_err();
+            assert!(e.contains(k) && e.contains(v), "{e}");
+        }
+    }
+}

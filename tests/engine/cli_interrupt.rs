@@ -1,0 +1,65 @@
+//! Ctrl-C during `sdgraph run`: the sampler stops at its next step, the run
+//! exits with 130 and says so, and no picture or temporary file is left.
+
+#[cfg(unix)]
+#[test]
+fn sigint_stops_a_long_sampling_run_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = crate::common::temp_dir("interrupt");
+    let ckpt = crate::common::sd_tiny::full_vocab_checkpoint(&dir);
+    let graph = dir.join("long.ron");
+    std::fs::write(
+        &graph,
+        format!(
+            r#"(nodes: {{
+    "ckpt": (kind: "CheckpointLoaderSimple", params: {{ "ckpt_name": {ckpt:?} }}),
+    "pos": (kind: "CLIPTextEncode", inputs: {{ "clip": "ckpt.clip" }}, params: {{ "text": "a fox" }}),
+    "neg": (kind: "CLIPTextEncode", inputs: {{ "clip": "ckpt.clip" }}, params: {{ "text": "" }}),
+    "empty": (kind: "EmptyLatentImage", params: {{ "width": 64, "height": 64 }}),
+    "sample": (kind: "KSampler", inputs: {{ "model": "ckpt.model", "positive": "pos.conditioning",
+               "negative": "neg.conditioning", "latent_image": "empty.latent" }}, params: {{ "steps": 10000 }}),
+    "dec": (kind: "VAEDecode", inputs: {{ "samples": "sample.latent", "vae": "ckpt.vae" }}),
+    "save": (kind: "SaveImage", inputs: {{ "images": "dec.image" }}),
+}})"#
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sdgraph"))
+        .args(["run", graph.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the sampler reports its first steps.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains("steps") {
+        buf.clear();
+        // Progress redraws with '\r', so read up to either separator.
+        if stderr.read_until(b'\r', &mut buf).unwrap() == 0 || Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sampling never started: {seen}");
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf));
+    }
+    let sent = Instant::now();
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(sent.elapsed() < Duration::from_secs(20), "took {:?} to stop", sent.elapsed());
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("cancelled"), "{rest}");
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&out).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
+}

@@ -1,0 +1,194 @@
+//! Execution and caching, ComfyUI-style: graphs of stub nodes, asserting
+//! which nodes ran and which came from the cache.
+
+use crate::common::{Counter, run, stub_registry, validate_str};
+use graph::exec::{CachePolicy, Executor, NodeStatus};
+
+const DIAMOND: &str = r#"(nodes: {
+    "a": (kind: "Const", params: { "value": 1 }),
+    "b": (kind: "Const", params: { "value": 2 }),
+    "left": (kind: "Add", inputs: { "a": "a.int", "b": "a.int" }),
+    "right": (kind: "Add", inputs: { "a": "b.int", "b": "b.int" }),
+    "sum": (kind: "Add", inputs: { "a": "left.int", "b": "right.int" }),
+    "out": (kind: "Sink", inputs: { "a": "sum.int" }),
+    "unused": (kind: "Const", params: { "value": 9 }),
+})"#;
+
+fn setup() -> (Counter, graph::Registry, Executor, std::path::PathBuf) {
+    let c = Counter::default();
+    let reg = stub_registry(&c);
+    (c, reg, Executor::default(), crate::common::temp_dir("exec"))
+}
+
+#[test]
+fn first_run_executes_every_needed_node_in_dependency_order() {
+    let (c, reg, mut exec, dir) = setup();
+    let g = validate_str(DIAMOND, &reg).unwrap();
+    let r = run(&mut exec, &g, &dir);
+    assert!(r.ok);
+    let order: Vec<&str> = r.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(order, ["a", "b", "left", "right", "sum", "out"]);
+    assert_eq!(r.ids_with(NodeStatus::Executed).len(), 6);
+    assert_eq!(c.total(), 6);
+}
+
+#[test]
+fn nodes_that_feed_no_output_node_never_run() {
+    let (c, reg, mut exec, dir) = setup();
+    let g = validate_str(DIAMOND, &reg).unwrap();
+    run(&mut exec, &g, &dir);
+    assert_eq!(c.get("unused"), 0);
+}
+
+#[test]
+fn a_node_feeding_both_a_needed_and_an_unneeded_branch_schedules_only_the_needed_one() {
+    let (c, reg, mut exec, dir) = setup();
+    let text = r#"(nodes: {
+        "a": (kind: "Const", params: { "value": 1 }),
+        "dead_end": (kind: "Add", inputs: { "a": "a.int", "b": "a.int" }),
+        "live": (kind: "Add", inputs: { "a": "a.int", "b": "a.int" }),
+        "out": (kind: "Sink", inputs: { "a": "live.int" }),
+    })"#;
+    let r = run(&mut exec, &validate_str(text, &reg).unwrap(), &dir);
+    assert!(r.ok);
+    assert_eq!(r.ids_with(NodeStatus::Executed), ["a", "live", "out"]);
+    assert_eq!(c.get("dead_end"), 0);
+}
+
+#[test]
+fn second_run_of_the_same_graph_is_entirely_cached() {
+    let (c, reg, mut exec, dir) = setup();
+    let g = validate_str(DIAMOND, &reg).unwrap();
+    run(&mut exec, &g, &dir);
+    let r = run(&mut exec, &g, &dir);
+    assert!(r.ok);
+    assert_eq!(r.ids_with(NodeStatus::Cached).len(), 6);
+    assert_eq!(c.total(), 6, "nothing ran twice");
+}
+
+#[test]
+fn editing_a_param_reruns_only_that_node_and_its_dependents() {
+    let (c, reg, mut exec, dir) = setup();
+    run(&mut exec, &validate_str(DIAMOND, &reg).unwrap(), &dir);
+    let edited = DIAMOND.replace(r#""value": 2"#, r#""value": 5"#);
+    let r = run(&mut exec, &validate_str(&edited, &reg).unwrap(), &dir);
+    assert_eq!(r.ids_with(NodeStatus::Executed), ["b", "right", "sum", "out"]);
+    assert_eq!(r.ids_with(NodeStatus::Cached), ["a", "left"]);
+    assert_eq!((c.get("a"), c.get("left"), c.get("b"), c.get("out")), (1, 1, 2, 2));
+}
+
+#[test]
+fn reverting_an_edit_reruns_again_because_only_the_last_run_is_kept() {
+    let (_, reg, mut exec, dir) = setup();
+    let edited = DIAMOND.replace(r#""value": 2"#, r#""value": 5"#);
+    run(&mut exec, &validate_str(DIAMOND, &reg).unwrap(), &dir);
+    run(&mut exec, &validate_str(&edited, &reg).unwrap(), &dir);
+    let r = run(&mut exec, &validate_str(DIAMOND, &reg).unwrap(), &dir);
+    assert_eq!(r.ids_with(NodeStatus::Executed), ["b", "right", "sum", "out"]);
+}
+
+#[test]
+fn renaming_a_node_keeps_its_cached_result() {
+    // Keys depend on what a node computes, not on its id.
+    let (c, reg, mut exec, dir) = setup();
+    run(&mut exec, &validate_str(DIAMOND, &reg).unwrap(), &dir);
+    let renamed = DIAMOND.replace(r#""a": (kind"#, r#""first": (kind"#).replace("\"a.int\"", "\"first.int\"");
+    let r = run(&mut exec, &validate_str(&renamed, &reg).unwrap(), &dir);
+    assert_eq!(r.ids_with(NodeStatus::Executed), Vec::<&str>::new());
+    assert_eq!(c.get("first"), 0);
+}
+
+#[test]
+fn rewiring_an_input_reruns_the_consumer() {
+    let (_, reg, mut exec, dir) = setup();
+    run(&mut exec, &validate_str(DIAMOND, &reg).unwrap(), &dir);
+    let rewired = DIAMOND.replace(r#""a": "left.int", "b": "right.int""#, r#""a": "right.int", "b": "left.int""#);
+    let r = run(&mut exec, &validate_str(&rewired, &reg).unwrap(), &dir);
+    assert_eq!(r.ids_with(NodeStatus::Executed), ["sum", "out"]);
+}
+
+#[test]
+fn with_cache_off_every_run_executes_everything() {
+    let c = Counter::default();
+    let reg = stub_registry(&c);
+    let mut exec = Executor::new(CachePolicy::Off);
+    let g = validate_str(DIAMOND, &reg).unwrap();
+    let dir = crate::common::temp_dir("nocache");
+    run(&mut exec, &g, &dir);
+    let r = run(&mut exec, &g, &dir);
+    assert_eq!(r.ids_with(NodeStatus::Executed).len(), 6);
+    assert_eq!(c.total(), 12);
+}
+
+const TWO_BRANCHES: &str = r#"(nodes: {
+    "a": (kind: "Const", params: { "value": 1 }),
+    "bad": (kind: "Fail", inputs: { "a": "a.int" }),
+    "after_bad": (kind: "Add", inputs: { "a": "bad.int", "b": "a.int" }),
+    "out_bad": (kind: "Sink", inputs: { "a": "after_bad.int" }),
+    "good": (kind: "Add", inputs: { "a": "a.int", "b": "a.int" }),
+    "out_good": (kind: "Sink", inputs: { "a": "good.int" }),
+})"#;
+
+#[test]
+fn a_failing_node_skips_its_dependents_but_other_branches_finish() {
+    let (c, reg, mut exec, dir) = setup();
+    let r = run(&mut exec, &validate_str(TWO_BRANCHES, &reg).unwrap(), &dir);
+    assert!(!r.ok);
+    assert_eq!(r.ids_with(NodeStatus::Failed), ["bad"]);
+    assert_eq!(r.ids_with(NodeStatus::Skipped), ["after_bad", "out_bad"]);
+    assert_eq!(r.ids_with(NodeStatus::Executed), ["a", "good", "out_good"]);
+    assert_eq!(r.errors(), [r#"node "bad" (Fail): this node always fails"#]);
+    assert_eq!(c.get("after_bad"), 0);
+}
+
+#[test]
+fn results_of_a_failed_run_stay_cached_for_the_next_run() {
+    let (c, reg, mut exec, dir) = setup();
+    run(&mut exec, &validate_str(TWO_BRANCHES, &reg).unwrap(), &dir);
+    let r = run(&mut exec, &validate_str(TWO_BRANCHES, &reg).unwrap(), &dir);
+    assert_eq!(r.ids_with(NodeStatus::Cached), ["a", "good", "out_good"]);
+    assert_eq!(c.get("bad"), 2, "a failed node is retried");
+    assert_eq!(c.get("good"), 1);
+}
+
+#[test]
+fn a_panicking_node_becomes_an_error_not_a_crash() {
+    let (_, reg, mut exec, dir) = setup();
+    let text = TWO_BRANCHES.replace("\"Fail\"", "\"Panic\"");
+    let r = run(&mut exec, &validate_str(&text, &reg).unwrap(), &dir);
+    assert_eq!(r.ids_with(NodeStatus::Failed), ["bad"]);
+    assert!(r.errors()[0].contains("internal error (panic): stub panic"), "{:?}", r.errors());
+    assert_eq!(r.ids_with(NodeStatus::Executed), ["a", "good", "out_good"]);
+}
+
+#[test]
+fn an_int_output_can_drive_a_param() {
+    let (c, reg, mut exec, dir) = setup();
+    let text = r#"(nodes: {
+        "a": (kind: "Const", params: { "value": 20 }),
+        "b": (kind: "Const", inputs: { "value": "a.int" }),
+        "out": (kind: "Sink", inputs: { "a": "b.int" }),
+    })"#;
+    let g = validate_str(text, &reg).unwrap();
+    assert!(run(&mut exec, &g, &dir).ok);
+    assert_eq!(c.get("b"), 1);
+    // Changing the upstream value re-runs the node whose param it drives.
+    let r = run(&mut exec, &validate_str(&text.replace("20", "21"), &reg).unwrap(), &dir);
+    assert_eq!(r.ids_with(NodeStatus::Executed), ["a", "b", "out"]);
+}
+
+#[test]
+fn cancelled_run_executes_nothing() {
+    let (c, reg, mut exec, dir) = setup();
+    let g = validate_str(DIAMOND, &reg).unwrap();
+    let opts = graph::exec::RunOptions {
+        base_dir: ".".into(),
+        out_dir: dir,
+        graph_text: String::new(),
+        progress: &graph::exec::NoProgress,
+        cancel: crate::common::cancelled_flag(),
+    };
+    let r = exec.run(&g, &opts);
+    assert!(r.cancelled && !r.ok);
+    assert_eq!(c.total(), 0);
+}

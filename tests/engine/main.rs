@@ -1,0 +1,16 @@
+//! The graph engine end to end: graph errors, validation, the cache, `watch`, Lua
+//! plugins, provenance in saved PNGs, and the command line.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli;
+mod cli_interrupt;
+mod cli_preview;
+mod exec_cache;
+mod graph_errors;
+mod graph_mutation;
+mod layers;
+mod plugins;
+mod provenance;
+mod watch;

@@ -1,0 +1,20 @@
+//! The model library against fixtures made by the reference code: checkpoint formats,
+//! the tokenizer, noise, samplers and schedulers, and each network against diffusers.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod checkpoints;
+mod models_clip;
+mod models_controlnet;
+mod models_unet;
+mod models_upscale;
+mod models_vae;
+mod noise;
+mod preprocessors;
+mod prompt_weights;
+mod pth;
+mod samplers;
+mod sampling_unet;
+mod schedulers;
+mod tokenizer;

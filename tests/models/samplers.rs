@@ -1,0 +1,507 @@
+//! `models::sampling::samplers` against k-diffusion 0.1.1.post1's sampler functions (ComfyUI's `sample_lcm` for lcm),
+//! run in float64 by tests/fixtures/sampling/make_sampling_fixture.py on a fake model behind ComfyUI's eps/v + CFG
+//! wrapping, with every noise draw recorded. No test runs Python.
+//!
+//! Tolerance: 1e-5 on every latent value, relative to max(1, |reference|) (the final latents are O(1); mid-run ones
+//! reach 15 at sigma_max). The reference is float64 throughout; here the latent is rounded to f32 after every update
+//! and at every model call, as the real model takes and returns f32, so each step adds ~1e-7 relative error,
+//! which the samplers carry along (and CFG scales up). The worst case is printed; it is around 1e-6.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use models::sampling::noise::TorchRng;
+use models::sampling::samplers::{
+    BrownianNoise, CfgDenoiser, Denoiser, FnHooks, NetOutput, NoHooks, NoisePredictor, NoiseSource, Prediction,
+    SampleError, Sampler, StepInfo, UnknownSampler, ancestral_step, initial_latent, max_denoise, sample,
+    sample_dpmpp_2m_sde, sample_dpmpp_sde, sample_euler,
+};
+use models::sampling::schedulers::ModelSigmas;
+use serde_json::Value;
+
+const TOL: f64 = 1e-5;
+
+fn fixture() -> &'static Value {
+    static FIXTURE: OnceLock<Value> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampling/sampling.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+/// Float32 data (the JSON holds the shortest decimal of each f32).
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// Largest |got - want| / max(1, |want|).
+fn err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(&g, &w)| (f64::from(g) - w).abs() / w.abs().max(1.0)).fold(0.0, f64::max)
+}
+
+/// The fixture's fake "UNet" (see `fake_net` in the script): per pixel p and channel c,
+/// `(1 + 0.2 t/999) sum_k M[c,k] x_in[k,p] + (1 - t/999) b[c] + 0.05 tanh(x_in[c,p])`, computed in f64.
+#[derive(Clone)]
+struct FakeNet {
+    m: [Vec<Vec<f64>>; 2],
+    b: [Vec<f64>; 2],
+    channels: usize,
+    calls: usize,
+    uncond_calls: usize,
+}
+
+impl FakeNet {
+    fn from_fixture() -> FakeNet {
+        let p = &fixture()["fake_net"];
+        let mat = |v: &Value| v.as_array().unwrap().iter().map(f64s).collect::<Vec<_>>();
+        FakeNet {
+            m: [mat(&p["m_cond"]), mat(&p["m_uncond"])],
+            b: [f64s(&p["b_cond"]), f64s(&p["b_uncond"])],
+            channels: 4,
+            calls: 0,
+            uncond_calls: 0,
+        }
+    }
+
+    fn run(&self, which: usize, x_in: &[f32], t: f64) -> Vec<f32> {
+        let c = self.channels;
+        let hw = x_in.len() / c;
+        let tt = t / 999.0;
+        let mut out = vec![0.0f32; x_in.len()];
+        for ch in 0..c {
+            for p in 0..hw {
+                let mix: f64 = (0..c).map(|k| self.m[which][ch][k] * f64::from(x_in[k * hw + p])).sum();
+                let xi = f64::from(x_in[ch * hw + p]);
+                out[ch * hw + p] = (mix * (1.0 + 0.2 * tt) + self.b[which][ch] * (1.0 - tt) + 0.05 * xi.tanh()) as f32;
+            }
+        }
+        out
+    }
+}
+
+impl NoisePredictor for FakeNet {
+    type Error = Infallible;
+
+    fn predict(&mut self, x_in: &[f32], t: f64, _sigma: f64, with_uncond: bool) -> Result<NetOutput, Infallible> {
+        assert_eq!(t, t.round(), "ComfyUI feeds integer timesteps");
+        self.calls += 1;
+        let cond = self.run(0, x_in, t);
+        let uncond = with_uncond.then(|| {
+            self.uncond_calls += 1;
+            self.run(1, x_in, t)
+        });
+        Ok(NetOutput { cond, uncond })
+    }
+}
+
+/// Logs the sigma of every call.
+struct Logged<D> {
+    inner: D,
+    sigmas: Vec<f64>,
+}
+
+impl<D: Denoiser> Denoiser for Logged<D> {
+    type Error = D::Error;
+
+    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, D::Error> {
+        self.sigmas.push(sigma);
+        self.inner.denoise(x, sigma)
+    }
+}
+
+/// Replays recorded draws; panics when they run out.
+struct Recorded {
+    draws: Vec<Vec<f32>>,
+    next: usize,
+}
+
+impl NoiseSource for Recorded {
+    fn fill_noise(&mut self, _sigma: f64, _sigma_next: f64, out: &mut [f32]) {
+        let d =
+            self.draws.get(self.next).unwrap_or_else(|| panic!("more than the {} recorded draws", self.draws.len()));
+        out.copy_from_slice(d);
+        self.next += 1;
+    }
+}
+
+fn prediction(case: &Value) -> Prediction {
+    match case["prediction"].as_str().unwrap() {
+        "eps" => Prediction::Epsilon,
+        "v" => Prediction::V,
+        p => panic!("{p}"),
+    }
+}
+
+fn denoiser(case: &Value) -> Logged<CfgDenoiser<FakeNet>> {
+    let cfg = case["cfg"].as_f64().unwrap();
+    Logged {
+        inner: CfgDenoiser::new(FakeNet::from_fixture(), ModelSigmas::sd15(), prediction(case), cfg),
+        sigmas: vec![],
+    }
+}
+
+/// Runs one fixture case with `noise` (None: the recorded draws) and checks it; returns its largest error.
+fn run_case(case: &Value, noise: Option<&mut dyn NoiseSource>) -> f64 {
+    let name = case["sampler"].as_str().unwrap();
+    let what = format!(
+        "{name} {} {} steps denoise {} {} cfg {}",
+        case["scheduler"].as_str().unwrap(),
+        case["steps"],
+        case["denoise"],
+        case["prediction"].as_str().unwrap(),
+        case["cfg"]
+    );
+    let sigmas: Vec<f64> = f32s(&case["sigmas"]).into_iter().map(f64::from).collect();
+    let ms = ModelSigmas::sd15();
+
+    // KSAMPLER.sample: the initial latent from prepare_noise's noise.
+    let md = max_denoise(&ms, sigmas[0]);
+    assert_eq!(md, case["max_denoise"].as_bool().unwrap(), "{what}: max_denoise");
+    let x0 = initial_latent(&f32s(&case["noise"]), &f32s(&case["latent"]), sigmas[0], md);
+    let e0 = err(&x0, &f64s(&case["x0"]));
+    assert!(e0 <= 1e-7, "{what}: initial latent off by {e0:e}");
+
+    let draws: Vec<Vec<f32>> = case["noise_draws"].as_array().unwrap().iter().map(f32s).collect();
+    let mut recorded = Recorded { draws: draws.clone(), next: 0 };
+    let replaying = noise.is_none();
+    let noise: &mut dyn NoiseSource = match noise {
+        Some(n) => n,
+        None => &mut recorded,
+    };
+    let mut den = denoiser(case);
+    let mut steps: Vec<Vec<f32>> = Vec::new();
+    let mut hooks = FnHooks {
+        on_step: |info: &StepInfo<'_>| {
+            assert_eq!(info.step, steps.len());
+            assert_eq!(info.total, sigmas.len() - 1);
+            assert_eq!((info.sigma, info.sigma_next), (sigmas[info.step], sigmas[info.step + 1]));
+            steps.push(info.x.to_vec());
+        },
+        is_cancelled: || false,
+    };
+    let out = if name == "dpmpp_sde_raw" {
+        // The sampler function itself, with raw (not Brownian) draws.
+        sample_dpmpp_sde(&mut den, x0, &sigmas, noise, &mut hooks, 1.0, 1.0)
+    } else {
+        sample(Sampler::from_name(name).unwrap(), &mut den, x0, &sigmas, noise, &mut hooks)
+    }
+    .unwrap();
+
+    let want_sigmas = f64s(&case["model_sigmas"]);
+    assert_eq!(den.sigmas.len(), want_sigmas.len(), "{what}: model calls");
+    for (g, w) in den.sigmas.iter().zip(&want_sigmas) {
+        assert!((g - w).abs() <= 1e-12 * w, "{what}: model called at sigma {g}, k-diffusion at {w}");
+    }
+    let net = &den.inner.model;
+    assert_eq!(net.calls, want_sigmas.len());
+    assert_eq!(net.uncond_calls, if den.inner.uses_uncond() { net.calls } else { 0 }, "{what}: CFG calls");
+    if replaying {
+        assert_eq!(recorded.next, draws.len(), "{what}: noise draws used");
+    }
+
+    let want_steps = case["steps_x"].as_array().unwrap();
+    assert_eq!(steps.len(), want_steps.len(), "{what}: callbacks");
+    let mut worst: f64 = 0.0;
+    for (i, (g, w)) in steps.iter().zip(want_steps).enumerate() {
+        let e = err(g, &f64s(w));
+        assert!(e <= TOL, "{what}: x at step {i} off by {e:e}");
+        worst = worst.max(e);
+    }
+    let e = err(&out, &f64s(&case["final"]));
+    assert!(e <= TOL, "{what}: final latent off by {e:e}");
+    eprintln!("{what}: final error {e:.2e}, steps up to {worst:.2e}");
+    worst.max(e)
+}
+
+#[test]
+fn samplers_match_k_diffusion_trajectories() {
+    let cases = fixture()["samplers"].as_array().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut worst: f64 = 0.0;
+    for case in cases {
+        seen.insert(case["sampler"].as_str().unwrap().trim_end_matches("_raw").to_string());
+        worst = worst.max(run_case(case, None));
+    }
+    for s in Sampler::ALL {
+        assert!(seen.contains(s.name()), "no fixture case for {s}");
+    }
+    eprintln!("worst error over all samplers: {worst:.2e} (tolerance {TOL:e})");
+}
+
+/// The fixture's noise is what ComfyUI on the CPU draws: the initial noise from `torch.manual_seed(seed)`
+/// (prepare_noise) and the sampler noise from a generator seeded with seed + 1 (default_noise_sampler). So the
+/// crate's TorchRng reproduces whole ComfyUI runs of the ancestral samplers.
+#[test]
+fn torch_rng_reproduces_the_recorded_noise() {
+    for case in fixture()["samplers"].as_array().unwrap() {
+        let seed = case["seed"].as_u64().unwrap();
+        let n = f32s(&case["noise"]);
+        assert_eq!(TorchRng::new(seed).randn(&[1, 4, 4, 4]), n, "prepare_noise");
+        let draws: Vec<Vec<f32>> = case["noise_draws"].as_array().unwrap().iter().map(f32s).collect();
+        let mut rng = TorchRng::new(seed + 1);
+        for d in &draws {
+            let mut out = vec![0.0; d.len()];
+            rng.fill_noise(1.0, 0.5, &mut out);
+            assert_eq!(&out, d);
+        }
+        if matches!(case["sampler"].as_str().unwrap(), "euler_ancestral" | "dpmpp_2m_sde" | "lcm") {
+            let mut rng = TorchRng::new(seed + 1);
+            run_case(case, Some(&mut rng));
+        }
+    }
+}
+
+#[test]
+fn cfg_wrapper_matches_comfyui() {
+    let w = &fixture()["wrapper"];
+    let x = f32s(&w["x"]);
+    for call in w["calls"].as_array().unwrap() {
+        let mut d = denoiser(call);
+        let sigma = call["sigma"].as_f64().unwrap();
+        let got = d.denoise(&x, sigma).unwrap();
+        // f32 network outputs times sigma (up to 14.6) times cfg (up to 7): a few 1e-6 (see TOL).
+        let e = err(&got, &f64s(&call["denoised"]));
+        assert!(e <= TOL, "{} cfg {} sigma {sigma}: off by {e:e}", call["prediction"], call["cfg"]);
+        let uses_uncond = (call["cfg"].as_f64().unwrap() - 1.0).abs() > 1e-9;
+        assert_eq!(d.inner.model.uncond_calls, usize::from(uses_uncond));
+    }
+}
+
+#[test]
+fn cfg_one_skips_the_negative_prompt() {
+    for (cfg, uncond) in
+        [(1.0, false), (1.0 + 1e-12, false), (1.0 - 1e-12, false), (1.001, true), (7.5, true), (0.0, true)]
+    {
+        let mut d = CfgDenoiser::new(FakeNet::from_fixture(), ModelSigmas::sd15(), Prediction::Epsilon, cfg);
+        assert_eq!(d.uses_uncond(), uncond, "cfg {cfg}");
+        d.denoise(&[0.5; 64], 3.0).unwrap();
+        assert_eq!(d.model.uncond_calls, usize::from(uncond), "cfg {cfg}");
+    }
+    // cfg 0 is the negative prompt alone.
+    let net = FakeNet::from_fixture();
+    let mut d0 = CfgDenoiser::new(net.clone(), ModelSigmas::sd15(), Prediction::Epsilon, 0.0);
+    let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+    let sigma = 2.0;
+    let t = ModelSigmas::sd15().sigma_to_t(sigma);
+    let scale = (sigma * sigma + 1.0f64).sqrt();
+    let x_in: Vec<f32> = x.iter().map(|&v| (f64::from(v) / scale) as f32).collect();
+    let eps = net.run(1, &x_in, t);
+    let want: Vec<f64> = x.iter().zip(&eps).map(|(&xv, &e)| f64::from(xv) - f64::from(e) * sigma).collect();
+    assert!(err(&d0.denoise(&x, sigma).unwrap(), &want) < 1e-6);
+}
+
+/// A denoiser that always predicts `target` and counts its calls.
+struct Constant {
+    target: Vec<f32>,
+    calls: Cell<usize>,
+    len: usize,
+}
+
+impl Denoiser for Constant {
+    type Error = String;
+
+    fn denoise(&mut self, x: &[f32], _sigma: f64) -> Result<Vec<f32>, String> {
+        assert_eq!(x.len(), self.target.len());
+        self.calls.set(self.calls.get() + 1);
+        if self.calls.get() > 1000 {
+            return Err("too many calls".into());
+        }
+        Ok(self.target[..self.len].to_vec())
+    }
+}
+
+fn constant(len: usize) -> Constant {
+    Constant { target: (0..len).map(|i| i as f32 * 0.1).collect(), calls: Cell::new(0), len }
+}
+
+/// Zero noise of any length.
+struct Zeros;
+
+impl NoiseSource for Zeros {
+    fn fill_noise(&mut self, _: f64, _: f64, out: &mut [f32]) {
+        out.fill(0.0);
+    }
+}
+
+const SIGMAS: [f64; 5] = [14.6, 5.0, 1.0, 0.2, 0.0];
+
+#[test]
+fn every_sampler_lands_on_a_constant_denoiser_target() {
+    // With denoised == target whatever x is, every sampler must end exactly at target (the last step is to 0).
+    for s in Sampler::ALL {
+        let mut d = constant(8);
+        let x = vec![3.0f32; 8];
+        let out = sample(s, &mut d, x, &SIGMAS, &mut TorchRng::new(1), &mut NoHooks).unwrap();
+        let e = err(&out, &d.target.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+        assert!(e < 1e-6, "{s}: {out:?}");
+        let calls_per_step = if matches!(s, Sampler::Heun | Sampler::Dpm2 | Sampler::DpmppSde) { 2 } else { 1 };
+        assert_eq!(d.calls.get(), calls_per_step * (SIGMAS.len() - 2) + 1, "{s}: model calls");
+    }
+}
+
+#[test]
+fn cancel_stops_before_the_next_model_call() {
+    for s in Sampler::ALL {
+        let mut d = constant(8);
+        let calls = Cell::new(0usize);
+        let mut hooks = FnHooks {
+            on_step: |_: &StepInfo<'_>| {},
+            is_cancelled: || {
+                calls.set(calls.get() + 1);
+                calls.get() > 3
+            },
+        };
+        let r = sample(s, &mut d, vec![1.0; 8], &SIGMAS, &mut Zeros, &mut hooks);
+        match r {
+            Err(SampleError::Cancelled { step }) => assert!(step <= 3, "{s}: step {step}"),
+            other => panic!("{s}: {other:?}"),
+        }
+        assert_eq!(d.calls.get(), 3, "{s}");
+    }
+}
+
+#[test]
+fn the_callback_sees_each_step_once_with_its_denoised_latent() {
+    for s in Sampler::ALL {
+        let mut d = constant(8);
+        let target = d.target.clone();
+        let mut seen = vec![];
+        let mut hooks = FnHooks {
+            on_step: |info: &StepInfo<'_>| {
+                assert_eq!(info.denoised, &target[..]);
+                assert_eq!(info.x.len(), 8);
+                assert_eq!(info.total, SIGMAS.len() - 1);
+                seen.push(info.step);
+            },
+            is_cancelled: || false,
+        };
+        sample(s, &mut d, vec![1.0; 8], &SIGMAS, &mut Zeros, &mut hooks).unwrap();
+        assert_eq!(seen, [0, 1, 2, 3], "{s}");
+    }
+}
+
+#[test]
+fn bad_sigmas_and_model_outputs_are_errors() {
+    let bad: [&[f64]; 6] =
+        [&[], &[1.0, -0.1], &[0.0, 0.0], &[1.0, 0.0, 0.5, 0.0], &[f64::NAN, 0.0], &[f64::INFINITY, 1.0, 0.0]];
+    for s in Sampler::ALL {
+        for sigmas in bad {
+            let mut d = constant(4);
+            let r = sample(s, &mut d, vec![0.0; 4], sigmas, &mut Zeros, &mut NoHooks);
+            assert!(matches!(r, Err(SampleError::BadSigmas(_))), "{s} {sigmas:?}: {r:?}");
+            assert_eq!(d.calls.get(), 0);
+        }
+        // One sigma: nothing to do, as in ComfyUI.
+        let mut d = constant(4);
+        assert_eq!(sample(s, &mut d, vec![0.25; 4], &[3.0], &mut Zeros, &mut NoHooks).unwrap(), [0.25; 4]);
+        assert_eq!(d.calls.get(), 0);
+        // A model returning the wrong length.
+        let mut d = Constant { len: 3, ..constant(4) };
+        let r = sample(s, &mut d, vec![0.0; 4], &SIGMAS, &mut Zeros, &mut NoHooks);
+        assert!(matches!(r, Err(SampleError::BadModelOutput { expected: 4, got: 3 })), "{s}: {r:?}");
+        // A failing model.
+        let mut d = constant(4);
+        d.calls.set(1000);
+        let r = sample(s, &mut d, vec![0.0; 4], &SIGMAS, &mut Zeros, &mut NoHooks);
+        assert!(matches!(r, Err(SampleError::Model(ref m)) if m == "too many calls"), "{s}: {r:?}");
+    }
+}
+
+#[test]
+fn sampler_names() {
+    let names: Vec<&str> = Sampler::ALL.iter().map(|s| s.name()).collect();
+    assert_eq!(
+        names,
+        ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "lcm", "ddim"]
+    );
+    for s in Sampler::ALL {
+        assert_eq!(Sampler::from_name(s.name()), Ok(s));
+        assert_eq!(s.to_string().parse::<Sampler>(), Ok(s));
+        assert_eq!(s.discards_penultimate_sigma(), s == Sampler::Dpm2);
+    }
+    for name in ["", "Euler", "dpm_2_ancestral", "uni_pc", "euler_a", "dpmpp_2m_karras"] {
+        assert_eq!(Sampler::from_name(name), Err(UnknownSampler(name.into())));
+    }
+    let noisy: Vec<Sampler> = Sampler::ALL.into_iter().filter(|s| s.uses_noise()).collect();
+    assert_eq!(noisy, [Sampler::EulerAncestral, Sampler::DpmppSde, Sampler::Dpmpp2mSde, Sampler::Lcm]);
+}
+
+#[test]
+fn ddim_is_euler() {
+    let case = fixture()["samplers"].as_array().unwrap().iter().find(|c| c["sampler"] == "ddim").unwrap();
+    let sigmas: Vec<f64> = f32s(&case["sigmas"]).into_iter().map(f64::from).collect();
+    let x0: Vec<f32> = f64s(&case["x0"]).into_iter().map(|v| v as f32).collect();
+    let a = sample(Sampler::Ddim, &mut denoiser(case), x0.clone(), &sigmas, &mut Zeros, &mut NoHooks).unwrap();
+    let b = sample_euler(&mut denoiser(case), x0, &sigmas, &mut NoHooks).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn ancestral_step_matches_k_diffusion() {
+    let (down, up) = ancestral_step(10.0, 5.0, 1.0);
+    assert!((up - (25.0f64 * 75.0 / 100.0).sqrt()).abs() < 1e-12);
+    assert!((down - (25.0 - up * up).sqrt()).abs() < 1e-12);
+    assert_eq!(ancestral_step(10.0, 5.0, 0.0), (5.0, 0.0));
+    assert_eq!(ancestral_step(10.0, 0.0, 1.0), (0.0, 0.0));
+    // eta large enough: sigma_up is capped at sigma_to, sigma_down is 0.
+    assert_eq!(ancestral_step(10.0, 5.0, 10.0), (0.0, 5.0));
+}
+
+/// Fixed draws 1, 2, 3... (each a constant latent) to check the Brownian arithmetic.
+struct Counting(f32);
+
+impl NoiseSource for Counting {
+    fn fill_noise(&mut self, _: f64, _: f64, out: &mut [f32]) {
+        self.0 += 1.0;
+        out.fill(self.0);
+    }
+}
+
+#[test]
+fn brownian_noise_is_a_brownian_path() {
+    let mut b = BrownianNoise::new(Counting(0.0));
+    let mut out = [0.0f32; 2];
+    // Disjoint descending intervals (dpmpp_2m_sde): each call is exactly one raw draw.
+    for (i, (s0, s1)) in [(14.6, 9.0), (9.0, 4.0), (4.0, 1.5)].into_iter().enumerate() {
+        b.fill_noise(s0, s1, &mut out);
+        assert!((out[0] - (i + 1) as f32).abs() < 1e-6, "{out:?}");
+    }
+    // Overlapping (dpmpp_sde): sigma -> mid draws z4; sigma -> next extends below mid with z5 and returns the
+    // normalised sum of both increments.
+    let (s, mid, next) = (1.5f64, 1.0f64, 0.25f64);
+    b.fill_noise(s, mid, &mut out);
+    assert!((out[0] - 4.0).abs() < 1e-6);
+    b.fill_noise(s, next, &mut out);
+    let want = ((s - mid).sqrt() * 4.0 + (mid - next).sqrt() * 5.0) / (s - next).sqrt();
+    assert!((f64::from(out[0]) - want).abs() < 1e-6, "{out:?} vs {want}");
+    // Reversed order gives the opposite sign; a known interval draws nothing.
+    b.fill_noise(mid, s, &mut out);
+    assert!((out[0] + 4.0).abs() < 1e-6);
+    // A new point inside a known interval comes from the Brownian bridge between W(0.25) and W(1.0):
+    // W(0.5) - W(1.0) = f (W(0.25) - W(1.0)) + sd z6, where (W(0.25) - W(1.0)) / sqrt(0.75) = 5 (the z5 above).
+    b.fill_noise(mid, 0.5, &mut out);
+    let f = (mid - 0.5) / (mid - next);
+    let sd = ((mid - 0.5) * (0.5 - next) / (mid - next)).sqrt();
+    let want = (f * 5.0 * (mid - next).sqrt() + sd * 6.0) / 0.5f64.sqrt();
+    assert!((f64::from(out[0]) - want).abs() < 1e-5, "{out:?} vs {want}");
+    assert_eq!(b.into_inner().0, 6.0);
+}
+
+#[test]
+fn sde_samplers_without_noise_are_deterministic_and_draw_nothing() {
+    let case = fixture()["samplers"].as_array().unwrap().iter().find(|c| c["sampler"] == "dpmpp_2m_sde").unwrap();
+    let sigmas: Vec<f64> = f32s(&case["sigmas"]).into_iter().map(f64::from).collect();
+    let x0: Vec<f32> = f64s(&case["x0"]).into_iter().map(|v| v as f32).collect();
+    let mut none = Recorded { draws: vec![], next: 0 };
+    let a = sample_dpmpp_2m_sde(&mut denoiser(case), x0.clone(), &sigmas, &mut none, &mut NoHooks, 1.0, 0.0).unwrap();
+    let b = sample_dpmpp_sde(&mut denoiser(case), x0, &sigmas, &mut none, &mut NoHooks, 0.0, 1.0).unwrap();
+    assert!(a.iter().chain(&b).all(|v| v.is_finite()));
+}

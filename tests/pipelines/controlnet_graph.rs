@@ -1,0 +1,155 @@
+//! graphs/controlnet_canny.ron end to end on the tiny fixtures (sd_tiny with a
+//! full-vocabulary CLIP, the tiny ControlNet), with `--set` overrides as the
+//! CLI applies them: the control changes the picture, strength 0 and an empty
+//! schedule range are exactly no control, both ControlNet layouts give the
+//! same picture, and the unbatched (positive-only control) path runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::common::sd_tiny::full_vocab_checkpoint;
+use graph::exec::{Executor, NoProgress, RunOptions};
+use graph::{self, SetOverride};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn controlnet_fixture(p: &str) -> PathBuf {
+    root().join("tests/fixtures/controlnet").join(p)
+}
+
+/// Runs the example graph with overrides (optionally with text edits) and
+/// returns the decoded picture's RGB bytes and the edge map's.
+fn run(ckpt: &Path, cnet: &Path, sets: &[&str], edit: Option<(&str, &str)>, out: &Path) -> (Vec<u8>, Vec<u8>) {
+    let path = root().join("graphs/controlnet_canny.ron");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    if let Some((from, to)) = edit {
+        assert!(text.contains(from), "the graph no longer has {from:?}");
+        text = text.replace(from, to);
+    }
+    let mut g = graph::parse_graph(&path.display().to_string(), text.as_bytes()).unwrap();
+    let mut all = vec![
+        format!("ckpt.ckpt_name={:?}", ckpt.display().to_string()),
+        format!("cnet.control_net_name={:?}", cnet.display().to_string()),
+        // The tiny UNet at a 64x64 image -> 8x8 latent (the tiny VAE decodes it to 16x16), 3 steps.
+        "empty.width=64".into(),
+        "empty.height=64".into(),
+        "sample.steps=3".into(),
+    ];
+    all.extend(sets.iter().map(|s| s.to_string()));
+    let sets: Vec<SetOverride> = all.iter().map(|s| SetOverride::parse(s).unwrap()).collect();
+    g.apply_overrides(&sets).unwrap();
+    let reg = nodes::builtin_registry();
+    let g = graph::validate(g, &reg).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).unwrap();
+    let opts = RunOptions {
+        base_dir: root().join("graphs"),
+        out_dir: out.to_path_buf(),
+        graph_text: text,
+        progress: &NoProgress,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let report = Executor::default().run(&g, &opts);
+    assert!(report.ok, "{:?}", report.errors());
+    let read = |name: &str| image::open(out.join(name)).unwrap().to_rgb8().into_raw();
+    (read("controlnet_canny_00001.png"), read("canny_edges_00001.png"))
+}
+
+fn differing(a: &[u8], b: &[u8]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
+const NO_CONTROL: (&str, &str) = (
+    r#""positive": "apply.positive", "negative": "apply.negative""#,
+    r#""positive": "pos.conditioning", "negative": "neg.conditioning""#,
+);
+const POSITIVE_ONLY: (&str, &str) = (
+    r#""positive": "apply.positive", "negative": "apply.negative""#,
+    r#""positive": "apply.positive", "negative": "neg.conditioning""#,
+);
+
+#[test]
+fn controlnet_canny_graph_is_steered_by_the_control_and_strength_zero_is_no_control() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = crate::common::temp_dir("controlnet-graph");
+    let ckpt = full_vocab_checkpoint(&dir);
+    let ldm = controlnet_fixture("control_ldm.safetensors");
+    let out = |n: &str| dir.join(n);
+
+    let (plain, _) = run(&ckpt, &ldm, &[], Some(NO_CONTROL), &out("plain"));
+    let (controlled, edges) = run(&ckpt, &ldm, &[], None, &out("controlled"));
+    assert_eq!(plain.len(), 16 * 16 * 3, "a 16x16 picture");
+    // The Canny map of the 160x120 sample picture, saved at its own size.
+    assert_eq!(edges.len(), 160 * 120 * 3);
+    assert!(edges.iter().all(|&v| v == 0 || v == 255) && edges.contains(&255));
+    let changed = differing(&plain, &controlled);
+    eprintln!("the control changed {changed} of {} bytes", plain.len());
+    assert!(changed > plain.len() / 2, "the control barely changed the picture ({changed})");
+
+    // Strength 0 and a control active over no step are exactly no control.
+    let (zero, _) = run(&ckpt, &ldm, &["apply.strength=0.0"], None, &out("zero"));
+    assert_eq!(zero, plain, "strength 0 must equal no ControlNet");
+    let (never, _) = run(&ckpt, &ldm, &["apply.end_percent=0.0"], None, &out("never"));
+    assert_eq!(never, plain, "a control that ends at 0% must equal no ControlNet");
+
+    // Only the later part of the schedule: neither the full control nor none.
+    let (late, _) = run(&ckpt, &ldm, &["apply.start_percent=0.5"], None, &out("late"));
+    assert!(differing(&late, &plain) > 0 && differing(&late, &controlled) > 0);
+
+    // A weaker control lands nearer the uncontrolled picture.
+    let (weak, _) = run(&ckpt, &ldm, &["apply.strength=0.1"], None, &out("weak"));
+    let dist = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| (*x as i64 - *y as i64).abs()).sum::<i64>();
+    assert!(dist(&weak, &plain) < dist(&controlled, &plain));
+
+    // The diffusers layout of the same ControlNet gives the same picture.
+    let (diffusers, _) = run(&ckpt, &controlnet_fixture("diffusers"), &[], None, &out("diffusers"));
+    assert_eq!(diffusers, controlled);
+
+    // Control on the positive prompt only: cond and uncond run separately.
+    let (pos_only, _) = run(&ckpt, &ldm, &[], Some(POSITIVE_ONLY), &out("pos_only"));
+    assert!(differing(&pos_only, &plain) > 0 && differing(&pos_only, &controlled) > 0);
+    // cfg 1 runs the positive prompt alone (ComfyUI's shortcut), with its control.
+    let (cfg1, _) = run(&ckpt, &ldm, &["sample.cfg=1.0"], None, &out("cfg1"));
+    let (cfg1_plain, _) = run(&ckpt, &ldm, &["sample.cfg=1.0"], Some(NO_CONTROL), &out("cfg1_plain"));
+    assert!(differing(&cfg1, &cfg1_plain) > 0);
+}
+
+#[test]
+fn a_file_that_is_not_a_controlnet_fails_the_loader_node_naming_the_param() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = crate::common::temp_dir("controlnet-misfit");
+    let ckpt = full_vocab_checkpoint(&dir);
+    // A checkpoint given as the ControlNet.
+    let path = root().join("graphs/controlnet_canny.ron");
+    let mut g = graph::parse_graph(&path.display().to_string(), &std::fs::read(&path).unwrap()).unwrap();
+    let sets = [
+        format!("ckpt.ckpt_name={:?}", ckpt.display().to_string()),
+        format!("cnet.control_net_name={:?}", ckpt.display().to_string()),
+    ];
+    let sets: Vec<SetOverride> = sets.iter().map(|s| SetOverride::parse(s).unwrap()).collect();
+    g.apply_overrides(&sets).unwrap();
+    let reg = nodes::builtin_registry();
+    let g = graph::validate(g, &reg).unwrap();
+    let opts = RunOptions {
+        base_dir: root().join("graphs"),
+        out_dir: dir.clone(),
+        graph_text: String::new(),
+        progress: &NoProgress,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let report = Executor::default().run(&g, &opts);
+    assert!(!report.ok);
+    let errors = format!("{:?}", report.errors());
+    assert!(
+        errors.contains("cnet") && errors.contains("control_net_name") && errors.contains("not an SD ControlNet"),
+        "{errors}"
+    );
+}

@@ -1,0 +1,14 @@
+//! Whole pipelines on tiny and demo models: the example graphs, the SD nodes,
+//! inpainting, ControlNet, upscaling, tiled VAE, and `sdgraph bench`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bench_models;
+mod controlnet_graph;
+mod demo_model;
+mod graphs;
+mod inpaint;
+mod sd_nodes;
+mod upscale;
+mod vae_tiled;
