@@ -48,39 +48,12 @@ fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-// Offsets into a (x) and b (y) of output element i: peel the coordinates
-// off innermost first. The rank guards keep low-rank (merged) launches from
-// paying for divisions by 1.
+// Offsets into a (x) and b (y) of output element i (shaders/lib/strided.wgsl).
 fn offsets(i: u32) -> vec2<u32> {
-    var rem = i;
-    var o = vec2<u32>(params.a_off, params.b_off);
-    var c = rem % params.n0;
-    rem = rem / params.n0;
-    o += c * vec2<u32>(params.a0, params.b0);
-    if params.rank > 1u {
-        c = rem % params.n1;
-        rem = rem / params.n1;
-        o += c * vec2<u32>(params.a1, params.b1);
-    }
-    if params.rank > 2u {
-        c = rem % params.n2;
-        rem = rem / params.n2;
-        o += c * vec2<u32>(params.a2, params.b2);
-    }
-    if params.rank > 3u {
-        c = rem % params.n3;
-        rem = rem / params.n3;
-        o += c * vec2<u32>(params.a3, params.b3);
-    }
-    if params.rank > 4u {
-        c = rem % params.n4;
-        rem = rem / params.n4;
-        o += c * vec2<u32>(params.a4, params.b4);
-    }
-    if params.rank > 5u {
-        o += rem * vec2<u32>(params.a5, params.b5);
-    }
-    return o;
+    let n = array<u32, 6>(params.n0, params.n1, params.n2, params.n3, params.n4, params.n5);
+    let sa = array<u32, 6>(params.a0, params.a1, params.a2, params.a3, params.a4, params.a5);
+    let sb = array<u32, 6>(params.b0, params.b1, params.b2, params.b3, params.b4, params.b5);
+    return strided_offsets(i, params.rank, vec2<u32>(params.a_off, params.b_off), n, sa, sb);
 }
 
 @compute @workgroup_size(WG)

@@ -41,37 +41,12 @@ struct Params {
 
 const WG: u32 = 256u;
 
-// (src, dst) offsets of iterated element i, peeling coordinates innermost first.
+// (src, dst) offsets of iterated element i (shaders/lib/strided.wgsl).
 fn offsets(i: u32) -> vec2<u32> {
-    var rem = i;
-    var o = vec2<u32>(params.src_off, params.dst_off);
-    var c = rem % params.n0;
-    rem = rem / params.n0;
-    o += c * vec2<u32>(params.s0, params.t0);
-    if params.rank > 1u {
-        c = rem % params.n1;
-        rem = rem / params.n1;
-        o += c * vec2<u32>(params.s1, params.t1);
-    }
-    if params.rank > 2u {
-        c = rem % params.n2;
-        rem = rem / params.n2;
-        o += c * vec2<u32>(params.s2, params.t2);
-    }
-    if params.rank > 3u {
-        c = rem % params.n3;
-        rem = rem / params.n3;
-        o += c * vec2<u32>(params.s3, params.t3);
-    }
-    if params.rank > 4u {
-        c = rem % params.n4;
-        rem = rem / params.n4;
-        o += c * vec2<u32>(params.s4, params.t4);
-    }
-    if params.rank > 5u {
-        o += rem * vec2<u32>(params.s5, params.t5);
-    }
-    return o;
+    let n = array<u32, 6>(params.n0, params.n1, params.n2, params.n3, params.n4, params.n5);
+    let s = array<u32, 6>(params.s0, params.s1, params.s2, params.s3, params.s4, params.s5);
+    let t = array<u32, 6>(params.t0, params.t1, params.t2, params.t3, params.t4, params.t5);
+    return strided_offsets(i, params.rank, vec2<u32>(params.src_off, params.dst_off), n, s, t);
 }
 
 @compute @workgroup_size(WG)

@@ -20,39 +20,8 @@
 // constructor and on strides written inline from uniform fields, so every
 // stride is a `let` and the accumulators are loaded from a zeroed tile.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    // Element step between batch items (0 = shared by every item).
-    batch_a: u32,
-    batch_b: u32,
-    batch_c: u32,
-    // A[m, k] = a[off_a + m * a_rs + k * a_cs]; B[k, n] = b[off_b + k * b_rs + n * b_cs].
-    a_rs: u32,
-    a_cs: u32,
-    b_rs: u32,
-    b_cs: u32,
-    off_a: u32,
-    off_b: u32,
-    off_c: u32,
-    off_bias: u32,
-    has_bias: u32,
-    // 0 none, 1 SiLU, 2 GELU (erf), 3 quick-GELU.
-    act: u32,
-    tiles_n: u32,
-    tiles_total: u32,
-    // bias[off_bias + row * bias_rs + col * bias_cs].
-    bias_rs: u32,
-    bias_cs: u32,
-    // 1: add res (laid out as C) after the activation.
-    has_res: u32,
-    off_res: u32,
-    // Elements between rows of C (N, or N / 2 with GEGLU).
-    c_rs: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+// MatmulParams and ConvParams: shaders/lib/matmul_params.wgsl, conv_params.wgsl.
+@group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<T>;
 @group(0) @binding(2) var<storage, read> b: array<T>;
 @group(0) @binding(3) var<storage, read> bias: array<T>;
@@ -295,44 +264,6 @@ fn matmul(
 // conv2d: Y[co, p] = sum over taps (ky, kx) and input channels ci of
 // W[co, ci, ky, kx] * X[ci, iy, ix]. M = output channels, N = output pixels;
 // each K-step is one tap and BK input channels, so staging needs no division.
-
-struct ConvParams {
-    cin: u32,
-    h: u32,
-    w: u32,
-    cout: u32,
-    hout: u32,
-    wout: u32,
-    kh: u32,
-    kw: u32,
-    stride_y: u32,
-    stride_x: u32,
-    pad_y: u32,
-    pad_x: u32,
-    dil_y: u32,
-    dil_x: u32,
-    // The weight's full input-channel count and the first channel of this
-    // dispatch (input channels may be split over dispatches).
-    w_cin: u32,
-    ci_start: u32,
-    batch_x: u32,
-    batch_y: u32,
-    off_x: u32,
-    off_w: u32,
-    off_bias: u32,
-    off_y: u32,
-    has_bias: u32,
-    act: u32,
-    // 1: add to what y holds (a later split of the input channels).
-    accumulate: u32,
-    tiles_n: u32,
-    tiles_total: u32,
-    // Element step of the bias between batch items (0: one bias for all).
-    bias_bs: u32,
-    // 1: add cres (laid out as y) after the activation.
-    has_res: u32,
-    off_res: u32,
-}
 
 @group(0) @binding(5) var<uniform> cparams: ConvParams;
 @group(0) @binding(6) var<storage, read> cx: array<T>;

@@ -103,10 +103,15 @@ pub struct ShaderSource {
     pub libs: &'static [&'static str],
 }
 
-/// Functions several kernels share, in `shaders/lib/`: WGSL has no includes,
+/// Functions and parameter structs several kernels share, in `shaders/lib/`: WGSL has no includes,
 /// so the registry prepends them (after the variant header).
-pub const LIBS: &[(&str, &str)] =
-    &[("activation", include_str!("lib/activation.wgsl")), ("attention_io", include_str!("lib/attention_io.wgsl"))];
+pub const LIBS: &[(&str, &str)] = &[
+    ("activation", include_str!("lib/activation.wgsl")),
+    ("attention_io", include_str!("lib/attention_io.wgsl")),
+    ("conv_params", include_str!("lib/conv_params.wgsl")),
+    ("matmul_params", include_str!("lib/matmul_params.wgsl")),
+    ("strided", include_str!("lib/strided.wgsl")),
+];
 
 impl ShaderSource {
     /// The full WGSL text of one variant.
@@ -161,7 +166,7 @@ pub const SHADERS: &[ShaderSource] = &[
         entries: &[EntryPoint { name: "matmul", bindings: MATMUL }],
         // The tile the launcher uses (ops::matmul::TILE).
         overrides: &[("BM", 128.0), ("BN", 128.0), ("BK", 16.0), ("WG", 256.0)],
-        libs: &["activation"],
+        libs: &["activation", "matmul_params"],
     },
     ShaderSource {
         family: ShaderFamily::MatmulCoop,
@@ -184,7 +189,7 @@ pub const SHADERS: &[ShaderSource] = &[
         ],
         // Subgroup size (NVIDIA's 32).
         overrides: &[("SG", 32.0)],
-        libs: &["activation"],
+        libs: &["activation", "matmul_params", "conv_params"],
     },
     ShaderSource {
         family: ShaderFamily::Conv2d,
@@ -203,7 +208,7 @@ pub const SHADERS: &[ShaderSource] = &[
             ],
         }],
         overrides: &[("BM", 128.0), ("BN", 128.0), ("BK", 16.0), ("WG", 256.0)],
-        libs: &["activation"],
+        libs: &["activation", "conv_params"],
     },
     ShaderSource {
         family: ShaderFamily::Cast,
@@ -235,7 +240,7 @@ pub const SHADERS: &[ShaderSource] = &[
             EntryPoint { name: "geglu", bindings: BINARY },
         ],
         overrides: &[],
-        libs: &["activation"],
+        libs: &["activation", "strided"],
     },
     ShaderSource {
         family: ShaderFamily::Layout,
@@ -247,7 +252,7 @@ pub const SHADERS: &[ShaderSource] = &[
             bindings: &[uniform(0, "params"), read(1, "src"), read_write(2, "dst")],
         }],
         overrides: &[],
-        libs: &[],
+        libs: &["strided"],
     },
     ShaderSource {
         family: ShaderFamily::Embedding,

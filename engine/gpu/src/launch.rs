@@ -152,104 +152,17 @@ impl Gpu {
         groups: [u32; 3],
     ) -> Result<(), GpuError> {
         self.dispatches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let src = shader(kernel.family);
-        let entry = src
-            .entry(kernel.entry)
-            .ok_or_else(|| GpuError::Wgpu(format!("{} has no entry point {}", src.file, kernel.entry)))?;
-        if !src.variants.contains(&kernel.variant) {
-            return Err(GpuError::Wgpu(format!("{} has no {:?} variant", src.file, kernel.variant)));
-        }
-        let limit = self.limits.max_storage_buffer_binding_size;
-        for b in buffers {
-            let size = b.size.map(|s| s.get()).unwrap_or_else(|| b.buffer.size() - b.offset);
-            if size > limit {
-                return Err(GpuError::TooLarge { bytes: size, limit, what: "storage binding" });
-            }
-        }
-        let max = self.limits.max_compute_workgroups_per_dimension;
-        if groups.iter().any(|&g| g > max) {
-            return Err(GpuError::Shape(format!("dispatch {groups:?} exceeds {max} workgroups per dimension")));
-        }
-        let mut constants: Vec<(&'static str, u64)> = kernel.constants.iter().map(|(k, v)| (*k, v.to_bits())).collect();
-        constants.sort();
-        let key = PipelineKey { family: kernel.family, variant: kernel.variant, entry: kernel.entry, constants };
-        let pipeline = self.pipelines.get_or_build(&key, || {
-            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(src.file),
-                source: wgpu::ShaderSource::Wgsl(src.source(kernel.variant).into()),
-            });
-            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(kernel.entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(kernel.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &kernel.constants,
-                    // Kernels initialise the workgroup memory they read.
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            })
-        });
-        let align = u64::from(self.limits.min_uniform_buffer_offset_alignment).max(16);
+        let entry = self.check_dispatch(kernel, buffers, groups)?;
         debug_assert!(
             crate::ops::param_block_of(kernel.family, entry) == Some(P::FIELDS),
             "{}: parameter block {} is not the one PARAM_BLOCKS names",
             kernel.entry,
             std::any::type_name::<P>()
         );
+        let pipeline = self.pipeline(kernel);
         let params = uniform_bytes(params);
-        let storage = entry.bindings.iter().filter(|b| b.access != Access::Uniform).count();
-        if buffers.len() != storage {
-            return Err(GpuError::Wgpu(format!(
-                "{}: {} buffers for {storage} storage bindings",
-                kernel.entry,
-                buffers.len()
-            )));
-        }
-        // The parameter slot, the bind group and the dispatch go into the
-        // recording under one lock: a submit in between would hand the slot's
-        // arena to the next recording, which rewrites it.
-        // With timestamps each kernel gets a pass of its own (the timestamps
-        // bracket passes); otherwise kernels share the open pass.
         let record = |timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-            self.with_recording(|rec| {
-                let slot = rec.uniform(&self.arenas, &self.device, align, &params);
-                let mut next = buffers.iter();
-                let entries: Vec<wgpu::BindGroupEntry<'_>> = entry
-                    .bindings
-                    .iter()
-                    .filter_map(|b| {
-                        let resource = match b.access {
-                            Access::Uniform => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &slot.buffer,
-                                offset: slot.offset,
-                                size: std::num::NonZeroU64::new(params.len() as u64),
-                            }),
-                            Access::Read | Access::ReadWrite => wgpu::BindingResource::Buffer(next.next()?.clone()),
-                        };
-                        Some(wgpu::BindGroupEntry { binding: b.index, resource })
-                    })
-                    .collect();
-                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(kernel.entry),
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                });
-                if timestamp_writes.is_none() {
-                    let pass = rec.pass();
-                    pass.set_pipeline(&pipeline);
-                    pass.set_bind_group(0, &bind_group, &[]);
-                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                    return;
-                }
-                let mut pass = rec
-                    .encoder()
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes });
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-            })
+            self.record_dispatch(kernel, entry, &pipeline, &params, buffers, groups, timestamp_writes)
         };
         let Some(profiler) = &self.profiler else {
             record(None);
@@ -275,6 +188,126 @@ impl Gpu {
             }
         }
         Ok(())
+    }
+
+    /// The entry point `kernel` names, after checking the variant, the
+    /// buffers (count and binding size) and the grid against the adapter.
+    fn check_dispatch(
+        &self,
+        kernel: &Kernel,
+        buffers: &[wgpu::BufferBinding<'_>],
+        groups: [u32; 3],
+    ) -> Result<&'static shaders::EntryPoint, GpuError> {
+        let src = shader(kernel.family);
+        let entry = src
+            .entry(kernel.entry)
+            .ok_or_else(|| GpuError::Wgpu(format!("{} has no entry point {}", src.file, kernel.entry)))?;
+        if !src.variants.contains(&kernel.variant) {
+            return Err(GpuError::Wgpu(format!("{} has no {:?} variant", src.file, kernel.variant)));
+        }
+        let storage = entry.bindings.iter().filter(|b| b.access != Access::Uniform).count();
+        if buffers.len() != storage {
+            return Err(GpuError::Wgpu(format!(
+                "{}: {} buffers for {storage} storage bindings",
+                kernel.entry,
+                buffers.len()
+            )));
+        }
+        let limit = self.limits.max_storage_buffer_binding_size;
+        for b in buffers {
+            let size = b.size.map(|s| s.get()).unwrap_or_else(|| b.buffer.size() - b.offset);
+            if size > limit {
+                return Err(GpuError::TooLarge { bytes: size, limit, what: "storage binding" });
+            }
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(GpuError::Shape(format!("dispatch {groups:?} exceeds {max} workgroups per dimension")));
+        }
+        Ok(entry)
+    }
+
+    /// The compute pipeline of `kernel` (shader, variant, entry point,
+    /// override constants), built on first use.
+    fn pipeline(&self, kernel: &Kernel) -> std::sync::Arc<wgpu::ComputePipeline> {
+        let src = shader(kernel.family);
+        let mut constants: Vec<(&'static str, u64)> = kernel.constants.iter().map(|(k, v)| (*k, v.to_bits())).collect();
+        constants.sort();
+        let key = PipelineKey { family: kernel.family, variant: kernel.variant, entry: kernel.entry, constants };
+        self.pipelines.get_or_build(&key, || {
+            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(src.file),
+                source: wgpu::ShaderSource::Wgsl(src.source(kernel.variant).into()),
+            });
+            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &kernel.constants,
+                    // Kernels initialise the workgroup memory they read.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })
+    }
+
+    /// Records the parameter slot, the bind group and the dispatch. They go
+    /// into the recording under one lock: a submit in between would hand the
+    /// slot's arena to the next recording, which rewrites it. With timestamps
+    /// each kernel gets a pass of its own (the timestamps bracket passes);
+    /// otherwise kernels share the open pass.
+    #[allow(clippy::too_many_arguments)]
+    fn record_dispatch(
+        &self,
+        kernel: &Kernel,
+        entry: &shaders::EntryPoint,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u8],
+        buffers: &[wgpu::BufferBinding<'_>],
+        groups: [u32; 3],
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) {
+        let align = u64::from(self.limits.min_uniform_buffer_offset_alignment).max(16);
+        self.with_recording(|rec| {
+            let slot = rec.uniform(&self.arenas, &self.device, align, params);
+            let mut next = buffers.iter();
+            let entries: Vec<wgpu::BindGroupEntry<'_>> = entry
+                .bindings
+                .iter()
+                .filter_map(|b| {
+                    let resource = match b.access {
+                        Access::Uniform => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &slot.buffer,
+                            offset: slot.offset,
+                            size: std::num::NonZeroU64::new(params.len() as u64),
+                        }),
+                        Access::Read | Access::ReadWrite => wgpu::BindingResource::Buffer(next.next()?.clone()),
+                    };
+                    Some(wgpu::BindGroupEntry { binding: b.index, resource })
+                })
+                .collect();
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.entry),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            if timestamp_writes.is_none() {
+                let pass = rec.pass();
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                return;
+            }
+            let mut pass = rec
+                .encoder()
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        })
     }
 }
 

@@ -343,6 +343,12 @@ impl NodeError {
     }
 }
 
+/// A node error from anything printable (a library error, a message): the
+/// one helper node kinds use, as `.map_err(err)` or `err(format!(..))`.
+pub fn err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::new(e.to_string())
+}
+
 /// What a node sees of the run besides its inputs.
 pub struct RunContext<'a> {
     /// The node's id in the graph.

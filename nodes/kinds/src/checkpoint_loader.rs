@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use gpu::{DType, Gpu};
+use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{PortType, Value};
 
@@ -154,10 +155,6 @@ impl Default for CheckpointLoaderSimple {
     fn default() -> Self {
         Self::new(Settings::default())
     }
-}
-
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::new(e.to_string())
 }
 
 impl NodeKind for CheckpointLoaderSimple {

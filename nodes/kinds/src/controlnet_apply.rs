@@ -30,6 +30,7 @@ use std::sync::Arc;
 use gpu::ops::binary::{add_scaled, mul};
 use gpu::ops::layout::concat;
 use gpu::{DType, Gpu, Tensor};
+use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, PortType, Value};
 
@@ -42,10 +43,6 @@ use models::image_ops::{Method, center_crop_to_aspect, resize};
 use models::sampling::schedulers::ModelSigmas;
 use models::unet::UnetConfig;
 use models::unet_blocks::AttentionHeads;
-
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::new(e.to_string())
-}
 
 /// A loaded ControlNet.
 pub struct ControlNetHandle {

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::registry::DuplicateKind;
 use graph::{Image, Mask, PortType, Registry, Value};
@@ -28,10 +29,6 @@ pub fn register(reg: &mut Registry) -> Result<(), DuplicateKind> {
     reg.register(Arc::new(ImageBlend::new()))?;
     reg.register(Arc::new(ImageInvert::new()))?;
     Ok(())
-}
-
-fn err(msg: impl Into<String>) -> NodeError {
-    NodeError::new(msg)
 }
 
 fn check_size(batch: usize, width: usize, height: usize) -> Result<(), NodeError> {

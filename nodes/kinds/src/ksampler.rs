@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use gpu::ops::layout::concat;
 use gpu::{DType, Gpu, Tensor};
+use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, ParamKind, ParamValue, RunContext};
 use graph::{PortType, Value};
 
@@ -68,10 +69,6 @@ impl Default for KSampler {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::new(e.to_string())
 }
 
 fn cond_of(inputs: &NodeInputs, name: &str) -> Result<Arc<Conditioning>, NodeError> {

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, Mask, PortType, Value};
 
@@ -23,10 +24,6 @@ use models::image_ops::{self, Method};
 /// SD 1.x latents: 4 channels at 1/8 of the image size.
 pub const LATENT_CHANNELS: usize = 4;
 pub const LATENT_SCALE: usize = 8;
-
-fn err(msg: impl Into<String>) -> NodeError {
-    NodeError::new(msg)
-}
 
 fn latent_value(latent: Latent) -> Value {
     Value::Opaque(PortType::Latent, Arc::new(latent))

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, PortType, Value};
 
@@ -17,10 +18,6 @@ use crate::runtime;
 use crate::settings::Settings;
 use crate::upscale_tiled::{TilePlan, activation_limit, dtype_name, fitting_tile, image_item_chw, upscale_tiled};
 use models::upscaler::{UpscaleModel, open_weights};
-
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::new(e.to_string())
-}
 
 /// A loaded upscale model, as the UPSCALE_MODEL value.
 pub struct UpscaleModelHandle {

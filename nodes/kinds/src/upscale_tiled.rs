@@ -31,12 +31,9 @@
 
 use gpu::{DType, Gpu};
 use graph::node::NodeError;
+use graph::node::err;
 
 use models::upscaler::UpscaleModel;
-
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::new(e.to_string())
-}
 
 /// Tile origins along an axis of `len` pixels for tiles of `tile` pixels
 /// overlapping by at least `overlap`, each origin a multiple of `m`. `len`

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use gpu::DType;
+use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, PortType, Value};
 
@@ -14,10 +15,6 @@ use crate::latent::Latent;
 use crate::runtime;
 use crate::settings::Settings;
 use crate::vae_tiled;
-
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::new(e.to_string())
-}
 
 pub(crate) fn vae_of(inputs: &NodeInputs) -> Result<Arc<VaeHandle>, NodeError> {
     inputs.input("vae")?.downcast::<VaeHandle>().ok_or_else(|| NodeError::new("input \"vae\" is not a loaded VAE"))

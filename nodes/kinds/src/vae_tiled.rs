@@ -78,6 +78,7 @@
 use std::sync::Arc;
 
 use gpu::{DType, Gpu};
+use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{PortType, Value};
 
@@ -98,10 +99,6 @@ pub const TILE_BYTES_ENV: &str = "SDGRAPH_VAE_TILE_BYTES";
 const FALLBACK_DECODE_OVERLAP: usize = 16;
 /// ... and by 64 pixels, 8 latent pixels of SD, when encoding (`encode_tiled_`'s).
 const FALLBACK_ENCODE_OVERLAP_LATENT: usize = 8;
-
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::new(e.to_string())
-}
 
 /// One tiled pass: tile height and width and the overlap, in input pixels
 /// (latent pixels for a decode, image pixels for an encode).
