@@ -49,10 +49,6 @@ impl Variant {
             Variant::CoopF16 => "enable f16;\nenable wgpu_cooperative_matrix;\nalias T = f16;\n",
         }
     }
-
-    pub fn needs_f16(self) -> bool {
-        self != Variant::F32
-    }
 }
 
 /// How an entry point uses a binding.

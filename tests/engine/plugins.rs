@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use graph::exec::{Executor, NoProgress, NodeStatus};
 use graph::{Image, Mask, NodeError, NodeInputs, NodeKind, ParamValue, PortType, RunContext, Value};
-use nodes::latent::Latent;
+use nodes::payload::Latent;
 use plugin::{SandboxLimits, load_plugin_source, load_plugins};
 
 fn root() -> &'static Path {

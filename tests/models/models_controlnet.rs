@@ -16,9 +16,9 @@ use models::checkpoint::safetensors::{Dtype, SafeTensors, write, write_with_meta
 use models::unet::{Unet, UnetConfig};
 use models::unet_blocks::AttentionHeads;
 use nodes::controlnet_apply::{
-    ControlApplication, ControlNetHandle, PreparedControl, control_hint, control_residuals, load_controlnet,
-    prepare_controls, scale_residuals,
+    PreparedControl, control_hint, control_residuals, load_controlnet, prepare_controls, scale_residuals,
 };
+use nodes::payload::{ControlApplication, ControlNetHandle};
 
 /// tests/fixtures/controlnet/meta.json `tolerance.max_abs`.
 const F32_TOL: f32 = 1e-4;

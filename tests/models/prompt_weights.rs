@@ -16,7 +16,7 @@ use models::prompt_weights::{
     python_float, tokenize_with_weights,
 };
 use models::tokenizer::{CONTEXT_LENGTH, ClipTokenizer, END_OF_TEXT, PAD, START_OF_TEXT};
-use nodes::checkpoint_loader::ClipHandle;
+use nodes::payload::ClipHandle;
 
 fn segs(text: &str) -> Vec<(String, f64)> {
     parse_prompt(text).unwrap().into_iter().map(|Segment { text, weight }| (text, weight)).collect()
@@ -359,7 +359,7 @@ impl Fixture {
         inp.inputs.insert("clip".into(), self.clip.clone());
         inp.params.insert("text".into(), graph::ParamValue::String(text.into()));
         let out = reg.get("CLIPTextEncode").unwrap().run(&mut ctx, &inp).map_err(|e| e.to_string())?;
-        let cond = out[0].downcast::<nodes::latent::Conditioning>().unwrap();
+        let cond = out[0].downcast::<nodes::payload::Conditioning>().unwrap();
         let v = self.gpu.download(&cond.cond).unwrap();
         Ok((cond.cond.shape().to_vec(), v, progress.0.into_inner().unwrap()))
     }

@@ -42,7 +42,7 @@ use models::sampling::schedulers::{ModelSigmas, Scheduler, ksampler_sigmas};
 use models::unet::{Unet, UnetConfig};
 use models::unet_blocks::AttentionHeads;
 use nodes::checkpoint_loader::ConfigOverrides;
-use nodes::latent::{Conditioning, Latent};
+use nodes::payload::{Conditioning, Latent};
 use serde_json::Value;
 
 /// Relative bound, see the header. Measured on lavapipe (max abs error / max |value|): 0.3e-6 (lcm, cfg 1) to

@@ -239,7 +239,7 @@ fn pytorch_makes_the_same_picture_from_the_same_file() {
             ("denoise", Float(1.0)),
         ],
     );
-    let got_latent = latent[0].downcast::<nodes::latent::Latent>().unwrap();
+    let got_latent = latent[0].downcast::<nodes::payload::Latent>().unwrap();
     let image = node("VAEDecode", &mut ctx, &[("samples", &latent[0]), ("vae", &ckpt[2])], &[]);
     let graph::Value::Image(got_image) = &image[0] else { panic!("VAEDecode gave no image") };
 

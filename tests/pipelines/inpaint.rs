@@ -11,8 +11,8 @@ use std::sync::Arc;
 use graph::exec::{Executor, NoProgress, NodeStatus};
 use graph::{Image, Mask, NodeInputs, ParamValue, PortType, Registry, RunContext, Value};
 use models::image_ops::{self, Method};
-use nodes::latent::Latent;
 use nodes::latent_nodes::expand_noise_mask;
+use nodes::payload::Latent;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -63,7 +63,7 @@ fn text_encode_runs_on_both_checkpoint_layouts_and_long_prompts_chunk() {
     for (text, chunks) in [("a red fox", 1), (long.as_str(), 2)] {
         inp.params.insert("text".into(), graph::ParamValue::String(text.into()));
         let out = encode.run(&mut ctx, &inp).unwrap();
-        let cond = out[0].downcast::<nodes::latent::Conditioning>().unwrap();
+        let cond = out[0].downcast::<nodes::payload::Conditioning>().unwrap();
         assert_eq!(cond.cond.shape(), &[1, 77 * chunks, 32], "{text}");
         let v = gpu.download(&cond.cond).unwrap();
         assert!(v.iter().all(|x| x.is_finite()));
@@ -123,11 +123,12 @@ fn txt2img_graph_runs_every_sampler_and_is_reproducible() {
     if gpu::testing::shared_gpu().is_none() {
         return;
     }
+    use models::sampling::{samplers::Sampler, schedulers::Scheduler};
     let dir = crate::common::temp_dir("sd-txt2img");
     let ckpt = full_vocab_checkpoint(&dir);
     let mut first: Option<image::RgbImage> = None;
-    for (i, sampler) in nodes::ksampler::SAMPLER_NAMES.iter().enumerate() {
-        let scheduler = nodes::ksampler::SCHEDULER_NAMES[i % nodes::ksampler::SCHEDULER_NAMES.len()];
+    for (i, sampler) in Sampler::NAMES.iter().enumerate() {
+        let scheduler = Scheduler::NAMES[i % Scheduler::NAMES.len()];
         let out = dir.join(sampler);
         let r = run_graph(&txt2img_graph(&ckpt, sampler, scheduler, 1.0, "empty.latent"), &out);
         assert!(r.ok, "{sampler}/{scheduler}: {:?}", r.errors());
@@ -142,7 +143,7 @@ fn txt2img_graph_runs_every_sampler_and_is_reproducible() {
     }
     // Same seed, same graph: the same picture.
     let out = dir.join("again");
-    let r = run_graph(&txt2img_graph(&ckpt, "euler", "normal", 1.0, "empty.latent"), &out);
+    let r = run_graph(&txt2img_graph(&ckpt, Sampler::NAMES[0], Scheduler::NAMES[0], 1.0, "empty.latent"), &out);
     assert!(r.ok, "{:?}", r.errors());
     assert_eq!(image::open(out.join("gen_00001.png")).unwrap().to_rgb8(), first.unwrap());
 }

@@ -31,8 +31,8 @@ use gpu::{DType, Gpu};
 use graph::exec::Progress;
 use graph::{Image, NodeError, NodeInputs, ParamValue, PortType, RunContext, Value};
 use models::vae::{Vae, VaeConfig};
-use nodes::checkpoint_loader::VaeHandle;
-use nodes::latent::Latent;
+use nodes::payload::Latent;
+use nodes::payload::VaeHandle;
 use nodes::vae_tiled::{
     Resample, TilePass, decode_passes, decode_plan, decode_tiled, decoder_peak_bytes, encode_passes, encode_plan,
     encode_tiled, encoder_peak_bytes, feather_weights, pass_tiles, plan_fallback, run_passes, tile_spans, tiled_scale,
@@ -612,7 +612,7 @@ fn bad_tile_sizes_and_overlaps_are_clear_errors() {
     // Inputs of the wrong kind are errors too.
     let m =
         e("VAEDecodeTiled", &[("samples", vae.clone()), ("vae", vae.clone())], &[("tile_size", 64), ("overlap", 8)]);
-    assert!(m.contains("latent"), "{m}");
+    assert!(m.contains("\"samples\"") && m.contains("expected Latent, got Vae"), "{m}");
 }
 
 // ---- the automatic fallback ----

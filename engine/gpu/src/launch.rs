@@ -137,11 +137,6 @@ pub fn grid(groups: u32, max_per_dim: u32) -> [u32; 3] {
 }
 
 impl Gpu {
-    /// The largest number of elements of `elem_size` bytes one binding may hold.
-    pub fn max_binding_elems(&self, elem_size: usize) -> usize {
-        (self.limits.max_storage_buffer_binding_size / elem_size as u64) as usize
-    }
-
     /// Records one dispatch. `buffers` are bound, in order, to the entry
     /// point's non-uniform bindings; `params` to its uniform binding.
     pub fn dispatch<P: KernelParams>(

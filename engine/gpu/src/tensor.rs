@@ -134,16 +134,6 @@ impl Gpu {
         })
     }
 
-    /// Uploads raw f16 bits (as stored in checkpoints).
-    pub fn upload_f16_bits(&self, bits: &[u16], shape: &[usize]) -> Result<Tensor, GpuError> {
-        if bits.len() != numel(shape) {
-            return Err(GpuError::Shape(format!("{} values do not fill shape {shape:?}", bits.len())));
-        }
-        self.upload_filled(shape, DType::F16, |dst| {
-            dst.chunks_exact_mut(2).zip(bits).for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes()))
-        })
-    }
-
     /// A tensor whose bytes (little-endian, `numel * dtype size` of them)
     /// `fill` writes, converting from a file's format in one pass: uploading
     /// large weights with no intermediate f32 copy.

@@ -1,8 +1,6 @@
 //! Helpers for kernel tests: one shared GPU per test process, and seeded
 //! random data.
 
-use std::sync::OnceLock;
-
 use super::device::{Gpu, GpuOptions};
 
 /// The GPU every test in this process shares (opening one per test is slow
@@ -21,16 +19,6 @@ pub fn shared_gpu() -> Option<&'static Gpu> {
         Err(_) if std::env::var("SDGRAPH_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => None,
         Err(e) => panic!("GPU tests need an adapter ({e}); set SDGRAPH_SKIP_GPU_TESTS=1 to skip them"),
     }
-}
-
-/// A second GPU context that uses no optional feature, to test the portable
-/// paths on hardware that has the fast ones.
-pub fn portable_gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        shared_gpu().and_then(|_| Gpu::new(&GpuOptions { portable_only: true, ..Default::default() }).ok())
-    })
-    .as_ref()
 }
 
 /// Seeded uniform values in `lo..hi` (xorshift64*; no dependency).

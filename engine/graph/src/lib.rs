@@ -36,4 +36,4 @@ pub use ron_reader::ReadLimits;
 pub use schema::{Graph, GraphNode, Link};
 pub use types::PortType;
 pub use validate::{ValidGraph, validate};
-pub use value::{Image, Mask, Value};
+pub use value::{Image, Mask, Payload, Value};

@@ -299,8 +299,12 @@ impl NodeInputs {
     pub fn input(&self, name: &str) -> Result<&Value, NodeError> {
         self.inputs.get(name).ok_or_else(|| NodeError::new(format!("input {name:?} is not connected")))
     }
-    pub fn opt_input(&self, name: &str) -> Option<&Value> {
-        self.inputs.get(name)
+    /// Input `name` as the payload type `T`, with an error naming the input,
+    /// the expected and the actual port type when it is something else.
+    pub fn get<T: crate::value::Payload>(&self, name: &str) -> Result<std::sync::Arc<T>, NodeError> {
+        let v = self.input(name)?;
+        v.downcast::<T>()
+            .ok_or_else(|| NodeError::new(format!("input {name:?}: expected {}, got {}", T::PORT, v.port_type())))
     }
     pub fn image(&self, name: &str) -> Result<std::sync::Arc<crate::value::Image>, NodeError> {
         match self.input(name)? {

@@ -39,11 +39,6 @@ impl Image {
         &self.data[b * n..(b + 1) * n]
     }
 
-    pub fn item_mut(&mut self, b: usize) -> &mut [f32] {
-        let n = self.plane_len();
-        &mut self.data[b * n..(b + 1) * n]
-    }
-
     pub fn get(&self, b: usize, y: usize, x: usize, c: usize) -> f32 {
         self.data[((b * self.height + y) * self.width + x) * self.channels + c]
     }

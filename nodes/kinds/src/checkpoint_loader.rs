@@ -1,13 +1,12 @@
 //! CheckpointLoaderSimple: one checkpoint file (or diffusers folder) to the
 //! MODEL, CLIP and VAE values, as ComfyUI's node.
 
-use std::sync::Arc;
-
 use gpu::{DType, Gpu};
 use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{PortType, Value};
 
+use crate::payload::{ClipHandle, ModelHandle, VaeHandle};
 use crate::runtime;
 use crate::settings::Settings;
 use models::ModelError;
@@ -19,22 +18,7 @@ use models::unet::{Unet, UnetConfig};
 use models::unet_blocks::AttentionHeads;
 use models::vae::{Vae, VaeConfig};
 
-pub use models::sampling::samplers::Prediction;
-
-/// A loaded UNet and how to interpret its output.
-pub struct ModelHandle {
-    pub unet: Unet,
-    pub prediction: Prediction,
-}
-
-pub struct ClipHandle {
-    pub model: ClipTextModel,
-    pub tokenizer: ClipTokenizer,
-}
-
-pub struct VaeHandle {
-    pub vae: Vae,
-}
+use models::sampling::samplers::Prediction;
 
 /// What a checkpoint's `__metadata__` may say about the architecture that
 /// the tensors cannot (SD 1.x defaults otherwise): `sdgraph.unet.heads`,
@@ -178,11 +162,7 @@ impl NodeKind for CheckpointLoaderSimple {
         let progress = ctx.progress;
         let loaded = load_checkpoint(gpu, &src, dtype, |done| progress.step(&id, done as u64, 3, "models"))
             .map_err(NodeError::new)?;
-        Ok(vec![
-            Value::Opaque(PortType::Model, Arc::new(loaded.model)),
-            Value::Opaque(PortType::Clip, Arc::new(loaded.clip)),
-            Value::Opaque(PortType::Vae, Arc::new(loaded.vae)),
-        ])
+        Ok(vec![Value::payload(loaded.model), Value::payload(loaded.clip), Value::payload(loaded.vae)])
     }
 
     /// Size and modification time: replacing the file reloads it. A folder's

@@ -24,7 +24,6 @@
 //! control image is embedded once per sampling run rather than each step
 //! (it depends on nothing else).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use gpu::ops::binary::{add_scaled, mul};
@@ -34,7 +33,7 @@ use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, PortType, Value};
 
-use crate::latent::Conditioning;
+use crate::payload::{Conditioning, ControlApplication, ControlNetHandle};
 use crate::runtime;
 use crate::settings::Settings;
 use models::checkpoint::convert::{CONTROLNET_PREFIX, ControlNetLayout, open_controlnet};
@@ -43,13 +42,6 @@ use models::image_ops::{Method, center_crop_to_aspect, resize};
 use models::sampling::schedulers::ModelSigmas;
 use models::unet::UnetConfig;
 use models::unet_blocks::AttentionHeads;
-
-/// A loaded ControlNet.
-pub struct ControlNetHandle {
-    pub net: ControlNet,
-    /// The weights file it came from (for messages).
-    pub path: PathBuf,
-}
 
 /// What a ControlNet's files may say about the architecture beyond the
 /// shapes: `sdgraph.unet.heads` / `sdgraph.norm_groups` in the safetensors
@@ -147,7 +139,7 @@ impl NodeKind for ControlNetLoader {
         ctx.progress.message(&format!("loading ControlNet {} ({dtype:?})", path.display()));
         let handle = load_controlnet(gpu, &path, dtype).map_err(|e| err(format!("param \"control_net_name\": {e}")))?;
         ctx.record_input_file(&handle.path);
-        Ok(vec![Value::Opaque(PortType::ControlNet, Arc::new(handle))])
+        Ok(vec![Value::payload(handle)])
     }
 
     /// Size and modification time of the weights file: replacing it reloads.
@@ -157,17 +149,6 @@ impl NodeKind for ControlNetLoader {
         let meta = std::fs::metadata(&file).ok()?;
         Some(format!("{}:{}:{:?}", file.display(), meta.len(), meta.modified().ok()))
     }
-}
-
-/// One ControlNet applied to a conditioning (ComfyUI's `ControlNet` object
-/// after `set_cond_hint`).
-pub struct ControlApplication {
-    pub control_net: Arc<ControlNetHandle>,
-    /// The control image, `[B, H, W, C]` in 0..1, at any size.
-    pub image: Arc<Image>,
-    pub strength: f64,
-    pub start_percent: f64,
-    pub end_percent: f64,
 }
 
 pub struct ControlNetApplyAdvanced(NodeSchema);
@@ -200,30 +181,20 @@ impl Default for ControlNetApplyAdvanced {
     }
 }
 
-fn cond_of(inputs: &NodeInputs, name: &str) -> Result<Arc<Conditioning>, NodeError> {
-    inputs
-        .input(name)?
-        .downcast::<Conditioning>()
-        .ok_or_else(|| NodeError::new(format!("input {name:?} is not conditioning")))
-}
-
 impl NodeKind for ControlNetApplyAdvanced {
     fn schema(&self) -> &NodeSchema {
         &self.0
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let positive = cond_of(inputs, "positive")?;
-        let negative = cond_of(inputs, "negative")?;
-        let control_net = inputs
-            .input("control_net")?
-            .downcast::<ControlNetHandle>()
-            .ok_or_else(|| NodeError::new("input \"control_net\" is not a loaded ControlNet"))?;
+        let positive = inputs.get::<Conditioning>("positive")?;
+        let negative = inputs.get::<Conditioning>("negative")?;
+        let control_net = inputs.get::<ControlNetHandle>("control_net")?;
         let image = inputs.image("image")?;
         let strength = inputs.float("strength")?;
         let start_percent = inputs.float("start_percent")?;
         let end_percent = inputs.float("end_percent")?;
-        let pass = |c: &Arc<Conditioning>| Value::Opaque(PortType::Conditioning, c.clone());
+        let pass = |c: &Arc<Conditioning>| Value::shared(c.clone());
         if strength == 0.0 {
             // ComfyUI returns the conditionings as they are.
             return Ok(vec![pass(&positive), pass(&negative)]);
@@ -240,7 +211,7 @@ impl NodeKind for ControlNetApplyAdvanced {
         let with = |c: &Conditioning| {
             let mut c = c.clone();
             c.controls.push(app.clone());
-            Value::Opaque(PortType::Conditioning, Arc::new(c))
+            Value::payload(c)
         };
         Ok(vec![with(&positive), with(&negative)])
     }

@@ -23,21 +23,16 @@ use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, ParamKind, ParamValue, RunContext};
 use graph::{PortType, Value};
 
-use crate::checkpoint_loader::ModelHandle;
 use crate::controlnet_apply::{PreparedControl, control_residuals, prepare_controls};
-use crate::latent::{Conditioning, Latent};
 use crate::latent_nodes::expand_noise_mask;
+use crate::payload::ModelHandle;
+use crate::payload::{Conditioning, Latent};
 use crate::runtime;
-use crate::vae_nodes::latent_of;
 use models::sampling::noise::{TorchRng, prepare_noise};
 use models::sampling::samplers::{
     CfgDenoiser, Denoiser, FnHooks, NetOutput, NoisePredictor, Sampler, StepInfo, initial_latent, max_denoise, sample,
 };
 use models::sampling::schedulers::{ModelSigmas, Scheduler, ksampler_sigmas};
-
-pub const SAMPLER_NAMES: [&str; 9] =
-    ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "ddim", "lcm"];
-pub const SCHEDULER_NAMES: [&str; 6] = ["normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform"];
 
 pub struct KSampler(NodeSchema);
 
@@ -57,8 +52,8 @@ impl KSampler {
                 )
                 .int("steps", 1, 10000, 20, "Sampling steps.")
                 .float("cfg", 0.0, 100.0, 8.0, "Classifier-free guidance scale (1 disables the negative prompt).")
-                .choice("sampler_name", &SAMPLER_NAMES, "euler", "Sampler, as ComfyUI names them.")
-                .choice("scheduler", &SCHEDULER_NAMES, "normal", "Noise schedule, as ComfyUI names them.")
+                .choice("sampler_name", &Sampler::NAMES, "euler", "Sampler, as ComfyUI names them.")
+                .choice("scheduler", &Scheduler::NAMES, "normal", "Noise schedule, as ComfyUI names them.")
                 .float("denoise", 0.0, 1.0, 1.0, "How much of the schedule to run: below 1 keeps the input (img2img).")
                 .output("latent", PortType::Latent, "The denoised latents."),
         )
@@ -69,13 +64,6 @@ impl Default for KSampler {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn cond_of(inputs: &NodeInputs, name: &str) -> Result<Arc<Conditioning>, NodeError> {
-    inputs
-        .input(name)?
-        .downcast::<Conditioning>()
-        .ok_or_else(|| NodeError::new(format!("input {name:?} is not conditioning")))
 }
 
 /// The UNet with both prompts (and their ControlNets) bound: one batched
@@ -92,6 +80,43 @@ struct UnetPredictor<'a> {
     both: Option<Tensor>,
     pos_controls: Vec<PreparedControl>,
     neg_controls: Vec<PreparedControl>,
+}
+
+impl<'a> UnetPredictor<'a> {
+    /// The UNet with both prompts bound, each repeated over the batch and its
+    /// ControlNets prepared; one batched call for both when they allow it.
+    fn bind(
+        gpu: &'a Gpu,
+        model: &'a ModelHandle,
+        model_sigmas: &ModelSigmas,
+        pos: &Conditioning,
+        neg: &Conditioning,
+        shape: [usize; 4],
+    ) -> Result<Self, NodeError> {
+        let b = shape[0];
+        let pos_t = repeat(gpu, &pos.cond, b)?;
+        let neg_t = repeat(gpu, &neg.cond, b)?;
+        // Batch the two prompts only when they carry the same ControlNet applications (ComfyUI's objects_concatable).
+        let same_controls = pos.controls.len() == neg.controls.len()
+            && pos.controls.iter().zip(&neg.controls).all(|(a, b)| Arc::ptr_eq(a, b));
+        let both = if pos.cond.shape() == neg.cond.shape() && same_controls {
+            // [2B, L, C]: uncond first, as the predictor splits it.
+            Some(concat(gpu, &[&neg_t, &pos_t], 0).map_err(err)?)
+        } else {
+            None
+        };
+        let unet_cfg = &model.unet.config;
+        let doubled = both.is_some();
+        let pos_controls = prepare_controls(gpu, unet_cfg, model_sigmas, &pos.controls, shape, doubled)
+            .map_err(|e| err(format!("input \"positive\": {e}")))?;
+        let neg_controls = if doubled {
+            Vec::new() // the same controls as pos_controls, run on the batched call
+        } else {
+            prepare_controls(gpu, unet_cfg, model_sigmas, &neg.controls, shape, false)
+                .map_err(|e| err(format!("input \"negative\": {e}")))?
+        };
+        Ok(UnetPredictor { gpu, model, shape, pos: pos_t, neg: neg_t, both, pos_controls, neg_controls })
+    }
 }
 
 impl UnetPredictor<'_> {
@@ -193,13 +218,10 @@ impl NodeKind for KSampler {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let model = inputs
-            .input("model")?
-            .downcast::<ModelHandle>()
-            .ok_or_else(|| NodeError::new("input \"model\" is not a loaded model"))?;
-        let pos = cond_of(inputs, "positive")?;
-        let neg = cond_of(inputs, "negative")?;
-        let latent = latent_of(inputs, "latent_image")?;
+        let model = inputs.get::<ModelHandle>("model")?;
+        let pos = inputs.get::<Conditioning>("positive")?;
+        let neg = inputs.get::<Conditioning>("negative")?;
+        let latent = inputs.get::<Latent>("latent_image")?;
         let seed = inputs.int("seed")? as u64;
         let steps = inputs.usize("steps")?;
         let cfg = inputs.float("cfg")?;
@@ -221,37 +243,14 @@ impl NodeKind for KSampler {
             .map_err(err)?;
         if sigmas.len() < 2 {
             // denoise 0: ComfyUI returns the input unchanged.
-            return Ok(vec![Value::Opaque(PortType::Latent, latent.clone())]);
+            return Ok(vec![Value::shared(latent.clone())]);
         }
         let gpu = runtime::gpu()?;
         let shape = latent.shape;
-        let b = shape[0];
         let noise = prepare_noise(&shape, seed, None);
         let x = initial_latent(&noise, &latent.samples, sigmas[0], max_denoise(&model_sigmas, sigmas[0]));
 
-        let pos_t = repeat(gpu, &pos.cond, b)?;
-        let neg_t = repeat(gpu, &neg.cond, b)?;
-        // Batch the two prompts only when they carry the same ControlNet applications (ComfyUI's objects_concatable).
-        let same_controls = pos.controls.len() == neg.controls.len()
-            && pos.controls.iter().zip(&neg.controls).all(|(a, b)| Arc::ptr_eq(a, b));
-        let both = if pos.cond.shape() == neg.cond.shape() && same_controls {
-            // [2B, L, C]: uncond first, as the predictor splits it.
-            Some(concat(gpu, &[&neg_t, &pos_t], 0).map_err(err)?)
-        } else {
-            None
-        };
-        let unet_cfg = &model.unet.config;
-        let doubled = both.is_some();
-        let pos_controls = prepare_controls(gpu, unet_cfg, &model_sigmas, &pos.controls, shape, doubled)
-            .map_err(|e| err(format!("input \"positive\": {e}")))?;
-        let neg_controls = if doubled {
-            Vec::new() // the same controls as pos_controls, run on the batched call
-        } else {
-            prepare_controls(gpu, unet_cfg, &model_sigmas, &neg.controls, shape, false)
-                .map_err(|e| err(format!("input \"negative\": {e}")))?
-        };
-        let predictor =
-            UnetPredictor { gpu, model: &model, shape, pos: pos_t, neg: neg_t, both, pos_controls, neg_controls };
+        let predictor = UnetPredictor::bind(gpu, &model, &model_sigmas, &pos, &neg, shape)?;
         let cfg_denoiser = CfgDenoiser::new(predictor, model_sigmas.clone(), model.prediction, cfg);
         let mut denoiser: Box<dyn Denoiser<Error = _>> = match &mask {
             None => Box::new(cfg_denoiser),
@@ -295,7 +294,7 @@ impl NodeKind for KSampler {
         }
         // The mask stays on the latent, as ComfyUI's `out = latent.copy()`, so a second KSampler inpaints too.
         let noise_mask = latent.noise_mask.clone();
-        Ok(vec![Value::Opaque(PortType::Latent, Arc::new(Latent { shape, samples, noise_mask }))])
+        Ok(vec![Value::payload(Latent { shape, samples, noise_mask })])
     }
 }
 

@@ -10,15 +10,12 @@
 //! - mask values are clamped to 0..=1 when sampling and must be finite (ComfyUI uses them as they are);
 //! - `bislerp` is not offered by the upscale nodes.
 
-use std::sync::Arc;
-
 use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, Mask, PortType, Value};
 
 use crate::image_nodes::{MAX_PIXELS, MAX_RESOLUTION};
-use crate::latent::Latent;
-use crate::vae_nodes::latent_of;
+use crate::payload::Latent;
 use models::image_ops::{self, Method};
 
 /// SD 1.x latents: 4 channels at 1/8 of the image size.
@@ -26,7 +23,7 @@ pub const LATENT_CHANNELS: usize = 4;
 pub const LATENT_SCALE: usize = 8;
 
 fn latent_value(latent: Latent) -> Value {
-    Value::Opaque(PortType::Latent, Arc::new(latent))
+    Value::payload(latent)
 }
 
 // ---------------------------------------------------------------- EmptyLatentImage
@@ -178,7 +175,7 @@ impl NodeKind for SetLatentNoiseMask {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let latent = latent_of(inputs, "samples")?;
+        let latent = inputs.get::<Latent>("samples")?;
         let mask = match inputs.input("mask")? {
             Value::Mask(m) => m.clone(),
             v => return Err(err(format!("input \"mask\": expected a Mask, got {v:?}"))),
@@ -273,12 +270,12 @@ impl NodeKind for LatentUpscale {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let latent = latent_of(inputs, "samples")?;
+        let latent = inputs.get::<Latent>("samples")?;
         let method = latent_method(inputs)?;
         let center = inputs.str("crop")? == "center";
         let [_, _, lh, lw] = latent.shape;
         let Some((w, h)) = latent_upscale_size(lw, lh, inputs.usize("width")?, inputs.usize("height")?) else {
-            return Ok(vec![Value::Opaque(PortType::Latent, latent)]);
+            return Ok(vec![Value::shared(latent)]);
         };
         Ok(vec![latent_value(upscale_latent(&latent, w, h, method, center).map_err(err)?)])
     }
@@ -310,7 +307,7 @@ impl NodeKind for LatentUpscaleBy {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let latent = latent_of(inputs, "samples")?;
+        let latent = inputs.get::<Latent>("samples")?;
         let method = latent_method(inputs)?;
         let s = inputs.float("scale_by")?;
         let [_, _, lh, lw] = latent.shape;

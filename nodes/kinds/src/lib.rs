@@ -10,16 +10,16 @@
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
 //! - [`png_meta`]: the graph embedded in saved PNGs
 //! - [`preview`]: latent previews while sampling (`sdgraph run --preview`)
-//! - [`latent`]: LATENT and CONDITIONING values; [`runtime`]: the shared GPU; [`settings`]: what the command passes
+//! - [`payload`]: the values on opaque ports (models, CONDITIONING, LATENT); [`runtime`]: the shared GPU; [`settings`]: what the command passes
 //! - [`plugin_values`]: how Lua plugins read and write LATENT values
 
 pub mod checkpoint_loader;
 pub mod controlnet_apply;
 pub mod image_nodes;
 pub mod ksampler;
-pub mod latent;
 pub mod latent_nodes;
 pub mod mask_nodes;
+pub mod payload;
 pub mod plugin_values;
 pub mod png_meta;
 pub mod preprocessors;

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use graph::codec::{Data, ValueCodec, register_value_codec};
 use graph::{PortType, Value};
 
-use crate::latent::Latent;
 use crate::latent_nodes::check_noise_mask;
+use crate::payload::Latent;
 
 /// Largest latent a plugin may return, in values (a 4096x4096 picture's
 /// SD latent, batch 16).
@@ -119,7 +119,7 @@ impl ValueCodec for LatentCodec {
                 Some((ms, md))
             }
         };
-        Ok(Value::Opaque(PortType::Latent, Arc::new(Latent { shape, samples, noise_mask })))
+        Ok(Value::payload(Latent { shape, samples, noise_mask }))
     }
 }
 
@@ -129,7 +129,7 @@ mod tests {
 
     fn latent(noise_mask: Option<(Vec<usize>, Vec<f32>)>) -> Value {
         let samples = (0..2 * 4 * 2 * 3).map(|i| i as f32 * 0.5).collect();
-        Value::Opaque(PortType::Latent, Arc::new(Latent { shape: [2, 4, 2, 3], samples, noise_mask }))
+        Value::payload(Latent { shape: [2, 4, 2, 3], samples, noise_mask })
     }
 
     #[test]

@@ -3,13 +3,11 @@
 //! ComfyUI does ([`models::prompt_weights`]); prompts longer than 75 tokens are
 //! encoded in chunks of 75 and concatenated along the sequence, as ComfyUI does.
 
-use std::sync::Arc;
-
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{PortType, Value};
 
-use crate::checkpoint_loader::ClipHandle;
-use crate::latent::Conditioning;
+use crate::payload::ClipHandle;
+use crate::payload::Conditioning;
 use crate::runtime;
 use models::clip::ClipLayer;
 use models::prompt_weights::{encode_token_weights, tokenize_with_weights};
@@ -43,10 +41,7 @@ impl NodeKind for ClipTextEncode {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let clip = inputs
-            .input("clip")?
-            .downcast::<ClipHandle>()
-            .ok_or_else(|| NodeError::new("input \"clip\" is not a loaded text encoder"))?;
+        let clip = inputs.get::<ClipHandle>("clip")?;
         let tokens = tokenize_with_weights(&clip.tokenizer, inputs.str("text")?)
             .map_err(|e| NodeError::new(format!("param \"text\": {e}")))?;
         for w in &tokens.warnings {
@@ -56,6 +51,6 @@ impl NodeKind for ClipTextEncode {
         // [1, 77 * chunks, C]
         let cond = encode_token_weights(gpu, &clip.model, &tokens.chunks, ClipLayer::Last)
             .map_err(|e| NodeError::new(e.to_string()))?;
-        Ok(vec![Value::Opaque(PortType::Conditioning, Arc::new(Conditioning::new(cond)))])
+        Ok(vec![Value::payload(Conditioning::new(cond))])
     }
 }

@@ -14,15 +14,12 @@ use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, PortType, Value};
 
+use crate::payload::UpscaleModelHandle;
 use crate::runtime;
 use crate::settings::Settings;
-use crate::upscale_tiled::{TilePlan, activation_limit, dtype_name, fitting_tile, image_item_chw, upscale_tiled};
+use crate::upscale_tiled::{TilePlan, activation_limit, dtype_name, fitting_tile, upscale_tiled};
+use models::image_ops::item_planes;
 use models::upscaler::{UpscaleModel, open_weights};
-
-/// A loaded upscale model, as the UPSCALE_MODEL value.
-pub struct UpscaleModelHandle {
-    pub model: UpscaleModel,
-}
 
 /// The schema, and the settings the command passed.
 pub struct UpscaleModelLoader(NodeSchema, Settings);
@@ -63,7 +60,7 @@ impl NodeKind for UpscaleModelLoader {
         let model =
             UpscaleModel::load(gpu, &src, dtype).map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?;
         ctx.progress.message(&format!("{}: {} ({})", ctx.node_id, model.describe(), dtype_name(dtype)));
-        Ok(vec![Value::Opaque(PortType::UpscaleModel, Arc::new(UpscaleModelHandle { model }))])
+        Ok(vec![Value::payload(UpscaleModelHandle { model })])
     }
 
     /// Size and modification time: replacing the file reloads it.
@@ -114,10 +111,7 @@ impl NodeKind for ImageUpscaleWithModel {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let handle = inputs
-            .input("upscale_model")?
-            .downcast::<UpscaleModelHandle>()
-            .ok_or_else(|| NodeError::new("input \"upscale_model\" is not a loaded upscale model"))?;
+        let handle = inputs.get::<UpscaleModelHandle>("upscale_model")?;
         let model = &handle.model;
         let img = inputs.image("image")?;
         let tile = usize::try_from(inputs.int("tile_size")?).map_err(err)?;
@@ -156,7 +150,7 @@ impl NodeKind for ImageUpscaleWithModel {
             if ctx.cancelled() {
                 return Err(NodeError::new("cancelled"));
             }
-            let chw = image_item_chw(&img, b, model.in_channels());
+            let chw = item_planes(&img, b, (0, 0, img.height, img.width), model.in_channels());
             let mut on_tile = || {
                 done += 1;
                 ctx.progress.step(ctx.node_id, done as u64, total as u64, "tiles");

@@ -226,25 +226,6 @@ pub fn activation_limit(gpu: &Gpu, wanted: Option<u64>) -> u64 {
     wanted.map_or(adapter, |v| v.min(adapter))
 }
 
-/// Item `b` of an `[B, H, W, C]` picture as `[cin, H, W]` for a model
-/// taking `cin` channels: grey is repeated, alpha dropped, and RGB averaged
-/// for a one-channel model.
-pub fn image_item_chw(img: &graph::Image, b: usize, cin: usize) -> Vec<f32> {
-    let (h, w, c) = (img.height, img.width, img.channels);
-    let item = img.item(b);
-    let mut chw = vec![0.0f32; cin * h * w];
-    for y in 0..h {
-        for x in 0..w {
-            let px = &item[(y * w + x) * c..(y * w + x + 1) * c];
-            for ch in 0..cin {
-                chw[(ch * h + y) * w + x] =
-                    if cin == 1 && c >= 3 { (px[0] + px[1] + px[2]) / 3.0 } else { px[ch.min(c - 1)] };
-            }
-        }
-    }
-    chw
-}
-
 /// Storage type names for messages.
 pub fn dtype_name(d: DType) -> &'static str {
     match d {

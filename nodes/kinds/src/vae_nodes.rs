@@ -10,19 +10,13 @@ use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, PortType, Value};
 
-use crate::checkpoint_loader::VaeHandle;
-use crate::latent::Latent;
+use models::image_ops::item_planes;
+
+use crate::payload::Latent;
+use crate::payload::VaeHandle;
 use crate::runtime;
 use crate::settings::Settings;
 use crate::vae_tiled;
-
-pub(crate) fn vae_of(inputs: &NodeInputs) -> Result<Arc<VaeHandle>, NodeError> {
-    inputs.input("vae")?.downcast::<VaeHandle>().ok_or_else(|| NodeError::new("input \"vae\" is not a loaded VAE"))
-}
-
-pub fn latent_of(inputs: &NodeInputs, name: &str) -> Result<Arc<Latent>, NodeError> {
-    inputs.input(name)?.downcast::<Latent>().ok_or_else(|| NodeError::new(format!("input {name:?} is not a latent")))
-}
 
 /// Appends a decoded `[C, h, w]` picture in about -1..1 as `[h, w, 3]` in
 /// 0..1 (ComfyUI's `clamp((x + 1) / 2, 0, 1)`).
@@ -41,14 +35,9 @@ pub(crate) fn push_pixels(data: &mut Vec<f32>, chw: &[f32], channels: usize, h: 
 /// (grey replaces a missing channel; alpha is dropped).
 pub(crate) fn image_item_chw(img: &Image, b: usize, h: usize, w: usize) -> Vec<f32> {
     let (y0, x0) = ((img.height - h) / 2, (img.width - w) / 2);
-    let mut chw = vec![0.0f32; 3 * h * w];
-    for ch in 0..3 {
-        let src_c = ch.min(img.channels - 1);
-        for y in 0..h {
-            for x in 0..w {
-                chw[(ch * h + y) * w + x] = img.get(b, y + y0, x + x0, src_c) * 2.0 - 1.0;
-            }
-        }
+    let mut chw = item_planes(img, b, (y0, x0, h, w), 3);
+    for v in &mut chw {
+        *v = *v * 2.0 - 1.0;
     }
     chw
 }
@@ -87,8 +76,8 @@ impl NodeKind for VaeDecode {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let vae = vae_of(inputs)?;
-        let latent = latent_of(inputs, "samples")?;
+        let vae = inputs.get::<VaeHandle>("vae")?;
+        let latent = inputs.get::<Latent>("samples")?;
         let gpu = runtime::gpu()?;
         let [b, c, h, w] = latent.shape;
         let limit = vae_tiled::activation_limit(gpu, self.1.vae_tile_bytes);
@@ -164,7 +153,7 @@ impl NodeKind for VaeEncode {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let vae = vae_of(inputs)?;
+        let vae = inputs.get::<VaeHandle>("vae")?;
         let img = inputs.image("pixels")?;
         let gpu = runtime::gpu()?;
         let f = vae.vae.config.downsample_factor();
@@ -207,6 +196,6 @@ impl NodeKind for VaeEncode {
                 }
             }
         }
-        Ok(vec![Value::Opaque(PortType::Latent, Arc::new(Latent { shape, samples, noise_mask: None }))])
+        Ok(vec![Value::payload(Latent { shape, samples, noise_mask: None })])
     }
 }

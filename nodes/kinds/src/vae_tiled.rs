@@ -82,10 +82,10 @@ use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{PortType, Value};
 
-use crate::latent::Latent;
+use crate::payload::{Latent, VaeHandle};
 use crate::runtime;
 use crate::settings::Settings;
-use crate::vae_nodes::{image_item_chw, latent_of, push_pixels, vae_of};
+use crate::vae_nodes::{image_item_chw, push_pixels};
 use models::vae::{Vae, VaeConfig};
 
 /// The environment variable the command reads into
@@ -629,8 +629,8 @@ impl NodeKind for VaeDecodeTiled {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let vae = vae_of(inputs)?;
-        let latent = latent_of(inputs, "samples")?;
+        let vae = inputs.get::<VaeHandle>("vae")?;
+        let latent = inputs.get::<Latent>("samples")?;
         let tile_size = param_in(inputs, "tile_size", TILE_RANGE.0, TILE_RANGE.1)?;
         let overlap = param_in(inputs, "overlap", OVERLAP_RANGE.0, OVERLAP_RANGE.1)?;
         let gpu = runtime::gpu()?;
@@ -739,7 +739,7 @@ impl NodeKind for VaeEncodeTiled {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let vae = vae_of(inputs)?;
+        let vae = inputs.get::<VaeHandle>("vae")?;
         let img = inputs.image("pixels")?;
         let tile_size = param_in(inputs, "tile_size", TILE_RANGE.0, TILE_RANGE.1)?;
         let overlap = param_in(inputs, "overlap", OVERLAP_RANGE.0, OVERLAP_RANGE.1)?;
@@ -794,6 +794,6 @@ impl NodeKind for VaeEncodeTiled {
             samples.extend(encode_tiled(gpu, &vae.vae, &chw, (h, w), &passes, &mut on_tile)?);
         }
         let shape = [img.batch, lat, h / f, w / f];
-        Ok(vec![Value::Opaque(PortType::Latent, Arc::new(Latent { shape, samples, noise_mask: None }))])
+        Ok(vec![Value::payload(Latent { shape, samples, noise_mask: None })])
     }
 }

@@ -40,10 +40,6 @@ impl Linear {
         Self::load(gpu, w, dtype)
     }
 
-    pub fn in_features(&self) -> usize {
-        self.weight.dim(1)
-    }
-
     pub fn out_features(&self) -> usize {
         self.weight.dim(0)
     }

@@ -125,12 +125,6 @@ impl Executor {
         &self.cache
     }
 
-    /// Drops every cached output (loaded models too).
-    pub fn clear_cache(&mut self) {
-        self.cache.clear();
-        self.files_by_key.clear();
-    }
-
     pub fn run(&mut self, g: &ValidGraph, opts: &RunOptions<'_>) -> RunReport {
         let start = Instant::now();
         let order = execution_order(g);

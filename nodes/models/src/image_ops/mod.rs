@@ -4,13 +4,16 @@
 //!   (PyTorch `F.interpolate` for nearest-exact, bilinear, bicubic and area;
 //!   PIL's Lanczos), plus its center crop to the target aspect ratio
 //! - [`blend`](mod@blend): ImageBlend's blend modes, ImageInvert and ImageCrop
+//! - [`planes`]: pictures as the networks' `[C, H, W]` planes
 //!
 //! Everything here works on [`pixels::Image`] (`[B, H, W, C]`) or
 //! [`pixels::Mask`] (`[B, H, W]`), never panics on odd shapes, and reports
 //! invalid inputs as `Err(String)` for the node to wrap.
 
 pub mod blend;
+pub mod planes;
 pub mod resample;
 
 pub use blend::{BlendMode, blend, crop, invert};
+pub use planes::item_planes;
 pub use resample::{Method, center_crop_to_aspect, resize, resize_mask};

@@ -272,8 +272,19 @@ impl Scheduler {
         Scheduler::Normal,
     ];
 
+    /// Every scheduler's ComfyUI name, in [`Scheduler::ALL`]'s order (the KSampler menu).
+    pub const NAMES: [&'static str; 6] = {
+        let mut names = [""; 6];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Scheduler::ALL[i].name();
+            i += 1;
+        }
+        names
+    };
+
     /// The ComfyUI name.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Scheduler::Normal => "normal",
             Scheduler::Karras => "karras",

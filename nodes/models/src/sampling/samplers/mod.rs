@@ -216,8 +216,19 @@ impl Sampler {
         Sampler::Ddim,
     ];
 
+    /// Every sampler's ComfyUI name, in [`Sampler::ALL`]'s order (the KSampler menu).
+    pub const NAMES: [&'static str; 9] = {
+        let mut names = [""; 9];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Sampler::ALL[i].name();
+            i += 1;
+        }
+        names
+    };
+
     /// The ComfyUI name.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Sampler::Euler => "euler",
             Sampler::EulerAncestral => "euler_ancestral",
