@@ -10,37 +10,13 @@ use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, PortType, Value};
 
-use models::image_ops::item_planes;
+use models::image_ops::planes::{push_vae_output, vae_input};
 
 use crate::payload::Latent;
 use crate::payload::VaeHandle;
 use crate::runtime;
 use crate::settings::Settings;
 use crate::vae_tiled;
-
-/// Appends a decoded `[C, h, w]` picture in about -1..1 as `[h, w, 3]` in
-/// 0..1 (ComfyUI's `clamp((x + 1) / 2, 0, 1)`).
-pub(crate) fn push_pixels(data: &mut Vec<f32>, chw: &[f32], channels: usize, h: usize, w: usize) {
-    for y in 0..h {
-        for x in 0..w {
-            for ch in 0..3 {
-                let v = chw[(ch.min(channels - 1) * h + y) * w + x];
-                data.push(((v + 1.0) / 2.0).clamp(0.0, 1.0));
-            }
-        }
-    }
-}
-
-/// Item `b` of `img`, centre-cropped to `h x w`, as `[3, h, w]` in -1..1
-/// (grey replaces a missing channel; alpha is dropped).
-pub(crate) fn image_item_chw(img: &Image, b: usize, h: usize, w: usize) -> Vec<f32> {
-    let (y0, x0) = ((img.height - h) / 2, (img.width - w) / 2);
-    let mut chw = item_planes(img, b, (y0, x0, h, w), 3);
-    for v in &mut chw {
-        *v = *v * 2.0 - 1.0;
-    }
-    chw
-}
 
 /// After each fallback tile: progress in tiles, and Ctrl-C.
 fn tile_done(ctx: &RunContext<'_>, done: &mut usize, total: usize) -> Result<(), NodeError> {
@@ -111,7 +87,7 @@ impl NodeKind for VaeDecode {
                     vae_tiled::decode_tiled(gpu, &vae.vae, item, (h, w), std::slice::from_ref(pass), &mut on_tile)?
                 }
             };
-            push_pixels(&mut data, &px, vae.vae.config.out_channels, oh, ow);
+            push_vae_output(&mut data, &px, vae.vae.config.out_channels, oh, ow);
             if plan.is_none() {
                 ctx.progress.step(ctx.node_id, (i + 1) as u64, b as u64, "images");
             }
@@ -178,7 +154,7 @@ impl NodeKind for VaeEncode {
             if ctx.cancelled() {
                 return Err(NodeError::new("cancelled"));
             }
-            let chw = image_item_chw(&img, b, h, w);
+            let chw = vae_input(&img, b, h, w);
             match &plan {
                 None => {
                     let t = gpu.upload(&chw, &[1, 3, h, w], DType::F32).map_err(err)?;

@@ -82,10 +82,11 @@ use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{PortType, Value};
 
+use models::image_ops::planes::{push_vae_output, vae_input};
+
 use crate::payload::{Latent, VaeHandle};
 use crate::runtime;
 use crate::settings::Settings;
-use crate::vae_nodes::{image_item_chw, push_pixels};
 use models::vae::{Vae, VaeConfig};
 
 /// The environment variable the command reads into
@@ -685,7 +686,7 @@ impl NodeKind for VaeDecodeTiled {
                 cancelled(ctx)
             };
             let px = decode_tiled(gpu, &vae.vae, item, (h, w), &passes, &mut on_tile)?;
-            push_pixels(&mut data, &px, cfg.out_channels, h * f, w * f);
+            push_vae_output(&mut data, &px, cfg.out_channels, h * f, w * f);
         }
         let image = graph::Image::from_data(b, h * f, w * f, 3, data)
             .ok_or_else(|| NodeError::new("decoded images differ in size"))?;
@@ -784,7 +785,7 @@ impl NodeKind for VaeEncodeTiled {
         let mut done = 0;
         for b in 0..img.batch {
             cancelled(ctx)?;
-            let chw = image_item_chw(&img, b, h, w);
+            let chw = vae_input(&img, b, h, w);
             let node = ctx.node_id;
             let mut on_tile = || {
                 done += 1;

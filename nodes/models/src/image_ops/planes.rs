@@ -1,6 +1,6 @@
 //! Pictures (`[B, H, W, C]`, channel innermost) as the networks' channel
 //! planes (`[C, H, W]`): what the VAE encoder, ControlNet hints and the
-//! upscalers take.
+//! upscalers take, and the VAE's signed planes back as pixels.
 
 use pixels::Image;
 
@@ -23,6 +23,32 @@ pub fn item_planes(img: &Image, b: usize, (y0, x0, h, w): (usize, usize, usize, 
         }
     }
     chw
+}
+
+/// Item `b` of `img`, centre-cropped to `h x w`, as `[3, h, w]` in -1..1,
+/// as the VAE encoder takes it (grey replaces a missing channel; alpha is
+/// dropped).
+pub fn vae_input(img: &Image, b: usize, h: usize, w: usize) -> Vec<f32> {
+    let (y0, x0) = ((img.height - h) / 2, (img.width - w) / 2);
+    let mut chw = item_planes(img, b, (y0, x0, h, w), 3);
+    for v in &mut chw {
+        *v = *v * 2.0 - 1.0;
+    }
+    chw
+}
+
+/// Appends the VAE decoder's `[C, h, w]` output (about -1..1) to `data` as
+/// `[h, w, 3]` pixels in 0..1 (ComfyUI's `clamp((x + 1) / 2, 0, 1)`; one
+/// channel is repeated).
+pub fn push_vae_output(data: &mut Vec<f32>, chw: &[f32], channels: usize, h: usize, w: usize) {
+    for y in 0..h {
+        for x in 0..w {
+            for ch in 0..3 {
+                let v = chw[(ch.min(channels - 1) * h + y) * w + x];
+                data.push(((v + 1.0) / 2.0).clamp(0.0, 1.0));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -49,5 +75,17 @@ mod tests {
         // One channel in, three out: repeated.
         let g = Image::from_data(1, 1, 2, 1, vec![0.2, 0.7]).unwrap();
         assert_eq!(item_planes(&g, 0, (0, 0, 1, 2), 3), [0.2, 0.7, 0.2, 0.7, 0.2, 0.7]);
+    }
+
+    #[test]
+    fn vae_planes_are_signed_and_come_back_as_clamped_pixels() {
+        // 1 item, 3x4 grey, centre-cropped to 1x2: pixels (1, 1) and (1, 2).
+        let img = Image::from_data(1, 3, 4, 1, (0..12).map(|v| v as f32 / 11.0).collect()).unwrap();
+        let chw = vae_input(&img, 0, 1, 2);
+        let want = [5.0 / 11.0 * 2.0 - 1.0, 6.0 / 11.0 * 2.0 - 1.0];
+        assert_eq!(chw, [want, want, want].concat());
+        let mut out = vec![];
+        push_vae_output(&mut out, &[-2.0, 0.5], 1, 1, 2);
+        assert_eq!(out, [0.0, 0.0, 0.0, 0.75, 0.75, 0.75]);
     }
 }
