@@ -56,7 +56,7 @@ impl ValidGraph {
 
 /// Checks `graph` against `registry`; returns every problem found.
 pub fn validate(graph: Graph, registry: &Registry) -> Result<ValidGraph, GraphErrors> {
-    let mut check = Checker { file: &graph.file, graph: &graph, registry, errs: Vec::new() };
+    let mut check = Checker { graph: &graph, registry, errs: Vec::new() };
     // Every link whose endpoints exist, for cycle detection even among broken nodes.
     let mut links: Vec<(usize, usize)> = Vec::new();
     let valid: Vec<Option<ValidNode>> =
@@ -92,7 +92,6 @@ fn with_suggestion<'n>(mut msg: String, wanted: &str, names: impl IntoIterator<I
 
 /// One validation pass: the graph, the registry, and every problem so far.
 struct Checker<'a> {
-    file: &'a str,
     graph: &'a Graph,
     registry: &'a Registry,
     errs: Vec<Diagnostic>,
@@ -106,7 +105,7 @@ struct LinkTarget {
 
 impl Checker<'_> {
     fn diag(&self, pos: Pos, node: &GraphNode, msg: String) -> Diagnostic {
-        Diagnostic::new(self.file, Some(pos), msg).node(&node.id.value)
+        Diagnostic::new(&self.graph.file, Some(pos), msg).node(&node.id.value)
     }
 
     /// Checks one node: its kind, links, required inputs and params. `None`
@@ -313,13 +312,13 @@ impl Checker<'_> {
         let no_output = valid.iter().flatten().all(|n| !n.kind.schema().output_node);
         if !nodes.is_empty() && no_output && self.errs.is_empty() {
             self.errs.push(Diagnostic::new(
-                self.file,
+                &self.graph.file,
                 None,
                 "the graph has no output node (such as SaveImage), so running it would do nothing",
             ));
         }
         if nodes.is_empty() {
-            self.errs.push(Diagnostic::new(self.file, None, "the graph has no nodes"));
+            self.errs.push(Diagnostic::new(&self.graph.file, None, "the graph has no nodes"));
         }
     }
 }

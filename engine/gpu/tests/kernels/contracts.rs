@@ -6,15 +6,19 @@
 
 use std::collections::BTreeSet;
 
-use gpu::launch::{ParamField, ParamType};
+use gpu::launch::ParamType;
 use gpu::ops::{PARAM_BLOCKS, param_block_of};
 use gpu::shaders::{SHADERS, ShaderSource, Variant};
 use naga::valid::{ValidationFlags, Validator};
 
 use super::shaders::capabilities;
 
-/// The members of the uniform struct bound as `var_name` in one variant of a shader.
-fn uniform_members(s: &ShaderSource, v: Variant, var_name: &str) -> (Vec<ParamField>, u32) {
+/// One member of a parameter block: name, byte offset, scalar type.
+type Member = (String, usize, ParamType);
+
+/// The members of the uniform struct bound as `var_name` in one variant of a
+/// shader, and its size in bytes.
+fn uniform_members(s: &ShaderSource, v: Variant, var_name: &str) -> (Vec<Member>, u32) {
     let src = s.source(v);
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{} {v:?}: {e}", s.file));
     Validator::new(ValidationFlags::all(), capabilities(v))
@@ -41,8 +45,7 @@ fn uniform_members(s: &ShaderSource, v: Variant, var_name: &str) -> (Vec<ParamFi
                 },
                 ref other => panic!("{} {v:?}: {var_name}.{name} is {other:?}, not a 4-byte scalar", s.file),
             };
-            // Leaked: the test compares with 'static field tables, once per member.
-            ParamField { name: Box::leak(name.into_boxed_str()), offset: m.offset as usize, ty }
+            (name, m.offset as usize, ty)
         })
         .collect();
     (fields, *span)
@@ -57,13 +60,14 @@ fn every_wgsl_parameter_struct_matches_its_rust_block() {
             let Some(uniform) = entry.bindings.iter().find(|b| b.access == gpu::shaders::Access::Uniform) else {
                 continue;
             };
-            let rust = param_block_of(s.family, entry).unwrap_or_else(|| {
+            let block = param_block_of(s.family, entry).unwrap_or_else(|| {
                 panic!("{} {}: no parameter block for uniform {}", s.file, entry.name, uniform.name)
             });
+            let rust: Vec<Member> = block.iter().map(|f| (f.name.to_string(), f.offset, f.ty)).collect();
             used.insert((format!("{:?}", s.family), uniform.name));
             for &v in s.variants {
                 let (wgsl, span) = uniform_members(s, v, uniform.name);
-                for (i, (w, r)) in wgsl.iter().zip(rust).enumerate() {
+                for (i, (w, r)) in wgsl.iter().zip(&rust).enumerate() {
                     assert_eq!(
                         w, r,
                         "{} {v:?} {}: member {i} of {} differs (WGSL left, Rust right)",
@@ -80,7 +84,7 @@ fn every_wgsl_parameter_struct_matches_its_rust_block() {
                     rust.len()
                 );
                 // The Rust block's bytes are padded to 16; WGSL's span must fit them.
-                let rust_bytes = rust.last().map_or(0, |f| f.offset + 4);
+                let rust_bytes = rust.last().map_or(0, |f| f.1 + 4);
                 assert_eq!(span as usize, rust_bytes.div_ceil(4) * 4, "{} {v:?}: {} size", s.file, uniform.name);
                 checked += 1;
             }
