@@ -107,6 +107,7 @@ pub const LIBS: &[(&str, &str)] = &[
     ("conv_params", include_str!("lib/conv_params.wgsl")),
     ("matmul_params", include_str!("lib/matmul_params.wgsl")),
     ("strided", include_str!("lib/strided.wgsl")),
+    ("unary_io", include_str!("lib/unary_io.wgsl")),
 ];
 
 impl ShaderSource {
@@ -152,7 +153,7 @@ pub const SHADERS: &[ShaderSource] = &[
             EntryPoint { name: "scale", bindings: UNARY },
         ],
         overrides: &[],
-        libs: &["activation"],
+        libs: &["activation", "unary_io"],
     },
     ShaderSource {
         family: ShaderFamily::Matmul,
@@ -304,7 +305,7 @@ pub const SHADERS: &[ShaderSource] = &[
         variants: &[Variant::F32, Variant::F16],
         entries: &[EntryPoint { name: "softmax", bindings: UNARY }],
         overrides: &[],
-        libs: &[],
+        libs: &["unary_io"],
     },
     ShaderSource {
         family: ShaderFamily::Attention,

@@ -10,11 +10,7 @@ struct Params {
     n: u32,
 }
 
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<T>;
-@group(0) @binding(2) var<storage, read_write> y: array<T>;
-
-const WG: u32 = 256u;
+// Bindings, WG and index: shaders/lib/unary_io.wgsl.
 // Below any finite input, so exp(m - v) of the start value underflows to 0
 // instead of giving inf - inf.
 const START: f32 = -3.0e38;

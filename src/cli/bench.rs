@@ -14,7 +14,7 @@ use graph::exec::{Executor, NoProgress, RunOptions};
 use models::checkpoint::convert::open_checkpoint;
 use models::checkpoint::safetensors::{Dtype, SafeTensors, write};
 use models::clip::ClipLayer;
-use nodes::checkpoint_loader::load_checkpoint;
+use nodes::checkpoint_loader::{LoadedCheckpoint, load_checkpoint};
 use serde::Serialize;
 
 use super::EXIT_FAILED;
@@ -120,13 +120,6 @@ fn run_models(args: &ModelsArgs) -> Result<(), String> {
         eprintln!("profiling: {}", p.clock().describe());
     }
     let inputs = SafeTensors::open(&args.inputs).map_err(fail)?;
-    let input = |name: &str| -> Result<Option<Tensor>, String> {
-        if inputs.info(name).is_none() {
-            return Ok(None);
-        }
-        let (shape, data) = inputs.f32_any(name).map_err(fail)?;
-        gpu.upload(&data, &shape, DType::F32).map(Some).map_err(|e| format!("{}: {name}: {e}", args.inputs.display()))
-    };
 
     let t0 = Instant::now();
     let src = open_checkpoint(&args.checkpoint).map_err(fail)?;
@@ -135,38 +128,8 @@ fn run_models(args: &ModelsArgs) -> Result<(), String> {
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     eprintln!("loaded {} in {load_ms:.0} ms", args.checkpoint.display());
 
-    let mut results = Vec::new();
-    let mut outputs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let timer = Timer { gpu, warmup: args.warmup, runs: args.runs.max(1) };
-
-    if inputs.info("clip.input_ids").is_some() {
-        let (shape, ids) = inputs.f32_any("clip.input_ids").map_err(fail)?;
-        let rows = token_rows(&shape, &ids)?;
-        let (r, out) =
-            timer.time("text_encoder", || ckpt.clip.model.forward(gpu, &rows, ClipLayer::Last).map_err(fail))?;
-        results.push(r);
-        outputs.push(("clip.last_hidden_state".into(), out.shape().to_vec(), gpu.download(&out).map_err(fail)?));
-    }
-    for n in 1.. {
-        let p = format!("unet.b{n}.");
-        let Some(sample) = input(&format!("{p}sample"))? else { break };
-        let context = input(&format!("{p}context"))?.ok_or_else(|| format!("{p}context missing"))?;
-        let (_, t) = inputs.f32_any(&format!("{p}timestep")).map_err(fail)?;
-        let (r, out) =
-            timer.time(&format!("unet_b{n}"), || ckpt.model.unet.forward(gpu, &sample, &t, &context).map_err(fail))?;
-        results.push(r);
-        outputs.push((format!("{p}out"), out.shape().to_vec(), gpu.download(&out).map_err(fail)?));
-    }
-    if let Some(z) = input("vae.latent")? {
-        let (r, out) = timer.time("vae_decode", || ckpt.vae.vae.decode(gpu, &z).map_err(fail))?;
-        results.push(r);
-        outputs.push(("vae.decoded".into(), out.shape().to_vec(), gpu.download(&out).map_err(fail)?));
-    }
-    if let Some(x) = input("vae.image")? {
-        let (r, out) = timer.time("vae_encode", || Ok(ckpt.vae.vae.encode(gpu, &x).map_err(fail)?.mode().clone()))?;
-        results.push(r);
-        outputs.push(("vae.encoded_mean".into(), out.shape().to_vec(), gpu.download(&out).map_err(fail)?));
-    }
+    let (mut results, outputs) = time_networks(&timer, &ckpt, &inputs, &args.inputs)?;
     drop(ckpt);
     gpu.release_idle_buffers();
 
@@ -195,29 +158,86 @@ fn run_models(args: &ModelsArgs) -> Result<(), String> {
         });
         println!("{v}");
     } else {
-        println!(
-            "{:<14} {:>10} {:>10} {:>6} {:>8} {:>10} {:>12}",
-            "op", "median ms", "min ms", "runs", "kernels", "record ms", "peak MiB"
-        );
-        for r in &results {
-            println!(
-                "{:<14} {:>10.2} {:>10.2} {:>6} {:>8} {:>10} {:>12.1}",
-                r.name,
-                r.ms,
-                r.min_ms,
-                r.runs,
-                r.kernels,
-                r.record_ms.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
-                r.peak_bytes as f64 / (1u64 << 20) as f64
-            );
-        }
-        for r in &results {
-            if let Some(p) = &r.profile {
-                println!("\n{}:\n{}", r.name, p.render(15));
-            }
-        }
+        print_results(&results);
     }
     Ok(())
+}
+
+/// A named output: name, shape, values.
+type Output = (String, Vec<usize>, Vec<f32>);
+
+/// Times each network the inputs file has inputs for, keeping each one's first output.
+fn time_networks(
+    timer: &Timer,
+    ckpt: &LoadedCheckpoint,
+    inputs: &SafeTensors,
+    inputs_path: &Path,
+) -> Result<(Vec<OpResult>, Vec<Output>), String> {
+    let gpu = timer.gpu;
+    let input = |name: &str| -> Result<Option<Tensor>, String> {
+        if inputs.info(name).is_none() {
+            return Ok(None);
+        }
+        let (shape, data) = inputs.f32_any(name).map_err(fail)?;
+        gpu.upload(&data, &shape, DType::F32).map(Some).map_err(|e| format!("{}: {name}: {e}", inputs_path.display()))
+    };
+    let mut results = Vec::new();
+    let mut outputs: Vec<Output> = Vec::new();
+    let mut keep = |name: String, r: OpResult, out: Tensor| -> Result<(), String> {
+        results.push(r);
+        outputs.push((name, out.shape().to_vec(), gpu.download(&out).map_err(fail)?));
+        Ok(())
+    };
+    if inputs.info("clip.input_ids").is_some() {
+        let (shape, ids) = inputs.f32_any("clip.input_ids").map_err(fail)?;
+        let rows = token_rows(&shape, &ids)?;
+        let (r, out) =
+            timer.time("text_encoder", || ckpt.clip.model.forward(gpu, &rows, ClipLayer::Last).map_err(fail))?;
+        keep("clip.last_hidden_state".into(), r, out)?;
+    }
+    for n in 1.. {
+        let p = format!("unet.b{n}.");
+        let Some(sample) = input(&format!("{p}sample"))? else { break };
+        let context = input(&format!("{p}context"))?.ok_or_else(|| format!("{p}context missing"))?;
+        let (_, t) = inputs.f32_any(&format!("{p}timestep")).map_err(fail)?;
+        let (r, out) =
+            timer.time(&format!("unet_b{n}"), || ckpt.model.unet.forward(gpu, &sample, &t, &context).map_err(fail))?;
+        keep(format!("{p}out"), r, out)?;
+    }
+    if let Some(z) = input("vae.latent")? {
+        let (r, out) = timer.time("vae_decode", || ckpt.vae.vae.decode(gpu, &z).map_err(fail))?;
+        keep("vae.decoded".into(), r, out)?;
+    }
+    if let Some(x) = input("vae.image")? {
+        let (r, out) = timer.time("vae_encode", || Ok(ckpt.vae.vae.encode(gpu, &x).map_err(fail)?.mode().clone()))?;
+        keep("vae.encoded_mean".into(), r, out)?;
+    }
+    Ok((results, outputs))
+}
+
+/// The timings as a table, then each profile.
+fn print_results(results: &[OpResult]) {
+    println!(
+        "{:<14} {:>10} {:>10} {:>6} {:>8} {:>10} {:>12}",
+        "op", "median ms", "min ms", "runs", "kernels", "record ms", "peak MiB"
+    );
+    for r in results {
+        println!(
+            "{:<14} {:>10.2} {:>10.2} {:>6} {:>8} {:>10} {:>12.1}",
+            r.name,
+            r.ms,
+            r.min_ms,
+            r.runs,
+            r.kernels,
+            r.record_ms.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
+            r.peak_bytes as f64 / (1u64 << 20) as f64
+        );
+    }
+    for r in results {
+        if let Some(p) = &r.profile {
+            println!("\n{}:\n{}", r.name, p.render(15));
+        }
+    }
 }
 
 /// `[B, L]` float ids -> token rows, refusing values that are not ids.

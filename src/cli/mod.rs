@@ -33,18 +33,25 @@ struct Cli {
     command: Command,
 }
 
+/// The graph `run` and `watch` read, its overrides, and where they write.
+#[derive(clap::Args)]
+struct GraphTarget {
+    /// The graph (.ron) or a PNG with an embedded graph.
+    file: PathBuf,
+    /// Override a param: node.param=value (repeatable).
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    sets: Vec<String>,
+    /// Folder for saved images.
+    #[arg(long, default_value = "output")]
+    out_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a graph file (or a PNG that sdgraph saved, to make it again).
     Run {
-        /// The graph (.ron) or a PNG with an embedded graph.
-        file: PathBuf,
-        /// Override a param: node.param=value (repeatable).
-        #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
-        sets: Vec<String>,
-        /// Folder for saved images.
-        #[arg(long, default_value = "output")]
-        out_dir: PathBuf,
+        #[command(flatten)]
+        target: GraphTarget,
         /// Print a machine-readable run report on stdout (and no progress, unless --progress).
         #[arg(long)]
         json: bool,
@@ -87,11 +94,8 @@ enum Command {
     },
     /// Run a graph, then again on every save of it or of a file it reads (cached results are reused).
     Watch {
-        file: PathBuf,
-        #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
-        sets: Vec<String>,
-        #[arg(long, default_value = "output")]
-        out_dir: PathBuf,
+        #[command(flatten)]
+        target: GraphTarget,
         /// One JSON line per run on stdout: {"run", "ok", "executed", "cached", "errors", "outputs"}.
         #[arg(long)]
         json: bool,
@@ -195,7 +199,8 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Run { file, sets, out_dir, json, quiet, progress, preview, preview_every, adapter, profile } => {
+        Command::Run { target, json, quiet, progress, preview, preview_every, adapter, profile } => {
+            let GraphTarget { file, sets, out_dir } = target;
             ::gpu::device::configure_shared(settings.gpu_options(adapter, profile));
             let args = run::RunArgs {
                 file,
@@ -212,7 +217,7 @@ pub fn main() -> i32 {
         Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
         Command::Dot { file, sets } => dot::dot(&registry, &file, &sets),
         Command::Gpu { adapter, json } => gpu::gpu(&settings.gpu_options(adapter, false), json),
-        Command::Watch { file, sets, out_dir, json, debounce_ms, max_runs } => watch::watch(
+        Command::Watch { target: GraphTarget { file, sets, out_dir }, json, debounce_ms, max_runs } => watch::watch(
             registry,
             watch::WatchArgs {
                 plugin_dirs,

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use ::gpu::DType;
+use ::gpu::{DType, GpuOptions};
 
 /// The variable naming plugin folders, separated like `PATH`.
 pub const PLUGIN_PATH_VAR: &str = "SDGRAPH_PLUGIN_PATH";
@@ -49,13 +49,14 @@ impl Settings {
                 },
             }
         };
-        let dtype = match text("SDGRAPH_DTYPE")?.as_deref().map(str::trim) {
+        let dtype = match text("SDGRAPH_DTYPE")? {
             None => None,
-            Some("f32") => Some(DType::F32),
-            Some("f16") => Some(DType::F16),
-            Some(other) => return Err(format!("SDGRAPH_DTYPE={other:?} is not one of f32, f16")),
+            Some(v) => Some(DType::from_setting(&v).map_err(|e| format!("SDGRAPH_DTYPE={e}"))?),
         };
-        let tensor_cores = text("SDGRAPH_TENSOR_CORES")?;
+        // Checked for UTF-8 first; then read the one way the test harness reads them too.
+        text("SDGRAPH_ADAPTER")?;
+        text("SDGRAPH_TENSOR_CORES")?;
+        let gpu = GpuOptions::from_settings(|name| text(name).ok().flatten());
         let nonempty_path = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         let cache_dir = nonempty_path("SDGRAPH_CACHE_DIR").or_else(|| {
             let base = nonempty_path("XDG_CACHE_HOME").filter(|p| p.is_absolute()).or_else(|| {
@@ -68,8 +69,8 @@ impl Settings {
             base.map(|b| b.join("sdgraph"))
         });
         Ok(Settings {
-            adapter: text("SDGRAPH_ADAPTER")?,
-            no_tensor_cores: tensor_cores.is_some_and(|v| v.trim() == "0"),
+            adapter: gpu.adapter,
+            no_tensor_cores: gpu.no_tensor_cores,
             plugin_dirs: var(PLUGIN_PATH_VAR).map(|v| plugin::plugin_dirs_from(&v)).unwrap_or_default(),
             hash_cache_file: cache_dir.map(|d| d.join("file-hashes.json")),
             nodes: nodes::Settings {

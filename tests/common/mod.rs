@@ -130,3 +130,32 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Reads `child`'s stderr (progress redraws with '\r', so up to either separator) until
+/// it contains `needle`, then sends SIGINT. Returns the stderr reader (what follows is
+/// unread) and when the signal went; panics naming `what` if `needle` never shows in 60 s.
+#[cfg(unix)]
+pub fn interrupt_after(
+    child: &mut std::process::Child,
+    needle: &str,
+    what: &str,
+) -> (std::io::BufReader<std::process::ChildStderr>, std::time::Instant) {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut seen = String::new();
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains(needle) {
+        buf.clear();
+        if stderr.read_until(b'\r', &mut buf).unwrap() == 0 || Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}: {seen}");
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf));
+    }
+    let sent = Instant::now();
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    (stderr, sent)
+}

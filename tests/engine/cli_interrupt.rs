@@ -4,9 +4,8 @@
 #[cfg(unix)]
 #[test]
 fn sigint_stops_a_long_sampling_run_cleanly() {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     if gpu::testing::shared_gpu().is_none() {
         return;
@@ -38,21 +37,7 @@ fn sigint_stops_a_long_sampling_run_cleanly() {
         .spawn()
         .unwrap();
     // Wait until the sampler reports its first steps.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !seen.contains("steps") {
-        buf.clear();
-        // Progress redraws with '\r', so read up to either separator.
-        if stderr.read_until(b'\r', &mut buf).unwrap() == 0 || Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sampling never started: {seen}");
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf));
-    }
-    let sent = Instant::now();
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let (mut stderr, sent) = crate::common::interrupt_after(&mut child, "steps", "sampling never started");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let status = child.wait().unwrap();

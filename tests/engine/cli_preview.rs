@@ -33,6 +33,14 @@ fn sdgraph(dir: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `sdgraph run GRAPH --out-dir OUT --json --preview PREV`, then `extra`.
+fn json_run_with_previews(dir: &Path, graph: &Path, out: &Path, prev: &Path, extra: &[&str]) -> Command {
+    let mut args = vec!["run", graph.to_str().unwrap(), "--out-dir", out.to_str().unwrap(), "--json"];
+    args.extend(["--preview", prev.to_str().unwrap()]);
+    args.extend(extra);
+    sdgraph(dir, &args)
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -49,22 +57,7 @@ fn preview_writes_an_8x_latent_picture_and_json_runs_draw_no_progress() {
     let dir = crate::common::temp_dir("cli-preview");
     let graph = txt2img(&dir, 3);
     let (out, prev) = (dir.join("out"), dir.join("prev"));
-    let o = sdgraph(
-        &dir,
-        &[
-            "run",
-            graph.to_str().unwrap(),
-            "--out-dir",
-            out.to_str().unwrap(),
-            "--json",
-            "--preview",
-            prev.to_str().unwrap(),
-            "--preview-every",
-            "2",
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = json_run_with_previews(&dir, &graph, &out, &prev, &["--preview-every", "2"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -118,8 +111,8 @@ fn bad_preview_options_are_usage_errors() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_during_a_json_run_with_previews_exits_130_and_leaves_no_partial_files() {
-    use std::io::{BufRead, BufReader, Read};
-    use std::time::{Duration, Instant};
+    use std::io::Read;
+    use std::time::Duration;
 
     if gpu::testing::shared_gpu().is_none() {
         return;
@@ -127,41 +120,13 @@ fn ctrl_c_during_a_json_run_with_previews_exits_130_and_leaves_no_partial_files(
     let dir = crate::common::temp_dir("cli-cancel");
     let graph = txt2img(&dir, 10000);
     let (out, prev) = (dir.join("out"), dir.join("prev"));
-    let mut child = sdgraph(
-        &dir,
-        &[
-            "run",
-            graph.to_str().unwrap(),
-            "--out-dir",
-            out.to_str().unwrap(),
-            "--json",
-            "--progress",
-            "--preview",
-            prev.to_str().unwrap(),
-            "--preview-every",
-            "1",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = json_run_with_previews(&dir, &graph, &out, &prev, &["--progress", "--preview-every", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait for a few sampler steps (a preview is rewritten at each).
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !seen.contains("3/10000 steps") {
-        buf.clear();
-        if stderr.read_until(b'\r', &mut buf).unwrap() == 0 || Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sampling never got going: {seen}");
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf));
-    }
-    let sent = Instant::now();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let (mut stderr, sent) = crate::common::interrupt_after(&mut child, "3/10000 steps", "sampling never got going");
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     let mut stdout = String::new();

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cases;
 mod checkpoints;
 mod models_clip;
 mod models_controlnet;

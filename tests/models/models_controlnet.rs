@@ -13,11 +13,10 @@ use gpu::testing::shared_gpu;
 use gpu::{DType, Gpu, Tensor};
 use graph::Image;
 use models::checkpoint::safetensors::{Dtype, SafeTensors, write, write_with_metadata};
+use models::sampling::controls::{PreparedControl, control_hint, control_residuals, prepare_controls, scale_residuals};
 use models::unet::{Unet, UnetConfig};
 use models::unet_blocks::AttentionHeads;
-use nodes::controlnet_apply::{
-    PreparedControl, control_hint, control_residuals, load_controlnet, prepare_controls, scale_residuals,
-};
+use nodes::controlnet_apply::load_controlnet;
 use nodes::payload::{ControlApplication, ControlNetHandle};
 
 /// tests/fixtures/controlnet/meta.json `tolerance.max_abs`.
@@ -192,8 +191,10 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     let ctx = fx.input(gpu, "encoder_hidden_states");
     let hint = fx.input(gpu, "hint");
     let emb = net.net.embed_hint(gpu, &hint).unwrap();
+    let apps: Vec<_> = [0.3, 0.5, 1.0].map(|s| application(&net, s, 0.0, 1.0)).into();
+    let app = |strength: f64| apps.iter().find(|a| a.strength == strength).unwrap().spec();
     let prepared = |strength: f64, sigma_start: f64, sigma_end: f64| PreparedControl {
-        app: application(&net, strength, 0.0, 1.0),
+        spec: app(strength),
         hint: emb.clone(),
         hint_doubled: None,
         sigma_start,
@@ -220,13 +221,14 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     let mut other = tiny_unet(gpu, DType::F32).config.clone();
     other.context_dim = 768;
     let sigmas = models::sampling::schedulers::ModelSigmas::sd15();
-    let apps = [application(&net, 1.0, 0.0, 1.0)];
-    let e = prepare_controls(gpu, &other, &sigmas, &apps, [1, 4, 8, 8], false).err().expect("must not fit");
+    let one_app = [app(1.0)];
+    let e = prepare_controls(gpu, &other, &sigmas, one_app, [1, 4, 8, 8], false).err().expect("must not fit");
     assert!(
         e.contains("control_ldm.safetensors") && e.contains("does not fit the model") && e.contains("context 32"),
         "{e}"
     );
-    let ok = prepare_controls(gpu, &tiny_unet(gpu, DType::F32).config, &sigmas, &apps, [2, 4, 8, 8], true).unwrap();
+    let unet = tiny_unet(gpu, DType::F32);
+    let ok = prepare_controls(gpu, &unet.config, &sigmas, one_app, [2, 4, 8, 8], true).unwrap();
     assert_eq!(ok[0].hint.shape(), &[2, 8, 8, 8]);
     assert_eq!(ok[0].hint_doubled.as_ref().unwrap().shape(), &[4, 8, 8, 8]);
     // ComfyUI's percent_to_sigma: start 0 -> 999999999.9, end 1 -> 0.

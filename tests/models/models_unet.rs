@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cases::Case as Fixture;
 use crate::common::sd_tiny::{Layout, fixtures, source};
 use gpu::testing::shared_gpu;
 use gpu::{DType, Gpu, Tensor};
@@ -48,28 +49,9 @@ fn load(gpu: &Gpu, layout: Layout, dtype: DType) -> Unet {
     Unet::load(gpu, &src.prefix(PREFIX), &cfg, dtype).unwrap()
 }
 
-struct Fixture {
-    inputs: SafeTensors,
-    expected: SafeTensors,
-}
-
-impl Fixture {
-    fn open() -> Fixture {
-        let dir = fixtures().join("unet");
-        Fixture {
-            inputs: SafeTensors::open(&dir.join("inputs.safetensors")).unwrap(),
-            expected: SafeTensors::open(&dir.join("expected.safetensors")).unwrap(),
-        }
-    }
-
-    fn input(&self, gpu: &Gpu, name: &str) -> Tensor {
-        let (shape, data) = self.inputs.f32_any(name).unwrap();
-        gpu.upload(&data, &shape, DType::F32).unwrap()
-    }
-
-    fn timesteps(&self, case: usize) -> Vec<f32> {
-        self.inputs.f32_any(&format!("case{case}.timesteps")).unwrap().1
-    }
+/// Case `case`'s timesteps.
+fn timesteps(fx: &Fixture, case: usize) -> Vec<f32> {
+    fx.inputs.f32_any(&format!("case{case}.timesteps")).unwrap().1
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -80,12 +62,12 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Runs every case and returns the worst error per tensor name (without the
 /// `caseN.` prefix), checking shapes on the way.
 fn run_cases(gpu: &Gpu, unet: &Unet) -> Vec<(String, f32)> {
-    let fx = Fixture::open();
+    let fx = Fixture::open("unet");
     let x = fx.input(gpu, "sample");
     let ctx = fx.input(gpu, "encoder_hidden_states");
     let mut worst: Vec<(String, f32)> = Vec::new();
     for case in 0..CASES {
-        let (y, mut inter) = unet.forward_with_intermediates(gpu, &x, &fx.timesteps(case), &ctx).unwrap();
+        let (y, mut inter) = unet.forward_with_intermediates(gpu, &x, &timesteps(&fx, case), &ctx).unwrap();
         assert_eq!(y.dtype(), DType::F32, "output in the input's dtype");
         inter.push(("noise_pred".into(), y));
         let names: Vec<&str> = inter.iter().map(|(n, _)| n.as_str()).collect();
@@ -179,7 +161,7 @@ fn f16_close_to_reference() {
 fn timesteps_per_item_and_broadcast() {
     let Some(gpu) = shared_gpu() else { return };
     let unet = load(gpu, Layout::SingleFile, DType::F32);
-    let fx = Fixture::open();
+    let fx = Fixture::open("unet");
     let x = fx.input(gpu, "sample");
     let ctx = fx.input(gpu, "encoder_hidden_states");
     let one = gpu.download(&unet.forward(gpu, &x, &[500.0], &ctx).unwrap()).unwrap();
@@ -193,10 +175,10 @@ fn timesteps_per_item_and_broadcast() {
 fn controlnet_residuals() {
     let Some(gpu) = shared_gpu() else { return };
     let unet = load(gpu, Layout::SingleFile, DType::F32);
-    let fx = Fixture::open();
+    let fx = Fixture::open("unet");
     let x = fx.input(gpu, "sample");
     let ctx = fx.input(gpu, "encoder_hidden_states");
-    let t = fx.timesteps(1);
+    let t = timesteps(&fx, 1);
     let plain = gpu.download(&unet.forward(gpu, &x, &t, &ctx).unwrap()).unwrap();
 
     // The skips' shapes: conv_in's and every input block's output.
@@ -249,7 +231,7 @@ fn controlnet_residuals() {
 fn odd_latent_sizes() {
     let Some(gpu) = shared_gpu() else { return };
     let unet = load(gpu, Layout::SingleFile, DType::F32);
-    let fx = Fixture::open();
+    let fx = Fixture::open("unet");
     let ctx = fx.input(gpu, "encoder_hidden_states");
     for (h, w) in [(7, 6), (5, 9), (1, 1)] {
         let x = gpu.upload(&vec![0.3; 2 * 4 * h * w], &[2, 4, h, w], DType::F32).unwrap();
@@ -323,7 +305,7 @@ fn warm_steps_create_no_buffers() {
     // A context of its own: other tests' buffers must not count.
     let gpu = &Gpu::new(&gpu::GpuOptions::default()).unwrap();
     let unet = load(gpu, Layout::SingleFile, DType::F32);
-    let fx = Fixture::open();
+    let fx = Fixture::open("unet");
     let (shape, latent) = fx.inputs.f32_any("sample").unwrap();
     let ctx = fx.input(gpu, "encoder_hidden_states");
     let step = |t: f32| {

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cases::Case as Fixture;
 use crate::common::sd_tiny::{Layout, fixtures, source};
 use gpu::testing::shared_gpu;
 use gpu::{DType, Gpu, Tensor};
@@ -43,37 +44,9 @@ fn load(gpu: &Gpu, layout: Layout, dtype: DType) -> Vae {
     Vae::load(gpu, &src.prefix(PREFIX), &cfg, dtype).unwrap()
 }
 
-struct Fixture {
-    inputs: SafeTensors,
-    expected: SafeTensors,
-}
-
-impl Fixture {
-    fn open() -> Fixture {
-        let dir = fixtures().join("vae");
-        Fixture {
-            inputs: SafeTensors::open(&dir.join("inputs.safetensors")).unwrap(),
-            expected: SafeTensors::open(&dir.join("expected.safetensors")).unwrap(),
-        }
-    }
-
-    fn upload(&self, gpu: &Gpu, st: &SafeTensors, name: &str) -> Tensor {
-        let (shape, data) = st.f32_any(name).unwrap();
-        gpu.upload(&data, &shape, DType::F32).unwrap()
-    }
-
-    fn image(&self, gpu: &Gpu) -> Tensor {
-        self.upload(gpu, &self.inputs, "image")
-    }
-
-    fn expected(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
-        self.expected.f32_any(name).unwrap()
-    }
-}
-
 /// Max |got - expected| for a named output, checking the shape.
 fn max_err(gpu: &Gpu, fx: &Fixture, name: &str, got: &Tensor) -> f32 {
-    let (shape, want) = fx.expected(name);
+    let (shape, want) = fx.want(name);
     assert_eq!(got.shape(), shape.as_slice(), "{name}: shape");
     let got = gpu.download(got).unwrap();
     got.iter().zip(&want).map(|(g, w)| if g.is_finite() { (g - w).abs() } else { f32::INFINITY }).fold(0.0, f32::max)
@@ -86,8 +59,8 @@ fn find<'a>(trace: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
 /// Runs encode and decode(mean) and returns (name, max error) for every
 /// tensor of expected.safetensors, decoding the model's own mean.
 fn run_fixture(gpu: &Gpu, vae: &Vae) -> Vec<(String, f32)> {
-    let fx = Fixture::open();
-    let (dist, enc) = vae.encode_with_intermediates(gpu, &fx.image(gpu)).unwrap();
+    let fx = Fixture::open("vae");
+    let (dist, enc) = vae.encode_with_intermediates(gpu, &fx.input(gpu, "image")).unwrap();
     let (decoded, dec) = vae.decode_with_intermediates(gpu, &dist.mean).unwrap();
     let outputs: Vec<(&str, &Tensor)> = vec![
         ("encoder_output", find(&enc, "encoder_output")),
@@ -136,8 +109,8 @@ fn f32_matmul_attention_fallback_matches_reference() {
     vae.set_attention_path(AttentionPath::Matmul { max_score_bytes: 16 * 256 * 4 });
     assert_within(&run_fixture(gpu, &vae), F32_TOL, "f32, matmul attention in 16-row blocks");
     vae.set_attention_path(AttentionPath::Matmul { max_score_bytes: 1 });
-    let fx = Fixture::open();
-    let (dist, _) = vae.encode_with_intermediates(gpu, &fx.image(gpu)).unwrap();
+    let fx = Fixture::open("vae");
+    let (dist, _) = vae.encode_with_intermediates(gpu, &fx.input(gpu, "image")).unwrap();
     let e = max_err(gpu, &fx, "latent_dist.mean", &dist.mean);
     assert!(e <= F32_TOL, "one query row per block: mean error {e}");
 }
@@ -182,10 +155,10 @@ fn scaling_helpers_and_sampling() {
     let Some(gpu) = shared_gpu() else { return };
     let vae = load(gpu, Layout::SingleFile, DType::F32);
     assert_eq!(vae.scaling_factor(), 0.18215);
-    let fx = Fixture::open();
+    let fx = Fixture::open("vae");
     let sf = vae.scaling_factor();
-    let latent = vae.latent_from_image(gpu, &fx.image(gpu)).unwrap();
-    let (_, mean) = fx.expected("latent_dist.mean");
+    let latent = vae.latent_from_image(gpu, &fx.input(gpu, "image")).unwrap();
+    let (_, mean) = fx.want("latent_dist.mean");
     let got = gpu.download(&latent).unwrap();
     let e = got.iter().zip(&mean).map(|(g, m)| (g - m * sf).abs()).fold(0.0, f32::max);
     assert!(e <= F32_TOL * sf, "latent_from_image: {e}");
@@ -193,11 +166,11 @@ fn scaling_helpers_and_sampling() {
     let e = max_err(gpu, &fx, "decoded", &image);
     assert!(e <= F32_TOL, "image_from_latent: {e}");
     // sample(noise) = mean + std * noise.
-    let dist = vae.encode(gpu, &fx.image(gpu)).unwrap();
+    let dist = vae.encode(gpu, &fx.input(gpu, "image")).unwrap();
     let noise_data = gpu::testing::random(mean.len(), 7, -2.0, 2.0);
     let noise = gpu.upload(&noise_data, dist.mean.shape(), DType::F32).unwrap();
     let got = gpu.download(&dist.sample(gpu, &noise).unwrap()).unwrap();
-    let (_, std) = fx.expected("latent_dist.std");
+    let (_, std) = fx.want("latent_dist.std");
     let e = (0..mean.len()).map(|i| (got[i] - (mean[i] + std[i] * noise_data[i])).abs()).fold(0.0, f32::max);
     assert!(e <= 3.0 * F32_TOL, "sample: {e}");
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use graph::exec::NoProgress;
 use graph::{Image, NodeInputs, ParamValue, RunContext, Value};
 use models::checkpoint::safetensors::SafeTensors;
-use nodes::preprocessors::{canny, gray_u8, otsu_threshold};
+use models::image_ops::edges::{canny, gray_u8, otsu_threshold};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,32 +9,18 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::path::Path;
-use std::sync::OnceLock;
 
+use crate::cases::{f64s, sampling_fixture as fixture};
 use models::sampling::noise::TorchRng;
 use models::sampling::samplers::{
-    BrownianNoise, CfgDenoiser, Denoiser, FnHooks, NetOutput, NoHooks, NoisePredictor, NoiseSource, Prediction,
-    SampleError, Sampler, StepInfo, UnknownSampler, ancestral_step, initial_latent, max_denoise, sample,
+    BrownianNoise, CfgDenoiser, Denoiser, FnHooks, Job, NetOutput, NoHooks, Noise, NoisePredictor, NoiseSource,
+    Prediction, SampleError, Sampler, StepInfo, UnknownSampler, ancestral_step, initial_latent, max_denoise, sample,
     sample_dpmpp_2m_sde, sample_dpmpp_sde, sample_euler,
 };
 use models::sampling::schedulers::ModelSigmas;
 use serde_json::Value;
 
 const TOL: f64 = 1e-5;
-
-fn fixture() -> &'static Value {
-    static FIXTURE: OnceLock<Value> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampling/sampling.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        serde_json::from_str(&text).unwrap()
-    })
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
-}
 
 /// Float32 data (the JSON holds the shortest decimal of each f32).
 fn f32s(v: &Value) -> Vec<f32> {
@@ -189,9 +175,18 @@ fn run_case(case: &Value, noise: Option<&mut dyn NoiseSource>) -> f64 {
     };
     let out = if name == "dpmpp_sde_raw" {
         // The sampler function itself, with raw (not Brownian) draws.
-        sample_dpmpp_sde(&mut den, x0, &sigmas, noise, &mut hooks, 1.0, 1.0)
+        sample_dpmpp_sde(
+            Job { denoiser: &mut den, sigmas: &sigmas, hooks: &mut hooks },
+            x0,
+            Noise { source: noise, eta: 1.0, s_noise: 1.0 },
+        )
     } else {
-        sample(Sampler::from_name(name).unwrap(), &mut den, x0, &sigmas, noise, &mut hooks)
+        sample(
+            Sampler::from_name(name).unwrap(),
+            Job { denoiser: &mut den, sigmas: &sigmas, hooks: &mut hooks },
+            x0,
+            noise,
+        )
     }
     .unwrap();
 
@@ -339,7 +334,8 @@ fn every_sampler_lands_on_a_constant_denoiser_target() {
     for s in Sampler::ALL {
         let mut d = constant(8);
         let x = vec![3.0f32; 8];
-        let out = sample(s, &mut d, x, &SIGMAS, &mut TorchRng::new(1), &mut NoHooks).unwrap();
+        let out = sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut NoHooks }, x, &mut TorchRng::new(1))
+            .unwrap();
         let e = err(&out, &d.target.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
         assert!(e < 1e-6, "{s}: {out:?}");
         let calls_per_step = if matches!(s, Sampler::Heun | Sampler::Dpm2 | Sampler::DpmppSde) { 2 } else { 1 };
@@ -359,7 +355,7 @@ fn cancel_stops_before_the_next_model_call() {
                 calls.get() > 3
             },
         };
-        let r = sample(s, &mut d, vec![1.0; 8], &SIGMAS, &mut Zeros, &mut hooks);
+        let r = sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut hooks }, vec![1.0; 8], &mut Zeros);
         match r {
             Err(SampleError::Cancelled { step }) => assert!(step <= 3, "{s}: step {step}"),
             other => panic!("{s}: {other:?}"),
@@ -383,7 +379,7 @@ fn the_callback_sees_each_step_once_with_its_denoised_latent() {
             },
             is_cancelled: || false,
         };
-        sample(s, &mut d, vec![1.0; 8], &SIGMAS, &mut Zeros, &mut hooks).unwrap();
+        sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut hooks }, vec![1.0; 8], &mut Zeros).unwrap();
         assert_eq!(seen, [0, 1, 2, 3], "{s}");
     }
 }
@@ -395,22 +391,26 @@ fn bad_sigmas_and_model_outputs_are_errors() {
     for s in Sampler::ALL {
         for sigmas in bad {
             let mut d = constant(4);
-            let r = sample(s, &mut d, vec![0.0; 4], sigmas, &mut Zeros, &mut NoHooks);
+            let r = sample(s, Job { denoiser: &mut d, sigmas, hooks: &mut NoHooks }, vec![0.0; 4], &mut Zeros);
             assert!(matches!(r, Err(SampleError::BadSigmas(_))), "{s} {sigmas:?}: {r:?}");
             assert_eq!(d.calls.get(), 0);
         }
         // One sigma: nothing to do, as in ComfyUI.
         let mut d = constant(4);
-        assert_eq!(sample(s, &mut d, vec![0.25; 4], &[3.0], &mut Zeros, &mut NoHooks).unwrap(), [0.25; 4]);
+        assert_eq!(
+            sample(s, Job { denoiser: &mut d, sigmas: &[3.0], hooks: &mut NoHooks }, vec![0.25; 4], &mut Zeros)
+                .unwrap(),
+            [0.25; 4]
+        );
         assert_eq!(d.calls.get(), 0);
         // A model returning the wrong length.
         let mut d = Constant { len: 3, ..constant(4) };
-        let r = sample(s, &mut d, vec![0.0; 4], &SIGMAS, &mut Zeros, &mut NoHooks);
+        let r = sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut NoHooks }, vec![0.0; 4], &mut Zeros);
         assert!(matches!(r, Err(SampleError::BadModelOutput { expected: 4, got: 3 })), "{s}: {r:?}");
         // A failing model.
         let mut d = constant(4);
         d.calls.set(1000);
-        let r = sample(s, &mut d, vec![0.0; 4], &SIGMAS, &mut Zeros, &mut NoHooks);
+        let r = sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut NoHooks }, vec![0.0; 4], &mut Zeros);
         assert!(matches!(r, Err(SampleError::Model(ref m)) if m == "too many calls"), "{s}: {r:?}");
     }
 }
@@ -439,8 +439,14 @@ fn ddim_is_euler() {
     let case = fixture()["samplers"].as_array().unwrap().iter().find(|c| c["sampler"] == "ddim").unwrap();
     let sigmas: Vec<f64> = f32s(&case["sigmas"]).into_iter().map(f64::from).collect();
     let x0: Vec<f32> = f64s(&case["x0"]).into_iter().map(|v| v as f32).collect();
-    let a = sample(Sampler::Ddim, &mut denoiser(case), x0.clone(), &sigmas, &mut Zeros, &mut NoHooks).unwrap();
-    let b = sample_euler(&mut denoiser(case), x0, &sigmas, &mut NoHooks).unwrap();
+    let a = sample(
+        Sampler::Ddim,
+        Job { denoiser: &mut denoiser(case), sigmas: &sigmas, hooks: &mut NoHooks },
+        x0.clone(),
+        &mut Zeros,
+    )
+    .unwrap();
+    let b = sample_euler(Job { denoiser: &mut denoiser(case), sigmas: &sigmas, hooks: &mut NoHooks }, x0).unwrap();
     assert_eq!(a, b);
 }
 
@@ -501,7 +507,17 @@ fn sde_samplers_without_noise_are_deterministic_and_draw_nothing() {
     let sigmas: Vec<f64> = f32s(&case["sigmas"]).into_iter().map(f64::from).collect();
     let x0: Vec<f32> = f64s(&case["x0"]).into_iter().map(|v| v as f32).collect();
     let mut none = Recorded { draws: vec![], next: 0 };
-    let a = sample_dpmpp_2m_sde(&mut denoiser(case), x0.clone(), &sigmas, &mut none, &mut NoHooks, 1.0, 0.0).unwrap();
-    let b = sample_dpmpp_sde(&mut denoiser(case), x0, &sigmas, &mut none, &mut NoHooks, 0.0, 1.0).unwrap();
+    let a = sample_dpmpp_2m_sde(
+        Job { denoiser: &mut denoiser(case), sigmas: &sigmas, hooks: &mut NoHooks },
+        x0.clone(),
+        Noise { source: &mut none, eta: 1.0, s_noise: 0.0 },
+    )
+    .unwrap();
+    let b = sample_dpmpp_sde(
+        Job { denoiser: &mut denoiser(case), sigmas: &sigmas, hooks: &mut NoHooks },
+        x0,
+        Noise { source: &mut none, eta: 0.0, s_noise: 1.0 },
+    )
+    .unwrap();
     assert!(a.iter().chain(&b).all(|v| v.is_finite()));
 }

@@ -35,7 +35,7 @@ use models::checkpoint::safetensors::SafeTensors;
 use models::checkpoint::weights::WeightSource;
 use models::sampling::noise::{TorchRng, prepare_noise};
 use models::sampling::samplers::{
-    CfgDenoiser, FnHooks, NetOutput, NoisePredictor, NoiseSource, Prediction, Sampler, StepInfo, initial_latent,
+    CfgDenoiser, FnHooks, Job, NetOutput, NoisePredictor, NoiseSource, Prediction, Sampler, StepInfo, initial_latent,
     max_denoise, sample,
 };
 use models::sampling::schedulers::{ModelSigmas, Scheduler, ksampler_sigmas};
@@ -295,8 +295,9 @@ fn run_case(gpu: &Gpu, unet: &Unet, prediction: Prediction, case: &Case) -> Run 
     let mut rng = Recorded { rng: TorchRng::new(seed.wrapping_add(1)), draws: Vec::new() };
     let mut steps_x = Vec::new();
     let mut hooks = FnHooks { on_step: |info: &StepInfo<'_>| steps_x.push(info.x.to_vec()), is_cancelled: || false };
-    let final_latent = sample(case.sampler, &mut denoiser, x, &sigmas, &mut rng, &mut hooks)
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let final_latent =
+        sample(case.sampler, Job { denoiser: &mut denoiser, sigmas: &sigmas, hooks: &mut hooks }, x, &mut rng)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     Run { final_latent, steps_x, timesteps: denoiser.model.timesteps, draws: rng.draws }
 }
 
@@ -428,11 +429,7 @@ impl NodeKind for Capture {
 /// The built-in kinds plus the test kinds; the slot receives the captured latent.
 /// `SDGRAPH_DTYPE` as the command reads it, so the f16 path can be tested on lavapipe too.
 fn dtype_setting() -> Option<DType> {
-    match std::env::var("SDGRAPH_DTYPE").as_deref().map(str::trim) {
-        Ok("f16") => Some(DType::F16),
-        Ok("f32") => Some(DType::F32),
-        _ => None,
-    }
+    std::env::var("SDGRAPH_DTYPE").ok().and_then(|v| DType::from_setting(&v).ok())
 }
 
 fn registry() -> (Registry, Arc<Mutex<Option<Arc<Latent>>>>) {

@@ -6,24 +6,9 @@
 //! log-sigma interpolation, exp, pow) and returns float32; the Rust code computes in f64 from the same float32
 //! inputs and rounds to f32, so the two differ by the few f32 ulps (about 1e-7 each) of torch's own rounding.
 
-use std::path::Path;
-use std::sync::OnceLock;
-
+use crate::cases::{f64s, sampling_fixture as fixture};
 use models::sampling::schedulers::{MAX_SCHEDULE_STEPS, ModelSigmas, ScheduleError, Scheduler, ksampler_sigmas};
 use serde_json::Value;
-
-fn fixture() -> &'static Value {
-    static FIXTURE: OnceLock<Value> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampling/sampling.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        serde_json::from_str(&text).unwrap()
-    })
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
-}
 
 /// Largest relative difference (absolute where the reference is 0).
 fn max_rel(got: &[f64], want: &[f64]) -> f64 {

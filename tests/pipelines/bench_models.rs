@@ -17,6 +17,18 @@ fn sdgraph(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sdgraph")).args(args).env("SDGRAPH_CACHE_DIR", dir.join("cache")).output().unwrap()
 }
 
+/// `sdgraph bench models` on `ckpt` with the inputs file `inputs`, writing `out`, then `extra`.
+fn bench_models(dir: &Path, ckpt: &Path, inputs: &Path, out: &Path, extra: &[&str]) -> Output {
+    let files = ["--checkpoint", ckpt.to_str().unwrap(), "--inputs", inputs.to_str().unwrap()];
+    let args: Vec<&str> = ["bench", "models"]
+        .into_iter()
+        .chain(files)
+        .chain(["--out", out.to_str().unwrap()])
+        .chain(extra.iter().copied())
+        .collect();
+    sdgraph(dir, &args)
+}
+
 fn ids() -> Vec<f32> {
     // "a photo of a cat" and "" as the SD tokenizer pads them (eos repeated).
     let mut v = Vec::new();
@@ -84,26 +96,9 @@ fn outputs_equal_the_networks_forward_and_every_section_is_timed() {
     let (inputs_path, out) = (dir.join("inputs.safetensors"), dir.join("out.safetensors"));
     write_inputs(&inputs_path, &inp);
     let g = graph(&dir, &ckpt);
-    let o = sdgraph(
-        &dir,
-        &[
-            "bench",
-            "models",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--inputs",
-            inputs_path.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--graph",
-            g.to_str().unwrap(),
-            "--warmup",
-            "1",
-            "--runs",
-            "2",
-            "--json",
-        ],
-    );
+    let extra = ["--graph", g.to_str().unwrap(), "--warmup", "1", "--runs", "2", "--json"];
+    let o = bench_models(&dir, &ckpt, &inputs_path, &out, &extra);
+
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let ops = v["ops"].as_array().unwrap();
@@ -158,21 +153,7 @@ fn profile_reports_kernels_per_network_and_for_a_run() {
     write_inputs(&inputs_path, &only_unet);
     let out = dir.join("out.safetensors");
     let profile = |runs: &str| {
-        let args = [
-            "bench",
-            "models",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--inputs",
-            inputs_path.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--runs",
-            runs,
-            "--profile",
-            "--json",
-        ];
-        let o = sdgraph(&dir, &args);
+        let o = bench_models(&dir, &ckpt, &inputs_path, &out, &["--runs", runs, "--profile", "--json"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let ops = v["ops"].as_array().unwrap().clone();
@@ -230,21 +211,8 @@ fn bad_inputs_are_errors_naming_the_tensor_or_file() {
         let p = dir.join("in.safetensors");
         write_inputs(&p, inputs);
         let out = dir.join("out.safetensors");
-        let o = sdgraph(
-            &dir,
-            &[
-                "bench",
-                "models",
-                "--checkpoint",
-                ckpt.to_str().unwrap(),
-                "--inputs",
-                p.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--runs",
-                "1",
-            ],
-        );
+        let o = bench_models(&dir, ckpt, &p, &out, &["--runs", "1"]);
+
         assert_eq!(o.status.code(), Some(1));
         String::from_utf8_lossy(&o.stderr).into_owned()
     };

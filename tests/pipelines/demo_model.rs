@@ -1,6 +1,6 @@
 //! The demo model (`assets/demo/sdgraph-demo.safetensors`, trained by
 //! `assets/demo/train_demo.py`): `graphs/txt2img.ron` as shipped draws its
-//! prompt; over a fixed prompt set the pictures show the colours and places
+//! prompt; over a fixed prompt set (half of train_demo.py's) the pictures show the colours and places
 //! the prompts ask for; and PyTorch, running the same file the way ComfyUI's
 //! KSampler does, makes the same picture for the same seed.
 
@@ -146,15 +146,17 @@ fn the_demo_model_follows_its_prompts() {
     let mut exec = Executor::default();
     let (mut colour, mut background, mut place, mut all) = (0, 0, 0, 0);
     let mut misses = Vec::new();
-    let set = prompts();
-    for (k, (c, s, b, p)) in set.iter().enumerate() {
+    // Every other prompt of the set (15 of 30: every colour at least twice, every place three
+    // times), each with the seed it has in the whole set: the whole set costs minutes on lavapipe.
+    let set: Vec<_> = prompts().into_iter().enumerate().step_by(2).collect();
+    for &(k, (c, s, b, p)) in &set {
         let prompt = format!("a {c} {s} on a {b} background, {p}");
         let sets = [format!("pos.text={prompt:?}"), format!("sample.seed={k}"), format!("save.filename_prefix=p{k}")];
         let png = run_txt2img(&mut exec, &sets, &dir);
         let seen = measure(&image::open(&png).unwrap().to_rgb8());
-        colour += usize::from(seen.colour == Some(*c));
-        background += usize::from(seen.background == *b);
-        place += usize::from(seen.place == Some(*p));
+        colour += usize::from(seen.colour == Some(c));
+        background += usize::from(seen.background == b);
+        place += usize::from(seen.place == Some(p));
         if seen == (Seen { colour: Some(c), background: b, place: Some(p) }) {
             all += 1;
         } else {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use graph::exec::{Executor, NoProgress, NodeStatus};
 use graph::{Image, Mask, NodeInputs, ParamValue, PortType, Registry, RunContext, Value};
 use models::image_ops::{self, Method};
-use nodes::latent_nodes::expand_noise_mask;
+use models::sampling::noise_mask::expand_noise_mask;
 use nodes::payload::Latent;
 
 fn root() -> &'static Path {
@@ -137,9 +137,9 @@ fn unmasked_latent_is_kept_bit_for_bit_and_the_masked_part_is_resampled() {
     assert_eq!(input.shape, [1, 4, 12, 16]);
     let masked = one(&t.reg, "SetLatentNoiseMask", &[("samples", t.encoded.clone()), ("mask", t.mask.clone())], &[]);
     // The mask keeps its picture size on the latent; KSampler resizes it.
-    let (mask_shape, _) = latent_of(&masked).noise_mask.clone().unwrap();
+    let (mask_shape, data) = latent_of(&masked).noise_mask.clone().unwrap();
     assert_eq!(mask_shape, [1, 1, 120, 160]);
-    let m = expand_noise_mask(&latent_of(&masked)).unwrap().unwrap();
+    let m = expand_noise_mask(&mask_shape, &data, latent_of(&masked).shape).unwrap();
     let kept = m.iter().filter(|&&v| v == 0.0).count();
     let full = m.iter().filter(|&&v| v == 1.0).count();
     assert!(kept > m.len() / 2 && full > 0, "mask: {kept} kept, {full} fully masked of {}", m.len());

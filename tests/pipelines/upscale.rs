@@ -1,4 +1,4 @@
-//! Tiled upscaling (`nodes::upscale_tiled`) and the upscale nodes and
+//! Tiled upscaling (`models::upscale_tiling`) and the upscale nodes and
 //! graphs on the tiny fixture models (tests/fixtures/upscale):
 //! - with an overlap of at least 4x the model's receptive radius, tiled
 //!   output equals the whole-image output everywhere, seams included;
@@ -16,8 +16,9 @@ use std::process::Command;
 use gpu::testing::{random, shared_gpu};
 use gpu::{DType, Gpu};
 use models::checkpoint::safetensors::{Dtype, SafeTensors, write};
+use models::tiling::even_weights;
+use models::upscale_tiling::{TilePlan, upscale_tiled};
 use models::upscaler::{UpscaleModel, open_weights};
-use nodes::upscale_tiled::{TilePlan, axis_weights, upscale_tiled};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -123,7 +124,7 @@ fn one_block_rrdb(dir: &Path, case: &str) -> PathBuf {
 fn clean_axis(origins: &[usize], tile: usize, s: usize, len: usize, r: usize) -> Vec<bool> {
     let mut clean = vec![true; len * s];
     for (k, &o) in origins.iter().enumerate() {
-        let wts = axis_weights(origins, k, tile, s);
+        let wts = even_weights(origins, k, tile, s);
         for (i, &wt) in wts.iter().enumerate() {
             let lr = i / s;
             let near_inner_edge = (k > 0 && lr < r) || (k + 1 < origins.len() && tile - lr <= r);

@@ -30,13 +30,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use gpu::{DType, Gpu};
 use graph::exec::Progress;
 use graph::{Image, NodeError, NodeInputs, ParamValue, PortType, RunContext, Value};
+use models::tiling::{Planes, Resample, comfy_spans, feather_weights};
 use models::vae::{Vae, VaeConfig};
+use models::vae_tiling::{
+    TilePass, decode_passes, decode_plan, decode_tiled, decoder_peak_bytes, encode_passes, encode_plan, encode_tiled,
+    encoder_peak_bytes, pass_tiles, plan_fallback, run_passes, tiled_scale,
+};
 use nodes::payload::Latent;
 use nodes::payload::VaeHandle;
-use nodes::vae_tiled::{
-    Resample, TilePass, decode_passes, decode_plan, decode_tiled, decoder_peak_bytes, encode_passes, encode_plan,
-    encode_tiled, encoder_peak_bytes, feather_weights, pass_tiles, plan_fallback, run_passes, tile_spans, tiled_scale,
-};
 
 const MIB: u64 = 1 << 20;
 
@@ -204,8 +205,8 @@ fn reference_blend(
     let mut num = vec![0.0f64; c_out * oh * ow];
     let mut den = vec![0.0f64; oh * ow];
     let mut cover = vec![0u32; oh * ow];
-    let ys = tile_spans(h, pass.tile_h, pass.overlap).unwrap();
-    let xs = tile_spans(w, pass.tile_w, pass.overlap).unwrap();
+    let ys = comfy_spans(h, pass.tile_h, pass.overlap).unwrap();
+    let xs = comfy_spans(w, pass.tile_w, pass.overlap).unwrap();
     for &(y0, ly) in &ys {
         for &(x0, lx) in &xs {
             let out = run(&crop(input, c, (h, w), (y0, ly), (x0, lx)), ly, lx);
@@ -232,13 +233,13 @@ fn reference_blend(
 #[test]
 fn tile_spans_and_feather_weights_follow_comfyui() {
     // range(0, size - overlap, tile - overlap), each tile min(tile, size - pos) long.
-    assert_eq!(tile_spans(10, 6, 2).unwrap(), [(0, 6), (4, 6)]);
-    assert_eq!(tile_spans(100, 64, 16).unwrap(), [(0, 64), (48, 52)]);
-    assert_eq!(tile_spans(70, 64, 8).unwrap(), [(0, 64), (56, 14)]);
-    assert_eq!(tile_spans(37, 8, 2).unwrap(), [(0, 8), (6, 8), (12, 8), (18, 8), (24, 8), (30, 7)]);
-    assert_eq!(tile_spans(64, 64, 16).unwrap(), [(0, 64)]);
-    assert_eq!(tile_spans(5, 64, 100).unwrap(), [(0, 5)], "an axis that fits is one tile whatever the overlap");
-    assert_eq!(tile_spans(65, 16, 16), None, "tiles that do not advance");
+    assert_eq!(comfy_spans(10, 6, 2).unwrap(), [(0, 6), (4, 6)]);
+    assert_eq!(comfy_spans(100, 64, 16).unwrap(), [(0, 64), (48, 52)]);
+    assert_eq!(comfy_spans(70, 64, 8).unwrap(), [(0, 64), (56, 14)]);
+    assert_eq!(comfy_spans(37, 8, 2).unwrap(), [(0, 8), (6, 8), (12, 8), (18, 8), (24, 8), (30, 7)]);
+    assert_eq!(comfy_spans(64, 64, 16).unwrap(), [(0, 64)]);
+    assert_eq!(comfy_spans(5, 64, 100).unwrap(), [(0, 5)], "an axis that fits is one tile whatever the overlap");
+    assert_eq!(comfy_spans(65, 16, 16), None, "tiles that do not advance");
     // (t + 1) / feather from both edges; both factors where the ramps cross; none when feather >= len.
     assert_eq!(feather_weights(6, 2), [0.5, 1.0, 1.0, 1.0, 1.0, 0.5]);
     assert_eq!(feather_weights(3, 2), [0.5, 1.0, 0.5]);
@@ -262,7 +263,8 @@ fn a_tiled_pass_blends_tiles_with_comfyuis_weights_and_is_exact_for_local_functi
         k += 1.0;
         Ok(vec![k; th * tw])
     };
-    let out = tiled_scale(&[0.0; 10], 1, 1, 10, &pass, Resample::Up(1), 1, &mut run).unwrap();
+    let out = tiled_scale(Planes { data: &[0.0; 10], channels: 1, h: 1, w: 10 }, &pass, Resample::Up(1), 1, &mut run)
+        .unwrap();
     // x = 4: tile 0's weight 1, tile 1's 0.5; x = 5: 0.5 and 1.
     let want = [0.0, 0.0, 0.0, 0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0, 1.0, 1.0];
     assert!(out.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{out:?}");
@@ -270,7 +272,7 @@ fn a_tiled_pass_blends_tiles_with_comfyuis_weights_and_is_exact_for_local_functi
     // A function that acts pixel by pixel (nearest 2x up, then 3x + c + 1 per
     // channel) gives the same result tiled or whole, for odd sizes, every pass
     // shape and an input that fits one tile.
-    let up = |x: &[f32], h: usize, w: usize| -> Result<Vec<f32>, NodeError> {
+    let up = |x: &[f32], h: usize, w: usize| -> Result<Vec<f32>, String> {
         let mut o = Vec::with_capacity(x.len() * 4);
         for c in 0..2 {
             for y in 0..2 * h {
@@ -282,7 +284,7 @@ fn a_tiled_pass_blends_tiles_with_comfyuis_weights_and_is_exact_for_local_functi
         Ok(o)
     };
     // 2x2 average, the encoder's direction.
-    let down = |x: &[f32], h: usize, w: usize| -> Result<Vec<f32>, NodeError> {
+    let down = |x: &[f32], h: usize, w: usize| -> Result<Vec<f32>, String> {
         let mut o = Vec::new();
         for c in 0..2 {
             for y in 0..h / 2 {
@@ -297,8 +299,14 @@ fn a_tiled_pass_blends_tiles_with_comfyuis_weights_and_is_exact_for_local_functi
     for (h, w, t, o) in [(29, 37, 8, 2), (13, 31, 6, 1), (7, 5, 16, 4), (40, 9, 12, 3), (17, 17, 4, 0)] {
         let input = gpu::testing::random(2 * h * w, (h * w) as u64, -2.0, 2.0);
         let whole = up(&input, h, w).unwrap();
-        let tiled =
-            run_passes(&input, 2, h, w, &decode_passes(t, o), Resample::Up(2), 2, &mut |x, a, b| up(x, a, b)).unwrap();
+        let tiled = run_passes(
+            Planes { data: &input, channels: 2, h, w },
+            &decode_passes(t, o),
+            Resample::Up(2),
+            2,
+            &mut |x, a, b| up(x, a, b),
+        )
+        .unwrap();
         let (max, _) = diff(&tiled, &whole);
         assert!(max <= 1e-5, "up {h}x{w} tile {t} overlap {o}: {max}");
         // Pictures twice the size, tiles and overlap in pixels (multiples of 2).
@@ -306,15 +314,23 @@ fn a_tiled_pass_blends_tiles_with_comfyuis_weights_and_is_exact_for_local_functi
         let px = gpu::testing::random(2 * ph * pw, (h + w) as u64, -2.0, 2.0);
         let whole = down(&px, ph, pw).unwrap();
         let passes = encode_passes(4 * t, 2 * o);
-        let tiled = run_passes(&px, 2, ph, pw, &passes, Resample::Down(2), 2, &mut |x, a, b| down(x, a, b)).unwrap();
+        let tiled = run_passes(
+            Planes { data: &px, channels: 2, h: ph, w: pw },
+            &passes,
+            Resample::Down(2),
+            2,
+            &mut |x, a, b| down(x, a, b),
+        )
+        .unwrap();
         let (max, _) = diff(&tiled, &whole);
         assert!(max <= 1e-5, "down {ph}x{pw} tile {} overlap {}: {max}", 4 * t, 2 * o);
     }
     // A tile function giving the wrong size is an error, not a panic.
     let mut bad = |_: &[f32], _: usize, _: usize| Ok(vec![0.0; 3]);
     let pass = TilePass { tile_h: 4, tile_w: 6, overlap: 2 };
-    let e = tiled_scale(&[0.0; 40], 1, 4, 10, &pass, Resample::Up(1), 1, &mut bad).unwrap_err();
-    assert!(e.message.contains("tile gave 3 values"), "{e}");
+    let e = tiled_scale(Planes { data: &[0.0; 40], channels: 1, h: 4, w: 10 }, &pass, Resample::Up(1), 1, &mut bad)
+        .unwrap_err();
+    assert!(e.contains("tile gave 3 values"), "{e}");
 }
 
 // ---- the activation estimate and the fallback plan ----
@@ -341,7 +357,7 @@ fn activation_estimates_at_sd_widths_and_the_fallback_plan() {
     assert_eq!(pass_tiles(64, 64, &plan), Some(3));
     // 1024x768: every tile fits, none is needlessly small.
     let plan = plan_fallback(96, 128, 1, 16, &fits).unwrap();
-    let (ys, xs) = (tile_spans(96, plan.tile_h, plan.overlap).unwrap(), tile_spans(128, plan.tile_w, plan.overlap));
+    let (ys, xs) = (comfy_spans(96, plan.tile_h, plan.overlap).unwrap(), comfy_spans(128, plan.tile_w, plan.overlap));
     assert!(fits(plan.tile_h, plan.tile_w) && plan.tile_h * plan.tile_w >= 1536, "{plan:?}");
     assert!(ys.len() * xs.unwrap().len() <= 8, "{plan:?}");
     // Encoding 1024x1024 (256 MiB) in 64-pixel-overlapping tiles of 8-pixel multiples.
@@ -635,7 +651,7 @@ fn vae_decode_and_encode_plan_tiles_only_past_the_limit() {
     assert!(decoder_peak_bytes(&vae.config, vae.dtype, pass.tile_h.min(29), pass.tile_w.min(37)) <= peak / 5);
     assert!(pass_tiles(29, 37, &pass).unwrap() >= 5, "{pass:?}");
     let e = decode_plan(vae, 29, 37, 100).unwrap_err();
-    assert!(e.message.contains("not even a 1x1 latent tile"), "{e}");
+    assert!(e.contains("not even a 1x1 latent tile"), "{e}");
 
     let peak = encoder_peak_bytes(&vae.config, vae.dtype, 58, 74);
     assert!(encode_plan(vae, 58, 74, peak).unwrap().is_none());
@@ -676,9 +692,9 @@ fn vae_decode_and_encode_fall_back_to_tiles_when_the_limit_is_lowered() {
     let run = |out: &str, limit: Option<&str>| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sdgraph"));
         cmd.args(["run", graph.to_str().unwrap(), "--out-dir", dir.join(out).to_str().unwrap()]);
-        cmd.env_remove(nodes::vae_tiled::TILE_BYTES_ENV);
+        cmd.env_remove(models::vae_tiling::TILE_BYTES_ENV);
         if let Some(l) = limit {
-            cmd.env(nodes::vae_tiled::TILE_BYTES_ENV, l);
+            cmd.env(models::vae_tiling::TILE_BYTES_ENV, l);
         }
         let o = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -752,7 +768,7 @@ fn vae_decode_and_encode_fall_back_to_tiles_when_the_limit_is_lowered() {
     .unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_sdgraph"))
         .args(["run", graph.to_str().unwrap(), "--out-dir", dir.join("too_big").to_str().unwrap()])
-        .env(nodes::vae_tiled::TILE_BYTES_ENV, "300000")
+        .env(models::vae_tiling::TILE_BYTES_ENV, "300000")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);

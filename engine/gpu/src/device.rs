@@ -84,6 +84,19 @@ pub struct GpuOptions {
     pub profile_cpu_clock: bool,
 }
 
+impl GpuOptions {
+    /// The adapter (`SDGRAPH_ADAPTER`) and tensor-core (`SDGRAPH_TENSOR_CORES=0`: off) settings from
+    /// `var`, the caller's view of the environment: the command and the test harness read it, this
+    /// library does not.
+    pub fn from_settings(var: impl Fn(&str) -> Option<String>) -> GpuOptions {
+        GpuOptions {
+            adapter: var("SDGRAPH_ADAPTER"),
+            no_tensor_cores: var("SDGRAPH_TENSOR_CORES").is_some_and(|v| v.trim() == "0"),
+            ..Default::default()
+        }
+    }
+}
+
 /// The one GPU context. Ops record into its current command encoder; reading
 /// a tensor back submits what was recorded.
 pub struct Gpu {
@@ -153,6 +166,49 @@ pub fn configure_shared(opts: GpuOptions) {
     let _ = SHARED_OPTIONS.set(opts);
 }
 
+impl GpuFeatures {
+    /// What this process uses of what the adapter offers: nothing optional with
+    /// `portable_only`, no tensor cores with `no_tensor_cores`, and cooperative
+    /// matrices only where the driver lists 16x16x16 f16 -> f32.
+    fn choose(adapter: &wgpu::Adapter, opts: &GpuOptions) -> Self {
+        let af = adapter.features();
+        let coop_f16 = adapter.cooperative_matrix_properties().iter().any(|p| {
+            p.m_size == 16
+                && p.n_size == 16
+                && p.k_size == 16
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        });
+        let portable = opts.portable_only;
+        GpuFeatures {
+            shader_f16: !portable && af.contains(wgpu::Features::SHADER_F16),
+            subgroup: !portable && af.contains(wgpu::Features::SUBGROUP),
+            coop_matrix_f16: !portable
+                && !opts.no_tensor_cores
+                && coop_f16
+                && af.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+                && af.contains(wgpu::Features::SHADER_F16),
+            timestamps: af.contains(wgpu::Features::TIMESTAMP_QUERY),
+        }
+    }
+
+    /// The device features these need.
+    fn required(self) -> wgpu::Features {
+        let mut required = wgpu::Features::empty();
+        for (on, feature) in [
+            (self.shader_f16, wgpu::Features::SHADER_F16),
+            (self.subgroup, wgpu::Features::SUBGROUP),
+            (self.coop_matrix_f16, wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            (self.timestamps, wgpu::Features::TIMESTAMP_QUERY),
+        ] {
+            if on {
+                required |= feature;
+            }
+        }
+        required
+    }
+}
+
 impl Gpu {
     /// Opens the best adapter (or the one `opts.adapter` names).
     pub fn new(opts: &GpuOptions) -> Result<Gpu, GpuError> {
@@ -189,45 +245,13 @@ impl Gpu {
 
     fn open(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Gpu, GpuError> {
         let ai = adapter.get_info();
-        let af = adapter.features();
         let coop_props = adapter.cooperative_matrix_properties();
-        let coop_f16 = coop_props.iter().any(|p| {
-            p.m_size == 16
-                && p.n_size == 16
-                && p.k_size == 16
-                && p.ab_type == wgpu::CooperativeScalarType::F16
-                && p.cr_type == wgpu::CooperativeScalarType::F32
-        });
-        let portable = opts.portable_only;
-        let no_tensor_cores = opts.no_tensor_cores;
-        let features = GpuFeatures {
-            shader_f16: !portable && af.contains(wgpu::Features::SHADER_F16),
-            subgroup: !portable && af.contains(wgpu::Features::SUBGROUP),
-            coop_matrix_f16: !portable
-                && !no_tensor_cores
-                && coop_f16
-                && af.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
-                && af.contains(wgpu::Features::SHADER_F16),
-            timestamps: af.contains(wgpu::Features::TIMESTAMP_QUERY),
-        };
-        let mut required = wgpu::Features::empty();
-        if features.shader_f16 {
-            required |= wgpu::Features::SHADER_F16;
-        }
-        if features.subgroup {
-            required |= wgpu::Features::SUBGROUP;
-        }
-        if features.coop_matrix_f16 {
-            required |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-        }
-        if features.timestamps {
-            required |= wgpu::Features::TIMESTAMP_QUERY;
-        }
+        let features = GpuFeatures::choose(&adapter, opts);
         // The adapter's own limits, not WebGPU's defaults: those cap buffers at 256 MiB.
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
             label: Some("sdgraph"),
-            required_features: required,
+            required_features: features.required(),
             required_limits: limits.clone(),
             // SAFETY: cooperative matrices are wgpu's only experimental feature we
             // request, and every configuration we use is checked against the

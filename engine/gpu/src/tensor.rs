@@ -23,6 +23,15 @@ pub enum DType {
 }
 
 impl DType {
+    /// The storage type a setting names (`SDGRAPH_DTYPE`): `f32` or `f16`, surrounding blanks ignored.
+    pub fn from_setting(value: &str) -> Result<DType, String> {
+        match value.trim() {
+            "f32" => Ok(DType::F32),
+            "f16" => Ok(DType::F16),
+            other => Err(format!("{other:?} is not one of f32, f16")),
+        }
+    }
+
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,

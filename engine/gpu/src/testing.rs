@@ -9,11 +9,7 @@ use super::device::{Gpu, GpuOptions};
 /// is an edge like the command: it reads `SDGRAPH_ADAPTER` and
 /// `SDGRAPH_TENSOR_CORES=0` as the command does.
 pub fn shared_gpu() -> Option<&'static Gpu> {
-    super::device::configure_shared(GpuOptions {
-        adapter: std::env::var("SDGRAPH_ADAPTER").ok(),
-        no_tensor_cores: std::env::var("SDGRAPH_TENSOR_CORES").is_ok_and(|v| v.trim() == "0"),
-        ..Default::default()
-    });
+    super::device::configure_shared(GpuOptions::from_settings(|name| std::env::var(name).ok()));
     match super::device::shared() {
         Ok(g) => Some(g),
         Err(_) if std::env::var("SDGRAPH_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => None,

@@ -4,7 +4,8 @@
 //!
 //! - [`format`]: reading a file's bytes, `--set` overrides; [`ron_reader`], [`spanned`]: RON with positions
 //! - [`schema`]: the graph as written; [`validate`]: checked against the registry, every error at once
-//! - [`node`]: node schemas and the `NodeKind` trait; [`registry`]: the set of node kinds
+//! - [`node`]: node schemas and the `NodeKind` trait; [`fields`]: a kind's inputs and params declared
+//!   once, as a struct; [`registry`]: the set of node kinds
 //! - [`schedule`]: which nodes run, in what order
 //! - [`exec`]: the executor, its cache, progress reporting, provenance
 //! - [`types`], [`value`]: port types and run-time values
@@ -15,6 +16,7 @@
 pub mod codec;
 pub mod error;
 pub mod exec;
+pub mod fields;
 pub mod format;
 pub mod node;
 pub mod registry;

@@ -271,6 +271,10 @@ impl NodeSchema {
     pub fn path(self, name: &str, doc: &str) -> Self {
         self.param(name, ParamKind::Path, None, doc)
     }
+    /// Adds a kind's inputs and params as one [`node_fields!`](crate::node_fields) struct declares them.
+    pub fn fields(self, declare: fn(NodeSchema) -> NodeSchema) -> Self {
+        declare(self)
+    }
     pub fn sink(mut self) -> Self {
         self.output_node = true;
         self

@@ -300,6 +300,14 @@ fn port(v: &mlua::Value, what: &str, allow_optional: bool) -> Result<(PortType, 
     }
 }
 
+/// Fields that only some param types take: (field, the types, those types in words).
+const TYPE_ONLY_FIELDS: [(&str, &[&str], &str); 4] = [
+    ("min", &["int", "float"], "int and float"),
+    ("max", &["int", "float"], "int and float"),
+    ("values", &["enum"], "enum"),
+    ("multiline", &["string"], "string"),
+];
+
 fn param(name: &str, v: &mlua::Value, what: &str) -> Result<ParamSpec, String> {
     let mlua::Value::Table(spec) = v else {
         return Err(format!(
@@ -308,20 +316,30 @@ fn param(name: &str, v: &mlua::Value, what: &str) -> Result<ParamSpec, String> {
         ));
     };
     check_fields(spec, PARAM_FIELDS, what)?;
-    let get = |k: &str| spec.raw_get::<mlua::Value>(k).map_err(|e| e.to_string());
     let ty = opt_string(spec, "type", what)?.ok_or_else(|| format!("{what}: missing `type` ({PARAM_TYPES})"))?;
     let doc = opt_string(spec, "doc", what)?.unwrap_or_default();
-    let only = |k: &str, for_: &str| -> Result<(), String> {
-        if matches!(get(k)?, mlua::Value::Nil) {
-            Ok(())
-        } else {
-            Err(format!("{what}: `{k}` applies only to {for_} params"))
-        }
+    let kind = param_kind(spec, &ty, what)?;
+    let default = match spec.raw_get::<mlua::Value>("default").map_err(|e| e.to_string())? {
+        mlua::Value::Nil => None,
+        d => param_default(&kind, &d, what)?,
     };
-    let kind = match ty.to_ascii_lowercase().as_str() {
+    Ok(ParamSpec { name: name.to_string(), kind, default, doc })
+}
+
+/// The kind a param's `type` (and `min`, `max`, `values`, `multiline`) declare.
+fn param_kind(spec: &Table, ty: &str, what: &str) -> Result<ParamKind, String> {
+    let get = |k: &str| spec.raw_get::<mlua::Value>(k).map_err(|e| e.to_string());
+    let ty_l = ty.to_ascii_lowercase();
+    if !["int", "float", "bool", "string", "path", "enum"].contains(&ty_l.as_str()) {
+        return Err(format!("{what}: unknown param type {ty:?}; types are {PARAM_TYPES}"));
+    }
+    for (field, types, in_words) in TYPE_ONLY_FIELDS {
+        if !types.contains(&ty_l.as_str()) && !matches!(get(field)?, mlua::Value::Nil) {
+            return Err(format!("{what}: `{field}` applies only to {in_words} params"));
+        }
+    }
+    Ok(match ty_l.as_str() {
         "int" => {
-            only("values", "enum")?;
-            only("multiline", "string")?;
             let min = opt_int(&get("min")?, &format!("{what}: `min`"))?.unwrap_or(i64::MIN);
             let max = opt_int(&get("max")?, &format!("{what}: `max`"))?.unwrap_or(i64::MAX);
             if min > max {
@@ -330,8 +348,6 @@ fn param(name: &str, v: &mlua::Value, what: &str) -> Result<ParamSpec, String> {
             ParamKind::Int { min, max }
         }
         "float" => {
-            only("values", "enum")?;
-            only("multiline", "string")?;
             let min = opt_number(&get("min")?, &format!("{what}: `min`"))?.unwrap_or(f64::MIN);
             let max = opt_number(&get("max")?, &format!("{what}: `max`"))?.unwrap_or(f64::MAX);
             if min > max {
@@ -339,78 +355,52 @@ fn param(name: &str, v: &mlua::Value, what: &str) -> Result<ParamSpec, String> {
             }
             ParamKind::Float { min, max }
         }
-        other => {
-            only("min", "int and float")?;
-            only("max", "int and float")?;
-            match other {
-                "bool" => {
-                    only("values", "enum")?;
-                    only("multiline", "string")?;
-                    ParamKind::Bool
-                }
-                "string" => {
-                    only("values", "enum")?;
-                    ParamKind::String { multiline: opt_bool(spec, "multiline", what)?.unwrap_or(false) }
-                }
-                "path" => {
-                    only("values", "enum")?;
-                    only("multiline", "string")?;
-                    ParamKind::Path
-                }
-                "enum" => {
-                    only("multiline", "string")?;
-                    let mlua::Value::Table(vals) = get("values")? else {
-                        return Err(format!("{what}: an enum needs `values = {{ \"a\", \"b\", ... }}`"));
-                    };
-                    let mut values = Vec::new();
-                    for (i, v) in vals.sequence_values::<mlua::Value>().enumerate() {
-                        match v.map_err(|e| e.to_string())? {
-                            mlua::Value::String(s) => {
-                                let s =
-                                    s.to_str().map_err(|_| format!("{what}: values[{}] is not valid UTF-8", i + 1))?;
-                                let s = s.to_string();
-                                if values.contains(&s) {
-                                    return Err(format!("{what}: value {s:?} is listed twice"));
-                                }
-                                values.push(s);
-                            }
-                            v => {
-                                return Err(format!(
-                                    "{what}: values[{}] must be a string, got {}",
-                                    i + 1,
-                                    describe_value(&v)
-                                ));
-                            }
-                        }
-                    }
-                    if values.is_empty() {
-                        return Err(format!("{what}: an enum needs at least one value"));
-                    }
-                    ParamKind::Enum { values }
-                }
-                _ => return Err(format!("{what}: unknown param type {ty:?}; types are {PARAM_TYPES}")),
-            }
-        }
-    };
-    let default = match get("default")? {
-        mlua::Value::Nil => None,
-        d => {
-            let raw = match (&kind, &d) {
-                (ParamKind::Int { .. }, _) => opt_int(&d, &format!("{what}: `default`"))?.map(ParamValue::Int),
-                (ParamKind::Float { .. }, _) => opt_number(&d, &format!("{what}: `default`"))?.map(ParamValue::Float),
-                (ParamKind::Bool, mlua::Value::Boolean(b)) => Some(ParamValue::Bool(*b)),
-                (_, mlua::Value::String(s)) if !matches!(kind, ParamKind::Bool) => Some(ParamValue::String(
-                    s.to_str().map_err(|_| format!("{what}: `default` is not valid UTF-8"))?.to_string(),
-                )),
-                (k, d) => return Err(format!("{what}: `default` must be {}, got {}", k.expected(), describe_value(d))),
+        "bool" => ParamKind::Bool,
+        "string" => ParamKind::String { multiline: opt_bool(spec, "multiline", what)?.unwrap_or(false) },
+        "path" => ParamKind::Path,
+        _ => {
+            let mlua::Value::Table(vals) = get("values")? else {
+                return Err(format!("{what}: an enum needs `values = {{ \"a\", \"b\", ... }}`"));
             };
-            match raw {
-                Some(v) => Some(kind.check(&v).map_err(|e| format!("{what}: default: {e}"))?),
-                None => None,
-            }
+            ParamKind::Enum { values: enum_values(&vals, what)? }
         }
+    })
+}
+
+/// An enum's `values`: distinct UTF-8 strings, at least one.
+fn enum_values(vals: &Table, what: &str) -> Result<Vec<String>, String> {
+    let mut values = Vec::new();
+    for (i, v) in vals.sequence_values::<mlua::Value>().enumerate() {
+        match v.map_err(|e| e.to_string())? {
+            mlua::Value::String(s) => {
+                let s = s.to_str().map_err(|_| format!("{what}: values[{}] is not valid UTF-8", i + 1))?;
+                let s = s.to_string();
+                if values.contains(&s) {
+                    return Err(format!("{what}: value {s:?} is listed twice"));
+                }
+                values.push(s);
+            }
+            v => return Err(format!("{what}: values[{}] must be a string, got {}", i + 1, describe_value(&v))),
+        }
+    }
+    if values.is_empty() {
+        return Err(format!("{what}: an enum needs at least one value"));
+    }
+    Ok(values)
+}
+
+/// A param's `default`, checked against its kind.
+fn param_default(kind: &ParamKind, d: &mlua::Value, what: &str) -> Result<Option<ParamValue>, String> {
+    let raw = match (kind, d) {
+        (ParamKind::Int { .. }, _) => opt_int(d, &format!("{what}: `default`"))?.map(ParamValue::Int),
+        (ParamKind::Float { .. }, _) => opt_number(d, &format!("{what}: `default`"))?.map(ParamValue::Float),
+        (ParamKind::Bool, mlua::Value::Boolean(b)) => Some(ParamValue::Bool(*b)),
+        (_, mlua::Value::String(s)) if !matches!(kind, ParamKind::Bool) => Some(ParamValue::String(
+            s.to_str().map_err(|_| format!("{what}: `default` is not valid UTF-8"))?.to_string(),
+        )),
+        (k, d) => return Err(format!("{what}: `default` must be {}, got {}", k.expected(), describe_value(d))),
     };
-    Ok(ParamSpec { name: name.to_string(), kind, default, doc })
+    raw.map(|v| kind.check(&v).map_err(|e| format!("{what}: default: {e}"))).transpose()
 }
 
 /// The schema a `node { ... }` table declares.

@@ -118,6 +118,12 @@ pub fn load_checkpoint(
 /// The schema, and the settings the command passed.
 pub struct CheckpointLoaderSimple(NodeSchema, Settings);
 
+graph::node_fields! {
+    struct CheckpointFields {
+        ckpt_name: String = path("Checkpoint file or diffusers folder, relative to the graph file's folder."),
+    }
+}
+
 impl CheckpointLoaderSimple {
     pub fn new(settings: Settings) -> Self {
         Self(
@@ -126,7 +132,7 @@ impl CheckpointLoaderSimple {
                 "loaders",
                 "Loads an SD 1.x checkpoint (.safetensors single file or diffusers folder) onto the GPU.",
             )
-            .path("ckpt_name", "Checkpoint file or diffusers folder, relative to the graph file's folder.")
+            .fields(CheckpointFields::declare)
             .output("model", PortType::Model, "The denoising UNet.")
             .output("clip", PortType::Clip, "The text encoder with its tokenizer.")
             .output("vae", PortType::Vae, "The image autoencoder."),
@@ -147,7 +153,8 @@ impl NodeKind for CheckpointLoaderSimple {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let path = ctx.resolve(inputs.str("ckpt_name")?);
+        let f = CheckpointFields::read(inputs)?;
+        let path = ctx.resolve(f.ckpt_name.as_str());
         let gpu = runtime::gpu()?;
         let dtype = runtime::model_dtype(gpu, self.1.dtype);
         ctx.progress.message(&format!("loading {} ({dtype:?})", path.display()));
@@ -170,7 +177,7 @@ impl NodeKind for CheckpointLoaderSimple {
     /// place, so for a diffusers folder the components' files count too
     /// (else a cached model, and the digests recorded for it, would be stale).
     fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
-        let path = ctx.resolve(inputs.str("ckpt_name").ok()?);
+        let path = ctx.resolve(&CheckpointFields::read(inputs).ok()?.ckpt_name);
         let meta = std::fs::metadata(&path).ok()?;
         let mut fp = format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok());
         if meta.is_dir() {

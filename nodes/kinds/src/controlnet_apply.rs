@@ -1,46 +1,30 @@
 //! ControlNetLoader and ControlNetApplyAdvanced, as ComfyUI's nodes
 //! (`nodes.py` and `comfy/controlnet.py`, Comfy-Org/ComfyUI @
-//! 311c01406130b2acbe8ab291043502de26cf3871), and what KSampler does with
-//! the controls a conditioning carries.
+//! 311c01406130b2acbe8ab291043502de26cf3871). What KSampler does with the
+//! controls a conditioning carries is [`models::sampling::controls`].
 //!
-//! ComfyUI's semantics, kept here:
-//! - ControlNetApplyAdvanced with strength 0 returns its conditionings unchanged;
-//!   otherwise it appends one control (ControlNet, image, strength, start and end
-//!   percent) to both, and a second ControlNet applied to its output is chained
-//!   after the first (`previous_controlnet`): the residuals of every control
-//!   active at a step are summed, each times its strength.
-//! - A control is active while the step's sigma lies in
-//!   `[percent_to_sigma(end_percent), percent_to_sigma(start_percent)]`
-//!   (`ControlBase.pre_run` / `get_control`).
-//! - The control image is center-cropped to the latent's aspect ratio and
-//!   resized to 8x the latent size with `nearest-exact` (`common_upscale(...,
-//!   self.upscale_algorithm = 'nearest-exact', "center")`), pixels in 0..1 as
-//!   they are, and repeated or cut to the latent batch (`broadcast_image_to`).
-//! - The ControlNet sees the same scaled input, timestep and text as the UNet
-//!   (`calculate_input`, `timestep(sigma)`, `c_crossattn`).
+//! ComfyUI's semantics, kept here: ControlNetApplyAdvanced with strength 0
+//! returns its conditionings unchanged; otherwise it appends one control
+//! (ControlNet, image, strength, start and end percent) to both, and a second
+//! ControlNet applied to its output is chained after the first
+//! (`previous_controlnet`). The ControlNet sees the same scaled input, timestep
+//! and text as the UNet (`calculate_input`, `timestep(sigma)`, `c_crossattn`).
 //!
-//! Differences: the `vae` input is accepted and ignored (SD 1.x/2.x ControlNets
-//! work on pixels; latent-space ControlNets are not supported), and the
-//! control image is embedded once per sampling run rather than each step
-//! (it depends on nothing else).
+//! Difference: the `vae` input is accepted and ignored (SD 1.x/2.x ControlNets
+//! work on pixels; latent-space ControlNets are not supported).
 
 use std::sync::Arc;
 
-use gpu::ops::binary::{add_scaled, mul};
-use gpu::ops::layout::concat;
-use gpu::{DType, Gpu, Tensor};
+use gpu::{DType, Gpu};
 use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, PortType, Value};
 
-use crate::payload::{Conditioning, ControlApplication, ControlNetHandle};
+use crate::payload::{Conditioning, ControlApplication, ControlNetHandle, VaeHandle};
 use crate::runtime;
 use crate::settings::Settings;
 use models::checkpoint::convert::{CONTROLNET_PREFIX, ControlNetLayout, open_controlnet};
-use models::controlnet::{ControlNet, ControlNetConfig, ControlResiduals};
-use models::image_ops::{Method, center_crop_to_aspect, resize};
-use models::sampling::schedulers::ModelSigmas;
-use models::unet::UnetConfig;
+use models::controlnet::{ControlNet, ControlNetConfig};
 use models::unet_blocks::AttentionHeads;
 
 /// What a ControlNet's files may say about the architecture beyond the
@@ -106,6 +90,12 @@ pub fn load_controlnet(gpu: &Gpu, path: &std::path::Path, dtype: DType) -> Resul
 /// The schema, and the settings the command passed.
 pub struct ControlNetLoader(NodeSchema, Settings);
 
+graph::node_fields! {
+    struct ControlNetLoaderFields {
+        control_net_name: String = path("ControlNet file or diffusers folder, relative to the graph file's folder."),
+    }
+}
+
 impl ControlNetLoader {
     pub fn new(settings: Settings) -> Self {
         Self(
@@ -114,7 +104,7 @@ impl ControlNetLoader {
                 "loaders",
                 "Loads an SD 1.x/2.x ControlNet (.safetensors in the single-file or diffusers layout, or a diffusers folder).",
             )
-            .path("control_net_name", "ControlNet file or diffusers folder, relative to the graph file's folder.")
+            .fields(ControlNetLoaderFields::declare)
             .output("control_net", PortType::ControlNet, "The ControlNet."),
             settings,
         )
@@ -133,7 +123,8 @@ impl NodeKind for ControlNetLoader {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let path = ctx.resolve(inputs.str("control_net_name")?);
+        let f = ControlNetLoaderFields::read(inputs)?;
+        let path = ctx.resolve(f.control_net_name.as_str());
         let gpu = runtime::gpu()?;
         let dtype = runtime::model_dtype(gpu, self.1.dtype);
         ctx.progress.message(&format!("loading ControlNet {} ({dtype:?})", path.display()));
@@ -144,7 +135,7 @@ impl NodeKind for ControlNetLoader {
 
     /// Size and modification time of the weights file: replacing it reloads.
     fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
-        let path = ctx.resolve(inputs.str("control_net_name").ok()?);
+        let path = ctx.resolve(&ControlNetLoaderFields::read(inputs).ok()?.control_net_name);
         let file = if path.is_dir() { path.join("diffusion_pytorch_model.safetensors") } else { path.clone() };
         let meta = std::fs::metadata(&file).ok()?;
         Some(format!("{}:{}:{:?}", file.display(), meta.len(), meta.modified().ok()))
@@ -152,6 +143,25 @@ impl NodeKind for ControlNetLoader {
 }
 
 pub struct ControlNetApplyAdvanced(NodeSchema);
+
+graph::node_fields! {
+    struct ControlNetApplyFields {
+        positive: Arc<Conditioning> = input(PortType::Conditioning, "The positive prompt."),
+        negative: Arc<Conditioning> = input(PortType::Conditioning, "The negative prompt."),
+        control_net: Arc<ControlNetHandle> = input(PortType::ControlNet, "The ControlNet (from ControlNetLoader)."),
+        image: Arc<Image> = input(
+            PortType::Image,
+            "The control image, e.g. from Canny; resized to the latent's size x8.",
+        ),
+        vae: Option<Arc<VaeHandle>> = optional_input(
+            PortType::Vae,
+            "Accepted for ComfyUI compatibility; SD 1.x ControlNets need none.",
+        ),
+        strength: f64 = float(0.0, 10.0, 1.0, "How strongly the control steers (0 leaves the prompts unchanged)."),
+        start_percent: f64 = float(0.0, 1.0, 0.0, "Where in the schedule the control starts (0 = first step)."),
+        end_percent: f64 = float(0.0, 1.0, 1.0, "Where in the schedule it stops (1 = last step)."),
+    }
+}
 
 impl ControlNetApplyAdvanced {
     pub fn new() -> Self {
@@ -161,14 +171,7 @@ impl ControlNetApplyAdvanced {
                 "conditioning/controlnet",
                 "Guides sampling with a ControlNet and a control image (an edge map, a pose...).",
             )
-            .input("positive", PortType::Conditioning, "The positive prompt.")
-            .input("negative", PortType::Conditioning, "The negative prompt.")
-            .input("control_net", PortType::ControlNet, "The ControlNet (from ControlNetLoader).")
-            .input("image", PortType::Image, "The control image, e.g. from Canny; resized to the latent's size x8.")
-            .optional_input("vae", PortType::Vae, "Accepted for ComfyUI compatibility; SD 1.x ControlNets need none.")
-            .float("strength", 0.0, 10.0, 1.0, "How strongly the control steers (0 leaves the prompts unchanged).")
-            .float("start_percent", 0.0, 1.0, 0.0, "Where in the schedule the control starts (0 = first step).")
-            .float("end_percent", 0.0, 1.0, 1.0, "Where in the schedule it stops (1 = last step).")
+            .fields(ControlNetApplyFields::declare)
             .output("positive", PortType::Conditioning, "The positive prompt with the control.")
             .output("negative", PortType::Conditioning, "The negative prompt with the control."),
         )
@@ -187,13 +190,14 @@ impl NodeKind for ControlNetApplyAdvanced {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let positive = inputs.get::<Conditioning>("positive")?;
-        let negative = inputs.get::<Conditioning>("negative")?;
-        let control_net = inputs.get::<ControlNetHandle>("control_net")?;
-        let image = inputs.image("image")?;
-        let strength = inputs.float("strength")?;
-        let start_percent = inputs.float("start_percent")?;
-        let end_percent = inputs.float("end_percent")?;
+        let f = ControlNetApplyFields::read(inputs)?;
+        let positive = f.positive;
+        let negative = f.negative;
+        let control_net = f.control_net;
+        let image = f.image;
+        let strength = f.strength;
+        let start_percent = f.start_percent;
+        let end_percent = f.end_percent;
         let pass = |c: &Arc<Conditioning>| Value::shared(c.clone());
         if strength == 0.0 {
             // ComfyUI returns the conditionings as they are.
@@ -215,161 +219,4 @@ impl NodeKind for ControlNetApplyAdvanced {
         };
         Ok(vec![with(&positive), with(&negative)])
     }
-}
-
-/// The control image as the ControlNet's input: `[batch, channels, height,
-/// width]` (NCHW, f32), center-cropped to the target aspect ratio, resized
-/// with nearest-exact, its batch repeated cyclically (or cut) to `batch`; a
-/// one-channel image is repeated to `channels`, extra channels (alpha) are
-/// dropped.
-pub fn control_hint(
-    img: &Image,
-    width: usize,
-    height: usize,
-    channels: usize,
-    batch: usize,
-) -> Result<Vec<f32>, String> {
-    let cropped = center_crop_to_aspect(img, width, height);
-    let r = resize(&cropped, width, height, Method::NearestExact)?;
-    let (hw, c) = (width * height, r.channels);
-    if c == 0 || r.batch == 0 || (c != 1 && c < channels) {
-        return Err(format!("a control image of {c} channels for a ControlNet that takes {channels}"));
-    }
-    let mut out = vec![0.0; batch * channels * hw];
-    for b in 0..batch {
-        let src = &r.data[(b % r.batch) * hw * c..][..hw * c];
-        for ch in 0..channels {
-            let from = if c == 1 { 0 } else { ch };
-            let dst = &mut out[(b * channels + ch) * hw..][..hw];
-            for (p, d) in dst.iter_mut().enumerate() {
-                *d = src[p * c + from];
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// One control of a conditioning, ready for a sampling run: its embedded
-/// control image and its sigma range.
-pub struct PreparedControl {
-    pub app: Arc<ControlApplication>,
-    /// `[B, model_channels, h, w]`, and `[2B, ..]` when the two prompts are batched.
-    pub hint: Tensor,
-    pub hint_doubled: Option<Tensor>,
-    /// Active while `sigma_end <= sigma <= sigma_start`.
-    pub sigma_start: f64,
-    pub sigma_end: f64,
-}
-
-/// Checks that a ControlNet fits the UNet it steers.
-fn check_fits(net: &ControlNet, unet: &UnetConfig, path: &std::path::Path) -> Result<(), String> {
-    let c = &net.config.unet;
-    if c.block_out_channels != unet.block_out_channels
-        || c.layers_per_block != unet.layers_per_block
-        || c.context_dim != unet.context_dim
-        || c.in_channels != unet.in_channels
-    {
-        return Err(format!(
-            "the ControlNet {} does not fit the model: its levels {:?} x {} layers, context {}, {} latent channels; the model's {:?} x {}, context {}, {}",
-            path.display(),
-            c.block_out_channels,
-            c.layers_per_block,
-            c.context_dim,
-            c.in_channels,
-            unet.block_out_channels,
-            unet.layers_per_block,
-            unet.context_dim,
-            unet.in_channels
-        ));
-    }
-    Ok(())
-}
-
-/// Embeds the control images of `controls` for latents of `shape` (once per
-/// sampling run); `doubled` also builds the `[2B]` version for a batched
-/// cond + uncond call.
-pub fn prepare_controls(
-    gpu: &Gpu,
-    unet: &UnetConfig,
-    sigmas: &ModelSigmas,
-    controls: &[Arc<ControlApplication>],
-    shape: [usize; 4],
-    doubled: bool,
-) -> Result<Vec<PreparedControl>, String> {
-    let [b, _, h, w] = shape;
-    let mut out = Vec::with_capacity(controls.len());
-    for app in controls {
-        let net = &app.control_net.net;
-        check_fits(net, unet, &app.control_net.path)?;
-        let f = net.config.hint_downscale();
-        let ch = net.config.hint_channels;
-        let pixels = control_hint(&app.image, w * f, h * f, ch, b)?;
-        let t = gpu.upload(&pixels, &[b, ch, h * f, w * f], DType::F32).map_err(|e| e.to_string())?;
-        let hint = net.embed_hint(gpu, &t).map_err(|e| e.to_string())?;
-        let hint_doubled =
-            if doubled { Some(concat(gpu, &[&hint, &hint], 0).map_err(|e| e.to_string())?) } else { None };
-        out.push(PreparedControl {
-            app: app.clone(),
-            hint,
-            hint_doubled,
-            sigma_start: sigmas.percent_to_sigma(app.start_percent),
-            sigma_end: sigmas.percent_to_sigma(app.end_percent),
-        });
-    }
-    Ok(out)
-}
-
-/// The summed, strength-scaled residuals of the controls active at `sigma`
-/// for `x [B or 2B, C, h, w]` under `context`, or `None` when none is active.
-/// `doubled` picks the `[2B]` hint embeddings.
-pub fn control_residuals(
-    gpu: &Gpu,
-    controls: &[PreparedControl],
-    x: &Tensor,
-    timesteps: &[f32],
-    context: &Tensor,
-    sigma: f64,
-    doubled: bool,
-) -> Result<Option<ControlResiduals>, String> {
-    let mut sum: Option<ControlResiduals> = None;
-    for c in controls {
-        // ComfyUI: inactive when sigma > range start or sigma < range end (compared in f32 there).
-        if sigma > c.sigma_start || sigma < c.sigma_end {
-            continue;
-        }
-        let hint = if doubled { c.hint_doubled.as_ref().unwrap_or(&c.hint) } else { &c.hint };
-        let net = &c.app.control_net.net;
-        let r = net
-            .forward(gpu, x, timesteps, context, hint)
-            .map_err(|e| format!("ControlNet {}: {e}", c.app.control_net.path.display()))?;
-        let s = c.app.strength as f32;
-        sum = Some(match sum {
-            None => scale_residuals(gpu, &r, s).map_err(|e| e.to_string())?,
-            Some(acc) => ControlResiduals {
-                down: acc
-                    .down
-                    .iter()
-                    .zip(&r.down)
-                    .map(|(a, d)| add_residual(gpu, a, d, s))
-                    .collect::<Result<Vec<_>, _>>()?,
-                mid: add_residual(gpu, &acc.mid, &r.mid, s)?,
-            },
-        });
-    }
-    Ok(sum)
-}
-
-/// `acc + s * r`, in `acc`'s dtype (two ControlNets may differ in dtype only if the env changed between loads).
-fn add_residual(gpu: &Gpu, acc: &Tensor, r: &Tensor, s: f32) -> Result<Tensor, String> {
-    let r = gpu::ops::cast::cast(gpu, r, acc.dtype()).map_err(|e| e.to_string())?;
-    add_scaled(gpu, acc, &r, s).map_err(|e| format!("two ControlNets' residuals do not add up: {e}"))
-}
-
-/// Every residual times `strength` (ComfyUI's `x *= self.strength`).
-pub fn scale_residuals(gpu: &Gpu, r: &ControlResiduals, strength: f32) -> Result<ControlResiduals, gpu::GpuError> {
-    let s = gpu.upload(&[strength], &[1], r.mid.dtype())?;
-    Ok(ControlResiduals {
-        down: r.down.iter().map(|d| mul(gpu, d, &s)).collect::<Result<Vec<_>, _>>()?,
-        mid: mul(gpu, &r.mid, &s)?,
-    })
 }

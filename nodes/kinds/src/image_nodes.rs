@@ -43,6 +43,12 @@ fn check_size(batch: usize, width: usize, height: usize) -> Result<(), NodeError
 
 pub struct LoadImage(NodeSchema);
 
+graph::node_fields! {
+    struct LoadImageFields {
+        image: String = path("Image file, relative to the graph file's folder."),
+    }
+}
+
 impl LoadImage {
     fn new() -> Self {
         Self(
@@ -51,7 +57,7 @@ impl LoadImage {
                 "image",
                 "Loads a PNG, JPEG or WebP file; its alpha channel becomes the mask.",
             )
-            .path("image", "Image file, relative to the graph file's folder.")
+            .fields(LoadImageFields::declare)
             .output("image", PortType::Image, "The picture as RGB.")
             .output(
                 "mask",
@@ -101,14 +107,15 @@ impl NodeKind for LoadImage {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let path = ctx.resolve(inputs.str("image")?);
+        let f = LoadImageFields::read(inputs)?;
+        let path = ctx.resolve(f.image.as_str());
         let (image, mask) = load_image_file(&path).map_err(err)?;
         Ok(vec![Value::Image(Arc::new(image)), Value::Mask(Arc::new(mask))])
     }
 
     /// Size and modification time, so editing the picture re-runs the node.
     fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
-        let path = ctx.resolve(inputs.str("image").ok()?);
+        let path = ctx.resolve(&LoadImageFields::read(inputs).ok()?.image);
         let meta = fs::metadata(&path).ok()?;
         Some(format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok()))
     }
@@ -118,6 +125,13 @@ impl NodeKind for LoadImage {
 
 pub struct SaveImage(NodeSchema);
 
+graph::node_fields! {
+    struct SaveImageFields {
+        images: Arc<Image> = input(PortType::Image, "The images to save."),
+        filename_prefix: String = string(Some("sdgraph"), "File name prefix; may name a subfolder (\"pets/cat\")."),
+    }
+}
+
 impl SaveImage {
     fn new() -> Self {
         Self(
@@ -126,8 +140,7 @@ impl SaveImage {
                 "image",
                 "Saves each image as PNG in the output folder (never overwriting), with the graph embedded.",
             )
-            .input("images", PortType::Image, "The images to save.")
-            .string("filename_prefix", Some("sdgraph"), "File name prefix; may name a subfolder (\"pets/cat\").")
+            .fields(SaveImageFields::declare)
             .sink(),
         )
     }
@@ -230,8 +243,9 @@ impl NodeKind for SaveImage {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let images = inputs.image("images")?;
-        let prefix = inputs.str("filename_prefix")?;
+        let f = SaveImageFields::read(inputs)?;
+        let images = f.images;
+        let prefix = f.filename_prefix.as_str();
         check_prefix(prefix)?;
         let full = ctx.out_dir.join(prefix);
         let dir = full.parent().unwrap_or(ctx.out_dir).to_path_buf();
@@ -260,22 +274,27 @@ impl NodeKind for SaveImage {
 
 // ---------------------------------------------------------------- ImageScale
 
-fn method_param(inputs: &NodeInputs) -> Result<Method, NodeError> {
-    let name = inputs.str("upscale_method")?;
+fn method_param(name: &str) -> Result<Method, NodeError> {
     Method::from_name(name).ok_or_else(|| err(format!("unknown upscale_method {name:?}")))
 }
 
 pub struct ImageScale(NodeSchema);
 
+graph::node_fields! {
+    struct ImageScaleFields {
+        image: Arc<Image> = input(PortType::Image, "The images to resize."),
+        upscale_method: String = choice(&Method::NAMES, "nearest-exact", "Resampling filter."),
+        width: usize = int(0, MAX_RESOLUTION, 512, "Target width; 0 keeps the aspect ratio from height."),
+        height: usize = int(0, MAX_RESOLUTION, 512, "Target height; 0 keeps the aspect ratio from width."),
+        crop: String = choice(&["disabled", "center"], "disabled", "Center-crop to the target aspect first."),
+    }
+}
+
 impl ImageScale {
     fn new() -> Self {
         Self(
             NodeSchema::new("ImageScale", "image", "Resizes images to a width and height.")
-                .input("image", PortType::Image, "The images to resize.")
-                .choice("upscale_method", &Method::NAMES, "nearest-exact", "Resampling filter.")
-                .int("width", 0, MAX_RESOLUTION, 512, "Target width; 0 keeps the aspect ratio from height.")
-                .int("height", 0, MAX_RESOLUTION, 512, "Target height; 0 keeps the aspect ratio from width.")
-                .choice("crop", &["disabled", "center"], "disabled", "Center-crop to the target aspect first.")
+                .fields(ImageScaleFields::declare)
                 .output("image", PortType::Image, "The resized images."),
         )
     }
@@ -300,22 +319,29 @@ impl NodeKind for ImageScale {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let img = inputs.image("image")?;
-        let center = inputs.str("crop")? == "center";
-        let out = scale_image(&img, inputs.usize("width")?, inputs.usize("height")?, method_param(inputs)?, center)?;
+        let f = ImageScaleFields::read(inputs)?;
+        let img = f.image;
+        let center = f.crop == "center";
+        let out = scale_image(&img, f.width, f.height, method_param(&f.upscale_method)?, center)?;
         Ok(vec![Value::Image(Arc::new(out))])
     }
 }
 
 pub struct ImageScaleBy(NodeSchema);
 
+graph::node_fields! {
+    struct ImageScaleByFields {
+        image: Arc<Image> = input(PortType::Image, "The images to resize."),
+        upscale_method: String = choice(&Method::NAMES, "nearest-exact", "Resampling filter."),
+        scale_by: f64 = float(0.01, 8.0, 1.0, "Factor applied to width and height."),
+    }
+}
+
 impl ImageScaleBy {
     fn new() -> Self {
         Self(
             NodeSchema::new("ImageScaleBy", "image", "Resizes images by a factor.")
-                .input("image", PortType::Image, "The images to resize.")
-                .choice("upscale_method", &Method::NAMES, "nearest-exact", "Resampling filter.")
-                .float("scale_by", 0.01, 8.0, 1.0, "Factor applied to width and height.")
+                .fields(ImageScaleByFields::declare)
                 .output("image", PortType::Image, "The resized images."),
         )
     }
@@ -327,11 +353,12 @@ impl NodeKind for ImageScaleBy {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let img = inputs.image("image")?;
-        let s = inputs.float("scale_by")?;
+        let f = ImageScaleByFields::read(inputs)?;
+        let img = f.image;
+        let s = f.scale_by;
         let w = ((img.width as f64 * s).round() as usize).max(1);
         let h = ((img.height as f64 * s).round() as usize).max(1);
-        let out = scale_image(&img, w, h, method_param(inputs)?, false)?;
+        let out = scale_image(&img, w, h, method_param(&f.upscale_method)?, false)?;
         Ok(vec![Value::Image(Arc::new(out))])
     }
 }
@@ -340,15 +367,21 @@ impl NodeKind for ImageScaleBy {
 
 pub struct ImageCrop(NodeSchema);
 
+graph::node_fields! {
+    struct ImageCropFields {
+        image: Arc<Image> = input(PortType::Image, "The images to crop."),
+        width: usize = int(1, MAX_RESOLUTION, 512, "Width of the rectangle."),
+        height: usize = int(1, MAX_RESOLUTION, 512, "Height of the rectangle."),
+        x: usize = int(0, MAX_RESOLUTION, 0, "Left edge."),
+        y: usize = int(0, MAX_RESOLUTION, 0, "Top edge."),
+    }
+}
+
 impl ImageCrop {
     fn new() -> Self {
         Self(
             NodeSchema::new("ImageCrop", "image", "Cuts a rectangle out of images (clamped to the image).")
-                .input("image", PortType::Image, "The images to crop.")
-                .int("width", 1, MAX_RESOLUTION, 512, "Width of the rectangle.")
-                .int("height", 1, MAX_RESOLUTION, 512, "Height of the rectangle.")
-                .int("x", 0, MAX_RESOLUTION, 0, "Left edge.")
-                .int("y", 0, MAX_RESOLUTION, 0, "Top edge.")
+                .fields(ImageCropFields::declare)
                 .output("image", PortType::Image, "The cropped images."),
         )
     }
@@ -360,15 +393,9 @@ impl NodeKind for ImageCrop {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let img = inputs.image("image")?;
-        let out = image_ops::crop(
-            &img,
-            inputs.usize("width")?,
-            inputs.usize("height")?,
-            inputs.usize("x")?,
-            inputs.usize("y")?,
-        )
-        .map_err(err)?;
+        let f = ImageCropFields::read(inputs)?;
+        let img = f.image;
+        let out = image_ops::crop(&img, f.width, f.height, f.x, f.y).map_err(err)?;
         Ok(vec![Value::Image(Arc::new(out))])
     }
 }
@@ -377,14 +404,20 @@ impl NodeKind for ImageCrop {
 
 pub struct ImageBlend(NodeSchema);
 
+graph::node_fields! {
+    struct ImageBlendFields {
+        image1: Arc<Image> = input(PortType::Image, "The base images."),
+        image2: Arc<Image> = input(PortType::Image, "The images blended in (resized to image1 if needed)."),
+        blend_factor: f64 = float(0.0, 1.0, 0.5, "0 keeps image1, 1 gives the full blend."),
+        blend_mode: String = choice(&BlendMode::NAMES, "normal", "How the two are combined."),
+    }
+}
+
 impl ImageBlend {
     fn new() -> Self {
         Self(
             NodeSchema::new("ImageBlend", "image", "Blends image2 over image1 with a blend mode and factor.")
-                .input("image1", PortType::Image, "The base images.")
-                .input("image2", PortType::Image, "The images blended in (resized to image1 if needed).")
-                .float("blend_factor", 0.0, 1.0, 0.5, "0 keeps image1, 1 gives the full blend.")
-                .choice("blend_mode", &BlendMode::NAMES, "normal", "How the two are combined.")
+                .fields(ImageBlendFields::declare)
                 .output("image", PortType::Image, "The blended images."),
         )
     }
@@ -396,11 +429,12 @@ impl NodeKind for ImageBlend {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let a = inputs.image("image1")?;
-        let b = inputs.image("image2")?;
-        let mode_name = inputs.str("blend_mode")?;
+        let f = ImageBlendFields::read(inputs)?;
+        let a = f.image1;
+        let b = f.image2;
+        let mode_name = f.blend_mode.as_str();
         let mode = BlendMode::from_name(mode_name).ok_or_else(|| err(format!("unknown blend_mode {mode_name:?}")))?;
-        let out = image_ops::blend(&a, &b, inputs.float("blend_factor")? as f32, mode).map_err(err)?;
+        let out = image_ops::blend(&a, &b, f.blend_factor as f32, mode).map_err(err)?;
         Ok(vec![Value::Image(Arc::new(out))])
     }
 }
@@ -409,11 +443,17 @@ impl NodeKind for ImageBlend {
 
 pub struct ImageInvert(NodeSchema);
 
+graph::node_fields! {
+    struct ImageInvertFields {
+        image: Arc<Image> = input(PortType::Image, "The images to invert."),
+    }
+}
+
 impl ImageInvert {
     fn new() -> Self {
         Self(
             NodeSchema::new("ImageInvert", "image", "Inverts images (1 - value).")
-                .input("image", PortType::Image, "The images to invert.")
+                .fields(ImageInvertFields::declare)
                 .output("image", PortType::Image, "The inverted images."),
         )
     }
@@ -425,7 +465,8 @@ impl NodeKind for ImageInvert {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let img = inputs.image("image")?;
+        let f = ImageInvertFields::read(inputs)?;
+        let img = f.image;
         Ok(vec![Value::Image(Arc::new(image_ops::invert(&img)))])
     }
 }

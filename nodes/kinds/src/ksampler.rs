@@ -23,38 +23,44 @@ use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, ParamKind, ParamValue, RunContext};
 use graph::{PortType, Value};
 
-use crate::controlnet_apply::{PreparedControl, control_residuals, prepare_controls};
-use crate::latent_nodes::expand_noise_mask;
 use crate::payload::ModelHandle;
 use crate::payload::{Conditioning, Latent};
 use crate::runtime;
+use models::sampling::controls::{PreparedControl, control_residuals, prepare_controls};
 use models::sampling::noise::{TorchRng, prepare_noise};
+use models::sampling::noise_mask::expand_noise_mask;
 use models::sampling::samplers::{
-    CfgDenoiser, Denoiser, FnHooks, NetOutput, NoisePredictor, Sampler, StepInfo, initial_latent, max_denoise, sample,
+    CfgDenoiser, Denoiser, FnHooks, Job, NetOutput, NoisePredictor, Sampler, StepInfo, initial_latent, max_denoise,
+    sample,
 };
 use models::sampling::schedulers::{ModelSigmas, Scheduler, ksampler_sigmas};
 
 pub struct KSampler(NodeSchema);
 
+graph::node_fields! {
+    struct KSamplerFields {
+        model: Arc<ModelHandle> = input(PortType::Model, "The UNet (from CheckpointLoaderSimple)."),
+        positive: Arc<Conditioning> = input(PortType::Conditioning, "What the picture should show."),
+        negative: Arc<Conditioning> = input(PortType::Conditioning, "What it should not."),
+        latent_image: Arc<Latent> = input(PortType::Latent, "Start latents: empty for txt2img, encoded for img2img."),
+        seed: i64 = param(
+            ParamKind::Int { min: 0, max: i64::MAX },
+            Some(ParamValue::Int(0)),
+            "Noise seed; the same seed gives ComfyUI's CPU noise.",
+        ),
+        steps: usize = int(1, 10000, 20, "Sampling steps."),
+        cfg: f64 = float(0.0, 100.0, 8.0, "Classifier-free guidance scale (1 disables the negative prompt)."),
+        sampler_name: String = choice(&Sampler::NAMES, "euler", "Sampler, as ComfyUI names them."),
+        scheduler: String = choice(&Scheduler::NAMES, "normal", "Noise schedule, as ComfyUI names them."),
+        denoise: f64 = float(0.0, 1.0, 1.0, "How much of the schedule to run: below 1 keeps the input (img2img)."),
+    }
+}
+
 impl KSampler {
     pub fn new() -> Self {
         Self(
             NodeSchema::new("KSampler", "sampling", "Denoises latents with the model, guided by the prompts.")
-                .input("model", PortType::Model, "The UNet (from CheckpointLoaderSimple).")
-                .input("positive", PortType::Conditioning, "What the picture should show.")
-                .input("negative", PortType::Conditioning, "What it should not.")
-                .input("latent_image", PortType::Latent, "Start latents: empty for txt2img, encoded for img2img.")
-                .param(
-                    "seed",
-                    ParamKind::Int { min: 0, max: i64::MAX },
-                    Some(ParamValue::Int(0)),
-                    "Noise seed; the same seed gives ComfyUI's CPU noise.",
-                )
-                .int("steps", 1, 10000, 20, "Sampling steps.")
-                .float("cfg", 0.0, 100.0, 8.0, "Classifier-free guidance scale (1 disables the negative prompt).")
-                .choice("sampler_name", &Sampler::NAMES, "euler", "Sampler, as ComfyUI names them.")
-                .choice("scheduler", &Scheduler::NAMES, "normal", "Noise schedule, as ComfyUI names them.")
-                .float("denoise", 0.0, 1.0, 1.0, "How much of the schedule to run: below 1 keeps the input (img2img).")
+                .fields(KSamplerFields::declare)
                 .output("latent", PortType::Latent, "The denoised latents."),
         )
     }
@@ -78,8 +84,8 @@ struct UnetPredictor<'a> {
     neg: Tensor,
     /// `[2B, L, C]`, uncond first, when the lengths and controls allow batching.
     both: Option<Tensor>,
-    pos_controls: Vec<PreparedControl>,
-    neg_controls: Vec<PreparedControl>,
+    pos_controls: Vec<PreparedControl<'a>>,
+    neg_controls: Vec<PreparedControl<'a>>,
 }
 
 impl<'a> UnetPredictor<'a> {
@@ -89,8 +95,8 @@ impl<'a> UnetPredictor<'a> {
         gpu: &'a Gpu,
         model: &'a ModelHandle,
         model_sigmas: &ModelSigmas,
-        pos: &Conditioning,
-        neg: &Conditioning,
+        pos: &'a Conditioning,
+        neg: &'a Conditioning,
         shape: [usize; 4],
     ) -> Result<Self, NodeError> {
         let b = shape[0];
@@ -107,12 +113,13 @@ impl<'a> UnetPredictor<'a> {
         };
         let unet_cfg = &model.unet.config;
         let doubled = both.is_some();
-        let pos_controls = prepare_controls(gpu, unet_cfg, model_sigmas, &pos.controls, shape, doubled)
-            .map_err(|e| err(format!("input \"positive\": {e}")))?;
+        let pos_controls =
+            prepare_controls(gpu, unet_cfg, model_sigmas, pos.controls.iter().map(|c| c.spec()), shape, doubled)
+                .map_err(|e| err(format!("input \"positive\": {e}")))?;
         let neg_controls = if doubled {
             Vec::new() // the same controls as pos_controls, run on the batched call
         } else {
-            prepare_controls(gpu, unet_cfg, model_sigmas, &neg.controls, shape, false)
+            prepare_controls(gpu, unet_cfg, model_sigmas, neg.controls.iter().map(|c| c.spec()), shape, false)
                 .map_err(|e| err(format!("input \"negative\": {e}")))?
         };
         Ok(UnetPredictor { gpu, model, shape, pos: pos_t, neg: neg_t, both, pos_controls, neg_controls })
@@ -128,7 +135,7 @@ impl UnetPredictor<'_> {
         timestep: f64,
         sigma: f64,
         context: &Tensor,
-        controls: &[PreparedControl],
+        controls: &[PreparedControl<'_>],
     ) -> Result<Vec<f32>, NodeError> {
         let [b, c, h, w] = self.shape;
         let mut batch = Vec::with_capacity(x.len() * copies);
@@ -218,16 +225,17 @@ impl NodeKind for KSampler {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let model = inputs.get::<ModelHandle>("model")?;
-        let pos = inputs.get::<Conditioning>("positive")?;
-        let neg = inputs.get::<Conditioning>("negative")?;
-        let latent = inputs.get::<Latent>("latent_image")?;
-        let seed = inputs.int("seed")? as u64;
-        let steps = inputs.usize("steps")?;
-        let cfg = inputs.float("cfg")?;
-        let denoise = inputs.float("denoise")?;
-        let sampler = Sampler::from_name(inputs.str("sampler_name")?).map_err(err)?;
-        let scheduler = Scheduler::from_name(inputs.str("scheduler")?).map_err(err)?;
+        let f = KSamplerFields::read(inputs)?;
+        let model = f.model;
+        let pos = f.positive;
+        let neg = f.negative;
+        let latent = f.latent_image;
+        let seed = f.seed as u64;
+        let steps = f.steps;
+        let cfg = f.cfg;
+        let denoise = f.denoise;
+        let sampler = Sampler::from_name(f.sampler_name.as_str()).map_err(err)?;
+        let scheduler = Scheduler::from_name(f.scheduler.as_str()).map_err(err)?;
         if latent.samples.len() != latent.shape.iter().product::<usize>() {
             return Err(err(format!(
                 "input \"latent_image\": {} values for the shape {:?}",
@@ -235,7 +243,13 @@ impl NodeKind for KSampler {
                 latent.shape
             )));
         }
-        let mask = expand_noise_mask(&latent).map_err(|e| err(format!("input \"latent_image\": {e}")))?;
+        let mask = match &latent.noise_mask {
+            Some((mask_shape, data)) => Some(
+                expand_noise_mask(mask_shape, data, latent.shape)
+                    .map_err(|e| err(format!("input \"latent_image\": {e}")))?,
+            ),
+            None => None,
+        };
 
         // SD 1.x's discrete schedule (scaled_linear 0.00085..0.012 over 1000 steps).
         let model_sigmas = ModelSigmas::sd15();
@@ -283,7 +297,8 @@ impl NodeKind for KSampler {
             },
             is_cancelled: || cancel.load(std::sync::atomic::Ordering::Relaxed),
         };
-        let mut samples = sample(sampler, &mut *denoiser, x, &sigmas, &mut rng, &mut hooks).map_err(err)?;
+        let job = Job { denoiser: &mut *denoiser, sigmas: &sigmas, hooks: &mut hooks };
+        let mut samples = sample(sampler, job, x, &mut rng).map_err(err)?;
         if let Some(mask) = &mask {
             // ComfyUI's result there is the input up to rounding; make it exact.
             for ((s, &m), &l) in samples.iter_mut().zip(mask).zip(&latent.samples) {
@@ -356,7 +371,8 @@ mod tests {
         let latent = d.latent.clone();
         for sampler in [Sampler::Euler, Sampler::Heun, Sampler::Dpmpp2m, Sampler::EulerAncestral] {
             let mut rng = TorchRng::new(1);
-            let out = sample(sampler, &mut d, x.clone(), &sigmas, &mut rng, &mut NoHooks).unwrap();
+            let job = Job { denoiser: &mut d, sigmas: &sigmas, hooks: &mut NoHooks };
+            let out = sample(sampler, job, x.clone(), &mut rng).unwrap();
             for i in [0, 2] {
                 assert!((out[i] - latent[i]).abs() < 1e-5, "{sampler}: {} vs {}", out[i], latent[i]);
             }

@@ -2,15 +2,19 @@
 //! model library (the `models` crate).
 //!
 //! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`ksampler`], [`vae_nodes`]: the SD pipeline nodes
-//! - [`controlnet_apply`]: ControlNetLoader, ControlNetApplyAdvanced and the controls KSampler applies
+//! - [`controlnet_apply`]: ControlNetLoader, ControlNetApplyAdvanced
 //! - [`preprocessors`]: ControlNet preprocessors (Canny, BinaryPreprocessor)
-//! - [`vae_tiled`]: VAEDecodeTiled / VAEEncodeTiled and the tiled fallback of VAEDecode / VAEEncode
-//! - [`upscale_nodes`]: UpscaleModelLoader / ImageUpscaleWithModel; their tiling in [`upscale_tiled`]
+//! - [`vae_tiled`]: VAEDecodeTiled / VAEEncodeTiled
+//! - [`upscale_nodes`]: UpscaleModelLoader / ImageUpscaleWithModel
 //! - [`mask_nodes`]: the mask nodes (ImageToMask)
 //! - [`image_nodes`]: LoadImage, SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert
 //! - [`png_meta`]: the graph embedded in saved PNGs
 //! - [`preview`]: latent previews while sampling (`sdgraph run --preview`)
-//! - [`payload`]: the values on opaque ports (models, CONDITIONING, LATENT); [`runtime`]: the shared GPU; [`settings`]: what the command passes
+//! - [`payload`]: the values on opaque ports (models, CONDITIONING, LATENT); [`runtime`]: the shared GPU;
+//!   [`settings`]: what the command passes
+//!
+//! Each kind declares its inputs and params once, as a `graph::node_fields!` struct; the maths they
+//! call (tiling, sampling, noise masks, ControlNet residuals, image ops) is the model library's.
 //! - [`plugin_values`]: how Lua plugins read and write LATENT values
 
 pub mod checkpoint_loader;
@@ -28,7 +32,6 @@ pub mod runtime;
 pub mod settings;
 pub mod text_encode;
 pub mod upscale_nodes;
-pub mod upscale_tiled;
 pub mod vae_nodes;
 pub mod vae_tiled;
 

@@ -13,12 +13,18 @@ pub const CHANNELS: [&str; 4] = ["red", "green", "blue", "alpha"];
 
 pub struct ImageToMask(NodeSchema);
 
+graph::node_fields! {
+    struct ImageToMaskFields {
+        image: Arc<Image> = input(PortType::Image, "The images."),
+        channel: String = choice(&CHANNELS, "red", "The channel that becomes the mask."),
+    }
+}
+
 impl ImageToMask {
     pub fn new() -> Self {
         Self(
             NodeSchema::new("ImageToMask", "mask", "Takes one channel of images as a mask (e.g. a painted mask).")
-                .input("image", PortType::Image, "The images.")
-                .choice("channel", &CHANNELS, "red", "The channel that becomes the mask.")
+                .fields(ImageToMaskFields::declare)
                 .output("mask", PortType::Mask, "The channel's values, as they are."),
         )
     }
@@ -53,8 +59,9 @@ impl NodeKind for ImageToMask {
     }
 
     fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let img = inputs.image("image")?;
-        let name = inputs.str("channel")?;
+        let f = ImageToMaskFields::read(inputs)?;
+        let img = f.image;
+        let name = f.channel.as_str();
         let index = CHANNELS
             .iter()
             .position(|c| *c == name)

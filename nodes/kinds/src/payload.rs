@@ -1,7 +1,7 @@
 //! The values that flow between the SD nodes on opaque ports, one type per
 //! port type (`graph::Payload`): the loaded models (MODEL, CLIP, VAE,
 //! CONTROL_NET, UPSCALE_MODEL), CONDITIONING and LATENT. Node kinds read them
-//! with `inputs.get::<T>(port)` and make them with `Value::payload`.
+//! as `Arc<T>` fields of their `graph::node_fields!` structs and make them with `Value::payload`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use gpu::Tensor;
 use graph::{Image, Payload, PortType};
 use models::clip::ClipTextModel;
 use models::controlnet::ControlNet;
+use models::sampling::controls::ControlSpec;
 use models::tokenizer::ClipTokenizer;
 use models::unet::Unet;
 use models::upscaler::UpscaleModel;
@@ -95,29 +96,40 @@ pub struct ControlApplication {
     pub end_percent: f64,
 }
 
+impl ControlApplication {
+    /// This application as the sampler's controls take it.
+    pub fn spec(&self) -> ControlSpec<'_> {
+        ControlSpec {
+            net: &self.control_net.net,
+            path: &self.control_net.path,
+            image: &self.image,
+            strength: self.strength,
+            start_percent: self.start_percent,
+            end_percent: self.end_percent,
+        }
+    }
+}
+
 /// A loaded upscale model, as the UPSCALE_MODEL value.
 pub struct UpscaleModelHandle {
     pub model: UpscaleModel,
 }
 
-impl Payload for ModelHandle {
-    const PORT: PortType = PortType::Model;
+/// Each payload type's port type.
+macro_rules! payloads {
+    ($($ty:ty => $port:ident),* $(,)?) => {
+        $(impl Payload for $ty {
+            const PORT: PortType = PortType::$port;
+        })*
+    };
 }
-impl Payload for ClipHandle {
-    const PORT: PortType = PortType::Clip;
-}
-impl Payload for VaeHandle {
-    const PORT: PortType = PortType::Vae;
-}
-impl Payload for ControlNetHandle {
-    const PORT: PortType = PortType::ControlNet;
-}
-impl Payload for UpscaleModelHandle {
-    const PORT: PortType = PortType::UpscaleModel;
-}
-impl Payload for Conditioning {
-    const PORT: PortType = PortType::Conditioning;
-}
-impl Payload for Latent {
-    const PORT: PortType = PortType::Latent;
+
+payloads! {
+    ModelHandle => Model,
+    ClipHandle => Clip,
+    VaeHandle => Vae,
+    ControlNetHandle => ControlNet,
+    UpscaleModelHandle => UpscaleModel,
+    Conditioning => Conditioning,
+    Latent => Latent,
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use graph::codec::{Data, ValueCodec, register_value_codec};
 use graph::{PortType, Value};
 
-use crate::latent_nodes::check_noise_mask;
 use crate::payload::Latent;
+use models::sampling::noise_mask::check_noise_mask;
 
 /// Largest latent a plugin may return, in values (a 4096x4096 picture's
 /// SD latent, batch 16).

@@ -1,7 +1,7 @@
 //! UpscaleModelLoader and ImageUpscaleWithModel, as ComfyUI's
 //! `comfy_extras/nodes_upscale_model.py` (ComfyUI loads through spandrel):
 //! an ESRGAN-family model file (`.pth` or `.safetensors`) to an
-//! UPSCALE_MODEL, and pictures through it, tiled (see `upscale_tiled`).
+//! UPSCALE_MODEL, and pictures through it, tiled (see `models::upscale_tiling`).
 //!
 //! Beyond ComfyUI: ImageUpscaleWithModel takes `tile_size` and
 //! `tile_overlap` (ComfyUI fixes 512 and 32, halving the tile on
@@ -17,12 +17,19 @@ use graph::{Image, PortType, Value};
 use crate::payload::UpscaleModelHandle;
 use crate::runtime;
 use crate::settings::Settings;
-use crate::upscale_tiled::{TilePlan, activation_limit, dtype_name, fitting_tile, upscale_tiled};
 use models::image_ops::item_planes;
+use models::tiling::activation_limit;
+use models::upscale_tiling::{TilePlan, dtype_name, fitting_tile, upscale_tiled};
 use models::upscaler::{UpscaleModel, open_weights};
 
 /// The schema, and the settings the command passed.
 pub struct UpscaleModelLoader(NodeSchema, Settings);
+
+graph::node_fields! {
+    struct UpscaleLoaderFields {
+        model_name: String = path("Model file, relative to the graph file's folder."),
+    }
+}
 
 impl UpscaleModelLoader {
     pub fn new(settings: Settings) -> Self {
@@ -33,7 +40,7 @@ impl UpscaleModelLoader {
                 "Loads an ESRGAN-family upscale model (RRDBNet: ESRGAN, Real-ESRGAN x4plus/x2plus; \
                  SRVGGNetCompact: realesr-general, animevideo) from .pth or .safetensors.",
             )
-            .path("model_name", "Model file, relative to the graph file's folder.")
+            .fields(UpscaleLoaderFields::declare)
             .output("upscale_model", PortType::UpscaleModel, "The upscale model."),
             settings,
         )
@@ -52,7 +59,8 @@ impl NodeKind for UpscaleModelLoader {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let path = ctx.resolve(inputs.str("model_name")?);
+        let f = UpscaleLoaderFields::read(inputs)?;
+        let path = ctx.resolve(f.model_name.as_str());
         let gpu = runtime::gpu()?;
         let dtype = runtime::model_dtype(gpu, self.1.dtype);
         let src = open_weights(&path).map_err(err)?;
@@ -65,7 +73,7 @@ impl NodeKind for UpscaleModelLoader {
 
     /// Size and modification time: replacing the file reloads it.
     fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
-        let path = ctx.resolve(inputs.str("model_name").ok()?);
+        let path = ctx.resolve(&UpscaleLoaderFields::read(inputs).ok()?.model_name);
         let meta = std::fs::metadata(&path).ok()?;
         Some(format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok()))
     }
@@ -73,6 +81,21 @@ impl NodeKind for UpscaleModelLoader {
 
 /// The schema, and the settings the command passed.
 pub struct ImageUpscaleWithModel(NodeSchema, Settings);
+
+graph::node_fields! {
+    struct UpscaleFields {
+        upscale_model: Arc<UpscaleModelHandle> = input(PortType::UpscaleModel, "The model (from UpscaleModelLoader)."),
+        image: Arc<Image> = input(PortType::Image, "The pictures."),
+        tile_size: usize = int(
+            32,
+            8192,
+            512,
+            "Tile side in input pixels; smaller tiles need less GPU memory (lowered by itself when a tile \
+             would not fit the adapter).",
+        ),
+        tile_overlap: usize = int(0, 4096, 32, "Overlap of neighbouring tiles in input pixels (at most half a tile)."),
+    }
+}
 
 impl ImageUpscaleWithModel {
     pub fn new(settings: Settings) -> Self {
@@ -82,17 +105,7 @@ impl ImageUpscaleWithModel {
                 "image/upscaling",
                 "Enlarges pictures with an upscale model, in overlapping tiles blended without seams.",
             )
-            .input("upscale_model", PortType::UpscaleModel, "The model (from UpscaleModelLoader).")
-            .input("image", PortType::Image, "The pictures.")
-            .int(
-                "tile_size",
-                32,
-                8192,
-                512,
-                "Tile side in input pixels; smaller tiles need less GPU memory (lowered by itself when a tile \
-                 would not fit the adapter).",
-            )
-            .int("tile_overlap", 0, 4096, 32, "Overlap of neighbouring tiles in input pixels (at most half a tile).")
+            .fields(UpscaleFields::declare)
             .output("image", PortType::Image, "The enlarged pictures, in 0..1."),
             settings,
         )
@@ -111,11 +124,12 @@ impl NodeKind for ImageUpscaleWithModel {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let handle = inputs.get::<UpscaleModelHandle>("upscale_model")?;
+        let f = UpscaleFields::read(inputs)?;
+        let handle = f.upscale_model;
         let model = &handle.model;
-        let img = inputs.image("image")?;
-        let tile = usize::try_from(inputs.int("tile_size")?).map_err(err)?;
-        let overlap = usize::try_from(inputs.int("tile_overlap")?).map_err(err)?;
+        let img = f.image;
+        let tile = f.tile_size;
+        let overlap = f.tile_overlap;
         let (h, w) = (img.height, img.width);
         if h == 0 || w == 0 || img.channels == 0 {
             return Err(NodeError::new(format!("input \"image\" is empty ({w}x{h}, {} channels)", img.channels)));
@@ -126,7 +140,7 @@ impl NodeKind for ImageUpscaleWithModel {
             return Err(NodeError::new(format!("{w}x{h} times {s} overflows")));
         };
         let gpu = runtime::gpu()?;
-        let limit = activation_limit(gpu, self.1.upscale_tile_bytes);
+        let limit = activation_limit(gpu.limits.max_buffer_size, self.1.upscale_tile_bytes);
         let fit = fitting_tile(model, tile, (h, w), limit).ok_or_else(|| {
             NodeError::new(format!(
                 "even the smallest tile of this upscale model needs more than the {limit} bytes one GPU buffer holds"
@@ -154,9 +168,9 @@ impl NodeKind for ImageUpscaleWithModel {
             let mut on_tile = || {
                 done += 1;
                 ctx.progress.step(ctx.node_id, done as u64, total as u64, "tiles");
-                if ctx.cancelled() { Err(NodeError::new("cancelled")) } else { Ok(()) }
+                if ctx.cancelled() { Err("cancelled".to_string()) } else { Ok(()) }
             };
-            let px = upscale_tiled(gpu, model, &chw, (h, w), &plan, &mut on_tile)?;
+            let px = upscale_tiled(gpu, model, &chw, (h, w), &plan, &mut on_tile).map_err(NodeError::new)?;
             // [out, H, W] -> [H, W, 3] in 0..1 (a one-channel model's output is repeated as grey).
             let plane = oh * ow;
             for i in 0..plane {

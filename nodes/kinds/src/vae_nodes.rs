@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use gpu::DType;
-use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, PortType, Value};
 
@@ -16,24 +14,31 @@ use crate::payload::Latent;
 use crate::payload::VaeHandle;
 use crate::runtime;
 use crate::settings::Settings;
-use crate::vae_tiled;
+use models::tiling::activation_limit;
+use models::vae_tiling::{adapter_limit, decode_item, decode_plan, encode_item, encode_plan, pass_tiles};
 
 /// After each fallback tile: progress in tiles, and Ctrl-C.
-fn tile_done(ctx: &RunContext<'_>, done: &mut usize, total: usize) -> Result<(), NodeError> {
+fn tile_done(ctx: &RunContext<'_>, done: &mut usize, total: usize) -> Result<(), String> {
     *done += 1;
     ctx.progress.step(ctx.node_id, *done as u64, total as u64, "tiles");
-    if ctx.cancelled() { Err(NodeError::new("cancelled")) } else { Ok(()) }
+    if ctx.cancelled() { Err("cancelled".into()) } else { Ok(()) }
 }
 
 /// The schema, and the settings the command passed.
 pub struct VaeDecode(NodeSchema, Settings);
 
+graph::node_fields! {
+    struct VaeDecodeFields {
+        samples: Arc<Latent> = input(PortType::Latent, "The latents."),
+        vae: Arc<VaeHandle> = input(PortType::Vae, "The VAE (from CheckpointLoaderSimple)."),
+    }
+}
+
 impl VaeDecode {
     pub fn new(settings: Settings) -> Self {
         Self(
             NodeSchema::new("VAEDecode", "latent", "Decodes latents into pictures.")
-                .input("samples", PortType::Latent, "The latents.")
-                .input("vae", PortType::Vae, "The VAE (from CheckpointLoaderSimple).")
+                .fields(VaeDecodeFields::declare)
                 .output("image", PortType::Image, "The pictures."),
             settings,
         )
@@ -52,15 +57,18 @@ impl NodeKind for VaeDecode {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let vae = inputs.get::<VaeHandle>("vae")?;
-        let latent = inputs.get::<Latent>("samples")?;
+        let f = VaeDecodeFields::read(inputs)?;
+        let vae = f.vae;
+        let latent = f.samples;
         let gpu = runtime::gpu()?;
         let [b, c, h, w] = latent.shape;
-        let limit = vae_tiled::activation_limit(gpu, self.1.vae_tile_bytes);
-        let plan = vae_tiled::decode_plan(&vae.vae, h, w, limit)?;
+        let limit = activation_limit(adapter_limit(gpu), self.1.vae_tile_bytes);
+        let plan = decode_plan(&vae.vae, h, w, limit).map_err(NodeError::new)?;
         if let Some((_, why)) = &plan {
             ctx.progress.message(&format!("{}: {why}", ctx.node_id));
         }
+        let pass = plan.as_ref().map(|(pass, _)| pass);
+        let total = b * pass.map_or(1, |p| pass_tiles(h, w, p).unwrap_or(1));
         let f = vae.vae.config.downsample_factor();
         let (oh, ow) = (h * f, w * f);
         let mut data = Vec::with_capacity(b * oh * ow * 3);
@@ -72,21 +80,8 @@ impl NodeKind for VaeDecode {
                 return Err(NodeError::new("cancelled"));
             }
             let item = &latent.samples[i * c * h * w..(i + 1) * c * h * w];
-            let px = match &plan {
-                None => {
-                    let z = gpu.upload(item, &[1, c, h, w], DType::F32).map_err(err)?;
-                    let img = vae.vae.image_from_latent(gpu, &z).map_err(err)?;
-                    if img.shape()[2..] != [oh, ow] {
-                        return Err(NodeError::new(format!("the VAE decoded {:?}, not {oh}x{ow}", img.shape())));
-                    }
-                    gpu.download(&img).map_err(err)?
-                }
-                Some((pass, _)) => {
-                    let total = b * vae_tiled::pass_tiles(h, w, pass).unwrap_or(1);
-                    let mut on_tile = || tile_done(ctx, &mut tiles, total);
-                    vae_tiled::decode_tiled(gpu, &vae.vae, item, (h, w), std::slice::from_ref(pass), &mut on_tile)?
-                }
-            };
+            let mut on_tile = || tile_done(ctx, &mut tiles, total);
+            let px = decode_item(gpu, &vae.vae, item, (h, w), pass, &mut on_tile).map_err(NodeError::new)?;
             push_vae_output(&mut data, &px, vae.vae.config.out_channels, oh, ow);
             if plan.is_none() {
                 ctx.progress.step(ctx.node_id, (i + 1) as u64, b as u64, "images");
@@ -101,6 +96,13 @@ impl NodeKind for VaeDecode {
 /// The schema, and the settings the command passed.
 pub struct VaeEncode(NodeSchema, Settings);
 
+graph::node_fields! {
+    struct VaeEncodeFields {
+        pixels: Arc<Image> = input(PortType::Image, "The pictures."),
+        vae: Arc<VaeHandle> = input(PortType::Vae, "The VAE (from CheckpointLoaderSimple)."),
+    }
+}
+
 impl VaeEncode {
     pub fn new(settings: Settings) -> Self {
         Self(
@@ -109,8 +111,7 @@ impl VaeEncode {
                 "latent",
                 "Encodes pictures into latents (cropped to a multiple of 8 pixels, centred, as ComfyUI).",
             )
-            .input("pixels", PortType::Image, "The pictures.")
-            .input("vae", PortType::Vae, "The VAE (from CheckpointLoaderSimple).")
+            .fields(VaeEncodeFields::declare)
             .output("latent", PortType::Latent, "The latents (the posterior mean, scaled)."),
             settings,
         )
@@ -129,8 +130,9 @@ impl NodeKind for VaeEncode {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let vae = inputs.get::<VaeHandle>("vae")?;
-        let img = inputs.image("pixels")?;
+        let f = VaeEncodeFields::read(inputs)?;
+        let vae = f.vae;
+        let img = f.pixels;
         let gpu = runtime::gpu()?;
         let f = vae.vae.config.downsample_factor();
         // ComfyUI's vae_encode_crop_pixels: centred crop to a multiple of the factor.
@@ -141,11 +143,13 @@ impl NodeKind for VaeEncode {
         if img.channels == 0 {
             return Err(NodeError::new("input \"pixels\" has no colour channels"));
         }
-        let limit = vae_tiled::activation_limit(gpu, self.1.vae_tile_bytes);
-        let plan = vae_tiled::encode_plan(&vae.vae, h, w, limit)?;
+        let limit = activation_limit(adapter_limit(gpu), self.1.vae_tile_bytes);
+        let plan = encode_plan(&vae.vae, h, w, limit).map_err(NodeError::new)?;
         if let Some((_, why)) = &plan {
             ctx.progress.message(&format!("{}: {why}", ctx.node_id));
         }
+        let pass = plan.as_ref().map(|(pass, _)| pass);
+        let total = img.batch * pass.map_or(1, |p| pass_tiles(h, w, p).unwrap_or(1));
         let lat = vae.vae.config.latent_channels;
         let mut samples = Vec::with_capacity(img.batch * lat * (h / f) * (w / f));
         let shape = [img.batch, lat, h / f, w / f];
@@ -155,22 +159,8 @@ impl NodeKind for VaeEncode {
                 return Err(NodeError::new("cancelled"));
             }
             let chw = vae_input(&img, b, h, w);
-            match &plan {
-                None => {
-                    let t = gpu.upload(&chw, &[1, 3, h, w], DType::F32).map_err(err)?;
-                    let z = vae.vae.latent_from_image(gpu, &t).map_err(err)?;
-                    if z.shape()[1..] != shape[1..] {
-                        return Err(NodeError::new(format!("the VAE encoded {:?}, not {:?}", z.shape(), shape)));
-                    }
-                    samples.extend(gpu.download(&z).map_err(err)?);
-                }
-                Some((pass, _)) => {
-                    let total = img.batch * vae_tiled::pass_tiles(h, w, pass).unwrap_or(1);
-                    let mut on_tile = || tile_done(ctx, &mut tiles, total);
-                    let pass = std::slice::from_ref(pass);
-                    samples.extend(vae_tiled::encode_tiled(gpu, &vae.vae, &chw, (h, w), pass, &mut on_tile)?);
-                }
-            }
+            let mut on_tile = || tile_done(ctx, &mut tiles, total);
+            samples.extend(encode_item(gpu, &vae.vae, &chw, (h, w), pass, &mut on_tile).map_err(NodeError::new)?);
         }
         Ok(vec![Value::payload(Latent { shape, samples, noise_mask: None })])
     }

@@ -181,31 +181,20 @@ pub struct ClipEncoderLayer {
     pub fc2: Linear,
 }
 
-/// A LayerNorm of width `c`, its weight and bias checked to be `[c]`.
-fn layer_norm(gpu: &Gpu, w: &Weights, c: usize, eps: f32, dtype: DType) -> Result<LayerNorm, ModelError> {
-    Ok(LayerNorm { weight: w.tensor(gpu, "weight", &[c], dtype)?, bias: w.tensor(gpu, "bias", &[c], dtype)?, eps })
-}
-
 impl ClipEncoderLayer {
     fn load(gpu: &Gpu, w: &Weights, cfg: &ClipTextConfig, dtype: DType) -> Result<ClipEncoderLayer, ModelError> {
         let (c, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         let attn = w.pp("self_attn");
         let mlp = w.pp("mlp");
-        let linear = |w: &Weights, inp, out| -> Result<Linear, ModelError> {
-            let l = Linear::load_sized(gpu, w, inp, out, dtype)?;
-            // HF's nn.Linear layers here all have biases; without one the file is not CLIP.
-            if l.bias.is_none() {
-                w.shape("bias")?;
-            }
-            Ok(l)
-        };
+        // HF's nn.Linear layers here all have biases; without one the file is not CLIP.
+        let linear = |w: &Weights, inp, out| Linear::load_biased(gpu, w, inp, out, dtype);
         Ok(ClipEncoderLayer {
-            layer_norm1: layer_norm(gpu, &w.pp("layer_norm1"), c, eps, dtype)?,
+            layer_norm1: LayerNorm::load_sized(gpu, &w.pp("layer_norm1"), c, eps, dtype)?,
             q_proj: linear(&attn.pp("q_proj"), c, c)?,
             k_proj: linear(&attn.pp("k_proj"), c, c)?,
             v_proj: linear(&attn.pp("v_proj"), c, c)?,
             out_proj: linear(&attn.pp("out_proj"), c, c)?,
-            layer_norm2: layer_norm(gpu, &w.pp("layer_norm2"), c, eps, dtype)?,
+            layer_norm2: LayerNorm::load_sized(gpu, &w.pp("layer_norm2"), c, eps, dtype)?,
             fc1: linear(&mlp.pp("fc1"), c, i)?,
             fc2: linear(&mlp.pp("fc2"), i, c)?,
         })
@@ -287,7 +276,7 @@ impl ClipTextModel {
         let layers = (0..cfg.num_layers)
             .map(|i| ClipEncoderLayer::load(gpu, &w.pp("encoder.layers").pp(i), cfg, dtype))
             .collect::<Result<Vec<_>, _>>()?;
-        let final_layer_norm = layer_norm(gpu, &w.pp("final_layer_norm"), c, cfg.layer_norm_eps, dtype)?;
+        let final_layer_norm = LayerNorm::load_sized(gpu, &w.pp("final_layer_norm"), c, cfg.layer_norm_eps, dtype)?;
         Ok(ClipTextModel { config: cfg.clone(), token_embedding, position_embedding, layers, final_layer_norm, dtype })
     }
 

@@ -18,7 +18,6 @@ use gpu::{DType, Gpu, Tensor};
 use super::ModelError;
 use super::nn::Conv2d;
 use super::unet::{DownOutput, DownPath, UnetConfig};
-use super::unet_blocks::conv;
 use crate::checkpoint::weights::Weights;
 
 /// What the ControlNet looks like: the encoder half's config and the hint
@@ -125,16 +124,23 @@ impl ControlNet {
         let mut ch = c.hint_channels;
         for (i, &stride) in strides.iter().enumerate() {
             let out = c.hint_block_channels.get(i).copied().unwrap_or(c.unet.model_channels);
-            input_hint_block.push(conv(gpu, &w.pp("input_hint_block").pp(2 * i), out, ch, 3, stride, dtype)?);
+            input_hint_block.push(Conv2d::load_sized(
+                gpu,
+                &w.pp("input_hint_block").pp(2 * i),
+                (ch, out, 3),
+                stride,
+                1,
+                dtype,
+            )?);
             ch = out;
         }
         let zero_convs = skips
             .iter()
             .enumerate()
-            .map(|(n, &ch)| conv(gpu, &w.pp("zero_convs").pp(n).pp(0), ch, ch, 1, 1, dtype))
+            .map(|(n, &ch)| Conv2d::load_sized(gpu, &w.pp("zero_convs").pp(n).pp(0), (ch, ch, 1), 1, 0, dtype))
             .collect::<Result<Vec<_>, _>>()?;
         let mid = down.mid_channels;
-        let middle_block_out = conv(gpu, &w.pp("middle_block_out.0"), mid, mid, 1, 1, dtype)?;
+        let middle_block_out = Conv2d::load_sized(gpu, &w.pp("middle_block_out.0"), (mid, mid, 1), 1, 0, dtype)?;
         Ok(ControlNet { config: c.clone(), dtype, input_hint_block, down, zero_convs, middle_block_out })
     }
 

@@ -26,7 +26,6 @@ use gpu::{DType, Gpu, Tensor};
 
 use super::ModelError;
 use super::nn::Conv2d;
-use super::vae_blocks::load_conv;
 use crate::checkpoint::weights::Weights;
 
 /// basicsr's `nn.LeakyReLU(negative_slope=0.2)`.
@@ -117,7 +116,7 @@ impl ResidualDenseBlock {
     fn load(gpu: &Gpu, w: &Weights, nf: usize, gc: usize, dtype: DType) -> Result<Self, ModelError> {
         let conv = |k: usize| {
             let cout = if k == 5 { nf } else { gc };
-            load_conv(gpu, &w.pp(format!("conv{k}")), (nf + (k - 1) * gc, cout, 3), 1, 1, dtype)
+            Conv2d::load_sized(gpu, &w.pp(format!("conv{k}")), (nf + (k - 1) * gc, cout, 3), 1, 1, dtype)
         };
         Ok(ResidualDenseBlock { convs: [conv(1)?, conv(2)?, conv(3)?, conv(4)?, conv(5)?] })
     }
@@ -169,7 +168,8 @@ impl RrdbNet {
         let c = config;
         let (nf, gc) = (c.num_feat, c.num_grow_ch);
         let first_in = c.in_channels * c.unshuffle * c.unshuffle;
-        let conv = |name: &str, cin: usize, cout: usize| load_conv(gpu, &w.pp(name), (cin, cout, 3), 1, 1, dtype);
+        let conv =
+            |name: &str, cin: usize, cout: usize| Conv2d::load_sized(gpu, &w.pp(name), (cin, cout, 3), 1, 1, dtype);
         let body = (0..c.num_block)
             .map(|i| {
                 let b = w.pp(format!("body.{i}"));

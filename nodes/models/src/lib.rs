@@ -8,12 +8,15 @@
 //! - [`tokenizer`]: CLIP's byte-level BPE; [`prompt_weights`]: ComfyUI's `(word:1.2)`
 //! - [`sampling`]: noise, schedulers and samplers (k-diffusion's, as ComfyUI runs them)
 //! - [`image_ops`]: the pure pixel operations behind the image nodes
-//! - [`nn`]: the layers they are built from (Linear, Conv2d, GroupNorm, LayerNorm)
+//! - [`nn`]: the layers they are built from (Linear, Conv2d, GroupNorm, LayerNorm), and
+//!   [`resblock`]: the ResNet block the UNet and the VAE share
 //! - [`clip`]: the SD 1.x text encoder (transformers' `CLIPTextModel`)
 //! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
 //! - [`controlnet`]: ControlNet (`control_model.`, diffusers' `ControlNetModel`), sharing the UNet's down path
 //! - [`vae`]: the SD 1.x VAE (`first_stage_model.`, diffusers' `AutoencoderKL`); its blocks in [`vae_blocks`]
 //! - [`upscaler`]: image upscale models, [`esrgan`] (RRDBNet) and [`srvgg`] (SRVGGNetCompact)
+//! - [`tiling`]: the one tiler, run by [`vae_tiling`] (tiled and fallback VAE passes) and
+//!   [`upscale_tiling`] (tiled upscaling)
 
 pub mod checkpoint;
 pub mod clip;
@@ -22,14 +25,18 @@ pub mod esrgan;
 pub mod image_ops;
 pub mod nn;
 pub mod prompt_weights;
+pub mod resblock;
 pub mod sampling;
 pub mod srvgg;
+pub mod tiling;
 pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;
+pub mod upscale_tiling;
 pub mod upscaler;
 pub mod vae;
 pub mod vae_blocks;
+pub mod vae_tiling;
 
 use gpu::GpuError;
 

@@ -28,16 +28,29 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
-    /// Loads and checks the sizes are `[out, in]`.
+    /// `[out, in]`, with its `[out]` bias when the file has one (diffusers' `to_q/k/v` have none).
     pub fn load_sized(gpu: &Gpu, w: &Weights, inp: usize, out: usize, dtype: DType) -> Result<Linear, ModelError> {
-        let shape = w.shape("weight")?;
-        if shape != [out, inp] {
-            return Err(ModelError::Config(format!(
-                "{} has shape {shape:?}, expected [{out}, {inp}]",
-                w.full_name("weight")
-            )));
+        let bias = if w.contains("bias") { Some(w.tensor(gpu, "bias", &[out], dtype)?) } else { None };
+        Ok(Linear { weight: w.tensor(gpu, "weight", &[out, inp], dtype)?, bias })
+    }
+
+    /// `[out, in]` with its `[out]` bias, which must be there.
+    pub fn load_biased(gpu: &Gpu, w: &Weights, inp: usize, out: usize, dtype: DType) -> Result<Linear, ModelError> {
+        Ok(Linear {
+            weight: w.tensor(gpu, "weight", &[out, inp], dtype)?,
+            bias: Some(w.tensor(gpu, "bias", &[out], dtype)?),
+        })
+    }
+
+    /// A per-pixel projection stored as a linear `[out, in]` (its bias optional)
+    /// or as a 1x1 conv `[out, in, 1, 1]` with its bias (LDM), as `[out, in]`.
+    pub fn load_pointwise(gpu: &Gpu, w: &Weights, inp: usize, out: usize, dtype: DType) -> Result<Linear, ModelError> {
+        if w.shape("weight")?.len() == 2 {
+            return Self::load_sized(gpu, w, inp, out, dtype);
         }
-        Self::load(gpu, w, dtype)
+        // [out, in, 1, 1] -> [out, in]: a 1x1 conv is a linear map over channels.
+        let weight = w.tensor(gpu, "weight", &[out, inp, 1, 1], dtype)?.reshape(&[out, inp])?;
+        Ok(Linear { weight, bias: Some(w.tensor(gpu, "bias", &[out], dtype)?) })
     }
 
     pub fn out_features(&self) -> usize {
@@ -79,6 +92,20 @@ impl Conv2d {
         let weight = w.tensor(gpu, "weight", &shape, dtype)?;
         let bias = if w.contains("bias") { Some(w.tensor(gpu, "bias", &[shape[0]], dtype)?) } else { None };
         Ok(Conv2d { weight, bias, stride, padding })
+    }
+
+    /// `[out, in, k, k]` with its `[out]` bias, which must be there (every conv of the SD networks has one).
+    pub fn load_sized(
+        gpu: &Gpu,
+        w: &Weights,
+        (inp, out, k): (usize, usize, usize),
+        stride: usize,
+        padding: usize,
+        dtype: DType,
+    ) -> Result<Conv2d, ModelError> {
+        let weight = w.tensor(gpu, "weight", &[out, inp, k, k], dtype)?;
+        let bias = w.tensor(gpu, "bias", &[out], dtype)?;
+        Ok(Conv2d { weight, bias: Some(bias), stride, padding })
     }
 
     pub fn in_channels(&self) -> usize {
@@ -141,6 +168,25 @@ impl GroupNorm {
         })
     }
 
+    /// A GroupNorm over exactly `c` channels in `groups` groups.
+    pub fn load_sized(
+        gpu: &Gpu,
+        w: &Weights,
+        c: usize,
+        groups: usize,
+        eps: f32,
+        dtype: DType,
+    ) -> Result<GroupNorm, ModelError> {
+        if groups == 0 || !c.is_multiple_of(groups) {
+            return Err(ModelError::Config(format!(
+                "{}: {c} channels do not split into {groups} groups",
+                w.full_name("weight")
+            )));
+        }
+        let weight = w.tensor(gpu, "weight", &[c], dtype)?;
+        Ok(GroupNorm { weight, bias: w.tensor(gpu, "bias", &[c], dtype)?, groups, eps })
+    }
+
     /// Normalises `x [B, C, ...]`; `silu` fuses the SiLU that usually follows.
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, silu: bool) -> Result<Tensor, ModelError> {
         Ok(group_norm(gpu, x, self.groups, &self.weight, &self.bias, self.eps, silu)?)
@@ -165,6 +211,11 @@ impl LayerNorm {
             bias: w.tensor(gpu, "bias", &shape, dtype)?,
             eps,
         })
+    }
+
+    /// A LayerNorm of width `c`, its weight and bias checked to be `[c]`.
+    pub fn load_sized(gpu: &Gpu, w: &Weights, c: usize, eps: f32, dtype: DType) -> Result<LayerNorm, ModelError> {
+        Ok(LayerNorm { weight: w.tensor(gpu, "weight", &[c], dtype)?, bias: w.tensor(gpu, "bias", &[c], dtype)?, eps })
     }
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor, ModelError> {

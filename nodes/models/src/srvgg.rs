@@ -21,7 +21,6 @@ use gpu::{DType, Gpu, Tensor};
 
 use super::ModelError;
 use super::nn::Conv2d;
-use super::vae_blocks::load_conv;
 use crate::checkpoint::weights::Weights;
 
 /// Sizes of an SRVGGNetCompact, read from its weights.
@@ -89,7 +88,7 @@ impl SrvggNet {
         for k in 0..n {
             let cin = if k == 0 { c.in_channels } else { c.num_feat };
             let cout = if k == n - 1 { c.in_channels * c.scale * c.scale } else { c.num_feat };
-            convs.push(load_conv(gpu, &w.pp(format!("body.{}", 2 * k)), (cin, cout, 3), 1, 1, dtype)?);
+            convs.push(Conv2d::load_sized(gpu, &w.pp(format!("body.{}", 2 * k)), (cin, cout, 3), 1, 1, dtype)?);
             if k < n - 1 {
                 prelus.push(w.pp(format!("body.{}", 2 * k + 1)).tensor(gpu, "weight", &[c.num_feat], dtype)?);
             }

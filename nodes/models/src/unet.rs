@@ -28,9 +28,8 @@ use gpu::{DType, Gpu, Tensor};
 
 use super::ModelError;
 use super::nn::{Conv2d, GroupNorm, Linear};
-use super::unet_blocks::{
-    AttentionHeads, Downsample, EmbTable, NormConfig, ResBlock, SpatialTransformer, TimeEmb, Upsample, conv,
-};
+use super::resblock::{ResBlock, TimeEmb, UNET_KEYS};
+use super::unet_blocks::{AttentionHeads, Downsample, EmbTable, NormConfig, SpatialTransformer, Upsample};
 use crate::checkpoint::weights::Weights;
 
 /// What the UNet looks like. Levels are in down order (diffusers'
@@ -67,6 +66,24 @@ pub struct UnetConfig {
 }
 
 impl UnetConfig {
+    /// A ResBlock layer of `inp -> out` channels under `w`.
+    fn res_layer(&self, gpu: &Gpu, w: &Weights, (inp, out): (usize, usize), dtype: DType) -> Result<Layer, ModelError> {
+        let (emb, norm) = (self.time_embed_dim, (self.norm.groups, self.norm.resnet_eps));
+        ResBlock::load(gpu, w, &UNET_KEYS, (inp, out, emb), norm, dtype).map(|r| Layer::Res(Box::new(r)))
+    }
+
+    /// A SpatialTransformer layer of `ch` channels and `depth` blocks under `w`.
+    fn attn_layer(
+        &self,
+        gpu: &Gpu,
+        w: &Weights,
+        (ch, depth): (usize, usize),
+        dtype: DType,
+    ) -> Result<Layer, ModelError> {
+        SpatialTransformer::load(gpu, w, ch, depth, self.context_dim, self.heads, &self.norm, dtype)
+            .map(|t| Layer::Attn(Box::new(t)))
+    }
+
     /// SD 1.x (1.4/1.5): the values every SD 1.x checkpoint has.
     pub fn sd15() -> UnetConfig {
         UnetConfig {
@@ -215,7 +232,7 @@ impl Layer {
     ) -> Result<Tensor, ModelError> {
         match self {
             Layer::Conv(c) => c.forward(gpu, x),
-            Layer::Res(r) => r.forward(gpu, x, emb),
+            Layer::Res(r) => r.forward(gpu, x, Some(emb)),
             Layer::Attn(t) => t.forward(gpu, x, context),
             Layer::Down(d) => d.forward(gpu, x),
             Layer::Up(u) => u.forward(gpu, x, skip_hw.unwrap_or((2 * x.dim(2), 2 * x.dim(3)))),
@@ -299,20 +316,15 @@ impl DownPath {
                 c.layers_per_block
             )));
         }
-        let (emb, norm, l) = (c.time_embed_dim, &c.norm, c.layers_per_block);
-        let res = |w: &Weights, i: usize, o: usize| {
-            ResBlock::load(gpu, w, i, o, emb, norm, dtype).map(|r| Layer::Res(Box::new(r)))
-        };
-        let attn = |w: &Weights, ch: usize, depth: usize| {
-            SpatialTransformer::load(gpu, w, ch, depth, c.context_dim, c.heads, norm, dtype)
-                .map(|t| Layer::Attn(Box::new(t)))
-        };
+        let (emb, l) = (c.time_embed_dim, c.layers_per_block);
+        let res = |w: &Weights, i: usize, o: usize| c.res_layer(gpu, w, (i, o), dtype);
+        let attn = |w: &Weights, ch: usize, depth: usize| c.attn_layer(gpu, w, (ch, depth), dtype);
         let mc = c.model_channels;
-        let time_embed_0 = linear(gpu, &w.pp("time_embed.0"), emb, mc, dtype)?;
-        let time_embed_2 = linear(gpu, &w.pp("time_embed.2"), emb, emb, dtype)?;
+        let time_embed_0 = Linear::load_biased(gpu, &w.pp("time_embed.0"), mc, emb, dtype)?;
+        let time_embed_2 = Linear::load_biased(gpu, &w.pp("time_embed.2"), emb, emb, dtype)?;
 
         let k = c.conv_in_kernel;
-        let conv_in = conv(gpu, &w.pp("input_blocks.0.0"), mc, c.in_channels, k, 1, dtype)?;
+        let conv_in = Conv2d::load_sized(gpu, &w.pp("input_blocks.0.0"), (c.in_channels, mc, k), 1, k / 2, dtype)?;
         let mut input_blocks = vec![vec![Layer::Conv(conv_in)]];
         // Channels of each pushed skip connection, popped by the output blocks.
         let mut skips = vec![mc];
@@ -469,14 +481,9 @@ impl Unet {
     pub fn load(gpu: &Gpu, w: &Weights, config: &UnetConfig, dtype: DType) -> Result<Unet, ModelError> {
         let c = config;
         let (down, mut skips) = DownPath::load(gpu, w, c, dtype)?;
-        let (emb, norm, l) = (c.time_embed_dim, &c.norm, c.layers_per_block);
-        let res = |w: &Weights, i: usize, o: usize| {
-            ResBlock::load(gpu, w, i, o, emb, norm, dtype).map(|r| Layer::Res(Box::new(r)))
-        };
-        let attn = |w: &Weights, ch: usize, depth: usize| {
-            SpatialTransformer::load(gpu, w, ch, depth, c.context_dim, c.heads, norm, dtype)
-                .map(|t| Layer::Attn(Box::new(t)))
-        };
+        let (norm, l) = (&c.norm, c.layers_per_block);
+        let res = |w: &Weights, i: usize, o: usize| c.res_layer(gpu, w, (i, o), dtype);
+        let attn = |w: &Weights, ch: usize, depth: usize| c.attn_layer(gpu, w, (ch, depth), dtype);
         let levels = c.block_out_channels.len();
         let mut ch = down.mid_channels;
         let mut output_blocks = Vec::new();
@@ -510,7 +517,7 @@ impl Unet {
                 groups: norm.groups,
                 eps: norm.resnet_eps,
             },
-            out_2: conv(gpu, &w.pp("out.2"), c.out_channels, ch, 3, 1, dtype)?,
+            out_2: Conv2d::load_sized(gpu, &w.pp("out.2"), (ch, c.out_channels, 3), 1, 1, dtype)?,
         })
     }
 
@@ -628,11 +635,4 @@ pub(crate) fn residual_error(which: &str, i: usize, e: gpu::GpuError) -> ModelEr
 pub(crate) fn linear_act(gpu: &Gpu, lin: &Linear, x: &Tensor, activation: Activation) -> Result<Tensor, ModelError> {
     let opts = MatmulOptions { transpose_b: true, bias: lin.bias.as_ref(), activation, ..Default::default() };
     Ok(matmul(gpu, x, &lin.weight, &opts)?)
-}
-
-pub(crate) fn linear(gpu: &Gpu, w: &Weights, out: usize, inp: usize, dtype: DType) -> Result<Linear, ModelError> {
-    Ok(Linear {
-        weight: w.tensor(gpu, "weight", &[out, inp], dtype)?,
-        bias: Some(w.tensor(gpu, "bias", &[out], dtype)?),
-    })
 }

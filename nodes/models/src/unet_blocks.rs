@@ -1,7 +1,7 @@
 //! The layers of the SD 1.x UNet (see `unet.rs`), under their LDM names:
 //!
-//! - [`ResBlock`]: LDM `openaimodel.ResBlock` = diffusers `ResnetBlock2D`
-//!   (`in_layers`, `emb_layers`, `out_layers`, `skip_connection`);
+//! - [`EmbTable`]: the time projections of every [`ResBlock`] (`resblock.rs`,
+//!   shared with the VAE) in one product;
 //! - [`SpatialTransformer`]: LDM `attention.SpatialTransformer` = diffusers
 //!   `Transformer2DModel` (continuous input) holding [`BasicTransformerBlock`]s
 //!   (self-attention, cross-attention, GEGLU feed-forward) built from
@@ -15,14 +15,13 @@
 //! the key's name.
 
 use gpu::ops::attention::{AttentionOptions, attention_kv, attention_qkv};
-use gpu::ops::binary::add;
-use gpu::ops::conv2d::{ConvExtras, conv2d_fused};
 use gpu::ops::layout::{concat, slice, upsample_nearest2x};
 use gpu::ops::matmul::{MatmulOptions, interleave_halves, matmul};
 use gpu::{DType, Gpu, Tensor};
 
 use super::ModelError;
 use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
+use super::resblock::{EmbProjection, ResBlock};
 use crate::checkpoint::weights::Weights;
 
 /// How the attention layers split their channels into heads; the file does
@@ -64,94 +63,6 @@ pub struct NormConfig {
     pub layer_norm_eps: f32,
 }
 
-/// A biased conv with `k / 2` padding, as every conv of the SD networks.
-pub(crate) fn conv(
-    gpu: &Gpu,
-    w: &Weights,
-    out: usize,
-    inp: usize,
-    k: usize,
-    stride: usize,
-    dtype: DType,
-) -> Result<Conv2d, ModelError> {
-    Ok(Conv2d {
-        weight: w.tensor(gpu, "weight", &[out, inp, k, k], dtype)?,
-        bias: Some(w.tensor(gpu, "bias", &[out], dtype)?),
-        stride,
-        padding: k / 2,
-    })
-}
-
-/// A `[out, in]` linear layer; the bias is optional (diffusers' `to_q/k/v` have none).
-fn linear(gpu: &Gpu, w: &Weights, out: usize, inp: usize, dtype: DType) -> Result<Linear, ModelError> {
-    let bias = if w.contains("bias") { Some(w.tensor(gpu, "bias", &[out], dtype)?) } else { None };
-    Ok(Linear { weight: w.tensor(gpu, "weight", &[out, inp], dtype)?, bias })
-}
-
-fn group_norm(
-    gpu: &Gpu,
-    w: &Weights,
-    c: usize,
-    groups: usize,
-    eps: f32,
-    dtype: DType,
-) -> Result<GroupNorm, ModelError> {
-    if groups == 0 || !c.is_multiple_of(groups) {
-        return Err(ModelError::Config(format!(
-            "{}: {c} channels do not split into {groups} groups",
-            w.full_name("weight")
-        )));
-    }
-    let weight = w.tensor(gpu, "weight", &[c], dtype)?;
-    Ok(GroupNorm { weight, bias: w.tensor(gpu, "bias", &[c], dtype)?, groups, eps })
-}
-
-fn layer_norm(gpu: &Gpu, w: &Weights, c: usize, eps: f32, dtype: DType) -> Result<LayerNorm, ModelError> {
-    Ok(LayerNorm { weight: w.tensor(gpu, "weight", &[c], dtype)?, bias: w.tensor(gpu, "bias", &[c], dtype)?, eps })
-}
-
-/// LDM `ResBlock` (diffusers `ResnetBlock2D`, time-embedding added after conv1,
-/// `output_scale_factor` 1):
-/// `skip(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + emb_proj(silu(emb)))))`.
-///
-/// The time projection's output is conv1's bias, one per batch item, and
-/// conv1's own bias is folded into the projection's. The projection is the
-/// block's own, or, once an [`EmbTable`] has taken it, a column range of
-/// the table's product for every block at once.
-pub struct ResBlock {
-    /// `in_layers.0` GroupNorm (+ `in_layers.1` SiLU, fused).
-    pub in_layers_0: GroupNorm,
-    /// `in_layers.2` 3x3 conv, in -> out; its bias is in `emb`'s.
-    pub in_layers_2: Conv2d,
-    /// `emb_layers.1` (after the `emb_layers.0` SiLU), `[out, emb]`, bias
-    /// `emb_layers.1.bias + in_layers.2.bias`.
-    pub emb: EmbProjection,
-    /// `out_layers.0` GroupNorm (+ `out_layers.1` SiLU, fused; `.2` is dropout).
-    pub out_layers_0: GroupNorm,
-    /// `out_layers.3` 3x3 conv, out -> out.
-    pub out_layers_3: Conv2d,
-    /// 1x1 conv when the channel count changes (diffusers `conv_shortcut`).
-    pub skip_connection: Option<Conv2d>,
-}
-
-/// Where a [`ResBlock`]'s time projection lives.
-pub enum EmbProjection {
-    Own(Linear),
-    /// Columns `offset..offset + out` of an [`EmbTable`]'s product.
-    InTable {
-        offset: usize,
-    },
-}
-
-/// What a [`ResBlock`] takes of the time embedding.
-#[derive(Clone, Copy)]
-pub enum TimeEmb<'a> {
-    /// SiLU(emb) `[B, emb]`: a block with its own projection applies it.
-    Silu(&'a Tensor),
-    /// [`EmbTable::project`]'s `[B, width]`: every block's projection at once.
-    Projected(&'a Tensor),
-}
-
 /// The time projections of several ResBlocks stacked into one weight, so a
 /// UNet step makes them with one product instead of one per block.
 pub struct EmbTable {
@@ -169,14 +80,15 @@ impl EmbTable {
         let mut layers = Vec::new();
         let mut offset = 0;
         for b in blocks {
-            match std::mem::replace(&mut b.emb, EmbProjection::InTable { offset }) {
-                EmbProjection::Own(lin) => {
+            match b.emb.replace(EmbProjection::InTable { offset }) {
+                Some(EmbProjection::Own(lin)) => {
                     offset += lin.weight.dim(0);
                     layers.push(lin);
                 }
-                EmbProjection::InTable { .. } => {
+                Some(EmbProjection::InTable { .. }) => {
                     return Err(ModelError::Config("a ResBlock's time projection is already in a table".into()));
                 }
+                None => return Err(ModelError::Config("a ResBlock without a time projection".into())),
             }
         }
         if layers.is_empty() {
@@ -188,74 +100,6 @@ impl EmbTable {
     /// Every block's projection of `emb_silu [B, emb]`: `[B, width]`.
     pub fn project(&self, gpu: &Gpu, emb_silu: &Tensor) -> Result<Tensor, ModelError> {
         self.projection.forward(gpu, emb_silu)
-    }
-}
-
-impl ResBlock {
-    pub fn load(
-        gpu: &Gpu,
-        w: &Weights,
-        inp: usize,
-        out: usize,
-        emb: usize,
-        norm: &NormConfig,
-        dtype: DType,
-    ) -> Result<ResBlock, ModelError> {
-        let (g, eps) = (norm.groups, norm.resnet_eps);
-        let skip_connection =
-            if inp != out { Some(conv(gpu, &w.pp("skip_connection"), out, inp, 1, 1, dtype)?) } else { None };
-        let mut in_layers_2 = conv(gpu, &w.pp("in_layers.2"), out, inp, 3, 1, dtype)?;
-        let emb_layers_1 = linear(gpu, &w.pp("emb_layers.1"), out, emb, dtype)?;
-        let bias = match (&emb_layers_1.bias, in_layers_2.bias.take()) {
-            (Some(a), Some(b)) => Some(add(gpu, a, &b)?),
-            (a, b) => a.clone().or(b),
-        };
-        Ok(ResBlock {
-            in_layers_0: group_norm(gpu, &w.pp("in_layers.0"), inp, g, eps, dtype)?,
-            in_layers_2,
-            emb: EmbProjection::Own(Linear { weight: emb_layers_1.weight, bias }),
-            out_layers_0: group_norm(gpu, &w.pp("out_layers.0"), out, g, eps, dtype)?,
-            out_layers_3: conv(gpu, &w.pp("out_layers.3"), out, out, 3, 1, dtype)?,
-            skip_connection,
-        })
-    }
-
-    pub fn out_channels(&self) -> usize {
-        self.in_layers_2.out_channels()
-    }
-
-    /// `x [B, in, H, W]` and the time embedding -> `[B, out, H, W]`.
-    pub fn forward(&self, gpu: &Gpu, x: &Tensor, emb: TimeEmb<'_>) -> Result<Tensor, ModelError> {
-        let t = match emb {
-            TimeEmb::Silu(t) | TimeEmb::Projected(t) => t,
-        };
-        if t.rank() != 2 || t.dim(0) != x.dim(0) {
-            return Err(ModelError::Config(format!(
-                "ResBlock: time embedding {:?} does not match the batch of {:?}",
-                t.shape(),
-                x.shape()
-            )));
-        }
-        // emb_proj(silu(emb)) + conv1's bias, [B, ..]: conv1's bias per batch item.
-        let (e, offset) = match (&self.emb, emb) {
-            (EmbProjection::Own(lin), TimeEmb::Silu(t)) => (lin.forward(gpu, t)?, 0),
-            (EmbProjection::InTable { offset }, TimeEmb::Projected(t)) => (t.clone(), *offset),
-            _ => {
-                return Err(ModelError::Config(
-                    "ResBlock: the time embedding does not match where its projection lives".into(),
-                ));
-            }
-        };
-        let h = self.in_layers_0.forward(gpu, x, true)?;
-        let conv1 = &self.in_layers_2;
-        let per_batch = ConvExtras { bias_per_batch: true, bias_offset: offset, residual: None };
-        let h = conv2d_fused(gpu, &h, &conv1.weight, Some(&e), &conv1.options(), per_batch)?;
-        let h = self.out_layers_0.forward(gpu, &h, true)?;
-        let skip = match &self.skip_connection {
-            Some(c) => c.forward(gpu, x)?,
-            None => x.clone(),
-        };
-        self.out_layers_3.forward_residual(gpu, &h, &skip)
     }
 }
 
@@ -321,15 +165,19 @@ impl CrossAttention {
             )));
         }
         let kv_dim = if self_attention { query_dim } else { kv_dim };
-        let q = linear(gpu, &w.pp("to_q"), inner, query_dim, dtype)?;
-        let k = linear(gpu, &w.pp("to_k"), inner, kv_dim, dtype)?;
-        let v = linear(gpu, &w.pp("to_v"), inner, kv_dim, dtype)?;
+        let q = Linear::load_sized(gpu, &w.pp("to_q"), query_dim, inner, dtype)?;
+        let k = Linear::load_sized(gpu, &w.pp("to_k"), kv_dim, inner, dtype)?;
+        let v = Linear::load_sized(gpu, &w.pp("to_v"), kv_dim, inner, dtype)?;
         let projections = if self_attention {
             Projections::SelfAttention { qkv: stack(gpu, &[q, k, v])? }
         } else {
             Projections::Cross { q, kv: stack(gpu, &[k, v])? }
         };
-        Ok(CrossAttention { projections, to_out_0: linear(gpu, &w.pp("to_out.0"), query_dim, inner, dtype)?, heads })
+        Ok(CrossAttention {
+            projections,
+            to_out_0: Linear::load_sized(gpu, &w.pp("to_out.0"), inner, query_dim, dtype)?,
+            heads,
+        })
     }
 
     /// `x [B, L, query_dim]` attends over itself (self-attention) or over
@@ -375,11 +223,11 @@ impl FeedForward {
         if inner == 0 {
             return Err(ModelError::Config(format!("{} has no input width", w.full_name("net.2.weight"))));
         }
-        let proj = linear(gpu, &w.pp("net.0.proj"), 2 * inner, dim, dtype)?;
+        let proj = Linear::load_sized(gpu, &w.pp("net.0.proj"), dim, 2 * inner, dtype)?;
         let bias = proj.bias.as_ref().map(|b| interleave_halves(gpu, b)).transpose()?;
         Ok(FeedForward {
             net_0_proj: Linear { weight: interleave_halves(gpu, &proj.weight)?, bias },
-            net_2: linear(gpu, &w.pp("net.2"), dim, inner, dtype)?,
+            net_2: Linear::load_sized(gpu, &w.pp("net.2"), inner, dim, dtype)?,
         })
     }
 
@@ -415,11 +263,11 @@ impl BasicTransformerBlock {
         dtype: DType,
     ) -> Result<BasicTransformerBlock, ModelError> {
         Ok(BasicTransformerBlock {
-            norm1: layer_norm(gpu, &w.pp("norm1"), dim, eps, dtype)?,
+            norm1: LayerNorm::load_sized(gpu, &w.pp("norm1"), dim, eps, dtype)?,
             attn1: CrossAttention::load(gpu, &w.pp("attn1"), dim, dim, heads, true, dtype)?,
-            norm2: layer_norm(gpu, &w.pp("norm2"), dim, eps, dtype)?,
+            norm2: LayerNorm::load_sized(gpu, &w.pp("norm2"), dim, eps, dtype)?,
             attn2: CrossAttention::load(gpu, &w.pp("attn2"), dim, context_dim, heads, false, dtype)?,
-            norm3: layer_norm(gpu, &w.pp("norm3"), dim, eps, dtype)?,
+            norm3: LayerNorm::load_sized(gpu, &w.pp("norm3"), dim, eps, dtype)?,
             ff: FeedForward::load(gpu, &w.pp("ff"), dim, dtype)?,
         })
     }
@@ -447,16 +295,6 @@ pub struct SpatialTransformer {
     pub proj_out: Linear,
 }
 
-/// A per-pixel projection stored as a 1x1 conv (rank 4) or a linear (rank 2), as `[out, in]`.
-fn projection(gpu: &Gpu, w: &Weights, out: usize, inp: usize, dtype: DType) -> Result<Linear, ModelError> {
-    if w.shape("weight")?.len() == 2 {
-        return linear(gpu, w, out, inp, dtype);
-    }
-    // [out, in, 1, 1] -> [out, in]: the 1x1 conv's matrix.
-    let weight = w.tensor(gpu, "weight", &[out, inp, 1, 1], dtype)?.reshape(&[out, inp])?;
-    Ok(Linear { weight, bias: Some(w.tensor(gpu, "bias", &[out], dtype)?) })
-}
-
 impl SpatialTransformer {
     /// `depth` transformer blocks on `channels` channels.
     #[allow(clippy::too_many_arguments)] // the constructor arguments of LDM's SpatialTransformer
@@ -480,10 +318,10 @@ impl SpatialTransformer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(SpatialTransformer {
-            norm: group_norm(gpu, &w.pp("norm"), channels, norm.groups, norm.transformer_eps, dtype)?,
-            proj_in: projection(gpu, &w.pp("proj_in"), inner, channels, dtype)?,
+            norm: GroupNorm::load_sized(gpu, &w.pp("norm"), channels, norm.groups, norm.transformer_eps, dtype)?,
+            proj_in: Linear::load_pointwise(gpu, &w.pp("proj_in"), channels, inner, dtype)?,
             transformer_blocks,
-            proj_out: projection(gpu, &w.pp("proj_out"), channels, inner, dtype)?,
+            proj_out: Linear::load_pointwise(gpu, &w.pp("proj_out"), inner, channels, dtype)?,
         })
     }
 
@@ -521,7 +359,7 @@ pub struct Downsample {
 
 impl Downsample {
     pub fn load(gpu: &Gpu, w: &Weights, channels: usize, dtype: DType) -> Result<Downsample, ModelError> {
-        Ok(Downsample { op: conv(gpu, &w.pp("op"), channels, channels, 3, 2, dtype)? })
+        Ok(Downsample { op: Conv2d::load_sized(gpu, &w.pp("op"), (channels, channels, 3), 2, 1, dtype)? })
     }
 
     /// `[B, C, H, W] -> [B, C, ceil(H/2), ceil(W/2)]`.
@@ -537,7 +375,7 @@ pub struct Upsample {
 
 impl Upsample {
     pub fn load(gpu: &Gpu, w: &Weights, channels: usize, dtype: DType) -> Result<Upsample, ModelError> {
-        Ok(Upsample { conv: conv(gpu, &w.pp("conv"), channels, channels, 3, 1, dtype)? })
+        Ok(Upsample { conv: Conv2d::load_sized(gpu, &w.pp("conv"), (channels, channels, 3), 1, 1, dtype)? })
     }
 
     /// `[B, C, H, W] -> [B, C, th, tw]`, where `(th, tw)` is the size of the

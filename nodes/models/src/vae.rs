@@ -24,7 +24,8 @@ use gpu::{DType, Gpu, Tensor};
 
 use super::ModelError;
 use super::nn::{Conv2d, GroupNorm};
-use super::vae_blocks::{AttentionPath, AttnBlock, Downsample, ResnetBlock, Upsample, load_conv, load_norm};
+use super::resblock::{ResBlock, VAE_KEYS};
+use super::vae_blocks::{AttentionPath, AttnBlock, Downsample, Upsample};
 use crate::checkpoint::weights::Weights;
 
 /// Named block outputs, in execution order, for tests and debugging.
@@ -143,36 +144,53 @@ impl VaeConfig {
 
 /// `mid`: resnet, optional single-head attention, resnet.
 pub struct MidBlock {
-    pub block_1: ResnetBlock,
+    pub block_1: ResBlock,
     pub attn_1: Option<AttnBlock>,
-    pub block_2: ResnetBlock,
+    pub block_2: ResBlock,
+}
+
+/// A level's `count` ResNet blocks (`block.0..`): the first `cin -> cout`, the rest `cout -> cout`.
+fn res_blocks(
+    gpu: &Gpu,
+    wl: &Weights,
+    config: &VaeConfig,
+    count: usize,
+    (cin, cout): (usize, usize),
+    dtype: DType,
+) -> Result<Vec<ResBlock>, ModelError> {
+    (0..count)
+        .map(|j| {
+            let inp = if j == 0 { cin } else { cout };
+            ResBlock::load(gpu, &wl.pp("block").pp(j), &VAE_KEYS, (inp, cout, 0), config.norm(), dtype)
+        })
+        .collect()
 }
 
 impl MidBlock {
     fn load(gpu: &Gpu, w: &Weights, c: usize, config: &VaeConfig, dtype: DType) -> Result<MidBlock, ModelError> {
         Ok(MidBlock {
-            block_1: ResnetBlock::load(gpu, &w.pp("block_1"), c, c, config.norm(), dtype)?,
+            block_1: ResBlock::load(gpu, &w.pp("block_1"), &VAE_KEYS, (c, c, 0), config.norm(), dtype)?,
             attn_1: if config.mid_attention {
                 Some(AttnBlock::load(gpu, &w.pp("attn_1"), c, config.norm(), dtype)?)
             } else {
                 None
             },
-            block_2: ResnetBlock::load(gpu, &w.pp("block_2"), c, c, config.norm(), dtype)?,
+            block_2: ResBlock::load(gpu, &w.pp("block_2"), &VAE_KEYS, (c, c, 0), config.norm(), dtype)?,
         })
     }
 
     fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor, ModelError> {
-        let mut h = self.block_1.forward(gpu, x)?;
+        let mut h = self.block_1.forward(gpu, x, None)?;
         if let Some(attn) = &self.attn_1 {
             h = attn.forward(gpu, &h)?;
         }
-        self.block_2.forward(gpu, &h)
+        self.block_2.forward(gpu, &h, None)
     }
 }
 
 /// One encoder level: `encoder.down.{i}`.
 pub struct DownLevel {
-    pub block: Vec<ResnetBlock>,
+    pub block: Vec<ResBlock>,
     /// Absent at the last level.
     pub downsample: Option<Downsample>,
 }
@@ -193,16 +211,13 @@ impl Encoder {
         config.check()?;
         let ch = &config.block_out_channels;
         let n = ch.len();
-        let conv_in = load_conv(gpu, &w.pp("conv_in"), (config.in_channels, ch[0], 3), 1, 1, dtype)?;
+        let conv_in = Conv2d::load_sized(gpu, &w.pp("conv_in"), (config.in_channels, ch[0], 3), 1, 1, dtype)?;
         let mut down = Vec::with_capacity(n);
         let mut cin = ch[0];
         for (i, &cout) in ch.iter().enumerate() {
             let wl = w.pp("down").pp(i);
-            let mut block = Vec::with_capacity(config.layers_per_block);
-            for j in 0..config.layers_per_block {
-                block.push(ResnetBlock::load(gpu, &wl.pp("block").pp(j), cin, cout, config.norm(), dtype)?);
-                cin = cout;
-            }
+            let block = res_blocks(gpu, &wl, config, config.layers_per_block, (cin, cout), dtype)?;
+            cin = cout;
             let downsample =
                 if i + 1 < n { Some(Downsample::load(gpu, &wl.pp("downsample"), cout, dtype)?) } else { None };
             down.push(DownLevel { block, downsample });
@@ -212,8 +227,8 @@ impl Encoder {
             conv_in,
             down,
             mid: MidBlock::load(gpu, &w.pp("mid"), top, config, dtype)?,
-            norm_out: load_norm(gpu, &w.pp("norm_out"), top, config.norm_groups, config.norm_eps, dtype)?,
-            conv_out: load_conv(gpu, &w.pp("conv_out"), (top, 2 * config.latent_channels, 3), 1, 1, dtype)?,
+            norm_out: GroupNorm::load_sized(gpu, &w.pp("norm_out"), top, config.norm_groups, config.norm_eps, dtype)?,
+            conv_out: Conv2d::load_sized(gpu, &w.pp("conv_out"), (top, 2 * config.latent_channels, 3), 1, 1, dtype)?,
         })
     }
 
@@ -226,7 +241,7 @@ impl Encoder {
         record("encoder.conv_in".into(), &h);
         for (i, level) in self.down.iter().enumerate() {
             for block in &level.block {
-                h = block.forward(gpu, &h)?;
+                h = block.forward(gpu, &h, None)?;
             }
             if let Some(ds) = &level.downsample {
                 h = ds.forward(gpu, &h)?;
@@ -242,7 +257,7 @@ impl Encoder {
 
 /// One decoder level: `decoder.up.{i}` (LDM numbering: `i = n - 1` runs first).
 pub struct UpLevel {
-    pub block: Vec<ResnetBlock>,
+    pub block: Vec<ResBlock>,
     /// Absent at level 0 (the full-resolution one, which runs last).
     pub upsample: Option<Upsample>,
 }
@@ -264,7 +279,7 @@ impl Decoder {
         let ch = &config.block_out_channels;
         let n = ch.len();
         let top = ch[n - 1];
-        let conv_in = load_conv(gpu, &w.pp("conv_in"), (config.latent_channels, top, 3), 1, 1, dtype)?;
+        let conv_in = Conv2d::load_sized(gpu, &w.pp("conv_in"), (config.latent_channels, top, 3), 1, 1, dtype)?;
         let mid = MidBlock::load(gpu, &w.pp("mid"), top, config, dtype)?;
         // Built in execution order (lowest resolution first), stored by LDM index.
         let mut up: Vec<Option<UpLevel>> = (0..n).map(|_| None).collect();
@@ -272,11 +287,8 @@ impl Decoder {
         for i in (0..n).rev() {
             let wl = w.pp("up").pp(i);
             let cout = ch[i];
-            let mut block = Vec::with_capacity(config.layers_per_block + 1);
-            for j in 0..=config.layers_per_block {
-                block.push(ResnetBlock::load(gpu, &wl.pp("block").pp(j), cin, cout, config.norm(), dtype)?);
-                cin = cout;
-            }
+            let block = res_blocks(gpu, &wl, config, config.layers_per_block + 1, (cin, cout), dtype)?;
+            cin = cout;
             let upsample = if i > 0 { Some(Upsample::load(gpu, &wl.pp("upsample"), cout, dtype)?) } else { None };
             up[i] = Some(UpLevel { block, upsample });
         }
@@ -284,8 +296,8 @@ impl Decoder {
             conv_in,
             mid,
             up: up.into_iter().map(|l| l.expect("every level built")).collect(),
-            norm_out: load_norm(gpu, &w.pp("norm_out"), ch[0], config.norm_groups, config.norm_eps, dtype)?,
-            conv_out: load_conv(gpu, &w.pp("conv_out"), (ch[0], config.out_channels, 3), 1, 1, dtype)?,
+            norm_out: GroupNorm::load_sized(gpu, &w.pp("norm_out"), ch[0], config.norm_groups, config.norm_eps, dtype)?,
+            conv_out: Conv2d::load_sized(gpu, &w.pp("conv_out"), (ch[0], config.out_channels, 3), 1, 1, dtype)?,
         })
     }
 
@@ -300,7 +312,7 @@ impl Decoder {
         record("decoder.mid".into(), &h);
         for (i, level) in self.up.iter().enumerate().rev() {
             for block in &level.block {
-                h = block.forward(gpu, &h)?;
+                h = block.forward(gpu, &h, None)?;
             }
             if let Some(us) = &level.upsample {
                 h = us.forward(gpu, &h)?;
@@ -355,12 +367,12 @@ impl Vae {
         config.check()?;
         let lat2 = 2 * config.latent_channels;
         let quant_conv = match config.use_quant_conv {
-            true => Some(load_conv(gpu, &w.pp("quant_conv"), (lat2, lat2, 1), 1, 0, dtype)?),
+            true => Some(Conv2d::load_sized(gpu, &w.pp("quant_conv"), (lat2, lat2, 1), 1, 0, dtype)?),
             false => None,
         };
         let lat = config.latent_channels;
         let post_quant_conv = match config.use_post_quant_conv {
-            true => Some(load_conv(gpu, &w.pp("post_quant_conv"), (lat, lat, 1), 1, 0, dtype)?),
+            true => Some(Conv2d::load_sized(gpu, &w.pp("post_quant_conv"), (lat, lat, 1), 1, 0, dtype)?),
             false => None,
         };
         Ok(Vae {

@@ -1,7 +1,7 @@
-//! The building blocks of the SD 1.x VAE (see [`super::vae`]), mirroring
-//! LDM's `ldm.modules.diffusionmodules.model.{ResnetBlock, AttnBlock,
-//! Downsample, Upsample}` and diffusers 0.42.1's `ResnetBlock2D` (no time
-//! embedding), `Attention` (single head, `residual_connection=True`),
+//! The building blocks of the SD 1.x VAE (see [`super::vae`]; its ResNet
+//! blocks are the UNet's, [`super::resblock`]), mirroring LDM's
+//! `ldm.modules.diffusionmodules.model.{AttnBlock, Downsample, Upsample}` and
+//! diffusers 0.42.1's `Attention` (single head, `residual_connection=True`),
 //! `Downsample2D(padding=0)` and `Upsample2D(use_conv=True)`.
 //!
 //! Every load checks each tensor's shape against the channels the caller
@@ -18,94 +18,6 @@ use gpu::{DType, Gpu, Tensor};
 use super::ModelError;
 use super::nn::{Conv2d, GroupNorm, Linear};
 use crate::checkpoint::weights::{WeightError, Weights};
-
-/// A `[cout, cin, k, k]` convolution with its `[cout]` bias; both are
-/// required (every LDM VAE conv has a bias) and shape-checked by key.
-pub(crate) fn load_conv(
-    gpu: &Gpu,
-    w: &Weights,
-    (cin, cout, k): (usize, usize, usize),
-    stride: usize,
-    padding: usize,
-    dtype: DType,
-) -> Result<Conv2d, ModelError> {
-    let weight = w.tensor(gpu, "weight", &[cout, cin, k, k], dtype)?;
-    let bias = w.tensor(gpu, "bias", &[cout], dtype)?;
-    Ok(Conv2d { weight, bias: Some(bias), stride, padding })
-}
-
-/// A GroupNorm over exactly `c` channels.
-pub(crate) fn load_norm(
-    gpu: &Gpu,
-    w: &Weights,
-    c: usize,
-    groups: usize,
-    eps: f32,
-    dtype: DType,
-) -> Result<GroupNorm, ModelError> {
-    if groups == 0 || !c.is_multiple_of(groups) {
-        return Err(ModelError::Config(format!(
-            "{}: {c} channels do not split into {groups} groups (set the VAE config's norm_groups)",
-            w.full_name("weight")
-        )));
-    }
-    let weight = w.tensor(gpu, "weight", &[c], dtype)?;
-    let bias = w.tensor(gpu, "bias", &[c], dtype)?;
-    Ok(GroupNorm { weight, bias, groups, eps })
-}
-
-/// LDM `ResnetBlock` without a time embedding (diffusers `ResnetBlock2D`,
-/// `temb_channels=None`): `x + conv2(silu(norm2(conv1(silu(norm1(x))))))`,
-/// the skip through the 1x1 `nin_shortcut` when the channels change.
-pub struct ResnetBlock {
-    pub norm1: GroupNorm,
-    pub conv1: Conv2d,
-    pub norm2: GroupNorm,
-    pub conv2: Conv2d,
-    pub nin_shortcut: Option<Conv2d>,
-}
-
-impl ResnetBlock {
-    pub fn load(
-        gpu: &Gpu,
-        w: &Weights,
-        cin: usize,
-        cout: usize,
-        (groups, eps): (usize, f32),
-        dtype: DType,
-    ) -> Result<ResnetBlock, ModelError> {
-        Ok(ResnetBlock {
-            norm1: load_norm(gpu, &w.pp("norm1"), cin, groups, eps, dtype)?,
-            conv1: load_conv(gpu, &w.pp("conv1"), (cin, cout, 3), 1, 1, dtype)?,
-            norm2: load_norm(gpu, &w.pp("norm2"), cout, groups, eps, dtype)?,
-            conv2: load_conv(gpu, &w.pp("conv2"), (cout, cout, 3), 1, 1, dtype)?,
-            // LDM creates nin_shortcut exactly when the channels change.
-            nin_shortcut: if cin != cout {
-                Some(load_conv(gpu, &w.pp("nin_shortcut"), (cin, cout, 1), 1, 0, dtype)?)
-            } else {
-                None
-            },
-        })
-    }
-
-    pub fn out_channels(&self) -> usize {
-        self.conv2.out_channels()
-    }
-
-    /// `x [B, cin, H, W] -> [B, cout, H, W]`.
-    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor, ModelError> {
-        // The SiLUs after both norms are fused into the norm kernel; dropout is 0 at inference.
-        let h = self.norm1.forward(gpu, x, true)?;
-        let h = self.conv1.forward(gpu, &h)?;
-        let h = self.norm2.forward(gpu, &h, true)?;
-        let skip = match &self.nin_shortcut {
-            Some(conv) => conv.forward(gpu, x)?,
-            None => x.clone(),
-        };
-        // skip + conv2(h) in one kernel.
-        self.conv2.forward_residual(gpu, &h, &skip)
-    }
-}
 
 /// LDM `Downsample(with_conv=True)`: `F.pad(x, (0, 1, 0, 1))` (one zero
 /// column on the right, one zero row at the bottom) then a 3x3 conv,
@@ -159,7 +71,7 @@ pub struct Upsample {
 
 impl Upsample {
     pub fn load(gpu: &Gpu, w: &Weights, c: usize, dtype: DType) -> Result<Upsample, ModelError> {
-        Ok(Upsample { conv: load_conv(gpu, &w.pp("conv"), (c, c, 3), 1, 1, dtype)? })
+        Ok(Upsample { conv: Conv2d::load_sized(gpu, &w.pp("conv"), (c, c, 3), 1, 1, dtype)? })
     }
 
     /// `x [B, C, H, W] -> [B, C, 2H, 2W]`.
@@ -204,21 +116,6 @@ pub struct AttnBlock {
     pub path: AttentionPath,
 }
 
-/// A 1x1 conv `[C, C, 1, 1]` (LDM) or linear `[C, C]` weight as a `Linear`.
-fn load_pointwise(gpu: &Gpu, w: &Weights, c: usize, dtype: DType) -> Result<Linear, ModelError> {
-    let shape = w.shape("weight")?;
-    if shape != [c, c, 1, 1] && shape != [c, c] {
-        return Err(ModelError::Config(format!(
-            "{} has shape {shape:?}, expected [{c}, {c}, 1, 1] (or [{c}, {c}])",
-            w.full_name("weight")
-        )));
-    }
-    // [C, C, 1, 1] -> [C, C]: a 1x1 conv is a linear map over channels.
-    let weight = w.tensor(gpu, "weight", &shape, dtype)?.reshape(&[c, c])?;
-    let bias = w.tensor(gpu, "bias", &[c], dtype)?;
-    Ok(Linear { weight, bias: Some(bias) })
-}
-
 impl AttnBlock {
     pub fn load(
         gpu: &Gpu,
@@ -228,11 +125,11 @@ impl AttnBlock {
         dtype: DType,
     ) -> Result<AttnBlock, ModelError> {
         Ok(AttnBlock {
-            norm: load_norm(gpu, &w.pp("norm"), c, groups, eps, dtype)?,
-            q: load_pointwise(gpu, &w.pp("q"), c, dtype)?,
-            k: load_pointwise(gpu, &w.pp("k"), c, dtype)?,
-            v: load_pointwise(gpu, &w.pp("v"), c, dtype)?,
-            proj_out: load_pointwise(gpu, &w.pp("proj_out"), c, dtype)?,
+            norm: GroupNorm::load_sized(gpu, &w.pp("norm"), c, groups, eps, dtype)?,
+            q: Linear::load_pointwise(gpu, &w.pp("q"), c, c, dtype)?,
+            k: Linear::load_pointwise(gpu, &w.pp("k"), c, c, dtype)?,
+            v: Linear::load_pointwise(gpu, &w.pp("v"), c, c, dtype)?,
+            proj_out: Linear::load_pointwise(gpu, &w.pp("proj_out"), c, c, dtype)?,
             path: AttentionPath::Auto,
         })
     }

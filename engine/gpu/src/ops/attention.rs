@@ -9,7 +9,7 @@ use super::super::device::{Gpu, GpuError};
 use super::super::launch::{Kernel, whole, word};
 use super::super::shaders::{ShaderFamily, Variant};
 use super::super::tensor::Tensor;
-use super::matmul::{MatmulKernel, coop_available};
+use super::matmul::{MatmulKernel, coop_available, coop_choice};
 
 crate::kernel_params! {
     /// `Params` of `shaders/lib/attention_io.wgsl` (both attention kernels).
@@ -126,16 +126,16 @@ struct Part<'t> {
     channels: usize,
 }
 
-fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<Tensor, GpuError> {
+/// The head dim of `q`, `k`, `v` split into `heads`, after checking that they fit together.
+fn check(q: &Part, k: &Part, v: &Part, heads: usize) -> Result<usize, GpuError> {
     let err = |m: String| Err(GpuError::Shape(format!("attention: {m}")));
-    for (name, p) in [("k", &k), ("v", &v)] {
+    for (name, p) in [("k", k), ("v", v)] {
         if p.tensor.dtype() != q.tensor.dtype() {
             return err(format!("{name} is {:?} but q is {:?}", p.tensor.dtype(), q.tensor.dtype()));
         }
     }
-    let (b, lq, hd) = (q.tensor.dim(0), q.tensor.dim(1), q.channels);
+    let (b, hd) = (q.tensor.dim(0), q.channels);
     let lk = k.tensor.dim(1);
-    let heads = opts.heads;
     if heads == 0 || hd % heads != 0 {
         return err(format!("{hd} channels do not split into {heads} heads"));
     }
@@ -156,6 +156,15 @@ fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<T
     if d > MAX_HEAD_DIM {
         return err(format!("head dim {d} exceeds the supported {MAX_HEAD_DIM}"));
     }
+    Ok(d)
+}
+
+fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<Tensor, GpuError> {
+    let err = |m: String| Err(GpuError::Shape(format!("attention: {m}")));
+    let d = check(&q, &k, &v, opts.heads)?;
+    let (b, lq, hd) = (q.tensor.dim(0), q.tensor.dim(1), q.channels);
+    let lk = k.tensor.dim(1);
+    let heads = opts.heads;
     let out = gpu.empty(&[b, lq, hd], q.tensor.dtype())?;
     if b == 0 || lq == 0 || d == 0 {
         return Ok(out);
@@ -164,18 +173,13 @@ fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<T
         return err("no keys to attend to (Lk = 0)".into());
     }
     let dtype = q.tensor.dtype();
-    let coop = match opts.kernel {
-        MatmulKernel::Auto => coop_attention_available(gpu, dtype, d),
-        MatmulKernel::Portable => false,
-        MatmulKernel::Coop if coop_attention_available(gpu, dtype, d) => true,
-        MatmulKernel::Coop => {
-            return err(format!(
-                "the cooperative-matrix kernel needs f16 tensors, D <= {MAX_HEAD_DIM} and an adapter with \
-                 16x16x16 f16 cooperative matrices; got {dtype:?}, D = {d} on {}",
-                gpu.info.name
-            ));
-        }
-    };
+    let coop = coop_choice(opts.kernel, coop_attention_available(gpu, dtype, d), || {
+        format!(
+            "attention: the cooperative-matrix kernel needs f16 tensors, D <= {MAX_HEAD_DIM} and an adapter with \
+             16x16x16 f16 cooperative matrices; got {dtype:?}, D = {d} on {}",
+            gpu.info.name
+        )
+    })?;
     let available = gpu.limits.max_compute_workgroup_storage_size;
     if !coop && available < WORKGROUP_BYTES {
         return Err(GpuError::Wgpu(format!(

@@ -9,42 +9,10 @@
 //! planner in `layout` merges dims and windows big tensors.
 
 use super::super::device::{Gpu, GpuError};
-use super::super::launch::{Kernel, word};
+use super::super::launch::Kernel;
 use super::super::shaders::ShaderFamily;
 use super::super::tensor::Tensor;
 use super::layout::{Strided, contiguous_strides, plan};
-
-crate::kernel_params! {
-    /// `Params` of `shaders/binary.wgsl`: `n` elements over `rank` dims
-    /// (`n0..`, innermost first), the operands' element offsets in their
-    /// windows and strides (`a0..`, `b0..`; y is contiguous), and `alpha`.
-    pub struct BinaryParams {
-        pub n: u32,
-        pub rank: u32,
-        pub a_off: u32,
-        pub b_off: u32,
-        pub y_off: u32,
-        pub alpha: f32,
-        pub n0: u32,
-        pub n1: u32,
-        pub n2: u32,
-        pub n3: u32,
-        pub n4: u32,
-        pub n5: u32,
-        pub a0: u32,
-        pub a1: u32,
-        pub a2: u32,
-        pub a3: u32,
-        pub a4: u32,
-        pub a5: u32,
-        pub b0: u32,
-        pub b1: u32,
-        pub b2: u32,
-        pub b3: u32,
-        pub b4: u32,
-        pub b5: u32,
-    }
-}
 
 /// The broadcast shape of `a` and `b` (NumPy rules: align trailing dims;
 /// each pair is equal or one of them is 1), or `None`.
@@ -81,14 +49,7 @@ fn launch(
     let (ta, tb) = (a.tensor, b.tensor);
     let out = Strided { tensor: &y, offset: 0, strides: contiguous_strides(shape) };
     for p in plan(gpu, shape, &[a, b, out])? {
-        let [n0, n1, n2, n3, n4, n5] = p.dims;
-        let [a0, a1, a2, a3, a4, a5] = p.strides[0];
-        let [b0, b1, b2, b3, b4, b5] = p.strides[1];
-        #[rustfmt::skip]
-        let params = BinaryParams {
-            n: word(p.numel), rank: p.rank, a_off: p.offsets[0], b_off: p.offsets[1], y_off: p.offsets[2], alpha,
-            n0, n1, n2, n3, n4, n5, a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5,
-        };
+        let params = p.params(p.offsets[2], alpha);
         gpu.dispatch(&kernel, &params, &[p.binding(0, ta), p.binding(1, tb), p.binding(2, &y)], p.groups(gpu))?;
     }
     Ok(y)

@@ -14,7 +14,7 @@ use super::super::device::{Gpu, GpuError};
 use super::super::launch::{Kernel, grid, word};
 use super::super::shaders::{ShaderFamily, Variant};
 use super::super::tensor::{DType, Tensor};
-use super::matmul::{Activation, COOP_BLOCK, MatmulKernel, Tile, coop_available, window, window_budget};
+use super::matmul::{Activation, COOP_BLOCK, MatmulKernel, Tile, coop_available, coop_choice, window, window_budget};
 
 crate::kernel_params! {
     /// `Params` of `shaders/conv2d.wgsl` and `ConvParams` of
@@ -111,19 +111,7 @@ pub fn conv2d_with(
     bias: Option<&Tensor>,
     opts: &Conv2dOptions,
 ) -> Result<Tensor, GpuError> {
-    conv2d_with_kernel(gpu, x, weight, bias, opts, MatmulKernel::Auto)
-}
-
-/// `conv2d_with` with an explicit kernel choice (benchmarks and tests).
-pub fn conv2d_with_kernel(
-    gpu: &Gpu,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    opts: &Conv2dOptions,
-    kernel: MatmulKernel,
-) -> Result<Tensor, GpuError> {
-    run(gpu, x, weight, bias, opts, ConvExtras::default(), kernel, gpu.limits.max_storage_buffer_binding_size)
+    conv2d_fused(gpu, x, weight, bias, opts, ConvExtras::default())
 }
 
 /// `conv2d_with` with a per-batch bias and/or a residual (see [`ConvExtras`]).
@@ -138,7 +126,7 @@ pub fn conv2d_fused(
     conv2d_fused_with_kernel(gpu, x, weight, bias, opts, extras, MatmulKernel::Auto)
 }
 
-/// `conv2d_fused` with an explicit kernel choice (tests).
+/// `conv2d_fused` with an explicit kernel choice (benchmarks and tests).
 pub fn conv2d_fused_with_kernel(
     gpu: &Gpu,
     x: &Tensor,
@@ -199,6 +187,224 @@ pub fn output_size(h: usize, w: usize, kh: usize, kw: usize, opts: &Conv2dOption
     ))
 }
 
+/// The sizes of one convolution, checked against each other.
+#[derive(Debug, Clone, Copy)]
+struct ConvShape {
+    b: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    hout: usize,
+    wout: usize,
+}
+
+impl ConvShape {
+    /// The shapes and dtypes of the operands, or an error naming the mismatch.
+    fn check(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: &Conv2dOptions,
+        extras: &ConvExtras,
+    ) -> Result<Self, GpuError> {
+        let (&[b, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
+            return Err(GpuError::Shape(format!(
+                "conv2d wants x [B, Cin, H, W] and weight [Cout, Cin, kh, kw]; got x {:?}, weight {:?}",
+                x.shape(),
+                weight.shape()
+            )));
+        };
+        if cin != wcin {
+            return Err(GpuError::Shape(format!(
+                "conv2d: x has {cin} channels but the weight {:?} expects {wcin} (groups = 1 only)",
+                weight.shape()
+            )));
+        }
+        if x.dtype() != weight.dtype() {
+            return Err(GpuError::Shape(format!("conv2d: x is {:?}, weight {:?}", x.dtype(), weight.dtype())));
+        }
+        if let Some(bias) = bias {
+            check_bias(bias, x.dtype(), b, cout, extras)?;
+        }
+        let (hout, wout) = output_size(h, w, kh, kw, opts)?;
+        if let Some(r) = extras.residual
+            && (r.shape() != [b, cout, hout, wout] || r.dtype() != x.dtype())
+        {
+            return Err(GpuError::Shape(format!(
+                "conv2d residual is {:?} {:?}; the output is [{b}, {cout}, {hout}, {wout}] {:?}",
+                r.shape(),
+                r.dtype(),
+                x.dtype()
+            )));
+        }
+        Ok(Self { b, cin, h, w, cout, kh, kw, hout, wout })
+    }
+}
+
+/// A bias is `[Cout]`, or `[B, N]` with this conv's columns inside N when it is per batch item.
+fn check_bias(bias: &Tensor, dtype: DType, b: usize, cout: usize, extras: &ConvExtras) -> Result<(), GpuError> {
+    let off = extras.bias_offset;
+    let ok = match *bias.shape() {
+        [bb, n] if extras.bias_per_batch => bb == b && n >= off + cout,
+        [n] if !extras.bias_per_batch => n == cout && off == 0,
+        _ => false,
+    };
+    if !ok {
+        let want = if extras.bias_per_batch {
+            format!("[{b}, N] (B, N >= {off} + Cout {cout})")
+        } else {
+            format!("[{cout}] (Cout)")
+        };
+        return Err(GpuError::Shape(format!("conv2d bias must be {want}; got {:?}", bias.shape())));
+    }
+    if bias.dtype() != dtype {
+        return Err(GpuError::Shape(format!("conv2d: bias is {:?}, x {dtype:?}", bias.dtype())));
+    }
+    Ok(())
+}
+
+/// Whether this call runs on cooperative matrices; an error when they were asked for and are missing.
+fn use_coop(gpu: &Gpu, dtype: DType, kernel: MatmulKernel) -> Result<bool, GpuError> {
+    coop_choice(kernel, coop_conv_available(gpu, dtype), || {
+        format!(
+            "cooperative-matrix conv2d needs f16 tensors on an adapter with 16x16x16 f16 cooperative \
+             matrices and a fixed subgroup size of 32 or 64; got {dtype:?} on {}",
+            gpu.info.name
+        )
+    })
+}
+
+/// How many batch items, output channels and input channels one dispatch covers, so that
+/// every window it binds fits in `limit` bytes.
+#[derive(Debug, Clone, Copy)]
+struct Windows {
+    b_n: usize,
+    co_n: usize,
+    ci_n: usize,
+}
+
+impl Windows {
+    fn plan(gpu: &Gpu, s: &ConvShape, es: u64, bias_len: Option<usize>, limit: u64) -> Result<Self, GpuError> {
+        let ConvShape { b, cin, h, w, cout, kh, kw, hout, wout } = *s;
+        let (hw, npix, khw) = (h * w, hout * wout, kh * kw);
+        let budget = window_budget(gpu, limit);
+        let fits = |elems: usize| elems as u64 * es <= budget;
+        // Output channels per window: their output plane and weight rows fit.
+        let co_n = (1..=cout).rev().find(|&n| fits(n * npix) && fits(n * cin * khw)).unwrap_or(0);
+        // Input channels per window (one empty window when there are none, so the bias is still written).
+        let ci_n = if fits(cin * hw) { cin.max(1) } else { (budget / (hw as u64 * es).max(1)) as usize };
+        if co_n == 0 || ci_n == 0 || bias_len.is_some_and(|n| !fits(n)) {
+            return Err(GpuError::TooLarge {
+                bytes: (npix.max(hw).max(cin * khw) as u64) * es,
+                limit,
+                what: "storage binding (one channel of a conv2d)",
+            });
+        }
+        let max_dim = gpu.limits.max_compute_workgroups_per_dimension as usize;
+        // Whole batch items per window when all channels fit at once.
+        let b_n = if co_n == cout && ci_n == cin {
+            (1..=b).rev().find(|&n| fits(n * cin * hw) && fits(n * cout * npix)).unwrap_or(1).min(max_dim)
+        } else {
+            1
+        };
+        Ok(Self { b_n, co_n, ci_n })
+    }
+}
+
+/// The operands of one convolution, for the dispatches that cover it.
+struct ConvCall<'a> {
+    gpu: &'a Gpu,
+    x: &'a Tensor,
+    weight: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    y: &'a Tensor,
+    opts: &'a Conv2dOptions,
+    extras: ConvExtras<'a>,
+    s: ConvShape,
+}
+
+/// One dispatch's slice: `items` batch items from `b0`, output channels `co`, input channels `ci`.
+struct Slice {
+    b0: usize,
+    items: usize,
+    co: std::ops::Range<usize>,
+    ci: std::ops::Range<usize>,
+}
+
+impl ConvCall<'_> {
+    /// Binds the windows of one slice and dispatches it on `tiles_total` workgroups.
+    fn dispatch(&self, kernel: &Kernel, slice: &Slice, tiles_n: u32, tiles_total: u32) -> Result<(), GpuError> {
+        let Self { gpu, x, weight, bias, y, opts, extras, s } = self;
+        let ConvShape { cin, h, w, cout, kh, kw, hout, wout, .. } = *s;
+        let (hw, npix, khw) = (h * w, hout * wout, kh * kw);
+        let Slice { b0, items, .. } = *slice;
+        let (co0, co_len) = (slice.co.start, slice.co.len());
+        let (ci0, ci_len) = (slice.ci.start, slice.ci.len());
+        let first = ci0 == 0;
+        let last = ci0 + ci_len >= cin;
+        let [gx, gy, _] = grid(tiles_total, gpu.limits.max_compute_workgroups_per_dimension);
+        let (wx, off_x) = window(gpu, x, b0 * cin * hw + ci0 * hw, (b0 + items - 1) * cin * hw + (ci0 + ci_len) * hw);
+        let out_range = (b0 * cout * npix + co0 * npix, (b0 + items - 1) * cout * npix + (co0 + co_len) * npix);
+        let (wy, off_y) = window(gpu, y, out_range.0, out_range.1);
+        let (ww, off_w) = window(gpu, weight, co0 * cin * khw, (co0 + co_len) * cin * khw);
+        let has_bias = first && bias.is_some();
+        // The residual goes in with the last input-channel split, after the activation.
+        let has_res = last && extras.residual.is_some();
+        let bias_bs = match bias {
+            Some(t) if extras.bias_per_batch => t.dim(1),
+            _ => 0,
+        };
+        // Without a bias or residual, bind the weight again (read-only) so the layout stays the same.
+        let (wb, off_bias) = match bias {
+            Some(t) if has_bias => {
+                let (bb, off) = window(gpu, t, 0, t.numel());
+                (bb, off + (b0 * bias_bs + extras.bias_offset + co0) as u32)
+            }
+            _ => (ww.clone(), 0),
+        };
+        let (wr, off_res) = match extras.residual {
+            Some(r) if has_res => window(gpu, r, out_range.0, out_range.1),
+            _ => (ww.clone(), 0),
+        };
+        let params = Conv2dParams {
+            cin: word(ci_len),
+            h: word(h),
+            w: word(w),
+            cout: word(co_len),
+            hout: word(hout),
+            wout: word(wout),
+            kh: word(kh),
+            kw: word(kw),
+            stride_y: word(opts.stride.0),
+            stride_x: word(opts.stride.1),
+            pad_y: word(opts.padding.0),
+            pad_x: word(opts.padding.1),
+            dil_y: word(opts.dilation.0),
+            dil_x: word(opts.dilation.1),
+            w_cin: word(cin),
+            ci_start: word(ci0),
+            batch_x: word(cin * hw),
+            batch_y: word(cout * npix),
+            off_x,
+            off_w,
+            off_bias,
+            off_y,
+            has_bias: has_bias as u32,
+            act: if last { opts.activation.code() } else { 0 },
+            accumulate: !first as u32,
+            tiles_n,
+            tiles_total,
+            bias_bs: word(bias_bs),
+            has_res: has_res as u32,
+            off_res,
+        };
+        gpu.dispatch(kernel, &params, &[wx, ww, wb, wy, wr], [gx, gy, items as u32])
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // the public entry points' arguments, plus the binding limit
 fn run(
     gpu: &Gpu,
@@ -210,93 +416,15 @@ fn run(
     kernel: MatmulKernel,
     limit: u64,
 ) -> Result<Tensor, GpuError> {
-    let (&[b, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
-        return Err(GpuError::Shape(format!(
-            "conv2d wants x [B, Cin, H, W] and weight [Cout, Cin, kh, kw]; got x {:?}, weight {:?}",
-            x.shape(),
-            weight.shape()
-        )));
-    };
-    if cin != wcin {
-        return Err(GpuError::Shape(format!(
-            "conv2d: x has {cin} channels but the weight {:?} expects {wcin} (groups = 1 only)",
-            weight.shape()
-        )));
-    }
-    if x.dtype() != weight.dtype() {
-        return Err(GpuError::Shape(format!("conv2d: x is {:?}, weight {:?}", x.dtype(), weight.dtype())));
-    }
-    if let Some(bias) = bias {
-        let off = extras.bias_offset;
-        let ok = match *bias.shape() {
-            [bb, n] if extras.bias_per_batch => bb == b && n >= off + cout,
-            [n] if !extras.bias_per_batch => n == cout && off == 0,
-            _ => false,
-        };
-        if !ok {
-            let want = if extras.bias_per_batch {
-                format!("[{b}, N] (B, N >= {off} + Cout {cout})")
-            } else {
-                format!("[{cout}] (Cout)")
-            };
-            return Err(GpuError::Shape(format!("conv2d bias must be {want}; got {:?}", bias.shape())));
-        }
-        if bias.dtype() != x.dtype() {
-            return Err(GpuError::Shape(format!("conv2d: bias is {:?}, x {:?}", bias.dtype(), x.dtype())));
-        }
-    }
-    let (hout, wout) = output_size(h, w, kh, kw, opts)?;
-    if let Some(r) = extras.residual
-        && (r.shape() != [b, cout, hout, wout] || r.dtype() != x.dtype())
-    {
-        return Err(GpuError::Shape(format!(
-            "conv2d residual is {:?} {:?}; the output is [{b}, {cout}, {hout}, {wout}] {:?}",
-            r.shape(),
-            r.dtype(),
-            x.dtype()
-        )));
-    }
-    let coop = match kernel {
-        MatmulKernel::Auto => coop_conv_available(gpu, x.dtype()),
-        MatmulKernel::Portable => false,
-        MatmulKernel::Coop if coop_conv_available(gpu, x.dtype()) => true,
-        MatmulKernel::Coop => {
-            return Err(GpuError::Shape(format!(
-                "cooperative-matrix conv2d needs f16 tensors on an adapter with 16x16x16 f16 cooperative \
-                 matrices and a fixed subgroup size of 32 or 64; got {:?} on {}",
-                x.dtype(),
-                gpu.info.name
-            )));
-        }
-    };
+    let s = ConvShape::check(x, weight, bias, opts, &extras)?;
+    let coop = use_coop(gpu, x.dtype(), kernel)?;
+    let ConvShape { b, cin, cout, hout, wout, .. } = s;
     let y = gpu.empty(&[b, cout, hout, wout], x.dtype())?;
     if y.numel() == 0 {
         return Ok(y);
     }
-    let es = x.dtype().size() as u64;
-    let (hw, npix, khw) = (h * w, hout * wout, kh * kw);
-    let budget = window_budget(gpu, limit);
-    let fits = |elems: usize| elems as u64 * es <= budget;
-    // Output channels per window: their output plane and weight rows fit.
-    let co_n = (1..=cout).rev().find(|&n| fits(n * npix) && fits(n * cin * khw)).unwrap_or(0);
-    // Input channels per window (one empty window when there are none, so the bias is still written).
-    let ci_n = if fits(cin * hw) { cin.max(1) } else { (budget / (hw as u64 * es).max(1)) as usize };
-    let bias_len = bias.map_or(0, Tensor::numel);
-    if co_n == 0 || ci_n == 0 || (bias.is_some() && !fits(bias_len)) {
-        return Err(GpuError::TooLarge {
-            bytes: (npix.max(hw).max(cin * khw) as u64) * es,
-            limit,
-            what: "storage binding (one channel of a conv2d)",
-        });
-    }
-    let max_dim = gpu.limits.max_compute_workgroups_per_dimension as usize;
-    // Whole batch items per window when all channels fit at once.
-    let b_n = if co_n == cout && ci_n == cin {
-        (1..=b).rev().find(|&n| fits(n * cin * hw) && fits(n * cout * npix)).unwrap_or(1).min(max_dim)
-    } else {
-        1
-    };
-
+    let npix = hout * wout;
+    let Windows { b_n, co_n, ci_n } = Windows::plan(gpu, &s, x.dtype().size() as u64, bias.map(Tensor::numel), limit)?;
     let (kernel, block_m, block_n) = if coop {
         let sg = gpu.info.subgroup_size.0;
         let k = Kernel::new(ShaderFamily::MatmulCoop, Variant::CoopF16, "conv2d").constant("SG", sg as f64);
@@ -305,83 +433,16 @@ fn run(
         let tile = Tile::for_shape(co_n, npix);
         (tile.constants(Kernel::new(ShaderFamily::Conv2d, x.dtype().variant(), "conv2d")), tile.bm, tile.bn)
     };
+    let call = ConvCall { gpu, x, weight, bias, y: &y, opts, extras, s };
     for b0 in (0..b).step_by(b_n) {
         let items = b_n.min(b - b0);
         for co0 in (0..cout).step_by(co_n) {
-            let co_len = co_n.min(cout - co0);
+            let co = co0..co0 + co_n.min(cout - co0);
             let tiles_n = (npix as u32).div_ceil(block_n);
-            let tiles_total = (co_len as u32).div_ceil(block_m) * tiles_n;
-            let [gx, gy, _] = grid(tiles_total, max_dim as u32);
+            let tiles_total = (co.len() as u32).div_ceil(block_m) * tiles_n;
             for ci0 in (0..cin.max(1)).step_by(ci_n) {
-                let ci_len = ci_n.min(cin - ci0);
-                let first = ci0 == 0;
-                let last = ci0 + ci_len >= cin;
-                let (wx, off_x) =
-                    window(gpu, x, b0 * cin * hw + ci0 * hw, (b0 + items - 1) * cin * hw + (ci0 + ci_len) * hw);
-                let (wy, off_y) = window(
-                    gpu,
-                    &y,
-                    b0 * cout * npix + co0 * npix,
-                    (b0 + items - 1) * cout * npix + (co0 + co_len) * npix,
-                );
-                let (ww, off_w) = window(gpu, weight, co0 * cin * khw, (co0 + co_len) * cin * khw);
-                let has_bias = first && bias.is_some();
-                // The residual goes in with the last input-channel split, after the activation.
-                let has_res = last && extras.residual.is_some();
-                let bias_bs = match bias {
-                    Some(t) if extras.bias_per_batch => t.dim(1),
-                    _ => 0,
-                };
-                // Without a bias or residual, bind the weight again (read-only) so the layout stays the same.
-                let (wb, off_bias) = match bias {
-                    Some(t) if has_bias => {
-                        let (bb, off) = window(gpu, t, 0, bias_len);
-                        (bb, off + (b0 * bias_bs + extras.bias_offset + co0) as u32)
-                    }
-                    _ => (ww.clone(), 0),
-                };
-                let (wr, off_res) = match extras.residual {
-                    Some(r) if has_res => window(
-                        gpu,
-                        r,
-                        b0 * cout * npix + co0 * npix,
-                        (b0 + items - 1) * cout * npix + (co0 + co_len) * npix,
-                    ),
-                    _ => (ww.clone(), 0),
-                };
-                let params = Conv2dParams {
-                    cin: word(ci_len),
-                    h: word(h),
-                    w: word(w),
-                    cout: word(co_len),
-                    hout: word(hout),
-                    wout: word(wout),
-                    kh: word(kh),
-                    kw: word(kw),
-                    stride_y: word(opts.stride.0),
-                    stride_x: word(opts.stride.1),
-                    pad_y: word(opts.padding.0),
-                    pad_x: word(opts.padding.1),
-                    dil_y: word(opts.dilation.0),
-                    dil_x: word(opts.dilation.1),
-                    w_cin: word(cin),
-                    ci_start: word(ci0),
-                    batch_x: word(cin * hw),
-                    batch_y: word(cout * npix),
-                    off_x,
-                    off_w,
-                    off_bias,
-                    off_y,
-                    has_bias: has_bias as u32,
-                    act: if last { opts.activation.code() } else { 0 },
-                    accumulate: !first as u32,
-                    tiles_n,
-                    tiles_total,
-                    bias_bs: word(bias_bs),
-                    has_res: has_res as u32,
-                    off_res,
-                };
-                gpu.dispatch(&kernel, &params, &[wx, ww, wb, wy, wr], [gx, gy, items as u32])?;
+                let ci = ci0..ci0 + ci_n.min(cin - ci0);
+                call.dispatch(&kernel, &Slice { b0, items, co: co.clone(), ci }, tiles_n, tiles_total)?;
             }
         }
     }

@@ -22,18 +22,6 @@ crate::kernel_params! {
 
 const WG: u32 = 256;
 
-/// `[N, dim]` f32 embedding of `timesteps` (see `timestep_embedding_as`).
-pub fn timestep_embedding(
-    gpu: &Gpu,
-    timesteps: &[f32],
-    dim: usize,
-    flip_sin_to_cos: bool,
-    downscale_freq_shift: f32,
-    max_period: f32,
-) -> Result<Tensor, GpuError> {
-    timestep_embedding_as(gpu, timesteps, dim, flip_sin_to_cos, downscale_freq_shift, max_period, DType::F32)
-}
-
 /// `[N, dim]` embedding stored as `dtype`: with `half = dim / 2` and
 /// `freq_k = exp(-ln(max_period) * k / (half - downscale_freq_shift))`, row
 /// `n` is `[sin(t_n * freq), cos(t_n * freq)]`, or `[cos, sin]` when

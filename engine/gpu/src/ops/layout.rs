@@ -38,14 +38,18 @@ pub(crate) struct Strided<'a> {
 }
 
 crate::kernel_params! {
-    /// `Params` of `shaders/layout.wgsl`: `n` elements over `rank` dims
-    /// (`n0..`, innermost first), the source's and destination's element
-    /// offsets in their windows and their strides (`s0..`, `t0..`).
-    pub struct LayoutParams {
+    /// `Params` of `shaders/lib/strided.wgsl`, which `shaders/layout.wgsl` and
+    /// `shaders/binary.wgsl` share: `n` elements over `rank` dims (`n0..`,
+    /// innermost first), the two strided operands' element offsets in their
+    /// windows (`x_off`, `y_off`) and strides (`s0..`, `t0..`); a contiguous
+    /// output's offset `out_off` and `alpha`, which only the binary ops use.
+    pub struct StridedParams {
         pub n: u32,
         pub rank: u32,
-        pub src_off: u32,
-        pub dst_off: u32,
+        pub x_off: u32,
+        pub y_off: u32,
+        pub out_off: u32,
+        pub alpha: f32,
         pub n0: u32,
         pub n1: u32,
         pub n2: u32,
@@ -90,6 +94,20 @@ impl Piece {
         wgpu::BufferBinding { buffer: t.buffer(), offset, size: NonZeroU64::new(size) }
     }
 
+    /// The parameter block of this launch: operands 0 and 1 are the strided
+    /// ones; `out_off` and `alpha` as [`StridedParams`] says.
+    pub fn params(&self, out_off: u32, alpha: f32) -> StridedParams {
+        let [n0, n1, n2, n3, n4, n5] = self.dims;
+        let [s0, s1, s2, s3, s4, s5] = self.strides[0];
+        let [t0, t1, t2, t3, t4, t5] = self.strides[1];
+        #[rustfmt::skip]
+        let params = StridedParams {
+            n: word(self.numel), rank: self.rank, x_off: self.offsets[0], y_off: self.offsets[1], out_off, alpha,
+            n0, n1, n2, n3, n4, n5, s0, s1, s2, s3, s4, s5, t0, t1, t2, t3, t4, t5,
+        };
+        params
+    }
+
     /// The workgroup grid for this launch.
     pub fn groups(&self, gpu: &Gpu) -> [u32; 3] {
         grid((self.numel as u32).div_ceil(WG), gpu.limits.max_compute_workgroups_per_dimension)
@@ -118,6 +136,9 @@ pub(crate) fn plan(gpu: &Gpu, shape: &[usize], ops: &[Strided<'_>]) -> Result<Ve
     )
 }
 
+/// One iteration dim: its size and each operand's stride over it.
+type Dim = (usize, Vec<usize>);
+
 /// The planner itself, on plain numbers so unit tests can use tiny limits.
 /// `ops` are (origin offset, strides, element size) per operand.
 pub(crate) fn plan_with_limits(
@@ -129,10 +150,44 @@ pub(crate) fn plan_with_limits(
     if shape.iter().product::<usize>() == 0 {
         return Ok(vec![]);
     }
-    // Merge, outermost first: size-1 dims vanish; a dim folds into the one
-    // outside it when every operand steps over it contiguously (broadcast
-    // dims fold too: 0 == 0 * size).
-    let mut dims: Vec<(usize, Vec<usize>)> = Vec::new();
+    let dims = merge_dims(shape, ops)?;
+    let (split, chunk) = split_point(&dims, ops, max_binding, align)?;
+    let outer: usize = dims[..split].iter().map(|d| d.0).product();
+    let count = outer * dims[split].0.div_ceil(chunk);
+    if count > MAX_PIECES {
+        let bytes = ops.iter().map(|o| (span_all(shape, o.1) * o.2) as u64).max().unwrap_or(0);
+        return Err(GpuError::TooLarge {
+            bytes,
+            limit: max_binding,
+            what: "storage binding (as windows of this layout)",
+        });
+    }
+    let mut pieces = Vec::with_capacity(count);
+    let mut idx = vec![0usize; split];
+    for _ in 0..outer {
+        let mut start = 0;
+        while start < dims[split].0 {
+            let len = chunk.min(dims[split].0 - start);
+            pieces.push(piece(&dims, split, &idx, start, len, ops, align));
+            start += len;
+        }
+        // Next outer index (odometer, last dim fastest).
+        for d in (0..split).rev() {
+            idx[d] += 1;
+            if idx[d] < dims[d].0 {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Ok(pieces)
+}
+
+/// Merges dims, outermost first: size-1 dims vanish; a dim folds into the one
+/// outside it when every operand steps over it contiguously (broadcast dims
+/// fold too: 0 == 0 * size).
+fn merge_dims(shape: &[usize], ops: &[(usize, &[usize], usize)]) -> Result<Vec<Dim>, GpuError> {
+    let mut dims: Vec<Dim> = Vec::new();
     for (d, &size) in shape.iter().enumerate() {
         if size == 1 {
             continue;
@@ -157,6 +212,17 @@ pub(crate) fn plan_with_limits(
             dims.len()
         )));
     }
+    Ok(dims)
+}
+
+/// The dim that is cut into chunks, and the chunk length: the outermost dim
+/// such that everything inside one index of it fits a window for every operand.
+fn split_point(
+    dims: &[Dim],
+    ops: &[(usize, &[usize], usize)],
+    max_binding: u64,
+    align: u64,
+) -> Result<(usize, usize), GpuError> {
     let r = dims.len();
     // Span in elements of dims k.. for operand j: 1 + sum (size - 1) * stride (1 for k = r).
     let span = |j: usize, k: usize| 1 + dims[k..].iter().map(|(n, s)| (n - 1) * s[j]).sum::<usize>();
@@ -169,8 +235,6 @@ pub(crate) fn plan_with_limits(
     if room.contains(&0) {
         return Err(GpuError::TooLarge { bytes: align, limit: max_binding, what: "storage binding (alignment slack)" });
     }
-    // The outermost dim that can be split into chunks: everything inside one
-    // index of it fits a window for every operand.
     let split = (0..r)
         .find(|&k| inner_numel(k + 1) <= MAX_PIECE_ELEMS && (0..ops.len()).all(|j| span(j, k + 1) <= room[j]))
         .unwrap_or(r - 1);
@@ -183,61 +247,45 @@ pub(crate) fn plan_with_limits(
             chunk = chunk.min(q + 1);
         }
     }
-    let outer: usize = dims[..split].iter().map(|d| d.0).product();
-    let count = outer * dims[split].0.div_ceil(chunk);
-    if count > MAX_PIECES {
-        let bytes = ops.iter().map(|o| (span_all(shape, o.1) * o.2) as u64).max().unwrap_or(0);
-        return Err(GpuError::TooLarge {
-            bytes,
-            limit: max_binding,
-            what: "storage binding (as windows of this layout)",
-        });
-    }
-    let mut pieces = Vec::with_capacity(count);
-    let mut idx = vec![0usize; split];
-    for _ in 0..outer {
-        let mut start = 0;
-        while start < dims[split].0 {
-            let len = chunk.min(dims[split].0 - start);
-            let mut pd = [1u32; MAX_DIMS];
-            let mut ps = vec![[0u32; MAX_DIMS]; ops.len()];
-            // Piece dims: dims[split] (len) then the inner ones, stored innermost first.
-            let local: Vec<(usize, &Vec<usize>)> =
-                std::iter::once((len, &dims[split].1)).chain(dims[split + 1..].iter().map(|(n, s)| (*n, s))).collect();
-            for (q, (n, s)) in local.iter().rev().enumerate() {
-                pd[q] = *n as u32;
-                for j in 0..ops.len() {
-                    ps[j][q] = s[j] as u32;
-                }
-            }
-            let mut windows = Vec::with_capacity(ops.len());
-            let mut offsets = Vec::with_capacity(ops.len());
-            for (j, op) in ops.iter().enumerate() {
-                let elem = op.2 as u64;
-                let base = op.0
-                    + idx.iter().zip(&dims[..split]).map(|(i, (_, s))| i * s[j]).sum::<usize>()
-                    + start * dims[split].1[j];
-                let ext = local.iter().map(|(n, s)| (n - 1) * s[j]).sum::<usize>() + 1;
-                let first = base as u64 * elem;
-                let at = first / align * align;
-                let end = (base + ext) as u64 * elem;
-                windows.push((at, (end - at).div_ceil(4) * 4));
-                offsets.push(((first - at) / elem) as u32);
-            }
-            let numel = local.iter().map(|l| l.0).product();
-            pieces.push(Piece { dims: pd, rank: local.len() as u32, numel, strides: ps, windows, offsets });
-            start += len;
-        }
-        // Next outer index (odometer, last dim fastest).
-        for d in (0..split).rev() {
-            idx[d] += 1;
-            if idx[d] < dims[d].0 {
-                break;
-            }
-            idx[d] = 0;
+    Ok((split, chunk))
+}
+
+/// The launch covering `len` indices of `dims[split]` from `start`, at outer index `idx`.
+fn piece(
+    dims: &[Dim],
+    split: usize,
+    idx: &[usize],
+    start: usize,
+    len: usize,
+    ops: &[(usize, &[usize], usize)],
+    align: u64,
+) -> Piece {
+    let mut pd = [1u32; MAX_DIMS];
+    let mut ps = vec![[0u32; MAX_DIMS]; ops.len()];
+    // Piece dims: dims[split] (len) then the inner ones, stored innermost first.
+    let local: Vec<(usize, &Vec<usize>)> =
+        std::iter::once((len, &dims[split].1)).chain(dims[split + 1..].iter().map(|(n, s)| (*n, s))).collect();
+    for (q, (n, s)) in local.iter().rev().enumerate() {
+        pd[q] = *n as u32;
+        for j in 0..ops.len() {
+            ps[j][q] = s[j] as u32;
         }
     }
-    Ok(pieces)
+    let mut windows = Vec::with_capacity(ops.len());
+    let mut offsets = Vec::with_capacity(ops.len());
+    for (j, op) in ops.iter().enumerate() {
+        let elem = op.2 as u64;
+        let base =
+            op.0 + idx.iter().zip(&dims[..split]).map(|(i, (_, s))| i * s[j]).sum::<usize>() + start * dims[split].1[j];
+        let ext = local.iter().map(|(n, s)| (n - 1) * s[j]).sum::<usize>() + 1;
+        let first = base as u64 * elem;
+        let at = first / align * align;
+        let end = (base + ext) as u64 * elem;
+        windows.push((at, (end - at).div_ceil(4) * 4));
+        offsets.push(((first - at) / elem) as u32);
+    }
+    let numel = local.iter().map(|l| l.0).product();
+    Piece { dims: pd, rank: local.len() as u32, numel, strides: ps, windows, offsets }
 }
 
 /// Elements spanned by a whole strided walk (for error messages).
@@ -257,14 +305,7 @@ fn copy(gpu: &Gpu, shape: &[usize], src: Strided<'_>, dst: Strided<'_>) -> Resul
     let kernel = Kernel::new(ShaderFamily::Layout, src.tensor.dtype().variant(), "copy");
     let (s, d) = (src.tensor, dst.tensor);
     for p in plan(gpu, shape, &[src, dst])? {
-        let [n0, n1, n2, n3, n4, n5] = p.dims;
-        let [s0, s1, s2, s3, s4, s5] = p.strides[0];
-        let [t0, t1, t2, t3, t4, t5] = p.strides[1];
-        #[rustfmt::skip]
-        let params = LayoutParams {
-            n: word(p.numel), rank: p.rank, src_off: p.offsets[0], dst_off: p.offsets[1],
-            n0, n1, n2, n3, n4, n5, s0, s1, s2, s3, s4, s5, t0, t1, t2, t3, t4, t5,
-        };
+        let params = p.params(0, 0.0);
         gpu.dispatch(&kernel, &params, &[p.binding(0, s), p.binding(1, d)], p.groups(gpu))?;
     }
     Ok(())

@@ -358,6 +358,21 @@ pub(crate) fn window_budget(gpu: &Gpu, limit: u64) -> u64 {
     limit.min(1 << 31).saturating_sub(align + 4)
 }
 
+/// Whether a call runs on cooperative matrices: `available` decides `Auto`; asking for
+/// `Coop` where they are not available is the error `unavailable` words.
+pub(crate) fn coop_choice(
+    kernel: MatmulKernel,
+    available: bool,
+    unavailable: impl FnOnce() -> String,
+) -> Result<bool, GpuError> {
+    match kernel {
+        MatmulKernel::Auto => Ok(available),
+        MatmulKernel::Portable => Ok(false),
+        MatmulKernel::Coop if available => Ok(true),
+        MatmulKernel::Coop => Err(GpuError::Shape(unavailable())),
+    }
+}
+
 fn run(
     gpu: &Gpu,
     a: &Tensor,
@@ -368,27 +383,41 @@ fn run(
 ) -> Result<Tensor, GpuError> {
     let p = plan(a, b, opts)?;
     let dtype = a.dtype();
-    let coop = match kernel {
-        MatmulKernel::Auto => coop_available(gpu, dtype),
-        MatmulKernel::Portable => false,
-        MatmulKernel::Coop if coop_available(gpu, dtype) => true,
-        MatmulKernel::Coop => {
-            return Err(GpuError::Shape(format!(
-                "cooperative-matrix matmul needs f16 tensors on an adapter with 16x16x16 f16 cooperative \
-                 matrices and a fixed subgroup size; got {dtype:?} on {}",
-                gpu.info.name
-            )));
-        }
-    };
+    let coop = coop_choice(kernel, coop_available(gpu, dtype), || {
+        format!(
+            "cooperative-matrix matmul needs f16 tensors on an adapter with 16x16x16 f16 cooperative \
+             matrices and a fixed subgroup size; got {dtype:?} on {}",
+            gpu.info.name
+        )
+    })?;
     let c = gpu.empty(&p.out_shape, dtype)?;
     if c.numel() == 0 {
         return Ok(c);
     }
-    let es = dtype.size() as u64;
-    let budget = window_budget(gpu, limit);
-    // Batch items per dispatch: every batched operand's window must fit.
     // Elements between rows of C.
     let c_rs = if opts.geglu { p.n / 2 } else { p.n };
+    let chunk = batch_chunk(gpu, &p, a, b, c_rs, limit)?;
+    let tile = Tile::for_shape(p.m, p.n);
+    let (block_m, block_n) = if coop { (COOP_BLOCK, COOP_BLOCK) } else { (tile.bm, tile.bn) };
+    let tiles_n = (p.n as u32).div_ceil(block_n);
+    let tiles_total = (p.m as u32).div_ceil(block_m) * tiles_n;
+    let k = if coop {
+        let sg = gpu.info.subgroup_size.0;
+        Kernel::new(ShaderFamily::MatmulCoop, Variant::CoopF16, "matmul").constant("SG", sg as f64)
+    } else {
+        tile.constants(Kernel::new(ShaderFamily::Matmul, dtype.variant(), "matmul"))
+    };
+    let call = MatmulCall { gpu, a, b, c: &c, opts, p: &p, c_rs, tiles_n, tiles_total };
+    for b0 in (0..p.batch).step_by(chunk) {
+        call.dispatch(&k, b0, chunk.min(p.batch - b0))?;
+    }
+    Ok(c)
+}
+
+/// Batch items per dispatch: every batched operand's window, and each shared one, must fit `limit`.
+fn batch_chunk(gpu: &Gpu, p: &Plan, a: &Tensor, b: &Tensor, c_rs: usize, limit: u64) -> Result<usize, GpuError> {
+    let es = a.dtype().size() as u64;
+    let budget = window_budget(gpu, limit);
     let per_item = p.batch_a.max(p.batch_b).max(p.m * c_rs) as u64 * es;
     let shared_bytes = [(p.batch_a == 0, a.bytes()), (p.batch_b == 0, b.bytes())]
         .into_iter()
@@ -404,22 +433,26 @@ fn run(
         });
     }
     let max_dim = gpu.limits.max_compute_workgroups_per_dimension;
-    let chunk = ((budget / per_item.max(1)) as usize).clamp(1, max_dim as usize);
+    Ok(((budget / per_item.max(1)) as usize).clamp(1, max_dim as usize))
+}
 
-    let tile = Tile::for_shape(p.m, p.n);
-    let (block_m, block_n) = if coop { (COOP_BLOCK, COOP_BLOCK) } else { (tile.bm, tile.bn) };
-    let tiles_n = (p.n as u32).div_ceil(block_n);
-    let tiles_total = (p.m as u32).div_ceil(block_m) * tiles_n;
-    let [gx, gy, _] = grid(tiles_total, max_dim);
-    let k = if coop {
-        let sg = gpu.info.subgroup_size.0;
-        Kernel::new(ShaderFamily::MatmulCoop, Variant::CoopF16, "matmul").constant("SG", sg as f64)
-    } else {
-        tile.constants(Kernel::new(ShaderFamily::Matmul, dtype.variant(), "matmul"))
-    };
+/// The operands of one matmul, for the dispatches that cover its batch.
+struct MatmulCall<'a> {
+    gpu: &'a Gpu,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+    opts: &'a MatmulOptions<'a>,
+    p: &'a Plan,
+    c_rs: usize,
+    tiles_n: u32,
+    tiles_total: u32,
+}
 
-    for b0 in (0..p.batch).step_by(chunk) {
-        let items = chunk.min(p.batch - b0);
+impl MatmulCall<'_> {
+    /// Binds the windows of batch items `b0 .. b0 + items` and dispatches them.
+    fn dispatch(&self, k: &Kernel, b0: usize, items: usize) -> Result<(), GpuError> {
+        let Self { gpu, a, b, c, opts, p, c_rs, tiles_n, tiles_total } = *self;
         let (wa, off_a) = if p.batch_a == 0 {
             window(gpu, a, 0, a.numel())
         } else {
@@ -431,7 +464,7 @@ fn run(
             window(gpu, b, b0 * p.batch_b, (b0 + items) * p.batch_b)
         };
         let mn = p.m * c_rs;
-        let (wc, off_c) = window(gpu, &c, b0 * mn, (b0 + items) * mn);
+        let (wc, off_c) = window(gpu, c, b0 * mn, (b0 + items) * mn);
         // Without a bias or residual, bind A again (read-only) so the layout stays the same.
         let (wbias, off_bias) = match opts.bias {
             Some(bias) => window(gpu, bias, 0, bias.numel()),
@@ -468,7 +501,7 @@ fn run(
             off_res,
             c_rs: word(c_rs),
         };
-        gpu.dispatch(&k, &params, &[wa, wb, wbias, wc, wres], [gx, gy, items as u32])?;
+        let [gx, gy, _] = grid(tiles_total, gpu.limits.max_compute_workgroups_per_dimension);
+        gpu.dispatch(k, &params, &[wa, wb, wbias, wc, wres], [gx, gy, items as u32])
     }
-    Ok(c)
 }

@@ -23,8 +23,8 @@ use crate::launch::{KernelParams, ParamField};
 pub const PARAM_BLOCKS: &[(ShaderFamily, &str, &[ParamField])] = &[
     (ShaderFamily::Elementwise, "params", elementwise::ElementwiseParams::FIELDS),
     (ShaderFamily::Cast, "params", cast::CastParams::FIELDS),
-    (ShaderFamily::Binary, "params", binary::BinaryParams::FIELDS),
-    (ShaderFamily::Layout, "params", layout::LayoutParams::FIELDS),
+    (ShaderFamily::Binary, "params", layout::StridedParams::FIELDS),
+    (ShaderFamily::Layout, "params", layout::StridedParams::FIELDS),
     (ShaderFamily::Embedding, "params", embedding::EmbeddingParams::FIELDS),
     (ShaderFamily::Matmul, "params", matmul::MatmulParams::FIELDS),
     (ShaderFamily::MatmulCoop, "params", matmul::MatmulParams::FIELDS),

@@ -5,7 +5,7 @@
 
 use gpu::ops::conv2d::{
     Conv2dOptions, ConvExtras, conv2d, conv2d_fused, conv2d_fused_with_kernel, conv2d_with, conv2d_with_binding_limit,
-    conv2d_with_kernel, coop_conv_available,
+    coop_conv_available,
 };
 use gpu::ops::matmul::{Activation, MatmulKernel};
 use gpu::reference::conv2d as r;
@@ -96,7 +96,6 @@ fn check_via(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, via: Via) {
         Via::Auto if plain => conv2d_with(gpu, &x, &w, bias, &c.opts),
         Via::Auto => conv2d_fused(gpu, &x, &w, bias, &c.opts, extras),
         Via::Limit(l) => conv2d_with_binding_limit(gpu, &x, &w, bias, &c.opts, extras, l),
-        Via::Kernel(k) if plain => conv2d_with_kernel(gpu, &x, &w, bias, &c.opts, k),
         Via::Kernel(k) => conv2d_fused_with_kernel(gpu, &x, &w, bias, &c.opts, extras, k),
     }
     .unwrap();
@@ -275,7 +274,7 @@ fn bad_shapes_are_errors_not_panics() {
     if !coop_conv_available(gpu, DType::F32) {
         let opts = Conv2dOptions::default();
         let w = t(&[2, 4, 3, 3]);
-        shape_err(conv2d_with_kernel(gpu, &x, &w, None, &opts, MatmulKernel::Coop));
+        shape_err(conv2d_fused_with_kernel(gpu, &x, &w, None, &opts, ConvExtras::default(), MatmulKernel::Coop));
     }
     // A channel plane larger than one binding cannot be split.
     let err =
@@ -288,11 +287,7 @@ fn bad_shapes_are_errors_not_panics() {
 #[test]
 fn coop_conv2d_matches_reference_when_adapter_has_cooperative_matrices() {
     let Some(gpu) = shared_gpu() else { return };
-    if !coop_conv_available(gpu, DType::F16) {
-        eprintln!(
-            "skipped: {} has no usable f16 cooperative matrices (configs: {:?}, subgroup size {:?})",
-            gpu.info.name, gpu.info.coop_matrix_configs, gpu.info.subgroup_size
-        );
+    if !crate::coop_or_skip(gpu, coop_conv_available(gpu, DType::F16)) {
         return;
     }
     let coop = Via::Kernel(MatmulKernel::Coop);

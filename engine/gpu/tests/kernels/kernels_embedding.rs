@@ -3,7 +3,7 @@
 
 use gpu::DType;
 use gpu::GpuError;
-use gpu::ops::embedding::{timestep_embedding, timestep_embedding_as};
+use gpu::ops::embedding::timestep_embedding_as;
 use gpu::reference::embedding as r;
 use gpu::testing::shared_gpu;
 use gpu::tolerance::Tolerance;
@@ -82,20 +82,21 @@ fn timestep_embedding_matches_formula_in_f16() {
 fn sd15_embedding_puts_cos_first_and_pads_odd_dims_with_zero() {
     let Some(gpu) = shared_gpu() else { return };
     // t = 0: cos = 1, sin = 0. SD 1.5 flips, so the first half is ones.
-    let y = gpu.download(&timestep_embedding(gpu, &[0.0, 0.0], 321, true, 0.0, 10000.0).unwrap()).unwrap();
+    let y =
+        gpu.download(&timestep_embedding_as(gpu, &[0.0, 0.0], 321, true, 0.0, 10000.0, DType::F32).unwrap()).unwrap();
     for row in y.chunks(321) {
         assert!(row[..160].iter().all(|&v| v == 1.0));
         assert!(row[160..].iter().all(|&v| v == 0.0));
     }
     // Unflipped, t = 1: column 0 is sin(1 * freq_0) = sin(1).
-    let y = gpu.download(&timestep_embedding(gpu, &[1.0], 320, false, 0.0, 10000.0).unwrap()).unwrap();
+    let y = gpu.download(&timestep_embedding_as(gpu, &[1.0], 320, false, 0.0, 10000.0, DType::F32).unwrap()).unwrap();
     assert!((y[0] as f64 - 1f64.sin()).abs() < 1e-6 && (y[160] as f64 - 1f64.cos()).abs() < 1e-6);
 }
 
 #[test]
 fn timestep_embedding_of_no_timesteps_is_empty() {
     let Some(gpu) = shared_gpu() else { return };
-    let y = timestep_embedding(gpu, &[], 320, true, 0.0, 10000.0).unwrap();
+    let y = timestep_embedding_as(gpu, &[], 320, true, 0.0, 10000.0, DType::F32).unwrap();
     assert_eq!(y.shape(), [0, 320]);
 }
 
@@ -103,7 +104,7 @@ fn timestep_embedding_of_no_timesteps_is_empty() {
 fn timestep_embedding_refuses_degenerate_settings() {
     let Some(gpu) = shared_gpu() else { return };
     for (dim, shift, period) in [(0, 0.0, 10000.0), (2, 1.0, 10000.0), (320, 0.0, 0.0), (320, 0.0, f32::NAN)] {
-        match timestep_embedding(gpu, &[1.0], dim, true, shift, period) {
+        match timestep_embedding_as(gpu, &[1.0], dim, true, shift, period, DType::F32) {
             Err(GpuError::Shape(m)) => assert!(m.contains("timestep_embedding"), "{m}"),
             other => panic!("dim {dim} shift {shift} period {period}: expected a shape error, got {other:?}"),
         }

@@ -384,11 +384,7 @@ fn bad_shapes_are_errors_not_panics() {
 #[test]
 fn coop_matmul_matches_reference_when_adapter_has_cooperative_matrices() {
     let Some(gpu) = shared_gpu() else { return };
-    if !coop_available(gpu, DType::F16) {
-        eprintln!(
-            "skipped: {} has no usable f16 cooperative matrices (configs: {:?}, subgroup size {:?})",
-            gpu.info.name, gpu.info.coop_matrix_configs, gpu.info.subgroup_size
-        );
+    if !crate::coop_or_skip(gpu, coop_available(gpu, DType::F16)) {
         return;
     }
     let k = MatmulKernel::Coop;

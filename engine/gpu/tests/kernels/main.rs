@@ -12,3 +12,14 @@ mod kernels_matmul;
 mod kernels_norm;
 mod profile;
 mod shaders;
+
+/// Whether a tensor-core test can run on `gpu` (`available`); says why not when it cannot.
+pub fn coop_or_skip(gpu: &gpu::Gpu, available: bool) -> bool {
+    if !available {
+        eprintln!(
+            "skipped: {} has no usable f16 cooperative matrices (configs: {:?}, subgroup size {:?})",
+            gpu.info.name, gpu.info.coop_matrix_configs, gpu.info.subgroup_size
+        );
+    }
+    available
+}

@@ -128,98 +128,17 @@ impl Executor {
     pub fn run(&mut self, g: &ValidGraph, opts: &RunOptions<'_>) -> RunReport {
         let start = Instant::now();
         let order = execution_order(g);
-        let mut keys: HashMap<usize, CacheKey> = HashMap::new();
-        let mut outputs: HashMap<usize, Arc<Vec<Value>>> = HashMap::new();
-        let mut kept: HashMap<CacheKey, Arc<Vec<Value>>> = HashMap::new();
-        let mut reports = Vec::with_capacity(order.len());
+        let mut run = RunState::with_capacity(order.len());
         let mut cancelled = false;
-        // Per node: the files it and everything upstream of it recorded.
-        let mut used: HashMap<usize, Vec<PathBuf>> = HashMap::new();
-        let mut run_files: HashMap<CacheKey, Arc<Vec<PathBuf>>> = HashMap::new();
-        // Per report: the files the node itself recorded.
-        let mut own_files: Vec<Arc<Vec<PathBuf>>> = Vec::with_capacity(order.len());
-
         for i in order {
-            let node = &g.nodes[i];
-            let schema = node.kind.schema();
-            let mut report = NodeReport {
-                id: node.id.clone(),
-                kind: schema.kind.clone(),
-                status: NodeStatus::Skipped,
-                seconds: 0.0,
-                outputs: vec![],
-                files_read: vec![],
-                error: None,
-            };
             if opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 cancelled = true;
-                reports.push(report);
-                own_files.push(Arc::default());
+                run.push(skipped(g, i), Arc::default());
                 continue;
             }
-            // A node whose producer failed or was skipped cannot run.
-            let upstream: Option<Vec<CacheKey>> = node.inputs.iter().map(|e| keys.get(&e.from).copied()).collect();
-            let Some(input_keys) = upstream else {
-                reports.push(report);
-                own_files.push(Arc::default());
-                continue;
-            };
-            let inputs = gather_inputs(g, i, &outputs);
-            let mut upstream_files: Vec<PathBuf> =
-                node.inputs.iter().filter_map(|e| used.get(&e.from)).flatten().cloned().collect();
-            upstream_files.sort();
-            upstream_files.dedup();
-            let mut ctx =
-                RunContext::new(&node.id, &opts.base_dir, &opts.out_dir, &opts.graph_text, opts.progress, &opts.cancel);
-            ctx.upstream_files = upstream_files;
-            let fingerprint = node.kind.fingerprint(&ctx, &inputs);
-            let key = node_key(node, &input_keys, fingerprint.as_deref());
-
-            if let Some(cached) = self.cache.get(key) {
-                report.status = NodeStatus::Cached;
-                opts.progress.node_end(&node.id, "cached", 0.0);
-                keys.insert(i, key);
-                outputs.insert(i, cached.clone());
-                kept.insert(key, cached);
-                let own = self.files_by_key.get(&key).cloned().unwrap_or_default();
-                used.insert(i, union(ctx.upstream_files, &own));
-                run_files.insert(key, own.clone());
-                own_files.push(own);
-                reports.push(report);
-                continue;
-            }
-
-            opts.progress.node_start(&node.id, &schema.kind);
-            let t = Instant::now();
-            // A bug in one node must not take down `watch` or lose other outputs.
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| node.kind.run(&mut ctx, &inputs)));
-            report.seconds = t.elapsed().as_secs_f64();
-            report.outputs = std::mem::take(&mut ctx.files_written);
-            let own = Arc::new(std::mem::take(&mut ctx.files_read));
-            used.insert(i, union(std::mem::take(&mut ctx.upstream_files), &own));
-            let result = match result {
-                Ok(r) => r.map_err(|e| e.message),
-                Err(panic) => Err(format!("internal error (panic): {}", panic_text(&panic))),
-            };
-            let result = result.and_then(|values| check_outputs(schema, values));
-            match result {
-                Ok(values) => {
-                    let values = Arc::new(values);
-                    report.status = NodeStatus::Executed;
-                    run_files.insert(key, own.clone());
-                    keys.insert(i, key);
-                    outputs.insert(i, values.clone());
-                    kept.insert(key, values);
-                }
-                Err(msg) => {
-                    report.status = NodeStatus::Failed;
-                    report.error = Some(msg);
-                }
-            }
-            opts.progress.node_end(&node.id, report.status.name(), report.seconds);
-            reports.push(report);
-            own_files.push(own);
+            self.run_node(g, i, opts, &mut run);
         }
+        let RunState { kept, run_files, mut reports, own_files, .. } = run;
 
         // Digests for the report: background hashing began when each file was
         // recorded, so this mostly collects finished work. Ctrl-C does not wait.
@@ -238,6 +157,114 @@ impl Executor {
         let cache = &self.cache;
         self.files_by_key.retain(|k, _| cache.get(*k).is_some());
         RunReport { ok, cancelled, seconds: start.elapsed().as_secs_f64(), nodes: reports }
+    }
+
+    /// Runs node `i`, or takes its outputs from the cache, or skips it when a
+    /// node it depends on has no outputs; records what happened in `run`.
+    fn run_node(&mut self, g: &ValidGraph, i: usize, opts: &RunOptions<'_>, run: &mut RunState) {
+        let node = &g.nodes[i];
+        let schema = node.kind.schema();
+        let mut report = skipped(g, i);
+        // A node whose producer failed or was skipped cannot run.
+        let upstream: Option<Vec<CacheKey>> = node.inputs.iter().map(|e| run.keys.get(&e.from).copied()).collect();
+        let Some(input_keys) = upstream else {
+            run.push(report, Arc::default());
+            return;
+        };
+        let inputs = gather_inputs(g, i, &run.outputs);
+        let mut upstream_files: Vec<PathBuf> =
+            node.inputs.iter().filter_map(|e| run.used.get(&e.from)).flatten().cloned().collect();
+        upstream_files.sort();
+        upstream_files.dedup();
+        let mut ctx =
+            RunContext::new(&node.id, &opts.base_dir, &opts.out_dir, &opts.graph_text, opts.progress, &opts.cancel);
+        ctx.upstream_files = upstream_files;
+        let fingerprint = node.kind.fingerprint(&ctx, &inputs);
+        let key = node_key(node, &input_keys, fingerprint.as_deref());
+
+        if let Some(cached) = self.cache.get(key) {
+            report.status = NodeStatus::Cached;
+            opts.progress.node_end(&node.id, "cached", 0.0);
+            let own = self.files_by_key.get(&key).cloned().unwrap_or_default();
+            run.used.insert(i, union(ctx.upstream_files, &own));
+            run.succeed(i, key, cached, own.clone());
+            run.push(report, own);
+            return;
+        }
+
+        opts.progress.node_start(&node.id, &schema.kind);
+        let t = Instant::now();
+        // A bug in one node must not take down `watch` or lose other outputs.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| node.kind.run(&mut ctx, &inputs)));
+        report.seconds = t.elapsed().as_secs_f64();
+        report.outputs = std::mem::take(&mut ctx.files_written);
+        let own = Arc::new(std::mem::take(&mut ctx.files_read));
+        run.used.insert(i, union(std::mem::take(&mut ctx.upstream_files), &own));
+        let result = match result {
+            Ok(r) => r.map_err(|e| e.message),
+            Err(panic) => Err(format!("internal error (panic): {}", panic_text(&panic))),
+        };
+        match result.and_then(|values| check_outputs(schema, values)) {
+            Ok(values) => {
+                report.status = NodeStatus::Executed;
+                run.succeed(i, key, Arc::new(values), own.clone());
+            }
+            Err(msg) => {
+                report.status = NodeStatus::Failed;
+                report.error = Some(msg);
+            }
+        }
+        opts.progress.node_end(&node.id, report.status.name(), report.seconds);
+        run.push(report, own);
+    }
+}
+
+/// What one run has learned so far, per node (by index) and per cache key.
+#[derive(Default)]
+struct RunState {
+    keys: HashMap<usize, CacheKey>,
+    outputs: HashMap<usize, Arc<Vec<Value>>>,
+    /// The outputs this run made or reused, to keep in the cache.
+    kept: HashMap<CacheKey, Arc<Vec<Value>>>,
+    /// Per node: the files it and everything upstream of it recorded.
+    used: HashMap<usize, Vec<PathBuf>>,
+    run_files: HashMap<CacheKey, Arc<Vec<PathBuf>>>,
+    /// Nodes in execution order.
+    reports: Vec<NodeReport>,
+    /// Per report: the files the node itself recorded.
+    own_files: Vec<Arc<Vec<PathBuf>>>,
+}
+
+impl RunState {
+    fn with_capacity(n: usize) -> Self {
+        Self { reports: Vec::with_capacity(n), own_files: Vec::with_capacity(n), ..Self::default() }
+    }
+
+    fn push(&mut self, report: NodeReport, own: Arc<Vec<PathBuf>>) {
+        self.reports.push(report);
+        self.own_files.push(own);
+    }
+
+    /// Node `i` has outputs under `key`, made from the files `own`.
+    fn succeed(&mut self, i: usize, key: CacheKey, values: Arc<Vec<Value>>, own: Arc<Vec<PathBuf>>) {
+        self.keys.insert(i, key);
+        self.outputs.insert(i, values.clone());
+        self.kept.insert(key, values);
+        self.run_files.insert(key, own);
+    }
+}
+
+/// Node `i`'s report before anything happened to it.
+fn skipped(g: &ValidGraph, i: usize) -> NodeReport {
+    let node = &g.nodes[i];
+    NodeReport {
+        id: node.id.clone(),
+        kind: node.kind.schema().kind.clone(),
+        status: NodeStatus::Skipped,
+        seconds: 0.0,
+        outputs: vec![],
+        files_read: vec![],
+        error: None,
     }
 }
 

@@ -262,184 +262,215 @@ impl<'a> Machine<'a> {
         loop {
             let at = self.pos;
             let op = self.take(1).map_err(|_| "the pickle ends without STOP (truncated?)".to_string())?[0];
-            match op {
-                0x80 => {
-                    let v = self.u8()?;
-                    if v > 5 {
-                        return Err(format!("pickle protocol {v} is not supported"));
-                    }
-                }
-                0x95 => {
-                    self.u64()?; // FRAME: a length hint
-                }
-                b'.' => {
-                    let root = self.pop(at)?;
-                    self.out.root = Some(root);
-                    return Ok(self.out);
-                }
-                b'N' => self.push(Object::None)?,
-                0x88 => self.push(Object::Bool(true))?,
-                0x89 => self.push(Object::Bool(false))?,
-                b'J' => {
-                    let v = self.u32()? as i32;
-                    self.push(Object::Int(v as i64))?
-                }
-                b'K' => {
-                    let v = self.u8()?;
-                    self.push(Object::Int(v as i64))?
-                }
-                b'M' => {
-                    let v = self.u16()?;
-                    self.push(Object::Int(v as i64))?
-                }
-                0x8a => {
-                    // LONG1: n bytes of little-endian two's complement.
-                    let n = self.u8()? as usize;
-                    if n > 8 {
-                        return Err(format!("integer of {n} bytes at byte {at} is too large"));
-                    }
-                    let b = self.take(n)?;
-                    let mut v: i64 = 0;
-                    for (i, &x) in b.iter().enumerate() {
-                        v |= (x as i64) << (8 * i);
-                    }
-                    if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
-                        v -= 1i64 << (8 * n);
-                    }
-                    self.push(Object::Int(v))?
-                }
-                b'G' => {
-                    let b = self.take(8)?;
-                    self.push(Object::Float(f64::from_be_bytes(b.try_into().unwrap_or_default())))?
-                }
-                b'X' | 0x8c | 0x8d | b'U' | b'T' => {
-                    let n = match op {
-                        b'X' => self.u32()? as u64,
-                        0x8d => self.u64()?,
-                        b'T' => self.u32()? as u64,
-                        _ => self.u8()? as u64,
-                    };
-                    let n = self.len(n)?;
-                    let b = self.take(n)?;
-                    // Unicode opcodes hold UTF-8; the protocol-2 byte strings (U, T) are Latin-1 text.
-                    let s: String = if matches!(op, b'U' | b'T') {
-                        b.iter().map(|&c| c as char).collect()
-                    } else {
-                        String::from_utf8_lossy(b).into_owned()
-                    };
-                    self.push(Object::Str(s.into()))?
-                }
-                b'}' => {
-                    let d = self.new_dict();
-                    self.push(d)?
-                }
-                b']' => {
-                    self.out.lists.push(Vec::new());
-                    self.push(Object::List(self.out.lists.len() - 1))?
-                }
-                b')' => self.push(Object::Tuple(Rc::from(Vec::new())))?,
-                b'(' => self.marks.push(self.stack.len()),
-                b't' => {
-                    let items = self.pop_mark(at)?;
-                    self.push(Object::Tuple(items.into()))?
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    let mut items = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        items.push(self.pop(at)?);
-                    }
-                    items.reverse();
-                    self.push(Object::Tuple(items.into()))?
-                }
-                b'a' | b'e' => {
-                    let items = if op == b'a' { vec![self.pop(at)?] } else { self.pop_mark(at)? };
-                    let Object::List(i) = *self.top(at)? else {
-                        return Err(format!("APPEND at byte {at} onto something that is not a list"));
-                    };
-                    self.out.lists[i].extend(items);
-                }
-                b's' | b'u' => {
-                    let items = if op == b's' {
-                        let v = self.pop(at)?;
-                        let k = self.pop(at)?;
-                        vec![k, v]
-                    } else {
-                        self.pop_mark(at)?
-                    };
-                    if items.len() % 2 != 0 {
-                        return Err(format!("SETITEMS at byte {at} has an odd number of items"));
-                    }
-                    let target = self.top(at)?.clone();
-                    let Object::Dict(i) = target else {
-                        return Err(format!("SETITEM at byte {at} onto {}, not a dict", target.kind()));
-                    };
-                    // Entries are kept in order, repeats included (linear time whatever the
-                    // pickle); readers refuse a repeated key rather than pick one.
-                    let mut it = items.into_iter();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        self.out.dicts[i].push((k, v));
-                    }
-                }
-                b'q' | b'r' | 0x94 => {
-                    let idx = match op {
-                        b'q' => self.u8()? as u32,
-                        b'r' => self.u32()?,
-                        _ => self.memo.len() as u32,
-                    };
-                    let v = self.top(at)?.clone();
-                    self.memo.insert(idx, v);
-                }
-                b'h' | b'j' => {
-                    let idx = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
-                    let v = self.memo.get(&idx).cloned().ok_or_else(|| format!("memo {idx} at byte {at} is unset"))?;
-                    self.push(v)?
-                }
-                b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    let g = self.global(module, name, at)?;
-                    self.push(Object::Global(g))?
-                }
-                0x93 => {
-                    let name = self.pop(at)?;
-                    let module = self.pop(at)?;
-                    let (Object::Str(module), Object::Str(name)) = (module, name) else {
-                        return Err(format!("STACK_GLOBAL at byte {at} takes two strings"));
-                    };
-                    let g = self.global(&module, &name, at)?;
-                    self.push(Object::Global(g))?
-                }
-                b'Q' => {
-                    let pid = self.pop(at)?;
-                    let s = storage_from_pid(&pid).map_err(|e| format!("persistent id at byte {at}: {e}"))?;
-                    self.push(Object::Storage(Rc::new(s)))?
-                }
-                b'R' => {
-                    let args = self.pop(at)?;
-                    let func = self.pop(at)?;
-                    let v = self.reduce(func, args).map_err(|e| format!("REDUCE at byte {at}: {e}"))?;
-                    self.push(v)?
-                }
-                b'b' => {
-                    // BUILD: only an OrderedDict's attributes (torch's `_metadata` versions), which are dropped.
-                    let _state = self.pop(at)?;
-                    let target = self.top(at)?;
-                    if !matches!(target, Object::Dict(_)) {
-                        return Err(format!(
-                            "BUILD at byte {at} sets the state of {}; only dicts allowed",
-                            target.kind()
-                        ));
-                    }
-                }
-                _ => {
-                    return Err(format!(
-                        "opcode {op:#04x} ({}) at byte {at} is not allowed in a state dict",
-                        opcode_name(op)
-                    ));
+            if op == b'.' {
+                let root = self.pop(at)?;
+                self.out.root = Some(root);
+                return Ok(self.out);
+            }
+            self.step(op, at)?;
+        }
+    }
+
+    /// Carries out one opcode other than STOP.
+    fn step(&mut self, op: u8, at: usize) -> Result<(), String> {
+        match op {
+            0x80 => {
+                let v = self.u8()?;
+                if v > 5 {
+                    return Err(format!("pickle protocol {v} is not supported"));
                 }
             }
+            0x95 => {
+                self.u64()?; // FRAME: a length hint
+            }
+            b'N' => self.push(Object::None)?,
+            0x88 => self.push(Object::Bool(true))?,
+            0x89 => self.push(Object::Bool(false))?,
+            b'J' | b'K' | b'M' | 0x8a => {
+                let v = self.int(op, at)?;
+                self.push(Object::Int(v))?
+            }
+            b'G' => {
+                let b = self.take(8)?;
+                self.push(Object::Float(f64::from_be_bytes(b.try_into().unwrap_or_default())))?
+            }
+            b'X' | 0x8c | 0x8d | b'U' | b'T' => {
+                let s = self.string(op)?;
+                self.push(Object::Str(s.into()))?
+            }
+            b'}' => {
+                let d = self.new_dict();
+                self.push(d)?
+            }
+            b']' => {
+                self.out.lists.push(Vec::new());
+                self.push(Object::List(self.out.lists.len() - 1))?
+            }
+            b')' => self.push(Object::Tuple(Rc::from(Vec::new())))?,
+            b'(' => self.marks.push(self.stack.len()),
+            b't' => {
+                let items = self.pop_mark(at)?;
+                self.push(Object::Tuple(items.into()))?
+            }
+            0x85..=0x87 => self.tuple_n((op - 0x84) as usize, at)?,
+            b'a' | b'e' => self.append(op, at)?,
+            b's' | b'u' => self.set_items(op, at)?,
+            b'q' | b'r' | 0x94 => self.memo_put(op, at)?,
+            b'h' | b'j' => {
+                let idx = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
+                let v = self.memo.get(&idx).cloned().ok_or_else(|| format!("memo {idx} at byte {at} is unset"))?;
+                self.push(v)?
+            }
+            b'c' => {
+                let module = self.line()?;
+                let name = self.line()?;
+                let g = self.global(module, name, at)?;
+                self.push(Object::Global(g))?
+            }
+            0x93 => self.stack_global(at)?,
+            b'Q' => {
+                let pid = self.pop(at)?;
+                let s = storage_from_pid(&pid).map_err(|e| format!("persistent id at byte {at}: {e}"))?;
+                self.push(Object::Storage(Rc::new(s)))?
+            }
+            b'R' => {
+                let args = self.pop(at)?;
+                let func = self.pop(at)?;
+                let v = self.reduce(func, args).map_err(|e| format!("REDUCE at byte {at}: {e}"))?;
+                self.push(v)?
+            }
+            b'b' => self.build(at)?,
+            _ => {
+                return Err(format!(
+                    "opcode {op:#04x} ({}) at byte {at} is not allowed in a state dict",
+                    opcode_name(op)
+                ));
+            }
         }
+        Ok(())
+    }
+
+    /// The integer opcodes: BININT (i32), BININT1 (u8), BININT2 (u16), LONG1.
+    fn int(&mut self, op: u8, at: usize) -> Result<i64, String> {
+        match op {
+            b'J' => Ok(self.u32()? as i32 as i64),
+            b'K' => Ok(self.u8()? as i64),
+            b'M' => Ok(self.u16()? as i64),
+            _ => self.long1(at),
+        }
+    }
+
+    /// LONG1: n bytes of little-endian two's complement.
+    fn long1(&mut self, at: usize) -> Result<i64, String> {
+        let n = self.u8()? as usize;
+        if n > 8 {
+            return Err(format!("integer of {n} bytes at byte {at} is too large"));
+        }
+        let b = self.take(n)?;
+        let mut v: i64 = 0;
+        for (i, &x) in b.iter().enumerate() {
+            v |= (x as i64) << (8 * i);
+        }
+        if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
+            v -= 1i64 << (8 * n);
+        }
+        Ok(v)
+    }
+
+    /// The string opcodes: a length of 1, 4 or 8 bytes, then the text.
+    fn string(&mut self, op: u8) -> Result<String, String> {
+        let n = match op {
+            b'X' => self.u32()? as u64,
+            0x8d => self.u64()?,
+            b'T' => self.u32()? as u64,
+            _ => self.u8()? as u64,
+        };
+        let n = self.len(n)?;
+        let b = self.take(n)?;
+        // Unicode opcodes hold UTF-8; the protocol-2 byte strings (U, T) are Latin-1 text.
+        Ok(if matches!(op, b'U' | b'T') {
+            b.iter().map(|&c| c as char).collect()
+        } else {
+            String::from_utf8_lossy(b).into_owned()
+        })
+    }
+
+    /// TUPLE1..3: the top `n` objects become a tuple.
+    fn tuple_n(&mut self, n: usize, at: usize) -> Result<(), String> {
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.pop(at)?);
+        }
+        items.reverse();
+        self.push(Object::Tuple(items.into()))
+    }
+
+    /// APPEND (one object) or APPENDS (down to the mark) onto the list below.
+    fn append(&mut self, op: u8, at: usize) -> Result<(), String> {
+        let items = if op == b'a' { vec![self.pop(at)?] } else { self.pop_mark(at)? };
+        let Object::List(i) = *self.top(at)? else {
+            return Err(format!("APPEND at byte {at} onto something that is not a list"));
+        };
+        self.out.lists[i].extend(items);
+        Ok(())
+    }
+
+    /// SETITEM (one pair) or SETITEMS (pairs down to the mark) into the dict below.
+    fn set_items(&mut self, op: u8, at: usize) -> Result<(), String> {
+        let items = if op == b's' {
+            let v = self.pop(at)?;
+            let k = self.pop(at)?;
+            vec![k, v]
+        } else {
+            self.pop_mark(at)?
+        };
+        if items.len() % 2 != 0 {
+            return Err(format!("SETITEMS at byte {at} has an odd number of items"));
+        }
+        let target = self.top(at)?.clone();
+        let Object::Dict(i) = target else {
+            return Err(format!("SETITEM at byte {at} onto {}, not a dict", target.kind()));
+        };
+        // Entries are kept in order, repeats included (linear time whatever the
+        // pickle); readers refuse a repeated key rather than pick one.
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            self.out.dicts[i].push((k, v));
+        }
+        Ok(())
+    }
+
+    /// BINPUT, LONG_BINPUT, MEMOIZE: remember the top object.
+    fn memo_put(&mut self, op: u8, at: usize) -> Result<(), String> {
+        let idx = match op {
+            b'q' => self.u8()? as u32,
+            b'r' => self.u32()?,
+            _ => self.memo.len() as u32,
+        };
+        let v = self.top(at)?.clone();
+        self.memo.insert(idx, v);
+        Ok(())
+    }
+
+    /// STACK_GLOBAL: module and name from the stack, checked against the allowed globals.
+    fn stack_global(&mut self, at: usize) -> Result<(), String> {
+        let name = self.pop(at)?;
+        let module = self.pop(at)?;
+        let (Object::Str(module), Object::Str(name)) = (module, name) else {
+            return Err(format!("STACK_GLOBAL at byte {at} takes two strings"));
+        };
+        let g = self.global(&module, &name, at)?;
+        self.push(Object::Global(g))
+    }
+
+    /// BUILD: only an OrderedDict's attributes (torch's `_metadata` versions), which are dropped.
+    fn build(&mut self, at: usize) -> Result<(), String> {
+        let _state = self.pop(at)?;
+        let target = self.top(at)?;
+        if !matches!(target, Object::Dict(_)) {
+            return Err(format!("BUILD at byte {at} sets the state of {}; only dicts allowed", target.kind()));
+        }
+        Ok(())
     }
 
     fn reduce(&mut self, func: Object, args: Object) -> Result<Object, String> {

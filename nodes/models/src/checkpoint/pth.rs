@@ -44,10 +44,16 @@ pub fn open(path: &Path) -> Result<SafeTensors, CheckpointError> {
 
 type Parsed = (BTreeMap<String, TensorInfo>, Vec<u8>);
 
+/// An error, with the tensor's key when there is one.
+type KeyedError = (Option<String>, String);
+
+fn top(m: String) -> KeyedError {
+    (None, m)
+}
+
 /// Parses a whole `.pth` file: its tensors, and the buffer they point into.
 /// Errors carry the tensor's key when there is one.
-pub fn parse(data: &[u8]) -> Result<Parsed, (Option<String>, String)> {
-    let top = |m: String| (None, m);
+pub fn parse(data: &[u8]) -> Result<Parsed, KeyedError> {
     if !zip::is_zip(data) {
         let what = if data.first() == Some(&0x80) {
             "a legacy (pre-1.6) torch.save file, which sdgraph does not read; re-save it with a current PyTorch \
@@ -58,7 +64,33 @@ pub fn parse(data: &[u8]) -> Result<Parsed, (Option<String>, String)> {
         return Err(top(what.to_string()));
     }
     let archive = zip::read_archive(data).map_err(top)?;
-    // The pickle is `<folder>/data.pkl` for exactly one top-level folder.
+    let (pkl, folder) = pickle_entry(&archive, data)?;
+    let pickle = archive.read(data, pkl).map_err(top)?;
+    let u = unpickle(pickle).map_err(|e| top(format!("{pkl}: {e}")))?;
+    let root = u.root.clone().ok_or_else(|| top("empty pickle".into()))?;
+    let dict = state_dict(&u, &root).map_err(top)?;
+    let named = named_tensors(dict)?;
+
+    // Copy each view out contiguously, checking it against its storage.
+    // Views may overlap or repeat a storage, so the total is capped by the file size.
+    let cap = data.len().saturating_mul(4).saturating_add(1 << 20);
+    let mut out = Vec::new();
+    let mut tensors = BTreeMap::new();
+    for (key, t) in named {
+        let bad = |m: String| (Some(key.clone()), m);
+        let entry_name = format!("{folder}data/{}", t.storage.key);
+        let bytes = archive.read(data, &entry_name).map_err(bad)?;
+        let info = copy_tensor(&mut out, t, bytes, &entry_name, cap, data.len()).map_err(bad)?;
+        if tensors.insert(key.clone(), info).is_some() {
+            return Err(bad("appears twice in the state dict".into()));
+        }
+    }
+    Ok((tensors, out))
+}
+
+/// The pickle's entry, `<folder>/data.pkl` for exactly one top-level folder, and that
+/// folder (with its slash); an error when the storages are not little-endian.
+fn pickle_entry<'a>(archive: &'a zip::Archive, data: &[u8]) -> Result<(&'a str, &'a str), KeyedError> {
     let pkls: Vec<&str> = archive
         .entries
         .keys()
@@ -80,12 +112,11 @@ pub fn parse(data: &[u8]) -> Result<Parsed, (Option<String>, String)> {
             )));
         }
     }
-    let pickle = archive.read(data, pkl).map_err(top)?;
-    let u = unpickle(pickle).map_err(|e| top(format!("{pkl}: {e}")))?;
-    let root = u.root.clone().ok_or_else(|| top("empty pickle".into()))?;
-    let dict = state_dict(&u, &root).map_err(top)?;
+    Ok((pkl, folder))
+}
 
-    // Keys, without a DataParallel `module.` prefix when every key has one.
+/// The dict's tensors by key, without a DataParallel `module.` prefix when every key has one.
+fn named_tensors(dict: &[(Object, Object)]) -> Result<Vec<(String, &TensorRef)>, KeyedError> {
     let mut named: Vec<(String, &TensorRef)> = Vec::new();
     for (k, v) in dict {
         let Object::Str(k) = k else {
@@ -106,60 +137,59 @@ pub fn parse(data: &[u8]) -> Result<Parsed, (Option<String>, String)> {
             k.drain(..7);
         }
     }
+    Ok(named)
+}
 
-    // Copy each view out contiguously, checking it against its storage.
-    // Views may overlap or repeat a storage, so the total is capped by the file size.
-    let cap = data.len().saturating_mul(4).saturating_add(1 << 20);
-    let mut out = Vec::new();
-    let mut tensors = BTreeMap::new();
-    for (key, t) in named {
-        let bad = |m: String| (Some(key.clone()), m);
-        let elem = t.storage.dtype.size();
-        let entry_name = format!("{folder}data/{}", t.storage.key);
-        let bytes = archive.read(data, &entry_name).map_err(bad)?;
-        let numel = t.storage.numel;
-        if (bytes.len() as u64) != numel.saturating_mul(elem as u64) {
-            return Err(bad(format!(
-                "its storage {entry_name} claims {numel} elements ({} bytes) but holds {} bytes",
-                numel.saturating_mul(elem as u64),
-                bytes.len()
-            )));
-        }
-        let shape: Vec<usize> = t
-            .size
-            .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| bad(format!("size {:?} is too large", t.size))))
-            .collect::<Result<_, _>>()?;
-        let count = shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| bad(format!("size {:?} overflows", t.size)))?;
-        let len = count.checked_mul(elem).filter(|&n| out.len() + n <= cap).ok_or_else(|| {
-            bad(format!("size {:?} needs more memory than a file of {} bytes can describe", t.size, data.len()))
-        })?;
-        let start = out.len();
-        if count > 0 {
-            // The furthest element the view touches must lie inside the storage.
-            t.size
-                .iter()
-                .zip(&t.stride)
-                .try_fold(t.offset, |a, (&n, &s)| a.checked_add((n - 1).checked_mul(s)?))
-                .filter(|&last| last < numel)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "the view (offset {}, size {:?}, stride {:?}) reaches past its storage of {numel} elements",
-                        t.offset, t.size, t.stride
-                    ))
-                })?;
-            copy_view(&mut out, bytes, t, elem);
-        }
-        let dtype = t.storage.dtype;
-        debug_assert_eq!(out.len() - start, len);
-        if tensors.insert(key.clone(), TensorInfo { dtype, shape, start, end: start + len }).is_some() {
-            return Err(bad("appears twice in the state dict".into()));
-        }
+/// Appends the view `t` of `storage` (the bytes of `entry_name`) to `out`, contiguously,
+/// after checking it lies inside its storage and that `out` stays within `cap` bytes.
+fn copy_tensor(
+    out: &mut Vec<u8>,
+    t: &TensorRef,
+    storage: &[u8],
+    entry_name: &str,
+    cap: usize,
+    file_len: usize,
+) -> Result<TensorInfo, String> {
+    let elem = t.storage.dtype.size();
+    let numel = t.storage.numel;
+    if (storage.len() as u64) != numel.saturating_mul(elem as u64) {
+        return Err(format!(
+            "its storage {entry_name} claims {numel} elements ({} bytes) but holds {} bytes",
+            numel.saturating_mul(elem as u64),
+            storage.len()
+        ));
     }
-    Ok((tensors, out))
+    let shape: Vec<usize> = t
+        .size
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("size {:?} is too large", t.size)))
+        .collect::<Result<_, _>>()?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("size {:?} overflows", t.size))?;
+    let len = count
+        .checked_mul(elem)
+        .filter(|&n| out.len() + n <= cap)
+        .ok_or_else(|| format!("size {:?} needs more memory than a file of {file_len} bytes can describe", t.size))?;
+    let start = out.len();
+    if count > 0 {
+        // The furthest element the view touches must lie inside the storage.
+        t.size
+            .iter()
+            .zip(&t.stride)
+            .try_fold(t.offset, |a, (&n, &s)| a.checked_add((n - 1).checked_mul(s)?))
+            .filter(|&last| last < numel)
+            .ok_or_else(|| {
+                format!(
+                    "the view (offset {}, size {:?}, stride {:?}) reaches past its storage of {numel} elements",
+                    t.offset, t.size, t.stride
+                )
+            })?;
+        copy_view(out, storage, t, elem);
+    }
+    debug_assert_eq!(out.len() - start, len);
+    Ok(TensorInfo { dtype: t.storage.dtype, shape, start, end: start + len })
 }
 
 /// The dict of tensors inside `root`: `root` itself when it holds tensors,

@@ -97,6 +97,23 @@ fn find_eocd(data: &[u8]) -> Result<usize, String> {
 /// Reads the central directory of `data` and checks every entry's local
 /// header and data range. Entries that are compressed or encrypted are refused.
 pub fn read_archive(data: &[u8]) -> Result<Archive, String> {
+    let (count, cd_start, cd_end) = central_directory(data)?;
+    let cd = &data[..cd_end];
+    let mut r = Reader::at(cd, cd_start);
+    let mut archive = Archive::default();
+    for _ in 0..count {
+        let entry = central_entry(&mut r, data)?;
+        let name = entry.name.clone();
+        if archive.entries.insert(name.clone(), entry).is_some() {
+            return Err(format!("entry {name:?} appears twice"));
+        }
+    }
+    Ok(archive)
+}
+
+/// The central directory: its entry count and byte range, from the end
+/// record (or the ZIP64 record it points at), checked against the file.
+fn central_directory(data: &[u8]) -> Result<(u64, usize, usize), String> {
     let eocd = find_eocd(data)?;
     let mut r = Reader::at(data, eocd + 4);
     let (disk, cd_disk) = (r.u16()?, r.u16()?);
@@ -135,79 +152,85 @@ pub fn read_archive(data: &[u8]) -> Result<Archive, String> {
     if count > (cd_end - cd_start) as u64 / 46 {
         return Err(format!("the central directory claims {count} entries but has room for fewer"));
     }
-    let cd = &data[..cd_end];
-    let mut r = Reader::at(cd, cd_start);
-    let mut archive = Archive::default();
-    for _ in 0..count {
-        if r.u32()? != CENTRAL_SIG {
-            return Err(format!("bad central directory header at byte {}", r.pos - 4));
-        }
-        let _made = r.u16()?;
-        let _need = r.u16()?;
-        let flags = r.u16()?;
-        let method = r.u16()?;
-        let _time = r.u32()?;
-        let crc32 = r.u32()?;
-        let mut comp = r.u32()? as u64;
-        let mut size = r.u32()? as u64;
-        let name_len = r.u16()? as usize;
-        let extra_len = r.u16()? as usize;
-        let comment_len = r.u16()? as usize;
-        let _disk = r.u16()?;
-        let _attrs = r.bytes(6)?;
-        let mut local = r.u32()? as u64;
-        let name = String::from_utf8_lossy(r.bytes(name_len)?).into_owned();
-        let mut extra = Reader::at(r.bytes(extra_len)?, 0);
-        let _comment = r.bytes(comment_len)?;
-        // ZIP64 extended information: 64-bit values for the fields saturated at 0xFFFFFFFF, in order.
-        while extra.data.len() - extra.pos >= 4 {
-            let (id, len) = (extra.u16()?, extra.u16()? as usize);
-            let body = extra.bytes(len).map_err(|_| format!("entry {name:?}: bad extra field"))?;
-            if id == 1 {
-                let mut z = Reader::at(body, 0);
-                if size == 0xFFFF_FFFF {
-                    size = z.u64().map_err(|_| format!("entry {name:?}: short ZIP64 field"))?;
-                }
-                if comp == 0xFFFF_FFFF {
-                    comp = z.u64().map_err(|_| format!("entry {name:?}: short ZIP64 field"))?;
-                }
-                if local == 0xFFFF_FFFF {
-                    local = z.u64().map_err(|_| format!("entry {name:?}: short ZIP64 field"))?;
-                }
+    Ok((count, cd_start, cd_end))
+}
+
+/// Reads the central header at `r` and checks that its entry is stored, unencrypted,
+/// and lies, after its local header, inside `data`.
+fn central_entry(r: &mut Reader, data: &[u8]) -> Result<Entry, String> {
+    if r.u32()? != CENTRAL_SIG {
+        return Err(format!("bad central directory header at byte {}", r.pos - 4));
+    }
+    let _made = r.u16()?;
+    let _need = r.u16()?;
+    let flags = r.u16()?;
+    let method = r.u16()?;
+    let _time = r.u32()?;
+    let crc32 = r.u32()?;
+    let mut sizes = [r.u32()? as u64, r.u32()? as u64, 0]; // compressed, size, local offset
+    let name_len = r.u16()? as usize;
+    let extra_len = r.u16()? as usize;
+    let comment_len = r.u16()? as usize;
+    let _disk = r.u16()?;
+    let _attrs = r.bytes(6)?;
+    sizes[2] = r.u32()? as u64;
+    let name = String::from_utf8_lossy(r.bytes(name_len)?).into_owned();
+    let extra = r.bytes(extra_len)?;
+    let _comment = r.bytes(comment_len)?;
+    let [comp, size, local] = zip64_sizes(extra, sizes, &name)?;
+    if flags & 1 != 0 {
+        return Err(format!("entry {name:?} is encrypted"));
+    }
+    if method != 0 {
+        return Err(format!(
+            "entry {name:?} is compressed (method {method}); torch.save stores entries uncompressed, so this \
+             archive was repacked: re-save it with torch.save"
+        ));
+    }
+    if comp != size {
+        return Err(format!("entry {name:?} is stored but its sizes differ ({comp} vs {size})"));
+    }
+    // The data follows the local header, whose name and extra lengths may differ from the central ones.
+    let local = to_usize(local, "local header offset")?;
+    let mut l = Reader::at(data, local);
+    if l.u32().ok() != Some(LOCAL_SIG) {
+        return Err(format!("entry {name:?}: no local header at byte {local} (truncated or corrupt archive?)"));
+    }
+    let mut l = Reader::at(data, local + 26);
+    let (ln, le) = (l.u16()? as usize, l.u16()? as usize);
+    let start = local + 30 + ln + le;
+    let len = to_usize(size, "entry size")?;
+    if start.checked_add(len).is_none_or(|e| e > data.len()) {
+        return Err(format!(
+            "entry {name:?}: its {size} bytes at byte {start} run past the end of the file (truncated?)"
+        ));
+    }
+    Ok(Entry { name, start, len, crc32 })
+}
+
+/// ZIP64 extended information: 64-bit values for the fields saturated at 0xFFFFFFFF, in the
+/// order size, compressed size, local offset. `sizes` and the result are (compressed, size, local).
+fn zip64_sizes(extra: &[u8], sizes: [u64; 3], name: &str) -> Result<[u64; 3], String> {
+    let [mut comp, mut size, mut local] = sizes;
+    let mut extra = Reader::at(extra, 0);
+    while extra.data.len() - extra.pos >= 4 {
+        let (id, len) = (extra.u16()?, extra.u16()? as usize);
+        let body = extra.bytes(len).map_err(|_| format!("entry {name:?}: bad extra field"))?;
+        if id == 1 {
+            let mut z = Reader::at(body, 0);
+            let short = |_| format!("entry {name:?}: short ZIP64 field");
+            if size == 0xFFFF_FFFF {
+                size = z.u64().map_err(short)?;
+            }
+            if comp == 0xFFFF_FFFF {
+                comp = z.u64().map_err(short)?;
+            }
+            if local == 0xFFFF_FFFF {
+                local = z.u64().map_err(short)?;
             }
         }
-        if flags & 1 != 0 {
-            return Err(format!("entry {name:?} is encrypted"));
-        }
-        if method != 0 {
-            return Err(format!(
-                "entry {name:?} is compressed (method {method}); torch.save stores entries uncompressed, so this \
-                 archive was repacked: re-save it with torch.save"
-            ));
-        }
-        if comp != size {
-            return Err(format!("entry {name:?} is stored but its sizes differ ({comp} vs {size})"));
-        }
-        // The data follows the local header, whose name and extra lengths may differ from the central ones.
-        let local = to_usize(local, "local header offset")?;
-        let mut l = Reader::at(data, local);
-        if l.u32().ok() != Some(LOCAL_SIG) {
-            return Err(format!("entry {name:?}: no local header at byte {local} (truncated or corrupt archive?)"));
-        }
-        let mut l = Reader::at(data, local + 26);
-        let (ln, le) = (l.u16()? as usize, l.u16()? as usize);
-        let start = local + 30 + ln + le;
-        let len = to_usize(size, "entry size")?;
-        if start.checked_add(len).is_none_or(|e| e > data.len()) {
-            return Err(format!(
-                "entry {name:?}: its {size} bytes at byte {start} run past the end of the file (truncated?)"
-            ));
-        }
-        if archive.entries.insert(name.clone(), Entry { name: name.clone(), start, len, crc32 }).is_some() {
-            return Err(format!("entry {name:?} appears twice"));
-        }
     }
-    Ok(archive)
+    Ok([comp, size, local])
 }
 
 impl Archive {

@@ -5,12 +5,14 @@
 //!   PIL's Lanczos), plus its center crop to the target aspect ratio
 //! - [`blend`](mod@blend): ImageBlend's blend modes, ImageInvert and ImageCrop
 //! - [`planes`]: pictures as the networks' `[C, H, W]` planes
+//! - [`edges`]: Canny edges and binary stroke maps for ControlNets
 //!
 //! Everything here works on [`pixels::Image`] (`[B, H, W, C]`) or
 //! [`pixels::Mask`] (`[B, H, W]`), never panics on odd shapes, and reports
 //! invalid inputs as `Err(String)` for the node to wrap.
 
 pub mod blend;
+pub mod edges;
 pub mod planes;
 pub mod resample;
 

@@ -262,29 +262,39 @@ mod tests {
 
     #[test]
     fn nfc_composes_and_reorders() {
-        assert_eq!(nfc("e\u{301}"), "\u{e9}");
-        // Dot below (220) sorts before acute (230); q has no precomposed forms.
-        assert_eq!(nfc("q\u{301}\u{323}"), "q\u{323}\u{301}");
-        // s + dot above + dot below -> U+1E69 (s with dot below and dot above).
-        assert_eq!(nfc("s\u{307}\u{323}"), "\u{1E69}");
-        // Hangul jamo L V T -> syllable; singleton U+212B ANGSTROM SIGN -> U+00C5.
-        assert_eq!(nfc("\u{1100}\u{1161}\u{11A8}"), "\u{AC01}");
-        assert_eq!(nfc("\u{212B}"), "\u{C5}");
-        // U+0344 is a composition exclusion: it decomposes and does not come back.
-        assert_eq!(nfc("\u{344}"), "\u{308}\u{301}");
+        let cases = [
+            ("e\u{301}", "\u{e9}"),
+            // Dot below (220) sorts before acute (230); q has no precomposed forms.
+            ("q\u{301}\u{323}", "q\u{323}\u{301}"),
+            // s + dot above + dot below -> U+1E69 (s with dot below and dot above).
+            ("s\u{307}\u{323}", "\u{1E69}"),
+            // Hangul jamo L V T -> syllable; singleton U+212B ANGSTROM SIGN -> U+00C5.
+            ("\u{1100}\u{1161}\u{11A8}", "\u{AC01}"),
+            ("\u{212B}", "\u{C5}"),
+            // U+0344 is a composition exclusion: it decomposes and does not come back.
+            ("\u{344}", "\u{308}\u{301}"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(nfc(text), want, "{text:?}");
+        }
     }
 
     #[test]
     fn normalize_cleans_splits_and_lowercases() {
-        assert_eq!(normalize("  A\tPhoto\n\rOF\u{3000}a  CAT "), "a photo of a cat");
-        // VT/FF and ZWJ are deleted rather than turned into spaces.
-        assert_eq!(normalize("a\u{b}b\u{c}c\u{200d}d"), "abcd");
-        assert_eq!(normalize("猫猫"), "猫 猫");
-        // Final sigma at the end of a word only.
-        assert_eq!(normalize("ΟΔΟΣ ΣΑΣ"), "\u{3BF}\u{3B4}\u{3BF}\u{3C2} \u{3C3}\u{3B1}\u{3C2}");
-        // U+0295 is Cased in Unicode 14 (Python 3.11), so the sigma after it is final.
-        assert_eq!(normalize("\u{295}\u{3A3}"), "\u{295}\u{3C2}");
-        assert_eq!(normalize(""), "");
-        assert_eq!(normalize(" \t\n "), "");
+        let cases = [
+            ("  A\tPhoto\n\rOF\u{3000}a  CAT ", "a photo of a cat"),
+            // VT/FF and ZWJ are deleted rather than turned into spaces.
+            ("a\u{b}b\u{c}c\u{200d}d", "abcd"),
+            ("猫猫", "猫 猫"),
+            // Final sigma at the end of a word only.
+            ("ΟΔΟΣ ΣΑΣ", "\u{3BF}\u{3B4}\u{3BF}\u{3C2} \u{3C3}\u{3B1}\u{3C2}"),
+            // U+0295 is Cased in Unicode 14 (Python 3.11), so the sigma after it is final.
+            ("\u{295}\u{3A3}", "\u{295}\u{3C2}"),
+            ("", ""),
+            (" \t\n ", ""),
+        ];
+        for (text, want) in cases {
+            assert_eq!(normalize(text), want, "{text:?}");
+        }
     }
 }

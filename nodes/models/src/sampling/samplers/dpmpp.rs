@@ -4,27 +4,23 @@
 //! factors, which are 1 for eps/v (non-flow) models, leaving k-diffusion's formulas; like ComfyUI, the last step
 //! (to sigma 0) returns the denoised latent, and no noise is drawn when `eta` or `s_noise` is 0.
 
-use super::{Denoiser, NoiseSource, Run, SampleError, SamplerHooks, ancestral_step, draw};
+use super::{Denoiser, Job, Noise, Sampled, SamplerHooks, ancestral_step, draw};
+
+/// k-diffusion's `t_fn` and `sigma_fn`: time is the negative log sigma.
+fn t_fn(sigma: f64) -> f64 {
+    -sigma.ln()
+}
+
+fn sigma_fn(t: f64) -> f64 {
+    (-t).exp()
+}
 
 /// `sample_dpmpp_2m`: the second-order multistep DPM-Solver++ (first order on the first and last steps).
-pub fn sample_dpmpp_2m<D, H>(
-    denoiser: &mut D,
-    mut x: Vec<f32>,
-    sigmas: &[f64],
-    hooks: &mut H,
-) -> Result<Vec<f32>, SampleError<D::Error>>
-where
-    D: Denoiser + ?Sized,
-    H: SamplerHooks + ?Sized,
-{
-    let mut run = Run::new(denoiser, hooks, &x, sigmas)?;
-    let t_fn = |sigma: f64| -sigma.ln();
-    let sigma_fn = |t: f64| (-t).exp();
+pub fn sample_dpmpp_2m<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(job: Job<'_, D, H>, x: Vec<f32>) -> Sampled<D> {
+    let sigmas = job.sigmas;
     let mut old_denoised: Option<Vec<f32>> = None;
-    for i in 0..sigmas.len() - 1 {
-        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let den = run.denoise(i, &x, s)?;
-        run.report(i, sigmas, &x, &den);
+    job.steps(x, &mut |_, st, x| {
+        let (s, s_next, den) = (st.s, st.s_next, st.den);
         if s_next == 0.0 {
             // (0 / sigma) * x - expm1(-inf) * denoised.
             x.copy_from_slice(&den);
@@ -40,7 +36,7 @@ where
                     }
                 }
                 Some(old) => {
-                    let h_last = t - t_fn(sigmas[i - 1]);
+                    let h_last = t - t_fn(sigmas[st.i - 1]);
                     let r = h_last / h;
                     let (a, b) = (1.0 + 1.0 / (2.0 * r), 1.0 / (2.0 * r));
                     for ((xv, &dv), &ov) in x.iter_mut().zip(&den).zip(old) {
@@ -51,33 +47,22 @@ where
             }
         }
         old_denoised = Some(den);
-    }
-    Ok(x)
+        Ok(())
+    })
 }
 
 /// `sample_dpmpp_2m_sde(eta, s_noise, solver_type='midpoint')`: one noise draw per step but the last.
-pub fn sample_dpmpp_2m_sde<D, N, H>(
-    denoiser: &mut D,
-    mut x: Vec<f32>,
-    sigmas: &[f64],
-    noise: &mut N,
-    hooks: &mut H,
-    eta: f64,
-    s_noise: f64,
-) -> Result<Vec<f32>, SampleError<D::Error>>
-where
-    D: Denoiser + ?Sized,
-    N: NoiseSource + ?Sized,
-    H: SamplerHooks + ?Sized,
-{
-    let mut run = Run::new(denoiser, hooks, &x, sigmas)?;
+pub fn sample_dpmpp_2m_sde<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(
+    job: Job<'_, D, H>,
+    x: Vec<f32>,
+    noise: Noise<'_>,
+) -> Sampled<D> {
+    let Noise { source, eta, s_noise } = noise;
     let mut old_denoised: Option<Vec<f32>> = None;
     let mut h_last: Option<f64> = None;
     let mut h: Option<f64> = None;
-    for i in 0..sigmas.len() - 1 {
-        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let den = run.denoise(i, &x, s)?;
-        run.report(i, sigmas, &x, &den);
+    job.steps(x, &mut |_, st, x| {
+        let (s, s_next, den) = (st.s, st.s_next, st.den);
         if s_next == 0.0 {
             x.copy_from_slice(&den);
         } else {
@@ -92,7 +77,7 @@ where
                 (Some(old), Some(hl)) => Some((old, 0.5 * c * (1.0 / (hl / hh)))),
                 _ => None,
             };
-            let z = if eta > 0.0 && s_noise > 0.0 { Some(draw(noise, s, s_next, x.len())) } else { None };
+            let z = if eta > 0.0 && s_noise > 0.0 { Some(draw(source, s, s_next, x.len())) } else { None };
             let amp = s_next * (-(-2.0 * eta_h).exp_m1()).sqrt() * s_noise;
             for (j, xv) in x.iter_mut().enumerate() {
                 let dv = f64::from(den[j]);
@@ -108,39 +93,26 @@ where
         }
         old_denoised = Some(den);
         h_last = h;
-    }
-    Ok(x)
+        Ok(())
+    })
 }
 
 /// `sample_dpmpp_sde(eta, s_noise, r=1/2)`: two model calls and two noise draws per step but the last. The draws are
 /// for the steps from `sigma` to the intermediate sigma and from `sigma` to `sigma_next` (ComfyUI's arguments; these
 /// overlap, which matters to [`super::BrownianNoise`]).
-pub fn sample_dpmpp_sde<D, N, H>(
-    denoiser: &mut D,
-    mut x: Vec<f32>,
-    sigmas: &[f64],
-    noise: &mut N,
-    hooks: &mut H,
-    eta: f64,
-    s_noise: f64,
-) -> Result<Vec<f32>, SampleError<D::Error>>
-where
-    D: Denoiser + ?Sized,
-    N: NoiseSource + ?Sized,
-    H: SamplerHooks + ?Sized,
-{
+pub fn sample_dpmpp_sde<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(
+    job: Job<'_, D, H>,
+    x: Vec<f32>,
+    noise: Noise<'_>,
+) -> Sampled<D> {
     const R: f64 = 0.5;
-    let mut run = Run::new(denoiser, hooks, &x, sigmas)?;
-    let t_fn = |sigma: f64| -sigma.ln();
-    let sigma_fn = |t: f64| (-t).exp();
+    let Noise { source, eta, s_noise } = noise;
     let noisy = eta > 0.0 && s_noise > 0.0;
-    for i in 0..sigmas.len() - 1 {
-        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let den = run.denoise(i, &x, s)?;
-        run.report(i, sigmas, &x, &den);
+    job.steps(x, &mut |run, st, x| {
+        let (s, s_next, den) = (st.s, st.s_next, &st.den);
         if s_next == 0.0 {
-            x.copy_from_slice(&den);
-            continue;
+            x.copy_from_slice(den);
+            return Ok(());
         }
         let (t, t_next) = (t_fn(s), t_fn(s_next));
         let h = t_next - t;
@@ -153,7 +125,7 @@ where
         let s_ = t_fn(sd);
         let ratio = sigma_fn(s_) / sigma_fn(t);
         let c = (t - s_).exp_m1();
-        let z1 = if noisy { Some(draw(noise, s, sigma_s, x.len())) } else { None };
+        let z1 = if noisy { Some(draw(source, s, sigma_s, x.len())) } else { None };
         let amp1 = s_noise * su;
         let x2: Vec<f32> = (0..x.len())
             .map(|j| {
@@ -164,14 +136,14 @@ where
                 v as f32
             })
             .collect();
-        let den2 = run.denoise(i, &x2, sigma_s)?;
+        let den2 = run.denoise(st.i, &x2, sigma_s)?;
 
         // Step 2
         let (sd, su) = ancestral_step(sigma_fn(t), sigma_fn(t_next), eta);
         let t_next_ = t_fn(sd);
         let ratio = sigma_fn(t_next_) / sigma_fn(t);
         let c = (t - t_next_).exp_m1();
-        let z2 = if noisy { Some(draw(noise, s, s_next, x.len())) } else { None };
+        let z2 = if noisy { Some(draw(source, s, s_next, x.len())) } else { None };
         let amp2 = s_noise * su;
         for (j, xv) in x.iter_mut().enumerate() {
             let dd = (1.0 - fac) * f64::from(den[j]) + fac * f64::from(den2[j]);
@@ -181,6 +153,6 @@ where
             }
             *xv = v as f32;
         }
-    }
-    Ok(x)
+        Ok(())
+    })
 }

@@ -3,33 +3,22 @@
 //! the next sigma is 0, re-noises it with the eps/v models' `noise_scaling(sigma_next, noise, x)` =
 //! `noise * sigma_next + x`.
 
-use super::{Denoiser, NoiseSource, Run, SampleError, SamplerHooks, draw};
+use super::{Denoiser, Job, NoiseSource, Sampled, SamplerHooks, draw};
 
 /// `sample_lcm`: one draw per step but the last.
-pub fn sample_lcm<D, N, H>(
-    denoiser: &mut D,
-    mut x: Vec<f32>,
-    sigmas: &[f64],
-    noise: &mut N,
-    hooks: &mut H,
-) -> Result<Vec<f32>, SampleError<D::Error>>
-where
-    D: Denoiser + ?Sized,
-    N: NoiseSource + ?Sized,
-    H: SamplerHooks + ?Sized,
-{
-    let mut run = Run::new(denoiser, hooks, &x, sigmas)?;
-    for i in 0..sigmas.len() - 1 {
-        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let den = run.denoise(i, &x, s)?;
-        run.report(i, sigmas, &x, &den);
-        x = den;
-        if s_next > 0.0 {
-            let z = draw(noise, s, s_next, x.len());
+pub fn sample_lcm<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(
+    job: Job<'_, D, H>,
+    x: Vec<f32>,
+    noise: &mut dyn NoiseSource,
+) -> Sampled<D> {
+    job.steps(x, &mut |_, st, x| {
+        *x = st.den;
+        if st.s_next > 0.0 {
+            let z = draw(noise, st.s, st.s_next, x.len());
             for (xv, &zv) in x.iter_mut().zip(&z) {
-                *xv = (f64::from(zv) * s_next + f64::from(*xv)) as f32;
+                *xv = (f64::from(zv) * st.s_next + f64::from(*xv)) as f32;
             }
         }
-    }
-    Ok(x)
+        Ok(())
+    })
 }

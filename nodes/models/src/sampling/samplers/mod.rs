@@ -282,30 +282,72 @@ impl FromStr for Sampler {
 ///
 /// Sigmas: at least one; all finite; every one but the last positive, the last non-negative. With one sigma `x` is
 /// returned as is (ComfyUI's samplers loop zero times).
-pub fn sample<D, N, H>(
-    sampler: Sampler,
-    denoiser: &mut D,
-    x: Vec<f32>,
-    sigmas: &[f64],
-    noise: &mut N,
-    hooks: &mut H,
-) -> Result<Vec<f32>, SampleError<D::Error>>
+pub fn sample<D, H>(sampler: Sampler, job: Job<'_, D, H>, x: Vec<f32>, noise: &mut dyn NoiseSource) -> Sampled<D>
 where
     D: Denoiser + ?Sized,
-    N: NoiseSource + ?Sized,
     H: SamplerHooks + ?Sized,
 {
     match sampler {
-        Sampler::Euler | Sampler::Ddim => sample_euler(denoiser, x, sigmas, hooks),
-        Sampler::EulerAncestral => sample_euler_ancestral(denoiser, x, sigmas, noise, hooks, 1.0, 1.0),
-        Sampler::Heun => sample_heun(denoiser, x, sigmas, hooks),
-        Sampler::Dpm2 => sample_dpm_2(denoiser, x, sigmas, hooks),
-        Sampler::Dpmpp2m => sample_dpmpp_2m(denoiser, x, sigmas, hooks),
-        Sampler::Dpmpp2mSde => {
-            sample_dpmpp_2m_sde(denoiser, x, sigmas, &mut BrownianNoise::new(noise), hooks, 1.0, 1.0)
+        Sampler::Euler | Sampler::Ddim => sample_euler(job, x),
+        Sampler::EulerAncestral => sample_euler_ancestral(job, x, Noise::full(noise)),
+        Sampler::Heun => sample_heun(job, x),
+        Sampler::Dpm2 => sample_dpm_2(job, x),
+        Sampler::Dpmpp2m => sample_dpmpp_2m(job, x),
+        Sampler::Dpmpp2mSde => sample_dpmpp_2m_sde(job, x, Noise::full(&mut BrownianNoise::new(noise))),
+        Sampler::DpmppSde => sample_dpmpp_sde(job, x, Noise::full(&mut BrownianNoise::new(noise))),
+        Sampler::Lcm => sample_lcm(job, x, noise),
+    }
+}
+
+/// What every sampler takes besides the latent: the model, the sigmas (see [`sample`]) and the hooks.
+pub struct Job<'a, D: ?Sized, H: ?Sized> {
+    pub denoiser: &'a mut D,
+    pub sigmas: &'a [f64],
+    pub hooks: &'a mut H,
+}
+
+/// A sampler's result: the final latent.
+pub type Sampled<D> = Result<Vec<f32>, SampleError<<D as Denoiser>::Error>>;
+
+/// The noise an ancestral or SDE sampler adds: its source, `eta` and `s_noise`.
+pub struct Noise<'a> {
+    pub source: &'a mut dyn NoiseSource,
+    pub eta: f64,
+    pub s_noise: f64,
+}
+
+impl<'a> Noise<'a> {
+    /// KSampler's settings: `eta` 1, `s_noise` 1.
+    pub fn full(source: &'a mut dyn NoiseSource) -> Self {
+        Noise { source, eta: 1.0, s_noise: 1.0 }
+    }
+}
+
+/// One step as a sampler's update sees it: its index, its sigmas, and the
+/// model's denoised latent at the step's start.
+pub(crate) struct Step {
+    pub i: usize,
+    pub s: f64,
+    pub s_next: f64,
+    pub den: Vec<f32>,
+}
+
+/// A sampler's update: moves `x` from `step.s` to `step.s_next`, calling the model again through the run if needed.
+pub(crate) type Update<'u, D, H> =
+    dyn FnMut(&mut Run<'_, D, H>, Step, &mut Vec<f32>) -> Result<(), SampleError<<D as Denoiser>::Error>> + 'u;
+
+impl<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized> Job<'_, D, H> {
+    /// Runs the steps from `x`: for each, the model at the step's sigma, the hooks, then `update`.
+    pub(crate) fn steps(self, mut x: Vec<f32>, update: &mut Update<'_, D, H>) -> Sampled<D> {
+        let sigmas = self.sigmas;
+        let mut run = Run::new(self.denoiser, self.hooks, &x, sigmas)?;
+        for i in 0..sigmas.len() - 1 {
+            let (s, s_next) = (sigmas[i], sigmas[i + 1]);
+            let den = run.denoise(i, &x, s)?;
+            run.report(i, sigmas, &x, &den);
+            update(&mut run, Step { i, s, s_next, den }, &mut x)?;
         }
-        Sampler::DpmppSde => sample_dpmpp_sde(denoiser, x, sigmas, &mut BrownianNoise::new(noise), hooks, 1.0, 1.0),
-        Sampler::Lcm => sample_lcm(denoiser, x, sigmas, noise, hooks),
+        Ok(x)
     }
 }
 

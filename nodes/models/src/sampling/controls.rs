@@ -1,0 +1,192 @@
+//! ControlNets during sampling, as ComfyUI's KSampler runs them (`comfy/controlnet.py`,
+//! Comfy-Org/ComfyUI @ 311c01406130b2acbe8ab291043502de26cf3871):
+//!
+//! - the control image is center-cropped to the latent's aspect ratio and resized to the hint
+//!   size with `nearest-exact` (`common_upscale(..., 'nearest-exact', "center")`), pixels in 0..1
+//!   as they are, and repeated or cut to the latent batch (`broadcast_image_to`); it is embedded
+//!   once per sampling run (it depends on nothing else), where ComfyUI does it each step;
+//! - a control is active while the step's sigma lies in `[percent_to_sigma(end_percent),
+//!   percent_to_sigma(start_percent)]` (`ControlBase.pre_run` / `get_control`);
+//! - the residuals of every control active at a step are summed, each times its strength.
+
+use std::path::Path;
+
+use gpu::ops::binary::{add_scaled, mul};
+use gpu::ops::layout::concat;
+use gpu::{DType, Gpu, Tensor};
+use pixels::Image;
+
+use crate::controlnet::{ControlNet, ControlResiduals};
+use crate::image_ops::{Method, center_crop_to_aspect, resize};
+use crate::sampling::schedulers::ModelSigmas;
+use crate::unet::UnetConfig;
+
+/// One ControlNet application as a conditioning carries it.
+#[derive(Clone, Copy)]
+pub struct ControlSpec<'a> {
+    pub net: &'a ControlNet,
+    /// The ControlNet's file, named in messages.
+    pub path: &'a Path,
+    /// The control image, `[B, H, W, C]` in 0..1, at any size.
+    pub image: &'a Image,
+    pub strength: f64,
+    pub start_percent: f64,
+    pub end_percent: f64,
+}
+
+/// One control, ready for a sampling run: its embedded control image and its sigma range.
+pub struct PreparedControl<'a> {
+    pub spec: ControlSpec<'a>,
+    /// `[B, model_channels, h, w]`, and `[2B, ..]` when the two prompts are batched.
+    pub hint: Tensor,
+    pub hint_doubled: Option<Tensor>,
+    /// Active while `sigma_end <= sigma <= sigma_start`.
+    pub sigma_start: f64,
+    pub sigma_end: f64,
+}
+
+/// The control image as the ControlNet's input: `[batch, channels, height,
+/// width]` (NCHW, f32), center-cropped to the target aspect ratio, resized
+/// with nearest-exact, its batch repeated cyclically (or cut) to `batch`; a
+/// one-channel image is repeated to `channels`, extra channels (alpha) are
+/// dropped.
+pub fn control_hint(
+    img: &Image,
+    width: usize,
+    height: usize,
+    channels: usize,
+    batch: usize,
+) -> Result<Vec<f32>, String> {
+    let cropped = center_crop_to_aspect(img, width, height);
+    let r = resize(&cropped, width, height, Method::NearestExact)?;
+    let (hw, c) = (width * height, r.channels);
+    if c == 0 || r.batch == 0 || (c != 1 && c < channels) {
+        return Err(format!("a control image of {c} channels for a ControlNet that takes {channels}"));
+    }
+    let mut out = vec![0.0; batch * channels * hw];
+    for b in 0..batch {
+        let src = &r.data[(b % r.batch) * hw * c..][..hw * c];
+        for ch in 0..channels {
+            let from = if c == 1 { 0 } else { ch };
+            let dst = &mut out[(b * channels + ch) * hw..][..hw];
+            for (p, d) in dst.iter_mut().enumerate() {
+                *d = src[p * c + from];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that a ControlNet fits the UNet it steers.
+fn check_fits(net: &ControlNet, unet: &UnetConfig, path: &Path) -> Result<(), String> {
+    let c = &net.config.unet;
+    if c.block_out_channels != unet.block_out_channels
+        || c.layers_per_block != unet.layers_per_block
+        || c.context_dim != unet.context_dim
+        || c.in_channels != unet.in_channels
+    {
+        return Err(format!(
+            "the ControlNet {} does not fit the model: its levels {:?} x {} layers, context {}, {} latent channels; the model's {:?} x {}, context {}, {}",
+            path.display(),
+            c.block_out_channels,
+            c.layers_per_block,
+            c.context_dim,
+            c.in_channels,
+            unet.block_out_channels,
+            unet.layers_per_block,
+            unet.context_dim,
+            unet.in_channels
+        ));
+    }
+    Ok(())
+}
+
+/// Embeds the control images of `controls` for latents of `shape` (once per
+/// sampling run); `doubled` also builds the `[2B]` version for a batched
+/// cond + uncond call.
+pub fn prepare_controls<'a>(
+    gpu: &Gpu,
+    unet: &UnetConfig,
+    sigmas: &ModelSigmas,
+    controls: impl IntoIterator<Item = ControlSpec<'a>>,
+    shape: [usize; 4],
+    doubled: bool,
+) -> Result<Vec<PreparedControl<'a>>, String> {
+    let [b, _, h, w] = shape;
+    let mut out = Vec::new();
+    for spec in controls {
+        let net = spec.net;
+        check_fits(net, unet, spec.path)?;
+        let f = net.config.hint_downscale();
+        let ch = net.config.hint_channels;
+        let pixels = control_hint(spec.image, w * f, h * f, ch, b)?;
+        let t = gpu.upload(&pixels, &[b, ch, h * f, w * f], DType::F32).map_err(|e| e.to_string())?;
+        let hint = net.embed_hint(gpu, &t).map_err(|e| e.to_string())?;
+        let hint_doubled =
+            if doubled { Some(concat(gpu, &[&hint, &hint], 0).map_err(|e| e.to_string())?) } else { None };
+        out.push(PreparedControl {
+            spec,
+            hint,
+            hint_doubled,
+            sigma_start: sigmas.percent_to_sigma(spec.start_percent),
+            sigma_end: sigmas.percent_to_sigma(spec.end_percent),
+        });
+    }
+    Ok(out)
+}
+
+/// The summed, strength-scaled residuals of the controls active at `sigma`
+/// for `x [B or 2B, C, h, w]` under `context`, or `None` when none is active.
+/// `doubled` picks the `[2B]` hint embeddings.
+pub fn control_residuals(
+    gpu: &Gpu,
+    controls: &[PreparedControl<'_>],
+    x: &Tensor,
+    timesteps: &[f32],
+    context: &Tensor,
+    sigma: f64,
+    doubled: bool,
+) -> Result<Option<ControlResiduals>, String> {
+    let mut sum: Option<ControlResiduals> = None;
+    for c in controls {
+        // ComfyUI: inactive when sigma > range start or sigma < range end (compared in f32 there).
+        if sigma > c.sigma_start || sigma < c.sigma_end {
+            continue;
+        }
+        let hint = if doubled { c.hint_doubled.as_ref().unwrap_or(&c.hint) } else { &c.hint };
+        let r = c
+            .spec
+            .net
+            .forward(gpu, x, timesteps, context, hint)
+            .map_err(|e| format!("ControlNet {}: {e}", c.spec.path.display()))?;
+        let s = c.spec.strength as f32;
+        sum = Some(match sum {
+            None => scale_residuals(gpu, &r, s).map_err(|e| e.to_string())?,
+            Some(acc) => ControlResiduals {
+                down: acc
+                    .down
+                    .iter()
+                    .zip(&r.down)
+                    .map(|(a, d)| add_residual(gpu, a, d, s))
+                    .collect::<Result<Vec<_>, _>>()?,
+                mid: add_residual(gpu, &acc.mid, &r.mid, s)?,
+            },
+        });
+    }
+    Ok(sum)
+}
+
+/// `acc + s * r`, in `acc`'s dtype (two ControlNets may differ in dtype only if the env changed between loads).
+fn add_residual(gpu: &Gpu, acc: &Tensor, r: &Tensor, s: f32) -> Result<Tensor, String> {
+    let r = gpu::ops::cast::cast(gpu, r, acc.dtype()).map_err(|e| e.to_string())?;
+    add_scaled(gpu, acc, &r, s).map_err(|e| format!("two ControlNets' residuals do not add up: {e}"))
+}
+
+/// Every residual times `strength` (ComfyUI's `x *= self.strength`).
+pub fn scale_residuals(gpu: &Gpu, r: &ControlResiduals, strength: f32) -> Result<ControlResiduals, gpu::GpuError> {
+    let s = gpu.upload(&[strength], &[1], r.mid.dtype())?;
+    Ok(ControlResiduals {
+        down: r.down.iter().map(|d| mul(gpu, d, &s)).collect::<Result<Vec<_>, _>>()?,
+        mid: mul(gpu, &r.mid, &s)?,
+    })
+}
