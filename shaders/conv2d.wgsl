@@ -22,17 +22,8 @@
 @group(0) @binding(4) var<storage, read_write> y: array<T>;
 @group(0) @binding(5) var<storage, read> res: array<T>;
 
-// Block size (multiples of 8) and K-step; WG must be (BM / 8) * (BN / 8)
-// and a multiple of BN / 4.
-override BM: u32 = 128u;
-override BN: u32 = 128u;
-override BK: u32 = 16u;
-override WG: u32 = 256u;
-
-// k-major staging as in matmul.wgsl: one vec4 per 4 output channels (4
-// pixels), rows padded by one vec4.
-var<workgroup> sa: array<vec4<f32>, BK * (BM / 4u + 1u)>;
-var<workgroup> sb: array<vec4<f32>, BK * (BN / 4u + 1u)>;
+// BM, BN, BK, WG, the staging arrays sa, sb and the micro-kernel: shaders/lib/tile_gemm.wgsl.
+// Here WG must also be a multiple of BN / 4 (see the B staging below).
 
 // Writes four consecutive pixels of one output channel through the
 // epilogue; base_y / base_b / base_r: this batch item's y / bias / res.
@@ -59,6 +50,11 @@ fn store4(base_y: u32, base_b: u32, base_r: u32, co: u32, px: u32, npix: u32, v:
             y[at] = T(x);
         }
     }
+}
+
+// The micro-kernel's epilogue hook (shaders/lib/tile_gemm.wgsl): bases = (base_y, base_b, base_r, npix).
+fn store_at(bases: vec4<u32>, co: u32, px: u32, v: vec4<f32>) {
+    store4(bases.x, bases.y, bases.z, co, px, bases.w, v);
 }
 
 @compute @workgroup_size(WG)
@@ -102,22 +98,7 @@ fn conv2d(
     let tx = lid % (BN / 8u);
     let ty = lid / (BN / 8u);
 
-    var c00 = vec4<f32>(0.0);
-    var c01 = vec4<f32>(0.0);
-    var c10 = vec4<f32>(0.0);
-    var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0);
-    var c21 = vec4<f32>(0.0);
-    var c30 = vec4<f32>(0.0);
-    var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0);
-    var c41 = vec4<f32>(0.0);
-    var c50 = vec4<f32>(0.0);
-    var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0);
-    var c61 = vec4<f32>(0.0);
-    var c70 = vec4<f32>(0.0);
-    var c71 = vec4<f32>(0.0);
+    var acc = Acc8x8();
 
     for (var tap = 0u; tap < khw; tap++) {
         let ky = tap / params.kw;
@@ -160,28 +141,7 @@ fn conv2d(
                 sb[q * srb + s4] = v;
             }
             workgroupBarrier();
-            for (var kk = 0u; kk < BK; kk++) {
-                let a0 = sa[kk * sra + ty];
-                let a1 = sa[kk * sra + ty + qa / 2u];
-                let b0 = sb[kk * srb + tx];
-                let b1 = sb[kk * srb + tx + qb / 2u];
-                c00 = fma(vec4<f32>(a0.x), b0, c00);
-                c01 = fma(vec4<f32>(a0.x), b1, c01);
-                c10 = fma(vec4<f32>(a0.y), b0, c10);
-                c11 = fma(vec4<f32>(a0.y), b1, c11);
-                c20 = fma(vec4<f32>(a0.z), b0, c20);
-                c21 = fma(vec4<f32>(a0.z), b1, c21);
-                c30 = fma(vec4<f32>(a0.w), b0, c30);
-                c31 = fma(vec4<f32>(a0.w), b1, c31);
-                c40 = fma(vec4<f32>(a1.x), b0, c40);
-                c41 = fma(vec4<f32>(a1.x), b1, c41);
-                c50 = fma(vec4<f32>(a1.y), b0, c50);
-                c51 = fma(vec4<f32>(a1.y), b1, c51);
-                c60 = fma(vec4<f32>(a1.z), b0, c60);
-                c61 = fma(vec4<f32>(a1.z), b1, c61);
-                c70 = fma(vec4<f32>(a1.w), b0, c70);
-                c71 = fma(vec4<f32>(a1.w), b1, c71);
-            }
+            accumulate_block(&acc, ty, tx);
             workgroupBarrier();
         }
     }
@@ -190,20 +150,5 @@ fn conv2d(
     let r1 = r0 + BM / 2u;
     let p0 = n0 + 4u * tx;
     let p1 = p0 + BN / 2u;
-    store4(base_y, base_b, base_r, r0, p0, npix, c00);
-    store4(base_y, base_b, base_r, r0, p1, npix, c01);
-    store4(base_y, base_b, base_r, r0 + 1u, p0, npix, c10);
-    store4(base_y, base_b, base_r, r0 + 1u, p1, npix, c11);
-    store4(base_y, base_b, base_r, r0 + 2u, p0, npix, c20);
-    store4(base_y, base_b, base_r, r0 + 2u, p1, npix, c21);
-    store4(base_y, base_b, base_r, r0 + 3u, p0, npix, c30);
-    store4(base_y, base_b, base_r, r0 + 3u, p1, npix, c31);
-    store4(base_y, base_b, base_r, r1, p0, npix, c40);
-    store4(base_y, base_b, base_r, r1, p1, npix, c41);
-    store4(base_y, base_b, base_r, r1 + 1u, p0, npix, c50);
-    store4(base_y, base_b, base_r, r1 + 1u, p1, npix, c51);
-    store4(base_y, base_b, base_r, r1 + 2u, p0, npix, c60);
-    store4(base_y, base_b, base_r, r1 + 2u, p1, npix, c61);
-    store4(base_y, base_b, base_r, r1 + 3u, p0, npix, c70);
-    store4(base_y, base_b, base_r, r1 + 3u, p1, npix, c71);
+    store_block(acc, r0, r1, p0, p1, vec4<u32>(base_y, base_b, base_r, npix));
 }

@@ -30,16 +30,7 @@
 // `Params::act` for GEGLU on interleaved columns (not an `apply_activation` code).
 const ACT_GEGLU: u32 = 4u;
 
-// Block size (multiples of 8) and K-step; WG must be (BM / 8) * (BN / 8).
-override BM: u32 = 128u;
-override BN: u32 = 128u;
-override BK: u32 = 16u;
-override WG: u32 = 256u;
-
-// k-major staging, one vec4 per 4 rows (columns), rows padded by one vec4
-// to spread the k-fast staging writes over memory banks.
-var<workgroup> sa: array<vec4<f32>, BK * (BM / 4u + 1u)>;
-var<workgroup> sb: array<vec4<f32>, BK * (BN / 4u + 1u)>;
+// BM, BN, BK, WG, the staging arrays sa, sb and the micro-kernel: shaders/lib/tile_gemm.wgsl.
 
 // A[gm, gk], zero outside the matrix.
 fn load_a(base: u32, gm: u32, gk: u32) -> f32 {
@@ -91,6 +82,11 @@ fn store4(base_c: u32, base_r: u32, row: u32, col: u32, acc: vec4<f32>) {
     }
 }
 
+// The micro-kernel's epilogue hook (shaders/lib/tile_gemm.wgsl): bases = (base_c, base_r, -, -).
+fn store_at(bases: vec4<u32>, row: u32, col: u32, v: vec4<f32>) {
+    store4(bases.x, bases.y, row, col, v);
+}
+
 @compute @workgroup_size(WG)
 fn matmul(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -119,22 +115,7 @@ fn matmul(
     let tx = lid % (BN / 8u);
     let ty = lid / (BN / 8u);
 
-    var c00 = vec4<f32>(0.0);
-    var c01 = vec4<f32>(0.0);
-    var c10 = vec4<f32>(0.0);
-    var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0);
-    var c21 = vec4<f32>(0.0);
-    var c30 = vec4<f32>(0.0);
-    var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0);
-    var c41 = vec4<f32>(0.0);
-    var c50 = vec4<f32>(0.0);
-    var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0);
-    var c61 = vec4<f32>(0.0);
-    var c70 = vec4<f32>(0.0);
-    var c71 = vec4<f32>(0.0);
+    var acc = Acc8x8();
 
     for (var k0 = 0u; k0 < params.k; k0 += BK) {
         // A block: (BM / 4) x BK vec4s, each 4 rows at one k.
@@ -164,28 +145,7 @@ fn matmul(
             );
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let a0 = sa[kk * sra + ty];
-            let a1 = sa[kk * sra + ty + qa / 2u];
-            let b0 = sb[kk * srb + tx];
-            let b1 = sb[kk * srb + tx + qb / 2u];
-            c00 = fma(vec4<f32>(a0.x), b0, c00);
-            c01 = fma(vec4<f32>(a0.x), b1, c01);
-            c10 = fma(vec4<f32>(a0.y), b0, c10);
-            c11 = fma(vec4<f32>(a0.y), b1, c11);
-            c20 = fma(vec4<f32>(a0.z), b0, c20);
-            c21 = fma(vec4<f32>(a0.z), b1, c21);
-            c30 = fma(vec4<f32>(a0.w), b0, c30);
-            c31 = fma(vec4<f32>(a0.w), b1, c31);
-            c40 = fma(vec4<f32>(a1.x), b0, c40);
-            c41 = fma(vec4<f32>(a1.x), b1, c41);
-            c50 = fma(vec4<f32>(a1.y), b0, c50);
-            c51 = fma(vec4<f32>(a1.y), b1, c51);
-            c60 = fma(vec4<f32>(a1.z), b0, c60);
-            c61 = fma(vec4<f32>(a1.z), b1, c61);
-            c70 = fma(vec4<f32>(a1.w), b0, c70);
-            c71 = fma(vec4<f32>(a1.w), b1, c71);
-        }
+        accumulate_block(&acc, ty, tx);
         workgroupBarrier();
     }
 
@@ -193,20 +153,5 @@ fn matmul(
     let r1 = r0 + BM / 2u;
     let col0 = n0 + 4u * tx;
     let col1 = col0 + BN / 2u;
-    store4(base_c, base_r, r0, col0, c00);
-    store4(base_c, base_r, r0, col1, c01);
-    store4(base_c, base_r, r0 + 1u, col0, c10);
-    store4(base_c, base_r, r0 + 1u, col1, c11);
-    store4(base_c, base_r, r0 + 2u, col0, c20);
-    store4(base_c, base_r, r0 + 2u, col1, c21);
-    store4(base_c, base_r, r0 + 3u, col0, c30);
-    store4(base_c, base_r, r0 + 3u, col1, c31);
-    store4(base_c, base_r, r1, col0, c40);
-    store4(base_c, base_r, r1, col1, c41);
-    store4(base_c, base_r, r1 + 1u, col0, c50);
-    store4(base_c, base_r, r1 + 1u, col1, c51);
-    store4(base_c, base_r, r1 + 2u, col0, c60);
-    store4(base_c, base_r, r1 + 2u, col1, c61);
-    store4(base_c, base_r, r1 + 3u, col0, c70);
-    store4(base_c, base_r, r1 + 3u, col1, c71);
+    store_block(acc, r0, r1, col0, col1, vec4<u32>(base_c, base_r, 0u, 0u));
 }

@@ -107,6 +107,7 @@ pub const LIBS: &[(&str, &str)] = &[
     ("conv_params", include_str!("lib/conv_params.wgsl")),
     ("matmul_params", include_str!("lib/matmul_params.wgsl")),
     ("strided", include_str!("lib/strided.wgsl")),
+    ("tile_gemm", include_str!("lib/tile_gemm.wgsl")),
     ("unary_io", include_str!("lib/unary_io.wgsl")),
 ];
 
@@ -163,7 +164,7 @@ pub const SHADERS: &[ShaderSource] = &[
         entries: &[EntryPoint { name: "matmul", bindings: MATMUL }],
         // The tile the launcher uses (ops::matmul::TILE).
         overrides: &[("BM", 128.0), ("BN", 128.0), ("BK", 16.0), ("WG", 256.0)],
-        libs: &["activation", "matmul_params"],
+        libs: &["activation", "matmul_params", "tile_gemm"],
     },
     ShaderSource {
         family: ShaderFamily::MatmulCoop,
@@ -205,7 +206,7 @@ pub const SHADERS: &[ShaderSource] = &[
             ],
         }],
         overrides: &[("BM", 128.0), ("BN", 128.0), ("BK", 16.0), ("WG", 256.0)],
-        libs: &["activation", "conv_params"],
+        libs: &["activation", "conv_params", "tile_gemm"],
     },
     ShaderSource {
         family: ShaderFamily::Cast,
