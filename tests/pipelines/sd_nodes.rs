@@ -127,10 +127,17 @@ fn txt2img_graph_runs_every_sampler_and_is_reproducible() {
     let dir = crate::common::temp_dir("sd-txt2img");
     let ckpt = full_vocab_checkpoint(&dir);
     let mut first: Option<image::RgbImage> = None;
+    // One executor for the sweep, so the checkpoint loads and the prompts encode once; the
+    // reproducibility run below starts afresh.
+    let reg = nodes::builtin_registry();
+    let mut exec = Executor::default();
     for (i, sampler) in Sampler::NAMES.iter().enumerate() {
         let scheduler = Scheduler::NAMES[i % Scheduler::NAMES.len()];
         let out = dir.join(sampler);
-        let r = run_graph(&txt2img_graph(&ckpt, sampler, scheduler, 1.0, "empty.latent"), &out);
+        let text = txt2img_graph(&ckpt, sampler, scheduler, 1.0, "empty.latent");
+        let g = crate::common::validate_str(&text, &reg).unwrap_or_else(|e| panic!("{e}"));
+        let r = crate::common::run(&mut exec, &g, &out);
+        assert_eq!(r.ids_with(NodeStatus::Cached).contains(&"ckpt"), i > 0, "{sampler}");
         assert!(r.ok, "{sampler}/{scheduler}: {:?}", r.errors());
         // The tiny VAE upsamples by 2: a 64x48 request gives 32x24 latents... and 64x48 pictures.
         let a = image::open(out.join("gen_00001.png")).unwrap().to_rgb8();
