@@ -156,3 +156,118 @@ fn weights_convert_from_every_float_format_exactly_as_through_f32() {
     assert!(!convert_into(Dtype::I64, &[0; 8], DType::F32, &mut [0; 4]));
     assert!(!convert_into(Dtype::F32, &[0; 8], DType::F32, &mut [0; 4]));
 }
+
+/// The error opening `path`, which must fail (`what` says why in the panic).
+fn refusal(path: &Path, what: &str) -> String {
+    match open_checkpoint(path) {
+        Ok(_) => panic!("{what}: {} opened", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A copy of the tiny SD 1.x diffusers folder (configs written by diffusers) with `edit` applied
+/// to its JSON files: what an SD 2.x or SDXL folder says differently.
+fn edited_folder(name: &str, edit: &dyn Fn(&str, &mut serde_json::Value), extra_dirs: &[&str]) -> PathBuf {
+    let src = fixture("diffusers");
+    let dir = crate::common::temp_dir(name);
+    for part in ["model_index.json", "unet", "vae", "text_encoder", "scheduler", "tokenizer"] {
+        let from = src.join(part);
+        if from.is_file() {
+            let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&from).unwrap()).unwrap();
+            edit(part, &mut v);
+            std::fs::write(dir.join(part), v.to_string()).unwrap();
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&from) else { continue };
+        std::fs::create_dir_all(dir.join(part)).unwrap();
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let to = dir.join(part).join(&file);
+            if file.ends_with(".json") {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();
+                edit(&format!("{part}/{file}"), &mut v);
+                std::fs::write(to, v.to_string()).unwrap();
+            } else {
+                std::fs::copy(e.path(), to).unwrap();
+            }
+        }
+    }
+    for d in extra_dirs {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn sd2_and_sdxl_diffusers_folders_are_refused_naming_the_family_and_why() {
+    // The SD 1.x folder itself still opens.
+    assert!(open_checkpoint(&fixture("diffusers")).is_ok());
+    let sd2 = edited_folder(
+        "family-sd2",
+        &|file, v| match file {
+            "text_encoder/config.json" => v["hidden_act"] = "gelu".into(),
+            "unet/config.json" => v["use_linear_projection"] = true.into(),
+            _ => {}
+        },
+        &[],
+    );
+    let e = refusal(&sd2, "an SD 2.x folder must be refused");
+    assert!(e.contains("SD 2.x") && e.contains("hidden_act gelu") && e.contains("use_linear_projection"), "{e}");
+    let v_pred = edited_folder(
+        "family-vpred",
+        &|file, v| {
+            if file == "scheduler/scheduler_config.json" {
+                v["prediction_type"] = "v_prediction".into();
+            }
+        },
+        &[],
+    );
+    let e = refusal(&v_pred, "v-prediction must be refused");
+    assert!(e.contains("v-prediction") && e.contains("prediction_type v_prediction"), "{e}");
+    let xl = edited_folder(
+        "family-sdxl",
+        &|file, v| match file {
+            "unet/config.json" => v["addition_embed_type"] = "text_time".into(),
+            "model_index.json" => v["_class_name"] = "StableDiffusionXLPipeline".into(),
+            _ => {}
+        },
+        &["text_encoder_2"],
+    );
+    let e = refusal(&xl, "an SDXL folder must be refused");
+    assert!(e.contains("SDXL") && e.contains("text_encoder_2") && e.contains("text_time"), "{e}");
+    let inpaint = edited_folder(
+        "family-inpaint",
+        &|file, v| {
+            if file == "unet/config.json" {
+                v["in_channels"] = 9.into();
+            }
+        },
+        &[],
+    );
+    let e = refusal(&inpaint, "a 9-channel UNet must be refused");
+    assert!(e.contains("in_channels 9"), "{e}");
+}
+
+#[test]
+fn single_files_of_other_families_are_refused_naming_the_family() {
+    use models::checkpoint::safetensors::{Dtype, write};
+    let dir = crate::common::temp_dir("family-single");
+    let cases: [(&str, &[usize], &str); 6] = [
+        ("conditioner.embedders.1.model.token_embedding.weight", &[4, 8], "SDXL"),
+        ("model.diffusion_model.label_emb.0.0.weight", &[8, 4], "SDXL"),
+        ("cond_stage_model.model.token_embedding.weight", &[4, 8], "SD 2.x"),
+        ("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", &[8, 1024], "SD 2.x"),
+        ("model.diffusion_model.input_blocks.0.0.weight", &[8, 9, 3, 3], "9 input channels"),
+        ("double_blocks.0.img_attn.qkv.weight", &[4, 4], "not a UNet Stable Diffusion model"),
+    ];
+    for (i, (key, shape, want)) in cases.iter().enumerate() {
+        let path = dir.join(format!("{i}.safetensors"));
+        let data = vec![0.0f32; shape.iter().product()];
+        write(&path, &[(key, shape, &data)], Dtype::F32).unwrap();
+        let e = refusal(&path, key);
+        assert!(e.contains(want) && e.contains("not supported yet"), "{key}: {e}");
+    }
+    // The SD 1.x single file opens.
+    assert!(open_checkpoint(&fixture("model.safetensors")).is_ok());
+}

@@ -283,8 +283,17 @@ pub fn open_diffusers_folder(dir: &Path) -> Result<WeightSource, CheckpointError
 }
 
 /// Opens a checkpoint: a `.safetensors` single file, or a diffusers folder.
+/// What sdgraph does not run yet (SD 2.x, SDXL, ...) is refused with an error naming the family
+/// ([`super::family`]).
 pub fn open_checkpoint(path: &Path) -> Result<WeightSource, CheckpointError> {
-    if path.is_dir() { open_diffusers_folder(path) } else { WeightSource::single_file(path) }
+    if path.is_dir() {
+        super::family::check_diffusers_folder(path)?;
+        open_diffusers_folder(path)
+    } else {
+        let src = WeightSource::single_file(path)?;
+        super::family::check_single_file(&src, path)?;
+        Ok(src)
+    }
 }
 
 /// Where a ControlNet's weights are seen, under LDM's `cldm.ControlNet` names.
