@@ -351,3 +351,28 @@ fn broken_controlnet_files_name_the_file_and_the_key() {
     assert!(e.contains("config.json") && e.contains("attention_head_dim"), "{e}");
     let _ = write; // (the plain writer is the metadata-less variant of the one used above)
 }
+
+#[test]
+fn controlnet_configs_that_say_what_sdgraph_ignores_are_refused() {
+    let Some(gpu) = shared_gpu() else { return };
+    let edits: [(&str, serde_json::Value, &str); 4] = [
+        ("addition_embed_type", "text_time".into(), "SDXL"),
+        ("global_pool_conditions", true.into(), "global_pool_conditions"),
+        ("controlnet_conditioning_channel_order", "bgr".into(), "bgr"),
+        ("class_embed_type", "timestep".into(), "class_embed_type"),
+    ];
+    for (i, (key, value, want)) in edits.into_iter().enumerate() {
+        let dir = crate::common::temp_dir(&format!("controlnet-config-{i}"));
+        for e in std::fs::read_dir(diffusers_dir()).unwrap().flatten() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        let path = dir.join("config.json");
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg[key] = value;
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let e = load_controlnet(gpu, &dir, DType::F32).err().unwrap_or_else(|| panic!("{key}: loaded"));
+        assert!(e.contains(want) && e.contains("not supported yet"), "{key}: {e}");
+    }
+    // The unedited folder loads.
+    assert!(load_controlnet(gpu, &diffusers_dir(), DType::F32).is_ok());
+}

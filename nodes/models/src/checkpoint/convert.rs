@@ -347,6 +347,15 @@ pub enum ControlNetLayout {
 /// Its weights are seen under `control_model.` + LDM names. Also returns
 /// the layout and the weights file actually read.
 pub fn open_controlnet(path: &Path) -> Result<(WeightSource, ControlNetLayout, std::path::PathBuf), CheckpointError> {
+    // A diffusers ControlNet's config sits beside its weights: in the folder given, or beside a
+    // `diffusion_pytorch_model*` file given by itself.
+    let diffusers_file =
+        path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("diffusion_pytorch_model"));
+    if path.is_dir() {
+        super::family::check_controlnet_config(path)?;
+    } else if diffusers_file && let Some(dir) = path.parent() {
+        super::family::check_controlnet_config(dir)?;
+    }
     let file = if path.is_dir() {
         ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
             .iter()

@@ -137,3 +137,32 @@ pub fn check_single_file(src: &WeightSource, path: &Path) -> Result<(), Checkpoi
     }
     Ok(())
 }
+
+/// `Err` when a diffusers ControlNet's `config.json` in `dir` says something sdgraph would
+/// silently ignore: an SDXL ControlNet (`addition_embed_type` text_time, a 2048-wide context),
+/// global pooling of the control (`global_pool_conditions`, shuffle ControlNets), a BGR control
+/// image, or class conditioning. `Ok` without a config.
+pub fn check_controlnet_config(dir: &Path) -> Result<(), CheckpointError> {
+    let path = dir.join("config.json");
+    let Some(cfg) = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) else {
+        return Ok(());
+    };
+    let refuse = |what: String| CheckpointError {
+        file: path.clone(),
+        key: None,
+        message: format!("this ControlNet {what}: not supported yet; {SD1} and their ControlNets"),
+    };
+    if cfg["addition_embed_type"].as_str() == Some("text_time") || cfg["cross_attention_dim"].as_u64() == Some(2048) {
+        return Err(refuse("is for SDXL (addition_embed_type text_time or cross_attention_dim 2048)".into()));
+    }
+    if cfg["global_pool_conditions"].as_bool() == Some(true) {
+        return Err(refuse("pools its residuals globally (global_pool_conditions true)".into()));
+    }
+    if let Some(order) = cfg["controlnet_conditioning_channel_order"].as_str().filter(|o| *o != "rgb") {
+        return Err(refuse(format!("takes its control image as {order} (controlnet_conditioning_channel_order)")));
+    }
+    if let Some(c) = cfg["class_embed_type"].as_str() {
+        return Err(refuse(format!("has class conditioning (class_embed_type {c})")));
+    }
+    Ok(())
+}
