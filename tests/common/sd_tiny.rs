@@ -32,7 +32,12 @@ pub fn source(layout: Layout) -> WeightSource {
 /// The fixture checkpoint with a full 49408-token embedding, so the real
 /// tokenizer's ids are in range (the fixture's CLIP has 1000 tokens to stay small).
 pub fn full_vocab_checkpoint(dir: &Path) -> PathBuf {
-    let path = dir.join("tiny_full_vocab.safetensors");
+    full_vocab_checkpoint_with(dir, "tiny_full_vocab.safetensors", &|_, _| {})
+}
+
+/// `full_vocab_checkpoint` written to `dir/file` with `edit` applied to each tensor's values.
+pub fn full_vocab_checkpoint_with(dir: &Path, file: &str, edit: &dyn Fn(&str, &mut Vec<f32>)) -> PathBuf {
+    let path = dir.join(file);
     let st = SafeTensors::open(&fixtures().join("model.safetensors")).unwrap();
     let emb = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight";
     let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
@@ -44,6 +49,7 @@ pub fn full_vocab_checkpoint(dir: &Path) -> PathBuf {
             data.extend(gpu::testing::random((49408 - shape[0]) * width, 9, -0.5, 0.5));
             shape[0] = 49408;
         }
+        edit(name, &mut data);
         owned.push((name.to_string(), shape, data));
     }
     let tensors: Vec<(&str, &[usize], &[f32])> =

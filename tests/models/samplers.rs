@@ -412,6 +412,20 @@ fn bad_sigmas_and_model_outputs_are_errors() {
         d.calls.set(1000);
         let r = sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut NoHooks }, vec![0.0; 4], &mut Zeros);
         assert!(matches!(r, Err(SampleError::Model(ref m)) if m == "too many calls"), "{s}: {r:?}");
+        // A model predicting NaN or infinity: stopped at that step, naming it, the sigma and the value.
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut d = constant(4);
+            d.target[2] = bad;
+            let r = sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut NoHooks }, vec![0.0; 4], &mut Zeros);
+            match r {
+                Err(e @ SampleError::NonFinite { step: 0, total: 4, index: 2, .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains("step 1/4 (sigma 14.6000)") && text.contains(&bad.to_string()), "{text}");
+                }
+                other => panic!("{s} {bad}: {other:?}"),
+            }
+            assert_eq!(d.calls.get(), 1, "{s}: no step after the bad one");
+        }
     }
 }
 

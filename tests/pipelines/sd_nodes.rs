@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::sd_tiny::full_vocab_checkpoint;
+use crate::common::sd_tiny::{full_vocab_checkpoint, full_vocab_checkpoint_with};
 use graph::exec::{Executor, NodeStatus};
 
 fn fixture(p: &str) -> PathBuf {
@@ -182,4 +182,44 @@ fn img2img_with_denoise_zero_returns_the_encoded_picture() {
     let c = image::open(half.join("gen_00001.png")).unwrap().to_rgb8();
     assert_eq!(c.dimensions(), (32, 24));
     assert_ne!(a, c);
+}
+
+/// PNG files under `dir`, recursively.
+fn pngs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    entries
+        .flatten()
+        .flat_map(|e| if e.path().is_dir() { pngs(&e.path()) } else { vec![e.path()] })
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect()
+}
+
+#[test]
+fn nan_weights_stop_the_run_naming_the_node_and_step_and_save_no_picture() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = crate::common::temp_dir("sd-nan");
+    let poisoned = |file: &str, tensor: &'static str| {
+        full_vocab_checkpoint_with(&dir, file, &move |name, data| {
+            if name == tensor {
+                data[0] = f32::NAN;
+            }
+        })
+    };
+    // NaN in the UNet's input convolution: the sampler stops at its first step.
+    let ckpt = poisoned("unet_nan.safetensors", "model.diffusion_model.input_blocks.0.0.weight");
+    let out = dir.join("unet");
+    let r = run_graph(&txt2img_graph(&ckpt, "euler", "normal", 1.0, "empty.latent"), &out);
+    let e = r.errors().join("\n");
+    assert!(!r.ok && e.contains("node \"sample\"") && e.contains("step 1/3") && e.contains("NaN"), "{e}");
+    assert!(e.contains("corrupt") && e.contains("SDGRAPH_DTYPE=f32"), "the likely causes: {e}");
+    assert!(pngs(&out).is_empty(), "a picture was saved: {:?}", pngs(&out));
+    // NaN in the VAE decoder's last convolution: the decode stops.
+    let ckpt = poisoned("vae_nan.safetensors", "first_stage_model.decoder.conv_out.bias");
+    let out = dir.join("vae");
+    let r = run_graph(&txt2img_graph(&ckpt, "euler", "normal", 1.0, "empty.latent"), &out);
+    let e = r.errors().join("\n");
+    assert!(!r.ok && e.contains("node \"dec\"") && e.contains("the VAE decoder's output is NaN"), "{e}");
+    assert!(pngs(&out).is_empty(), "a picture was saved: {:?}", pngs(&out));
 }

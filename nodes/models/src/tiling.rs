@@ -245,6 +245,18 @@ fn accumulate(
     }
 }
 
+/// `values` unchanged when every one is finite; else an error naming `what` (a network's output), the
+/// first bad value and where, and the likely cause: NaN or infinite weights in the file.
+pub fn finite(values: Vec<f32>, what: &str) -> Result<Vec<f32>, String> {
+    match values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        None => Ok(values),
+        Some((i, v)) => Err(format!(
+            "{what} is {v} at element {i}, so the picture would come out black or broken: the model file holds \
+             NaN or infinite weights (a corrupt or badly merged file), or its input did"
+        )),
+    }
+}
+
 /// What the GPU may hold in one activation: the adapter's `limit`, or less
 /// when `wanted` (a setting) says so.
 pub fn activation_limit(adapter: u64, wanted: Option<u64>) -> u64 {

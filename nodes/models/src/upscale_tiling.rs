@@ -31,7 +31,7 @@
 
 use gpu::{DType, Gpu};
 
-use crate::tiling::{AxisTiles, Planes, Resample, blend_tiles, even_origins};
+use crate::tiling::{AxisTiles, Planes, Resample, blend_tiles, even_origins, finite};
 use crate::upscaler::UpscaleModel;
 
 /// How an image is cut: tile height and width (input pixels), origins per axis.
@@ -113,7 +113,8 @@ pub fn upscale_tiled(
     let ys = AxisTiles::even(&plan.ys, plan.tile_h, s);
     let xs = AxisTiles::even(&plan.xs, plan.tile_w, s);
     let planes = Planes { data: &padded, channels: cin, h: hp, w: wp };
-    let mut out = blend_tiles(planes, &ys, &xs, Resample::Up(s), cout, &mut run)?;
+    let mut out =
+        finite(blend_tiles(planes, &ys, &xs, Resample::Up(s), cout, &mut run)?, "the upscale model's output")?;
     // Crop the padding away.
     if (hp, wp) != (h, w) {
         let (oh, ow) = (hp * s, wp * s);

@@ -78,7 +78,7 @@
 
 use gpu::{DType, Gpu};
 
-use crate::tiling::{AxisTiles, Planes, Resample, TileFn, blend_tiles, comfy_spans};
+use crate::tiling::{AxisTiles, Planes, Resample, TileFn, blend_tiles, comfy_spans, finite};
 use crate::vae::{Vae, VaeConfig};
 
 /// The environment variable the command reads into the VAE tile limit: the
@@ -202,7 +202,9 @@ pub fn decode_tiled(
         Ok(out)
     };
     let f = cfg.downsample_factor();
-    run_passes(Planes { data: item, channels: c, h, w }, passes, Resample::Up(f), cfg.out_channels, &mut run)
+    let out =
+        run_passes(Planes { data: item, channels: c, h, w }, passes, Resample::Up(f), cfg.out_channels, &mut run)?;
+    finite(out, "the VAE decoder's output")
 }
 
 /// Encodes one picture `[in, h, w]` in -1..1 (sides multiples of the
@@ -226,7 +228,9 @@ pub fn encode_tiled(
         Ok(out)
     };
     let f = cfg.downsample_factor();
-    run_passes(Planes { data: pixels, channels: cin, h, w }, passes, Resample::Down(f), cfg.latent_channels, &mut run)
+    let planes = Planes { data: pixels, channels: cin, h, w };
+    let out = run_passes(planes, passes, Resample::Down(f), cfg.latent_channels, &mut run)?;
+    finite(out, "the VAE encoder's output")
 }
 
 /// Bytes of the largest single activation the decoder makes for an
@@ -411,7 +415,7 @@ pub fn decode_item(
     if img.shape()[2..] != [oh, ow] {
         return Err(format!("the VAE decoded {:?}, not {oh}x{ow}", img.shape()));
     }
-    gpu.download(&img).map_err(|e| e.to_string())
+    finite(gpu.download(&img).map_err(|e| e.to_string())?, "the VAE decoder's output")
 }
 
 /// Encodes one picture `[3, h, w]` in -1..1 to the scaled latent `[C, h / f,
@@ -435,5 +439,5 @@ pub fn encode_item(
     if z.shape()[1..] != want {
         return Err(format!("the VAE encoded {:?}, not {:?}", z.shape(), [1, want[0], want[1], want[2]]));
     }
-    gpu.download(&z).map_err(|e| e.to_string())
+    finite(gpu.download(&z).map_err(|e| e.to_string())?, "the VAE encoder's output")
 }

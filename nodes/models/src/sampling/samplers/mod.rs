@@ -147,6 +147,8 @@ pub enum SampleError<E> {
     BadSigmas(String),
     /// The denoiser returned a latent of the wrong length.
     BadModelOutput { expected: usize, got: usize },
+    /// The denoiser's output holds NaN or infinity (`value` at `index`) at step `step` (0-based), `sigma`.
+    NonFinite { step: usize, total: usize, sigma: f64, index: usize, value: f32 },
 }
 
 impl<E: fmt::Display> fmt::Display for SampleError<E> {
@@ -158,6 +160,13 @@ impl<E: fmt::Display> fmt::Display for SampleError<E> {
             SampleError::BadModelOutput { expected, got } => {
                 write!(f, "the model returned {got} values for a latent of {expected}")
             }
+            SampleError::NonFinite { step, total, sigma, index, value } => write!(
+                f,
+                "the model's prediction at step {}/{total} (sigma {sigma:.4}) is {value} at element {index}, so the \
+                 picture would come out black or noise: the checkpoint holds NaN or infinite weights (a corrupt \
+                 or badly merged file), or f16 overflowed (try SDGRAPH_DTYPE=f32)",
+                step + 1
+            ),
         }
     }
 }
@@ -379,6 +388,10 @@ impl<'a, D: Denoiser + ?Sized, H: SamplerHooks + ?Sized> Run<'a, D, H> {
         let out = self.denoiser.denoise(x, sigma).map_err(SampleError::Model)?;
         if out.len() != self.len {
             return Err(SampleError::BadModelOutput { expected: self.len, got: out.len() });
+        }
+        // The prediction is on the CPU already; one pass over it costs nothing next to the network.
+        if let Some((index, &value)) = out.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(SampleError::NonFinite { step, total: self.total, sigma, index, value });
         }
         Ok(out)
     }
