@@ -241,9 +241,20 @@ fn check_verify_passes_for_unchanged_models_and_names_each_changed_or_missing_on
     picture(&png, &dir, &models);
     let p = png.to_str().unwrap();
 
+    // Old enough for the digest cache to keep them.
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    set_mtime(&m1, old);
+    set_mtime(&m2, old);
     let o = sdgraph(&["check", p, "--verify"], &cache);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("2 model files unchanged"), "{}", text(&o.stderr));
+    // One byte changed, size and mtime restored: the cache would say unchanged; --verify reads the bytes.
+    std::fs::write(&m2, b"twO").unwrap();
+    set_mtime(&m2, old);
+    let o = sdgraph(&["check", p, "--verify"], &cache);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains(&format!("{}: contents changed", m2.display())), "{}", text(&o.stderr));
+    std::fs::write(&m2, b"two").unwrap();
     // Without --verify, check does not touch model files.
     std::fs::remove_file(&m2).unwrap();
     assert_eq!(sdgraph(&["check", p], &cache).status.code(), Some(0));
