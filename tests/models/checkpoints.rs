@@ -271,3 +271,34 @@ fn single_files_of_other_families_are_refused_naming_the_family() {
     // The SD 1.x single file opens.
     assert!(open_checkpoint(&fixture("model.safetensors")).is_ok());
 }
+
+#[test]
+fn clip_keys_without_the_text_model_level_load_as_comfyui_renames_them() {
+    use models::checkpoint::safetensors::{Dtype, write_with_metadata};
+    let st = SafeTensors::open(&fixture("model.safetensors")).unwrap();
+    let mut owned = Vec::new();
+    for name in st.names() {
+        let Ok((shape, data)) = st.f32_any(name) else { continue };
+        // An older export: `cond_stage_model.transformer.encoder...`, no `text_model.`.
+        owned.push((name.replacen("transformer.text_model.", "transformer.", 1), shape, data));
+    }
+    let tensors: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+    let dir = crate::common::temp_dir("clip-no-text-model");
+    let path = dir.join("old_export.safetensors");
+    let meta: Vec<(&str, &str)> = st.metadata().iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    write_with_metadata(&path, &tensors, Dtype::F32, &meta).unwrap();
+    assert!(owned.iter().any(|(n, ..)| n == "cond_stage_model.transformer.embeddings.token_embedding.weight"));
+
+    let (renamed, original) =
+        (open_checkpoint(&path).unwrap(), open_checkpoint(&fixture("model.safetensors")).unwrap());
+    let clip: Vec<&str> = original.names().filter(|n| n.starts_with("cond_stage_model.")).collect();
+    assert!(clip.len() > 10);
+    for name in clip {
+        let (a, b) = (renamed.prefix(""), original.prefix(""));
+        let shape = b.shape(name).unwrap();
+        // Integer buffers (position_ids) are not weights: the export above left them out.
+        let Ok(want) = b.f32(name, &shape) else { continue };
+        assert_eq!(a.f32(name, &shape).unwrap(), want, "{name}");
+    }
+}

@@ -290,7 +290,7 @@ pub fn open_checkpoint(path: &Path) -> Result<WeightSource, CheckpointError> {
         super::family::check_diffusers_folder(path)?;
         open_diffusers_folder(path)
     } else {
-        let src = WeightSource::single_file(path)?;
+        let src = WeightSource::single_file(path)?.with_clip_text_model_level();
         super::family::check_single_file(&src, path)?;
         Ok(src)
     }

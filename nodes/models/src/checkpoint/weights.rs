@@ -53,6 +53,25 @@ impl WeightSource {
         WeightSource { files, names }
     }
 
+    /// The text encoder's names as ComfyUI's SD 1.x `process_clip_state_dict` makes them: older
+    /// exports store `cond_stage_model.transformer.X` without the `text_model.` level, which
+    /// ComfyUI inserts (`comfy/supported_models.py`, `SD15.process_clip_state_dict`).
+    pub fn with_clip_text_model_level(mut self) -> WeightSource {
+        const CLIP: &str = "cond_stage_model.transformer.";
+        let old: Vec<String> = self
+            .names
+            .keys()
+            .filter(|k| k.starts_with(CLIP) && !k.starts_with("cond_stage_model.transformer.text_model."))
+            .cloned()
+            .collect();
+        for k in old {
+            if let Some(loc) = self.names.remove(&k) {
+                self.names.insert(format!("{CLIP}text_model.{}", &k[CLIP.len()..]), loc);
+            }
+        }
+        self
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.keys().map(|k| k.as_str())
     }
