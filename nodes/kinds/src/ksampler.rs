@@ -37,6 +37,13 @@ use models::sampling::schedulers::{ModelSigmas, Scheduler, ksampler_sigmas};
 
 pub struct KSampler(NodeSchema);
 
+/// The latent's noise mask expanded to the latent (see [`expand_noise_mask`]), if it has one.
+fn latent_mask(latent: &Latent) -> Result<Option<Vec<f32>>, NodeError> {
+    let Some((mask_shape, data)) = &latent.noise_mask else { return Ok(None) };
+    let mask = expand_noise_mask(mask_shape, data, latent.shape);
+    mask.map(Some).map_err(|e| err(format!("input \"latent_image\": {e}")))
+}
+
 graph::node_fields! {
     struct KSamplerFields {
         model: Arc<ModelHandle> = input(PortType::Model, "The UNet (from CheckpointLoaderSimple)."),
@@ -226,14 +233,8 @@ impl NodeKind for KSampler {
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
         let f = KSamplerFields::read(inputs)?;
-        let model = f.model;
-        let pos = f.positive;
-        let neg = f.negative;
-        let latent = f.latent_image;
-        let seed = f.seed as u64;
-        let steps = f.steps;
-        let cfg = f.cfg;
-        let denoise = f.denoise;
+        let (model, pos, neg, latent) = (f.model, f.positive, f.negative, f.latent_image);
+        let (seed, steps, cfg, denoise) = (f.seed as u64, f.steps, f.cfg, f.denoise);
         let sampler = Sampler::from_name(f.sampler_name.as_str()).map_err(err)?;
         let scheduler = Scheduler::from_name(f.scheduler.as_str()).map_err(err)?;
         if latent.samples.len() != latent.shape.iter().product::<usize>() {
@@ -243,13 +244,7 @@ impl NodeKind for KSampler {
                 latent.shape
             )));
         }
-        let mask = match &latent.noise_mask {
-            Some((mask_shape, data)) => Some(
-                expand_noise_mask(mask_shape, data, latent.shape)
-                    .map_err(|e| err(format!("input \"latent_image\": {e}")))?,
-            ),
-            None => None,
-        };
+        let mask = latent_mask(&latent)?;
 
         // SD 1.x's discrete schedule (scaled_linear 0.00085..0.012 over 1000 steps).
         let model_sigmas = ModelSigmas::sd15();
