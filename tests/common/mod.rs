@@ -124,6 +124,14 @@ pub fn cancelled_flag() -> Arc<AtomicBool> {
 }
 
 /// A fresh empty folder under the system temp dir.
+/// The `sdgraph` command, with a file-hash cache of this test process's own (never the
+/// user's `~/.cache/sdgraph`).
+pub fn sdgraph_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sdgraph"));
+    c.env("SDGRAPH_CACHE_DIR", std::env::temp_dir().join(format!("sdgraph-test-{}-cache", std::process::id())));
+    c
+}
+
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("sdgraph-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);

@@ -1,14 +1,10 @@
 //! The `sdgraph` command end to end: exit codes, output files, reports.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn sdgraph(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdgraph"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("sdgraph runs")
+    crate::common::sdgraph_command().args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("sdgraph runs")
 }
 
 fn text(b: &[u8]) -> String {

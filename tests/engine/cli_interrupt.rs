@@ -4,7 +4,7 @@
 #[cfg(unix)]
 #[test]
 fn sigint_stops_a_long_sampling_run_cleanly() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::time::Duration;
 
     if gpu::testing::shared_gpu().is_none() {
@@ -30,7 +30,7 @@ fn sigint_stops_a_long_sampling_run_cleanly() {
     )
     .unwrap();
     let out = dir.join("out");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sdgraph"))
+    let mut child = crate::common::sdgraph_command()
         .args(["run", graph.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -103,7 +103,7 @@ fn mutated_graphs_make_check_exit_2_never_crash() {
         let ok = graph::parse_graph("m.ron", &m).and_then(|g| graph::validate(g, &reg)).is_ok();
         let f = dir.join(format!("m{i}.ron"));
         std::fs::write(&f, &m).unwrap();
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sdgraph")).arg("check").arg(&f).output().unwrap();
+        let o = crate::common::sdgraph_command().arg("check").arg(&f).output().unwrap();
         let want = if ok { 0 } else { 2 };
         assert_eq!(o.status.code(), Some(want), "{}", String::from_utf8_lossy(&o.stderr));
         checked += 1;

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ impl Watch {
     }
 
     fn start_with(graph: &Path, out: &Path, extra: &[&str]) -> Watch {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sdgraph"))
+        let mut child = crate::common::sdgraph_command()
             .args(["watch", graph.to_str().unwrap(), "--json", "--debounce-ms", "100", "--out-dir"])
             .arg(out)
             .args(extra)
@@ -121,7 +121,7 @@ fn watch_with_max_runs_exits_after_the_first_run() {
     let g = dir.join("g.ron");
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/sample.png"), dir.join("in.png")).unwrap();
     save(&g, &graph(30));
-    let o = Command::new(env!("CARGO_BIN_EXE_sdgraph"))
+    let o = crate::common::sdgraph_command()
         .args(["watch", g.to_str().unwrap(), "--json", "--max-runs", "1", "--out-dir"])
         .arg(dir.join("out"))
         .output()

@@ -690,7 +690,7 @@ fn vae_decode_and_encode_fall_back_to_tiles_when_the_limit_is_lowered() {
     )
     .unwrap();
     let run = |out: &str, limit: Option<&str>| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sdgraph"));
+        let mut cmd = crate::common::sdgraph_command();
         cmd.args(["run", graph.to_str().unwrap(), "--out-dir", dir.join(out).to_str().unwrap()]);
         cmd.env_remove(models::vae_tiling::TILE_BYTES_ENV);
         if let Some(l) = limit {
@@ -766,7 +766,7 @@ fn vae_decode_and_encode_fall_back_to_tiles_when_the_limit_is_lowered() {
         ),
     )
     .unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sdgraph"))
+    let o = crate::common::sdgraph_command()
         .args(["run", graph.to_str().unwrap(), "--out-dir", dir.join("too_big").to_str().unwrap()])
         .env(models::vae_tiling::TILE_BYTES_ENV, "300000")
         .output()
