@@ -209,9 +209,11 @@ pub fn write_numbered(dir: &Path, stem: &str, bytes: &[u8]) -> Result<PathBuf, S
     result
 }
 
-/// One image of a batch as 8-bit pixels, rounded and clamped.
+/// One image of a batch as 8-bit pixels, quantised as ComfyUI's SaveImage does
+/// (`np.clip(255. * i, 0, 255).astype(np.uint8)`): scaled in f32, clipped, truncated
+/// (not rounded), NaN to 0.
 pub fn to_u8(img: &Image, b: usize) -> Vec<u8> {
-    img.item(b).iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+    img.item(b).iter().map(|&v| (255.0 * v).clamp(0.0, 255.0) as u8).collect()
 }
 
 /// `{"path": "sha256"}` for every model file recorded upstream. A file that
@@ -589,6 +591,14 @@ mod tests {
             }
         }
         !c
+    }
+
+    #[test]
+    fn to_u8_truncates_as_comfyui_saves() {
+        // 255 * x in f32, clipped, truncated: 127.5 -> 127, 254.745 -> 254, out of range clipped, NaN -> 0.
+        let data = vec![0.5, 0.999, 1.0, -0.1, 1.5, 0.0039, 0.0040, f32::NAN];
+        let img = Image::from_data(1, 1, data.len(), 1, data).unwrap();
+        assert_eq!(to_u8(&img, 0), [127, 254, 255, 0, 255, 0, 1, 0]);
     }
 
     #[test]
