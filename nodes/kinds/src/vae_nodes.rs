@@ -1,7 +1,7 @@
 //! VAEDecode and VAEEncode, as ComfyUI's nodes: latents to pictures in 0..1
 //! and back. When one activation of the whole pass would exceed what the
 //! adapter binds at once (SD at 512x512 on lavapipe), they decode or encode
-//! in tiles instead and say so on the progress output (see `vae_tiled`).
+//! in tiles instead and say so on the progress output (see `models::vae_tiling`).
 
 use std::sync::Arc;
 

@@ -29,6 +29,8 @@
 //! Real-ESRGAN x2plus) is padded by reflection at the bottom and right, and
 //! the output cropped, as spandrel's ESRGAN does.
 
+use std::borrow::Cow;
+
 use gpu::{DType, Gpu};
 
 use crate::tiling::{AxisTiles, Planes, Resample, blend_tiles, even_origins, finite};
@@ -82,8 +84,9 @@ pub fn upscale_tiled(
     }
     // Rows and columns past the picture (padding to the size multiple) mirror
     // it, as spandrel's reflect padding.
-    let padded: Vec<f32> = if (hp, wp) == (h, w) {
-        chw.to_vec()
+    // The picture itself when it needs no padding (no copy of the whole input).
+    let padded: Cow<[f32]> = if (hp, wp) == (h, w) {
+        Cow::Borrowed(chw)
     } else {
         let mut p = Vec::with_capacity(cin * hp * wp);
         for c in 0..cin {
@@ -92,7 +95,7 @@ pub fn upscale_tiled(
                 p.extend((0..wp).map(|x| chw[row + reflect(x, w)]));
             }
         }
-        p
+        Cow::Owned(p)
     };
     let mut run = |tile: &[f32], th: usize, tw: usize| -> Result<Vec<f32>, String> {
         let t = gpu.upload(tile, &[1, cin, th, tw], model.dtype).map_err(|e| e.to_string())?;
