@@ -194,3 +194,21 @@ fn from_betas_matches_sd15() {
         .collect();
     assert_eq!(ModelSigmas::from_betas(&betas).unwrap(), ModelSigmas::sd15());
 }
+
+/// Where a schedule's sigma lies halfway between two table entries, the float32 distances ComfyUI compares are
+/// equal and it takes the first (lower) timestep; an f64 comparison would pick the other one. `normal` at 19 steps
+/// puts its second sigma at t = 943.5 and `sgm_uniform` at 18 steps one at t = 721.5 (999 * k / steps).
+#[test]
+fn timestep_ties_resolve_to_the_lower_timestep_as_comfyui_does() {
+    let ms = ModelSigmas::sd15();
+    for (scheduler, steps, step, want) in [(Scheduler::Normal, 19, 1, 943), (Scheduler::SgmUniform, 18, 5, 721)] {
+        let sigmas = ksampler_sigmas(&ms, scheduler, steps, 1.0, false).unwrap();
+        let sigma = sigmas[step];
+        // The tie is real: in f64 the other neighbour is (slightly) nearer.
+        let ls = sigma.ln();
+        let (d_lo, d_hi) =
+            ((ls - f64::from(ms.log_sigmas()[want])).abs(), (ls - f64::from(ms.log_sigmas()[want + 1])).abs());
+        assert!(d_hi < d_lo, "{scheduler:?}/{steps}: sigma {sigma} is not an f64 near-tie ({d_lo} vs {d_hi})");
+        assert_eq!(ms.timestep(sigma), want, "{scheduler:?} at {steps} steps, sigma {sigma}");
+    }
+}

@@ -172,16 +172,18 @@ impl ModelSigmas {
         f64::from(self.sigmas[self.sigmas.len() - 1])
     }
 
-    /// ComfyUI's `ModelSamplingDiscrete.timestep(sigma)`: the timestep whose log sigma is nearest to `ln(sigma)`
-    /// (the first on a tie), i.e. what ComfyUI feeds the UNet as its timestep (`timestep(sigma).float()`). Computed in
-    /// f64 over the float32 log sigmas (ComfyUI subtracts in float32, which can only differ within an ulp of the
-    /// midpoint between two log sigmas). Sigmas of 0 or less give timestep 0.
+    /// ComfyUI's `ModelSamplingDiscrete.timestep(sigma)`: the timestep whose log sigma is nearest to `ln(sigma)`,
+    /// i.e. what ComfyUI feeds the UNet as its timestep (`timestep(sigma).float()`). Computed as ComfyUI computes it,
+    /// in float32: `(log(sigma) - log_sigmas).abs().argmin()`, the first of equal distances. The precision matters
+    /// where a sigma lies halfway between two table entries (the `normal` schedule at 19 steps, `sgm_uniform` at 18):
+    /// float32 rounding makes the distances equal there and ComfyUI takes the lower timestep (943, not the 944 an
+    /// f64 comparison finds). Sigmas of 0 or less give timestep 0.
     pub fn timestep(&self, sigma: f64) -> usize {
-        let ls = sigma.ln();
+        let ls = (sigma as f32).ln();
         let mut best = 0;
-        let mut best_d = f64::INFINITY;
+        let mut best_d = f32::INFINITY;
         for (i, &l) in self.log_sigmas.iter().enumerate() {
-            let d = (ls - f64::from(l)).abs();
+            let d = (ls - l).abs();
             if d < best_d {
                 best_d = d;
                 best = i;
