@@ -337,18 +337,22 @@ fn time_graph(
     runs: usize,
 ) -> Result<(OpResult, serde_json::Value), String> {
     let base = load(file, &[]).map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
-    let samplers: Vec<(String, i64)> = base
+    let samplers: Vec<(String, u64)> = base
         .graph
         .nodes
         .iter()
         .filter(|n| n.kind.value == "KSampler")
-        .map(|n| (n.id.value.clone(), n.param("seed").and_then(|p| p.value.as_int()).unwrap_or(0)))
+        .map(|n| {
+            let seed = n.param("seed").and_then(|p| p.value.as_int()).and_then(|v| u64::try_from(v).ok());
+            (n.id.value.clone(), seed.unwrap_or(0))
+        })
         .collect();
     let registry = nodes::builtin_registry_with(node_settings);
     let out_dir = out.parent().map(|p| p.join("sdgraph_images")).unwrap_or_else(|| PathBuf::from("sdgraph_images"));
     let mut exec = Executor::default();
-    let mut run_once = |bump: i64| -> Result<(f64, Vec<String>), String> {
-        let sets: Vec<String> = samplers.iter().map(|(id, seed)| format!("{id}.seed={}", seed + bump)).collect();
+    let mut run_once = |bump: u64| -> Result<(f64, Vec<String>), String> {
+        let sets: Vec<String> =
+            samplers.iter().map(|(id, seed)| format!("{id}.seed={}", seed.wrapping_add(bump))).collect();
         let loaded = load(file, &sets).map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
         let valid = graph::validate(loaded.graph, &registry)
             .map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
@@ -372,7 +376,7 @@ fn time_graph(
     let (first_ms, first_outputs) = run_once(0)?;
     eprintln!("graph: first run {first_ms:.0} ms (loading included)");
     for i in 0..warmup {
-        run_once(1 + i as i64)?;
+        run_once(1 + i as u64)?;
     }
     if let Some(p) = gpu.profiler() {
         p.reset();
@@ -380,7 +384,7 @@ fn time_graph(
     let mut times = Vec::with_capacity(runs);
     let dispatches0 = gpu.dispatch_count();
     for i in 0..runs {
-        times.push(run_once(1 + (warmup + i) as i64)?.0);
+        times.push(run_once(1 + (warmup + i) as u64)?.0);
     }
     let profile = gpu.profile_report().map_err(fail)?;
     let r = OpResult {

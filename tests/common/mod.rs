@@ -64,7 +64,7 @@ pub fn stub_registry(counter: &Counter) -> Registry {
             PortType::Int,
             "It.",
         ),
-        Box::new(|i| Ok(vec![Value::Int(i.int("value")?)])),
+        Box::new(|i| Ok(vec![Value::Int(i.int("value")? as i64)])),
     );
     add(
         NodeSchema::new("Add", "test", "a + b.").input("a", PortType::Int, "a").input("b", PortType::Int, "b").output(

@@ -594,7 +594,7 @@ fn latent_noise_example_is_seeded_and_keeps_the_mask() {
         let out = run_with(
             &k,
             &[("samples", v.clone())],
-            &[("seed", ParamValue::Int(seed)), ("strength", ParamValue::Float(strength))],
+            &[("seed", ParamValue::Int(seed.into())), ("strength", ParamValue::Float(strength))],
         )
         .unwrap();
         out[0].downcast::<Latent>().unwrap()

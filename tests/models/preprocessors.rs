@@ -162,7 +162,8 @@ fn binary_preprocessor_marks_dark_pixels_white_with_a_fixed_or_otsu_threshold() 
     let pic = sample_picture();
     let gray = gray_u8(&pic.data, 3);
     for (param, thresh) in [(100i64, 100u8), (0, otsu_threshold(&gray)), (255, otsu_threshold(&gray)), (180, 180)] {
-        let out = run_node("BinaryPreprocessor", pic.clone(), &[("bin_threshold", ParamValue::Int(param))]).unwrap();
+        let out =
+            run_node("BinaryPreprocessor", pic.clone(), &[("bin_threshold", ParamValue::Int(param.into()))]).unwrap();
         assert_eq!((out.height, out.width, out.channels), (pic.height, pic.width, 3));
         for (p, (px, &g)) in out.data.chunks(3).zip(&gray).enumerate() {
             let want = if g > thresh { 0.0 } else { 1.0 };

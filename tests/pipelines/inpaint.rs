@@ -98,7 +98,7 @@ fn setup(name: &str, w: i64, h: i64) -> Setup {
         &reg,
         "ImageScale",
         &[("image", load[0].clone())],
-        &[("upscale_method", s("area")), ("width", ParamValue::Int(w)), ("height", ParamValue::Int(h))],
+        &[("upscale_method", s("area")), ("width", ParamValue::Int(w.into())), ("height", ParamValue::Int(h.into()))],
     );
     let encoded = one(&reg, "VAEEncode", &[("pixels", small), ("vae", vae.clone())], &[]);
     Setup { reg, model, vae, pos, neg, encoded, mask: load[1].clone() }
@@ -113,7 +113,7 @@ impl Setup {
             ("latent_image", latent.clone()),
         ];
         let params = [
-            ("seed", ParamValue::Int(seed)),
+            ("seed", ParamValue::Int(seed.into())),
             ("steps", ParamValue::Int(2)),
             ("cfg", ParamValue::Float(4.0)),
             ("sampler_name", s(sampler)),

@@ -184,6 +184,44 @@ fn img2img_with_denoise_zero_returns_the_encoded_picture() {
     assert_ne!(a, c);
 }
 
+/// ComfyUI takes seeds up to 2^64 - 1, and torch's CPU generator seeds its engine with the low 32 bits, so a seed and
+/// the seed plus a multiple of 2^32 draw the same noise. At 2^64 - 1 the ancestral noise's `seed + 1` is 2^64, which
+/// ComfyUI's `manual_seed` refuses; sdgraph wraps it to 0, the low 32 bits torch would use (documented in the README).
+#[test]
+fn seeds_take_the_full_u64_range_with_torchs_low_32_bit_noise() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = crate::common::temp_dir("sd-seeds");
+    let ckpt = full_vocab_checkpoint(&dir);
+    let graph = |seed: &str| {
+        txt2img_graph(&ckpt, "euler_ancestral", "normal", 1.0, "empty.latent")
+            .replace(r#""seed": 42"#, &format!(r#""seed": {seed}"#))
+    };
+    let reg = nodes::builtin_registry();
+    let mut exec = Executor::default();
+    let mut picture = |seed: &str| {
+        let out = dir.join(seed);
+        let g = crate::common::validate_str(&graph(seed), &reg).unwrap_or_else(|e| panic!("{e}"));
+        let r = crate::common::run(&mut exec, &g, &out);
+        assert!(r.ok, "seed {seed}: {:?}", r.errors());
+        image::open(out.join("gen_00001.png")).unwrap().to_rgb8()
+    };
+    let max = picture("18446744073709551615"); // 2^64 - 1
+    assert_eq!(max, picture("4294967295"), "2^64 - 1 and 2^32 - 1 share their low 32 bits");
+    assert_eq!(picture("9223372036854788153"), picture("12345"), "2^63 + 12345 draws the noise of 12345");
+    assert_ne!(max, picture("12345"));
+    // Past the range: refused where it is written.
+    // A literal past 2^64 - 1 is refused by the reader, at its line and column; -1 by the param's range, by name.
+    for (seed, want) in
+        [("18446744073709551616", "test.ron:11:35: malformed RON: integer literal too large"), ("-1", "seed")]
+    {
+        let err =
+            crate::common::validate_str(&graph(seed), &reg).err().unwrap_or_else(|| panic!("seed {seed} accepted"));
+        assert!(err.to_string().contains(want), "seed {seed}: {err}");
+    }
+}
+
 /// PNG files under `dir`, recursively.
 fn pngs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };

@@ -95,7 +95,7 @@ fn run_node(
     params: &[(&str, i64)],
     progress: &dyn Progress,
 ) -> Result<Vec<Value>, NodeError> {
-    let params: Vec<(&str, ParamValue)> = params.iter().map(|(k, v)| (*k, ParamValue::Int(*v))).collect();
+    let params: Vec<(&str, ParamValue)> = params.iter().map(|(k, v)| (*k, ParamValue::Int((*v).into()))).collect();
     run_node_with(kind, inputs, &params, progress)
 }
 

@@ -27,7 +27,15 @@ pub trait Field: Sized {
 
 impl Field for i64 {
     fn read(inputs: &NodeInputs, name: &str) -> Result<Self, NodeError> {
-        inputs.int(name)
+        let v = inputs.int(name)?;
+        i64::try_from(v).map_err(|_| NodeError::new(format!("param {name:?}: {v} does not fit a 64-bit integer")))
+    }
+}
+
+impl Field for u64 {
+    fn read(inputs: &NodeInputs, name: &str) -> Result<Self, NodeError> {
+        let v = inputs.int(name)?;
+        u64::try_from(v).map_err(|_| NodeError::new(format!("param {name:?}: {v} is not in 0..=2^64-1")))
     }
 }
 

@@ -114,7 +114,7 @@ mod tests {
     fn graph_written_as_ron_reads_back_equal() {
         let src = br#"// comment
         (nodes: {
-            "b": (kind: "K", inputs: { "x": "a.out" }, params: { "w": 1.0, "n": -3, "s": "q\"uote\n", "f": false }),
+            "b": (kind: "K", inputs: { "x": "a.out" }, params: { "w": 1.0, "n": -3, "s": "q\"uote\n", "f": false, "seed": 18446744073709551615 }),
             "a": (kind: "J"),
         })"#;
         let g = parse_graph("x.ron", src).unwrap();

@@ -14,14 +14,25 @@ use crate::value::Value;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ParamValue {
-    Int(i64),
+    /// Wide enough for every i64 and u64 (ComfyUI's seeds run to 2^64 - 1).
+    Int(#[serde(serialize_with = "wide_int")] i128),
     Float(f64),
     Bool(bool),
     String(String),
 }
 
+/// Writes an integer as i64 or u64 where it fits (every value a graph can hold does), so formats without 128-bit
+/// integers (RON as the `ron` crate writes it) take it.
+fn wide_int<S: serde::Serializer>(v: &i128, s: S) -> Result<S::Ok, S::Error> {
+    match (i64::try_from(*v), u64::try_from(*v)) {
+        (Ok(v), _) => s.serialize_i64(v),
+        (_, Ok(v)) => s.serialize_u64(v),
+        _ => s.serialize_i128(*v),
+    }
+}
+
 impl ParamValue {
-    pub fn as_int(&self) -> Option<i64> {
+    pub fn as_int(&self) -> Option<i128> {
         match self {
             ParamValue::Int(v) => Some(*v),
             _ => None,
@@ -73,8 +84,10 @@ impl std::fmt::Display for ParamValue {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ParamKind {
     Int {
-        min: i64,
-        max: i64,
+        #[serde(serialize_with = "wide_int")]
+        min: i128,
+        #[serde(serialize_with = "wide_int")]
+        max: i128,
     },
     Float {
         min: f64,
@@ -246,8 +259,16 @@ impl NodeSchema {
         self.params.push(ParamSpec { name: name.into(), kind, default, doc: doc.into() });
         self
     }
-    pub fn int(self, name: &str, min: i64, max: i64, default: i64, doc: &str) -> Self {
-        self.param(name, ParamKind::Int { min, max }, Some(ParamValue::Int(default)), doc)
+    pub fn int(
+        self,
+        name: &str,
+        min: impl Into<i128>,
+        max: impl Into<i128>,
+        default: impl Into<i128>,
+        doc: &str,
+    ) -> Self {
+        let (min, max) = (min.into(), max.into());
+        self.param(name, ParamKind::Int { min, max }, Some(ParamValue::Int(default.into())), doc)
     }
     pub fn float(self, name: &str, min: f64, max: f64, default: f64, doc: &str) -> Self {
         self.param(name, ParamKind::Float { min, max }, Some(ParamValue::Float(default)), doc)
@@ -319,7 +340,7 @@ impl NodeInputs {
     fn param(&self, name: &str) -> Result<&ParamValue, NodeError> {
         self.params.get(name).ok_or_else(|| NodeError::new(format!("param {name:?} has no value")))
     }
-    pub fn int(&self, name: &str) -> Result<i64, NodeError> {
+    pub fn int(&self, name: &str) -> Result<i128, NodeError> {
         self.param(name)?.as_int().ok_or_else(|| NodeError::new(format!("param {name:?} is not an integer")))
     }
     pub fn float(&self, name: &str) -> Result<f64, NodeError> {

@@ -8,7 +8,7 @@
 //!
 //! Supported: whitespace, `//` and (nested) `/* */` comments, leading
 //! `#![enable(...)]` attributes (skipped; extensions such as `implicit_some`
-//! do not change how values are read), bools, integers that fit i64
+//! do not change how values are read), bools, integers from -2^63 to 2^64 - 1
 //! (decimal, `0x`, `0o`, `0b`, `_` separators), floats (`1.5`, `1.`, `.5`,
 //! `1e3`, `inf`, `NaN`), strings with escapes, raw strings, chars, `()`,
 //! `None`/`Some(v)`, lists, maps, structs and tuples (named or not) and bare
@@ -68,6 +68,14 @@ fn show(c: char) -> String {
         '\'' => "\"'\"".to_string(),
         c if c.is_control() || c.is_whitespace() => format!("'{}'", c.escape_debug()),
         c => format!("'{c}'"),
+    }
+}
+
+/// An integer literal within what RON's own reader takes (i64 and u64: ComfyUI's seeds run to 2^64 - 1).
+fn int_literal(v: Option<i128>, start: Pos) -> Res<RonValue> {
+    match v {
+        Some(v) if (i128::from(i64::MIN)..=i128::from(u64::MAX)).contains(&v) => Ok(RonValue::Int(v)),
+        _ => Err(error_at(start, "integer literal too large (integers run from -2^63 to 2^64 - 1)")),
     }
 }
 
@@ -456,7 +464,7 @@ impl<'a> Reader<'a> {
             let text = format!("{sign}{}.{}e{}", or_zero(&int), or_zero(&frac), or_zero(&exp));
             return text.parse().map(RonValue::Float).map_err(|_| error_at(start, "invalid float literal"));
         }
-        format!("{sign}{int}").parse().map(RonValue::Int).map_err(|_| error_at(start, "integer literal too large"))
+        int_literal(format!("{sign}{int}").parse().ok(), start)
     }
 
     /// Reads the digits of `0x1F`, `0o17` or `0b101`, starting at the prefix.
@@ -476,7 +484,7 @@ impl<'a> Reader<'a> {
         if digits.len() == sign.len() {
             return Err(self.expected(&format!("{radix_name} digits after the prefix")));
         }
-        i64::from_str_radix(&digits, radix).map(RonValue::Int).map_err(|_| error_at(start, "integer literal too large"))
+        int_literal(i128::from_str_radix(&digits, radix).ok(), start)
     }
 
     /// Reads `[0-9_]*` and returns the digits without the underscores.
@@ -715,6 +723,8 @@ mod tests {
             ("9223372036854775807", "9223372036854775807"),
             ("-9223372036854775808", "-9223372036854775808"),
             ("-0x8000000000000000", "-9223372036854775808"),
+            ("18446744073709551615", "18446744073709551615"),
+            ("0xFFFF_FFFF_FFFF_FFFF", "18446744073709551615"),
             ("1.5", "1.5"),
             ("1e3", "1000.0"),
             ("-2.5E-3", "-0.0025"),
@@ -858,9 +868,9 @@ mod tests {
             ("r#\"abc\"", "1:1 unterminated raw string"),
             ("b\"abc\"", "1:1 byte strings are not supported"),
             ("b'a'", "1:1 byte literals are not supported"),
-            ("9223372036854775808", "1:1 integer literal too large"),
-            ("[-9223372036854775809]", "1:2 integer literal too large"),
-            ("0xFFFF_FFFF_FFFF_FFFF", "1:1 integer literal too large"),
+            ("18446744073709551616", "1:1 integer literal too large (integers run from -2^63 to 2^64 - 1)"),
+            ("[-9223372036854775809]", "1:2 integer literal too large (integers run from -2^63 to 2^64 - 1)"),
+            ("0x1_0000_0000_0000_0000", "1:1 integer literal too large (integers run from -2^63 to 2^64 - 1)"),
             ("0x", "1:3 unexpected end of input, expected hexadecimal digits after the prefix"),
             ("0b102", "1:5 invalid digit '2' in binary number"),
             ("1e", "1:3 unexpected end of input, expected digits in the exponent"),
@@ -1013,7 +1023,7 @@ mod tests {
         use ron::{Number, Value as R};
         match v {
             V::Bool(b) => R::Bool(*b),
-            V::Int(i) => R::Number(Number::I64(*i)),
+            V::Int(i) => R::Number(i64::try_from(*i).map_or_else(|_| Number::U64(*i as u64), Number::I64)),
             V::Float(f) => R::Number(Number::from(*f)),
             V::Str(s) => R::String(s.clone()),
             V::Char(c) => R::Char(*c),
@@ -1038,7 +1048,7 @@ mod tests {
                 N::U8(x) => N::I64(x.into()),
                 N::U16(x) => N::I64(x.into()),
                 N::U32(x) => N::I64(x.into()),
-                N::U64(x) => N::I64(i64::try_from(x).expect("test documents stay within i64")),
+                N::U64(x) => i64::try_from(x).map_or(N::U64(x), N::I64),
                 N::F32(x) => N::from(f64::from(x.get())),
                 other => other,
             }),

@@ -45,8 +45,8 @@ pub type SValue = Spanned<RonValue>;
 #[derive(Debug, Clone, PartialEq)]
 pub enum RonValue {
     Bool(bool),
-    /// Integers that fit i64; larger literals are a parse error.
-    Int(i64),
+    /// Integers from i64::MIN to u64::MAX (what RON's own reader takes); others are a parse error.
+    Int(i128),
     Float(f64),
     Str(String),
     Char(char),

@@ -345,7 +345,7 @@ fn param_kind(spec: &Table, ty: &str, what: &str) -> Result<ParamKind, String> {
             if min > max {
                 return Err(format!("{what}: min {min} is greater than max {max}"));
             }
-            ParamKind::Int { min, max }
+            ParamKind::Int { min: min.into(), max: max.into() }
         }
         "float" => {
             let min = opt_number(&get("min")?, &format!("{what}: `min`"))?.unwrap_or(f64::MIN);
@@ -392,7 +392,7 @@ fn enum_values(vals: &Table, what: &str) -> Result<Vec<String>, String> {
 /// A param's `default`, checked against its kind.
 fn param_default(kind: &ParamKind, d: &mlua::Value, what: &str) -> Result<Option<ParamValue>, String> {
     let raw = match (kind, d) {
-        (ParamKind::Int { .. }, _) => opt_int(d, &format!("{what}: `default`"))?.map(ParamValue::Int),
+        (ParamKind::Int { .. }, _) => opt_int(d, &format!("{what}: `default`"))?.map(|v| ParamValue::Int(v.into())),
         (ParamKind::Float { .. }, _) => opt_number(d, &format!("{what}: `default`"))?.map(ParamValue::Float),
         (ParamKind::Bool, mlua::Value::Boolean(b)) => Some(ParamValue::Bool(*b)),
         (_, mlua::Value::String(s)) if !matches!(kind, ParamKind::Bool) => Some(ParamValue::String(
@@ -529,7 +529,11 @@ fn run_plugin(
         let ps = lua.create_table()?;
         for (name, v) in params {
             let v = match v {
-                ParamValue::Int(i) => mlua::Value::Integer(*i),
+                // A plugin declares its ints within i64 (Lua's integers), so a checked value fits.
+                ParamValue::Int(i) => mlua::Value::Integer(
+                    i64::try_from(*i)
+                        .map_err(|_| mlua::Error::runtime(format!("param {name}: {i} does not fit a Lua integer")))?,
+                ),
                 ParamValue::Float(f) => mlua::Value::Number(*f),
                 ParamValue::Bool(b) => mlua::Value::Boolean(*b),
                 ParamValue::String(s) => mlua::Value::String(lua.create_string(s)?),

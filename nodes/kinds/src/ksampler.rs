@@ -20,7 +20,7 @@ use std::sync::Arc;
 use gpu::ops::layout::concat;
 use gpu::{DType, Gpu, Tensor};
 use graph::node::err;
-use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, ParamKind, ParamValue, RunContext};
+use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{PortType, Value};
 
 use crate::payload::ModelHandle;
@@ -50,11 +50,7 @@ graph::node_fields! {
         positive: Arc<Conditioning> = input(PortType::Conditioning, "What the picture should show."),
         negative: Arc<Conditioning> = input(PortType::Conditioning, "What it should not."),
         latent_image: Arc<Latent> = input(PortType::Latent, "Start latents: empty for txt2img, encoded for img2img."),
-        seed: i64 = param(
-            ParamKind::Int { min: 0, max: i64::MAX },
-            Some(ParamValue::Int(0)),
-            "Noise seed; the same seed gives ComfyUI's CPU noise.",
-        ),
+        seed: u64 = int(0, u64::MAX, 0, "Noise seed, 0 to 2^64 - 1; the same seed gives ComfyUI's CPU noise."),
         steps: usize = int(1, 10000, 20, "Sampling steps."),
         cfg: f64 = float(0.0, 100.0, 8.0, "Classifier-free guidance scale (1 disables the negative prompt)."),
         sampler_name: String = choice(&Sampler::NAMES, "euler", "Sampler, as ComfyUI names them."),
@@ -234,7 +230,7 @@ impl NodeKind for KSampler {
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
         let f = KSamplerFields::read(inputs)?;
         let (model, pos, neg, latent) = (f.model, f.positive, f.negative, f.latent_image);
-        let (seed, steps, cfg, denoise) = (f.seed as u64, f.steps, f.cfg, f.denoise);
+        let (seed, steps, cfg, denoise) = (f.seed, f.steps, f.cfg, f.denoise);
         let sampler = Sampler::from_name(f.sampler_name.as_str()).map_err(err)?;
         let scheduler = Scheduler::from_name(f.scheduler.as_str()).map_err(err)?;
         if latent.samples.len() != latent.shape.iter().product::<usize>() {

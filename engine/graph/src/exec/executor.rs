@@ -285,7 +285,7 @@ fn gather_inputs(g: &ValidGraph, i: usize, outputs: &HashMap<usize, Arc<Vec<Valu
         if e.to_param {
             // Validation guarantees the types line up; an Int feeding a Float widens.
             let p = match v {
-                Value::Int(x) => ParamValue::Int(*x),
+                Value::Int(x) => ParamValue::Int(i128::from(*x)),
                 Value::Float(x) => ParamValue::Float(*x),
                 Value::Bool(x) => ParamValue::Bool(*x),
                 Value::String(x) => ParamValue::String(x.clone()),
