@@ -21,26 +21,14 @@ pub fn interrupted() -> bool {
     FLAG.get().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
-#[cfg(unix)]
-extern "C" fn on_sigint(_: libc::c_int) {
-    // Only atomics and _exit: both are async-signal-safe.
-    if let Some(flag) = FLAG.get() {
-        if flag.swap(true, Ordering::SeqCst) {
-            unsafe { libc::_exit(130) };
-        }
-    } else {
-        unsafe { libc::_exit(130) };
-    }
-}
-
-#[cfg(unix)]
+/// Installs the handler. `ctrlc` runs it on a thread of its own (not in a signal context), on Unix for SIGINT and
+/// on Windows for the console's Ctrl-C and Ctrl-Break.
 fn install() {
-    let handler: extern "C" fn(libc::c_int) = on_sigint;
-    // SAFETY: the handler only touches atomics and calls _exit.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    let installed = ctrlc::set_handler(|| match FLAG.get() {
+        Some(flag) if !flag.swap(true, Ordering::SeqCst) => {}
+        _ => std::process::exit(130),
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will not stop the run cleanly: {e}");
     }
 }
-
-#[cfg(not(unix))]
-fn install() {}

@@ -32,15 +32,20 @@ const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
     ("sdgraph-plugin", &["wgpu", "naga"]),
 ];
 
-/// Each workspace package's direct dependencies, by package name.
-fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
+/// `cargo metadata` of the workspace's own packages.
+fn metadata() -> serde_json::Value {
     let out = Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
     assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+    serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON")
+}
+
+/// Each workspace package's direct dependencies, by package name.
+fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
+    let meta = metadata();
     let mut deps = BTreeMap::new();
     for p in meta["packages"].as_array().expect("packages") {
         let name = p["name"].as_str().expect("name").to_string();
@@ -81,4 +86,27 @@ fn layers_keep_out_of_outside_crates_they_do_not_own() {
         }
     }
     assert!(wrong.is_empty(), "layers reaching what they must not: {wrong:?}");
+}
+
+/// The platforms the README names build what they need: notify compiles a macOS backend only with one of its macOS
+/// features (with default features off, none is on and the build breaks there), and the Ctrl-C handler must not be
+/// limited to Unix. Checked on the manifests, since this machine cannot build for those targets.
+#[test]
+fn every_platform_gets_its_file_watcher_backend_and_ctrl_c_handler() {
+    let meta = metadata();
+    let deps_of = |package: &str| -> Vec<serde_json::Value> {
+        let packages = meta["packages"].as_array().expect("packages");
+        let p = packages.iter().find(|p| p["name"] == package).unwrap_or_else(|| panic!("{package} not found"));
+        p["dependencies"].as_array().expect("dependencies").clone()
+    };
+    let notify =
+        deps_of("sdgraph-graph").into_iter().find(|d| d["name"] == "notify").expect("the graph engine uses notify");
+    let features: Vec<&str> = notify["features"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    assert!(
+        notify["uses_default_features"] == true
+            || features.iter().any(|f| ["macos_fsevent", "macos_kqueue"].contains(f)),
+        "notify is built without a macOS backend: {notify}"
+    );
+    let ctrlc = deps_of("sdgraph").into_iter().find(|d| d["name"] == "ctrlc").expect("the command uses ctrlc");
+    assert!(ctrlc["target"].is_null(), "the Ctrl-C handler is only built for {}", ctrlc["target"]);
 }
