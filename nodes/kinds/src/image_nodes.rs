@@ -185,6 +185,21 @@ fn next_counter(dir: &Path, stem: &str) -> u64 {
 /// existing file: the data goes to a temporary file first, then is linked
 /// into place, so an interrupted save leaves no half-written picture.
 pub fn write_numbered(dir: &Path, stem: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    write_numbered_with(dir, stem, bytes, |from, to| fs::hard_link(from, to))
+}
+
+/// [`write_numbered`] with the hard-link step given, so tests can play a
+/// filesystem without hard links (FAT, exFAT, some network shares). Where
+/// linking fails for any reason but an existing name, the name is claimed
+/// with `create_new` (an empty file no one else can take) and the finished
+/// temporary file renamed over it: still never an overwrite of someone
+/// else's file, and never a half-written picture under the final name.
+pub fn write_numbered_with(
+    dir: &Path,
+    stem: &str,
+    bytes: &[u8],
+    link: impl Fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<PathBuf, String> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create output folder {}: {e}", dir.display()))?;
     let tmp = dir.join(format!(".{stem}.{}.tmp", std::process::id()));
     let write_tmp = || -> std::io::Result<()> {
@@ -197,16 +212,27 @@ pub fn write_numbered(dir: &Path, stem: &str, bytes: &[u8]) -> Result<PathBuf, S
         return Err(format!("cannot write {}: {e}", tmp.display()));
     }
     let mut n = next_counter(dir, stem);
+    let mut links = true;
     let result = loop {
         let path = dir.join(format!("{stem}_{n:05}.png"));
-        match fs::hard_link(&tmp, &path) {
+        let placed = if links { link(&tmp, &path) } else { claim_and_rename(&tmp, &path) };
+        match placed {
             Ok(()) => break Ok(path),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(_) if links => links = false,
             Err(e) => break Err(format!("cannot create {}: {e}", path.display())),
         }
     };
     let _ = fs::remove_file(&tmp);
     result
+}
+
+/// Takes `path` with `create_new` (fails if it exists), then moves `tmp` onto it.
+fn claim_and_rename(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    fs::rename(tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(path);
+    })
 }
 
 /// One image of a batch as 8-bit pixels, quantised as ComfyUI's SaveImage does
@@ -497,6 +523,38 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// On a filesystem without hard links (FAT, exFAT, some shares: `link` fails with EPERM or
+    /// "unsupported"), saving still works, still numbers past what is there and still never
+    /// replaces a file.
+    #[test]
+    fn saving_without_hard_links_falls_back_to_claiming_the_name() {
+        let dir = std::env::temp_dir().join(format!("sdgraph-save-nolink-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let no_links = |_: &Path, _: &Path| Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "no hard links"));
+        let a = write_numbered_with(&dir, "pic", b"one", no_links).unwrap();
+        fs::write(dir.join("pic_00002.png"), b"user's").unwrap();
+        let b = write_numbered_with(&dir, "pic", b"two", no_links).unwrap();
+        assert_eq!(a.file_name().unwrap(), "pic_00001.png");
+        assert_eq!(b.file_name().unwrap(), "pic_00003.png");
+        assert_eq!(fs::read(&a).unwrap(), b"one");
+        assert_eq!(fs::read(&b).unwrap(), b"two");
+        assert_eq!(fs::read(dir.join("pic_00002.png")).unwrap(), b"user's");
+        // A name taken between counting and claiming is skipped, not replaced.
+        let racing = |_: &Path, to: &Path| {
+            fs::write(to, b"raced")?;
+            Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+        };
+        let c = write_numbered_with(&dir, "pic", b"three", racing).unwrap();
+        assert_eq!(fs::read(dir.join("pic_00004.png")).unwrap(), b"raced");
+        assert_eq!(
+            (c.file_name().unwrap().to_str().unwrap(), fs::read(&c).unwrap()),
+            ("pic_00005.png", b"three".to_vec())
+        );
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names.len(), 5, "{names:?}: no temporary file is left");
         fs::remove_dir_all(&dir).unwrap();
     }
 
