@@ -1,6 +1,8 @@
-//! Progress on stderr: one line per node, and a redrawn line for steps.
+//! Progress on stderr: one line per node, and a redrawn line for steps on a
+//! terminal; where stderr is a file or a pipe (logs, CI) every step is a plain
+//! line instead, since `\r` redraws pile up there.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
 use graph::exec::Progress;
@@ -8,11 +10,13 @@ use graph::exec::Progress;
 pub struct StderrProgress {
     /// Serialises writes so concurrent nodes do not interleave lines.
     lock: Mutex<()>,
+    /// Whether stderr is a terminal, where a bar can be redrawn in place.
+    terminal: bool,
 }
 
 impl StderrProgress {
     pub fn new() -> Self {
-        Self { lock: Mutex::new(()) }
+        Self { lock: Mutex::new(()), terminal: std::io::stderr().is_terminal() }
     }
 }
 
@@ -33,6 +37,10 @@ impl Progress for StderrProgress {
 
     fn step(&self, id: &str, done: u64, total: u64, what: &str) {
         let _g = self.lock.lock();
+        if !self.terminal {
+            eprintln!("[{id}] {done}/{total} {what}");
+            return;
+        }
         let width = 30usize;
         let filled = (done.min(total) as usize * width).checked_div(total as usize).unwrap_or(width);
         let bar: String = "#".repeat(filled) + &"-".repeat(width - filled);

@@ -139,7 +139,7 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
-/// Reads `child`'s stderr (progress redraws with '\r', so up to either separator) until
+/// Reads `child`'s stderr (a pipe, so progress comes as plain lines) until
 /// it contains `needle`, then sends SIGINT. Returns the stderr reader (what follows is
 /// unread) and when the signal went; panics naming `what` if `needle` never shows in 60 s.
 #[cfg(unix)]
@@ -156,7 +156,7 @@ pub fn interrupt_after(
     let deadline = Instant::now() + Duration::from_secs(60);
     while !seen.contains(needle) {
         buf.clear();
-        if stderr.read_until(b'\r', &mut buf).unwrap() == 0 || Instant::now() > deadline {
+        if stderr.read_until(b'\n', &mut buf).unwrap() == 0 || Instant::now() > deadline {
             let _ = child.kill();
             panic!("{what}: {seen}");
         }

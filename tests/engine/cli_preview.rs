@@ -143,3 +143,22 @@ fn ctrl_c_during_a_json_run_with_previews_exits_130_and_leaves_no_partial_files(
     assert_eq!(names(&prev), ["preview_sample.png"]);
     assert_eq!(image::open(prev.join("preview_sample.png")).unwrap().to_rgb8().dimensions(), (64, 48));
 }
+
+/// Where stderr is not a terminal (a log file, CI), progress comes as plain lines, one per step, with no `\r`
+/// redraws piling up in the log.
+#[test]
+fn progress_into_a_pipe_is_plain_lines_without_redraws() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = crate::common::temp_dir("cli-plain-progress");
+    let graph = txt2img(&dir, 3);
+    let o = sdgraph(&dir, &["run", graph.to_str().unwrap(), "--out-dir", dir.join("out").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains('\r'), "redraws in a pipe: {err:?}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("[sample] ") && l.contains(" steps")).collect();
+    assert_eq!(lines, ["[sample] 1/3 steps", "[sample] 2/3 steps", "[sample] 3/3 steps"], "{err}");
+}
