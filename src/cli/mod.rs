@@ -6,6 +6,7 @@ mod gpu;
 mod interrupt;
 mod list_nodes;
 mod load;
+mod logger;
 mod progress;
 mod run;
 mod settings;
@@ -179,6 +180,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    logger::install();
     let settings = match settings::Settings::from_env() {
         Ok(s) => s,
         Err(e) => {

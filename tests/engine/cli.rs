@@ -246,6 +246,24 @@ fn gpu_reports_the_adapter_and_refuses_an_unknown_name() {
     assert!(text(&o.stderr).contains("no adapter matches \"no-such-gpu-anywhere\"; available:"), "{}", text(&o.stderr));
 }
 
+/// Without a display, Mesa's device-select layer tried Wayland (wgpu enabled its surface
+/// extension) and printed "XDG_RUNTIME_DIR is invalid" twice before every run.
+#[test]
+fn gpu_prints_no_display_errors_on_a_machine_without_a_display() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let o = crate::common::sdgraph_command()
+        .arg("gpu")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .output()
+        .expect("sdgraph runs");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!text(&o.stderr).contains("XDG_RUNTIME_DIR"), "{}", text(&o.stderr));
+}
+
 #[test]
 fn bench_kernels_small_prints_every_case_with_positive_throughput() {
     let o = sdgraph(&["bench", "kernels", "--small", "--json"]);
@@ -292,4 +310,17 @@ fn plugin_kinds_are_listed_with_plugins_and_unknown_without() {
     assert_eq!(o.status.code(), Some(2));
     let o = sdgraph(&["check", "--plugins", "no/such/folder", "graphs/resize.ron"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+/// wgpu's own messages reach stderr, filtered by RUST_LOG (they used to be dropped: no logger was installed).
+#[test]
+fn rust_log_shows_wgpus_messages() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let o = crate::common::sdgraph_command().args(["gpu"]).env("RUST_LOG", "wgpu_hal=debug").output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).lines().any(|l| l.starts_with("debug: [wgpu_hal::")), "{}", text(&o.stderr));
+    let quiet = crate::common::sdgraph_command().args(["gpu"]).env_remove("RUST_LOG").output().unwrap();
+    assert!(!text(&quiet.stderr).contains("debug: ["), "{}", text(&quiet.stderr));
 }
