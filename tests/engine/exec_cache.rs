@@ -1,8 +1,13 @@
 //! Execution and caching, ComfyUI-style: graphs of stub nodes, asserting
 //! which nodes ran and which came from the cache.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::common::{Counter, run, stub_registry, validate_str};
 use graph::exec::{CachePolicy, Executor, NodeStatus};
+use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
+use graph::{PortType, Value};
 
 const DIAMOND: &str = r#"(nodes: {
     "a": (kind: "Const", params: { "value": 1 }),
@@ -191,4 +196,74 @@ fn cancelled_run_executes_nothing() {
     let r = exec.run(&g, &opts);
     assert!(r.cancelled && !r.ok);
     assert_eq!(c.total(), 0);
+}
+
+/// A loaded "model" that counts how many are alive, as a GPU pool's bytes would.
+struct Loaded(Arc<AtomicUsize>);
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl graph::value::Payload for Loaded {
+    const PORT: PortType = PortType::Model;
+}
+
+/// `Load` (param `which`) -> a [`Loaded`] model; `Use` (input `model`, param `fail`) -> nothing, failing when told.
+struct Kind {
+    schema: NodeSchema,
+    alive: Arc<AtomicUsize>,
+}
+
+impl NodeKind for Kind {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        if self.schema.kind == "Load" {
+            self.alive.fetch_add(1, Ordering::SeqCst);
+            return Ok(vec![Value::payload(Loaded(self.alive.clone()))]);
+        }
+        if inputs.bool("fail")? { Err(NodeError::new("out of memory, say")) } else { Ok(vec![]) }
+    }
+}
+
+/// `watch` after failing edits: each failed run used to be merged into the cache on top of the last, so ten edits
+/// that each load another model and then fail kept eleven models alive. Now a failed run is merged with the last
+/// good run only: at most that run's outputs and the failed run's stay.
+#[test]
+fn failing_edits_do_not_make_the_cache_grow() {
+    let alive = Arc::new(AtomicUsize::new(0));
+    let mut reg = graph::Registry::new();
+    let load = NodeSchema::new("Load", "test", "Loads.").int("which", 0, 100, 0, "Which.").output(
+        "model",
+        PortType::Model,
+        "",
+    );
+    let use_ =
+        NodeSchema::new("Use", "test", "Uses.").input("model", PortType::Model, "").bool("fail", false, "").sink();
+    for schema in [load, use_] {
+        reg.register(Arc::new(Kind { schema, alive: alive.clone() })).unwrap();
+    }
+    let graph = |which: usize, fail: bool| {
+        let text = format!(
+            r#"(nodes: {{ "load": (kind: "Load", params: {{ "which": {which} }}),
+                "use": (kind: "Use", inputs: {{ "model": "load.model" }}, params: {{ "fail": {fail} }}) }})"#
+        );
+        validate_str(&text, &reg).unwrap()
+    };
+    let (mut exec, dir) = (Executor::default(), crate::common::temp_dir("exec-failing-edits"));
+    assert!(run(&mut exec, &graph(0, false), &dir).ok);
+    for which in 1..=10 {
+        assert!(!run(&mut exec, &graph(which, true), &dir).ok);
+        assert_eq!(alive.load(Ordering::SeqCst), 2, "after failing edit {which}: the good run's model and this one's");
+        // The good run's two entries (Load, Use) and this run's Load.
+        assert_eq!(exec.cache().len(), 3, "after failing edit {which}");
+    }
+    // Undoing the edits finds the last good run's model still cached.
+    let r = run(&mut exec, &graph(0, false), &dir);
+    assert_eq!(r.ids_with(NodeStatus::Cached), ["load", "use"]);
+    assert_eq!(alive.load(Ordering::SeqCst), 1);
 }

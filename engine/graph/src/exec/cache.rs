@@ -46,11 +46,14 @@ pub enum CachePolicy {
 pub struct Cache {
     policy: CachePolicy,
     entries: HashMap<CacheKey, Arc<Vec<Value>>>,
+    /// The outputs of the last run that succeeded (shared with `entries`):
+    /// what a failed run is merged with, so failures never pile up.
+    last_good: HashMap<CacheKey, Arc<Vec<Value>>>,
 }
 
 impl Cache {
     pub fn new(policy: CachePolicy) -> Self {
-        Self { policy, entries: HashMap::new() }
+        Self { policy, entries: HashMap::new(), last_good: HashMap::new() }
     }
 
     pub fn get(&self, key: CacheKey) -> Option<Arc<Vec<Value>>> {
@@ -60,15 +63,22 @@ impl Cache {
     /// Replaces the cache with the outputs of the run that just ended.
     pub fn keep(&mut self, run: HashMap<CacheKey, Arc<Vec<Value>>>) {
         match self.policy {
-            CachePolicy::LastRun => self.entries = run,
-            CachePolicy::Off => self.entries.clear(),
+            CachePolicy::LastRun => {
+                self.last_good = run.clone();
+                self.entries = run;
+            }
+            CachePolicy::Off => self.clear(),
         }
     }
 
-    /// Outputs of a run that failed part-way are merged in, not swapped, so
-    /// the nodes that did succeed are not lost.
+    /// Outputs of a run that failed part-way are merged with those of the last
+    /// run that succeeded, so the nodes that did succeed are not lost and an
+    /// edit undone is still cached; earlier failed runs are dropped, so a
+    /// string of failing edits (each loading another model, say) cannot make
+    /// the cache grow.
     pub fn merge(&mut self, run: HashMap<CacheKey, Arc<Vec<Value>>>) {
         if self.policy == CachePolicy::LastRun {
+            self.entries = self.last_good.clone();
             self.entries.extend(run);
         }
     }
@@ -83,5 +93,6 @@ impl Cache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.last_good.clear();
     }
 }
