@@ -1,0 +1,345 @@
+//! sdgraph's saved PNGs against 8-bit pictures made with ComfyUI's maths: the fixture
+//! tests/fixtures/comfy_pixels/ (made by make_comfy_pixels_fixture.py, which imports the sampling_unet fixture's
+//! model path) runs the tiny SD model through ComfyUI's KSampler maths in float64 (torch's CPU noise, ComfyUI's
+//! float32 sigmas and float32 timestep argmin, k-diffusion's samplers, CFG), `process_latent_out` (latent / 0.18215),
+//! VAEDecode (`clamp((x + 1) / 2, 0, 1)`) and SaveImage's `np.clip(255. * i, 0, 255).astype(np.uint8)`. Here each
+//! case runs as a graph (CheckpointLoaderSimple on sd_tiny/model.safetensors -> KSampler with the case's seed,
+//! sampler, scheduler, steps, cfg and denoise, fed by test nodes with the fixture's prompts and start latent ->
+//! VAEDecode -> SaveImage into a temporary folder), and the PNG's bytes are compared with the fixture's.
+//!
+//! Cases: euler, heun, dpmpp_2m (txt2img) and dpmpp_2m img2img (denoise 0.4); two timestep ties (normal 19 steps
+//! and sgm_uniform 18 steps, whose sigmas at t = 943.5 and 721.5 lie exactly between two log sigmas in float32:
+//! ComfyUI feeds the UNet 943 and 721, a float64 comparison 944 and 722, and the fixture measured that taking the
+//! float64 side moves 741 and 865 of the 3072 saved values by up to 2 levels); a seed above 2^63 (2^63 + 12345) with
+//! euler_ancestral (its noise from seed + 1) and heun. No test runs Python.
+//!
+//! Tolerance. sdgraph computes in f32 (forced here: on GPUs with fast f16 the loader would pick f16, which cannot
+//! give ComfyUI's f32 bytes), the reference in float64, so sdgraph's 255 * x lands a little off the reference's.
+//! Where the reference's 255 * x lies near a level boundary (an integer 1..255: SaveImage truncates), that
+//! small error can move the saved value one level either way; further away it cannot. So every value whose
+//! reference lies more than `MARGIN` from a boundary must be saved exactly as the fixture says, and the values
+//! within `MARGIN` may differ by one level. The test also captures VAEDecode's output, checks its 255 * x is within
+//! `MARGIN` of the reference (so the argument above holds), and prints the measured deviation and the counts
+//! (`cargo test --test models comfy_pixels -- --nocapture`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use gpu::DType;
+use gpu::testing::shared_gpu;
+use graph::exec::Executor;
+use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
+use graph::{Image, PortType, Registry, Value as GraphValue};
+use models::checkpoint::safetensors::{Dtype, SafeTensors};
+use nodes::payload::{Conditioning, Latent};
+use serde_json::Value;
+
+/// In units of 255 * x. Measured on lavapipe: sdgraph's 255 * x (VAEDecode's output) is at most 5.2e-4 from the
+/// float64 reference (1.5e-4 to 5.2e-4 per case, the most for euler at cfg 6, whose latent is off by 1.4e-4 on
+/// values up to 67); PyTorch itself, running the same cases on the CPU in float32, is up to 5.5e-4 away (meta.json
+/// `calibration`). Every saved value then equals the fixture's, including the 19 to 30 per case (of 3072) that lie
+/// within 0.005 of a boundary. 0.005 is about 10 times the measured error, room for other adapters' rounding, and
+/// still lets only those 0.6-1% of the values move by one level.
+const MARGIN: f64 = 0.005;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+struct Fixture {
+    tensors: SafeTensors,
+    meta: Value,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let d = dir().join("comfy_pixels");
+        let meta = std::fs::read_to_string(d.join("meta.json")).unwrap();
+        Fixture {
+            tensors: SafeTensors::open(&d.join("reference.safetensors")).unwrap(),
+            meta: serde_json::from_str(&meta).unwrap(),
+        }
+    })
+}
+
+impl Fixture {
+    fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        self.tensors.f32_any(name).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn pixels(&self, name: &str) -> (Vec<usize>, Vec<u8>) {
+        let (info, bytes) = self.tensors.bytes(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(info.dtype, Dtype::U8, "{name}");
+        (info.shape.clone(), bytes.to_vec())
+    }
+
+    fn shape(&self) -> [usize; 4] {
+        let v: Vec<usize> =
+            self.meta["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        v.try_into().unwrap()
+    }
+
+    fn cases(&self, group: &str) -> Vec<&Value> {
+        self.meta["cases"].as_array().unwrap().iter().filter(|c| c["group"] == group).collect()
+    }
+}
+
+/// How far the reference's 255 * x (before the clamp) lies from the nearest value where the saved level changes:
+/// the integers 1..=255 (below 1 everything saves as 0, from 255 up as 255).
+fn boundary_distance(v: f64) -> f64 {
+    (v - v.round().clamp(1.0, 255.0)).abs()
+}
+
+// ---- test node kinds: the fixture's prompts and start latent, and catching what flows through ----
+
+struct FixtureConditioning(NodeSchema);
+struct FixtureLatent(NodeSchema);
+/// Keeps KSampler's latent and VAEDecode's picture, for the diagnostics.
+struct Capture(NodeSchema, Arc<Mutex<Captured>>);
+
+#[derive(Default)]
+struct Captured {
+    latent: Option<Arc<Latent>>,
+    image: Option<Arc<Image>>,
+}
+
+impl NodeKind for FixtureConditioning {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
+        let gpu = shared_gpu().ok_or_else(|| NodeError::new("no GPU"))?;
+        let (shape, data) = fixture().tensor(inputs.str("which")?);
+        let cond = gpu.upload(&data, &shape, DType::F32).map_err(|e| NodeError::new(e.to_string()))?;
+        Ok(vec![GraphValue::payload(Conditioning::new(cond))])
+    }
+}
+
+impl NodeKind for FixtureLatent {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
+        let shape = fixture().shape();
+        let latent = match inputs.bool("img2img")? {
+            true => Latent { shape, samples: fixture().tensor("img2img.latent").1, noise_mask: None },
+            false => Latent::zeros(shape),
+        };
+        Ok(vec![GraphValue::payload(latent)])
+    }
+}
+
+impl NodeKind for Capture {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
+        let latent = inputs.get::<Latent>("samples")?;
+        let GraphValue::Image(image) = inputs.input("image")? else { return Err(NodeError::new("not an image")) };
+        *self.1.lock().unwrap() = Captured { latent: Some(latent), image: Some(image.clone()) };
+        Ok(vec![])
+    }
+}
+
+/// The built-in kinds, in f32 whatever the adapter (see the header), plus the test kinds.
+fn registry() -> (Registry, Arc<Mutex<Captured>>) {
+    let mut reg = nodes::builtin_registry_with(nodes::Settings { dtype: Some(DType::F32), ..Default::default() });
+    let slot = Arc::new(Mutex::new(Captured::default()));
+    let cond = NodeSchema::new("FixtureConditioning", "test", "The fixture's prompt embedding.")
+        .choice("which", &["positive", "negative"], "positive", "Which one.")
+        .output("conditioning", PortType::Conditioning, "[1, 77, 32].");
+    let latent = NodeSchema::new("FixtureLatent", "test", "The fixture's start latent.")
+        .bool("img2img", false, "The img2img latent instead of zeros.")
+        .output("latent", PortType::Latent, "[1, 4, 16, 16].");
+    let capture = NodeSchema::new("Capture", "test", "Keeps the latent and the picture.")
+        .input("samples", PortType::Latent, "KSampler's latent.")
+        .input("image", PortType::Image, "VAEDecode's picture.")
+        .sink();
+    reg.register(Arc::new(FixtureConditioning(cond))).unwrap();
+    reg.register(Arc::new(FixtureLatent(latent))).unwrap();
+    reg.register(Arc::new(Capture(capture, slot.clone()))).unwrap();
+    (reg, slot)
+}
+
+/// The graph of one case: the seed and every KSampler setting are graph params, the PNG is `<name>_00001.png`.
+fn graph_text(case: &Value) -> String {
+    let ckpt = dir().join("sd_tiny/model.safetensors");
+    format!(
+        r#"(nodes: {{
+            "ckpt": (kind: "CheckpointLoaderSimple", params: {{ "ckpt_name": {ckpt:?} }}),
+            "pos": (kind: "FixtureConditioning", params: {{ "which": "positive" }}),
+            "neg": (kind: "FixtureConditioning", params: {{ "which": "negative" }}),
+            "start": (kind: "FixtureLatent", params: {{ "img2img": {img2img} }}),
+            "sample": (kind: "KSampler",
+                inputs: {{ "model": "ckpt.model", "positive": "pos.conditioning", "negative": "neg.conditioning",
+                          "latent_image": "start.latent" }},
+                params: {{ "seed": {seed}, "steps": {steps}, "cfg": {cfg:?}, "sampler_name": {sampler},
+                          "scheduler": {scheduler}, "denoise": {denoise:?} }}),
+            "decode": (kind: "VAEDecode", inputs: {{ "samples": "sample.latent", "vae": "ckpt.vae" }}),
+            "save": (kind: "SaveImage", inputs: {{ "images": "decode.image" }},
+                params: {{ "filename_prefix": {name} }}),
+            "keep": (kind: "Capture", inputs: {{ "samples": "sample.latent", "image": "decode.image" }}),
+        }})"#,
+        img2img = case["img2img"].as_bool().unwrap(),
+        seed = case["seed"].as_u64().unwrap(),
+        steps = case["steps"].as_u64().unwrap(),
+        cfg = case["cfg"].as_f64().unwrap(),
+        sampler = case["sampler"],
+        scheduler = case["scheduler"],
+        denoise = case["denoise"].as_f64().unwrap(),
+        name = case["name"],
+    )
+}
+
+/// One case's PNG against the fixture.
+#[derive(Default)]
+struct Comparison {
+    /// Values further than `MARGIN` from a boundary, all of which must be equal.
+    far: usize,
+    far_differing: usize,
+    /// Values within `MARGIN` of a boundary: equal, one level off, further off.
+    near: usize,
+    near_off_by_one: usize,
+    near_further: usize,
+    max_level_diff: u8,
+    /// The first few offending values: (index, saved, fixture, reference 255 * x).
+    examples: Vec<(usize, u8, u8, f32)>,
+}
+
+fn compare(got: &[u8], want: &[u8], value255: &[f32]) -> Comparison {
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got.len(), value255.len());
+    let mut c = Comparison::default();
+    for (i, ((&g, &w), &v)) in got.iter().zip(want).zip(value255).enumerate() {
+        let diff = g.abs_diff(w);
+        c.max_level_diff = c.max_level_diff.max(diff);
+        let near = boundary_distance(f64::from(v)) <= MARGIN;
+        let bad = if near {
+            c.near += 1;
+            c.near_off_by_one += usize::from(diff == 1);
+            c.near_further += usize::from(diff > 1);
+            diff > 1
+        } else {
+            c.far += 1;
+            c.far_differing += usize::from(diff != 0);
+            diff != 0
+        };
+        if bad && c.examples.len() < 8 {
+            c.examples.push((i, g, w, v));
+        }
+    }
+    c
+}
+
+/// Runs the fixture's cases of `group` as graphs and checks their PNGs (see the header); panics listing every
+/// failing case. Returns how many cases ran.
+fn check_group(group: &str) -> usize {
+    let Some(_gpu) = shared_gpu() else { return 0 };
+    let fx = fixture();
+    let cases = fx.cases(group);
+    assert!(!cases.is_empty(), "no {group} case in the fixture");
+    let out = crate::common::temp_dir(&format!("comfy-pixels-{group}"));
+    let (reg, slot) = registry();
+    let mut exec = Executor::default();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let g = crate::common::validate_str(&graph_text(case), &reg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let report = crate::common::run(&mut exec, &g, &out);
+        assert!(report.ok, "{name}: {:?}", report.errors());
+
+        let png = image::open(out.join(format!("{name}_00001.png"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(png.color(), image::ColorType::Rgb8, "{name}: SaveImage writes 8-bit RGB");
+        let (shape, want) = fx.pixels(&format!("{name}.pixels"));
+        assert_eq!([png.height() as usize, png.width() as usize, 3], shape[..], "{name}: picture size");
+        let got = png.to_rgb8().into_raw();
+        let (_, value255) = fx.tensor(&format!("{name}.value255"));
+        let c = compare(&got, &want, &value255);
+
+        // Diagnostics: how far the latent and VAEDecode's 255 * x are from the reference.
+        let captured = std::mem::take(&mut *slot.lock().unwrap());
+        let (latent, image) = (captured.latent.expect("the capture ran"), captured.image.expect("the capture ran"));
+        let (_, want_latent) = fx.tensor(&format!("{name}.latent"));
+        let latent_err = max_abs_diff(&latent.samples, &want_latent);
+        let latent_max = want_latent.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let clamped: Vec<f32> = value255.iter().map(|v| v.clamp(0.0, 255.0)).collect();
+        let scaled: Vec<f32> = image.data.iter().map(|&x| 255.0 * x).collect();
+        let value_err = max_abs_diff(&scaled, &clamped);
+
+        println!(
+            "{name:32} 255*x off by {value_err:.2e}; latent off by {latent_err:.2e} (values up to {latent_max:.1}); \
+             {} values further than {MARGIN} from a boundary, {} differing; {} within it: {} one level off, {} \
+             further",
+            c.far, c.far_differing, c.near, c.near_off_by_one, c.near_further
+        );
+        if c.far_differing > 0 || c.near_further > 0 {
+            failures.push(format!(
+                "{name}: {} of {} values away from a level boundary differ from ComfyUI's, {} near one differ by more \
+                 than a level (max {} levels; latent off by {latent_err:.2e}); (index, saved, ComfyUI, 255 * x): {:?}",
+                c.far_differing, c.far, c.near_further, c.max_level_diff, c.examples
+            ));
+        }
+        if value_err > MARGIN {
+            failures
+                .push(format!("{name}: VAEDecode's 255 * x is {value_err:.2e} from the reference (margin {MARGIN})"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    cases.len()
+}
+
+fn max_abs_diff(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(&g, &w)| (f64::from(g) - f64::from(w)).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn pngs_equal_comfyui_pixels() {
+    // euler, heun, dpmpp_2m txt2img, dpmpp_2m img2img.
+    let ran = check_group("plain");
+    assert!(ran == 0 || ran >= 4, "{ran} cases");
+}
+
+#[test]
+fn pngs_equal_comfyui_pixels_at_timestep_ties() {
+    // normal 19 steps and sgm_uniform 18 steps: ComfyUI's t = 943 and 721, not the float64-nearest 944 and 722.
+    check_group("tie");
+}
+
+#[test]
+fn pngs_equal_comfyui_pixels_with_a_seed_above_2_63() {
+    // 2^63 + 12345 (ancestral noise from seed + 1), set through the graph's seed param.
+    let cases = fixture().cases("big_seed");
+    assert!(cases.iter().all(|c| c["seed"].as_u64().is_some_and(|s| s > i64::MAX as u64)), "seeds above 2^63");
+    check_group("big_seed");
+}
+
+#[test]
+fn fixture_is_what_the_test_assumes() {
+    // No GPU needed: the tie cases really tie and the tie matters; the saved values are SaveImage's truncation of
+    // the reference's 255 * x; most values are not clamped.
+    let fx = fixture();
+    for case in fx.meta["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (_, want) = fx.pixels(&format!("{name}.pixels"));
+        let (_, value255) = fx.tensor(&format!("{name}.value255"));
+        for (i, (&p, &v)) in want.iter().zip(&value255).enumerate() {
+            if boundary_distance(f64::from(v)) > 1e-4 {
+                assert_eq!(p, v.clamp(0.0, 255.0) as u8, "{name}[{i}]: 255 * x = {v}");
+            }
+        }
+        let interior = case["pixels"]["interior"].as_u64().unwrap() as usize;
+        assert!(interior * 3 > want.len() * 2, "{name}: only {interior} of {} values unclamped", want.len());
+        let near = value255.iter().filter(|&&v| boundary_distance(f64::from(v)) <= MARGIN).count();
+        assert!(near * 50 < want.len(), "{name}: {near} values within {MARGIN} of a boundary");
+        if case["group"] == "tie" {
+            let ties = case["ties"].as_array().unwrap();
+            let ts: Vec<u64> = ties.iter().map(|t| t["comfyui_t"].as_u64().unwrap()).collect();
+            assert_eq!(ts, [943, 721], "{name}");
+            assert!(ties.iter().all(|t| t["nearest_f64_t"].as_u64().unwrap() == t["comfyui_t"].as_u64().unwrap() + 1));
+            let moved = case["sensitivity"]["values_differing"].as_u64().unwrap() as usize;
+            assert!(moved > near * 10, "{name}: the f64 tie resolution moves only {moved} values");
+        }
+    }
+}
