@@ -31,8 +31,9 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Loaded, GraphErrors> {
     let (text_bytes, base_dir) = if bytes.starts_with(PNG_SIGNATURE) {
         match nodes::png_meta::embedded_graph(&bytes).map_err(one)? {
             Some((g, base)) => {
-                // Prefer the folder the graph was first run from, if it still exists.
-                let base = base.map(PathBuf::from).filter(|b| b.is_dir()).unwrap_or(dir);
+                // Prefer the folder the graph was first run from, if it still exists: recorded relative to
+                // the picture's folder (absolute in older pictures, or when asked for).
+                let base = base.map(|b| dir.join(b)).filter(|b| b.is_dir()).unwrap_or(dir);
                 (g.into_bytes(), base)
             }
             None => {

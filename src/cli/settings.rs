@@ -22,7 +22,7 @@ pub struct Settings {
     /// `$XDG_CACHE_HOME/sdgraph/...`, else `~/.cache/sdgraph/...`
     /// (`%LOCALAPPDATA%\sdgraph\...` on Windows); `None` when no home is known.
     pub hash_cache_file: Option<PathBuf>,
-    /// `SDGRAPH_DTYPE`, `SDGRAPH_VAE_TILE_BYTES`, `SDGRAPH_UPSCALE_TILE_BYTES`.
+    /// `SDGRAPH_DTYPE`, `SDGRAPH_VAE_TILE_BYTES`, `SDGRAPH_UPSCALE_TILE_BYTES`, `SDGRAPH_ABSOLUTE_PATHS`.
     pub nodes: nodes::Settings,
 }
 
@@ -77,6 +77,11 @@ impl Settings {
                 dtype,
                 vae_tile_bytes: bytes("SDGRAPH_VAE_TILE_BYTES")?,
                 upscale_tile_bytes: bytes("SDGRAPH_UPSCALE_TILE_BYTES")?,
+                absolute_paths: match text("SDGRAPH_ABSOLUTE_PATHS")?.as_deref().map(str::trim) {
+                    None | Some("" | "0") => false,
+                    Some("1") => true,
+                    Some(v) => return Err(format!("SDGRAPH_ABSOLUTE_PATHS={v:?}: expected 1 (or 0)")),
+                },
             },
         })
     }
@@ -109,14 +114,21 @@ mod tests {
             ("SDGRAPH_VAE_TILE_BYTES", "4096"),
             ("SDGRAPH_UPSCALE_TILE_BYTES", " 8192 "),
             ("SDGRAPH_CACHE_DIR", "/tmp/c"),
+            ("SDGRAPH_ABSOLUTE_PATHS", "1"),
         ])
         .unwrap();
         assert_eq!(s.adapter.as_deref(), Some("llvmpipe"));
         assert!(s.no_tensor_cores);
         assert_eq!(
             s.nodes,
-            nodes::Settings { dtype: Some(DType::F16), vae_tile_bytes: Some(4096), upscale_tile_bytes: Some(8192) }
+            nodes::Settings {
+                dtype: Some(DType::F16),
+                vae_tile_bytes: Some(4096),
+                upscale_tile_bytes: Some(8192),
+                absolute_paths: true,
+            }
         );
+        assert!(from(&[("SDGRAPH_ABSOLUTE_PATHS", "yes")]).unwrap_err().contains("SDGRAPH_ABSOLUTE_PATHS"));
         assert_eq!(s.hash_cache_file, Some(PathBuf::from("/tmp/c/file-hashes.json")));
         let none = from(&[]).unwrap();
         assert_eq!(none.nodes, nodes::Settings::default());

@@ -114,10 +114,15 @@ pub fn verify(file: &Path, base_dir: &Path, nodes: usize, json: bool) -> i32 {
     if bad == 0 { 0 } else { EXIT_INVALID }
 }
 
-/// Where to find a recorded file: at its recorded path, or, when that is gone
+/// Where to find a recorded file: under `base_dir` when recorded relative; at its recorded path, or, when that is gone
 /// and it lay under the graph's recorded folder, at the same place under the
 /// folder a re-run uses (the PNG moved along with its models).
 fn locate(path: &Path, recorded_base: Option<&Path>, base_dir: &Path) -> (PathBuf, Option<PathBuf>) {
+    // Recorded relative to the graph's folder: found under the folder a re-run uses.
+    if path.is_relative() {
+        let at = base_dir.join(path);
+        return (at.clone(), Some(at));
+    }
     if path.exists() {
         return (path.to_path_buf(), None);
     }

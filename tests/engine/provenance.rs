@@ -150,12 +150,25 @@ fn save_image_embeds_the_digests_of_the_files_upstream_of_it_and_the_report_list
     let mut exec = Executor::default();
     let out = dir.join("out");
     let (da, db) = (sha256_bytes(b"model a"), sha256_bytes(b"model b"));
-    let key = |p: &PathBuf| p.display().to_string();
+    // Pictures record the files relative to the graph's folder (here `dir`), the report by full path.
+    let key = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    let run_in_dir = |exec: &mut Executor, g: &graph::ValidGraph| {
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let progress = graph::exec::NoProgress;
+        let opts = graph::exec::RunOptions {
+            base_dir: dir.clone(),
+            out_dir: out.clone(),
+            graph_text: String::new(),
+            progress: &progress,
+            cancel,
+        };
+        exec.run(g, &opts)
+    };
 
     for run in 1..=2 {
         // New prefixes make the savers run again while the loaders come from the cache.
         let g = crate::common::validate_str(&text.replace("RUN", &run.to_string()), &reg).unwrap();
-        let r = crate::common::run(&mut exec, &g, &out);
+        let r = run_in_dir(&mut exec, &g);
         assert!(r.ok, "{:?}", r.errors());
         if run == 2 {
             assert_eq!(r.ids_with(NodeStatus::Cached), ["la", "lb", "mix"]);
@@ -178,7 +191,7 @@ fn save_image_embeds_the_digests_of_the_files_upstream_of_it_and_the_report_list
     std::fs::write(&b, b"model B!").unwrap();
     set_mtime(&b, SystemTime::now() + Duration::from_secs(5));
     let g = crate::common::validate_str(&text.replace("RUN", "3"), &reg).unwrap();
-    let r = crate::common::run(&mut exec, &g, &out);
+    let r = run_in_dir(&mut exec, &g);
     assert_eq!(r.ids_with(NodeStatus::Cached), ["la"]);
     let both = embedded_models(&out.join("ab_3_00001.png"));
     assert_eq!(both.get(&key(&b)), Some(&sha256_bytes(b"model B!")));
@@ -351,9 +364,35 @@ fn a_run_records_every_weight_file_of_the_checkpoint_in_its_report_and_picture()
     assert_eq!(v["models"], serde_json::json!({ abs.clone(): want.clone() }));
     assert_eq!(v["nodes"][0]["files_read"][0]["sha256"], want.as_str());
     let png = out.join("rt_00001.png");
-    assert_eq!(embedded_models(&png), BTreeMap::from([(abs, want)]));
+    // The picture records it relative to the graph's folder, and the graph's folder relative to its own:
+    // no absolute path, so sharing the picture shares no folder names.
+    assert_eq!(embedded_models(&png), BTreeMap::from([("model.safetensors".to_string(), want.clone())]));
+    let texts = png_meta::read_texts(&std::fs::read(&png).unwrap()).unwrap();
+    let base = texts.iter().find(|(k, _)| k == png_meta::BASE_DIR_KEY).map(|(_, v)| v.as_str());
+    assert_eq!(base, Some(".."));
+    let home = std::path::absolute(&dir).unwrap().display().to_string();
+    assert!(texts.iter().all(|(_, v)| !v.contains(&home)), "{texts:?}");
     let o = sdgraph(&["check", png.to_str().unwrap(), "--verify"], &cache);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // The whole folder moved elsewhere: the picture still verifies and re-runs from the graph's folder.
+    let moved = crate::common::temp_dir("prov-run-moved").join("copy");
+    std::fs::create_dir_all(moved.join("out")).unwrap();
+    std::fs::copy(&single, moved.join("model.safetensors")).unwrap();
+    std::fs::copy(&png, moved.join("out/rt_00001.png")).unwrap();
+    let moved_png = moved.join("out/rt_00001.png");
+    let o = sdgraph(&["check", moved_png.to_str().unwrap(), "--verify"], &cache);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = sdgraph(&["run", moved_png.to_str().unwrap(), "--out-dir", moved.join("again").to_str().unwrap()], &cache);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Asked for, absolute paths as before.
+    let o = Command::new(env!("CARGO_BIN_EXE_sdgraph"))
+        .args(["run", g, "--out-dir", dir.join("abs").to_str().unwrap()])
+        .env("SDGRAPH_CACHE_DIR", &cache)
+        .env("SDGRAPH_ABSOLUTE_PATHS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(embedded_models(&dir.join("abs/rt_00001.png")), BTreeMap::from([(abs, want)]));
 
     // A diffusers folder: each component's weight file (the configs are not weights).
     let d = diffusers.display().to_string();
@@ -373,7 +412,9 @@ fn a_run_records_every_weight_file_of_the_checkpoint_in_its_report_and_picture()
     })
     .collect();
     assert_eq!(got, want);
-    assert_eq!(embedded_models(&out.join("rt_00002.png")), want);
+    let relative: BTreeMap<String, String> =
+        want.into_iter().map(|(p, d)| (Path::new(&p).strip_prefix(&home).unwrap().display().to_string(), d)).collect();
+    assert_eq!(embedded_models(&out.join("rt_00002.png")), relative);
 }
 
 #[test]

@@ -20,9 +20,9 @@ pub const MAX_RESOLUTION: i64 = 16384;
 /// file or param from asking for tens of GiB.
 pub const MAX_PIXELS: usize = 1 << 28;
 
-pub fn register(reg: &mut Registry) -> Result<(), DuplicateKind> {
+pub fn register(reg: &mut Registry, settings: crate::Settings) -> Result<(), DuplicateKind> {
     reg.register(Arc::new(LoadImage::new()))?;
-    reg.register(Arc::new(SaveImage::new()))?;
+    reg.register(Arc::new(SaveImage::new(settings.absolute_paths)))?;
     reg.register(Arc::new(ImageScale::new()))?;
     reg.register(Arc::new(ImageScaleBy::new()))?;
     reg.register(Arc::new(ImageCrop::new()))?;
@@ -123,7 +123,11 @@ impl NodeKind for LoadImage {
 
 // ---------------------------------------------------------------- SaveImage
 
-pub struct SaveImage(NodeSchema);
+pub struct SaveImage {
+    schema: NodeSchema,
+    /// Record absolute paths in the PNG (see `Settings::absolute_paths`).
+    absolute_paths: bool,
+}
 
 graph::node_fields! {
     struct SaveImageFields {
@@ -133,16 +137,15 @@ graph::node_fields! {
 }
 
 impl SaveImage {
-    fn new() -> Self {
-        Self(
-            NodeSchema::new(
-                "SaveImage",
-                "image",
-                "Saves each image as PNG in the output folder (never overwriting), with the graph embedded.",
-            )
-            .fields(SaveImageFields::declare)
-            .sink(),
+    fn new(absolute_paths: bool) -> Self {
+        let schema = NodeSchema::new(
+            "SaveImage",
+            "image",
+            "Saves each image as PNG in the output folder (never overwriting), with the graph embedded.",
         )
+        .fields(SaveImageFields::declare)
+        .sink();
+        Self { schema, absolute_paths }
     }
 }
 
@@ -242,15 +245,16 @@ pub fn to_u8(img: &Image, b: usize) -> Vec<u8> {
     img.item(b).iter().map(|&v| (255.0 * v).clamp(0.0, 255.0) as u8).collect()
 }
 
-/// `{"path": "sha256"}` for every model file recorded upstream. A file that
-/// cannot be hashed (deleted mid-run) is left out with a warning rather than
-/// losing the picture.
-fn model_digests_json(ctx: &RunContext<'_>) -> String {
+/// `{"path": "sha256"}` for every model file recorded upstream, each path
+/// relative to the graph's folder unless `absolute`. A file that cannot be
+/// hashed (deleted mid-run) is left out with a warning rather than losing
+/// the picture.
+fn model_digests_json(ctx: &RunContext<'_>, absolute: bool) -> String {
     let mut map = serde_json::Map::new();
     for f in ctx.upstream_digests() {
         match (f.sha256, f.error) {
             (Some(d), _) => {
-                map.insert(f.path.to_string_lossy().into_owned(), d.into());
+                map.insert(png_meta::recorded_path(&f.path, ctx.base_dir, absolute), d.into());
             }
             (None, e) if !ctx.cancelled() => {
                 ctx.progress.message(&format!(
@@ -267,7 +271,7 @@ fn model_digests_json(ctx: &RunContext<'_>) -> String {
 
 impl NodeKind for SaveImage {
     fn schema(&self) -> &NodeSchema {
-        &self.0
+        &self.schema
     }
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
@@ -278,12 +282,12 @@ impl NodeKind for SaveImage {
         let full = ctx.out_dir.join(prefix);
         let dir = full.parent().unwrap_or(ctx.out_dir).to_path_buf();
         let stem = full.file_name().and_then(|s| s.to_str()).unwrap_or("sdgraph").to_string();
-        let base = std::path::absolute(ctx.base_dir).unwrap_or_else(|_| ctx.base_dir.to_path_buf());
-        let base = base.to_string_lossy();
-        let models = model_digests_json(ctx);
+        // The graph's folder as seen from the picture's, the models from the graph's (see png_meta).
+        let base = png_meta::recorded_path(ctx.base_dir, &dir, self.absolute_paths);
+        let models = model_digests_json(ctx, self.absolute_paths);
         let texts = [
             (png_meta::GRAPH_KEY, ctx.graph_text),
-            (png_meta::BASE_DIR_KEY, base.as_ref()),
+            (png_meta::BASE_DIR_KEY, base.as_str()),
             (png_meta::MODELS_KEY, models.as_str()),
         ];
         for b in 0..images.batch {

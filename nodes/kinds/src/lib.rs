@@ -45,7 +45,7 @@ pub use settings::Settings;
 pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), DuplicateKind> {
     // Lets Lua plugins (plugin) read and write LATENT values as tables.
     plugin_values::register();
-    image_nodes::register(reg)?;
+    image_nodes::register(reg, settings)?;
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new(settings)))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
     reg.register(Arc::new(controlnet_apply::ControlNetLoader::new(settings)))?;

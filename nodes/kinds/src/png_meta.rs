@@ -2,14 +2,65 @@
 //! and reading it back, so `sdgraph run picture.png` re-runs the graph.
 
 use std::io::Cursor;
+use std::path::{Component, Path, PathBuf};
 
 /// iTXt keyword holding the graph as RON text.
 pub const GRAPH_KEY: &str = "sdgraph";
-/// iTXt keyword holding the folder the graph's relative paths resolve against.
+/// iTXt keyword holding the folder the graph's relative paths resolve against,
+/// relative to the folder the PNG was saved in (absolute in PNGs from older
+/// versions, or when absolute paths are asked for), so a shared picture does
+/// not carry the user's folder names.
 pub const BASE_DIR_KEY: &str = "sdgraph-base";
 /// iTXt keyword holding the model files the picture was made with, as JSON
-/// `{"absolute path": "sha256 hex"}` (`{}` when none).
+/// `{"path": "sha256 hex"}` (`{}` when none), each path relative to the
+/// graph's folder (absolute in older PNGs, or when asked for).
 pub const MODELS_KEY: &str = "sdgraph-models";
+
+/// `path` made absolute against the working folder, with `.` and `..` taken
+/// out lexically (what a path as the user wrote it names, not where links lead).
+pub fn normalized(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `path` relative to the folder `from` (`../models/x.safetensors`), both
+/// normalised; `None` when they share no root (another drive on Windows).
+pub fn relative_path(path: &Path, from: &Path) -> Option<PathBuf> {
+    let (path, from) = (normalized(path), normalized(from));
+    let (mut p, mut f) = (path.components().peekable(), from.components().peekable());
+    if p.peek() != f.peek() {
+        return None;
+    }
+    while p.peek().is_some() && p.peek() == f.peek() {
+        p.next();
+        f.next();
+    }
+    let mut out: PathBuf = f.map(|_| Component::ParentDir).collect();
+    out.extend(p);
+    Some(if out.as_os_str().is_empty() { PathBuf::from(".") } else { out })
+}
+
+/// How a path is recorded in a PNG: relative to `from` or, when `absolute`
+/// is asked for or no relative path exists, as the normalised full path
+/// (or, failing a relative one and not asked for absolute, the file name).
+pub fn recorded_path(path: &Path, from: &Path, absolute: bool) -> String {
+    let shown = if absolute {
+        normalized(path)
+    } else {
+        relative_path(path, from).unwrap_or_else(|| path.file_name().map(PathBuf::from).unwrap_or_default())
+    };
+    shown.to_string_lossy().into_owned()
+}
 
 /// Encodes 8-bit pixels (`channels` 1 = gray, 2 = gray+alpha, 3 = RGB,
 /// 4 = RGBA) as PNG, with `texts` as iTXt chunks ahead of the pixel data.
@@ -102,6 +153,23 @@ mod tests {
         assert_eq!(embedded_models(&encode_png(1, 1, 1, &[0], &[]).unwrap()).unwrap(), None);
         let bad = encode_png(1, 1, 1, &[0], &[(MODELS_KEY, "[1, 2]")]).unwrap();
         assert!(embedded_models(&bad).unwrap_err().contains(MODELS_KEY));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn recorded_paths_are_relative_to_the_graphs_folder_unless_absolute_is_asked_for() {
+        let rel = |p: &str, from: &str| relative_path(Path::new(p), Path::new(from)).unwrap();
+        assert_eq!(
+            rel("/home/ann/work/models/m.safetensors", "/home/ann/work/graphs"),
+            Path::new("../models/m.safetensors")
+        );
+        assert_eq!(rel("/home/ann/work/graphs/m.safetensors", "/home/ann/work/graphs/"), Path::new("m.safetensors"));
+        assert_eq!(rel("/home/ann/work/graphs/../models/m", "/home/ann/work/./graphs"), Path::new("../models/m"));
+        assert_eq!(rel("/home/ann/out", "/home/ann/out"), Path::new("."));
+        assert_eq!(rel("/srv/m", "/home/ann/g"), Path::new("../../../srv/m"));
+        let (m, g) = (Path::new("/home/ann/models/m.safetensors"), Path::new("/home/ann/graphs"));
+        assert_eq!(recorded_path(m, g, false), "../models/m.safetensors");
+        assert_eq!(recorded_path(m, g, true), "/home/ann/models/m.safetensors");
     }
 
     #[test]

@@ -16,4 +16,8 @@ pub struct Settings {
     /// The same for upscale models (`SDGRAPH_UPSCALE_TILE_BYTES`); `None`:
     /// the adapter's largest buffer.
     pub upscale_tile_bytes: Option<u64>,
+    /// SaveImage records the graph's folder and the model files by absolute
+    /// path (`SDGRAPH_ABSOLUTE_PATHS=1`) instead of relative ones, which keep
+    /// the user's folder names out of shared pictures.
+    pub absolute_paths: bool,
 }
