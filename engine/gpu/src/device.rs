@@ -209,6 +209,16 @@ impl GpuFeatures {
     }
 }
 
+/// wgpu's instance for `desc`; on Linux and FreeBSD one without display-server
+/// extensions (see `vulkan_headless`), else, or where that fails, wgpu's own.
+fn instance(desc: wgpu::InstanceDescriptor) -> wgpu::Instance {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    if let Some(instance) = super::vulkan_headless::instance(&desc) {
+        return instance;
+    }
+    wgpu::Instance::new(desc)
+}
+
 impl Gpu {
     /// Opens the best adapter (or the one `opts.adapter` names).
     pub fn new(opts: &GpuOptions) -> Result<Gpu, GpuError> {
@@ -216,7 +226,7 @@ impl Gpu {
         desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
         // Validation layers slow kernels down badly and are not needed to find our bugs.
         desc.flags = wgpu::InstanceFlags::empty();
-        let instance = wgpu::Instance::new(desc);
+        let instance = instance(desc);
         let mut adapters = block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         if adapters.is_empty() {
             return Err(GpuError::NoAdapter(String::new()));

@@ -18,6 +18,8 @@ pub mod tensor;
 pub mod testing;
 #[cfg(feature = "testing")]
 pub mod tolerance;
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
+mod vulkan_headless;
 
 pub use device::{Gpu, GpuError, GpuFeatures, GpuInfo, GpuOptions};
 pub use tensor::{DType, Tensor};
