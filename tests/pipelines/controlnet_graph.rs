@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::common::sd_tiny::full_vocab_checkpoint;
-use graph::exec::{Executor, NoProgress, RunOptions};
+use graph::exec::{Executor, NoProgress, RunOptions, RunReport};
 use graph::{self, SetOverride};
 
 fn root() -> &'static Path {
@@ -23,6 +23,14 @@ fn controlnet_fixture(p: &str) -> PathBuf {
 /// Runs the example graph with overrides (optionally with text edits) and
 /// returns the decoded picture's RGB bytes and the edge map's.
 fn run(ckpt: &Path, cnet: &Path, sets: &[&str], edit: Option<(&str, &str)>, out: &Path) -> (Vec<u8>, Vec<u8>) {
+    let report = run_report(ckpt, cnet, sets, edit, out);
+    assert!(report.ok, "{:?}", report.errors());
+    let read = |name: &str| image::open(out.join(name)).unwrap().to_rgb8().into_raw();
+    (read("controlnet_canny_00001.png"), read("canny_edges_00001.png"))
+}
+
+/// The example graph's run report, as [`run`] runs it.
+fn run_report(ckpt: &Path, cnet: &Path, sets: &[&str], edit: Option<(&str, &str)>, out: &Path) -> RunReport {
     let path = root().join("graphs/controlnet_canny.ron");
     let mut text = std::fs::read_to_string(&path).unwrap();
     if let Some((from, to)) = edit {
@@ -52,10 +60,7 @@ fn run(ckpt: &Path, cnet: &Path, sets: &[&str], edit: Option<(&str, &str)>, out:
         progress: &NoProgress,
         cancel: Arc::new(AtomicBool::new(false)),
     };
-    let report = Executor::default().run(&g, &opts);
-    assert!(report.ok, "{:?}", report.errors());
-    let read = |name: &str| image::open(out.join(name)).unwrap().to_rgb8().into_raw();
-    (read("controlnet_canny_00001.png"), read("canny_edges_00001.png"))
+    Executor::default().run(&g, &opts)
 }
 
 fn differing(a: &[u8], b: &[u8]) -> usize {
@@ -152,4 +157,41 @@ fn a_file_that_is_not_a_controlnet_fails_the_loader_node_naming_the_param() {
         errors.contains("cnet") && errors.contains("control_net_name") && errors.contains("not an SD ControlNet"),
         "{errors}"
     );
+}
+
+/// A ControlNet whose weights hold NaN stops the sampler at the first step and the error names that ControlNet
+/// (not the checkpoint), the step and sigma; no picture is saved from it.
+#[test]
+fn a_controlnet_with_nan_weights_is_named_as_the_cause_and_nothing_is_saved() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    use models::checkpoint::safetensors::{Dtype, SafeTensors, write_with_metadata};
+    let dir = crate::common::temp_dir("controlnet-nan");
+    let ckpt = full_vocab_checkpoint(&dir);
+    let st = SafeTensors::open(&controlnet_fixture("control_ldm.safetensors")).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for name in st.names() {
+        let (shape, mut data) = st.f32_any(name).unwrap();
+        if name == "control_model.middle_block_out.0.weight" {
+            data[3] = f32::NAN;
+        }
+        owned.push((name.to_string(), shape, data));
+    }
+    let tensors: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+    let bad = dir.join("nan_controlnet.safetensors");
+    write_with_metadata(&bad, &tensors, Dtype::F32, &[("sdgraph.norm_groups", "4"), ("sdgraph.unet.heads", "2")])
+        .unwrap();
+
+    let out = dir.join("out");
+    let report = run_report(&ckpt, &bad, &[], None, &out);
+    assert!(!report.ok);
+    let errors = report.errors().join("\n");
+    eprintln!("{errors}");
+    for want in ["KSampler", "step 1/3", "sigma", "the ControlNet", "nan_controlnet.safetensors", "middle block", "NaN"]
+    {
+        assert!(errors.contains(want), "{want:?} missing from: {errors}");
+    }
+    assert!(!out.join("controlnet_canny_00001.png").exists(), "a picture was saved from the NaN run");
 }

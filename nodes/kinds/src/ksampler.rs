@@ -26,7 +26,7 @@ use graph::{PortType, Value};
 use crate::payload::ModelHandle;
 use crate::payload::{Conditioning, Latent};
 use crate::runtime;
-use models::sampling::controls::{PreparedControl, control_residuals, prepare_controls};
+use models::sampling::controls::{PreparedControl, control_residuals, non_finite_control, prepare_controls};
 use models::sampling::noise::{TorchRng, prepare_noise};
 use models::sampling::noise_mask::expand_noise_mask;
 use models::sampling::samplers::{
@@ -89,6 +89,8 @@ struct UnetPredictor<'a> {
     both: Option<Tensor>,
     pos_controls: Vec<PreparedControl<'a>>,
     neg_controls: Vec<PreparedControl<'a>>,
+    /// Which ControlNet made the last non-finite output, when one did (see `non_finite_cause`).
+    cause: std::cell::RefCell<Option<String>>,
 }
 
 impl<'a> UnetPredictor<'a> {
@@ -125,7 +127,8 @@ impl<'a> UnetPredictor<'a> {
             prepare_controls(gpu, unet_cfg, model_sigmas, neg.controls.iter().map(|c| c.spec()), shape, false)
                 .map_err(|e| err(format!("input \"negative\": {e}")))?
         };
-        Ok(UnetPredictor { gpu, model, shape, pos: pos_t, neg: neg_t, both, pos_controls, neg_controls })
+        let cause = Default::default();
+        Ok(UnetPredictor { gpu, model, shape, pos: pos_t, neg: neg_t, both, pos_controls, neg_controls, cause })
     }
 }
 
@@ -153,7 +156,13 @@ impl UnetPredictor<'_> {
             Some(r) => self.model.unet.forward_with_residuals(self.gpu, &xt, &t, context, Some(&r.down), Some(&r.mid)),
         }
         .map_err(err)?;
-        self.gpu.download(&out).map_err(err)
+        let out = self.gpu.download(&out).map_err(err)?;
+        // Only on the error path: find out whether a ControlNet's residuals were what went non-finite.
+        if residuals.is_some() && out.iter().any(|v| !v.is_finite()) {
+            let doubled = copies == 2;
+            *self.cause.borrow_mut() = non_finite_control(self.gpu, controls, &xt, &t, context, sigma, doubled);
+        }
+        Ok(out)
     }
 }
 
@@ -174,6 +183,10 @@ impl NoisePredictor for UnetPredictor<'_> {
         let uncond = self.run(x_in, 1, timestep, sigma, &self.neg, &self.neg_controls)?;
         let cond = self.run(x_in, 1, timestep, sigma, &self.pos, &self.pos_controls)?;
         Ok(NetOutput { cond, uncond: Some(uncond) })
+    }
+
+    fn non_finite_cause(&mut self) -> Option<String> {
+        self.cause.take()
     }
 }
 
@@ -210,6 +223,10 @@ impl<D: Denoiser> Denoiser for InpaintDenoiser<D> {
             *o = (f64::from(*o) * m + f64::from(l) * (1.0 - m)) as f32;
         }
         Ok(out)
+    }
+
+    fn non_finite_cause(&mut self) -> Option<String> {
+        self.inner.non_finite_cause()
     }
 }
 

@@ -176,6 +176,37 @@ pub fn control_residuals(
     Ok(sum)
 }
 
+/// The first active control whose residuals at `sigma` hold NaN or infinity, described with the likely cause, or
+/// `None`. Runs each active control again and reads its residuals back: meant for the error path only, after the
+/// UNet's output came out non-finite.
+pub fn non_finite_control(
+    gpu: &Gpu,
+    controls: &[PreparedControl<'_>],
+    x: &Tensor,
+    timesteps: &[f32],
+    context: &Tensor,
+    sigma: f64,
+    doubled: bool,
+) -> Option<String> {
+    let active = controls.iter().filter(|c| !(sigma > c.sigma_start || sigma < c.sigma_end));
+    for c in active {
+        let hint = if doubled { c.hint_doubled.as_ref().unwrap_or(&c.hint) } else { &c.hint };
+        let r = c.spec.net.forward(gpu, x, timesteps, context, hint).ok()?;
+        for (i, t) in r.down.iter().chain([&r.mid]).enumerate() {
+            let values = gpu.download(t).ok()?;
+            if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+                let which = if i == r.down.len() { "middle block".to_string() } else { format!("input block {i}") };
+                return Some(format!(
+                    "the ControlNet {} gives {v} in its residual for the UNet's {which}: its file holds NaN or \
+                     infinite weights (a corrupt or badly converted file), or f16 overflowed (try SDGRAPH_DTYPE=f32)",
+                    c.spec.path.display()
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// `acc + s * r`, in `acc`'s dtype (two ControlNets may differ in dtype only if the env changed between loads).
 fn add_residual(gpu: &Gpu, acc: &Tensor, r: &Tensor, s: f32) -> Result<Tensor, String> {
     let r = gpu::ops::cast::cast(gpu, r, acc.dtype()).map_err(|e| e.to_string())?;

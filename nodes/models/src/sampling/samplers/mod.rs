@@ -43,6 +43,12 @@ pub trait Denoiser {
 
     /// `x` has the latent's length; the result must too.
     fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, Self::Error>;
+
+    /// Why the last call's output held NaN or infinity, when the denoiser can tell better than "the checkpoint or
+    /// f16" (a ControlNet whose residuals did it, say); asked only after such an output.
+    fn non_finite_cause(&mut self) -> Option<String> {
+        None
+    }
 }
 
 impl<D: Denoiser + ?Sized> Denoiser for &mut D {
@@ -50,6 +56,10 @@ impl<D: Denoiser + ?Sized> Denoiser for &mut D {
 
     fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, Self::Error> {
         (**self).denoise(x, sigma)
+    }
+
+    fn non_finite_cause(&mut self) -> Option<String> {
+        (**self).non_finite_cause()
     }
 }
 
@@ -147,8 +157,9 @@ pub enum SampleError<E> {
     BadSigmas(String),
     /// The denoiser returned a latent of the wrong length.
     BadModelOutput { expected: usize, got: usize },
-    /// The denoiser's output holds NaN or infinity (`value` at `index`) at step `step` (0-based), `sigma`.
-    NonFinite { step: usize, total: usize, sigma: f64, index: usize, value: f32 },
+    /// The denoiser's output holds NaN or infinity (`value` at `index`) at step `step` (0-based), `sigma`;
+    /// `cause` is the denoiser's own explanation, if it has one ([`Denoiser::non_finite_cause`]).
+    NonFinite { step: usize, total: usize, sigma: f64, index: usize, value: f32, cause: Option<String> },
 }
 
 impl<E: fmt::Display> fmt::Display for SampleError<E> {
@@ -160,13 +171,18 @@ impl<E: fmt::Display> fmt::Display for SampleError<E> {
             SampleError::BadModelOutput { expected, got } => {
                 write!(f, "the model returned {got} values for a latent of {expected}")
             }
-            SampleError::NonFinite { step, total, sigma, index, value } => write!(
-                f,
-                "the model's prediction at step {}/{total} (sigma {sigma:.4}) is {value} at element {index}, so the \
-                 picture would come out black or noise: the checkpoint holds NaN or infinite weights (a corrupt \
-                 or badly merged file), or f16 overflowed (try SDGRAPH_DTYPE=f32)",
-                step + 1
-            ),
+            SampleError::NonFinite { step, total, sigma, index, value, cause } => {
+                let cause = cause.as_deref().unwrap_or(
+                    "the checkpoint holds NaN or infinite weights (a corrupt or badly merged file), or f16 \
+                     overflowed (try SDGRAPH_DTYPE=f32)",
+                );
+                write!(
+                    f,
+                    "the model's prediction at step {}/{total} (sigma {sigma:.4}) is {value} at element {index}, so \
+                     the picture would come out black or noise: {cause}",
+                    step + 1
+                )
+            }
         }
     }
 }
@@ -391,7 +407,8 @@ impl<'a, D: Denoiser + ?Sized, H: SamplerHooks + ?Sized> Run<'a, D, H> {
         }
         // The prediction is on the CPU already; one pass over it costs nothing next to the network.
         if let Some((index, &value)) = out.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(SampleError::NonFinite { step, total: self.total, sigma, index, value });
+            let cause = self.denoiser.non_finite_cause();
+            return Err(SampleError::NonFinite { step, total: self.total, sigma, index, value, cause });
         }
         Ok(out)
     }

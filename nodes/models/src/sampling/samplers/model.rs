@@ -35,6 +35,11 @@ pub trait NoisePredictor {
     /// networks that want it. Both outputs must have `x_in`'s length; `uncond` must be `Some` when asked for.
     fn predict(&mut self, x_in: &[f32], timestep: f64, sigma: f64, with_uncond: bool)
     -> Result<NetOutput, Self::Error>;
+
+    /// See [`Denoiser::non_finite_cause`].
+    fn non_finite_cause(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Why [`CfgDenoiser::denoise`] failed.
@@ -111,6 +116,10 @@ impl<M: NoisePredictor> Denoiser for CfgDenoiser<M> {
                 (du + (dc - du) * cfg) as f32
             })
             .collect())
+    }
+
+    fn non_finite_cause(&mut self) -> Option<String> {
+        self.model.non_finite_cause()
     }
 }
 
