@@ -261,3 +261,16 @@ fn nan_weights_stop_the_run_naming_the_node_and_step_and_save_no_picture() {
     assert!(!r.ok && e.contains("node \"dec\"") && e.contains("the VAE decoder's output is NaN"), "{e}");
     assert!(pngs(&out).is_empty(), "a picture was saved: {:?}", pngs(&out));
 }
+
+/// The f16 VAE overflow that A1111's `--no-half-vae` works around cannot happen here: whatever the model's dtype,
+/// the VAE loads and runs in f32 (diffusers' `force_upcast`), so no decode needs retrying in f32.
+#[test]
+fn the_vae_runs_in_f32_when_the_rest_of_the_model_is_f16() {
+    let Some(gpu) = gpu::testing::shared_gpu() else { return };
+    if !gpu.features().shader_f16 {
+        return;
+    }
+    let src = models::checkpoint::convert::open_checkpoint(&fixture("model.safetensors")).unwrap();
+    let m = nodes::checkpoint_loader::load_checkpoint(gpu, &src, gpu::DType::F16, |_| {}).unwrap();
+    assert_eq!((m.model.unet.dtype, m.vae.vae.dtype), (gpu::DType::F16, gpu::DType::F32));
+}
