@@ -13,6 +13,7 @@ use super::ops::attention::{AttentionOptions, attention, coop_attention_availabl
 use super::ops::conv2d::{Conv2dOptions, ConvExtras, conv2d_fused_with_kernel, coop_conv_available};
 use super::ops::matmul::{MatmulKernel, MatmulOptions, coop_available, matmul_with_kernel};
 use super::tensor::{DType, Tensor};
+use super::tensor_cores::CoopKernel;
 use super::testing::random;
 
 /// Which sizes to run.
@@ -143,11 +144,13 @@ fn time(gpu: &Gpu, target: f64, mut call: impl FnMut() -> Result<Tensor, GpuErro
 }
 
 /// Times every case on every path the adapter has: f16 on cooperative
-/// matrices, f16 and f32 on the portable kernels.
+/// matrices (those that passed their self-test), f16 and f32 on the portable kernels.
 pub fn bench_kernels(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchResult>, GpuError> {
     let target = if size == BenchSize::Full { 0.5 } else { 0.0 };
     let mut paths = Vec::new();
-    if coop_available(gpu, DType::F16) {
+    // A tensor-core kernel that failed its self-test is not benchmarked: `Coop` refuses it.
+    let passed = |k| gpu.tensor_core_passed(k);
+    if coop_available(gpu, DType::F16) && passed(CoopKernel::Matmul)? {
         paths.push((DType::F16, MatmulKernel::Coop, "coop"));
     }
     if gpu.features().shader_f16 {
@@ -160,8 +163,8 @@ pub fn bench_kernels(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchResult>, Gpu
         for &(dtype, kernel, kname) in &paths {
             let coop_ok = match case.op {
                 Op::Matmul { .. } => true,
-                Op::Conv3x3 { .. } => coop_conv_available(gpu, dtype),
-                Op::Attention { d, .. } => coop_attention_available(gpu, dtype, d),
+                Op::Conv3x3 { .. } => coop_conv_available(gpu, dtype) && passed(CoopKernel::Conv2d)?,
+                Op::Attention { d, .. } => coop_attention_available(gpu, dtype, d) && passed(CoopKernel::Attention)?,
             };
             if kernel == MatmulKernel::Coop && !coop_ok {
                 continue;

@@ -11,6 +11,7 @@ use super::pipeline_cache::PipelineCache;
 use super::pool::BufferPool;
 use super::profile::{ProfileClock, Profiler};
 use super::recording::{ArenaPool, Recording};
+use super::tensor_cores::{TensorCoreCheck, TensorCoreFault};
 
 /// Why the GPU could not be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,16 +83,27 @@ pub struct GpuOptions {
     pub profile: bool,
     /// With `profile`: use the CPU clock even where timestamps exist (to test that path).
     pub profile_cpu_clock: bool,
+    /// Where the tensor-core self-test keeps its verdicts (`tensor-core-check.json` in the cache
+    /// folder); `None`: test in every process.
+    pub tensor_core_cache: Option<std::path::PathBuf>,
+    /// For tests only (`SDGRAPH_TEST_TENSOR_CORE_FAULT`): corrupt the tensor-core results, or let
+    /// the portable kernel stand in for them where there are none (see `tensor_cores`).
+    pub tensor_core_fault: TensorCoreFault,
 }
 
 impl GpuOptions {
-    /// The adapter (`SDGRAPH_ADAPTER`) and tensor-core (`SDGRAPH_TENSOR_CORES=0`: off) settings from
+    /// The adapter (`SDGRAPH_ADAPTER`), tensor-core (`SDGRAPH_TENSOR_CORES=0`: off) and test-fault
+    /// (`SDGRAPH_TEST_TENSOR_CORE_FAULT`) settings from
     /// `var`, the caller's view of the environment: the command and the test harness read it, this
     /// library does not.
     pub fn from_settings(var: impl Fn(&str) -> Option<String>) -> GpuOptions {
         GpuOptions {
             adapter: var("SDGRAPH_ADAPTER"),
             no_tensor_cores: var("SDGRAPH_TENSOR_CORES").is_some_and(|v| v.trim() == "0"),
+            // The command refuses a malformed value before this (settings.rs).
+            tensor_core_fault: var("SDGRAPH_TEST_TENSOR_CORE_FAULT")
+                .and_then(|v| TensorCoreFault::from_setting(&v).ok())
+                .unwrap_or_default(),
             ..Default::default()
         }
     }
@@ -119,6 +131,8 @@ pub struct Gpu {
     pub(crate) readbacks: Mutex<std::collections::HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Buffers made outside the pools (large-upload staging, readbacks).
     pub(crate) other_buffers: std::sync::atomic::AtomicU64,
+    /// The tensor-core kernels' self-test verdicts, decided on first use.
+    pub(crate) tensor_cores: TensorCoreCheck,
 }
 
 /// Polls a future that wgpu-core resolves immediately on native backends.
@@ -323,6 +337,7 @@ impl Gpu {
             arenas: ArenaPool::default(),
             readbacks: Mutex::default(),
             other_buffers: Default::default(),
+            tensor_cores: TensorCoreCheck::new(&ai, opts),
         })
     }
 

@@ -2,6 +2,7 @@
 //! kernel launchers (`ops`) and, behind the `testing` feature, their plain f64
 //! CPU references (`reference`, never optimised, never deleted) and tolerances.
 //! The WGSL itself and its registry are the `shaders` crate, re-exported here.
+//! `tensor_cores` self-tests the cooperative-matrix kernels before they are used.
 
 pub mod bench;
 pub mod device;
@@ -15,6 +16,7 @@ mod recording;
 pub mod reference;
 pub use shaders;
 pub mod tensor;
+pub mod tensor_cores;
 pub mod testing;
 #[cfg(feature = "testing")]
 pub mod tolerance;

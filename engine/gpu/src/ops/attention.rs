@@ -8,8 +8,10 @@
 use super::super::device::{Gpu, GpuError};
 use super::super::launch::{Kernel, whole, word};
 use super::super::shaders::{ShaderFamily, Variant};
+use super::super::tensor::DType;
 use super::super::tensor::Tensor;
-use super::matmul::{MatmulKernel, coop_available, coop_choice};
+use super::super::tensor_cores::{self, CoopKernel, Route};
+use super::matmul::{MatmulKernel, coop_available};
 
 crate::kernel_params! {
     /// `Params` of `shaders/lib/attention_io.wgsl` (both attention kernels).
@@ -65,10 +67,11 @@ impl AttentionOptions {
 /// tiles (4 x 16 x 16 f32), the P tiles (4 x 16 x 24 f16), the row sums.
 const COOP_WORKGROUP_BYTES: u32 = (64 + 2 * 16) * 168 * 2 + 1024 * 4 + 1536 * 2 + 64 * 4;
 
-/// Whether `MatmulKernel::Auto` runs attention on cooperative matrices.
+/// Whether the adapter can run attention of `head_dim` on cooperative matrices.
 /// The kernel keeps one row's statistics per invocation of a 16-row
-/// subgroup tile, so it needs subgroups of at least 16.
-pub fn coop_attention_available(gpu: &Gpu, dtype: super::super::tensor::DType, head_dim: usize) -> bool {
+/// subgroup tile, so it needs subgroups of at least 16. `MatmulKernel::Auto`
+/// uses it where, besides, the kernel passed its self-test.
+pub fn coop_attention_available(gpu: &Gpu, dtype: DType, head_dim: usize) -> bool {
     coop_available(gpu, dtype)
         && gpu.info.subgroup_size.0 >= 16
         && (1..=MAX_HEAD_DIM).contains(&head_dim)
@@ -86,6 +89,24 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: AttentionO
     }
     let part = |t| Part { tensor: t, offset: 0, row: t.dim(2), channels: t.dim(2) };
     run(gpu, part(q), part(k), part(v), opts)
+}
+
+/// `attention` on the kernel `route` names, whatever the verdicts say: the tensor-core
+/// self-test's entry (`opts.kernel` is not read).
+pub(crate) fn run_routed(
+    gpu: &Gpu,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: AttentionOptions,
+    route: Route,
+) -> Result<Tensor, GpuError> {
+    fn part(t: &Tensor) -> Part<'_> {
+        Part { tensor: t, offset: 0, row: t.dim(2), channels: t.dim(2) }
+    }
+    let (q, k, v) = (part(q), part(k), part(v));
+    let d = check(&q, &k, &v, opts.heads)?;
+    launch(gpu, q, k, v, opts, d, route)
 }
 
 /// Self-attention on one packed projection: `qkv` `[B, L, 3*H*D]` holds q,
@@ -160,8 +181,31 @@ fn check(q: &Part, k: &Part, v: &Part, heads: usize) -> Result<usize, GpuError> 
 }
 
 fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<Tensor, GpuError> {
-    let err = |m: String| Err(GpuError::Shape(format!("attention: {m}")));
     let d = check(&q, &k, &v, opts.heads)?;
+    let dtype = q.tensor.dtype();
+    let hardware = coop_attention_available(gpu, dtype, d);
+    let fits = dtype == DType::F16 && (1..=MAX_HEAD_DIM).contains(&d);
+    let route = tensor_cores::route(gpu, CoopKernel::Attention, opts.kernel, hardware, fits, || {
+        format!(
+            "attention: the cooperative-matrix kernel needs f16 tensors, D <= {MAX_HEAD_DIM} and an adapter with \
+             16x16x16 f16 cooperative matrices; got {dtype:?}, D = {d} on {}",
+            gpu.info.name
+        )
+    })?;
+    launch(gpu, q, k, v, opts, d, route)
+}
+
+/// Records the dispatch of a checked attention (head dim `d`) on `route`.
+fn launch(
+    gpu: &Gpu,
+    q: Part,
+    k: Part,
+    v: Part,
+    opts: AttentionOptions,
+    d: usize,
+    route: Route,
+) -> Result<Tensor, GpuError> {
+    let err = |m: String| Err(GpuError::Shape(format!("attention: {m}")));
     let (b, lq, hd) = (q.tensor.dim(0), q.tensor.dim(1), q.channels);
     let lk = k.tensor.dim(1);
     let heads = opts.heads;
@@ -173,13 +217,7 @@ fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<T
         return err("no keys to attend to (Lk = 0)".into());
     }
     let dtype = q.tensor.dtype();
-    let coop = coop_choice(opts.kernel, coop_attention_available(gpu, dtype, d), || {
-        format!(
-            "attention: the cooperative-matrix kernel needs f16 tensors, D <= {MAX_HEAD_DIM} and an adapter with \
-             16x16x16 f16 cooperative matrices; got {dtype:?}, D = {d} on {}",
-            gpu.info.name
-        )
-    })?;
+    let coop = route == Route::TensorCores;
     let available = gpu.limits.max_compute_workgroup_storage_size;
     if !coop && available < WORKGROUP_BYTES {
         return Err(GpuError::Wgpu(format!(
@@ -219,5 +257,5 @@ fn run(gpu: &Gpu, q: Part, k: Part, v: Part, opts: AttentionOptions) -> Result<T
         &[whole(q.tensor), whole(k.tensor), whole(v.tensor), whole(&out)],
         [lq.div_ceil(BQ) as u32, heads as u32, b as u32],
     )?;
-    Ok(out)
+    tensor_cores::finish(gpu, route, out)
 }

@@ -14,7 +14,8 @@ use super::super::device::{Gpu, GpuError};
 use super::super::launch::{Kernel, grid, word};
 use super::super::shaders::{ShaderFamily, Variant};
 use super::super::tensor::{DType, Tensor};
-use super::matmul::{Activation, COOP_BLOCK, MatmulKernel, Tile, coop_available, coop_choice, window, window_budget};
+use super::super::tensor_cores::{self, CoopKernel, Route};
+use super::matmul::{Activation, COOP_BLOCK, MatmulKernel, Tile, coop_available, window, window_budget};
 
 crate::kernel_params! {
     /// `Params` of `shaders/conv2d.wgsl` and `ConvParams` of
@@ -136,12 +137,28 @@ pub fn conv2d_fused_with_kernel(
     extras: ConvExtras,
     kernel: MatmulKernel,
 ) -> Result<Tensor, GpuError> {
-    run(gpu, x, weight, bias, opts, extras, kernel, gpu.limits.max_storage_buffer_binding_size)
+    let pick = |dtype| use_coop(gpu, dtype, kernel);
+    run(gpu, x, weight, bias, opts, extras, pick, gpu.limits.max_storage_buffer_binding_size)
 }
 
-/// Whether `MatmulKernel::Auto` runs conv2d on cooperative matrices: as for
+/// `conv2d_fused` on the kernel `route` names, whatever the verdicts say: the tensor-core
+/// self-test's entry.
+pub(crate) fn run_routed(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &Conv2dOptions,
+    extras: ConvExtras,
+    route: Route,
+) -> Result<Tensor, GpuError> {
+    run(gpu, x, weight, bias, opts, extras, |_| Ok(route), gpu.limits.max_storage_buffer_binding_size)
+}
+
+/// Whether the adapter can run conv2d on cooperative matrices: as for
 /// matmul, and the 4-subgroup workgroup must cover whole 128-pixel rows of
-/// the staging tile (subgroups of 32 or 64).
+/// the staging tile (subgroups of 32 or 64). `MatmulKernel::Auto` uses them
+/// where, besides, the kernel passed its self-test.
 pub fn coop_conv_available(gpu: &Gpu, dtype: DType) -> bool {
     let sg = gpu.info.subgroup_size.0;
     coop_available(gpu, dtype) && (4 * sg).is_multiple_of(COOP_BLOCK)
@@ -160,7 +177,7 @@ pub fn conv2d_with_binding_limit(
     limit: u64,
 ) -> Result<Tensor, GpuError> {
     let limit = limit.min(gpu.limits.max_storage_buffer_binding_size);
-    run(gpu, x, weight, bias, opts, extras, MatmulKernel::Portable, limit)
+    run(gpu, x, weight, bias, opts, extras, |_| Ok(Route::Portable), limit)
 }
 
 /// Output height and width, as PyTorch computes them; an error when the
@@ -266,9 +283,10 @@ fn check_bias(bias: &Tensor, dtype: DType, b: usize, cout: usize, extras: &ConvE
     Ok(())
 }
 
-/// Whether this call runs on cooperative matrices; an error when they were asked for and are missing.
-fn use_coop(gpu: &Gpu, dtype: DType, kernel: MatmulKernel) -> Result<bool, GpuError> {
-    coop_choice(kernel, coop_conv_available(gpu, dtype), || {
+/// Which kernel this call runs on; an error when tensor cores were asked for and are missing or failed.
+fn use_coop(gpu: &Gpu, dtype: DType, kernel: MatmulKernel) -> Result<Route, GpuError> {
+    let hardware = coop_conv_available(gpu, dtype);
+    tensor_cores::route(gpu, CoopKernel::Conv2d, kernel, hardware, dtype == DType::F16, || {
         format!(
             "cooperative-matrix conv2d needs f16 tensors on an adapter with 16x16x16 f16 cooperative \
              matrices and a fixed subgroup size of 32 or 64; got {dtype:?} on {}",
@@ -405,6 +423,8 @@ impl ConvCall<'_> {
     }
 }
 
+/// `pick` chooses the kernel once the shapes are checked (so a wrong shape is reported before any
+/// tensor-core self-test runs).
 #[allow(clippy::too_many_arguments)] // the public entry points' arguments, plus the binding limit
 fn run(
     gpu: &Gpu,
@@ -413,11 +433,12 @@ fn run(
     bias: Option<&Tensor>,
     opts: &Conv2dOptions,
     extras: ConvExtras,
-    kernel: MatmulKernel,
+    pick: impl FnOnce(DType) -> Result<Route, GpuError>,
     limit: u64,
 ) -> Result<Tensor, GpuError> {
     let s = ConvShape::check(x, weight, bias, opts, &extras)?;
-    let coop = use_coop(gpu, x.dtype(), kernel)?;
+    let route = pick(x.dtype())?;
+    let coop = route == Route::TensorCores;
     let ConvShape { b, cin, cout, hout, wout, .. } = s;
     let y = gpu.empty(&[b, cout, hout, wout], x.dtype())?;
     if y.numel() == 0 {
@@ -446,5 +467,5 @@ fn run(
             }
         }
     }
-    Ok(y)
+    tensor_cores::finish(gpu, route, y)
 }

@@ -14,6 +14,7 @@ use super::super::device::{Gpu, GpuError};
 use super::super::launch::{Kernel, grid, word};
 use super::super::shaders::{ShaderFamily, Variant};
 use super::super::tensor::{DType, Tensor};
+use super::super::tensor_cores::{self, CoopKernel, Route};
 
 /// An activation applied to the result in the kernel's epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,12 +104,14 @@ pub struct MatmulOptions<'a> {
 /// Which kernel runs a product (or a convolution, in `conv2d`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulKernel {
-    /// Cooperative matrices when `coop_available`, else portable.
+    /// Cooperative matrices when `coop_available` and the kernel passed its tensor-core
+    /// self-test (`tensor_cores`), else portable.
     #[default]
     Auto,
     /// The portable tiled kernel, whatever the adapter offers.
     Portable,
-    /// Cooperative matrices; an error where `coop_available` is false.
+    /// Cooperative matrices; an error where `coop_available` is false or the kernel failed its
+    /// self-test.
     Coop,
 }
 
@@ -154,9 +157,10 @@ pub const TILE: Tile = Tile { bm: 128, bn: 128, bk: 16 };
 /// 64x64 of C as 4x4 tiles of 16x16.
 pub(crate) const COOP_BLOCK: u32 = 128;
 
-/// Whether `MatmulKernel::Auto` uses cooperative matrices for `dtype`: f16
+/// Whether the adapter can run the cooperative-matrix matmul for `dtype`: f16
 /// tensors on an adapter with 16x16x16 f16->f32 cooperative matrices and a
 /// fixed subgroup size (the shader maps its 4 subgroups to quadrants).
+/// `MatmulKernel::Auto` uses it where, besides, it passed its self-test.
 pub fn coop_available(gpu: &Gpu, dtype: DType) -> bool {
     let f = gpu.features();
     let (lo, hi) = gpu.info.subgroup_size;
@@ -358,21 +362,6 @@ pub(crate) fn window_budget(gpu: &Gpu, limit: u64) -> u64 {
     limit.min(1 << 31).saturating_sub(align + 4)
 }
 
-/// Whether a call runs on cooperative matrices: `available` decides `Auto`; asking for
-/// `Coop` where they are not available is the error `unavailable` words.
-pub(crate) fn coop_choice(
-    kernel: MatmulKernel,
-    available: bool,
-    unavailable: impl FnOnce() -> String,
-) -> Result<bool, GpuError> {
-    match kernel {
-        MatmulKernel::Auto => Ok(available),
-        MatmulKernel::Portable => Ok(false),
-        MatmulKernel::Coop if available => Ok(true),
-        MatmulKernel::Coop => Err(GpuError::Shape(unavailable())),
-    }
-}
-
 fn run(
     gpu: &Gpu,
     a: &Tensor,
@@ -383,20 +372,48 @@ fn run(
 ) -> Result<Tensor, GpuError> {
     let p = plan(a, b, opts)?;
     let dtype = a.dtype();
-    let coop = coop_choice(kernel, coop_available(gpu, dtype), || {
+    let hardware = coop_available(gpu, dtype);
+    let route = tensor_cores::route(gpu, CoopKernel::Matmul, kernel, hardware, dtype == DType::F16, || {
         format!(
             "cooperative-matrix matmul needs f16 tensors on an adapter with 16x16x16 f16 cooperative \
              matrices and a fixed subgroup size; got {dtype:?} on {}",
             gpu.info.name
         )
     })?;
+    launch(gpu, a, b, opts, &p, route, limit)
+}
+
+/// `matmul` on the kernel `route` names, whatever the verdicts say: the tensor-core self-test's entry.
+pub(crate) fn run_routed(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    opts: &MatmulOptions,
+    route: Route,
+) -> Result<Tensor, GpuError> {
+    let p = plan(a, b, opts)?;
+    launch(gpu, a, b, opts, &p, route, gpu.limits.max_storage_buffer_binding_size)
+}
+
+/// Records the dispatches of a checked product on `route` (the stand-in is the portable kernel).
+fn launch(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    opts: &MatmulOptions,
+    p: &Plan,
+    route: Route,
+    limit: u64,
+) -> Result<Tensor, GpuError> {
+    let dtype = a.dtype();
+    let coop = route == Route::TensorCores;
     let c = gpu.empty(&p.out_shape, dtype)?;
     if c.numel() == 0 {
         return Ok(c);
     }
     // Elements between rows of C.
     let c_rs = if opts.geglu { p.n / 2 } else { p.n };
-    let chunk = batch_chunk(gpu, &p, a, b, c_rs, limit)?;
+    let chunk = batch_chunk(gpu, p, a, b, c_rs, limit)?;
     let tile = Tile::for_shape(p.m, p.n);
     let (block_m, block_n) = if coop { (COOP_BLOCK, COOP_BLOCK) } else { (tile.bm, tile.bn) };
     let tiles_n = (p.n as u32).div_ceil(block_n);
@@ -407,11 +424,11 @@ fn run(
     } else {
         tile.constants(Kernel::new(ShaderFamily::Matmul, dtype.variant(), "matmul"))
     };
-    let call = MatmulCall { gpu, a, b, c: &c, opts, p: &p, c_rs, tiles_n, tiles_total };
+    let call = MatmulCall { gpu, a, b, c: &c, opts, p, c_rs, tiles_n, tiles_total };
     for b0 in (0..p.batch).step_by(chunk) {
         call.dispatch(&k, b0, chunk.min(p.batch - b0))?;
     }
-    Ok(c)
+    tensor_cores::finish(gpu, route, c)
 }
 
 /// Batch items per dispatch: every batched operand's window, and each shared one, must fit `limit`.

@@ -1,5 +1,6 @@
 //! Kernel tests: every WGSL kernel against its plain f64 reference on random data, the
-//! shader registry checked with naga (no GPU needed), and the kernel profiler.
+//! shader registry checked with naga (no GPU needed), the kernel profiler, and the tensor-core
+//! self-test (its failure and fallback through a test switch, on any adapter).
 
 mod contracts;
 mod kernels_attention;
@@ -12,6 +13,7 @@ mod kernels_matmul;
 mod kernels_norm;
 mod profile;
 mod shaders;
+mod tensor_cores;
 
 /// Whether a tensor-core test can run on `gpu` (`available`); says why not when it cannot.
 pub fn coop_or_skip(gpu: &gpu::Gpu, available: bool) -> bool {
