@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use ::gpu::tensor_cores::TensorCoreFault;
 use ::gpu::{DType, GpuOptions};
 
 /// The variable naming plugin folders, separated like `PATH`.
@@ -16,12 +17,18 @@ pub struct Settings {
     pub adapter: Option<String>,
     /// `SDGRAPH_TENSOR_CORES=0`: the portable kernels even where tensor cores exist.
     pub no_tensor_cores: bool,
+    /// `SDGRAPH_TEST_TENSOR_CORE_FAULT=corrupt|correct`, for tests only: corrupt the tensor-core
+    /// results (or let the portable kernel stand in for them where there are none), so the
+    /// self-test's failure and fallback can be tested on any adapter.
+    pub tensor_core_fault: TensorCoreFault,
     /// `SDGRAPH_PLUGIN_PATH`: plugin folders loaded before `--plugins`.
     pub plugin_dirs: Vec<PathBuf>,
     /// The file-hash cache: `$SDGRAPH_CACHE_DIR/file-hashes.json`, else
     /// `$XDG_CACHE_HOME/sdgraph/...`, else `~/.cache/sdgraph/...`
     /// (`%LOCALAPPDATA%\sdgraph\...` on Windows); `None` when no home is known.
     pub hash_cache_file: Option<PathBuf>,
+    /// The tensor-core self-test's verdicts: `tensor-core-check.json` in the same folder.
+    pub tensor_core_check_file: Option<PathBuf>,
     /// `SDGRAPH_DTYPE`, `SDGRAPH_VAE_TILE_BYTES`, `SDGRAPH_UPSCALE_TILE_BYTES`, `SDGRAPH_ABSOLUTE_PATHS`.
     pub nodes: nodes::Settings,
 }
@@ -56,6 +63,9 @@ impl Settings {
         // Checked for UTF-8 first; then read the one way the test harness reads them too.
         text("SDGRAPH_ADAPTER")?;
         text("SDGRAPH_TENSOR_CORES")?;
+        if let Some(v) = text("SDGRAPH_TEST_TENSOR_CORE_FAULT")? {
+            TensorCoreFault::from_setting(&v).map_err(|e| format!("SDGRAPH_TEST_TENSOR_CORE_FAULT={e}"))?;
+        }
         let gpu = GpuOptions::from_settings(|name| text(name).ok().flatten());
         let nonempty_path = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         let cache_dir = nonempty_path("SDGRAPH_CACHE_DIR").or_else(|| {
@@ -71,8 +81,10 @@ impl Settings {
         Ok(Settings {
             adapter: gpu.adapter,
             no_tensor_cores: gpu.no_tensor_cores,
+            tensor_core_fault: gpu.tensor_core_fault,
             plugin_dirs: var(PLUGIN_PATH_VAR).map(|v| plugin::plugin_dirs_from(&v)).unwrap_or_default(),
-            hash_cache_file: cache_dir.map(|d| d.join("file-hashes.json")),
+            hash_cache_file: cache_dir.as_ref().map(|d| d.join("file-hashes.json")),
+            tensor_core_check_file: cache_dir.map(|d| d.join("tensor-core-check.json")),
             nodes: nodes::Settings {
                 dtype,
                 vae_tile_bytes: bytes("SDGRAPH_VAE_TILE_BYTES")?,
@@ -91,6 +103,8 @@ impl Settings {
         ::gpu::GpuOptions {
             adapter: adapter.or_else(|| self.adapter.clone()),
             no_tensor_cores: self.no_tensor_cores,
+            tensor_core_cache: self.tensor_core_check_file.clone(),
+            tensor_core_fault: self.tensor_core_fault,
             profile,
             ..Default::default()
         }
@@ -115,6 +129,7 @@ mod tests {
             ("SDGRAPH_UPSCALE_TILE_BYTES", " 8192 "),
             ("SDGRAPH_CACHE_DIR", "/tmp/c"),
             ("SDGRAPH_ABSOLUTE_PATHS", "1"),
+            ("SDGRAPH_TEST_TENSOR_CORE_FAULT", "corrupt"),
         ])
         .unwrap();
         assert_eq!(s.adapter.as_deref(), Some("llvmpipe"));
@@ -130,9 +145,15 @@ mod tests {
         );
         assert!(from(&[("SDGRAPH_ABSOLUTE_PATHS", "yes")]).unwrap_err().contains("SDGRAPH_ABSOLUTE_PATHS"));
         assert_eq!(s.hash_cache_file, Some(PathBuf::from("/tmp/c/file-hashes.json")));
+        assert_eq!(s.tensor_core_check_file, Some(PathBuf::from("/tmp/c/tensor-core-check.json")));
+        assert_eq!(s.tensor_core_fault, TensorCoreFault::Corrupt);
+        let opts = s.gpu_options(None, false);
+        assert_eq!(opts.tensor_core_cache, s.tensor_core_check_file);
+        assert_eq!(opts.tensor_core_fault, TensorCoreFault::Corrupt);
         let none = from(&[]).unwrap();
         assert_eq!(none.nodes, nodes::Settings::default());
         assert!(!none.no_tensor_cores && none.adapter.is_none() && none.hash_cache_file.is_none());
+        assert!(none.tensor_core_check_file.is_none() && none.tensor_core_fault == TensorCoreFault::None);
     }
 
     #[test]
@@ -152,6 +173,7 @@ mod tests {
             ("SDGRAPH_VAE_TILE_BYTES", "0"),
             ("SDGRAPH_UPSCALE_TILE_BYTES", "-1"),
             ("SDGRAPH_DTYPE", "bf16"),
+            ("SDGRAPH_TEST_TENSOR_CORE_FAULT", "sometimes"),
         ] {
             let e = from(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");

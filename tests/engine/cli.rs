@@ -324,3 +324,71 @@ fn rust_log_shows_wgpus_messages() {
     let quiet = crate::common::sdgraph_command().args(["gpu"]).env_remove("RUST_LOG").output().unwrap();
     assert!(!text(&quiet.stderr).contains("debug: ["), "{}", text(&quiet.stderr));
 }
+
+/// `sdgraph gpu` with the tensor-core test switch (SDGRAPH_TEST_TENSOR_CORE_FAULT): on lavapipe the
+/// portable kernel stands in for each coop kernel with one element corrupted, so every verdict is
+/// FAILED, warned about by name, written to the cache folder, and read from there by the next process.
+#[test]
+fn gpu_shows_each_tensor_core_verdict_and_the_next_process_reads_it_from_the_cache() {
+    let Some(shared) = gpu::testing::shared_gpu() else { return };
+    if !shared.features().shader_f16 {
+        return;
+    }
+    let dir = crate::common::temp_dir("cli-tensor-cores");
+    let cache = dir.join("cache");
+    let gpu_cmd = |json: bool, fault: &str| {
+        let mut c = crate::common::sdgraph_command();
+        c.arg("gpu").args(json.then_some("--json")).env("SDGRAPH_CACHE_DIR", &cache).env_remove("RUST_LOG");
+        c.env("SDGRAPH_TEST_TENSOR_CORE_FAULT", fault).env_remove("SDGRAPH_TENSOR_CORES").output().unwrap()
+    };
+    let kernels = ["matmul_coop", "conv2d_coop", "attention_coop"];
+    let first = gpu_cmd(true, "corrupt");
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    for name in kernels {
+        let k = &v["tensor_core_check"][name];
+        assert_eq!((k["verdict"].as_str(), k["cached"].as_bool()), (Some("failed"), Some(false)), "{k}");
+        assert!(k["summary"].as_str().unwrap().starts_with("FAILED (1 of "), "{k}");
+        let warning = format!("tensor-core kernel {name} failed its self-test on {}", shared.info.name);
+        assert!(text(&first.stderr).contains(&warning), "{}", text(&first.stderr));
+    }
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join("tensor-core-check.json")).unwrap()).unwrap();
+    let recorded: Vec<_> =
+        file["entries"].as_array().unwrap().iter().map(|e| (e["kernel"].clone(), e["verdict"].clone())).collect();
+    assert_eq!(recorded, kernels.map(|k| (k.into(), "failed".into())), "{file:#}");
+
+    // The next process reads the verdicts (and still warns, once per kernel) without testing.
+    let second = gpu_cmd(true, "corrupt");
+    let v: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    for name in kernels {
+        let k = &v["tensor_core_check"][name];
+        assert_eq!(
+            (k["verdict"].as_str(), k["cached"].as_bool(), k["ms"].is_null()),
+            (Some("failed"), Some(true), true)
+        );
+        let warning = format!("tensor-core kernel {name} failed its self-test (verdict cached)");
+        assert_eq!(text(&second.stderr).matches(&warning).count(), 1, "{}", text(&second.stderr));
+    }
+    let plain = text(&gpu_cmd(false, "corrupt").stdout);
+    assert!(
+        plain.contains("\n  matmul_coop     FAILED (1 of ") && plain.contains("(cached, portable stand-in"),
+        "{plain}"
+    );
+
+    // A correct stand-in passes (tested now: the corrupt verdicts are another mode's).
+    let plain = text(&gpu_cmd(false, "correct").stdout);
+    assert!(plain.contains("  attention_coop  passed (tested now, "), "{plain}");
+
+    // Without the switch: nothing to test on an adapter without tensor cores; off when switched off.
+    if !shared.features().coop_matrix_f16 {
+        let plain = text(&gpu_cmd(false, "").stdout);
+        assert!(plain.contains("  conv2d_coop     not available on this adapter\n"), "{plain}");
+    }
+    let off = crate::common::sdgraph_command().args(["gpu"]).env("SDGRAPH_TENSOR_CORES", "0").output().unwrap();
+    assert!(text(&off.stdout).contains("  matmul_coop     off (SDGRAPH_TENSOR_CORES=0)\n"), "{}", text(&off.stdout));
+    let bad =
+        crate::common::sdgraph_command().args(["gpu"]).env("SDGRAPH_TEST_TENSOR_CORE_FAULT", "maybe").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("SDGRAPH_TEST_TENSOR_CORE_FAULT=\"maybe\""), "{}", text(&bad.stderr));
+}
