@@ -16,6 +16,7 @@ use gpu::ops::layout::concat;
 use gpu::{DType, Gpu, Tensor};
 use pixels::Image;
 
+use crate::ModelError;
 use crate::controlnet::{ControlNet, ControlResiduals};
 use crate::image_ops::{Method, center_crop_to_aspect, resize};
 use crate::sampling::schedulers::ModelSigmas;
@@ -43,6 +44,26 @@ pub struct PreparedControl<'a> {
     /// Active while `sigma_end <= sigma <= sigma_start`.
     pub sigma_start: f64,
     pub sigma_end: f64,
+}
+
+impl PreparedControl<'_> {
+    /// ComfyUI: inactive when sigma > range start or sigma < range end (compared in f32 there).
+    fn active_at(&self, sigma: f64) -> bool {
+        !(sigma > self.sigma_start || sigma < self.sigma_end)
+    }
+
+    /// The ControlNet's unscaled residuals for one UNet call; `doubled` picks the `[2B]` hint.
+    fn residuals(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &[f32],
+        context: &Tensor,
+        doubled: bool,
+    ) -> Result<ControlResiduals, ModelError> {
+        let hint = if doubled { self.hint_doubled.as_ref().unwrap_or(&self.hint) } else { &self.hint };
+        self.spec.net.forward(gpu, x, timesteps, context, hint)
+    }
 }
 
 /// The control image as the ControlNet's input: `[batch, channels, height,
@@ -148,16 +169,9 @@ pub fn control_residuals(
     doubled: bool,
 ) -> Result<Option<ControlResiduals>, String> {
     let mut sum: Option<ControlResiduals> = None;
-    for c in controls {
-        // ComfyUI: inactive when sigma > range start or sigma < range end (compared in f32 there).
-        if sigma > c.sigma_start || sigma < c.sigma_end {
-            continue;
-        }
-        let hint = if doubled { c.hint_doubled.as_ref().unwrap_or(&c.hint) } else { &c.hint };
+    for c in controls.iter().filter(|c| c.active_at(sigma)) {
         let r = c
-            .spec
-            .net
-            .forward(gpu, x, timesteps, context, hint)
+            .residuals(gpu, x, timesteps, context, doubled)
             .map_err(|e| format!("ControlNet {}: {e}", c.spec.path.display()))?;
         let s = c.spec.strength as f32;
         sum = Some(match sum {
@@ -188,10 +202,8 @@ pub fn non_finite_control(
     sigma: f64,
     doubled: bool,
 ) -> Option<String> {
-    let active = controls.iter().filter(|c| !(sigma > c.sigma_start || sigma < c.sigma_end));
-    for c in active {
-        let hint = if doubled { c.hint_doubled.as_ref().unwrap_or(&c.hint) } else { &c.hint };
-        let r = c.spec.net.forward(gpu, x, timesteps, context, hint).ok()?;
+    for c in controls.iter().filter(|c| c.active_at(sigma)) {
+        let r = c.residuals(gpu, x, timesteps, context, doubled).ok()?;
         for (i, t) in r.down.iter().chain([&r.mid]).enumerate() {
             let values = gpu.download(t).ok()?;
             if let Some(v) = values.iter().find(|v| !v.is_finite()) {
