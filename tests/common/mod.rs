@@ -128,15 +128,59 @@ pub fn cancelled_flag() -> Arc<AtomicBool> {
 /// user's `~/.cache/sdgraph`).
 pub fn sdgraph_command() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sdgraph"));
-    c.env("SDGRAPH_CACHE_DIR", std::env::temp_dir().join(format!("sdgraph-test-{}-cache", std::process::id())));
+    // One folder for every test process (not one per process, which would pile up): it holds only the hash cache.
+    c.env("SDGRAPH_CACHE_DIR", std::env::temp_dir().join("sdgraph-test-cache"));
     c
 }
 
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
+/// A fresh folder for one test, removed when the test ends; kept when it fails, so what it wrote can be looked at.
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// `name` in a folder of this test's own, removed when the test's thread ends (libtest runs each test on a thread
+/// of its own), for helpers that hand out file paths rather than folders.
+pub fn scratch_file(name: &str) -> std::path::PathBuf {
+    thread_local! {
+        static SCRATCH: TempDir = {
+            let n = SCRATCH_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            temp_dir(&format!("scratch-{n}"))
+        };
+    }
+    static SCRATCH_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    SCRATCH.with(|d| d.join(name))
+}
+
+pub fn temp_dir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("sdgraph-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 /// Reads `child`'s stderr (a pipe, so progress comes as plain lines) until

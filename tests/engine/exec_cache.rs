@@ -19,7 +19,7 @@ const DIAMOND: &str = r#"(nodes: {
     "unused": (kind: "Const", params: { "value": 9 }),
 })"#;
 
-fn setup() -> (Counter, graph::Registry, Executor, std::path::PathBuf) {
+fn setup() -> (Counter, graph::Registry, Executor, crate::common::TempDir) {
     let c = Counter::default();
     let reg = stub_registry(&c);
     (c, reg, Executor::default(), crate::common::temp_dir("exec"))
@@ -188,7 +188,7 @@ fn cancelled_run_executes_nothing() {
     let g = validate_str(DIAMOND, &reg).unwrap();
     let opts = graph::exec::RunOptions {
         base_dir: ".".into(),
-        out_dir: dir,
+        out_dir: dir.to_path_buf(),
         graph_text: String::new(),
         progress: &graph::exec::NoProgress,
         cancel: crate::common::cancelled_flag(),

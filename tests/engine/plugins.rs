@@ -139,7 +139,7 @@ fn example_plugins_load_and_their_kinds_validate() {
     let out = crate::common::temp_dir("plugins-demo");
     let opts = graph::exec::RunOptions {
         base_dir: root().join("graphs"),
-        out_dir: out.clone(),
+        out_dir: out.to_path_buf(),
         graph_text: String::new(),
         progress: &NoProgress,
         cancel: Arc::new(AtomicBool::new(false)),
@@ -646,7 +646,7 @@ fn duplicate_kind_names_are_errors_naming_both_files() {
     std::fs::write(&c, decl("ImageInvert")).unwrap();
     std::fs::write(dir.join("notes.txt"), "not a plugin").unwrap();
     let mut reg = nodes::builtin_registry();
-    let errs = load_plugins(std::slice::from_ref(&dir), &mut reg, &SandboxLimits::default()).unwrap_err();
+    let errs = load_plugins(&[dir.to_path_buf()], &mut reg, &SandboxLimits::default()).unwrap_err();
     let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     assert_eq!(errs.len(), 2, "{msgs:?}");
     assert!(

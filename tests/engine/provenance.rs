@@ -156,7 +156,7 @@ fn save_image_embeds_the_digests_of_the_files_upstream_of_it_and_the_report_list
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let progress = graph::exec::NoProgress;
         let opts = graph::exec::RunOptions {
-            base_dir: dir.clone(),
+            base_dir: dir.to_path_buf(),
             out_dir: out.clone(),
             graph_text: String::new(),
             progress: &progress,
@@ -375,7 +375,8 @@ fn a_run_records_every_weight_file_of_the_checkpoint_in_its_report_and_picture()
     let o = sdgraph(&["check", png.to_str().unwrap(), "--verify"], &cache);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     // The whole folder moved elsewhere: the picture still verifies and re-runs from the graph's folder.
-    let moved = crate::common::temp_dir("prov-run-moved").join("copy");
+    let moved_root = crate::common::temp_dir("prov-run-moved");
+    let moved = moved_root.join("copy");
     std::fs::create_dir_all(moved.join("out")).unwrap();
     std::fs::copy(&single, moved.join("model.safetensors")).unwrap();
     std::fs::copy(&png, moved.join("out/rt_00001.png")).unwrap();

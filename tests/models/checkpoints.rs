@@ -108,8 +108,7 @@ fn missing_and_misshapen_weights_name_file_and_key() {
 
 #[test]
 fn a_folder_without_weights_is_refused_with_the_reason() {
-    let dir = std::env::temp_dir().join(format!("sdgraph-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::temp_dir("empty-folder");
     let e = open_checkpoint(&dir).unwrap_err().to_string();
     assert!(e.contains("no unet/, vae/ or text_encoder/"), "{e}");
     let e = open_checkpoint(&dir.join("nope.safetensors")).unwrap_err().to_string();
@@ -167,7 +166,11 @@ fn refusal(path: &Path, what: &str) -> String {
 
 /// A copy of the tiny SD 1.x diffusers folder (configs written by diffusers) with `edit` applied
 /// to its JSON files: what an SD 2.x or SDXL folder says differently.
-fn edited_folder(name: &str, edit: &dyn Fn(&str, &mut serde_json::Value), extra_dirs: &[&str]) -> PathBuf {
+fn edited_folder(
+    name: &str,
+    edit: &dyn Fn(&str, &mut serde_json::Value),
+    extra_dirs: &[&str],
+) -> crate::common::TempDir {
     let src = fixture("diffusers");
     let dir = crate::common::temp_dir(name);
     for part in ["model_index.json", "unet", "vae", "text_encoder", "scheduler", "tokenizer"] {

@@ -238,9 +238,7 @@ fn broken_copy(tag: &str, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>
         })
         .collect();
     edit(&mut tensors);
-    let dir = std::env::temp_dir().join(format!("sdgraph-clip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{tag}.safetensors"));
+    let path = crate::common::scratch_file(&format!("{tag}.safetensors"));
     let refs: Vec<(&str, &[usize], &[f32])> =
         tensors.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
     safetensors::write(&path, &refs, Dtype::F32).unwrap();

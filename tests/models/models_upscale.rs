@@ -96,8 +96,7 @@ fn original_esrgan_key_layout_loads_to_the_same_network() {
 fn bsrgan_key_layout_loads_and_unknown_variants_are_refused() {
     let Some(gpu) = shared_gpu() else { return };
     let d = dir("rrdb_x4");
-    let tmp = std::env::temp_dir().join(format!("sdgraph-upscale-bsrgan-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = crate::common::temp_dir("upscale-bsrgan");
     // BSRGAN / RealSR names: RRDB_trunk.N.RDBk.convj, trunk_conv, upconvK, HRconv.
     let p = tmp.join("bsrgan.safetensors");
     edited(&d.join("model.safetensors"), &p, |n, s, v| {
@@ -171,8 +170,7 @@ fn edited(src: &Path, out: &Path, edit: impl Fn(&str, Vec<usize>, Vec<f32>) -> O
 #[test]
 fn unknown_and_broken_layouts_are_refused_naming_the_key() {
     let Some(gpu) = shared_gpu() else { return };
-    let tmp = std::env::temp_dir().join(format!("sdgraph-upscale-layouts-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = crate::common::temp_dir("upscale-layouts");
     let err = |p: &Path| match open_weights(p) {
         Err(e) => e.to_string(),
         Ok(src) => match UpscaleModel::load(gpu, &src, DType::F32) {

@@ -328,7 +328,7 @@ type Encoded = (Vec<usize>, Vec<f32>, Vec<String>);
 struct Fixture {
     gpu: &'static Gpu,
     clip: graph::Value,
-    dir: std::path::PathBuf,
+    dir: crate::common::TempDir,
 }
 
 impl Fixture {

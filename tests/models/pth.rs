@@ -13,9 +13,7 @@ use models::checkpoint::pth::{self, state_dict_pickle};
 use models::checkpoint::zip::write_stored;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sdgraph-pth-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    crate::common::scratch_file(name)
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

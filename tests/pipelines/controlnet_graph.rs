@@ -145,7 +145,7 @@ fn a_file_that_is_not_a_controlnet_fails_the_loader_node_naming_the_param() {
     let g = graph::validate(g, &reg).unwrap();
     let opts = RunOptions {
         base_dir: root().join("graphs"),
-        out_dir: dir.clone(),
+        out_dir: dir.to_path_buf(),
         graph_text: String::new(),
         progress: &NoProgress,
         cancel: Arc::new(AtomicBool::new(false)),
