@@ -190,7 +190,7 @@ class Tokenizer:
     def __init__(self):
         import gzip
 
-        path = ROOT / "nodes" / "src" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+        path = ROOT / "nodes" / "models" / "src" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
         lines = gzip.open(path).read().decode("utf-8").split("\n")
         merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
         byte_chars = list(bytes_to_unicode().values())
