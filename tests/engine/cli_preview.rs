@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn txt2img(dir: &Path, steps: u32) -> PathBuf {
+/// A txt2img graph of `steps` steps on the tiny checkpoint, written into `dir`.
+pub(crate) fn txt2img(dir: &Path, steps: u32) -> PathBuf {
     let ckpt = crate::common::sd_tiny::full_vocab_checkpoint(dir);
     let graph = dir.join("txt2img.ron");
     std::fs::write(
@@ -112,7 +113,6 @@ fn bad_preview_options_are_usage_errors() {
 #[test]
 fn ctrl_c_during_a_json_run_with_previews_exits_130_and_leaves_no_partial_files() {
     use std::io::Read;
-    use std::time::Duration;
 
     if gpu::testing::shared_gpu().is_none() {
         return;
@@ -126,15 +126,10 @@ fn ctrl_c_during_a_json_run_with_previews_exits_130_and_leaves_no_partial_files(
         .spawn()
         .unwrap();
     // Wait for a few sampler steps (a preview is rewritten at each).
-    let (mut stderr, sent) = crate::common::interrupt_after(&mut child, "3/10000 steps", "sampling never got going");
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
+    let (stderr, sent) = crate::common::interrupt_after(&mut child, "3/10000 steps", "sampling never got going");
     let mut stdout = String::new();
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    let status = child.wait().unwrap();
-    assert!(sent.elapsed() < Duration::from_secs(20), "took {:?} to stop", sent.elapsed());
-    assert_eq!(status.code(), Some(130), "{rest}");
-    assert!(rest.contains("cancelled"), "{rest}");
+    stopped_within_20s_with_130(child, stderr, sent);
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report even when cancelled");
     assert_eq!((report["ok"].clone(), report["cancelled"].clone()), (false.into(), true.into()));
 
@@ -161,4 +156,20 @@ fn progress_into_a_pipe_is_plain_lines_without_redraws() {
     assert!(!err.contains('\r'), "redraws in a pipe: {err:?}");
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("[sample] ") && l.contains(" steps")).collect();
     assert_eq!(lines, ["[sample] 1/3 steps", "[sample] 2/3 steps", "[sample] 3/3 steps"], "{err}");
+}
+
+/// After Ctrl-C went at `sent`: the run stopped within 20 s, exited 130 and said "cancelled" on stderr (returned).
+#[cfg(unix)]
+pub(crate) fn stopped_within_20s_with_130(
+    mut child: std::process::Child,
+    mut stderr: std::io::BufReader<std::process::ChildStderr>,
+    sent: std::time::Instant,
+) -> String {
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(sent.elapsed() < std::time::Duration::from_secs(20), "took {:?} to stop", sent.elapsed());
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("cancelled"), "{rest}");
+    rest
 }
