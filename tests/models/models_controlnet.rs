@@ -13,7 +13,9 @@ use gpu::testing::shared_gpu;
 use gpu::{DType, Gpu, Tensor};
 use graph::Image;
 use models::checkpoint::safetensors::{Dtype, SafeTensors, write, write_with_metadata};
-use models::sampling::controls::{PreparedControl, control_hint, control_residuals, prepare_controls, scale_residuals};
+use models::sampling::controls::{
+    PreparedControl, UnetCall, control_hint, control_residuals, prepare_controls, scale_residuals,
+};
 use models::unet::{Unet, UnetConfig};
 use models::unet_blocks::AttentionHeads;
 use nodes::controlnet_apply::load_controlnet;
@@ -205,14 +207,23 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     let want = scale_residuals(gpu, &one, 0.8).unwrap();
     // Two controls of 0.3 and 0.5, both active at sigma 2: 0.8 x the residuals.
     let chain = [prepared(0.3, 5.0, 1.0), prepared(0.5, 1e9, 0.0)];
-    let got = control_residuals(gpu, &chain, &x, &t, &ctx, 2.0, false).unwrap().unwrap();
+    let got =
+        control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 2.0, doubled: false })
+            .unwrap()
+            .unwrap();
     for (g, w) in got.down.iter().zip(&want.down).chain([(&got.mid, &want.mid)]) {
         let err = max_abs_diff(&gpu.download(g).unwrap(), &gpu.download(w).unwrap());
         assert!(err < 1e-5, "chained sum off by {err}");
     }
     // At sigma 6 only the second (0.5) is active; at sigma 0.5 too; with neither active, no residuals.
     for sigma in [6.0, 0.5] {
-        let got = control_residuals(gpu, &chain, &x, &t, &ctx, sigma, false).unwrap().unwrap();
+        let got = control_residuals(
+            gpu,
+            &chain,
+            &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma, doubled: false },
+        )
+        .unwrap()
+        .unwrap();
         let want = scale_residuals(gpu, &one, 0.5).unwrap();
         let err = max_abs_diff(&gpu.download(&got.mid).unwrap(), &gpu.download(&want.mid).unwrap());
         assert!(err < 1e-6, "sigma {sigma}: {err}");
@@ -235,8 +246,16 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     assert_eq!((ok[0].sigma_start, ok[0].sigma_end), (999_999_999.9, 0.0));
 
     let narrow = [prepared(1.0, 5.0, 1.0)];
-    assert!(control_residuals(gpu, &narrow, &x, &t, &ctx, 0.5, false).unwrap().is_none());
-    assert!(control_residuals(gpu, &narrow, &x, &t, &ctx, 6.0, false).unwrap().is_none());
+    assert!(
+        control_residuals(gpu, &narrow, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 0.5, doubled: false })
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        control_residuals(gpu, &narrow, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 6.0, doubled: false })
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]

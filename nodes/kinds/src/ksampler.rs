@@ -26,7 +26,7 @@ use graph::{PortType, Value};
 use crate::payload::ModelHandle;
 use crate::payload::{Conditioning, Latent};
 use crate::runtime;
-use models::sampling::controls::{PreparedControl, control_residuals, non_finite_control, prepare_controls};
+use models::sampling::controls::{PreparedControl, UnetCall, control_residuals, non_finite_control, prepare_controls};
 use models::sampling::noise::{TorchRng, prepare_noise};
 use models::sampling::noise_mask::expand_noise_mask;
 use models::sampling::samplers::{
@@ -150,7 +150,8 @@ impl UnetPredictor<'_> {
         }
         let xt = self.gpu.upload(&batch, &[b * copies, c, h, w], DType::F32).map_err(err)?;
         let t = vec![timestep as f32; b * copies];
-        let residuals = control_residuals(self.gpu, controls, &xt, &t, context, sigma, copies == 2).map_err(err)?;
+        let call = UnetCall { x: &xt, timesteps: &t, context, sigma, doubled: copies == 2 };
+        let residuals = control_residuals(self.gpu, controls, &call).map_err(err)?;
         let out = match &residuals {
             None => self.model.unet.forward(self.gpu, &xt, &t, context),
             Some(r) => self.model.unet.forward_with_residuals(self.gpu, &xt, &t, context, Some(&r.down), Some(&r.mid)),
@@ -159,8 +160,7 @@ impl UnetPredictor<'_> {
         let out = self.gpu.download(&out).map_err(err)?;
         // Only on the error path: find out whether a ControlNet's residuals were what went non-finite.
         if residuals.is_some() && out.iter().any(|v| !v.is_finite()) {
-            let doubled = copies == 2;
-            *self.cause.borrow_mut() = non_finite_control(self.gpu, controls, &xt, &t, context, sigma, doubled);
+            *self.cause.borrow_mut() = non_finite_control(self.gpu, controls, &call);
         }
         Ok(out)
     }

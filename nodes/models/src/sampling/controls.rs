@@ -52,17 +52,10 @@ impl PreparedControl<'_> {
         !(sigma > self.sigma_start || sigma < self.sigma_end)
     }
 
-    /// The ControlNet's unscaled residuals for one UNet call; `doubled` picks the `[2B]` hint.
-    fn residuals(
-        &self,
-        gpu: &Gpu,
-        x: &Tensor,
-        timesteps: &[f32],
-        context: &Tensor,
-        doubled: bool,
-    ) -> Result<ControlResiduals, ModelError> {
-        let hint = if doubled { self.hint_doubled.as_ref().unwrap_or(&self.hint) } else { &self.hint };
-        self.spec.net.forward(gpu, x, timesteps, context, hint)
+    /// The ControlNet's unscaled residuals for one UNet call.
+    fn residuals(&self, gpu: &Gpu, call: &UnetCall<'_>) -> Result<ControlResiduals, ModelError> {
+        let hint = if call.doubled { self.hint_doubled.as_ref().unwrap_or(&self.hint) } else { &self.hint };
+        self.spec.net.forward(gpu, call.x, call.timesteps, call.context, hint)
     }
 }
 
@@ -156,23 +149,26 @@ pub fn prepare_controls<'a>(
     Ok(out)
 }
 
-/// The summed, strength-scaled residuals of the controls active at `sigma`
-/// for `x [B or 2B, C, h, w]` under `context`, or `None` when none is active.
-/// `doubled` picks the `[2B]` hint embeddings.
+/// One UNet call the controls steer: `x [B or 2B, C, h, w]` at `timesteps` under `context`, at `sigma`;
+/// `doubled` picks the `[2B]` hint embeddings (both prompts in one batch).
+pub struct UnetCall<'a> {
+    pub x: &'a Tensor,
+    pub timesteps: &'a [f32],
+    pub context: &'a Tensor,
+    pub sigma: f64,
+    pub doubled: bool,
+}
+
+/// The summed, strength-scaled residuals of the controls active at the call's
+/// sigma, or `None` when none is active.
 pub fn control_residuals(
     gpu: &Gpu,
     controls: &[PreparedControl<'_>],
-    x: &Tensor,
-    timesteps: &[f32],
-    context: &Tensor,
-    sigma: f64,
-    doubled: bool,
+    call: &UnetCall<'_>,
 ) -> Result<Option<ControlResiduals>, String> {
     let mut sum: Option<ControlResiduals> = None;
-    for c in controls.iter().filter(|c| c.active_at(sigma)) {
-        let r = c
-            .residuals(gpu, x, timesteps, context, doubled)
-            .map_err(|e| format!("ControlNet {}: {e}", c.spec.path.display()))?;
+    for c in controls.iter().filter(|c| c.active_at(call.sigma)) {
+        let r = c.residuals(gpu, call).map_err(|e| format!("ControlNet {}: {e}", c.spec.path.display()))?;
         let s = c.spec.strength as f32;
         sum = Some(match sum {
             None => scale_residuals(gpu, &r, s).map_err(|e| e.to_string())?,
@@ -193,17 +189,9 @@ pub fn control_residuals(
 /// The first active control whose residuals at `sigma` hold NaN or infinity, described with the likely cause, or
 /// `None`. Runs each active control again and reads its residuals back: meant for the error path only, after the
 /// UNet's output came out non-finite.
-pub fn non_finite_control(
-    gpu: &Gpu,
-    controls: &[PreparedControl<'_>],
-    x: &Tensor,
-    timesteps: &[f32],
-    context: &Tensor,
-    sigma: f64,
-    doubled: bool,
-) -> Option<String> {
-    for c in controls.iter().filter(|c| c.active_at(sigma)) {
-        let r = c.residuals(gpu, x, timesteps, context, doubled).ok()?;
+pub fn non_finite_control(gpu: &Gpu, controls: &[PreparedControl<'_>], call: &UnetCall<'_>) -> Option<String> {
+    for c in controls.iter().filter(|c| c.active_at(call.sigma)) {
+        let r = c.residuals(gpu, call).ok()?;
         for (i, t) in r.down.iter().chain([&r.mid]).enumerate() {
             let values = gpu.download(t).ok()?;
             if let Some(v) = values.iter().find(|v| !v.is_finite()) {
