@@ -142,11 +142,13 @@ def caption(colour, shape, background, place):
     return f"a {colour} {shape} on a {background} background, {place}"
 
 
-def draw(colour, shape, background, place, jitter, scale):
-    """One picture as float32 [3, 64, 64] in -1..1, drawn at 4x and box-filtered (anti-aliased)."""
+def draw(colour, shape, background, place, jitter, scale, size=SIZE):
+    """One picture as float32 [3, size, size] in -1..1, drawn at 4x and box-filtered (anti-aliased).
+    The geometry is in 64x64 units whatever `size` is, so a larger `size` draws the same picture
+    in more pixels (train_demo_upscaler.py's high-resolution targets)."""
     ss = 4
-    n = SIZE * ss
-    ys, xs = np.mgrid[0:n, 0:n].astype(np.float32) / ss + 0.5 / ss
+    n = size * ss
+    ys, xs = (np.mgrid[0:n, 0:n].astype(np.float32) / ss + 0.5 / ss) * (SIZE / size)
     cx, cy = PLACES[place]
     cx, cy = cx + jitter[0], cy + jitter[1]
     r = 11.0 * scale
@@ -162,19 +164,26 @@ def draw(colour, shape, background, place, jitter, scale):
     fg = np.array(COLOURS[colour], np.float32)
     bg = np.array(COLOURS[background], np.float32)
     img = np.where(inside[..., None], fg, bg)
-    img = img.reshape(SIZE, ss, SIZE, ss, 3).mean(axis=(1, 3))
+    img = img.reshape(size, ss, size, ss, 3).mean(axis=(1, 3))
     return (img.transpose(2, 0, 1) / 127.5 - 1.0).astype(np.float32)
 
 
-def dataset(count, rng):
+def random_picture(rng):
+    """One random picture's description, the arguments of `draw`:
+    (colour, shape, background, place, jitter, scale)."""
     names = list(COLOURS)
+    colour, background = rng.choice(names, 2, replace=False)
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    place = list(PLACES)[rng.integers(len(PLACES))]
+    jitter = rng.uniform(-3, 3, 2)
+    scale = rng.uniform(0.85, 1.15)
+    return colour, shape, background, place, jitter, scale
+
+
+def dataset(count, rng):
     images, captions = [], []
     for _ in range(count):
-        colour, background = rng.choice(names, 2, replace=False)
-        shape = SHAPES[rng.integers(len(SHAPES))]
-        place = list(PLACES)[rng.integers(len(PLACES))]
-        jitter = rng.uniform(-3, 3, 2)
-        scale = rng.uniform(0.85, 1.15)
+        colour, shape, background, place, jitter, scale = random_picture(rng)
         images.append(draw(colour, shape, background, place, jitter, scale))
         captions.append(caption(colour, shape, background, place))
     return torch.from_numpy(np.stack(images)), captions
