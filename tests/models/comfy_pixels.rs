@@ -22,17 +22,15 @@
 //! `MARGIN` of the reference (so the argument above holds), and prints the measured deviation and the counts
 //! (`cargo test --test models comfy_pixels -- --nocapture`).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use gpu::DType;
 use gpu::testing::shared_gpu;
 use graph::exec::Executor;
-use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
-use graph::{Image, PortType, Registry, Value as GraphValue};
-use models::checkpoint::safetensors::{Dtype, SafeTensors};
-use nodes::payload::{Conditioning, Latent};
+use models::checkpoint::safetensors::Dtype;
 use serde_json::Value;
+
+use crate::ksampler_fixture::{Fixture, ksampler_graph, registry};
 
 /// In units of 255 * x. Measured on lavapipe: sdgraph's 255 * x (VAEDecode's output) is at most 5.2e-4 from the
 /// float64 reference (1.5e-4 to 5.2e-4 per case, the most for euler at cfg 6, whose latent is off by 1.4e-4 on
@@ -42,47 +40,21 @@ use serde_json::Value;
 /// still lets only those 0.6-1% of the values move by one level.
 const MARGIN: f64 = 0.005;
 
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-struct Fixture {
-    tensors: SafeTensors,
-    meta: Value,
-}
-
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let d = dir().join("comfy_pixels");
-        let meta = std::fs::read_to_string(d.join("meta.json")).unwrap();
-        Fixture {
-            tensors: SafeTensors::open(&d.join("reference.safetensors")).unwrap(),
-            meta: serde_json::from_str(&meta).unwrap(),
-        }
-    })
+    F.get_or_init(|| Fixture::open("comfy_pixels"))
 }
 
-impl Fixture {
-    fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
-        self.tensors.f32_any(name).unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
+/// A saved picture's shape and 8-bit values.
+fn pixels(name: &str) -> (Vec<usize>, Vec<u8>) {
+    let (info, bytes) = fixture().tensors.bytes(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(info.dtype, Dtype::U8, "{name}");
+    (info.shape.clone(), bytes.to_vec())
+}
 
-    fn pixels(&self, name: &str) -> (Vec<usize>, Vec<u8>) {
-        let (info, bytes) = self.tensors.bytes(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(info.dtype, Dtype::U8, "{name}");
-        (info.shape.clone(), bytes.to_vec())
-    }
-
-    fn shape(&self) -> [usize; 4] {
-        let v: Vec<usize> =
-            self.meta["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-        v.try_into().unwrap()
-    }
-
-    fn cases(&self, group: &str) -> Vec<&Value> {
-        self.meta["cases"].as_array().unwrap().iter().filter(|c| c["group"] == group).collect()
-    }
+/// The cases of one group (plain, tie, big_seed).
+fn cases(group: &str) -> Vec<&'static Value> {
+    fixture().meta["cases"].as_array().unwrap().iter().filter(|c| c["group"] == group).collect()
 }
 
 /// How far the reference's 255 * x (before the clamp) lies from the nearest value where the saved level changes:
@@ -91,105 +63,17 @@ fn boundary_distance(v: f64) -> f64 {
     (v - v.round().clamp(1.0, 255.0)).abs()
 }
 
-// ---- test node kinds: the fixture's prompts and start latent, and catching what flows through ----
-
-struct FixtureConditioning(NodeSchema);
-struct FixtureLatent(NodeSchema);
-/// Keeps KSampler's latent and VAEDecode's picture, for the diagnostics.
-struct Capture(NodeSchema, Arc<Mutex<Captured>>);
-
-#[derive(Default)]
-struct Captured {
-    latent: Option<Arc<Latent>>,
-    image: Option<Arc<Image>>,
-}
-
-impl NodeKind for FixtureConditioning {
-    fn schema(&self) -> &NodeSchema {
-        &self.0
-    }
-    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
-        let gpu = shared_gpu().ok_or_else(|| NodeError::new("no GPU"))?;
-        let (shape, data) = fixture().tensor(inputs.str("which")?);
-        let cond = gpu.upload(&data, &shape, DType::F32).map_err(|e| NodeError::new(e.to_string()))?;
-        Ok(vec![GraphValue::payload(Conditioning::new(cond))])
-    }
-}
-
-impl NodeKind for FixtureLatent {
-    fn schema(&self) -> &NodeSchema {
-        &self.0
-    }
-    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
-        let shape = fixture().shape();
-        let latent = match inputs.bool("img2img")? {
-            true => Latent { shape, samples: fixture().tensor("img2img.latent").1, noise_mask: None },
-            false => Latent::zeros(shape),
-        };
-        Ok(vec![GraphValue::payload(latent)])
-    }
-}
-
-impl NodeKind for Capture {
-    fn schema(&self) -> &NodeSchema {
-        &self.0
-    }
-    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
-        let latent = inputs.get::<Latent>("samples")?;
-        let GraphValue::Image(image) = inputs.input("image")? else { return Err(NodeError::new("not an image")) };
-        *self.1.lock().unwrap() = Captured { latent: Some(latent), image: Some(image.clone()) };
-        Ok(vec![])
-    }
-}
-
-/// The built-in kinds, in f32 whatever the adapter (see the header), plus the test kinds.
-fn registry() -> (Registry, Arc<Mutex<Captured>>) {
-    let mut reg = nodes::builtin_registry_with(nodes::Settings { dtype: Some(DType::F32), ..Default::default() });
-    let slot = Arc::new(Mutex::new(Captured::default()));
-    let cond = NodeSchema::new("FixtureConditioning", "test", "The fixture's prompt embedding.")
-        .choice("which", &["positive", "negative"], "positive", "Which one.")
-        .output("conditioning", PortType::Conditioning, "[1, 77, 32].");
-    let latent = NodeSchema::new("FixtureLatent", "test", "The fixture's start latent.")
-        .bool("img2img", false, "The img2img latent instead of zeros.")
-        .output("latent", PortType::Latent, "[1, 4, 16, 16].");
-    let capture = NodeSchema::new("Capture", "test", "Keeps the latent and the picture.")
-        .input("samples", PortType::Latent, "KSampler's latent.")
-        .input("image", PortType::Image, "VAEDecode's picture.")
-        .sink();
-    reg.register(Arc::new(FixtureConditioning(cond))).unwrap();
-    reg.register(Arc::new(FixtureLatent(latent))).unwrap();
-    reg.register(Arc::new(Capture(capture, slot.clone()))).unwrap();
-    (reg, slot)
-}
-
-/// The graph of one case: the seed and every KSampler setting are graph params, the PNG is `<name>_00001.png`.
+/// The graph of one case: the seed and every KSampler setting are graph params, the PNG is `<name>_00001.png`,
+/// Capture keeps the latent and VAEDecode's picture.
 fn graph_text(case: &Value) -> String {
-    let ckpt = dir().join("sd_tiny/model.safetensors");
-    format!(
-        r#"(nodes: {{
-            "ckpt": (kind: "CheckpointLoaderSimple", params: {{ "ckpt_name": {ckpt:?} }}),
-            "pos": (kind: "FixtureConditioning", params: {{ "which": "positive" }}),
-            "neg": (kind: "FixtureConditioning", params: {{ "which": "negative" }}),
-            "start": (kind: "FixtureLatent", params: {{ "img2img": {img2img} }}),
-            "sample": (kind: "KSampler",
-                inputs: {{ "model": "ckpt.model", "positive": "pos.conditioning", "negative": "neg.conditioning",
-                          "latent_image": "start.latent" }},
-                params: {{ "seed": {seed}, "steps": {steps}, "cfg": {cfg:?}, "sampler_name": {sampler},
-                          "scheduler": {scheduler}, "denoise": {denoise:?} }}),
-            "decode": (kind: "VAEDecode", inputs: {{ "samples": "sample.latent", "vae": "ckpt.vae" }}),
+    let rest = format!(
+        r#""decode": (kind: "VAEDecode", inputs: {{ "samples": "sample.latent", "vae": "ckpt.vae" }}),
             "save": (kind: "SaveImage", inputs: {{ "images": "decode.image" }},
-                params: {{ "filename_prefix": {name} }}),
-            "keep": (kind: "Capture", inputs: {{ "samples": "sample.latent", "image": "decode.image" }}),
-        }})"#,
-        img2img = case["img2img"].as_bool().unwrap(),
-        seed = case["seed"].as_u64().unwrap(),
-        steps = case["steps"].as_u64().unwrap(),
-        cfg = case["cfg"].as_f64().unwrap(),
-        sampler = case["sampler"],
-        scheduler = case["scheduler"],
-        denoise = case["denoise"].as_f64().unwrap(),
-        name = case["name"],
-    )
+                params: {{ "filename_prefix": {name:?} }}),
+            "keep": (kind: "Capture", inputs: {{ "samples": "sample.latent", "image": "decode.image" }}),"#,
+        name = case["name"].as_str().unwrap(),
+    );
+    ksampler_graph(case, case["seed"].as_u64().unwrap(), &rest)
 }
 
 /// One case's PNG against the fixture.
@@ -237,10 +121,11 @@ fn compare(got: &[u8], want: &[u8], value255: &[f32]) -> Comparison {
 fn check_group(group: &str) -> usize {
     let Some(_gpu) = shared_gpu() else { return 0 };
     let fx = fixture();
-    let cases = fx.cases(group);
+    let cases = cases(group);
     assert!(!cases.is_empty(), "no {group} case in the fixture");
     let out = crate::common::temp_dir(&format!("comfy-pixels-{group}"));
-    let (reg, slot) = registry();
+    // The built-in kinds in f32 whatever the adapter (see the header), plus the test kinds.
+    let (reg, slot) = registry(fx, nodes::Settings { dtype: Some(DType::F32), ..Default::default() });
     let mut exec = Executor::default();
     let mut failures = Vec::new();
     for case in &cases {
@@ -251,7 +136,7 @@ fn check_group(group: &str) -> usize {
 
         let png = image::open(out.join(format!("{name}_00001.png"))).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(png.color(), image::ColorType::Rgb8, "{name}: SaveImage writes 8-bit RGB");
-        let (shape, want) = fx.pixels(&format!("{name}.pixels"));
+        let (shape, want) = pixels(&format!("{name}.pixels"));
         assert_eq!([png.height() as usize, png.width() as usize, 3], shape[..], "{name}: picture size");
         let got = png.to_rgb8().into_raw();
         let (_, value255) = fx.tensor(&format!("{name}.value255"));
@@ -310,7 +195,7 @@ fn pngs_equal_comfyui_pixels_at_timestep_ties() {
 #[test]
 fn pngs_equal_comfyui_pixels_with_a_seed_above_2_63() {
     // 2^63 + 12345 (ancestral noise from seed + 1), set through the graph's seed param.
-    let cases = fixture().cases("big_seed");
+    let cases = cases("big_seed");
     assert!(cases.iter().all(|c| c["seed"].as_u64().is_some_and(|s| s > i64::MAX as u64)), "seeds above 2^63");
     check_group("big_seed");
 }
@@ -322,7 +207,7 @@ fn fixture_is_what_the_test_assumes() {
     let fx = fixture();
     for case in fx.meta["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let (_, want) = fx.pixels(&format!("{name}.pixels"));
+        let (_, want) = pixels(&format!("{name}.pixels"));
         let (_, value255) = fx.tensor(&format!("{name}.value255"));
         for (i, (&p, &v)) in want.iter().zip(&value255).enumerate() {
             if boundary_distance(f64::from(v)) > 1e-4 {

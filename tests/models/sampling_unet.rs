@@ -22,16 +22,12 @@
 //! timestep, cfg off by 0.1%) move the result 30 to 10000 times that. Measured errors are printed
 //! (`cargo test --test sampling_unet -- --nocapture`) and listed at `TOL`.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use gpu::testing::shared_gpu;
 use gpu::{DType, Gpu, Tensor};
 use graph::exec::Executor;
-use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
-use graph::{PortType, Registry, Value as GraphValue};
 use models::checkpoint::convert::UNET_PREFIX;
-use models::checkpoint::safetensors::SafeTensors;
 use models::checkpoint::weights::WeightSource;
 use models::sampling::noise::{TorchRng, prepare_noise};
 use models::sampling::samplers::{
@@ -42,8 +38,9 @@ use models::sampling::schedulers::{ModelSigmas, Scheduler, ksampler_sigmas};
 use models::unet::{Unet, UnetConfig};
 use models::unet_blocks::AttentionHeads;
 use nodes::checkpoint_loader::ConfigOverrides;
-use nodes::payload::{Conditioning, Latent};
 use serde_json::Value;
+
+use crate::ksampler_fixture::{Fixture, dir, ksampler_graph, registry};
 
 /// Relative bound, see the header. Measured on lavapipe (max abs error / max |value|): 0.3e-6 (lcm, cfg 1) to
 /// 2.3e-6 (dpm_2: 1.20e-4 on values up to 52.3) over the final latents, 1.3e-6 over euler's steps; PyTorch's own f32
@@ -56,45 +53,19 @@ const TOL: f64 = 1e-5;
 /// on values up to 70), not the finer ones the f32 bound catches.
 const TOL_F16: f64 = 2e-2;
 
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-struct Fixture {
-    tensors: SafeTensors,
-    meta: Value,
-}
-
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let d = dir().join("sampling_unet");
-        let meta = std::fs::read_to_string(d.join("meta.json")).unwrap();
-        Fixture {
-            tensors: SafeTensors::open(&d.join("reference.safetensors")).unwrap(),
-            meta: serde_json::from_str(&meta).unwrap(),
-        }
-    })
+    F.get_or_init(|| Fixture::open("sampling_unet"))
 }
 
-impl Fixture {
-    fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
-        self.tensors.f32_any(name).unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
+/// The seed of every case.
+fn seed() -> u64 {
+    fixture().meta["seed"].as_u64().unwrap()
+}
 
-    fn seed(&self) -> u64 {
-        self.meta["seed"].as_u64().unwrap()
-    }
-
-    fn shape(&self) -> [usize; 4] {
-        let v: Vec<usize> =
-            self.meta["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-        v.try_into().unwrap()
-    }
-
-    fn cases(&self) -> impl Iterator<Item = Case> + '_ {
-        self.meta["cases"].as_array().unwrap().iter().map(Case::from_json)
-    }
+/// Every case.
+fn cases() -> impl Iterator<Item = Case> {
+    fixture().meta["cases"].as_array().unwrap().iter().map(Case::from_json)
 }
 
 /// One KSampler run of the fixture.
@@ -242,14 +213,14 @@ fn initial_and_ancestral_noise_are_torch_randn_bit_for_bit() {
     let shape = fx.shape();
     let (s, want) = fx.tensor("noise");
     assert_eq!(s, shape);
-    assert_eq!(bits(&prepare_noise(&shape, fx.seed(), None)), bits(&want), "initial noise");
+    assert_eq!(bits(&prepare_noise(&shape, seed(), None)), bits(&want), "initial noise");
     // ComfyUI's default_noise_sampler on the CPU: successive torch.randn(latent.shape) from manual_seed(seed + 1).
     let mut checked = 0;
-    for case in fx.cases().filter(|c| c.sampler.uses_noise()) {
+    for case in cases().filter(|c| c.sampler.uses_noise()) {
         let (s, draws) = fx.tensor(&format!("{}.noise_draws", case.name));
         assert_eq!(s[0], case.noise_draws, "{}", case.name);
         assert_eq!(s[1..], shape, "{}", case.name);
-        let mut rng = TorchRng::new(fx.seed() + 1);
+        let mut rng = TorchRng::new(seed() + 1);
         let n: usize = shape.iter().product();
         for (i, draw) in draws.chunks_exact(n).enumerate() {
             assert_eq!(bits(&rng.randn(&shape)), bits(draw), "{} draw {i}", case.name);
@@ -262,7 +233,7 @@ fn initial_and_ancestral_noise_are_torch_randn_bit_for_bit() {
 #[test]
 fn schedules_are_comfyuis_float32_sigmas() {
     let fx = fixture();
-    for case in fx.cases() {
+    for case in cases() {
         let sigmas = case.sigmas();
         let (_, want) = fx.tensor(&format!("{}.sigmas", case.name));
         // ComfyUI's sigmas are a float32 tensor: ours must be exactly those values.
@@ -284,7 +255,7 @@ struct Run {
 fn run_case(gpu: &Gpu, unet: &Unet, prediction: Prediction, case: &Case) -> Run {
     let fx = fixture();
     let shape = fx.shape();
-    let seed = fx.seed();
+    let seed = seed();
     let model_sigmas = ModelSigmas::sd15();
     let sigmas = case.sigmas();
     let latent = if case.img2img { fx.tensor("img2img.latent").1 } else { vec![0.0; shape.iter().product()] };
@@ -309,7 +280,7 @@ fn check_cases(gpu: &Gpu, select: impl Fn(&Case) -> bool) -> usize {
     assert_eq!(prediction, Prediction::Epsilon);
     let mut failures = Vec::new();
     let mut ran = 0;
-    for (case, meta) in fx.cases().zip(fx.meta["cases"].as_array().unwrap()).filter(|(c, _)| select(c)) {
+    for (case, meta) in cases().zip(fx.meta["cases"].as_array().unwrap()).filter(|(c, _)| select(c)) {
         ran += 1;
         let run = run_case(gpu, &unet, prediction, &case);
         let (_, want) = fx.tensor(&format!("{}.final", case.name));
@@ -384,69 +355,9 @@ fn tolerance_is_far_below_what_a_slip_does() {
 
 // ---- the KSampler node itself, in a graph ----
 
-/// Test node kinds feeding the fixture's conditioning and latent into a graph, and catching KSampler's output.
-struct FixtureConditioning(NodeSchema);
-struct FixtureLatent(NodeSchema);
-struct Capture(NodeSchema, Arc<Mutex<Option<Arc<Latent>>>>);
-
-impl NodeKind for FixtureConditioning {
-    fn schema(&self) -> &NodeSchema {
-        &self.0
-    }
-    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
-        let gpu = shared_gpu().ok_or_else(|| NodeError::new("no GPU"))?;
-        let (shape, data) = fixture().tensor(inputs.str("which")?);
-        let cond = gpu.upload(&data, &shape, DType::F32).map_err(|e| NodeError::new(e.to_string()))?;
-        Ok(vec![GraphValue::Opaque(PortType::Conditioning, Arc::new(Conditioning::new(cond)))])
-    }
-}
-
-impl NodeKind for FixtureLatent {
-    fn schema(&self) -> &NodeSchema {
-        &self.0
-    }
-    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
-        let shape = fixture().shape();
-        let latent = match inputs.bool("img2img")? {
-            true => Latent { shape, samples: fixture().tensor("img2img.latent").1, noise_mask: None },
-            false => Latent::zeros(shape),
-        };
-        Ok(vec![GraphValue::Opaque(PortType::Latent, Arc::new(latent))])
-    }
-}
-
-impl NodeKind for Capture {
-    fn schema(&self) -> &NodeSchema {
-        &self.0
-    }
-    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
-        let latent = inputs.input("samples")?.downcast::<Latent>().ok_or_else(|| NodeError::new("not a latent"))?;
-        *self.1.lock().unwrap() = Some(latent);
-        Ok(vec![])
-    }
-}
-
-/// The built-in kinds plus the test kinds; the slot receives the captured latent.
 /// `SDGRAPH_DTYPE` as the command reads it, so the f16 path can be tested on lavapipe too.
 fn dtype_setting() -> Option<DType> {
     std::env::var("SDGRAPH_DTYPE").ok().and_then(|v| DType::from_setting(&v).ok())
-}
-
-fn registry() -> (Registry, Arc<Mutex<Option<Arc<Latent>>>>) {
-    let mut reg = nodes::builtin_registry_with(nodes::Settings { dtype: dtype_setting(), ..Default::default() });
-    let slot = Arc::new(Mutex::new(None));
-    let cond = NodeSchema::new("FixtureConditioning", "test", "The fixture's prompt embedding.")
-        .choice("which", &["positive", "negative"], "positive", "Which one.")
-        .output("conditioning", PortType::Conditioning, "[1, 77, 32].");
-    let latent = NodeSchema::new("FixtureLatent", "test", "The fixture's start latent.")
-        .bool("img2img", false, "The img2img latent instead of zeros.")
-        .output("latent", PortType::Latent, "[2, 4, 8, 8].");
-    let capture =
-        NodeSchema::new("Capture", "test", "Keeps the latent.").input("samples", PortType::Latent, "It.").sink();
-    reg.register(Arc::new(FixtureConditioning(cond))).unwrap();
-    reg.register(Arc::new(FixtureLatent(latent))).unwrap();
-    reg.register(Arc::new(Capture(capture, slot.clone()))).unwrap();
-    (reg, slot)
 }
 
 #[test]
@@ -457,38 +368,17 @@ fn ksampler_node_matches_pytorch() {
     // The loader stores the UNet in f16 on GPUs with fast f16 (not lavapipe, unless SDGRAPH_DTYPE=f16).
     let f16 = nodes::runtime::model_dtype(gpu, dtype_setting()) == DType::F16;
     let fx = fixture();
-    let ckpt = dir().join("sd_tiny/model.safetensors");
     let out = crate::common::temp_dir("sampling-unet");
     let mut ran = 0;
-    for case in fx.cases().filter(|c| ["img2img_euler_ancestral_karras", "lcm_normal_cfg1"].contains(&c.name.as_str()))
-    {
+    for case in cases().filter(|c| ["img2img_euler_ancestral_karras", "lcm_normal_cfg1"].contains(&c.name.as_str())) {
         let meta = fx.meta["cases"].as_array().unwrap().iter().find(|m| m["name"] == case.name.as_str()).unwrap();
-        let text = format!(
-            r#"(nodes: {{
-                "ckpt": (kind: "CheckpointLoaderSimple", params: {{ "ckpt_name": {ckpt:?} }}),
-                "pos": (kind: "FixtureConditioning", params: {{ "which": "positive" }}),
-                "neg": (kind: "FixtureConditioning", params: {{ "which": "negative" }}),
-                "start": (kind: "FixtureLatent", params: {{ "img2img": {img2img} }}),
-                "sample": (kind: "KSampler",
-                    inputs: {{ "model": "ckpt.model", "positive": "pos.conditioning", "negative": "neg.conditioning",
-                              "latent_image": "start.latent" }},
-                    params: {{ "seed": {seed}, "steps": {steps}, "cfg": {cfg:?}, "sampler_name": {sampler:?},
-                              "scheduler": {scheduler:?}, "denoise": {denoise:?} }}),
-                "keep": (kind: "Capture", inputs: {{ "samples": "sample.latent" }}),
-            }})"#,
-            img2img = case.img2img,
-            seed = fx.seed(),
-            steps = case.steps,
-            cfg = case.cfg,
-            sampler = meta["sampler"].as_str().unwrap(),
-            scheduler = meta["scheduler"].as_str().unwrap(),
-            denoise = case.denoise,
-        );
-        let (reg, slot) = registry();
+        let text =
+            ksampler_graph(meta, seed(), r#""keep": (kind: "Capture", inputs: { "samples": "sample.latent" }),"#);
+        let (reg, slot) = registry(fx, nodes::Settings { dtype: dtype_setting(), ..Default::default() });
         let g = crate::common::validate_str(&text, &reg).unwrap_or_else(|e| panic!("{e}"));
         let report = crate::common::run(&mut Executor::default(), &g, &out);
         assert!(report.ok, "{}: {:?}", case.name, report.errors());
-        let got = slot.lock().unwrap().take().expect("the capture node ran");
+        let got = std::mem::take(&mut *slot.lock().unwrap()).latent.expect("the capture node ran");
         assert_eq!(got.shape, fx.shape());
         let (_, want) = fx.tensor(&format!("{}.final", case.name));
         let (err, bound) = error_and_bound(&got.samples, &want);
