@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::device::{Gpu, GpuError};
 use super::ops::attention::{AttentionOptions, attention, coop_attention_available};
-use super::ops::conv2d::{Conv2dOptions, ConvExtras, conv2d_fused_with_kernel, coop_conv_available};
+use super::ops::conv2d::{Conv2dCall, Conv2dOptions, ConvExtras, coop_conv_available};
 use super::ops::matmul::{MatmulKernel, MatmulOptions, coop_available, matmul_with_kernel};
 use super::tensor::{DType, Tensor};
 use super::tensor_cores::CoopKernel;
@@ -112,7 +112,7 @@ impl Op {
             }
             Op::Conv3x3 { .. } => {
                 let opts = Conv2dOptions { padding: (1, 1), ..Default::default() };
-                conv2d_fused_with_kernel(gpu, a, b, None, &opts, ConvExtras::default(), kernel)
+                Conv2dCall { x: a, weight: b, bias: None, opts: &opts, extras: ConvExtras::default() }.run(gpu, kernel)
             }
             Op::Attention { heads, .. } => {
                 attention(gpu, a, b, b, AttentionOptions { kernel, ..AttentionOptions::new(heads) })

@@ -124,35 +124,38 @@ pub fn conv2d_fused(
     opts: &Conv2dOptions,
     extras: ConvExtras,
 ) -> Result<Tensor, GpuError> {
-    conv2d_fused_with_kernel(gpu, x, weight, bias, opts, extras, MatmulKernel::Auto)
+    Conv2dCall { x, weight, bias, opts, extras }.run(gpu, MatmulKernel::Auto)
 }
 
-/// `conv2d_fused` with an explicit kernel choice (benchmarks and tests).
-pub fn conv2d_fused_with_kernel(
-    gpu: &Gpu,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    opts: &Conv2dOptions,
-    extras: ConvExtras,
-    kernel: MatmulKernel,
-) -> Result<Tensor, GpuError> {
-    let pick = |dtype| use_coop(gpu, dtype, kernel);
-    run(gpu, x, weight, bias, opts, extras, pick, gpu.limits.max_storage_buffer_binding_size)
+/// One convolution's operands, as [`conv2d_fused`] takes them, for the entries that also say how it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dCall<'a> {
+    pub x: &'a Tensor,
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub opts: &'a Conv2dOptions,
+    pub extras: ConvExtras<'a>,
 }
 
-/// `conv2d_fused` on the kernel `route` names, whatever the verdicts say: the tensor-core
-/// self-test's entry.
-pub(crate) fn run_routed(
-    gpu: &Gpu,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    opts: &Conv2dOptions,
-    extras: ConvExtras,
-    route: Route,
-) -> Result<Tensor, GpuError> {
-    run(gpu, x, weight, bias, opts, extras, |_| Ok(route), gpu.limits.max_storage_buffer_binding_size)
+impl Conv2dCall<'_> {
+    /// `conv2d_fused` on an explicit kernel choice (benchmarks and tests).
+    pub fn run(&self, gpu: &Gpu, kernel: MatmulKernel) -> Result<Tensor, GpuError> {
+        let pick = |dtype| use_coop(gpu, dtype, kernel);
+        self.launch(gpu, pick, gpu.limits.max_storage_buffer_binding_size)
+    }
+
+    /// `conv2d_fused` as if one storage binding held at most `limit` bytes, to test the windows without
+    /// gigabyte tensors.
+    #[doc(hidden)]
+    pub fn run_with_binding_limit(&self, gpu: &Gpu, limit: u64) -> Result<Tensor, GpuError> {
+        let limit = limit.min(gpu.limits.max_storage_buffer_binding_size);
+        self.launch(gpu, |_| Ok(Route::Portable), limit)
+    }
+
+    /// `conv2d_fused` on the kernel `route` names, whatever the verdicts say: the tensor-core self-test's entry.
+    pub(crate) fn run_routed(&self, gpu: &Gpu, route: Route) -> Result<Tensor, GpuError> {
+        self.launch(gpu, |_| Ok(route), gpu.limits.max_storage_buffer_binding_size)
+    }
 }
 
 /// Whether the adapter can run conv2d on cooperative matrices: as for
@@ -162,22 +165,6 @@ pub(crate) fn run_routed(
 pub fn coop_conv_available(gpu: &Gpu, dtype: DType) -> bool {
     let sg = gpu.info.subgroup_size.0;
     coop_available(gpu, dtype) && (4 * sg).is_multiple_of(COOP_BLOCK)
-}
-
-/// `conv2d_with` as if one storage binding held at most `limit` bytes, to
-/// test the windows without gigabyte tensors.
-#[doc(hidden)]
-pub fn conv2d_with_binding_limit(
-    gpu: &Gpu,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    opts: &Conv2dOptions,
-    extras: ConvExtras,
-    limit: u64,
-) -> Result<Tensor, GpuError> {
-    let limit = limit.min(gpu.limits.max_storage_buffer_binding_size);
-    run(gpu, x, weight, bias, opts, extras, |_| Ok(Route::Portable), limit)
 }
 
 /// Output height and width, as PyTorch computes them; an error when the
@@ -220,13 +207,8 @@ struct ConvShape {
 
 impl ConvShape {
     /// The shapes and dtypes of the operands, or an error naming the mismatch.
-    fn check(
-        x: &Tensor,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        opts: &Conv2dOptions,
-        extras: &ConvExtras,
-    ) -> Result<Self, GpuError> {
+    fn check(conv: &Conv2dCall) -> Result<Self, GpuError> {
+        let Conv2dCall { x, weight, bias, opts, extras } = *conv;
         let (&[b, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
             return Err(GpuError::Shape(format!(
                 "conv2d wants x [B, Cin, H, W] and weight [Cout, Cin, kh, kw]; got x {:?}, weight {:?}",
@@ -244,7 +226,7 @@ impl ConvShape {
             return Err(GpuError::Shape(format!("conv2d: x is {:?}, weight {:?}", x.dtype(), weight.dtype())));
         }
         if let Some(bias) = bias {
-            check_bias(bias, x.dtype(), b, cout, extras)?;
+            check_bias(bias, x.dtype(), b, cout, &extras)?;
         }
         let (hout, wout) = output_size(h, w, kh, kw, opts)?;
         if let Some(r) = extras.residual
@@ -332,15 +314,11 @@ impl Windows {
     }
 }
 
-/// The operands of one convolution, for the dispatches that cover it.
-struct ConvCall<'a> {
+/// One convolution, its output and checked sizes, for the dispatches that cover it.
+struct Dispatches<'a> {
     gpu: &'a Gpu,
-    x: &'a Tensor,
-    weight: &'a Tensor,
-    bias: Option<&'a Tensor>,
+    conv: &'a Conv2dCall<'a>,
     y: &'a Tensor,
-    opts: &'a Conv2dOptions,
-    extras: ConvExtras<'a>,
     s: ConvShape,
 }
 
@@ -352,10 +330,11 @@ struct Slice {
     ci: std::ops::Range<usize>,
 }
 
-impl ConvCall<'_> {
+impl Dispatches<'_> {
     /// Binds the windows of one slice and dispatches it on `tiles_total` workgroups.
     fn dispatch(&self, kernel: &Kernel, slice: &Slice, tiles_n: u32, tiles_total: u32) -> Result<(), GpuError> {
-        let Self { gpu, x, weight, bias, y, opts, extras, s } = self;
+        let Self { gpu, conv, y, s } = self;
+        let Conv2dCall { x, weight, bias, opts, extras } = **conv;
         let ConvShape { cin, h, w, cout, kh, kw, hout, wout, .. } = *s;
         let (hw, npix, khw) = (h * w, hout * wout, kh * kw);
         let Slice { b0, items, .. } = *slice;
@@ -423,49 +402,48 @@ impl ConvCall<'_> {
     }
 }
 
-/// `pick` chooses the kernel once the shapes are checked (so a wrong shape is reported before any
-/// tensor-core self-test runs).
-#[allow(clippy::too_many_arguments)] // the public entry points' arguments, plus the binding limit
-fn run(
-    gpu: &Gpu,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    opts: &Conv2dOptions,
-    extras: ConvExtras,
-    pick: impl FnOnce(DType) -> Result<Route, GpuError>,
-    limit: u64,
-) -> Result<Tensor, GpuError> {
-    let s = ConvShape::check(x, weight, bias, opts, &extras)?;
-    let route = pick(x.dtype())?;
-    let coop = route == Route::TensorCores;
-    let ConvShape { b, cin, cout, hout, wout, .. } = s;
-    let y = gpu.empty(&[b, cout, hout, wout], x.dtype())?;
-    if y.numel() == 0 {
-        return Ok(y);
-    }
-    let npix = hout * wout;
-    let Windows { b_n, co_n, ci_n } = Windows::plan(gpu, &s, x.dtype().size() as u64, bias.map(Tensor::numel), limit)?;
-    let (kernel, block_m, block_n) = if coop {
-        let sg = gpu.info.subgroup_size.0;
-        let k = Kernel::new(ShaderFamily::MatmulCoop, Variant::CoopF16, "conv2d").constant("SG", sg as f64);
-        (k, COOP_BLOCK, COOP_BLOCK)
-    } else {
-        let tile = Tile::for_shape(co_n, npix);
-        (tile.constants(Kernel::new(ShaderFamily::Conv2d, x.dtype().variant(), "conv2d")), tile.bm, tile.bn)
-    };
-    let call = ConvCall { gpu, x, weight, bias, y: &y, opts, extras, s };
-    for b0 in (0..b).step_by(b_n) {
-        let items = b_n.min(b - b0);
-        for co0 in (0..cout).step_by(co_n) {
-            let co = co0..co0 + co_n.min(cout - co0);
-            let tiles_n = (npix as u32).div_ceil(block_n);
-            let tiles_total = (co.len() as u32).div_ceil(block_m) * tiles_n;
-            for ci0 in (0..cin.max(1)).step_by(ci_n) {
-                let ci = ci0..ci0 + ci_n.min(cin - ci0);
-                call.dispatch(&kernel, &Slice { b0, items, co: co.clone(), ci }, tiles_n, tiles_total)?;
+impl Conv2dCall<'_> {
+    /// `pick` chooses the kernel once the shapes are checked (so a wrong shape is reported before any
+    /// tensor-core self-test runs).
+    fn launch(
+        &self,
+        gpu: &Gpu,
+        pick: impl FnOnce(DType) -> Result<Route, GpuError>,
+        limit: u64,
+    ) -> Result<Tensor, GpuError> {
+        let Conv2dCall { x, bias, .. } = *self;
+        let s = ConvShape::check(self)?;
+        let route = pick(x.dtype())?;
+        let coop = route == Route::TensorCores;
+        let ConvShape { b, cin, cout, hout, wout, .. } = s;
+        let y = gpu.empty(&[b, cout, hout, wout], x.dtype())?;
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        let npix = hout * wout;
+        let Windows { b_n, co_n, ci_n } =
+            Windows::plan(gpu, &s, x.dtype().size() as u64, bias.map(Tensor::numel), limit)?;
+        let (kernel, block_m, block_n) = if coop {
+            let sg = gpu.info.subgroup_size.0;
+            let k = Kernel::new(ShaderFamily::MatmulCoop, Variant::CoopF16, "conv2d").constant("SG", sg as f64);
+            (k, COOP_BLOCK, COOP_BLOCK)
+        } else {
+            let tile = Tile::for_shape(co_n, npix);
+            (tile.constants(Kernel::new(ShaderFamily::Conv2d, x.dtype().variant(), "conv2d")), tile.bm, tile.bn)
+        };
+        let call = Dispatches { gpu, conv: self, y: &y, s };
+        for b0 in (0..b).step_by(b_n) {
+            let items = b_n.min(b - b0);
+            for co0 in (0..cout).step_by(co_n) {
+                let co = co0..co0 + co_n.min(cout - co0);
+                let tiles_n = (npix as u32).div_ceil(block_n);
+                let tiles_total = (co.len() as u32).div_ceil(block_m) * tiles_n;
+                for ci0 in (0..cin.max(1)).step_by(ci_n) {
+                    let ci = ci0..ci0 + ci_n.min(cin - ci0);
+                    call.dispatch(&kernel, &Slice { b0, items, co: co.clone(), ci }, tiles_n, tiles_total)?;
+                }
             }
         }
+        tensor_cores::finish(gpu, route, y)
     }
-    tensor_cores::finish(gpu, route, y)
 }

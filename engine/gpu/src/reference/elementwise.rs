@@ -1,5 +1,7 @@
 //! Reference activations in f64.
 
+use crate::ops::matmul::Activation;
+
 /// erf by its Maclaurin series (small |x|) or continued fraction for erfc
 /// (large |x|): accurate to ~1e-15, independent of the shader's formula.
 pub fn erf(x: f64) -> f64 {
@@ -44,6 +46,16 @@ pub fn quick_gelu(x: f64) -> f64 {
 
 pub fn leaky_relu(x: f64, slope: f64) -> f64 {
     if x >= 0.0 { x } else { x * slope }
+}
+
+/// The activation a matmul or conv2d epilogue fuses (`ops::matmul::Activation`).
+pub fn activation(a: Activation, x: f64) -> f64 {
+    match a {
+        Activation::None => x,
+        Activation::Silu => silu(x),
+        Activation::Gelu => gelu(x),
+        Activation::QuickGelu => quick_gelu(x),
+    }
 }
 
 #[cfg(test)]

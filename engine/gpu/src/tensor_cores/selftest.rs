@@ -9,7 +9,7 @@ use super::cache::{self, Entry};
 use super::{CoopKernel, KernelVerdict, Route, TensorCoreCheck, Verdict};
 use crate::device::{Gpu, GpuError, block_on};
 use crate::ops::attention::{self, AttentionOptions, coop_attention_available};
-use crate::ops::conv2d::{self, Conv2dOptions, ConvExtras, coop_conv_available};
+use crate::ops::conv2d::{Conv2dCall, Conv2dOptions, ConvExtras, coop_conv_available};
 use crate::ops::matmul::{self, Activation, MatmulOptions, coop_available};
 use crate::tensor::{DType, Tensor};
 use crate::testing::random;
@@ -241,13 +241,13 @@ fn conv2d_problems(gpu: &Gpu, route: Route) -> Result<Vec<Compared>, GpuError> {
         (rand(gpu, &[1, 32, 16, 16], 6, 1.0)?, rand(gpu, &[128, 32, 3, 3], 7, 0.1)?, rand(gpu, &[128], 8, 1.0)?);
     let pad = Conv2dOptions { padding: (1, 1), ..Default::default() };
     let blocks = both(gpu, "conv2d [1, 32, 16, 16] * [128, 32, 3, 3], padding 1", route, |r| {
-        conv2d::run_routed(gpu, &x, &w, Some(&b), &pad, ConvExtras::default(), r)
+        Conv2dCall { x: &x, weight: &w, bias: Some(&b), opts: &pad, extras: ConvExtras::default() }.run_routed(gpu, r)
     })?;
     let (x, w, b) =
         (rand(gpu, &[2, 5, 9, 7], 9, 1.0)?, rand(gpu, &[11, 5, 3, 3], 10, 0.3)?, rand(gpu, &[11], 11, 1.0)?);
     let opts = Conv2dOptions { stride: (2, 2), padding: (1, 1), activation: Activation::Silu, ..Default::default() };
     let odd = both(gpu, "conv2d [2, 5, 9, 7] * [11, 5, 3, 3], stride 2, padding 1, bias, SiLU", route, |r| {
-        conv2d::run_routed(gpu, &x, &w, Some(&b), &opts, ConvExtras::default(), r)
+        Conv2dCall { x: &x, weight: &w, bias: Some(&b), opts: &opts, extras: ConvExtras::default() }.run_routed(gpu, r)
     })?;
     Ok(vec![blocks, odd])
 }

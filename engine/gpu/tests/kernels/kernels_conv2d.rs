@@ -3,10 +3,7 @@
 //! channel counts that are not multiples of the tiles, bias, fused
 //! activations, binding windows; shape errors.
 
-use gpu::ops::conv2d::{
-    Conv2dOptions, ConvExtras, conv2d, conv2d_fused, conv2d_fused_with_kernel, conv2d_with, conv2d_with_binding_limit,
-    coop_conv_available,
-};
+use gpu::ops::conv2d::{Conv2dCall, Conv2dOptions, ConvExtras, conv2d, conv2d_fused, conv2d_with, coop_conv_available};
 use gpu::ops::matmul::{Activation, MatmulKernel};
 use gpu::reference::conv2d as r;
 use gpu::reference::elementwise as act;
@@ -36,15 +33,6 @@ impl Case {
     fn fused(mut self) -> Case {
         (self.bias, self.batch_bias, self.residual) = (true, true, true);
         self
-    }
-}
-
-fn activate(a: Activation, v: f64) -> f64 {
-    match a {
-        Activation::None => v,
-        Activation::Silu => act::silu(v),
-        Activation::Gelu => act::gelu(v),
-        Activation::QuickGelu => act::quick_gelu(v),
     }
 }
 
@@ -86,7 +74,7 @@ fn check_via(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, via: Via) {
                 (true, false) => db[co] as f64,
                 (true, true) => db[item * row + offset + co] as f64,
             };
-            let v = activate(c.opts.activation, v + bias);
+            let v = act::activation(c.opts.activation, v + bias);
             if c.residual { v + dres[i] as f64 } else { v }
         })
         .collect();
@@ -95,8 +83,8 @@ fn check_via(gpu: &Gpu, c: &Case, dtype: DType, seed: u64, via: Via) {
     let y = match via {
         Via::Auto if plain => conv2d_with(gpu, &x, &w, bias, &c.opts),
         Via::Auto => conv2d_fused(gpu, &x, &w, bias, &c.opts, extras),
-        Via::Limit(l) => conv2d_with_binding_limit(gpu, &x, &w, bias, &c.opts, extras, l),
-        Via::Kernel(k) => conv2d_fused_with_kernel(gpu, &x, &w, bias, &c.opts, extras, k),
+        Via::Limit(l) => Conv2dCall { x: &x, weight: &w, bias, opts: &c.opts, extras }.run_with_binding_limit(gpu, l),
+        Via::Kernel(k) => Conv2dCall { x: &x, weight: &w, bias, opts: &c.opts, extras }.run(gpu, k),
     }
     .unwrap();
     assert_eq!(y.shape(), shape);
@@ -274,12 +262,13 @@ fn bad_shapes_are_errors_not_panics() {
     if !coop_conv_available(gpu, DType::F32) {
         let opts = Conv2dOptions::default();
         let w = t(&[2, 4, 3, 3]);
-        shape_err(conv2d_fused_with_kernel(gpu, &x, &w, None, &opts, ConvExtras::default(), MatmulKernel::Coop));
+        let call = Conv2dCall { x: &x, weight: &w, bias: None, opts: &opts, extras: ConvExtras::default() };
+        shape_err(call.run(gpu, MatmulKernel::Coop));
     }
     // A channel plane larger than one binding cannot be split.
-    let err =
-        conv2d_with_binding_limit(gpu, &x, &t(&[2, 4, 3, 3]), None, &Conv2dOptions::default(), Default::default(), 200)
-            .unwrap_err();
+    let (w, opts) = (t(&[2, 4, 3, 3]), Conv2dOptions::default());
+    let call = Conv2dCall { x: &x, weight: &w, bias: None, opts: &opts, extras: ConvExtras::default() };
+    let err = call.run_with_binding_limit(gpu, 200).unwrap_err();
     assert!(matches!(err, GpuError::TooLarge { .. }), "{err}");
 }
 

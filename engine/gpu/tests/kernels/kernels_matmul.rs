@@ -71,15 +71,6 @@ impl<'s> Case<'s> {
     }
 }
 
-fn activate(a: Activation, v: f64) -> f64 {
-    match a {
-        Activation::None => v,
-        Activation::Silu => act::silu(v),
-        Activation::Gelu => act::gelu(v),
-        Activation::QuickGelu => act::quick_gelu(v),
-    }
-}
-
 /// Runs `case` on `kernel` and compares with the reference on the inputs as
 /// stored (f16-rounded for f16).
 fn check(gpu: &Gpu, case: &Case, dtype: DType, kernel: MatmulKernel, tol: Tolerance, seed: u64) {
@@ -115,7 +106,7 @@ fn check(gpu: &Gpu, case: &Case, dtype: DType, kernel: MatmulKernel, tol: Tolera
         want = want.chunks(2).map(|p| p[0] * act::gelu(p[1])).collect();
         *shape.last_mut().unwrap() = n / 2;
     } else {
-        want = want.into_iter().map(|v| activate(case.act, v)).collect();
+        want = want.into_iter().map(|v| act::activation(case.act, v)).collect();
     }
     let dres = round(random(want.len(), seed + 3, -1.0, 1.0));
     let res = gpu.upload(&dres, &shape, dtype).unwrap();

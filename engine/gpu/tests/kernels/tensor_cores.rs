@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use gpu::ops::attention::{AttentionOptions, attention, coop_attention_available};
-use gpu::ops::conv2d::{Conv2dOptions, ConvExtras, conv2d_fused_with_kernel, coop_conv_available};
+use gpu::ops::conv2d::{Conv2dCall, Conv2dOptions, ConvExtras, coop_conv_available};
 use gpu::ops::matmul::{MatmulKernel, MatmulOptions, coop_available, matmul_with_kernel};
 use gpu::reference;
 use gpu::tensor_cores::{CoopKernel, KernelVerdict, TensorCoreFault, Verdict};
@@ -63,8 +63,9 @@ fn ops_match_references(gpu: &Gpu, kernel: MatmulKernel) -> Result<(), String> {
 
     let ((x, xd), (w, wd)) = (f16(gpu, &[1, 5, 9, 7], 3), f16(gpu, &[11, 5, 3, 3], 4));
     let opts = Conv2dOptions { padding: (1, 1), ..Default::default() };
-    let y =
-        conv2d_fused_with_kernel(gpu, &x, &w, None, &opts, ConvExtras::default(), kernel).map_err(|e| e.to_string())?;
+    let y = Conv2dCall { x: &x, weight: &w, bias: None, opts: &opts, extras: ConvExtras::default() }
+        .run(gpu, kernel)
+        .map_err(|e| e.to_string())?;
     let (want, _) = reference::conv2d::conv2d(&xd, [1, 5, 9, 7], &wd, [11, 5, 3, 3], None, (1, 1), (1, 1), (1, 1));
     tol.check(&gpu.download(&y).unwrap(), &want).map_err(|e| format!("conv2d: {e}"))?;
 
