@@ -475,6 +475,13 @@ pub struct Unet {
 /// `up_blocks.N`), in the model's dtype.
 pub type Intermediates = Vec<(String, Tensor)>;
 
+/// The ControlNet residuals one UNet call adds (see [`Unet::forward_with_residuals`]); none by default.
+#[derive(Clone, Copy, Default)]
+struct Residuals<'a> {
+    down: Option<&'a [Tensor]>,
+    mid: Option<&'a Tensor>,
+}
+
 impl Unet {
     /// Builds the network `config` describes from `w` (at `model.diffusion_model.`),
     /// checking every tensor's shape; weights stored as `dtype`.
@@ -526,7 +533,7 @@ impl Unet {
     /// all), `context [B, L, context_dim]` (the text encoder's output) ->
     /// `[B, out, h, w]` in `x`'s dtype. Inputs are cast to the model's dtype.
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, timesteps: &[f32], context: &Tensor) -> Result<Tensor, ModelError> {
-        self.run(gpu, x, timesteps, context, None, None, None)
+        self.run(gpu, x, timesteps, context, Residuals::default(), None)
     }
 
     /// `forward` with ControlNet residuals, as diffusers'
@@ -543,7 +550,7 @@ impl Unet {
         down: Option<&[Tensor]>,
         mid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
-        self.run(gpu, x, timesteps, context, down, mid, None)
+        self.run(gpu, x, timesteps, context, Residuals { down, mid }, None)
     }
 
     /// `forward` that also returns the block outputs (see [`Intermediates`]),
@@ -556,21 +563,20 @@ impl Unet {
         context: &Tensor,
     ) -> Result<(Tensor, Intermediates), ModelError> {
         let mut trace = Vec::new();
-        let y = self.run(gpu, x, timesteps, context, None, None, Some(&mut trace))?;
+        let y = self.run(gpu, x, timesteps, context, Residuals::default(), Some(&mut trace))?;
         Ok((y, trace))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         gpu: &Gpu,
         x: &Tensor,
         timesteps: &[f32],
         context: &Tensor,
-        down: Option<&[Tensor]>,
-        mid: Option<&Tensor>,
+        residuals: Residuals,
         mut trace: Recorder<'_>,
     ) -> Result<Tensor, ModelError> {
+        let Residuals { down, mid } = residuals;
         let c = &self.config;
         let dt = self.dtype;
         let timesteps = DownPath::check_inputs(c, x, timesteps, context)?;

@@ -26,17 +26,19 @@ use super::tables;
 
 /// Whether `cp` lies in one of the sorted, inclusive, disjoint `ranges`.
 pub(crate) fn in_ranges(ranges: &[(u32, u32)], cp: u32) -> bool {
-    ranges
-        .binary_search_by(|&(lo, hi)| {
-            if hi < cp {
-                Ordering::Less
-            } else if lo > cp {
-                Ordering::Greater
-            } else {
-                Ordering::Equal
-            }
-        })
-        .is_ok()
+    ranges.binary_search_by(|&(lo, hi)| range_cmp(lo, hi, cp)).is_ok()
+}
+
+/// Where the inclusive range `lo..=hi` lies relative to `cp` (`Equal`: it holds `cp`), for binary searches over
+/// sorted, disjoint ranges.
+fn range_cmp(lo: u32, hi: u32, cp: u32) -> Ordering {
+    if hi < cp {
+        Ordering::Less
+    } else if lo > cp {
+        Ordering::Greater
+    } else {
+        Ordering::Equal
+    }
 }
 
 /// transformers' `_is_control` plus the two code points `_clean_text` drops explicitly (U+0000, U+FFFD).
@@ -140,15 +142,7 @@ const N_COUNT: u32 = V_COUNT * T_COUNT;
 const S_COUNT: u32 = L_COUNT * N_COUNT;
 
 fn ccc(cp: u32) -> u8 {
-    match tables::CCC.binary_search_by(|&(lo, hi, _)| {
-        if hi < cp {
-            Ordering::Less
-        } else if lo > cp {
-            Ordering::Greater
-        } else {
-            Ordering::Equal
-        }
-    }) {
+    match tables::CCC.binary_search_by(|&(lo, hi, _)| range_cmp(lo, hi, cp)) {
         Ok(i) => tables::CCC[i].2,
         Err(_) => 0,
     }
@@ -260,6 +254,13 @@ pub(crate) fn nfc(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `f(text) == want` for every (text, want).
+    fn check(f: fn(&str) -> String, cases: &[(&str, &str)]) {
+        for &(text, want) in cases {
+            assert_eq!(f(text), want, "{text:?}");
+        }
+    }
+
     #[test]
     fn nfc_composes_and_reorders() {
         let cases = [
@@ -274,9 +275,7 @@ mod tests {
             // U+0344 is a composition exclusion: it decomposes and does not come back.
             ("\u{344}", "\u{308}\u{301}"),
         ];
-        for (text, want) in cases {
-            assert_eq!(nfc(text), want, "{text:?}");
-        }
+        check(nfc, &cases);
     }
 
     #[test]
@@ -293,8 +292,6 @@ mod tests {
             ("", ""),
             (" \t\n ", ""),
         ];
-        for (text, want) in cases {
-            assert_eq!(normalize(text), want, "{text:?}");
-        }
+        check(normalize, &cases);
     }
 }
