@@ -4,13 +4,10 @@
 //! in f16; config detection; ControlNet residual hook; broken checkpoints
 //! name the bad key.
 
-use std::path::{Path, PathBuf};
-
-use crate::cases::Case as Fixture;
+use crate::cases::{Case as Fixture, Edited, broken_checkpoint_error};
 use crate::common::sd_tiny::{Layout, fixtures, source};
 use gpu::testing::shared_gpu;
 use gpu::{DType, Gpu, Tensor};
-use models::checkpoint::safetensors::{Dtype, SafeTensors, write};
 use models::checkpoint::weights::WeightSource;
 use models::unet::{Unet, UnetConfig};
 use models::unet_blocks::AttentionHeads;
@@ -241,38 +238,20 @@ fn odd_latent_sizes() {
     }
 }
 
-/// A copy of the fixture's UNet tensors with `edit` applied, written to a temp file.
-fn broken_copy(tag: &str, edit: impl Fn(&str, Vec<usize>, Vec<f32>) -> Option<(Vec<usize>, Vec<f32>)>) -> PathBuf {
-    let st = SafeTensors::open(&fixtures().join("model.safetensors")).unwrap();
-    let mut tensors = Vec::new();
-    for name in st.names().filter(|n| n.starts_with(PREFIX)) {
-        let (shape, data) = st.f32_any(name).unwrap();
-        if let Some((shape, data)) = edit(name, shape, data) {
-            tensors.push((name.to_string(), shape, data));
-        }
-    }
-    let path = std::env::temp_dir().join(format!("sdgraph_unet_{tag}_{}.safetensors", std::process::id()));
-    let refs: Vec<(&str, &[usize], &[f32])> =
-        tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
-    write(&path, &refs, Dtype::F32).unwrap();
-    path
-}
-
-fn load_error(path: &Path) -> String {
+/// The error loading a copy of the fixture's UNet whose tensors went through `edit` (see
+/// [`broken_checkpoint_error`]).
+fn load_error(tag: &str, edit: impl Fn(&str, Vec<usize>, Vec<f32>) -> Edited) -> String {
     let gpu = shared_gpu().expect("checked by the caller");
-    let src = WeightSource::single_file(path).unwrap();
-    let cfg = fixture_config(&src);
-    let err = Unet::load(gpu, &src.prefix(PREFIX), &cfg, DType::F32).err().expect("loading must fail");
-    std::fs::remove_file(path).ok();
-    err.to_string()
+    broken_checkpoint_error(PREFIX, &format!("unet_{tag}"), edit, |src| {
+        Unet::load(gpu, &src.prefix(PREFIX), &fixture_config(src), DType::F32)
+    })
 }
 
 #[test]
 fn missing_key_is_named() {
     let Some(_) = shared_gpu() else { return };
     let key = "model.diffusion_model.output_blocks.5.2.conv.weight";
-    let path = broken_copy("missing", |n, s, d| (n != key).then_some((s, d)));
-    let err = load_error(&path);
+    let err = load_error("missing", |n, s, d| (n != key).then_some((s, d)));
     assert!(err.contains(key) && err.contains("missing"), "{err}");
 }
 
@@ -280,7 +259,7 @@ fn missing_key_is_named() {
 fn misshapen_tensor_is_named() {
     let Some(_) = shared_gpu() else { return };
     let key = "model.diffusion_model.middle_block.1.transformer_blocks.0.ff.net.0.proj.weight";
-    let path = broken_copy("shape", |n, s, d| {
+    let err = load_error("shape", |n, s, d| {
         if n == key {
             // [128, 16] -> [127, 16]: one GEGLU row short.
             assert_eq!(s, [128, 16]);
@@ -289,7 +268,6 @@ fn misshapen_tensor_is_named() {
             Some((s, d))
         }
     });
-    let err = load_error(&path);
     assert!(err.contains(key) && err.contains("[127, 16]"), "{err}");
 }
 

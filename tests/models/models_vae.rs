@@ -6,13 +6,10 @@
 //! in query blocks) and both checkpoint layouts; a stated bound in f16;
 //! config detection; input checks; broken checkpoints name the bad key.
 
-use std::path::{Path, PathBuf};
-
-use crate::cases::Case as Fixture;
+use crate::cases::{Case as Fixture, Edited, broken_checkpoint_error};
 use crate::common::sd_tiny::{Layout, fixtures, source};
 use gpu::testing::shared_gpu;
 use gpu::{DType, Gpu, Tensor};
-use models::checkpoint::safetensors::{Dtype, SafeTensors, write};
 use models::checkpoint::weights::WeightSource;
 use models::vae::{Vae, VaeConfig};
 use models::vae_blocks::{AttentionPath, attention_matmul};
@@ -193,35 +190,17 @@ fn rejects_bad_inputs() {
     assert_eq!(out.shape(), &[1, 3, 6, 10]);
 }
 
-/// A copy of the fixture's VAE tensors with `edit` applied, written to a temp file.
-fn broken_checkpoint(
-    tag: &str,
-    edit: impl Fn(&str, Vec<usize>, Vec<f32>) -> Option<(Vec<usize>, Vec<f32>)>,
-) -> PathBuf {
-    let st = SafeTensors::open(&fixtures().join("model.safetensors")).unwrap();
-    let mut tensors = Vec::new();
-    for name in st.names().filter(|n| n.starts_with(PREFIX)) {
-        let (shape, data) = st.f32_any(name).unwrap();
-        if let Some((shape, data)) = edit(name, shape, data) {
-            tensors.push((name.to_string(), shape, data));
-        }
-    }
-    let refs: Vec<(&str, &[usize], &[f32])> =
-        tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
-    let path = std::env::temp_dir().join(format!("sdgraph_vae_{tag}_{}.safetensors", std::process::id()));
-    write(&path, &refs, Dtype::F32).unwrap();
-    path
-}
-
-fn load_error(path: &Path) -> String {
+/// The error loading a copy of the fixture's VAE whose tensors went through `edit` (see
+/// [`broken_checkpoint_error`]).
+fn load_error(tag: &str, edit: impl Fn(&str, Vec<usize>, Vec<f32>) -> Edited) -> String {
     let Some(gpu) = shared_gpu() else { return String::new() };
-    let src = WeightSource::single_file(path).unwrap();
-    let mut cfg = VaeConfig::detect_from_weights(&src.prefix(PREFIX)).unwrap();
-    cfg.norm_groups = 4;
-    let err = Vae::load(gpu, &src.prefix(PREFIX), &cfg, DType::F32).err().expect("a broken checkpoint loads");
-    std::fs::remove_file(path).ok();
+    let err = broken_checkpoint_error(PREFIX, &format!("vae_{tag}"), edit, |src| {
+        let mut cfg = VaeConfig::detect_from_weights(&src.prefix(PREFIX)).unwrap();
+        cfg.norm_groups = 4;
+        Vae::load(gpu, &src.prefix(PREFIX), &cfg, DType::F32)
+    });
     eprintln!("{err}");
-    err.to_string()
+    err
 }
 
 #[test]
@@ -235,8 +214,7 @@ fn missing_key_is_named() {
         "first_stage_model.encoder.mid.attn_1.proj_out.weight",
         "first_stage_model.post_quant_conv.bias",
     ] {
-        let path = broken_checkpoint("missing", |n, s, d| (n != key).then_some((s, d)));
-        let err = load_error(&path);
+        let err = load_error("missing", |n, s, d| (n != key).then_some((s, d)));
         assert!(err.contains(key) && err.contains("missing"), "{key}: {err}");
     }
 }
@@ -252,14 +230,13 @@ fn misshapen_tensor_is_named() {
         ("first_stage_model.decoder.up.0.block.0.nin_shortcut.weight", vec![8, 8, 1, 1]),
         ("first_stage_model.encoder.norm_out.bias", vec![8, 2]),
     ] {
-        let path = broken_checkpoint("shape", |n, s, d| {
+        let err = load_error("shape", |n, s, d| {
             if n != key {
                 return Some((s, d));
             }
             let len = shape.iter().product::<usize>();
             Some((shape.clone(), d.into_iter().cycle().take(len).collect()))
         });
-        let err = load_error(&path);
         assert!(err.contains(key), "{key}: {err}");
     }
 }
