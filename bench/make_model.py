@@ -45,51 +45,33 @@ VOCAB_GZ = REPO / "nodes" / "src" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def configs(small: bool) -> tuple[dict, dict, dict]:
+    """SD 1.5's UNet, VAE and CLIP configs (narrowed with `small`): make_fixtures.py's tiny SD 1.x-shaped ones with
+    SD 1.5's blocks, widths, heads, norm groups and vocabulary."""
     unet = {
+        **mf.UNET_CONFIG,
         "sample_size": 8 if small else 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "center_input_sample": False,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
         "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
         "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
         "block_out_channels": [32, 64, 128, 128] if small else [320, 640, 1280, 1280],
-        "layers_per_block": 2,
-        "downsample_padding": 1,
-        "mid_block_scale_factor": 1,
-        "act_fn": "silu",
         "norm_num_groups": 32,
-        "norm_eps": 1e-5,
         "cross_attention_dim": 64 if small else 768,
         "attention_head_dim": 8,  # SD 1.x: the number of heads (see make_fixtures.py)
-        "use_linear_projection": False,
-        "upcast_attention": False,
     }
     vae = {
-        "in_channels": 3,
-        "out_channels": 3,
+        **mf.VAE_CONFIG,
         "down_block_types": ["DownEncoderBlock2D"] * 4,
         "up_block_types": ["UpDecoderBlock2D"] * 4,
         "block_out_channels": [32, 32, 64, 64] if small else [128, 256, 512, 512],
-        "layers_per_block": 2,
-        "act_fn": "silu",
-        "latent_channels": 4,
         "norm_num_groups": 32,
         "sample_size": 64 if small else 512,
-        "scaling_factor": 0.18215,
     }
     clip = {
+        **mf.CLIP_CONFIG,
         "vocab_size": 49408,
         "hidden_size": 64 if small else 768,
         "intermediate_size": 256 if small else 3072,
         "num_hidden_layers": 12,
         "num_attention_heads": 4 if small else 12,
-        "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-        "attention_dropout": 0.0,
         "projection_dim": 64 if small else 768,
         "bos_token_id": 49406,
         "eos_token_id": 49407,
