@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "tests" / "fixtures" / "tokenizer"))
 from make_tokenizer_fixture import bytes_to_unicode  # noqa: E402  (CLIP's byte -> character table)
 
 SEED = 1515
-VOCAB_GZ = REPO / "nodes" / "src" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+VOCAB_GZ = REPO / "nodes" / "models" / "src" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def configs(small: bool) -> tuple[dict, dict, dict]:
