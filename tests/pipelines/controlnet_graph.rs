@@ -3,12 +3,17 @@
 //! CLI applies them: the control changes the picture, strength 0 and an empty
 //! schedule range are exactly no control, both ControlNet layouts give the
 //! same picture, and the unbatched (positive-only control) path runs.
+//!
+//! And both ControlNet example graphs as shipped (the demo model and the demo
+//! ControlNets of assets/demo): the shape lands where the control picture has
+//! it, against the place the prompt names, and without the control it does not.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::common::sd_tiny::full_vocab_checkpoint;
+use crate::demo_model::{COLOURS, Seen, measure, nearest_colour};
 use graph::exec::{Executor, NoProgress, RunOptions, RunReport};
 use graph::{self, SetOverride};
 
@@ -90,8 +95,8 @@ fn controlnet_canny_graph_is_steered_by_the_control_and_strength_zero_is_no_cont
     let (plain, _) = run(&ckpt, &ldm, &[], Some(NO_CONTROL), &out("plain"));
     let (controlled, edges) = run(&ckpt, &ldm, &[], None, &out("controlled"));
     assert_eq!(plain.len(), 16 * 16 * 3, "a 16x16 picture");
-    // The Canny map of the 160x120 sample picture, saved at its own size.
-    assert_eq!(edges.len(), 160 * 120 * 3);
+    // The Canny map of the 64x64 control picture, saved at its own size.
+    assert_eq!(edges.len(), 64 * 64 * 3);
     assert!(edges.iter().all(|&v| v == 0 || v == 255) && edges.contains(&255));
     let changed = differing(&plain, &controlled);
     eprintln!("the control changed {changed} of {} bytes", plain.len());
@@ -194,4 +199,114 @@ fn a_controlnet_with_nan_weights_is_named_as_the_cause_and_nothing_is_saved() {
         assert!(errors.contains(want), "{want:?} missing from: {errors}");
     }
     assert!(!out.join("controlnet_canny_00001.png").exists(), "a picture was saved from the NaN run");
+}
+
+/// Runs an example graph as shipped, or with `sets`, in `exec` (so models load once and
+/// only what `sets` changes runs again); returns the picture the `save` node wrote.
+fn run_shipped(exec: &mut Executor, name: &str, sets: &[&str], out: &Path) -> image::RgbImage {
+    let path = root().join("graphs").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut g = graph::parse_graph(&path.display().to_string(), text.as_bytes()).unwrap();
+    let sets: Vec<SetOverride> = sets.iter().map(|s| SetOverride::parse(s).unwrap()).collect();
+    g.apply_overrides(&sets).unwrap();
+    let g = graph::validate(g, &nodes::builtin_registry()).unwrap_or_else(|e| panic!("{e}"));
+    let opts = RunOptions {
+        base_dir: root().join("graphs"),
+        out_dir: out.to_path_buf(),
+        graph_text: text,
+        progress: &NoProgress,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let report = exec.run(&g, &opts);
+    assert!(report.ok, "{name}: {:?}", report.errors());
+    let prefix = name.trim_end_matches(".ron");
+    let png = report
+        .outputs()
+        .into_iter()
+        .rfind(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap_or_else(|| panic!("{name} saved no {prefix}_*.png: {:?}", report.outputs()));
+    let img = image::open(png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (64, 64), "{png:?}");
+    img
+}
+
+/// Where a picture's shape lies: the pixels whose palette colour is not the
+/// background's (the rule of [`measure`]), as a mask.
+fn shape_mask(img: &image::RgbImage, background: &str) -> Vec<bool> {
+    let bg = COLOURS.iter().position(|c| c.0 == background).unwrap();
+    img.pixels().map(|p| nearest_colour(p.0) != bg).collect()
+}
+
+/// The share of `picture`'s shape pixels that lie inside the bounding box of
+/// the control picture's shape (or strokes), grown by 4 pixels (the demo shapes
+/// are soft-edged).
+fn share_inside(picture: &image::RgbImage, background: &str, control: &[bool]) -> f64 {
+    let (mut x0, mut y0, mut x1, mut y1) = (i64::MAX, i64::MAX, i64::MIN, i64::MIN);
+    for (i, _) in control.iter().enumerate().filter(|(_, m)| **m) {
+        let (x, y) = ((i % 64) as i64, (i / 64) as i64);
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    let mask = shape_mask(picture, background);
+    let n = mask.iter().filter(|&&m| m).count();
+    let inside = (0..64 * 64i64)
+        .filter(|&i| mask[i as usize])
+        .filter(|&i| (x0 - 4..=x1 + 4).contains(&(i % 64)) && (y0 - 4..=y1 + 4).contains(&(i / 64)))
+        .count();
+    inside as f64 / n.max(1) as f64
+}
+
+/// One shipped ControlNet graph: as shipped, the shape is where the control
+/// picture has it (not where the prompt says) in the prompt's colours; with the
+/// given strengths at 0 it is where the prompt says.
+fn check_shipped_controlnet_graph(name: &str, control: &str, prompt: Seen, no_control: &[&str]) {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = crate::common::temp_dir(name);
+    let control = image::open(root().join("assets/demo").join(control)).unwrap().to_rgb8();
+    let want = measure(&control);
+    let control_mask = shape_mask(&control, want.background);
+    assert_ne!(want.place, prompt.place, "the prompt must name another place than the control picture's");
+
+    let mut exec = Executor::default();
+    let t = std::time::Instant::now();
+    let steered = run_shipped(&mut exec, name, &[], &dir);
+    let seen = measure(&steered);
+    let inside = share_inside(&steered, seen.background, &control_mask);
+    eprintln!(
+        "{name} as shipped ({:.1} s): {seen:?}, {:.0}% of the shape inside the control's",
+        t.elapsed().as_secs_f64(),
+        100.0 * inside
+    );
+    let t = std::time::Instant::now();
+    let free = run_shipped(&mut exec, name, no_control, &dir);
+    let seen_free = measure(&free);
+    let inside_free = share_inside(&free, seen_free.background, &control_mask);
+    eprintln!(
+        "{name} without control ({:.1} s): {seen_free:?}, {:.0}% inside",
+        t.elapsed().as_secs_f64(),
+        100.0 * inside_free
+    );
+
+    // Steered: the control's place, the prompt's colours.
+    assert_eq!(seen, Seen { place: want.place, ..prompt }, "{name} as shipped");
+    assert!(inside >= 0.7, "{name}: only {:.0}% of the shape lies where the control picture has it", 100.0 * inside);
+    // Free: the prompt's place and colours, away from the control's shape.
+    assert_eq!(seen_free, prompt, "{name} without its ControlNets");
+    assert!(inside_free < 0.3, "{name} without control: {:.0}% of the shape inside the control's", 100.0 * inside_free);
+}
+
+#[test]
+fn the_shipped_canny_graph_puts_the_shape_where_the_edges_are() {
+    // canny_control.png: a yellow triangle on black, bottom right.
+    let prompt = Seen { colour: Some("red"), background: "blue", place: Some("top left") };
+    check_shipped_controlnet_graph("controlnet_canny.ron", "canny_control.png", prompt, &["apply.strength=0.0"]);
+}
+
+#[test]
+fn the_shipped_scribble_graph_puts_the_shape_where_the_strokes_are() {
+    // scribble_control.png: a square's outline, black on white, top right.
+    let prompt = Seen { colour: Some("yellow"), background: "green", place: Some("bottom left") };
+    let no_control = ["scribble.strength=0.0", "canny.strength=0.0"];
+    check_shipped_controlnet_graph("controlnet_scribble.ron", "scribble_control.png", prompt, &no_control);
 }

@@ -18,7 +18,7 @@ fn checkpoint() -> PathBuf {
 }
 
 /// The palette the model was trained on (train_demo.py's COLOURS).
-const COLOURS: [(&str, [f64; 3]); 6] = [
+pub(crate) const COLOURS: [(&str, [f64; 3]); 6] = [
     ("red", [220.0, 40.0, 40.0]),
     ("green", [40.0, 170.0, 60.0]),
     ("blue", [40.0, 80.0, 220.0]),
@@ -36,7 +36,7 @@ const PLACES: [(&str, [f64; 2]); 5] = [
     ("center", [32.0, 32.0]),
 ];
 
-fn nearest_colour(p: [u8; 3]) -> usize {
+pub(crate) fn nearest_colour(p: [u8; 3]) -> usize {
     let d = |c: &[f64; 3]| (0..3).map(|i| (f64::from(p[i]) - c[i]).powi(2)).sum::<f64>();
     (0..COLOURS.len()).min_by(|&a, &b| d(&COLOURS[a].1).total_cmp(&d(&COLOURS[b].1))).unwrap()
 }
@@ -46,13 +46,13 @@ fn nearest_colour(p: [u8; 3]) -> usize {
 /// border; the shape is every pixel of another palette colour, its colour the
 /// commonest among them and its place the nearest to its centroid.
 #[derive(Debug, PartialEq)]
-struct Seen {
-    colour: Option<&'static str>,
-    background: &'static str,
-    place: Option<&'static str>,
+pub(crate) struct Seen {
+    pub colour: Option<&'static str>,
+    pub background: &'static str,
+    pub place: Option<&'static str>,
 }
 
-fn measure(img: &image::RgbImage) -> Seen {
+pub(crate) fn measure(img: &image::RgbImage) -> Seen {
     let (w, h) = img.dimensions();
     let label = |x: u32, y: u32| nearest_colour(img.get_pixel(x, y).0);
     let mut border = [0usize; 6];
