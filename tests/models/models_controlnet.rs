@@ -217,13 +217,10 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     }
     // At sigma 6 only the second (0.5) is active; at sigma 0.5 too; with neither active, no residuals.
     for sigma in [6.0, 0.5] {
-        let got = control_residuals(
-            gpu,
-            &chain,
-            &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma, doubled: false },
-        )
-        .unwrap()
-        .unwrap();
+        let got =
+            control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma, doubled: false })
+                .unwrap()
+                .unwrap();
         let want = scale_residuals(gpu, &one, 0.5).unwrap();
         let err = max_abs_diff(&gpu.download(&got.mid).unwrap(), &gpu.download(&want.mid).unwrap());
         assert!(err < 1e-6, "sigma {sigma}: {err}");
