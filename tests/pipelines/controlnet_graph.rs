@@ -58,14 +58,26 @@ fn run_report(ckpt: &Path, cnet: &Path, sets: &[&str], edit: Option<(&str, &str)
     let g = graph::validate(g, &reg).unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
-    let opts = RunOptions {
+    Executor::default().run(&g, &example_options(out, text))
+}
+
+/// How the example graphs run here: their paths resolve against `graphs/`, their pictures go to `out`.
+fn example_options(out: &Path, graph_text: String) -> RunOptions<'static> {
+    RunOptions {
         base_dir: root().join("graphs"),
         out_dir: out.to_path_buf(),
-        graph_text: text,
+        graph_text,
         progress: &NoProgress,
         cancel: Arc::new(AtomicBool::new(false)),
-    };
-    Executor::default().run(&g, &opts)
+    }
+}
+
+/// A test folder holding the full-vocabulary tiny checkpoint; `None` where GPU tests are skipped.
+fn tiny_checkpoint_in(name: &str) -> Option<(crate::common::TempDir, PathBuf)> {
+    gpu::testing::shared_gpu()?;
+    let dir = crate::common::temp_dir(name);
+    let ckpt = full_vocab_checkpoint(&dir);
+    Some((dir, ckpt))
 }
 
 fn differing(a: &[u8], b: &[u8]) -> usize {
@@ -84,11 +96,7 @@ const POSITIVE_ONLY: (&str, &str) = (
 
 #[test]
 fn controlnet_canny_graph_is_steered_by_the_control_and_strength_zero_is_no_control() {
-    if gpu::testing::shared_gpu().is_none() {
-        return;
-    }
-    let dir = crate::common::temp_dir("controlnet-graph");
-    let ckpt = full_vocab_checkpoint(&dir);
+    let Some((dir, ckpt)) = tiny_checkpoint_in("controlnet-graph") else { return };
     let ldm = controlnet_fixture("control_ldm.safetensors");
     let out = |n: &str| dir.join(n);
 
@@ -132,11 +140,7 @@ fn controlnet_canny_graph_is_steered_by_the_control_and_strength_zero_is_no_cont
 
 #[test]
 fn a_file_that_is_not_a_controlnet_fails_the_loader_node_naming_the_param() {
-    if gpu::testing::shared_gpu().is_none() {
-        return;
-    }
-    let dir = crate::common::temp_dir("controlnet-misfit");
-    let ckpt = full_vocab_checkpoint(&dir);
+    let Some((dir, ckpt)) = tiny_checkpoint_in("controlnet-misfit") else { return };
     // A checkpoint given as the ControlNet.
     let path = root().join("graphs/controlnet_canny.ron");
     let mut g = graph::parse_graph(&path.display().to_string(), &std::fs::read(&path).unwrap()).unwrap();
@@ -210,14 +214,7 @@ fn run_shipped(exec: &mut Executor, name: &str, sets: &[&str], out: &Path) -> im
     let sets: Vec<SetOverride> = sets.iter().map(|s| SetOverride::parse(s).unwrap()).collect();
     g.apply_overrides(&sets).unwrap();
     let g = graph::validate(g, &nodes::builtin_registry()).unwrap_or_else(|e| panic!("{e}"));
-    let opts = RunOptions {
-        base_dir: root().join("graphs"),
-        out_dir: out.to_path_buf(),
-        graph_text: text,
-        progress: &NoProgress,
-        cancel: Arc::new(AtomicBool::new(false)),
-    };
-    let report = exec.run(&g, &opts);
+    let report = exec.run(&g, &example_options(out, text));
     assert!(report.ok, "{name}: {:?}", report.errors());
     let prefix = name.trim_end_matches(".ron");
     let png = report
