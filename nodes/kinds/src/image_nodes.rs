@@ -197,7 +197,7 @@ pub fn write_numbered(dir: &Path, stem: &str, bytes: &[u8]) -> Result<PathBuf, S
 /// with `create_new` (an empty file no one else can take) and the finished
 /// temporary file renamed over it: still never an overwrite of someone
 /// else's file, and never a half-written picture under the final name.
-pub fn write_numbered_with(
+fn write_numbered_with(
     dir: &Path,
     stem: &str,
     bytes: &[u8],

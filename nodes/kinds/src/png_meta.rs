@@ -18,7 +18,7 @@ pub const MODELS_KEY: &str = "sdgraph-models";
 
 /// `path` made absolute against the working folder, with `.` and `..` taken
 /// out lexically (what a path as the user wrote it names, not where links lead).
-pub fn normalized(path: &Path) -> PathBuf {
+fn normalized(path: &Path) -> PathBuf {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mut out = PathBuf::new();
     for c in abs.components() {
