@@ -51,19 +51,25 @@ var<workgroup> row_m: array<f32, BQ>;
 var<workgroup> row_l: array<f32, BQ>;
 var<workgroup> row_alpha: array<f32, BQ>;
 
+// Element (row, d) of this head's Q (from_k false) or K, whose first element
+// is at base; zero past the edges.
+fn load_qk(from_k: bool, base: u32, row: u32, d: u32) -> f32 {
+    if d >= HEAD_DIM || row >= select(params.lq, params.lk, from_k) {
+        return 0.0;
+    }
+    if from_k {
+        return f32(k[base + row * params.k_rs + d]);
+    }
+    return f32(q[base + row * params.q_rs + d]);
+}
+
 @compute @workgroup_size(WG)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // Query rows q0.. of head wid.y of batch item wid.z.
     let q0 = wid.x * BQ;
-    let h = wid.y;
-    let b = wid.z;
-    let lq = params.lq;
-    let lk = params.lk;
+    let at = head_bases(wid.z, wid.y);
     let causal = params.causal != 0u;
     let stride = params.heads * HEAD_DIM;
-    let o_base = b * lq * stride + h * HEAD_DIM;
-    let q_base = params.q_off + b * lq * params.q_rs + h * HEAD_DIM;
-    let k_base = params.k_off + b * lk * params.k_rs + h * HEAD_DIM;
-    let v_base = params.v_off + b * lk * params.v_rs + h * HEAD_DIM;
     // Invocation (tr, tc) owns score rows tr + 16i, keys tc + 8j, and output
     // rows tr + 16i, channels tc + 8kk.
     let tr = lid / 8u;
@@ -79,9 +85,9 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     }
 
     // With the causal mask no row of this block sees a key past its last row.
-    var k_end = lk;
+    var k_end = params.lk;
     if causal {
-        k_end = min(lk, q0 + BQ);
+        k_end = min(params.lk, q0 + BQ);
     }
     for (var k0 = 0u; k0 < k_end; k0 += BK) {
         // 1. S = Q K^T over D in chunks of DK.
@@ -91,22 +97,10 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         }
         for (var d0 = 0u; d0 < HEAD_DIM; d0 += DK) {
             for (var e = lid; e < BQ * DK; e += WG) {
-                let r = q0 + e / DK;
-                let d = d0 + e % DK;
-                var val = 0.0;
-                if r < lq && d < HEAD_DIM {
-                    val = f32(q[q_base + r * params.q_rs + d]);
-                }
-                stage[(e / DK) * KS + e % DK] = val;
+                stage[(e / DK) * KS + e % DK] = load_qk(false, at.q, q0 + e / DK, d0 + e % DK);
             }
             for (var e = lid; e < BK * DK; e += WG) {
-                let j = k0 + e / DK;
-                let d = d0 + e % DK;
-                var val = 0.0;
-                if j < lk && d < HEAD_DIM {
-                    val = f32(k[k_base + j * params.k_rs + d]);
-                }
-                stage[BQ * KS + (e / DK) * KS + e % DK] = val;
+                stage[BQ * KS + (e / DK) * KS + e % DK] = load_qk(true, at.k, k0 + e / DK, d0 + e % DK);
             }
             workgroupBarrier();
             for (var dd = 0u; dd < DK; dd++) {
@@ -132,7 +126,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
                 let c = tc + 8u * j;
                 let key = k0 + c;
                 var val = s[i * 4u + j] * params.scale_log2;
-                if key >= lk || (causal && key > q0 + r) {
+                if key >= params.lk || (causal && key > q0 + r) {
                     val = MASKED;
                 }
                 scores[r * SP + c] = val;
@@ -160,8 +154,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         for (var e = lid; e < BK * HEAD_DIM; e += WG) {
             let j = k0 + e / HEAD_DIM;
             var val = 0.0;
-            if j < lk {
-                val = f32(v[v_base + j * params.v_rs + e % HEAD_DIM]);
+            if j < params.lk {
+                val = f32(v[at.v + j * params.v_rs + e % HEAD_DIM]);
             }
             stage[e] = val;
         }
@@ -193,12 +187,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 
     for (var i = 0u; i < 4u; i++) {
         let r = tr + 16u * i;
-        if q0 + r < lq {
+        if q0 + r < params.lq {
             let inv_l = 1.0 / row_l[r];
             for (var kk = 0u; kk < DPT; kk++) {
                 let d = tc + 8u * kk;
                 if d < HEAD_DIM {
-                    out[o_base + (q0 + r) * stride + d] = T(acc[i * DPT_MAX + kk] * inv_l);
+                    out[at.o + (q0 + r) * stride + d] = T(acc[i * DPT_MAX + kk] * inv_l);
                 }
             }
         }

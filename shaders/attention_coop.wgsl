@@ -118,17 +118,11 @@ fn attention(
     @builtin(subgroup_id) sgid: u32,
     @builtin(subgroup_invocation_id) sl: u32,
 ) {
+    // Query rows q0.. of head wid.y of batch item wid.z.
     let q0 = wid.x * BQ;
-    let h = wid.y;
-    let b = wid.z;
-    let lq = params.lq;
-    let lk = params.lk;
+    let at = head_bases(wid.z, wid.y);
     let causal = params.causal != 0u;
     let stride = params.heads * HEAD_DIM;
-    let o_base = b * lq * stride + h * HEAD_DIM;
-    let q_base = params.q_off + b * lq * params.q_rs + h * HEAD_DIM;
-    let k_base = params.k_off + b * lk * params.k_rs + h * HEAD_DIM;
-    let v_base = params.v_off + b * lk * params.v_rs + h * HEAD_DIM;
     let sg = sgid % 4u;
     // Invocation sl < 16 of subgroup sg keeps the statistics of row sg * 16 + sl.
     let my_row = sg * 16u + sl;
@@ -139,8 +133,8 @@ fn attention(
         let r = e / width;
         let d = e % width;
         var val = 0.0h;
-        if q0 + r < lq && d < HEAD_DIM {
-            val = f16(q[q_base + (q0 + r) * params.q_rs + d]);
+        if q0 + r < params.lq && d < HEAD_DIM {
+            val = f16(q[at.q + (q0 + r) * params.q_rs + d]);
         }
         qs[r * DS + d] = val;
     }
@@ -154,16 +148,16 @@ fn attention(
     workgroupBarrier();
 
     // With the causal mask no row of this block sees a key past its last row.
-    var k_end = lk;
+    var k_end = params.lk;
     if causal {
-        k_end = min(lk, q0 + BQ);
+        k_end = min(params.lk, q0 + BQ);
     }
 
     // Pass 1: each row's max and sum of exp2(s - max), online over the blocks.
     var m = M_START;
     var l = 0.0;
     for (var k0 = 0u; k0 < k_end; k0 += BK) {
-        stage_kv(lid, k0, k_base, v_base, false);
+        stage_kv(lid, k0, at.k, at.v, false);
         workgroupBarrier();
         let s = scores(sg, zero);
         let tstride = 16u;
@@ -174,14 +168,14 @@ fn attention(
             var m_new = m;
             for (var j = 0u; j < BK; j++) {
                 let key = k0 + j;
-                if key < lk && !(causal && key > q0 + my_row) {
+                if key < params.lk && !(causal && key > q0 + my_row) {
                     m_new = max(m_new, st[sg * 256u + sl * 16u + j] * params.scale_log2);
                 }
             }
             var sum = 0.0;
             for (var j = 0u; j < BK; j++) {
                 let key = k0 + j;
-                if key < lk && !(causal && key > q0 + my_row) {
+                if key < params.lk && !(causal && key > q0 + my_row) {
                     sum += exp2(st[sg * 256u + sl * 16u + j] * params.scale_log2 - m_new);
                 }
             }
@@ -207,7 +201,7 @@ fn attention(
     var o8 = zero;
     var o9 = zero;
     for (var k0 = 0u; k0 < k_end; k0 += BK) {
-        stage_kv(lid, k0, k_base, v_base, true);
+        stage_kv(lid, k0, at.k, at.v, true);
         workgroupBarrier();
         let s = scores(sg, zero);
         let tstride = 16u;
@@ -218,7 +212,7 @@ fn attention(
             for (var j = 0u; j < BK; j++) {
                 let key = k0 + j;
                 var p = 0.0;
-                if key < lk && !(causal && key > q0 + my_row) {
+                if key < params.lk && !(causal && key > q0 + my_row) {
                     p = exp2(st[sg * 256u + sl * 16u + j] * params.scale_log2 - m);
                 }
                 ps[sg * 384u + sl * 24u + j] = f16(p);
@@ -256,32 +250,32 @@ fn attention(
         workgroupBarrier();
     }
 
-    store_out(o0, sg, sl, 0u, q0, o_base, stride);
+    store_out(o0, sg, sl, 0u, q0, at.o, stride);
     if DT > 1u {
-        store_out(o1, sg, sl, 1u, q0, o_base, stride);
+        store_out(o1, sg, sl, 1u, q0, at.o, stride);
     }
     if DT > 2u {
-        store_out(o2, sg, sl, 2u, q0, o_base, stride);
+        store_out(o2, sg, sl, 2u, q0, at.o, stride);
     }
     if DT > 3u {
-        store_out(o3, sg, sl, 3u, q0, o_base, stride);
+        store_out(o3, sg, sl, 3u, q0, at.o, stride);
     }
     if DT > 4u {
-        store_out(o4, sg, sl, 4u, q0, o_base, stride);
+        store_out(o4, sg, sl, 4u, q0, at.o, stride);
     }
     if DT > 5u {
-        store_out(o5, sg, sl, 5u, q0, o_base, stride);
+        store_out(o5, sg, sl, 5u, q0, at.o, stride);
     }
     if DT > 6u {
-        store_out(o6, sg, sl, 6u, q0, o_base, stride);
+        store_out(o6, sg, sl, 6u, q0, at.o, stride);
     }
     if DT > 7u {
-        store_out(o7, sg, sl, 7u, q0, o_base, stride);
+        store_out(o7, sg, sl, 7u, q0, at.o, stride);
     }
     if DT > 8u {
-        store_out(o8, sg, sl, 8u, q0, o_base, stride);
+        store_out(o8, sg, sl, 8u, q0, at.o, stride);
     }
     if DT > 9u {
-        store_out(o9, sg, sl, 9u, q0, o_base, stride);
+        store_out(o9, sg, sl, 9u, q0, at.o, stride);
     }
 }

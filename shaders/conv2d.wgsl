@@ -58,23 +58,20 @@ fn store_at(bases: vec4<u32>, co: u32, px: u32, v: vec4<f32>) {
 }
 
 @compute @workgroup_size(WG)
-fn conv2d(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let tile = wid.y * nwg.x + wid.x;
-    if tile >= params.tiles_total {
-        return;
-    }
-    let m0 = (tile / params.tiles_n) * BM;
-    let n0 = (tile % params.tiles_n) * BN;
+fn conv2d(ids: BlockIds) {
+    let lid = ids.lid;
     let npix = params.hout * params.wout;
     let khw = params.kh * params.kw;
-    let base_x = params.off_x + wid.z * params.batch_x;
-    let base_y = params.off_y + wid.z * params.batch_y;
-    let base_b = params.off_bias + wid.z * params.bias_bs;
-    let base_r = params.off_res + wid.z * params.batch_y;
+    let origin = block_origin(ids);
+    if origin.z == 0u {
+        return;
+    }
+    let m0 = origin.x;
+    let n0 = origin.y;
+    let base_x = params.off_x + ids.wid.z * params.batch_x;
+    let base_y = params.off_y + ids.wid.z * params.batch_y;
+    let base_b = params.off_bias + ids.wid.z * params.bias_bs;
+    let base_r = params.off_res + ids.wid.z * params.batch_y;
     let hw = params.h * params.w;
     // Weight row stride and the first weight element of this channel split.
     let w_row = params.w_cin * khw;

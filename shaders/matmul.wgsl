@@ -47,6 +47,22 @@ fn load_b(base: u32, gk: u32, gn: u32) -> f32 {
     return 0.0;
 }
 
+// A[gm..gm + 4, gk] and B[gk, gn..gn + 4] as vec4s, zero outside the matrix.
+fn load_a4(base: u32, gm: u32, gk: u32) -> vec4<f32> {
+    return vec4<f32>(load_a(base, gm, gk), load_a(base, gm + 1u, gk), load_a(base, gm + 2u, gk), load_a(base, gm + 3u, gk));
+}
+
+fn load_b4(base: u32, gk: u32, gn: u32) -> vec4<f32> {
+    return vec4<f32>(load_b(base, gk, gn), load_b(base, gk, gn + 1u), load_b(base, gk, gn + 2u), load_b(base, gk, gn + 3u));
+}
+
+// Staging pass element e over a block of `per_k` vec4s by BK as (vec4
+// index, k), k fastest when the operand is contiguous along k so global
+// reads are too.
+fn staged_at(e: u32, per_k: u32, kfast: bool) -> vec2<u32> {
+    return select(vec2<u32>(e % per_k, e / per_k), vec2<u32>(e / BK, e % BK), kfast);
+}
+
 // Writes four consecutive columns (col a multiple of 4) of one row of C
 // through the epilogue; base_c / base_r: this batch item's C / res.
 fn store4(base_c: u32, base_r: u32, row: u32, col: u32, acc: vec4<f32>) {
@@ -88,21 +104,18 @@ fn store_at(bases: vec4<u32>, row: u32, col: u32, v: vec4<f32>) {
 }
 
 @compute @workgroup_size(WG)
-fn matmul(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let tile = wid.y * nwg.x + wid.x;
-    if tile >= params.tiles_total {
+fn matmul(ids: BlockIds) {
+    let lid = ids.lid;
+    let origin = block_origin(ids);
+    if origin.z == 0u {
         return;
     }
-    let m0 = (tile / params.tiles_n) * BM;
-    let n0 = (tile % params.tiles_n) * BN;
-    let base_a = params.off_a + wid.z * params.batch_a;
-    let base_b = params.off_b + wid.z * params.batch_b;
-    let base_c = params.off_c + wid.z * params.batch_c;
-    let base_r = params.off_res + wid.z * params.batch_c;
+    let m0 = origin.x;
+    let n0 = origin.y;
+    let base_a = params.off_a + ids.wid.z * params.batch_a;
+    let base_b = params.off_b + ids.wid.z * params.batch_b;
+    let base_c = params.off_c + ids.wid.z * params.batch_c;
+    let base_r = params.off_res + ids.wid.z * params.batch_c;
     // Stage along the contiguous global index.
     let a_kfast = params.a_cs == 1u;
     let b_kfast = params.b_cs != 1u;
@@ -120,29 +133,13 @@ fn matmul(
     for (var k0 = 0u; k0 < params.k; k0 += BK) {
         // A block: (BM / 4) x BK vec4s, each 4 rows at one k.
         for (var e = lid; e < qa * BK; e += WG) {
-            let r4 = select(e % qa, e / BK, a_kfast);
-            let q = select(e / qa, e % BK, a_kfast);
-            let gm = m0 + 4u * r4;
-            let gk = k0 + q;
-            sa[q * sra + r4] = vec4<f32>(
-                load_a(base_a, gm, gk),
-                load_a(base_a, gm + 1u, gk),
-                load_a(base_a, gm + 2u, gk),
-                load_a(base_a, gm + 3u, gk),
-            );
+            let at = staged_at(e, qa, a_kfast);
+            sa[at.y * sra + at.x] = load_a4(base_a, m0 + 4u * at.x, k0 + at.y);
         }
         // B block: BK x (BN / 4) vec4s, each 4 columns at one k.
         for (var e = lid; e < qb * BK; e += WG) {
-            let s4 = select(e % qb, e / BK, b_kfast);
-            let q = select(e / qb, e % BK, b_kfast);
-            let gn = n0 + 4u * s4;
-            let gk = k0 + q;
-            sb[q * srb + s4] = vec4<f32>(
-                load_b(base_b, gk, gn),
-                load_b(base_b, gk, gn + 1u),
-                load_b(base_b, gk, gn + 2u),
-                load_b(base_b, gk, gn + 3u),
-            );
+            let at = staged_at(e, qb, b_kfast);
+            sb[at.y * srb + at.x] = load_b4(base_b, k0 + at.y, n0 + 4u * at.x);
         }
         workgroupBarrier();
         accumulate_block(&acc, ty, tx);

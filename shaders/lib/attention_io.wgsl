@@ -24,3 +24,22 @@ struct Params {
 @group(0) @binding(2) var<storage, read> k: array<T>;
 @group(0) @binding(3) var<storage, read> v: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
+
+// Where head h of batch item b starts (row 0, channel 0) in q, k, v and out;
+// out is [B, Lq, heads * HEAD_DIM], contiguous. HEAD_DIM: the including shader's.
+struct HeadBases {
+    q: u32,
+    k: u32,
+    v: u32,
+    o: u32,
+}
+
+fn head_bases(b: u32, h: u32) -> HeadBases {
+    let hd = h * HEAD_DIM;
+    return HeadBases(
+        params.q_off + b * params.lq * params.q_rs + hd,
+        params.k_off + b * params.lk * params.k_rs + hd,
+        params.v_off + b * params.lk * params.v_rs + hd,
+        b * params.lq * params.heads * HEAD_DIM + hd,
+    );
+}

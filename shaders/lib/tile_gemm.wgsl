@@ -16,6 +16,26 @@ override WG: u32 = 256u;
 var<workgroup> sa: array<vec4<f32>, BK * (BM / 4u + 1u)>;
 var<workgroup> sb: array<vec4<f32>, BK * (BN / 4u + 1u)>;
 
+// What a GEMM entry point is told: its workgroup in a grid of output
+// blocks rounded up to 2-D (nwg.x blocks a row, batch items along z) and
+// the invocation's index in it.
+struct BlockIds {
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+}
+
+// The first row and column of this workgroup's output block and 1, or
+// zeros for a workgroup past the last block. Reads the including shader's
+// params.tiles_total and params.tiles_n.
+fn block_origin(ids: BlockIds) -> vec3<u32> {
+    let tile = ids.wid.y * ids.nwg.x + ids.wid.x;
+    if tile >= params.tiles_total {
+        return vec3<u32>(0u);
+    }
+    return vec3<u32>((tile / params.tiles_n) * BM, (tile % params.tiles_n) * BN, 1u);
+}
+
 // An invocation's 8x8 block of the output: row i is (c<i>0, c<i>1), the
 // columns col0..col0+3 and col1..col1+3; rows 0..3 are r0.., 4..7 are r1..
 // (see block_row).
