@@ -18,7 +18,8 @@ use nodes::checkpoint_loader::{LoadedCheckpoint, load_checkpoint};
 use serde::Serialize;
 
 use super::EXIT_FAILED;
-use super::load::load;
+use super::load::{ModelPaths, Sources, load};
+use graph::comfy::MissingFiles;
 
 pub fn kernels(opts: &GpuOptions, small: bool, json: bool) -> i32 {
     let gpu = match Gpu::new(opts) {
@@ -67,6 +68,8 @@ pub struct ModelsArgs {
     pub warmup: usize,
     pub runs: usize,
     pub json: bool,
+    /// Where a ComfyUI workflow's model names are looked up.
+    pub models: ModelPaths,
 }
 
 /// One timed network or graph.
@@ -135,7 +138,7 @@ fn run_models(args: &ModelsArgs) -> Result<(), String> {
 
     let mut graph_json = serde_json::Value::Null;
     if let Some(graph) = &args.graph {
-        let (r, first) = time_graph(gpu, args.nodes, graph, &args.out, args.warmup, args.runs.max(1))?;
+        let (r, first) = time_graph(gpu, args, graph)?;
         graph_json = first;
         results.push(r);
     }
@@ -328,15 +331,12 @@ fn median(v: &mut [f64]) -> f64 {
 /// KSampler's seed bumped, so sampling, decoding and saving re-execute while
 /// the loaded models and text encodings stay cached (as in `watch`).
 /// Returns the timing and `{"first_run_ms", "outputs"}` of the first run.
-fn time_graph(
-    gpu: &Gpu,
-    node_settings: nodes::Settings,
-    file: &Path,
-    out: &Path,
-    warmup: usize,
-    runs: usize,
-) -> Result<(OpResult, serde_json::Value), String> {
-    let base = load(file, &[]).map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
+fn time_graph(gpu: &Gpu, args: &ModelsArgs, file: &Path) -> Result<(OpResult, serde_json::Value), String> {
+    let (out, warmup, runs) = (args.out.as_path(), args.warmup, args.runs.max(1));
+    let registry = nodes::builtin_registry_with(args.nodes);
+    let sources = Sources { registry: &registry, models: &args.models, missing: MissingFiles::Refuse };
+    let base =
+        load(file, &[], &sources).map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
     let samplers: Vec<(String, u64)> = base
         .graph
         .nodes
@@ -347,13 +347,13 @@ fn time_graph(
             (n.id.value.clone(), seed.unwrap_or(0))
         })
         .collect();
-    let registry = nodes::builtin_registry_with(node_settings);
     let out_dir = out.parent().map(|p| p.join("sdgraph_images")).unwrap_or_else(|| PathBuf::from("sdgraph_images"));
     let mut exec = Executor::default();
     let mut run_once = |bump: u64| -> Result<(f64, Vec<String>), String> {
         let sets: Vec<String> =
             samplers.iter().map(|(id, seed)| format!("{id}.seed={}", seed.wrapping_add(bump))).collect();
-        let loaded = load(file, &sets).map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
+        let loaded = load(file, &sets, &sources)
+            .map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
         let valid = graph::validate(loaded.graph, &registry)
             .map_err(|e| e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
         let opts = RunOptions {

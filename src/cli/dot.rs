@@ -6,11 +6,13 @@ use std::path::Path;
 use graph::Registry;
 
 use super::EXIT_INVALID;
-use super::load::load;
+use super::load::{ModelPaths, Sources, load};
 use super::run::report_errors;
+use graph::comfy::MissingFiles;
 
-pub fn dot(registry: &Registry, file: &Path, sets: &[String]) -> i32 {
-    let g = match load(file, sets).and_then(|l| graph::validate(l.graph, registry)) {
+pub fn dot(registry: &Registry, models: &ModelPaths, file: &Path, sets: &[String]) -> i32 {
+    let sources = Sources { registry, models, missing: MissingFiles::Warn };
+    let g = match load(file, sets, &sources).and_then(|l| graph::validate(l.graph, registry)) {
         Ok(g) => g,
         Err(e) => {
             report_errors(&e, false);

@@ -1,10 +1,30 @@
-//! Loading a graph for a command: from a .ron file or from the graph a PNG
-//! carries, with `--set` overrides applied.
+//! Loading a graph for a command: from a .ron file, a ComfyUI workflow
+//! (.json, API or UI format), or the graph a PNG carries (sdgraph's, or the
+//! workflow ComfyUI saved in it), with `--set` overrides applied.
 
 use std::path::{Path, PathBuf};
 
-use graph::{self, Graph, SetOverride};
+use graph::comfy::{self, ImportOptions, MissingFiles, ModelRoots};
+use graph::{self, Graph, Registry, SetOverride};
 use graph::{Diagnostic, GraphErrors};
+
+/// Where the model files a ComfyUI workflow names live.
+#[derive(Debug, Clone, Default)]
+pub struct ModelPaths {
+    /// Models folders laid out as ComfyUI's (`--models-dir`, then `SDGRAPH_MODELS_DIR`).
+    pub dirs: Vec<PathBuf>,
+    /// Extra folders per ComfyUI folder name (from an `extra_model_paths.yaml`).
+    pub extra: Vec<(String, PathBuf)>,
+}
+
+/// What reading a ComfyUI workflow needs: the node kinds (to name widgets and
+/// outputs) and where model files live.
+pub struct Sources<'a> {
+    pub registry: &'a Registry,
+    pub models: &'a ModelPaths,
+    /// Whether a model file not found refuses the workflow (`run`) or is a warning (`check`).
+    pub missing: MissingFiles,
+}
 
 /// A graph read from disk, with what is needed to run it.
 pub struct Loaded {
@@ -16,9 +36,9 @@ pub struct Loaded {
     pub base_dir: PathBuf,
 }
 
-const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+pub(crate) const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
-pub fn load(file: &Path, sets: &[String]) -> Result<Loaded, GraphErrors> {
+pub fn load(file: &Path, sets: &[String], sources: &Sources) -> Result<Loaded, GraphErrors> {
     let name = file.display().to_string();
     let one = |msg: String| GraphErrors(vec![Diagnostic::new(&name, None, msg)]);
     let overrides: Vec<SetOverride> = sets
@@ -36,16 +56,24 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Loaded, GraphErrors> {
                 let base = base.map(|b| dir.join(b)).filter(|b| b.is_dir()).unwrap_or(dir);
                 (g.into_bytes(), base)
             }
-            None => {
-                return Err(one("this PNG carries no sdgraph graph (it was not saved by sdgraph's SaveImage)".into()));
-            }
+            None => match nodes::png_meta::comfy_workflow(&bytes).map_err(one)? {
+                Some(json) => (json.into_bytes(), dir),
+                None => {
+                    return Err(one("this PNG carries no graph (neither sdgraph's nor a ComfyUI workflow)".into()));
+                }
+            },
         }
     } else {
         (bytes, dir)
     };
-    let mut graph = graph::parse_graph(&name, &text_bytes)?;
+    let (mut graph, text) = if comfy::looks_like_json(&text_bytes) {
+        let imported = import(&name, &text_bytes, &base_dir, sources)?;
+        (imported.graph, imported.ron)
+    } else {
+        (graph::parse_graph(&name, &text_bytes)?, String::from_utf8_lossy(&text_bytes).into_owned())
+    };
     let text = if overrides.is_empty() {
-        String::from_utf8_lossy(&text_bytes).into_owned()
+        text
     } else {
         graph.apply_overrides(&overrides)?;
         graph.to_ron()
@@ -53,9 +81,26 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Loaded, GraphErrors> {
     Ok(Loaded { graph, text, base_dir })
 }
 
+/// A ComfyUI workflow as a graph; what did not stop it is printed as warnings.
+pub fn import(name: &str, json: &[u8], base_dir: &Path, sources: &Sources) -> Result<comfy::Imported, GraphErrors> {
+    let opts = ImportOptions {
+        roots: ModelRoots {
+            roots: sources.models.dirs.clone(),
+            extra: sources.models.extra.clone(),
+            base_dir: base_dir.to_path_buf(),
+        },
+        missing: sources.missing,
+    };
+    let imported = comfy::import(name, json, sources.registry, &opts)?;
+    for w in &imported.warnings {
+        eprintln!("warning: {name}: {w}");
+    }
+    Ok(imported)
+}
+
 /// Reads a file, refusing anything that is not a regular file or is far too
 /// large to be a graph or a graph-carrying PNG.
-fn read_limited(file: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_limited(file: &Path) -> Result<Vec<u8>, String> {
     const MAX: u64 = 256 << 20;
     let meta = std::fs::metadata(file).map_err(|e| format!("cannot read file: {e}"))?;
     if !meta.is_file() {

@@ -3,6 +3,7 @@
 mod bench;
 mod dot;
 mod gpu;
+mod import;
 mod interrupt;
 mod list_nodes;
 mod load;
@@ -30,6 +31,10 @@ struct Cli {
     /// Load Lua plugin nodes from this folder or file (repeatable; also SDGRAPH_PLUGIN_PATH).
     #[arg(long, global = true, value_name = "DIR")]
     plugins: Vec<PathBuf>,
+    /// A models folder laid out as ComfyUI's (checkpoints/, loras/, vae/, controlnet/, upscale_models/, input/),
+    /// where a ComfyUI workflow's model and picture names are looked up (repeatable; also SDGRAPH_MODELS_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    models_dir: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -120,6 +125,14 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Convert a ComfyUI workflow (API or UI JSON, or a PNG ComfyUI saved) into an sdgraph graph.
+    Import {
+        /// The workflow: .json as ComfyUI saves or queues it, or a ComfyUI PNG.
+        file: PathBuf,
+        /// Write the graph here (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Print the graph as Graphviz DOT (kinds on nodes, port types on edges).
     Dot {
         file: PathBuf,
@@ -191,6 +204,10 @@ pub fn main() -> i32 {
     graph::exec::provenance::HashCache::configure_global(settings.hash_cache_file.clone());
     let mut plugin_dirs = settings.plugin_dirs.clone();
     plugin_dirs.extend(cli.plugins.iter().cloned());
+    let models = load::ModelPaths {
+        dirs: cli.models_dir.iter().chain(&settings.models_dirs).cloned().collect(),
+        extra: Vec::new(),
+    };
     let registry = match build_registry(&plugin_dirs, settings.nodes) {
         Ok(r) => r,
         Err(errs) => {
@@ -212,12 +229,14 @@ pub fn main() -> i32 {
                 show_progress: progress || !(quiet || json),
                 preview: preview.map(|dir| (dir, preview_every)),
                 profile,
+                models,
             };
             run::run(&registry, &args)
         }
-        Command::Check { file, sets, json, verify } => run::check(&registry, &file, &sets, json, verify),
+        Command::Check { file, sets, json, verify } => run::check(&registry, &models, &file, &sets, json, verify),
+        Command::Import { file, out } => import::import(&registry, &models, &file, out.as_deref()),
         Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
-        Command::Dot { file, sets } => dot::dot(&registry, &file, &sets),
+        Command::Dot { file, sets } => dot::dot(&registry, &models, &file, &sets),
         Command::Gpu { adapter, json } => gpu::gpu(&settings.gpu_options(adapter, false), json),
         Command::Watch { target: GraphTarget { file, sets, out_dir }, json, debounce_ms, max_runs } => watch::watch(
             registry,
@@ -230,6 +249,7 @@ pub fn main() -> i32 {
                 json,
                 debounce: std::time::Duration::from_millis(debounce_ms),
                 max_runs,
+                models,
             },
         ),
         Command::Bench { what: BenchWhat::Kernels { adapter, small, json } } => {
@@ -247,6 +267,7 @@ pub fn main() -> i32 {
             warmup,
             runs: runs as usize,
             json,
+            models,
         }),
     }
 }

@@ -7,9 +7,10 @@ use graph::{GraphErrors, Registry};
 
 use nodes::preview::PreviewWriter;
 
-use super::load::load;
+use super::load::{ModelPaths, Sources, load};
 use super::progress::StderrProgress;
 use super::{EXIT_FAILED, EXIT_INVALID};
+use graph::comfy::MissingFiles;
 
 /// Prints every diagnostic, one per line, on stderr (or as JSON on stdout).
 pub fn report_errors(errs: &GraphErrors, json: bool) {
@@ -26,8 +27,9 @@ pub fn report_errors(errs: &GraphErrors, json: bool) {
 }
 
 /// `check --verify` re-hashes the model files a PNG records (see verify.rs).
-pub fn check(registry: &Registry, file: &Path, sets: &[String], json: bool, verify: bool) -> i32 {
-    let loaded = match load(file, sets) {
+pub fn check(registry: &Registry, models: &ModelPaths, file: &Path, sets: &[String], json: bool, verify: bool) -> i32 {
+    let sources = Sources { registry, models, missing: MissingFiles::Warn };
+    let loaded = match load(file, sets, &sources) {
         Ok(l) => l,
         Err(e) => {
             report_errors(&e, json);
@@ -65,12 +67,15 @@ pub struct RunArgs {
     pub preview: Option<(PathBuf, u64)>,
     /// Print the kernel profile (the shared GPU was opened with profiling on).
     pub profile: bool,
+    /// Where a ComfyUI workflow's model names are looked up.
+    pub models: ModelPaths,
 }
 
 pub fn run(registry: &Registry, args: &RunArgs) -> i32 {
     let RunArgs { file, sets, out_dir, json, .. } = args;
     let (file, json) = (file.as_path(), *json);
-    let loaded = match load(file, sets) {
+    let sources = Sources { registry, models: &args.models, missing: MissingFiles::Refuse };
+    let loaded = match load(file, sets, &sources) {
         Ok(l) => l,
         Err(e) => {
             report_errors(&e, json);

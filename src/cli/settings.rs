@@ -9,6 +9,8 @@ use ::gpu::{DType, GpuOptions};
 
 /// The variable naming plugin folders, separated like `PATH`.
 pub const PLUGIN_PATH_VAR: &str = "SDGRAPH_PLUGIN_PATH";
+/// The variable naming ComfyUI-style models folders, separated like `PATH`.
+pub const MODELS_DIR_VAR: &str = "SDGRAPH_MODELS_DIR";
 
 /// What the environment says, checked.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +25,8 @@ pub struct Settings {
     pub tensor_core_fault: TensorCoreFault,
     /// `SDGRAPH_PLUGIN_PATH`: plugin folders loaded before `--plugins`.
     pub plugin_dirs: Vec<PathBuf>,
+    /// `SDGRAPH_MODELS_DIR`: ComfyUI-style models folders (separated like `PATH`) searched after `--models-dir`.
+    pub models_dirs: Vec<PathBuf>,
     /// The file-hash cache: `$SDGRAPH_CACHE_DIR/file-hashes.json`, else
     /// `$XDG_CACHE_HOME/sdgraph/...`, else `~/.cache/sdgraph/...`
     /// (`%LOCALAPPDATA%\sdgraph\...` on Windows); `None` when no home is known.
@@ -83,6 +87,10 @@ impl Settings {
             no_tensor_cores: gpu.no_tensor_cores,
             tensor_core_fault: gpu.tensor_core_fault,
             plugin_dirs: var(PLUGIN_PATH_VAR).map(|v| plugin::plugin_dirs_from(&v)).unwrap_or_default(),
+            models_dirs: var(MODELS_DIR_VAR)
+                .filter(|v| !v.is_empty())
+                .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+                .unwrap_or_default(),
             hash_cache_file: cache_dir.as_ref().map(|d| d.join("file-hashes.json")),
             tensor_core_check_file: cache_dir.map(|d| d.join("tensor-core-check.json")),
             nodes: nodes::Settings {

@@ -12,8 +12,9 @@ use graph::watch::{FileWatcher, input_files};
 use graph::{GraphErrors, Registry};
 
 use super::EXIT_FAILED;
-use super::load::load;
+use super::load::{ModelPaths, Sources, load};
 use super::progress::StderrProgress;
+use graph::comfy::MissingFiles;
 
 pub struct WatchArgs {
     /// Plugin files and folders (reloaded when one of their files changes).
@@ -27,6 +28,8 @@ pub struct WatchArgs {
     pub debounce: Duration,
     /// Stop after this many runs (for scripts and tests).
     pub max_runs: Option<usize>,
+    /// Where a ComfyUI workflow's model names are looked up.
+    pub models: ModelPaths,
 }
 
 fn json_line(run: usize, report: Option<&RunReport>, errors: Vec<String>) -> String {
@@ -84,7 +87,8 @@ pub fn watch(mut registry: Registry, args: WatchArgs) -> i32 {
                 }
             }
         }
-        match load(&args.file, &args.sets).and_then(|l| {
+        let sources = Sources { registry: &registry, models: &args.models, missing: MissingFiles::Refuse };
+        match load(&args.file, &args.sets, &sources).and_then(|l| {
             let files = input_files(&l.graph, &registry, &l.base_dir);
             graph::validate(l.graph, &registry).map(|g| (g, l.text, l.base_dir, files))
         }) {

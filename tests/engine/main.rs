@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod cli_interrupt;
 mod cli_preview;
+mod comfy_import;
 mod exec_cache;
 mod graph_errors;
 mod graph_mutation;

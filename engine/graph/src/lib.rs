@@ -11,9 +11,11 @@
 //! - [`types`], [`value`]: port types and run-time values
 //! - [`watch`]: the files a graph reads, and a debounced wait for changes
 //! - [`codec`]: opaque values as plain data, for the Lua host
+//! - [`comfy`]: ComfyUI workflows (API and UI JSON) imported as graphs
 //! - [`error`]: diagnostics that name file, line, column, node and port
 
 pub mod codec;
+pub mod comfy;
 pub mod error;
 pub mod exec;
 pub mod fields;

@@ -120,6 +120,14 @@ pub fn embedded_graph(bytes: &[u8]) -> Result<Option<(String, Option<String>)>, 
     Ok(find(GRAPH_KEY).map(|g| (g, find(BASE_DIR_KEY))))
 }
 
+/// The workflow ComfyUI saved in a picture: the `prompt` text chunk (the API
+/// form it ran) if there is one, else `workflow` (the UI form).
+pub fn comfy_workflow(bytes: &[u8]) -> Result<Option<String>, String> {
+    let texts = read_texts(bytes)?;
+    let find = |key: &str| texts.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    Ok(find("prompt").or_else(|| find("workflow")))
+}
+
 /// The model files and digests embedded by SaveImage; `None` for a PNG that
 /// records none (not saved by sdgraph, or by a version before it did).
 pub fn embedded_models(bytes: &[u8]) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
