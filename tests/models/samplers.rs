@@ -1,6 +1,7 @@
-//! `models::sampling::samplers` against k-diffusion 0.1.1.post1's sampler functions (ComfyUI's `sample_lcm` for lcm),
-//! run in float64 by tests/fixtures/sampling/make_sampling_fixture.py on a fake model behind ComfyUI's eps/v + CFG
-//! wrapping, with every noise draw recorded. No test runs Python.
+//! `models::sampling::samplers` against k-diffusion 0.1.1.post1's sampler functions (ComfyUI's `sample_lcm` for lcm,
+//! ComfyUI's own uni_pc.py for uni_pc and uni_pc_bh2), run in float64 by
+//! tests/fixtures/sampling/make_sampling_fixture.py on a fake model behind ComfyUI's eps/v + CFG wrapping, with every
+//! noise draw recorded. No test runs Python.
 //!
 //! Tolerance: 1e-5 on every latent value, relative to max(1, |reference|) (the final latents are O(1); mid-run ones
 //! reach 15 at sigma_max). The reference is float64 throughout; here the latent is rounded to f32 after every update
@@ -14,8 +15,8 @@ use crate::cases::{f64s, sampling_fixture as fixture};
 use models::sampling::noise::TorchRng;
 use models::sampling::samplers::{
     BrownianNoise, CfgDenoiser, Denoiser, FnHooks, Job, NetOutput, NoHooks, Noise, NoisePredictor, NoiseSource,
-    Prediction, SampleError, Sampler, StepInfo, UnknownSampler, ancestral_step, initial_latent, max_denoise, sample,
-    sample_dpmpp_2m_sde, sample_dpmpp_sde, sample_euler,
+    Prediction, SampleError, Sampler, StepInfo, UniPcVariant, UnknownSampler, ancestral_step, initial_latent,
+    max_denoise, sample, sample_dpmpp_2m_sde, sample_dpmpp_sde, sample_euler, sample_unipc,
 };
 use models::sampling::schedulers::ModelSigmas;
 use serde_json::Value;
@@ -216,6 +217,56 @@ fn run_case(case: &Value, noise: Option<&mut dyn NoiseSource>) -> f64 {
     worst.max(e)
 }
 
+/// UniPC against ComfyUI's `sample_unipc`: every order regime (1 step: no update; 2: order 1; 3 and 4: order 2;
+/// more: the 1, 2, 3 warm-up and the order 2, 1 finish), both variants, eps and v, cfg 1 and not, img2img. The
+/// per-step latents are the ones the model was called on (the predicted ones the corrector then refines).
+#[test]
+fn unipc_matches_comfyui_trajectories() {
+    let mut covered = std::collections::BTreeSet::new();
+    let mut worst: f64 = 0.0;
+    for case in fixture()["samplers"].as_array().unwrap() {
+        let name = case["sampler"].as_str().unwrap();
+        if !name.starts_with("uni_pc") {
+            continue;
+        }
+        let sampler = Sampler::from_name(name).unwrap();
+        assert!(sampler.discards_penultimate_sigma() && !sampler.uses_noise());
+        covered.insert((name.to_string(), case["steps"].as_u64().unwrap(), case["prediction"].as_str().unwrap()));
+        worst = worst.max(run_case(case, None));
+    }
+    for name in ["uni_pc", "uni_pc_bh2"] {
+        for steps in [1, 2, 3, 4, 8, 20] {
+            let prediction = if name == "uni_pc_bh2" && steps == 20 { "v" } else { "eps" };
+            assert!(covered.contains(&(name.to_string(), steps, prediction)), "no {name} case of {steps} steps");
+        }
+        assert!(covered.iter().any(|(n, _, p)| n == name && *p == "v"), "no v-prediction case for {name}");
+    }
+    eprintln!("uni_pc, uni_pc_bh2: worst error {worst:.2e} (tolerance {TOL:e})");
+}
+
+/// The two variants differ (only B(h) does), and each is a different trajectory from DPM-Solver++(2M).
+#[test]
+fn unipc_variants_differ() {
+    let case = fixture()["samplers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["sampler"] == "uni_pc" && c["steps"] == 8 && c["prediction"] == "eps")
+        .unwrap();
+    let sigmas: Vec<f64> = f32s(&case["sigmas"]).into_iter().map(f64::from).collect();
+    let x0: Vec<f32> = f64s(&case["x0"]).into_iter().map(|v| v as f32).collect();
+    let run = |variant| {
+        let job = Job { denoiser: &mut denoiser(case), sigmas: &sigmas, hooks: &mut NoHooks };
+        sample_unipc(job, x0.clone(), variant).unwrap()
+    };
+    let (a, b) = (run(UniPcVariant::Bh1), run(UniPcVariant::Bh2));
+    let job = Job { denoiser: &mut denoiser(case), sigmas: &sigmas, hooks: &mut NoHooks };
+    let c = sample(Sampler::Dpmpp2m, job, x0.clone(), &mut Zeros).unwrap();
+    let diff = |p: &[f32], q: &[f32]| p.iter().zip(q).map(|(u, v)| (u - v).abs()).fold(0.0f32, f32::max);
+    assert!(diff(&a, &b) > 1e-3, "bh1 and bh2 agree: {}", diff(&a, &b));
+    assert!(diff(&a, &c) > 1e-3 && diff(&b, &c) > 1e-3);
+}
+
 #[test]
 fn samplers_match_k_diffusion_trajectories() {
     let cases = fixture()["samplers"].as_array().unwrap();
@@ -331,12 +382,16 @@ const SIGMAS: [f64; 5] = [14.6, 5.0, 1.0, 0.2, 0.0];
 #[test]
 fn every_sampler_lands_on_a_constant_denoiser_target() {
     // With denoised == target whatever x is, every sampler must end exactly at target (the last step is to 0).
+    // UniPC, as ComfyUI runs it, solves to sigma 0.001 instead of 0: it ends on the exact solution there,
+    // target + (0.001 / sigma_0) (x - target).
     for s in Sampler::ALL {
         let mut d = constant(8);
         let x = vec![3.0f32; 8];
         let out = sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut NoHooks }, x, &mut TorchRng::new(1))
             .unwrap();
-        let e = err(&out, &d.target.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+        let end = if matches!(s, Sampler::UniPc | Sampler::UniPcBh2) { 0.001 } else { 0.0 };
+        let want: Vec<f64> = d.target.iter().map(|&v| f64::from(v) + end / SIGMAS[0] * (3.0 - f64::from(v))).collect();
+        let e = err(&out, &want);
         assert!(e < 1e-6, "{s}: {out:?}");
         let calls_per_step = if matches!(s, Sampler::Heun | Sampler::Dpm2 | Sampler::DpmppSde) { 2 } else { 1 };
         assert_eq!(d.calls.get(), calls_per_step * (SIGMAS.len() - 2) + 1, "{s}: model calls");
@@ -434,14 +489,28 @@ fn sampler_names() {
     let names: Vec<&str> = Sampler::ALL.iter().map(|s| s.name()).collect();
     assert_eq!(
         names,
-        ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "lcm", "ddim"]
+        [
+            "euler",
+            "euler_ancestral",
+            "heun",
+            "dpm_2",
+            "dpmpp_sde",
+            "dpmpp_2m",
+            "dpmpp_2m_sde",
+            "lcm",
+            "ddim",
+            "uni_pc",
+            "uni_pc_bh2"
+        ]
     );
+    assert_eq!(Sampler::NAMES, &names[..]);
     for s in Sampler::ALL {
         assert_eq!(Sampler::from_name(s.name()), Ok(s));
         assert_eq!(s.to_string().parse::<Sampler>(), Ok(s));
-        assert_eq!(s.discards_penultimate_sigma(), s == Sampler::Dpm2);
+        // ComfyUI's DISCARD_PENULTIMATE_SIGMA_SAMPLERS (of the samplers sdgraph has).
+        assert_eq!(s.discards_penultimate_sigma(), matches!(s, Sampler::Dpm2 | Sampler::UniPc | Sampler::UniPcBh2));
     }
-    for name in ["", "Euler", "dpm_2_ancestral", "uni_pc", "euler_a", "dpmpp_2m_karras"] {
+    for name in ["", "Euler", "dpm_2_ancestral", "uni_pc_bh1", "UniPC", "euler_a", "dpmpp_2m_karras"] {
         assert_eq!(Sampler::from_name(name), Err(UnknownSampler(name.into())));
     }
     let noisy: Vec<Sampler> = Sampler::ALL.into_iter().filter(|s| s.uses_noise()).collect();

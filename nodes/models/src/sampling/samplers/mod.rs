@@ -5,7 +5,7 @@
 //! fork tracking Comfy-Org/ComfyUI), with ComfyUI's name mapping from `comfy/samplers.py` (Comfy-Org/ComfyUI @
 //! 311c01406130b2acbe8ab291043502de26cf3871: `ddim` is `ksampler("euler", inpaint_options={"random": True})`,
 //! `DISCARD_PENULTIMATE_SIGMA_SAMPLERS`). tests/models/samplers.rs checks every sampler against k-diffusion's own functions
-//! (and ComfyUI's `sample_lcm`) run in float64 on a fake model.
+//! (and ComfyUI's `sample_lcm` and `sample_unipc`) run in float64 on a fake model.
 //!
 //! - [`Denoiser`]: `x, sigma -> denoised` (k-diffusion's `model(x, sigma)`); [`CfgDenoiser`] builds one from a
 //!   network that predicts eps or v, with ComfyUI's input scaling, timestep and classifier-free guidance.
@@ -24,6 +24,7 @@ mod euler;
 mod heun;
 mod lcm;
 mod model;
+mod unipc;
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub use euler::{sample_euler, sample_euler_ancestral};
 pub use heun::{sample_dpm_2, sample_heun};
 pub use lcm::sample_lcm;
 pub use model::{CfgDenoiser, CfgError, NetOutput, NoisePredictor, Prediction, initial_latent, max_denoise};
+pub use unipc::{UniPcVariant, sample_unipc};
 
 use crate::sampling::noise::TorchRng;
 
@@ -199,7 +201,8 @@ impl<E: std::error::Error + 'static> std::error::Error for SampleError<E> {
 /// A sampler name was not one of [`Sampler::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown sampler {0:?} (known: euler, euler_ancestral, heun, dpm_2, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde, ddim, lcm)"
+    "unknown sampler {0:?} (known: euler, euler_ancestral, heun, dpm_2, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde, ddim, lcm, \
+     uni_pc, uni_pc_bh2)"
 )]
 pub struct UnknownSampler(pub String);
 
@@ -225,11 +228,16 @@ pub enum Sampler {
     Ddim,
     /// `lcm`: ComfyUI's `sample_lcm` (denoise, then re-noise to the next sigma).
     Lcm,
+    /// `uni_pc`: ComfyUI's `sample_unipc` (UniPC, B(h) = h, order 3, one call per step; see [`sample_unipc`]).
+    /// KSampler drops the penultimate sigma, as for `dpm_2`.
+    UniPc,
+    /// `uni_pc_bh2`: `sample_unipc(variant='bh2')`, B(h) = e^h - 1.
+    UniPcBh2,
 }
 
 impl Sampler {
     /// Every sampler, in ComfyUI's menu order.
-    pub const ALL: [Sampler; 9] = [
+    pub const ALL: [Sampler; 11] = [
         Sampler::Euler,
         Sampler::EulerAncestral,
         Sampler::Heun,
@@ -239,11 +247,13 @@ impl Sampler {
         Sampler::Dpmpp2mSde,
         Sampler::Lcm,
         Sampler::Ddim,
+        Sampler::UniPc,
+        Sampler::UniPcBh2,
     ];
 
     /// Every sampler's ComfyUI name, in [`Sampler::ALL`]'s order (the KSampler menu).
-    pub const NAMES: [&'static str; 9] = {
-        let mut names = [""; 9];
+    pub const NAMES: [&'static str; 11] = {
+        let mut names = [""; 11];
         let mut i = 0;
         while i < names.len() {
             names[i] = Sampler::ALL[i].name();
@@ -264,6 +274,8 @@ impl Sampler {
             Sampler::DpmppSde => "dpmpp_sde",
             Sampler::Ddim => "ddim",
             Sampler::Lcm => "lcm",
+            Sampler::UniPc => "uni_pc",
+            Sampler::UniPcBh2 => "uni_pc_bh2",
         }
     }
 
@@ -280,7 +292,7 @@ impl Sampler {
     /// Whether ComfyUI's KSampler computes its schedule for one step more and drops the penultimate sigma
     /// (`DISCARD_PENULTIMATE_SIGMA_SAMPLERS`); pass it to `ksampler_sigmas`.
     pub fn discards_penultimate_sigma(self) -> bool {
-        matches!(self, Sampler::Dpm2)
+        matches!(self, Sampler::Dpm2 | Sampler::UniPc | Sampler::UniPcBh2)
     }
 }
 
@@ -321,6 +333,8 @@ where
         Sampler::Dpmpp2mSde => sample_dpmpp_2m_sde(job, x, Noise::full(&mut BrownianNoise::new(noise))),
         Sampler::DpmppSde => sample_dpmpp_sde(job, x, Noise::full(&mut BrownianNoise::new(noise))),
         Sampler::Lcm => sample_lcm(job, x, noise),
+        Sampler::UniPc => sample_unipc(job, x, UniPcVariant::Bh1),
+        Sampler::UniPcBh2 => sample_unipc(job, x, UniPcVariant::Bh2),
     }
 }
 
