@@ -198,7 +198,6 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     let prepared = |strength: f64, sigma_start: f64, sigma_end: f64| PreparedControl {
         spec: app(strength),
         hint: emb.clone(),
-        hint_doubled: None,
         sigma_start,
         sigma_end,
     };
@@ -208,7 +207,7 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     // Two controls of 0.3 and 0.5, both active at sigma 2: 0.8 x the residuals.
     let chain = [prepared(0.3, 5.0, 1.0), prepared(0.5, 1e9, 0.0)];
     let got =
-        control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 2.0, doubled: false })
+        control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 2.0 })
             .unwrap()
             .unwrap();
     for (g, w) in got.down.iter().zip(&want.down).chain([(&got.mid, &want.mid)]) {
@@ -218,7 +217,7 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     // At sigma 6 only the second (0.5) is active; at sigma 0.5 too; with neither active, no residuals.
     for sigma in [6.0, 0.5] {
         let got =
-            control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma, doubled: false })
+            control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma })
                 .unwrap()
                 .unwrap();
         let want = scale_residuals(gpu, &one, 0.5).unwrap();
@@ -230,26 +229,30 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     other.context_dim = 768;
     let sigmas = models::sampling::schedulers::ModelSigmas::sd15();
     let one_app = [app(1.0)];
-    let e = prepare_controls(gpu, &other, &sigmas, one_app, [1, 4, 8, 8], false).err().expect("must not fit");
+    let e = prepare_controls(gpu, &other, &sigmas, one_app, [1, 4, 8, 8], 1).err().expect("must not fit");
     assert!(
         e.contains("control_ldm.safetensors") && e.contains("does not fit the model") && e.contains("context 32"),
         "{e}"
     );
     let unet = tiny_unet(gpu, DType::F32);
-    let ok = prepare_controls(gpu, &unet.config, &sigmas, one_app, [2, 4, 8, 8], true).unwrap();
-    assert_eq!(ok[0].hint.shape(), &[2, 8, 8, 8]);
-    assert_eq!(ok[0].hint_doubled.as_ref().unwrap().shape(), &[4, 8, 8, 8]);
+    let one = prepare_controls(gpu, &unet.config, &sigmas, one_app, [2, 4, 8, 8], 1).unwrap();
+    assert_eq!(one[0].hint.shape(), &[2, 8, 8, 8]);
+    // Three conditionings batched into one call: the hint three times over, each copy the same.
+    let ok = prepare_controls(gpu, &unet.config, &sigmas, one_app, [2, 4, 8, 8], 3).unwrap();
+    assert_eq!(ok[0].hint.shape(), &[6, 8, 8, 8]);
+    let (h1, h3) = (gpu.download(&one[0].hint).unwrap(), gpu.download(&ok[0].hint).unwrap());
+    assert_eq!(h3, h1.repeat(3));
     // ComfyUI's percent_to_sigma: start 0 -> 999999999.9, end 1 -> 0.
     assert_eq!((ok[0].sigma_start, ok[0].sigma_end), (999_999_999.9, 0.0));
 
     let narrow = [prepared(1.0, 5.0, 1.0)];
     assert!(
-        control_residuals(gpu, &narrow, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 0.5, doubled: false })
+        control_residuals(gpu, &narrow, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 0.5 })
             .unwrap()
             .is_none()
     );
     assert!(
-        control_residuals(gpu, &narrow, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 6.0, doubled: false })
+        control_residuals(gpu, &narrow, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 6.0 })
             .unwrap()
             .is_none()
     );

@@ -360,8 +360,8 @@ impl Fixture {
         inp.params.insert("text".into(), graph::ParamValue::String(text.into()));
         let out = reg.get("CLIPTextEncode").unwrap().run(&mut ctx, &inp).map_err(|e| e.to_string())?;
         let cond = out[0].downcast::<nodes::payload::Conditioning>().unwrap();
-        let v = self.gpu.download(&cond.cond).unwrap();
-        Ok((cond.cond.shape().to_vec(), v, progress.0.into_inner().unwrap()))
+        let v = self.gpu.download(&cond.entries[0].cond).unwrap();
+        Ok((cond.entries[0].cond.shape().to_vec(), v, progress.0.into_inner().unwrap()))
     }
 
     /// The unweighted encoder output of one 77-id sequence.

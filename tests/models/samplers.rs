@@ -85,7 +85,7 @@ impl NoisePredictor for FakeNet {
             self.uncond_calls += 1;
             self.run(1, x_in, t)
         });
-        Ok(NetOutput { cond, uncond })
+        Ok(NetOutput::whole(cond, uncond))
     }
 }
 

@@ -178,11 +178,11 @@ impl NoisePredictor for UnetPredictor<'_> {
     fn predict(&mut self, x_in: &[f32], timestep: f64, _sigma: f64, with_uncond: bool) -> Result<NetOutput, String> {
         self.timesteps.push(timestep);
         if !with_uncond {
-            return Ok(NetOutput { cond: self.run(x_in, 1, timestep, &self.pos), uncond: None });
+            return Ok(NetOutput::whole(self.run(x_in, 1, timestep, &self.pos), None));
         }
         let mut out = self.run(x_in, 2, timestep, &self.both);
         let cond = out.split_off(x_in.len());
-        Ok(NetOutput { cond, uncond: Some(out) })
+        Ok(NetOutput::whole(cond, Some(out)))
     }
 }
 

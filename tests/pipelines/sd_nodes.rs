@@ -64,8 +64,8 @@ fn text_encode_runs_on_both_checkpoint_layouts_and_long_prompts_chunk() {
         inp.params.insert("text".into(), graph::ParamValue::String(text.into()));
         let out = encode.run(&mut ctx, &inp).unwrap();
         let cond = out[0].downcast::<nodes::payload::Conditioning>().unwrap();
-        assert_eq!(cond.cond.shape(), &[1, 77 * chunks, 32], "{text}");
-        let v = gpu.download(&cond.cond).unwrap();
+        assert_eq!(cond.entries[0].cond.shape(), &[1, 77 * chunks, 32], "{text}");
+        let v = gpu.download(&cond.entries[0].cond).unwrap();
         assert!(v.iter().all(|x| x.is_finite()));
     }
 }

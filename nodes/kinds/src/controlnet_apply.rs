@@ -212,11 +212,7 @@ impl NodeKind for ControlNetApplyAdvanced {
         }
         // One application shared by both, so KSampler can batch the two prompts (ComfyUI shares its c_net too).
         let app = Arc::new(ControlApplication { control_net, image, strength, start_percent, end_percent });
-        let with = |c: &Conditioning| {
-            let mut c = c.clone();
-            c.controls.push(app.clone());
-            Value::payload(c)
-        };
+        let with = |c: &Conditioning| Value::payload(c.map_entries(|e| e.controls.push(app.clone())));
         Ok(vec![with(&positive), with(&negative)])
     }
 }

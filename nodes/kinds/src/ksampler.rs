@@ -17,8 +17,6 @@
 
 use std::sync::Arc;
 
-use gpu::ops::layout::concat;
-use gpu::{DType, Gpu, Tensor};
 use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{PortType, Value};
@@ -26,12 +24,11 @@ use graph::{PortType, Value};
 use crate::payload::ModelHandle;
 use crate::payload::{Conditioning, Latent};
 use crate::runtime;
-use models::sampling::controls::{PreparedControl, UnetCall, control_residuals, non_finite_control, prepare_controls};
+use crate::unet_predictor::UnetPredictor;
 use models::sampling::noise::{TorchRng, prepare_noise};
 use models::sampling::noise_mask::expand_noise_mask;
 use models::sampling::samplers::{
-    CfgDenoiser, Denoiser, FnHooks, Job, NetOutput, NoisePredictor, Sampler, StepInfo, initial_latent, max_denoise,
-    sample,
+    CfgDenoiser, Denoiser, FnHooks, Job, Sampler, StepInfo, initial_latent, max_denoise, sample,
 };
 use models::sampling::schedulers::{ModelSigmas, Scheduler, ksampler_sigmas};
 
@@ -75,121 +72,6 @@ impl Default for KSampler {
     }
 }
 
-/// The UNet with both prompts (and their ControlNets) bound: one batched
-/// call for cond and uncond when their token lengths agree and they carry
-/// the same controls, two calls otherwise (as ComfyUI's `can_concat_cond`).
-struct UnetPredictor<'a> {
-    gpu: &'a Gpu,
-    model: &'a ModelHandle,
-    shape: [usize; 4],
-    /// `[B, L, C]` each, repeated over the batch.
-    pos: Tensor,
-    neg: Tensor,
-    /// `[2B, L, C]`, uncond first, when the lengths and controls allow batching.
-    both: Option<Tensor>,
-    pos_controls: Vec<PreparedControl<'a>>,
-    neg_controls: Vec<PreparedControl<'a>>,
-    /// Which ControlNet made the last non-finite output, when one did (see `non_finite_cause`).
-    cause: std::cell::RefCell<Option<String>>,
-}
-
-impl<'a> UnetPredictor<'a> {
-    /// The UNet with both prompts bound, each repeated over the batch and its
-    /// ControlNets prepared; one batched call for both when they allow it.
-    fn bind(
-        gpu: &'a Gpu,
-        model: &'a ModelHandle,
-        model_sigmas: &ModelSigmas,
-        pos: &'a Conditioning,
-        neg: &'a Conditioning,
-        shape: [usize; 4],
-    ) -> Result<Self, NodeError> {
-        let b = shape[0];
-        let pos_t = repeat(gpu, &pos.cond, b)?;
-        let neg_t = repeat(gpu, &neg.cond, b)?;
-        // Batch the two prompts only when they carry the same ControlNet applications (ComfyUI's objects_concatable).
-        let same_controls = pos.controls.len() == neg.controls.len()
-            && pos.controls.iter().zip(&neg.controls).all(|(a, b)| Arc::ptr_eq(a, b));
-        let both = if pos.cond.shape() == neg.cond.shape() && same_controls {
-            // [2B, L, C]: uncond first, as the predictor splits it.
-            Some(concat(gpu, &[&neg_t, &pos_t], 0).map_err(err)?)
-        } else {
-            None
-        };
-        let unet_cfg = &model.unet.config;
-        let doubled = both.is_some();
-        let pos_controls =
-            prepare_controls(gpu, unet_cfg, model_sigmas, pos.controls.iter().map(|c| c.spec()), shape, doubled)
-                .map_err(|e| err(format!("input \"positive\": {e}")))?;
-        let neg_controls = if doubled {
-            Vec::new() // the same controls as pos_controls, run on the batched call
-        } else {
-            prepare_controls(gpu, unet_cfg, model_sigmas, neg.controls.iter().map(|c| c.spec()), shape, false)
-                .map_err(|e| err(format!("input \"negative\": {e}")))?
-        };
-        let cause = Default::default();
-        Ok(UnetPredictor { gpu, model, shape, pos: pos_t, neg: neg_t, both, pos_controls, neg_controls, cause })
-    }
-}
-
-impl UnetPredictor<'_> {
-    /// One UNet call on `copies` copies of `x`, steered by `controls` (the `[2B]` hints when `copies` is 2).
-    fn run(
-        &self,
-        x: &[f32],
-        copies: usize,
-        timestep: f64,
-        sigma: f64,
-        context: &Tensor,
-        controls: &[PreparedControl<'_>],
-    ) -> Result<Vec<f32>, NodeError> {
-        let [b, c, h, w] = self.shape;
-        let mut batch = Vec::with_capacity(x.len() * copies);
-        for _ in 0..copies {
-            batch.extend_from_slice(x);
-        }
-        let xt = self.gpu.upload(&batch, &[b * copies, c, h, w], DType::F32).map_err(err)?;
-        let t = vec![timestep as f32; b * copies];
-        let call = UnetCall { x: &xt, timesteps: &t, context, sigma, doubled: copies == 2 };
-        let residuals = control_residuals(self.gpu, controls, &call).map_err(err)?;
-        let out = match &residuals {
-            None => self.model.unet.forward(self.gpu, &xt, &t, context),
-            Some(r) => self.model.unet.forward_with_residuals(self.gpu, &xt, &t, context, Some(&r.down), Some(&r.mid)),
-        }
-        .map_err(err)?;
-        let out = self.gpu.download(&out).map_err(err)?;
-        // Only on the error path: find out whether a ControlNet's residuals were what went non-finite.
-        if residuals.is_some() && out.iter().any(|v| !v.is_finite()) {
-            *self.cause.borrow_mut() = non_finite_control(self.gpu, controls, &call);
-        }
-        Ok(out)
-    }
-}
-
-impl NoisePredictor for UnetPredictor<'_> {
-    type Error = NodeError;
-
-    fn predict(&mut self, x_in: &[f32], timestep: f64, sigma: f64, with_uncond: bool) -> Result<NetOutput, NodeError> {
-        if !with_uncond {
-            let cond = self.run(x_in, 1, timestep, sigma, &self.pos, &self.pos_controls)?;
-            return Ok(NetOutput { cond, uncond: None });
-        }
-        if let Some(both) = &self.both {
-            // The controls are the same on both sides (checked when `both` was made).
-            let mut out = self.run(x_in, 2, timestep, sigma, both, &self.pos_controls)?;
-            let cond = out.split_off(x_in.len());
-            return Ok(NetOutput { cond, uncond: Some(out) });
-        }
-        let uncond = self.run(x_in, 1, timestep, sigma, &self.neg, &self.neg_controls)?;
-        let cond = self.run(x_in, 1, timestep, sigma, &self.pos, &self.pos_controls)?;
-        Ok(NetOutput { cond, uncond: Some(uncond) })
-    }
-
-    fn non_finite_cause(&mut self) -> Option<String> {
-        self.cause.take()
-    }
-}
-
 /// ComfyUI's `KSamplerX0Inpaint`: a denoiser that only changes the latent
 /// where `mask` (one value per latent element, in 0..=1) is above 0.
 pub struct InpaintDenoiser<D> {
@@ -228,15 +110,6 @@ impl<D: Denoiser> Denoiser for InpaintDenoiser<D> {
     fn non_finite_cause(&mut self) -> Option<String> {
         self.inner.non_finite_cause()
     }
-}
-
-/// `cond [1, L, C]` repeated to `[n, L, C]`.
-fn repeat(gpu: &Gpu, cond: &Tensor, n: usize) -> Result<Tensor, NodeError> {
-    if n == 1 {
-        return Ok(cond.clone());
-    }
-    let parts: Vec<&Tensor> = std::iter::repeat_n(cond, n).collect();
-    concat(gpu, &parts, 0).map_err(err)
 }
 
 impl NodeKind for KSampler {

@@ -2,6 +2,8 @@
 //! model library (the `models` crate).
 //!
 //! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`ksampler`], [`vae_nodes`]: the SD pipeline nodes
+//! - [`conditioning_nodes`]: ConditioningCombine, ConditioningSetArea and the other CONDITIONING nodes;
+//!   [`unet_predictor`]: the UNet with KSampler's conditionings bound (areas, batching, ControlNets)
 //! - [`controlnet_apply`]: ControlNetLoader, ControlNetApplyAdvanced
 //! - [`preprocessors`]: ControlNet preprocessors (Canny, BinaryPreprocessor)
 //! - [`vae_tiled`]: VAEDecodeTiled / VAEEncodeTiled
@@ -18,6 +20,7 @@
 //! - [`plugin_values`]: how Lua plugins read and write LATENT values
 
 pub mod checkpoint_loader;
+pub mod conditioning_nodes;
 pub mod controlnet_apply;
 pub mod image_nodes;
 pub mod ksampler;
@@ -31,6 +34,7 @@ pub mod preview;
 pub mod runtime;
 pub mod settings;
 pub mod text_encode;
+pub mod unet_predictor;
 pub mod upscale_nodes;
 pub mod vae_nodes;
 pub mod vae_tiled;
@@ -48,6 +52,7 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     image_nodes::register(reg, settings)?;
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new(settings)))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
+    conditioning_nodes::register(reg)?;
     reg.register(Arc::new(controlnet_apply::ControlNetLoader::new(settings)))?;
     reg.register(Arc::new(controlnet_apply::ControlNetApplyAdvanced::new()))?;
     reg.register(Arc::new(preprocessors::Canny::new()))?;

@@ -34,30 +34,86 @@ impl Latent {
     }
 }
 
-/// Text conditioning: the text encoder's output `[1, 77 * chunks, C]` on the
-/// GPU, and the ControlNets applied to it (ComfyUI's `control` entry).
+/// Where a conditioning entry applies (ConditioningSetArea and its kin), as ComfyUI keeps it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CondArea {
+    /// `(h, w, y, x)` in latent pixels (the node's pixel values divided by 8, rounded down).
+    Latent { h: usize, w: usize, y: usize, x: usize },
+    /// `(h, w, y, x)` as fractions of the latent, resolved when sampling starts.
+    Percent { h: f64, w: f64, y: f64, x: f64 },
+}
+
+impl CondArea {
+    /// `(h, w, y, x)` in latent pixels for a latent of `height` x `width`: ComfyUI's
+    /// `resolve_areas_and_cond_masks` rounds fractions (`max(1, round(h * H))` for the size).
+    pub fn resolve(&self, height: usize, width: usize) -> (usize, usize, usize, usize) {
+        match *self {
+            CondArea::Latent { h, w, y, x } => (h, w, y, x),
+            CondArea::Percent { h, w, y, x } => {
+                let r = |f: f64, n: usize| python_round(f * n as f64);
+                (r(h, height).max(1), r(w, width).max(1), r(y, height), r(x, width))
+            }
+        }
+    }
+}
+
+/// Python's `round` (halves to even) of a non-negative value, as a count.
+fn python_round(v: f64) -> usize {
+    v.round_ties_even().max(0.0) as usize
+}
+
+/// One entry of a conditioning (ComfyUI's `[cond, {options}]` pair): the text
+/// encoder's output `[1, 77 * chunks, C]` on the GPU, the ControlNets applied
+/// to it (its `control` chain), and where and how strongly it applies.
+#[derive(Clone)]
+pub struct CondEntry {
+    pub cond: Tensor,
+    /// The ControlNets applied to this entry, the first applied first (ComfyUI's chain of
+    /// `previous_controlnet`s): KSampler sums the residuals of those active at each step.
+    pub controls: Vec<Arc<ControlApplication>>,
+    /// `None`: the whole picture.
+    pub area: Option<CondArea>,
+    pub strength: f64,
+    /// ConditioningSetTimestepRange's `(start, end)` as fractions of the schedule; `None`: all of it.
+    pub range: Option<(f64, f64)>,
+}
+
+/// CONDITIONING: a list of entries, as ComfyUI's. KSampler runs the model once per
+/// entry (batching those it can) over the entry's area and averages the results
+/// weighted by strength; ConditioningCombine concatenates lists.
 #[derive(Clone)]
 pub struct Conditioning {
-    pub cond: Tensor,
-    /// The ControlNets applied to this conditioning, the first applied
-    /// first (ComfyUI's chain of `previous_controlnet`s): KSampler sums the
-    /// residuals of those active at each step.
-    pub controls: Vec<Arc<ControlApplication>>,
+    pub entries: Vec<CondEntry>,
 }
 
 impl Conditioning {
-    /// A conditioning without ControlNets.
+    /// One entry over the whole picture, without ControlNets.
     pub fn new(cond: Tensor) -> Conditioning {
-        Conditioning { cond, controls: Vec::new() }
+        Conditioning { entries: vec![CondEntry { cond, controls: Vec::new(), area: None, strength: 1.0, range: None }] }
+    }
+
+    /// The same entries, each changed by `f` (ComfyUI's `conditioning_set_values`).
+    pub fn map_entries(&self, f: impl Fn(&mut CondEntry)) -> Conditioning {
+        let mut c = self.clone();
+        c.entries.iter_mut().for_each(f);
+        c
     }
 }
 
 impl std::fmt::Debug for Conditioning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conditioning")
-            .field("cond", &self.cond.shape())
-            .field("controls", &self.controls.len())
-            .finish()
+        let mut l = f.debug_list();
+        for e in &self.entries {
+            l.entry(&format_args!(
+                "{:?} controls {} area {:?} strength {} range {:?}",
+                e.cond.shape(),
+                e.controls.len(),
+                e.area,
+                e.strength,
+                e.range
+            ));
+        }
+        l.finish()
     }
 }
 

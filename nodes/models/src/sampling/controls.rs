@@ -38,9 +38,8 @@ pub struct ControlSpec<'a> {
 /// One control, ready for a sampling run: its embedded control image and its sigma range.
 pub struct PreparedControl<'a> {
     pub spec: ControlSpec<'a>,
-    /// `[B, model_channels, h, w]`, and `[2B, ..]` when the two prompts are batched.
+    /// `[copies * B, model_channels, h, w]`: the embedded hint for each conditioning batched into the call.
     pub hint: Tensor,
-    pub hint_doubled: Option<Tensor>,
     /// Active while `sigma_end <= sigma <= sigma_start`.
     pub sigma_start: f64,
     pub sigma_end: f64,
@@ -54,8 +53,7 @@ impl PreparedControl<'_> {
 
     /// The ControlNet's unscaled residuals for one UNet call.
     fn residuals(&self, gpu: &Gpu, call: &UnetCall<'_>) -> Result<ControlResiduals, ModelError> {
-        let hint = if call.doubled { self.hint_doubled.as_ref().unwrap_or(&self.hint) } else { &self.hint };
-        self.spec.net.forward(gpu, call.x, call.timesteps, call.context, hint)
+        self.spec.net.forward(gpu, call.x, call.timesteps, call.context, &self.hint)
     }
 }
 
@@ -115,16 +113,16 @@ fn check_fits(net: &ControlNet, unet: &UnetConfig, path: &Path) -> Result<(), St
     Ok(())
 }
 
-/// Embeds the control images of `controls` for latents of `shape` (once per
-/// sampling run); `doubled` also builds the `[2B]` version for a batched
-/// cond + uncond call.
+/// Embeds the control images of `controls` for latents (or area crops) of
+/// `shape` (once per sampling run), repeated `copies` times for a call that
+/// batches that many conditionings.
 pub fn prepare_controls<'a>(
     gpu: &Gpu,
     unet: &UnetConfig,
     sigmas: &ModelSigmas,
     controls: impl IntoIterator<Item = ControlSpec<'a>>,
     shape: [usize; 4],
-    doubled: bool,
+    copies: usize,
 ) -> Result<Vec<PreparedControl<'a>>, String> {
     let [b, _, h, w] = shape;
     let mut out = Vec::new();
@@ -135,13 +133,13 @@ pub fn prepare_controls<'a>(
         let ch = net.config.hint_channels;
         let pixels = control_hint(spec.image, w * f, h * f, ch, b)?;
         let t = gpu.upload(&pixels, &[b, ch, h * f, w * f], DType::F32).map_err(|e| e.to_string())?;
-        let hint = net.embed_hint(gpu, &t).map_err(|e| e.to_string())?;
-        let hint_doubled =
-            if doubled { Some(concat(gpu, &[&hint, &hint], 0).map_err(|e| e.to_string())?) } else { None };
+        let mut hint = net.embed_hint(gpu, &t).map_err(|e| e.to_string())?;
+        if copies > 1 {
+            hint = concat(gpu, &vec![&hint; copies], 0).map_err(|e| e.to_string())?;
+        }
         out.push(PreparedControl {
             spec,
             hint,
-            hint_doubled,
             sigma_start: sigmas.percent_to_sigma(spec.start_percent),
             sigma_end: sigmas.percent_to_sigma(spec.end_percent),
         });
@@ -149,14 +147,12 @@ pub fn prepare_controls<'a>(
     Ok(out)
 }
 
-/// One UNet call the controls steer: `x [B or 2B, C, h, w]` at `timesteps` under `context`, at `sigma`;
-/// `doubled` picks the `[2B]` hint embeddings (both prompts in one batch).
+/// One UNet call the controls steer: `x [copies * B, C, h, w]` at `timesteps` under `context`, at `sigma`.
 pub struct UnetCall<'a> {
     pub x: &'a Tensor,
     pub timesteps: &'a [f32],
     pub context: &'a Tensor,
     pub sigma: f64,
-    pub doubled: bool,
 }
 
 /// The summed, strength-scaled residuals of the controls active at the call's

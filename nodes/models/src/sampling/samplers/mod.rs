@@ -34,7 +34,9 @@ pub use dpmpp::{sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_sde};
 pub use euler::{sample_euler, sample_euler_ancestral};
 pub use heun::{sample_dpm_2, sample_heun};
 pub use lcm::sample_lcm;
-pub use model::{CfgDenoiser, CfgError, NetOutput, NoisePredictor, Prediction, initial_latent, max_denoise};
+pub use model::{
+    CfgDenoiser, CfgError, CondPart, LatentArea, NetOutput, NoisePredictor, Prediction, initial_latent, max_denoise,
+};
 pub use unipc::{UniPcVariant, sample_unipc};
 
 use crate::sampling::noise::TorchRng;

@@ -18,11 +18,99 @@ pub enum Prediction {
     V,
 }
 
-/// A [`NoisePredictor`]'s raw outputs: for the positive conditioning, and for the negative one when asked for.
+/// Where a conditioning applies: ComfyUI's `area` `(h, w, y, x)`, in latent pixels, of a latent of `shape`
+/// `[B, C, H, W]` (already clamped to it: `y + h <= H`, `x + w <= W`, none empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatentArea {
+    pub shape: [usize; 4],
+    pub h: usize,
+    pub w: usize,
+    pub y: usize,
+    pub x: usize,
+}
+
+impl LatentArea {
+    /// ComfyUI's `get_area_and_mult` clamp: the area's size cut to what is left of the latent past its offset;
+    /// `None` when the offset is outside the latent (nothing to condition).
+    pub fn clamped(shape: [usize; 4], h: usize, w: usize, y: usize, x: usize) -> Option<LatentArea> {
+        let [_, _, hh, ww] = shape;
+        let (h, w) = (h.min(hh.saturating_sub(y)), w.min(ww.saturating_sub(x)));
+        (h > 0 && w > 0).then_some(LatentArea { shape, h, w, y, x })
+    }
+
+    /// Whether it is the whole latent.
+    pub fn is_whole(&self) -> bool {
+        self.y == 0 && self.x == 0 && self.h == self.shape[2] && self.w == self.shape[3]
+    }
+
+    /// The crop's shape `[B, C, h, w]`.
+    pub fn crop_shape(&self) -> [usize; 4] {
+        [self.shape[0], self.shape[1], self.h, self.w]
+    }
+
+    /// The index into the full latent of each element of the crop, in the crop's order.
+    fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        let [b, c, hh, ww] = self.shape;
+        (0..b * c).flat_map(move |bc| {
+            (0..self.h).flat_map(move |r| (0..self.w).map(move |q| (bc * hh + self.y + r) * ww + self.x + q))
+        })
+    }
+
+    /// The crop of `x` (a latent of `shape`).
+    pub fn crop(&self, x: &[f32]) -> Vec<f32> {
+        self.indices().map(|i| x[i]).collect()
+    }
+
+    /// ComfyUI's weight of each crop row (`axis` 0) or column (`axis` 1) for an area without a mask: up to 8 rows
+    /// (a quarter of the crop at most) fade in linearly along each side that is inside the latent.
+    fn feather(&self, axis: usize) -> Vec<f64> {
+        let (len, off, full) =
+            if axis == 0 { (self.h, self.y, self.shape[2]) } else { (self.w, self.x, self.shape[3]) };
+        let mut f = vec![1.0; len];
+        let rr = 8.min(len / 4);
+        for t in 0..rr {
+            let k = (1.0 / rr as f64) * (t + 1) as f64;
+            if off != 0 {
+                f[t] *= k;
+            }
+            if off + len < full {
+                f[len - 1 - t] *= k;
+            }
+        }
+        f
+    }
+}
+
+/// One conditioning's raw network output: over the whole latent, or over its area's crop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CondPart {
+    /// `None`: the whole latent.
+    pub area: Option<LatentArea>,
+    /// ComfyUI's conditioning `strength` (ConditioningSetArea's, 1 otherwise).
+    pub strength: f64,
+    /// The output, the crop's size when there is an area.
+    pub out: Vec<f32>,
+}
+
+impl CondPart {
+    /// An output over the whole latent at strength 1.
+    pub fn whole(out: Vec<f32>) -> CondPart {
+        CondPart { area: None, strength: 1.0, out }
+    }
+}
+
+/// A [`NoisePredictor`]'s raw outputs: for each positive conditioning, and for each negative one when asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetOutput {
-    pub cond: Vec<f32>,
-    pub uncond: Option<Vec<f32>>,
+    pub cond: Vec<CondPart>,
+    pub uncond: Option<Vec<CondPart>>,
+}
+
+impl NetOutput {
+    /// One positive (and negative) conditioning over the whole latent.
+    pub fn whole(cond: Vec<f32>, uncond: Option<Vec<f32>>) -> NetOutput {
+        NetOutput { cond: vec![CondPart::whole(cond)], uncond: uncond.map(|u| vec![CondPart::whole(u)]) }
+    }
 }
 
 /// The network with its conditionings bound (a UNet, a ControlNet-patched UNet...): raw outputs for the scaled input.
@@ -96,31 +184,55 @@ impl<M: NoisePredictor> Denoiser for CfgDenoiser<M> {
         let with_uncond = self.uses_uncond();
         let NetOutput { cond, uncond } =
             self.model.predict(&x_in, timestep, sigma, with_uncond).map_err(CfgError::Model)?;
-        let check = |v: &Vec<f32>| {
-            if v.len() == x.len() { Ok(()) } else { Err(CfgError::BadOutput { expected: x.len(), got: v.len() }) }
-        };
-        check(&cond)?;
         let p = self.prediction;
+        let cond = combine(p, sigma, x, &cond)?;
         if !with_uncond {
-            return Ok(cond.iter().zip(x).map(|(&o, &xv)| denoised(p, sigma, o, xv) as f32).collect());
+            return Ok(cond.iter().map(|&v| v as f32).collect());
         }
-        let uncond = uncond.ok_or(CfgError::MissingUncond)?;
-        check(&uncond)?;
+        let uncond = combine(p, sigma, x, &uncond.ok_or(CfgError::MissingUncond)?)?;
         let cfg = self.cfg;
-        Ok(cond
-            .iter()
-            .zip(&uncond)
-            .zip(x)
-            .map(|((&c, &u), &xv)| {
-                let (dc, du) = (denoised(p, sigma, c, xv), denoised(p, sigma, u, xv));
-                (du + (dc - du) * cfg) as f32
-            })
-            .collect())
+        Ok(cond.iter().zip(&uncond).map(|(&dc, &du)| (du + (dc - du) * cfg) as f32).collect())
     }
 
     fn non_finite_cause(&mut self) -> Option<String> {
         self.model.non_finite_cause()
     }
+}
+
+/// ComfyUI's `calc_cond_batch` for one side (positive or negative): each part's denoised estimate over its area,
+/// weighted by its strength (feathered at area edges inside the latent), summed, and divided by the summed weights
+/// plus 1e-37, so a spot no conditioning covers is 0. One part over the whole latent gives its denoised estimate
+/// exactly.
+fn combine<E>(p: Prediction, sigma: f64, x: &[f32], parts: &[CondPart]) -> Result<Vec<f64>, CfgError<E>> {
+    let mut sum = vec![0.0f64; x.len()];
+    let mut count = vec![1e-37f64; x.len()];
+    for part in parts {
+        match &part.area {
+            None => {
+                if part.out.len() != x.len() {
+                    return Err(CfgError::BadOutput { expected: x.len(), got: part.out.len() });
+                }
+                for ((s, c), (&o, &xv)) in sum.iter_mut().zip(&mut count).zip(part.out.iter().zip(x)) {
+                    *s += denoised(p, sigma, o, xv) * part.strength;
+                    *c += part.strength;
+                }
+            }
+            Some(area) => {
+                let n: usize = area.crop_shape().iter().product();
+                if part.out.len() != n || area.shape.iter().product::<usize>() != x.len() {
+                    return Err(CfgError::BadOutput { expected: n, got: part.out.len() });
+                }
+                let (rows, cols) = (area.feather(0), area.feather(1));
+                let (h, w) = (area.h, area.w);
+                for (k, (i, &o)) in area.indices().zip(&part.out).enumerate() {
+                    let mult = part.strength * rows[(k / w) % h] * cols[k % w];
+                    sum[i] += denoised(p, sigma, o, x[i]) * mult;
+                    count[i] += mult;
+                }
+            }
+        }
+    }
+    Ok(sum.iter().zip(&count).map(|(s, c)| s / c).collect())
 }
 
 /// ComfyUI's `Sampler.max_denoise`: whether the first sigma is the model's largest (within 1e-5 relative) or above,
@@ -141,4 +253,136 @@ pub fn initial_latent(noise: &[f32], latent: &[f32], first_sigma: f64, max_denoi
     assert_eq!(noise.len(), latent.len(), "initial_latent: noise and latent differ in length");
     let scale = if max_denoise { (1.0 + first_sigma * first_sigma).sqrt() } else { first_sigma };
     noise.iter().zip(latent).map(|(&n, &l)| (f64::from(n) * scale + f64::from(l)) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Returns fixed parts: each a function of the element's position, so crops can be checked.
+    struct Parts(Vec<(Option<LatentArea>, f64)>, Vec<(Option<LatentArea>, f64)>);
+
+    fn value(part: usize, i: usize) -> f32 {
+        (part as f32 + 1.0) * 0.25 + (i % 7) as f32 * 0.01
+    }
+
+    fn parts(list: &[(Option<LatentArea>, f64)], x_in: &[f32], offset: usize) -> Vec<CondPart> {
+        list.iter()
+            .enumerate()
+            .map(|(k, &(area, strength))| {
+                let n = area.map_or(x_in.len(), |a| a.crop_shape().iter().product());
+                CondPart { area, strength, out: (0..n).map(|i| value(k + offset, i)).collect() }
+            })
+            .collect()
+    }
+
+    impl NoisePredictor for Parts {
+        type Error = std::convert::Infallible;
+        fn predict(&mut self, x_in: &[f32], _t: f64, _s: f64, with_uncond: bool) -> Result<NetOutput, Self::Error> {
+            Ok(NetOutput { cond: parts(&self.0, x_in, 0), uncond: with_uncond.then(|| parts(&self.1, x_in, 10)) })
+        }
+    }
+
+    /// ComfyUI's `_calc_cond_batch` for one side, written the way ComfyUI writes it: full-size sums, a mult per
+    /// crop with `rr` rows faded in on each inner side by repeated multiplication, `out / (1e-37 + counts)`.
+    fn comfy_side(
+        shape: [usize; 4],
+        x: &[f32],
+        sigma: f64,
+        list: &[(Option<LatentArea>, f64)],
+        off: usize,
+    ) -> Vec<f64> {
+        let [b, c, hh, ww] = shape;
+        let mut out = vec![0.0; x.len()];
+        let mut count = vec![1e-37; x.len()];
+        for (k, &(area, strength)) in list.iter().enumerate() {
+            let a = area.unwrap_or(LatentArea { shape, h: hh, w: ww, y: 0, x: 0 });
+            let mut mult = vec![vec![strength; a.w]; a.h];
+            if area.is_some() {
+                let rr_h = 8.min(a.h / 4);
+                let rr_w = 8.min(a.w / 4);
+                for t in 0..rr_h {
+                    let f = (1.0 / rr_h as f64) * (t + 1) as f64;
+                    if a.y != 0 {
+                        mult[t].iter_mut().for_each(|m| *m *= f);
+                    }
+                    if a.y + a.h < hh {
+                        mult[a.h - 1 - t].iter_mut().for_each(|m| *m *= f);
+                    }
+                }
+                for t in 0..rr_w {
+                    let f = (1.0 / rr_w as f64) * (t + 1) as f64;
+                    for row in mult.iter_mut() {
+                        if a.x != 0 {
+                            row[t] *= f;
+                        }
+                        if a.x + a.w < ww {
+                            row[a.w - 1 - t] *= f;
+                        }
+                    }
+                }
+            }
+            let mut j = 0;
+            for bc in 0..b * c {
+                for r in 0..a.h {
+                    for q in 0..a.w {
+                        let i = (bc * hh + a.y + r) * ww + a.x + q;
+                        let d = f64::from(x[i]) - f64::from(value(k + off, j)) * sigma;
+                        out[i] += d * mult[r][q];
+                        count[i] += mult[r][q];
+                        j += 1;
+                    }
+                }
+            }
+        }
+        out.iter().zip(&count).map(|(o, c)| o / c).collect()
+    }
+
+    #[test]
+    fn areas_are_weighted_feathered_and_averaged_as_comfyui_does() {
+        let shape = [2, 3, 16, 12];
+        let n: usize = shape.iter().product();
+        let area = |h, w, y, x| LatentArea::clamped(shape, h, w, y, x);
+        // A whole entry, an inner area (feathered on all four sides), one at the top-left corner clamped to the
+        // latent at the bottom and right... and a tiny one (rr = 1).
+        let cond = vec![(None, 1.0), (area(8, 6, 4, 3), 1.5), (area(20, 20, 0, 0), 0.5), (area(3, 2, 12, 9), 2.0)];
+        assert_eq!(cond[2].0.unwrap().crop_shape(), [2, 3, 16, 12], "clamped to the latent");
+        let uncond = vec![(None, 1.0), (area(8, 6, 4, 3), 1.5)];
+        let x: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.3 - 1.0).collect();
+        let (sigma, cfg) = (2.5, 4.0);
+        let mut d =
+            CfgDenoiser::new(Parts(cond.clone(), uncond.clone()), ModelSigmas::sd15(), Prediction::Epsilon, cfg);
+        let got = d.denoise(&x, sigma).unwrap();
+        let dc = comfy_side(shape, &x, sigma, &cond, 0);
+        let du = comfy_side(shape, &x, sigma, &uncond, 10);
+        for i in 0..n {
+            let want = (du[i] + (dc[i] - du[i]) * cfg) as f32;
+            assert!((got[i] - want).abs() <= 1e-6 * want.abs().max(1.0), "{i}: {} vs {want}", got[i]);
+        }
+    }
+
+    #[test]
+    fn a_spot_no_entry_covers_is_zero_and_one_whole_entry_is_exact() {
+        let shape = [1, 1, 8, 8];
+        let n = 64;
+        let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        let only_area = vec![(LatentArea::clamped(shape, 4, 4, 0, 0), 1.0)];
+        let mut d = CfgDenoiser::new(Parts(only_area, vec![]), ModelSigmas::sd15(), Prediction::Epsilon, 1.0);
+        let out = d.denoise(&x, 1.0).unwrap();
+        assert_eq!(out[63], 0.0, "ComfyUI's 0 / 1e-37");
+        assert_ne!(out[0], 0.0);
+        let mut whole = CfgDenoiser::new(Parts(vec![(None, 1.0)], vec![]), ModelSigmas::sd15(), Prediction::V, 1.0);
+        let out = whole.denoise(&x, 1.0).unwrap();
+        for (i, o) in out.iter().enumerate() {
+            assert_eq!(*o, denoised(Prediction::V, 1.0, value(0, i), x[i]) as f32);
+        }
+    }
+
+    #[test]
+    fn an_area_outside_the_latent_is_none() {
+        assert_eq!(LatentArea::clamped([1, 4, 8, 8], 4, 4, 8, 0), None);
+        assert_eq!(LatentArea::clamped([1, 4, 8, 8], 4, 4, 0, 9), None);
+        let a = LatentArea::clamped([1, 4, 8, 8], 6, 6, 4, 5).unwrap();
+        assert_eq!((a.h, a.w), (4, 3));
+    }
 }

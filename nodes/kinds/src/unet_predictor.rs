@@ -1,0 +1,243 @@
+//! The UNet with KSampler's conditionings bound, run as ComfyUI's
+//! `calc_cond_batch` runs it (`comfy/samplers.py`, Comfy-Org/ComfyUI @
+//! 311c01406130b2acbe8ab291043502de26cf3871): one model call per group of
+//! conditioning entries that can share a batch (the same area size, the same
+//! text length and the same ControlNet applications: `can_concat_cond`), each
+//! entry over its area's crop of the latent. The sampler's CFG wrapping
+//! ([`models::sampling::samplers::CfgDenoiser`]) weighs and averages the parts.
+
+use std::sync::Arc;
+
+use gpu::ops::layout::concat;
+use gpu::{DType, Gpu, Tensor};
+use graph::node::{NodeError, err};
+
+use crate::payload::{CondEntry, Conditioning, ControlApplication, ModelHandle};
+use models::sampling::areas::pair_areas;
+use models::sampling::controls::{PreparedControl, UnetCall, control_residuals, non_finite_control, prepare_controls};
+use models::sampling::samplers::{CondPart, LatentArea, NetOutput, NoisePredictor};
+use models::sampling::schedulers::ModelSigmas;
+
+/// One conditioning entry ready for sampling.
+struct Bound<'a> {
+    uncond: bool,
+    /// `None`: the whole latent.
+    area: Option<LatentArea>,
+    strength: f64,
+    /// Active while `end <= sigma <= start` (ConditioningSetTimestepRange's, as sigmas).
+    sigma_range: (f64, f64),
+    /// `[B, L, C]`: the entry's text repeated over the latent batch.
+    context: Tensor,
+    controls: &'a [Arc<ControlApplication>],
+}
+
+/// An entry while areas are paired: the text of `text`, everything else of `base`.
+#[derive(Clone, Copy)]
+struct Pairing<'a> {
+    text: &'a CondEntry,
+    base: &'a CondEntry,
+    area: Option<LatentArea>,
+}
+
+/// Entries run in one UNet call.
+struct Group<'a> {
+    members: Vec<usize>,
+    /// `[B, C, h, w]` of each member's crop.
+    crop: [usize; 4],
+    /// `[members * B, L, C]`.
+    context: Tensor,
+    controls: Vec<PreparedControl<'a>>,
+}
+
+/// The UNet with both prompts bound (see the module docs).
+pub struct UnetPredictor<'a> {
+    gpu: &'a Gpu,
+    model: &'a ModelHandle,
+    sigmas: ModelSigmas,
+    /// The latent's `[B, C, H, W]`.
+    shape: [usize; 4],
+    entries: Vec<Bound<'a>>,
+    /// The calls for the positive entries only (cfg 1), and for both; made on first use.
+    groups: [Option<Vec<Group<'a>>>; 2],
+    /// Which ControlNet made the last non-finite output, when one did (see `non_finite_cause`).
+    cause: std::cell::RefCell<Option<String>>,
+}
+
+/// Most latent elements (batch x crop area) one call may hold, in units of the
+/// whole latent: two, as a batched positive and negative prompt always were.
+const MAX_CALL_LATENTS: usize = 2;
+
+impl<'a> UnetPredictor<'a> {
+    /// Binds `pos` and `neg` for latents of `shape`: areas resolved and
+    /// clamped to the latent, every area given a partner of the same area on
+    /// the other side (ComfyUI's `create_cond_with_same_area_if_none`), each
+    /// entry's text repeated over the batch.
+    pub fn bind(
+        gpu: &'a Gpu,
+        model: &'a ModelHandle,
+        sigmas: &ModelSigmas,
+        pos: &'a Conditioning,
+        neg: &'a Conditioning,
+        shape: [usize; 4],
+    ) -> Result<Self, NodeError> {
+        let resolve = |c: &'a Conditioning, input: &str| -> Result<Vec<Pairing<'a>>, NodeError> {
+            if c.entries.is_empty() {
+                return Err(err(format!("input {input:?}: an empty conditioning")));
+            }
+            c.entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let area = match e.area {
+                        None => None,
+                        Some(a) => {
+                            let (h, w, y, x) = a.resolve(shape[2], shape[3]);
+                            let clamped = LatentArea::clamped(shape, h, w, y, x).ok_or_else(|| {
+                                err(format!(
+                                    "input {input:?}, entry {i}: its area at ({}, {}) lies outside the {}x{} picture",
+                                    x * 8,
+                                    y * 8,
+                                    shape[3] * 8,
+                                    shape[2] * 8
+                                ))
+                            })?;
+                            Some(clamped)
+                        }
+                    };
+                    Ok(Pairing { text: e, base: e, area })
+                })
+                .collect()
+        };
+        let (mut p, mut n) = (resolve(pos, "positive")?, resolve(neg, "negative")?);
+        let area_of = |e: &Pairing<'a>| e.area.map(|a| (a.h, a.w, a.y, a.x));
+        // The partner keeps the entry's area, strength and ControlNets and takes the other side's text.
+        let partner = |c: &Pairing<'a>, s: &Pairing<'a>| Pairing { text: s.text, ..*c };
+        pair_areas(&mut p, &mut n, area_of, partner);
+        let b = shape[0];
+        let mut entries = Vec::new();
+        for (uncond, list) in [(false, p), (true, n)] {
+            for e in list {
+                let context = repeat(gpu, &e.text.cond, b)?;
+                let (strength, controls) = (e.base.strength, e.base.controls.as_slice());
+                let (start, end) = e.base.range.unwrap_or((0.0, 1.0));
+                let sigma_range = (sigmas.percent_to_sigma(start), sigmas.percent_to_sigma(end));
+                entries.push(Bound { uncond, area: e.area, strength, sigma_range, context, controls });
+            }
+        }
+        let cause = Default::default();
+        Ok(UnetPredictor { gpu, model, sigmas: sigmas.clone(), shape, entries, groups: [None, None], cause })
+    }
+
+    /// Groups the entries into calls (`with_uncond`: the negative ones too) and prepares their ControlNets.
+    fn plan(&self, with_uncond: bool) -> Result<Vec<Group<'a>>, NodeError> {
+        let mut left: Vec<usize> =
+            (0..self.entries.len()).filter(|&i| with_uncond || !self.entries[i].uncond).collect();
+        let mut groups = Vec::new();
+        while let Some(&first) = left.first() {
+            let f = &self.entries[first];
+            let crop = self.crop_of(f);
+            let fits = |e: &Bound<'_>| {
+                self.crop_of(e) == crop
+                    && e.sigma_range == f.sigma_range
+                    && e.context.shape() == f.context.shape()
+                    && e.controls.len() == f.controls.len()
+                    && e.controls.iter().zip(f.controls).all(|(a, b)| Arc::ptr_eq(a, b))
+            };
+            let full: usize = self.shape.iter().product();
+            let per: usize = crop.iter().product();
+            let most = (MAX_CALL_LATENTS * full / per.max(1)).max(1);
+            let members: Vec<usize> = left.iter().copied().filter(|&i| fits(&self.entries[i])).take(most).collect();
+            left.retain(|i| !members.contains(i));
+            let contexts: Vec<&Tensor> = members.iter().map(|&i| &self.entries[i].context).collect();
+            let context =
+                if contexts.len() == 1 { contexts[0].clone() } else { concat(self.gpu, &contexts, 0).map_err(err)? };
+            let side = if f.uncond { "negative" } else { "positive" };
+            let controls = prepare_controls(
+                self.gpu,
+                &self.model.unet.config,
+                &self.sigmas,
+                f.controls.iter().map(|c| c.spec()),
+                crop,
+                members.len(),
+            )
+            .map_err(|e| err(format!("input \"{side}\": {e}")))?;
+            groups.push(Group { members, crop, context, controls });
+        }
+        Ok(groups)
+    }
+
+    fn crop_of(&self, e: &Bound<'_>) -> [usize; 4] {
+        e.area.map_or(self.shape, |a| a.crop_shape())
+    }
+
+    /// One UNet call for `group` on the scaled input `x_in`; each member's output.
+    fn run(&self, group: &Group<'_>, x_in: &[f32], timestep: f64, sigma: f64) -> Result<Vec<Vec<f32>>, NodeError> {
+        let [b, c, h, w] = group.crop;
+        let n = group.members.len();
+        let mut batch = Vec::with_capacity(n * b * c * h * w);
+        for &i in &group.members {
+            match &self.entries[i].area {
+                None => batch.extend_from_slice(x_in),
+                Some(a) => batch.extend(a.crop(x_in)),
+            }
+        }
+        let xt = self.gpu.upload(&batch, &[n * b, c, h, w], DType::F32).map_err(err)?;
+        let t = vec![timestep as f32; n * b];
+        let call = UnetCall { x: &xt, timesteps: &t, context: &group.context, sigma };
+        let residuals = control_residuals(self.gpu, &group.controls, &call).map_err(err)?;
+        let out = match &residuals {
+            None => self.model.unet.forward(self.gpu, &xt, &t, &group.context),
+            Some(r) => {
+                self.model.unet.forward_with_residuals(self.gpu, &xt, &t, &group.context, Some(&r.down), Some(&r.mid))
+            }
+        }
+        .map_err(err)?;
+        let out = self.gpu.download(&out).map_err(err)?;
+        // Only on the error path: find out whether a ControlNet's residuals were what went non-finite.
+        if residuals.is_some() && out.iter().any(|v| !v.is_finite()) {
+            *self.cause.borrow_mut() = non_finite_control(self.gpu, &group.controls, &call);
+        }
+        Ok(out.chunks(b * c * h * w).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl NoisePredictor for UnetPredictor<'_> {
+    type Error = NodeError;
+
+    fn predict(&mut self, x_in: &[f32], timestep: f64, sigma: f64, with_uncond: bool) -> Result<NetOutput, NodeError> {
+        let k = usize::from(with_uncond);
+        if self.groups[k].is_none() {
+            self.groups[k] = Some(self.plan(with_uncond)?);
+        }
+        let groups = self.groups[k].as_ref().expect("planned above");
+        let mut parts: Vec<Option<CondPart>> = vec![None; self.entries.len()];
+        for g in groups {
+            // ComfyUI skips an entry while sigma is outside its range (compared as ComfyUI does: `>` start, `<` end).
+            let (start, end) = self.entries[g.members[0]].sigma_range;
+            if sigma > start || sigma < end {
+                continue;
+            }
+            for (&i, out) in g.members.iter().zip(self.run(g, x_in, timestep, sigma)?) {
+                let e = &self.entries[i];
+                parts[i] = Some(CondPart { area: e.area, strength: e.strength, out });
+            }
+        }
+        let side = |uncond: bool| -> Vec<CondPart> {
+            parts.iter().zip(&self.entries).filter(|(_, e)| e.uncond == uncond).filter_map(|(p, _)| p.clone()).collect()
+        };
+        Ok(NetOutput { cond: side(false), uncond: with_uncond.then(|| side(true)) })
+    }
+
+    fn non_finite_cause(&mut self) -> Option<String> {
+        self.cause.take()
+    }
+}
+
+/// `cond [1, L, C]` repeated to `[n, L, C]`.
+fn repeat(gpu: &Gpu, cond: &Tensor, n: usize) -> Result<Tensor, NodeError> {
+    if n == 1 {
+        return Ok(cond.clone());
+    }
+    let parts: Vec<&Tensor> = std::iter::repeat_n(cond, n).collect();
+    concat(gpu, &parts, 0).map_err(err)
+}
