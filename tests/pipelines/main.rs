@@ -5,6 +5,7 @@
 mod common;
 
 mod bench_models;
+mod clip_skip;
 mod controlnet_graph;
 mod demo_model;
 mod graphs;

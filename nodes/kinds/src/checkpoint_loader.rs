@@ -110,7 +110,7 @@ pub fn load_checkpoint(
     done(3);
     Ok(LoadedCheckpoint {
         model: ModelHandle { unet, prediction: meta.prediction },
-        clip: ClipHandle { model: clip, tokenizer },
+        clip: ClipHandle::new(clip, tokenizer),
         vae: VaeHandle { vae },
     })
 }

@@ -52,6 +52,7 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     image_nodes::register(reg, settings)?;
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new(settings)))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
+    reg.register(Arc::new(text_encode::ClipSetLastLayer::new()))?;
     conditioning_nodes::register(reg)?;
     reg.register(Arc::new(controlnet_apply::ControlNetLoader::new(settings)))?;
     reg.register(Arc::new(controlnet_apply::ControlNetApplyAdvanced::new()))?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use gpu::Tensor;
 use graph::{Image, Payload, PortType};
-use models::clip::ClipTextModel;
+use models::clip::{ClipLayer, ClipTextModel};
 use models::controlnet::ControlNet;
 use models::sampling::controls::ControlSpec;
 use models::tokenizer::ClipTokenizer;
@@ -123,10 +123,27 @@ pub struct ModelHandle {
     pub prediction: Prediction,
 }
 
-/// The text encoder with its tokenizer.
+/// The text encoder with its tokenizer, and which hidden state it encodes with
+/// (ComfyUI's CLIP object after `clip_layer`). CLIPSetLastLayer makes a new
+/// handle sharing the same loaded model.
 pub struct ClipHandle {
-    pub model: ClipTextModel,
-    pub tokenizer: ClipTokenizer,
+    pub model: Arc<ClipTextModel>,
+    pub tokenizer: Arc<ClipTokenizer>,
+    /// The hidden state CLIPTextEncode takes: [`ClipLayer::Last`] as loaded,
+    /// `Skip(n)` after CLIPSetLastLayer `-n`.
+    pub layer: ClipLayer,
+}
+
+impl ClipHandle {
+    /// A freshly loaded encoder, encoding with its last layer.
+    pub fn new(model: ClipTextModel, tokenizer: ClipTokenizer) -> ClipHandle {
+        ClipHandle { model: Arc::new(model), tokenizer: Arc::new(tokenizer), layer: ClipLayer::Last }
+    }
+
+    /// The same model and tokenizer (shared, not copied), encoding with `layer`.
+    pub fn with_layer(&self, layer: ClipLayer) -> ClipHandle {
+        ClipHandle { model: self.model.clone(), tokenizer: self.tokenizer.clone(), layer }
+    }
 }
 
 /// The image autoencoder.
