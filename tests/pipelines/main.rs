@@ -12,4 +12,5 @@ mod graphs;
 mod inpaint;
 mod sd_nodes;
 mod upscale;
+mod vae_loader;
 mod vae_tiled;

@@ -1,5 +1,6 @@
 //! CheckpointLoaderSimple: one checkpoint file (or diffusers folder) to the
-//! MODEL, CLIP and VAE values, as ComfyUI's node.
+//! MODEL, CLIP and VAE values, as ComfyUI's node; VAELoader: a standalone VAE
+//! file to a VAE value, loaded as a checkpoint's VAE.
 
 use gpu::{DType, Gpu};
 use graph::node::err;
@@ -10,7 +11,7 @@ use crate::payload::{ClipHandle, ModelHandle, VaeHandle};
 use crate::runtime;
 use crate::settings::Settings;
 use models::ModelError;
-use models::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, open_checkpoint};
+use models::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, VaeLayout, open_checkpoint, open_vae};
 use models::checkpoint::weights::WeightSource;
 use models::clip::{ClipTextConfig, ClipTextModel};
 use models::tokenizer::ClipTokenizer;
@@ -97,6 +98,19 @@ pub fn load_checkpoint(
     let tokenizer = ClipTokenizer::new().map_err(|e| e.to_string())?;
     done(2);
 
+    let vae = load_vae(gpu, src, &meta)?;
+    done(3);
+    Ok(LoadedCheckpoint {
+        model: ModelHandle { unet, prediction: meta.prediction },
+        clip: ClipHandle::new(clip, tokenizer),
+        vae,
+    })
+}
+
+/// Builds the VAE under `first_stage_model.` of `src` (a checkpoint, or a standalone VAE
+/// seen as one by [`open_vae`]) in f32, with the group count and scaling factor of `meta`.
+pub fn load_vae(gpu: &Gpu, src: &WeightSource, meta: &ConfigOverrides) -> Result<VaeHandle, String> {
+    let err = |e: ModelError| e.to_string();
     // The SD VAE overflows in f16 at real resolutions (diffusers' force_upcast): keep it f32.
     let w = src.prefix(VAE_PREFIX);
     let mut vcfg = VaeConfig::detect_from_weights(&w).map_err(err)?;
@@ -107,12 +121,7 @@ pub fn load_checkpoint(
         vcfg.scaling_factor = f;
     }
     let vae = Vae::load(gpu, &w, &vcfg, DType::F32).map_err(err)?;
-    done(3);
-    Ok(LoadedCheckpoint {
-        model: ModelHandle { unet, prediction: meta.prediction },
-        clip: ClipHandle::new(clip, tokenizer),
-        vae: VaeHandle { vae },
-    })
+    Ok(VaeHandle { vae })
 }
 
 /// The schema, and the settings the command passed.
@@ -196,5 +205,126 @@ impl NodeKind for CheckpointLoaderSimple {
             }
         }
         Some(fp)
+    }
+}
+
+// ---------------------------------------------------------------- VAELoader
+
+/// ComfyUI's built-in VAE names (TAESD decoders, pixel space), which are no files.
+const COMFY_SPECIAL_VAES: [&str; 10] = [
+    "pixel_space",
+    "taesd",
+    "taesdxl",
+    "taesd3",
+    "taef1",
+    "taehv",
+    "lighttaew2_2",
+    "lighttaew2_1",
+    "lighttaehy1_5",
+    "taeltx_2",
+];
+
+/// What a standalone VAE's files may say beyond the tensors: the `sdgraph.*` metadata a
+/// checkpoint may carry ([`ConfigOverrides`]), and for the diffusers layout
+/// `norm_num_groups` from the `config.json` beside the weights (the metadata wins). The
+/// scaling factor is SD 1.x's unless the metadata says otherwise: as in ComfyUI, it belongs
+/// to the model family, not to the VAE file (a diffusers config's `scaling_factor` is not read).
+fn vae_overrides(src: &WeightSource, layout: VaeLayout, file: &std::path::Path) -> Result<ConfigOverrides, String> {
+    let mut meta = ConfigOverrides::read(src).map_err(|e| format!("{}: {e}", file.display()))?;
+    let config_json = file.with_file_name("config.json");
+    if layout == VaeLayout::Diffusers && meta.norm_groups.is_none() && config_json.is_file() {
+        let text = std::fs::read_to_string(&config_json).map_err(|e| format!("{}: {e}", config_json.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", config_json.display()))?;
+        if let Some(x) = v.get("norm_num_groups") {
+            let g = x
+                .as_u64()
+                .filter(|&g| g > 0)
+                .ok_or_else(|| format!("{}: norm_num_groups {x} is not a positive integer", config_json.display()))?;
+            meta.norm_groups = Some(g as usize);
+        }
+    }
+    Ok(meta)
+}
+
+/// Loads a standalone VAE file (any layout, see [`open_vae`]) onto the GPU in f32.
+pub fn load_vae_file(gpu: &Gpu, path: &std::path::Path) -> Result<(VaeHandle, std::path::PathBuf), String> {
+    let (src, layout, file) = open_vae(path).map_err(|e| e.to_string())?;
+    let meta = vae_overrides(&src, layout, &file)?;
+    let vae = load_vae(gpu, &src, &meta).map_err(|e| format!("{}: {e}", file.display()))?;
+    let c = vae.vae.config.latent_channels;
+    if c != 4 {
+        return Err(format!(
+            "{}: a VAE with {c} latent channels; SD 1.x VAEs have 4 (SD3 and Flux VAEs, with 16, are not supported)",
+            file.display()
+        ));
+    }
+    Ok((vae, file))
+}
+
+/// The schema (no settings: the VAE is always f32).
+pub struct VaeLoader(NodeSchema);
+
+graph::node_fields! {
+    struct VaeLoaderFields {
+        vae_name: String = path("VAE file (.safetensors; .pt/.ckpt in PyTorch's zip format), relative to the graph file's folder."),
+    }
+}
+
+impl VaeLoader {
+    pub fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "VAELoader",
+                "loaders",
+                "Loads a standalone SD 1.x VAE (LDM or diffusers layout), e.g. vae-ft-mse-840000-ema-pruned.",
+            )
+            .fields(VaeLoaderFields::declare)
+            .output("vae", PortType::Vae, "The image autoencoder."),
+        )
+    }
+}
+
+impl Default for VaeLoader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeKind for VaeLoader {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = VaeLoaderFields::read(inputs)?;
+        let name = f.vae_name.as_str();
+        if COMFY_SPECIAL_VAES.contains(&name) {
+            return Err(err(format!(
+                "vae_name {name:?} is one of ComfyUI's built-in VAEs (TAESD previews, pixel space), which sdgraph does not have: give a VAE file"
+            )));
+        }
+        let path = ctx.resolve(name);
+        let gpu = runtime::gpu()?;
+        ctx.progress.message(&format!("loading {}", path.display()));
+        let (vae, file) = load_vae_file(gpu, &path).map_err(NodeError::new)?;
+        ctx.record_input_file(&file);
+        Ok(vec![Value::payload(vae)])
+    }
+
+    /// Size and modification time of the weights file: replacing it reloads it.
+    fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
+        let path = ctx.resolve(&VaeLoaderFields::read(inputs).ok()?.vae_name);
+        let file = if path.is_dir() {
+            ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
+                .iter()
+                .map(|n| path.join(n))
+                .find(|p| p.is_file())?
+        } else {
+            path
+        };
+        let meta = std::fs::metadata(&file).ok()?;
+        let config = std::fs::metadata(file.with_file_name("config.json")).ok().and_then(|m| m.modified().ok());
+        Some(format!("{}:{}:{:?}:{config:?}", file.display(), meta.len(), meta.modified().ok()))
     }
 }

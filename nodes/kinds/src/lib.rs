@@ -51,6 +51,7 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     plugin_values::register();
     image_nodes::register(reg, settings)?;
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new(settings)))?;
+    reg.register(Arc::new(checkpoint_loader::VaeLoader::new()))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
     reg.register(Arc::new(text_encode::ClipSetLastLayer::new()))?;
     conditioning_nodes::register(reg)?;

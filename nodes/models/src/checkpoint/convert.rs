@@ -249,24 +249,7 @@ pub fn open_diffusers_folder(dir: &Path) -> Result<WeightSource, CheckpointError
     }
     if let Some(p) = vae {
         let st = SafeTensors::open(&p)?;
-        let up_blocks = st
-            .names()
-            .filter_map(|k| k.strip_prefix("decoder.up_blocks.").and_then(index).map(|(i, _)| i + 1))
-            .max()
-            .unwrap_or(0);
-        let fi = files.len();
-        for k in st.names() {
-            if let Some(n) = vae_key(k, up_blocks) {
-                // LDM stores the mid-attention projections as 1x1 convs.
-                let conv_shape = match st.info(k) {
-                    Some(i) if n.contains(".mid.attn_1.") && i.shape.len() == 2 => {
-                        Some(vec![i.shape[0], i.shape[1], 1, 1])
-                    }
-                    _ => None,
-                };
-                table.push((format!("{VAE_PREFIX}{n}"), fi, k.to_string(), conv_shape));
-            }
-        }
+        table.extend(diffusers_vae_table(&st, files.len()));
         files.push(Arc::new(st));
     }
     if let Some(p) = clip {
@@ -280,6 +263,100 @@ pub fn open_diffusers_folder(dir: &Path) -> Result<WeightSource, CheckpointError
         files.push(Arc::new(st));
     }
     Ok(WeightSource::from_parts(files, table))
+}
+
+/// The `WeightSource::from_parts` table of a diffusers `AutoencoderKL` file (file index
+/// `fi`): each key under `first_stage_model.` + its LDM name, the mid-attention
+/// projections (diffusers' `[C, C]` linears) seen as LDM's `[C, C, 1, 1]` convs.
+fn diffusers_vae_table(st: &SafeTensors, fi: usize) -> Vec<(String, usize, String, Option<Vec<usize>>)> {
+    let up_blocks = st
+        .names()
+        .filter_map(|k| k.strip_prefix("decoder.up_blocks.").and_then(index).map(|(i, _)| i + 1))
+        .max()
+        .unwrap_or(0);
+    let mut table = Vec::new();
+    for k in st.names() {
+        if let Some(n) = vae_key(k, up_blocks) {
+            // LDM stores the mid-attention projections as 1x1 convs.
+            let conv_shape = match st.info(k) {
+                Some(i) if n.contains(".mid.attn_1.") && i.shape.len() == 2 => Some(vec![i.shape[0], i.shape[1], 1, 1]),
+                _ => None,
+            };
+            table.push((format!("{VAE_PREFIX}{n}"), fi, k.to_string(), conv_shape));
+        }
+    }
+    table
+}
+
+/// The layout a standalone VAE file was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaeLayout {
+    /// LDM names without a prefix: `encoder.*`, `decoder.*`, `quant_conv.*`,
+    /// `post_quant_conv.*` (vae-ft-mse-840000-ema-pruned and most downloads).
+    Ldm,
+    /// diffusers' `AutoencoderKL` names (`encoder.down_blocks.*`, `decoder.up_blocks.*`).
+    Diffusers,
+    /// A checkpoint's `first_stage_model.*` part, prefix and all.
+    CheckpointPart,
+}
+
+/// The weights file of a standalone VAE given as a file or as a diffusers `vae/` folder.
+fn vae_file(path: &Path) -> Result<std::path::PathBuf, CheckpointError> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
+        .iter()
+        .map(|n| path.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| CheckpointError {
+            file: path.to_path_buf(),
+            key: None,
+            message: "a folder, without diffusion_pytorch_model.safetensors: not a diffusers VAE folder (give a VAE file, or a diffusers vae/ folder; .bin weights are not read: convert them to safetensors)".into(),
+        })
+}
+
+/// Opens a standalone VAE (what ComfyUI's VAELoader reads from `models/vae`): a
+/// `.safetensors` file, or a PyTorch zip archive (`.pt`, `.pth`, `.ckpt`, any
+/// extension) through the restricted reader of [`super::pth`], in the LDM layout or
+/// diffusers' (a diffusers `vae/` folder is read from its weights file). Its weights are
+/// seen as a checkpoint's VAE, under [`VAE_PREFIX`] + LDM names, so what loads a
+/// checkpoint's VAE loads it. Also returns the layout and the file read. A file that
+/// is no SD VAE is refused naming the keys expected and some it has.
+pub fn open_vae(path: &Path) -> Result<(WeightSource, VaeLayout, std::path::PathBuf), CheckpointError> {
+    let file = vae_file(path)?;
+    let mut head = [0u8; 4];
+    let zipped = std::fs::File::open(&file)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|_| super::zip::is_zip(&head));
+    let st = if zipped { super::pth::open(&file)? } else { SafeTensors::open(&file)? };
+    let has = |k: &str| st.info(k).is_some();
+    let (layout, table): (VaeLayout, Vec<_>) = if has("first_stage_model.encoder.conv_in.weight") {
+        let table = st.names().map(|k| (k.to_string(), 0, k.to_string(), None)).collect();
+        (VaeLayout::CheckpointPart, table)
+    } else if st.names().any(|k| k.starts_with("decoder.up_blocks.") || k.starts_with("encoder.down_blocks.")) {
+        (VaeLayout::Diffusers, diffusers_vae_table(&st, 0))
+    } else if has("encoder.conv_in.weight") || has("decoder.conv_in.weight") {
+        let table = st.names().map(|k| (format!("{VAE_PREFIX}{k}"), 0, k.to_string(), None)).collect();
+        (VaeLayout::Ldm, table)
+    } else {
+        let some: Vec<&str> = st.names().take(3).collect();
+        let what = if st.names().any(|k| k.starts_with(UNET_PREFIX)) {
+            "a checkpoint without a VAE (model.diffusion_model.* but no first_stage_model.*)".to_string()
+        } else if some.is_empty() {
+            "no tensors".to_string()
+        } else {
+            format!("keys such as {}", some.join(", "))
+        };
+        return Err(CheckpointError {
+            file,
+            key: None,
+            message: format!(
+                "not an SD VAE: expected the LDM layout (encoder.*, decoder.*, quant_conv.*, post_quant_conv.*, as vae-ft-mse-840000-ema-pruned.safetensors) or diffusers' AutoencoderKL (encoder.down_blocks.*, decoder.up_blocks.*), found {what}"
+            ),
+        });
+    };
+    Ok((WeightSource::from_parts(vec![Arc::new(st)], table), layout, file))
 }
 
 /// Opens a checkpoint: a `.safetensors` single file, or a diffusers folder.
