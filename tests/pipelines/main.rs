@@ -9,6 +9,7 @@ mod clip_skip;
 mod controlnet_graph;
 mod demo_model;
 mod graphs;
+mod image_scale_total;
 mod inpaint;
 mod sd_nodes;
 mod upscale;

@@ -1,5 +1,6 @@
 //! Image nodes, with ComfyUI's kind, input and param names: LoadImage,
-//! SaveImage, ImageScale, ImageScaleBy, ImageCrop, ImageBlend, ImageInvert.
+//! SaveImage, ImageScale, ImageScaleBy, ImageScaleToTotalPixels, ImageCrop,
+//! ImageBlend, ImageInvert.
 
 use std::fs;
 use std::io::Write;
@@ -25,6 +26,7 @@ pub fn register(reg: &mut Registry, settings: crate::Settings) -> Result<(), Dup
     reg.register(Arc::new(SaveImage::new(settings.absolute_paths)))?;
     reg.register(Arc::new(ImageScale::new()))?;
     reg.register(Arc::new(ImageScaleBy::new()))?;
+    reg.register(Arc::new(ImageScaleToTotalPixels::new()))?;
     reg.register(Arc::new(ImageCrop::new()))?;
     reg.register(Arc::new(ImageBlend::new()))?;
     reg.register(Arc::new(ImageInvert::new()))?;
@@ -395,6 +397,67 @@ impl NodeKind for ImageScaleBy {
     }
 }
 
+// ---------------------------------------------------------------- ImageScaleToTotalPixels
+
+pub struct ImageScaleToTotalPixels(NodeSchema);
+
+graph::node_fields! {
+    struct ImageScaleToTotalPixelsFields {
+        image: Arc<Image> = input(PortType::Image, "The images to resize."),
+        upscale_method: String = choice(&Method::NAMES, "nearest-exact", "Resampling filter."),
+        megapixels: f64 = float(0.01, 16.0, 1.0, "Target size in megapixels of 1024 x 1024 pixels; the aspect ratio is kept."),
+        resolution_steps: usize = int(1, 256, 1, "Each side is rounded to a multiple of this."),
+    }
+}
+
+impl ImageScaleToTotalPixels {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "ImageScaleToTotalPixels",
+                "image/upscaling",
+                "Resizes images to about a number of megapixels, keeping the aspect ratio.",
+            )
+            .fields(ImageScaleToTotalPixelsFields::declare)
+            .output("image", PortType::Image, "The resized images."),
+        )
+    }
+}
+
+/// The size ImageScaleToTotalPixels gives a `width` x `height` picture, as ComfyUI computes
+/// it: `scale = sqrt(megapixels * 1024 * 1024 / (width * height))`, each side
+/// `round(side * scale / steps) * steps` with Python's round (halves to even).
+pub fn total_pixels_size(width: usize, height: usize, megapixels: f64, steps: usize) -> (usize, usize) {
+    let total = megapixels * 1024.0 * 1024.0;
+    let scale = (total / (width * height) as f64).sqrt();
+    let side = |n: usize| (n as f64 * scale / steps as f64).round_ties_even().max(0.0) as usize * steps;
+    (side(width), side(height))
+}
+
+impl NodeKind for ImageScaleToTotalPixels {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = ImageScaleToTotalPixelsFields::read(inputs)?;
+        let img = f.image;
+        let method = method_param(&f.upscale_method)?;
+        if img.width == 0 || img.height == 0 {
+            return Err(err(format!("input \"image\" is {}x{}: nothing to scale", img.width, img.height)));
+        }
+        let (w, h) = total_pixels_size(img.width, img.height, f.megapixels, f.resolution_steps);
+        if w == 0 || h == 0 {
+            return Err(err(format!(
+                "{}x{} at {} megapixels in steps of {} would be {w}x{h}: raise megapixels or lower resolution_steps",
+                img.width, img.height, f.megapixels, f.resolution_steps
+            )));
+        }
+        let out = scale_image(&img, w, h, method, false)?;
+        Ok(vec![Value::Image(Arc::new(out))])
+    }
+}
+
 // ---------------------------------------------------------------- ImageCrop
 
 pub struct ImageCrop(NodeSchema);
@@ -579,6 +642,15 @@ mod tests {
         assert_eq!((out.width, out.height), (100, 50));
         let out = scale_image(&img, 50, 0, Method::Bilinear, false).unwrap();
         assert_eq!((out.width, out.height), (50, 25));
+    }
+
+    #[test]
+    fn total_pixels_sizes_round_halves_to_even_as_python() {
+        // megapixels such that the scale is exactly 0.5: 5 * 0.5 = 2.5 -> 2, 7 * 0.5 = 3.5 -> 4.
+        assert_eq!(total_pixels_size(5, 4, 5.0 / (1 << 20) as f64, 1), (2, 2));
+        assert_eq!(total_pixels_size(7, 4, 7.0 / (1 << 20) as f64, 1), (4, 2));
+        // In steps: 7 * 0.5 / 2 = 1.75 -> 2 steps of 2.
+        assert_eq!(total_pixels_size(7, 4, 7.0 / (1 << 20) as f64, 2), (4, 2));
     }
 
     fn temp(name: &str) -> PathBuf {
