@@ -135,6 +135,7 @@ pub fn run(registry: &Registry, args: &RunArgs) -> i32 {
             "seconds": report.seconds,
             "nodes": report.nodes,
             "outputs": report.outputs(),
+            "previews": report.previews(),
             "models": models_json(&report),
             "errors": report.errors(),
         });
@@ -148,6 +149,9 @@ pub fn run(registry: &Registry, args: &RunArgs) -> i32 {
         }
         for p in report.outputs() {
             println!("{}", p.display());
+        }
+        for p in report.previews() {
+            eprintln!("preview: {}", p.display());
         }
     }
     if report.ok { 0 } else { EXIT_FAILED }

@@ -13,5 +13,6 @@ mod graph_errors;
 mod graph_mutation;
 mod layers;
 mod plugins;
+mod preview_image;
 mod provenance;
 mod watch;

@@ -392,6 +392,9 @@ pub struct RunContext<'a> {
     pub progress: &'a dyn Progress,
     /// Files this node wrote; reported in the run report.
     pub files_written: Vec<PathBuf>,
+    /// Throwaway pictures this node wrote outside the output folder
+    /// (PreviewImage); reported apart from `files_written`.
+    pub previews_written: Vec<PathBuf>,
     /// Set by Ctrl-C; long nodes poll it and stop early.
     pub cancel: &'a std::sync::atomic::AtomicBool,
     /// Files that determine this node's result (model weights), declared with
@@ -419,6 +422,7 @@ impl<'a> RunContext<'a> {
             graph_text,
             progress,
             files_written: vec![],
+            previews_written: vec![],
             cancel,
             files_read: vec![],
             upstream_files: vec![],

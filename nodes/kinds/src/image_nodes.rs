@@ -1,6 +1,6 @@
 //! Image nodes, with ComfyUI's kind, input and param names: LoadImage,
-//! SaveImage, ImageScale, ImageScaleBy, ImageScaleToTotalPixels, ImageCrop,
-//! ImageBlend, ImageInvert.
+//! SaveImage, PreviewImage, ImageScale, ImageScaleBy, ImageScaleToTotalPixels,
+//! ImageCrop, ImageBlend, ImageInvert.
 
 use std::fs;
 use std::io::Write;
@@ -24,6 +24,7 @@ pub const MAX_PIXELS: usize = 1 << 28;
 pub fn register(reg: &mut Registry, settings: crate::Settings) -> Result<(), DuplicateKind> {
     reg.register(Arc::new(LoadImage::new()))?;
     reg.register(Arc::new(SaveImage::new(settings.absolute_paths)))?;
+    reg.register(Arc::new(PreviewImage::new(settings.absolute_paths)))?;
     reg.register(Arc::new(ImageScale::new()))?;
     reg.register(Arc::new(ImageScaleBy::new()))?;
     reg.register(Arc::new(ImageScaleToTotalPixels::new()))?;
@@ -278,30 +279,103 @@ impl NodeKind for SaveImage {
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
         let f = SaveImageFields::read(inputs)?;
-        let images = f.images;
         let prefix = f.filename_prefix.as_str();
         check_prefix(prefix)?;
         let full = ctx.out_dir.join(prefix);
         let dir = full.parent().unwrap_or(ctx.out_dir).to_path_buf();
         let stem = full.file_name().and_then(|s| s.to_str()).unwrap_or("sdgraph").to_string();
-        // The graph's folder as seen from the picture's, the models from the graph's (see png_meta).
-        let base = png_meta::recorded_path(ctx.base_dir, &dir, self.absolute_paths);
-        let models = model_digests_json(ctx, self.absolute_paths);
-        let texts = [
-            (png_meta::GRAPH_KEY, ctx.graph_text),
-            (png_meta::BASE_DIR_KEY, base.as_str()),
-            (png_meta::MODELS_KEY, models.as_str()),
-        ];
-        for b in 0..images.batch {
-            if ctx.cancelled() {
-                return Err(err("cancelled"));
-            }
-            let px = to_u8(&images, b);
-            let png = png_meta::encode_png(images.width as u32, images.height as u32, images.channels, &px, &texts)
-                .map_err(err)?;
-            let path = write_numbered(&dir, &stem, &png).map_err(err)?;
-            ctx.files_written.push(path);
+        let written = save_pngs(ctx, &f.images, &dir, &stem, self.absolute_paths)?;
+        ctx.files_written.extend(written);
+        Ok(vec![])
+    }
+}
+
+/// Saves each image of the batch as `dir/stem_NNNNN.png` (never overwriting), with the
+/// graph and the model digests embedded; returns the paths, in batch order. Stops at
+/// Ctrl-C, keeping what was written.
+fn save_pngs(
+    ctx: &RunContext<'_>,
+    images: &Image,
+    dir: &Path,
+    stem: &str,
+    absolute_paths: bool,
+) -> Result<Vec<PathBuf>, NodeError> {
+    // The graph's folder as seen from the picture's, the models from the graph's (see png_meta).
+    let base = png_meta::recorded_path(ctx.base_dir, dir, absolute_paths);
+    let models = model_digests_json(ctx, absolute_paths);
+    let texts = [
+        (png_meta::GRAPH_KEY, ctx.graph_text),
+        (png_meta::BASE_DIR_KEY, base.as_str()),
+        (png_meta::MODELS_KEY, models.as_str()),
+    ];
+    let mut written = Vec::with_capacity(images.batch);
+    for b in 0..images.batch {
+        if ctx.cancelled() {
+            return Err(err("cancelled"));
         }
+        let px = to_u8(images, b);
+        let png = png_meta::encode_png(images.width as u32, images.height as u32, images.channels, &px, &texts)
+            .map_err(err)?;
+        written.push(write_numbered(dir, stem, &png).map_err(err)?);
+    }
+    Ok(written)
+}
+
+// ---------------------------------------------------------------- PreviewImage
+
+/// The folder PreviewImage writes to: `sdgraph-previews` in the system's temporary
+/// folder (`$TMPDIR`, else `/tmp`; `%TEMP%` on Windows), as ComfyUI's previews go to
+/// its `temp/` folder rather than `output/`.
+pub fn previews_dir() -> PathBuf {
+    std::env::temp_dir().join("sdgraph-previews")
+}
+
+/// PreviewImage: SaveImage for looking at, as ComfyUI's: the pictures go to
+/// [`previews_dir`] (never the output folder), as `sdgraph_temp_<node>_NNNNN.png`
+/// (never overwriting, the graph embedded), and the run report lists them under
+/// `previews`, apart from the outputs.
+pub struct PreviewImage {
+    schema: NodeSchema,
+    absolute_paths: bool,
+}
+
+graph::node_fields! {
+    struct PreviewImageFields {
+        images: Arc<Image> = input(PortType::Image, "The images to preview."),
+    }
+}
+
+impl PreviewImage {
+    fn new(absolute_paths: bool) -> Self {
+        let schema = NodeSchema::new(
+            "PreviewImage",
+            "image",
+            "Writes each image as PNG to the previews folder (sdgraph-previews in the system's temp folder), \
+             not the output folder; `--json` lists them under \"previews\".",
+        )
+        .fields(PreviewImageFields::declare)
+        .sink();
+        Self { schema, absolute_paths }
+    }
+}
+
+/// `sdgraph_temp_<node id>`, with anything but ASCII letters, digits, `-` and `_` as `_`.
+fn preview_stem(node_id: &str) -> String {
+    let id: String =
+        node_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("sdgraph_temp_{id}")
+}
+
+impl NodeKind for PreviewImage {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = PreviewImageFields::read(inputs)?;
+        let dir = previews_dir();
+        let written = save_pngs(ctx, &f.images, &dir, &preview_stem(ctx.node_id), self.absolute_paths)?;
+        ctx.previews_written.extend(written);
         Ok(vec![])
     }
 }
@@ -651,6 +725,12 @@ mod tests {
         assert_eq!(total_pixels_size(7, 4, 7.0 / (1 << 20) as f64, 1), (4, 2));
         // In steps: 7 * 0.5 / 2 = 1.75 -> 2 steps of 2.
         assert_eq!(total_pixels_size(7, 4, 7.0 / (1 << 20) as f64, 2), (4, 2));
+    }
+
+    #[test]
+    fn preview_stems_keep_only_safe_characters() {
+        assert_eq!(preview_stem("look"), "sdgraph_temp_look");
+        assert_eq!(preview_stem("a/../b c"), "sdgraph_temp_a____b_c");
     }
 
     fn temp(name: &str) -> PathBuf {

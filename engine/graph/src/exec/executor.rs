@@ -48,6 +48,9 @@ pub struct NodeReport {
     pub seconds: f64,
     /// Files the node wrote.
     pub outputs: Vec<PathBuf>,
+    /// Preview pictures the node wrote (PreviewImage), outside the output folder.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub previews: Vec<PathBuf>,
     /// Files the node's result depends on (model weights), with their
     /// SHA-256; also listed for a cached node, whose outputs came from them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -73,6 +76,11 @@ impl RunReport {
 
     pub fn outputs(&self) -> Vec<&PathBuf> {
         self.nodes.iter().flat_map(|n| &n.outputs).collect()
+    }
+
+    /// The preview pictures of the run (PreviewImage), apart from the outputs.
+    pub fn previews(&self) -> Vec<&PathBuf> {
+        self.nodes.iter().flat_map(|n| &n.previews).collect()
     }
 
     /// Every file a node of the run recorded as read, with its SHA-256 (or
@@ -198,6 +206,7 @@ impl Executor {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| node.kind.run(&mut ctx, &inputs)));
         report.seconds = t.elapsed().as_secs_f64();
         report.outputs = std::mem::take(&mut ctx.files_written);
+        report.previews = std::mem::take(&mut ctx.previews_written);
         let own = Arc::new(std::mem::take(&mut ctx.files_read));
         run.used.insert(i, union(std::mem::take(&mut ctx.upstream_files), &own));
         let result = match result {
@@ -263,6 +272,7 @@ fn skipped(g: &ValidGraph, i: usize) -> NodeReport {
         status: NodeStatus::Skipped,
         seconds: 0.0,
         outputs: vec![],
+        previews: vec![],
         files_read: vec![],
         error: None,
     }
