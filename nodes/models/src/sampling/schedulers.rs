@@ -232,7 +232,11 @@ impl ModelSigmas {
     }
 
     /// ComfyUI's `percent_to_sigma` (conditioning and ControlNet start/end percentages): 999999999.9 at 0 or less,
-    /// 0 at 1 or more, else `sigma((1 - percent) * 999)` (ComfyUI's literal 999, whatever the number of timesteps).
+    /// 0 at 1 or more, else `sigma(torch.tensor((1 - percent) * 999)).item()` (ComfyUI's literal 999, whatever the
+    /// number of timesteps), in ComfyUI's float32: the timestep a float32 tensor, the sigma a float32 value, computed
+    /// as the `normal` schedule's sigmas are. So where a start or end falls on a schedule's timestep (start 0.5 and
+    /// `normal` at 3 steps: both are sigma(499.5)), the sigma equals the schedule's exactly and ComfyUI's `>` / `<`
+    /// keep the entry at that step; an f64 interpolation lands an ulp off and drops it half the time.
     pub fn percent_to_sigma(&self, percent: f64) -> f64 {
         if percent <= 0.0 {
             return 999_999_999.9;
@@ -240,7 +244,7 @@ impl ModelSigmas {
         if percent >= 1.0 {
             return 0.0;
         }
-        self.t_to_sigma((1.0 - percent) * 999.0)
+        f64::from(self.t_to_sigma_f32(((1.0 - percent) * 999.0) as f32) as f32)
     }
 }
 
