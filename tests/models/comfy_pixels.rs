@@ -11,7 +11,13 @@
 //! and sgm_uniform 18 steps, whose sigmas at t = 943.5 and 721.5 lie exactly between two log sigmas in float32:
 //! ComfyUI feeds the UNet 943 and 721, a float64 comparison 944 and 722, and the fixture measured that taking the
 //! float64 side moves 741 and 865 of the 3072 saved values by up to 2 levels); a seed above 2^63 (2^63 + 12345) with
-//! euler_ancestral (its noise from seed + 1) and heun. No test runs Python.
+//! euler_ancestral (its noise from seed + 1) and heun. Area conditioning (group `area`, the generator ports
+//! ComfyUI's area path): the fixture's positive text combined with a third text through ConditioningSetArea (the
+//! negative gets its same-area partner), cropped, weighted, feathered and averaged per side: euler (area inside the
+//! latent, strength 1.5, cfg 6), dpmpp_2m karras (area past the bottom-right corner, clamped, strength 0.7) and heun
+//! with the whole-picture positive limited by ConditioningSetTimestepRange to a start sigma that equals a schedule
+//! sigma exactly (ComfyUI keeps the entry there; the fixture measured that dropping it moves 2527 values by up to 91
+//! levels). No test runs Python.
 //!
 //! Tolerance. sdgraph computes in f32 (forced here: on GPUs with fast f16 the loader would pick f16, which cannot
 //! give ComfyUI's f32 bytes), the reference in float64, so sdgraph's 255 * x lands a little off the reference's.
@@ -30,13 +36,13 @@ use graph::exec::Executor;
 use models::checkpoint::safetensors::Dtype;
 use serde_json::Value;
 
-use crate::ksampler_fixture::{Fixture, ksampler_graph, registry};
+use crate::ksampler_fixture::{Fixture, ksampler_graph, ksampler_graph_with, registry};
 
 /// In units of 255 * x. Measured on lavapipe: sdgraph's 255 * x (VAEDecode's output) is at most 5.2e-4 from the
 /// float64 reference (1.5e-4 to 5.2e-4 per case, the most for euler at cfg 6, whose latent is off by 1.4e-4 on
-/// values up to 67); PyTorch itself, running the same cases on the CPU in float32, is up to 5.5e-4 away (meta.json
-/// `calibration`). Every saved value then equals the fixture's, including the 19 to 30 per case (of 3072) that lie
-/// within 0.005 of a boundary. 0.005 is about 10 times the measured error, room for other adapters' rounding, and
+/// values up to 67; the area cases 2.1e-4 to 4.7e-4); PyTorch itself, running the same cases on the CPU in float32,
+/// is up to 8.3e-4 away (meta.json `calibration`). Every saved value then equals the fixture's, including the 19 to
+/// 35 per case (of 3072) that lie within 0.005 of a boundary. 0.005 is about 10 times the measured error, room for other adapters' rounding, and
 /// still lets only those 0.6-1% of the values move by one level.
 const MARGIN: f64 = 0.005;
 
@@ -73,7 +79,63 @@ fn graph_text(case: &Value) -> String {
             "keep": (kind: "Capture", inputs: {{ "samples": "sample.latent", "image": "decode.image" }}),"#,
         name = case["name"].as_str().unwrap(),
     );
-    ksampler_graph(case, case["seed"].as_u64().unwrap(), &rest)
+    let seed = case["seed"].as_u64().unwrap();
+    match case.get("conditioning") {
+        None => ksampler_graph(case, seed, &rest),
+        Some(conds) => {
+            let (pos_nodes, pos) = conditioning_nodes("positive", &conds["positive"]);
+            let (neg_nodes, neg) = conditioning_nodes("negative", &conds["negative"]);
+            ksampler_graph_with(case, seed, [&pos, &neg], &format!("{pos_nodes}{neg_nodes}{rest}"))
+        }
+    }
+}
+
+/// An area case's conditioning for one side (`meta.json`'s `conditioning.<side>`): per entry its text
+/// (FixtureConditioning), then ConditioningSetTimestepRange and ConditioningSetArea where given, the entries joined
+/// in order by ConditioningCombine (`conditioning_1` the ones before). Returns the nodes and the output's name.
+fn conditioning_nodes(side: &str, entries: &Value) -> (String, String) {
+    let mut nodes = String::new();
+    let mut joined: Option<String> = None;
+    for (i, e) in entries.as_array().unwrap().iter().enumerate() {
+        let id = format!("{side}_{i}");
+        nodes += &format!(
+            r#""{id}": (kind: "FixtureConditioning", params: {{ "which": {:?} }}),"#,
+            e["text"].as_str().unwrap()
+        );
+        let mut out = format!("{id}.conditioning");
+        if let Some(r) = e.get("timestep_range") {
+            let (start, end) = (r[0].as_f64().unwrap(), r[1].as_f64().unwrap());
+            nodes += &format!(
+                r#""{id}_range": (kind: "ConditioningSetTimestepRange", inputs: {{ "conditioning": {out:?} }},
+                    params: {{ "start": {start:?}, "end": {end:?} }}),"#
+            );
+            out = format!("{id}_range.conditioning");
+        }
+        if let Some(a) = e.get("set_area") {
+            let px = |k: &str| a[k].as_u64().unwrap();
+            nodes += &format!(
+                r#""{id}_area": (kind: "ConditioningSetArea", inputs: {{ "conditioning": {out:?} }},
+                    params: {{ "width": {}, "height": {}, "x": {}, "y": {}, "strength": {:?} }}),"#,
+                px("width"),
+                px("height"),
+                px("x"),
+                px("y"),
+                a["strength"].as_f64().unwrap()
+            );
+            out = format!("{id}_area.conditioning");
+        }
+        joined = Some(match joined {
+            None => out,
+            Some(before) => {
+                nodes += &format!(
+                    r#""{id}_combine": (kind: "ConditioningCombine",
+                        inputs: {{ "conditioning_1": {before:?}, "conditioning_2": {out:?} }}),"#
+                );
+                format!("{id}_combine.conditioning")
+            }
+        });
+    }
+    (nodes, joined.expect("at least one entry"))
 }
 
 /// One case's PNG against the fixture.
@@ -201,6 +263,14 @@ fn pngs_equal_comfyui_pixels_with_a_seed_above_2_63() {
 }
 
 #[test]
+fn pngs_equal_comfyui_pixels_with_area_conditioning() {
+    // ConditioningSetArea (inside the latent at strength 1.5; past its bottom-right corner, clamped, at 0.7) and
+    // ConditioningSetTimestepRange, combined with a whole-picture positive; the negative gets the area's partner.
+    let ran = check_group("area");
+    assert!(ran == 0 || ran >= 3, "{ran} cases");
+}
+
+#[test]
 fn fixture_is_what_the_test_assumes() {
     // No GPU needed: the tie cases really tie and the tie matters; the saved values are SaveImage's truncation of
     // the reference's 255 * x; most values are not clamped.
@@ -218,6 +288,27 @@ fn fixture_is_what_the_test_assumes() {
         assert!(interior * 3 > want.len() * 2, "{name}: only {interior} of {} values unclamped", want.len());
         let near = value255.iter().filter(|&&v| boundary_distance(f64::from(v)) <= MARGIN).count();
         assert!(near * 50 < want.len(), "{name}: {near} values within {MARGIN} of a boundary");
+        if case["group"] == "area" {
+            // The negative ends with the area's partner: the positive area's area and strength, the negative's text.
+            let after = &case["after_process_conds"];
+            let area = after["positive"].as_array().unwrap().iter().find(|e| e.get("area_hwyx").is_some()).unwrap();
+            let negative = after["negative"].as_array().unwrap();
+            let partner = negative.last().unwrap();
+            assert_eq!(negative.len(), 2, "{name}");
+            assert_eq!(
+                (&partner["text"], &partner["area_hwyx"], &partner["strength"]),
+                (&negative[0]["text"], &area["area_hwyx"], &area["strength"]),
+                "{name}"
+            );
+            assert_ne!(area["text"], partner["text"], "{name}: the partner's text must differ from the area's");
+            // Every part of the area path moves many more values than the margin lets move.
+            let sensitivity = case["sensitivity"].as_object().unwrap();
+            assert!(sensitivity.len() >= 4, "{name}");
+            for (what, s) in sensitivity.iter().filter(|(k, _)| *k != "doc") {
+                let moved = s["values_differing"].as_u64().unwrap() as usize;
+                assert!(moved > near * 10, "{name}: {what} moves only {moved} values");
+            }
+        }
         if case["group"] == "tie" {
             let ties = case["ties"].as_array().unwrap();
             let ts: Vec<u64> = ties.iter().map(|t| t["comfyui_t"].as_u64().unwrap()).collect();

@@ -112,7 +112,7 @@ pub fn registry(fx: &'static Fixture, settings: nodes::Settings) -> (Registry, A
     let mut reg = nodes::builtin_registry_with(settings);
     let slot = Arc::new(Mutex::new(Captured::default()));
     let cond = NodeSchema::new("FixtureConditioning", "test", "The fixture's prompt embedding.")
-        .choice("which", &["positive", "negative"], "positive", "Which one.")
+        .choice("which", &["positive", "negative", "area"], "positive", "Which one (area: comfy_pixels' third text).")
         .output("conditioning", PortType::Conditioning, "[B, 77, C].");
     let latent = NodeSchema::new("FixtureLatent", "test", "The fixture's start latent.")
         .bool("img2img", false, "The img2img latent instead of zeros.")
@@ -131,6 +131,12 @@ pub fn registry(fx: &'static Fixture, settings: nodes::Settings) -> (Registry, A
 /// with `seed`: nodes `ckpt` (sd_tiny), `pos`, `neg`, `start` and `sample` (its output `sample.latent`), then
 /// `rest`, the nodes that take it from there.
 pub fn ksampler_graph(case: &Value, seed: u64, rest: &str) -> String {
+    ksampler_graph_with(case, seed, ["pos.conditioning", "neg.conditioning"], rest)
+}
+
+/// [`ksampler_graph`] with KSampler's positive and negative taken from the outputs `conds` (nodes of `rest`).
+pub fn ksampler_graph_with(case: &Value, seed: u64, conds: [&str; 2], rest: &str) -> String {
+    let [positive, negative] = conds;
     let ckpt = dir().join("sd_tiny/model.safetensors");
     format!(
         r#"(nodes: {{
@@ -139,7 +145,7 @@ pub fn ksampler_graph(case: &Value, seed: u64, rest: &str) -> String {
             "neg": (kind: "FixtureConditioning", params: {{ "which": "negative" }}),
             "start": (kind: "FixtureLatent", params: {{ "img2img": {img2img} }}),
             "sample": (kind: "KSampler",
-                inputs: {{ "model": "ckpt.model", "positive": "pos.conditioning", "negative": "neg.conditioning",
+                inputs: {{ "model": "ckpt.model", "positive": {positive:?}, "negative": {negative:?},
                           "latent_image": "start.latent" }},
                 params: {{ "seed": {seed}, "steps": {steps}, "cfg": {cfg:?}, "sampler_name": {sampler:?},
                           "scheduler": {scheduler:?}, "denoise": {denoise:?} }}),
