@@ -162,7 +162,11 @@ fn run_of_a_bad_graph_exits_2_and_a_failing_run_exits_1() {
 fn a_png_without_a_graph_is_refused() {
     let o = sdgraph(&["run", "assets/sample.png"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("carries no graph (neither sdgraph's nor a ComfyUI workflow)"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("carries no graph (neither sdgraph's nor a ComfyUI workflow)"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]

@@ -207,9 +207,7 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     // Two controls of 0.3 and 0.5, both active at sigma 2: 0.8 x the residuals.
     let chain = [prepared(0.3, 5.0, 1.0), prepared(0.5, 1e9, 0.0)];
     let got =
-        control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 2.0 })
-            .unwrap()
-            .unwrap();
+        control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 2.0 }).unwrap().unwrap();
     for (g, w) in got.down.iter().zip(&want.down).chain([(&got.mid, &want.mid)]) {
         let err = max_abs_diff(&gpu.download(g).unwrap(), &gpu.download(w).unwrap());
         assert!(err < 1e-5, "chained sum off by {err}");
@@ -217,9 +215,7 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     // At sigma 6 only the second (0.5) is active; at sigma 0.5 too; with neither active, no residuals.
     for sigma in [6.0, 0.5] {
         let got =
-            control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma })
-                .unwrap()
-                .unwrap();
+            control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma }).unwrap().unwrap();
         let want = scale_residuals(gpu, &one, 0.5).unwrap();
         let err = max_abs_diff(&gpu.download(&got.mid).unwrap(), &gpu.download(&want.mid).unwrap());
         assert!(err < 1e-6, "sigma {sigma}: {err}");

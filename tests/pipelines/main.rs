@@ -6,6 +6,7 @@ mod common;
 
 mod bench_models;
 mod clip_skip;
+mod comfy_gallery;
 mod controlnet_graph;
 mod demo_model;
 mod graphs;

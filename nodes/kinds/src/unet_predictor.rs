@@ -31,12 +31,13 @@ struct Bound<'a> {
     controls: &'a [Arc<ControlApplication>],
 }
 
-/// An entry while areas are paired: the text of `text`, everything else of `base`.
+/// An entry while areas are paired: the text of `text`, everything else of `base`, the area `(h, w, y, x)`
+/// in latent pixels as given (not yet clamped to the latent).
 #[derive(Clone, Copy)]
 struct Pairing<'a> {
     text: &'a CondEntry,
     base: &'a CondEntry,
-    area: Option<LatentArea>,
+    area: Option<(usize, usize, usize, usize)>,
 }
 
 /// Entries run in one UNet call.
@@ -68,10 +69,10 @@ pub struct UnetPredictor<'a> {
 const MAX_CALL_LATENTS: usize = 2;
 
 impl<'a> UnetPredictor<'a> {
-    /// Binds `pos` and `neg` for latents of `shape`: areas resolved and
-    /// clamped to the latent, every area given a partner of the same area on
-    /// the other side (ComfyUI's `create_cond_with_same_area_if_none`), each
-    /// entry's text repeated over the batch.
+    /// Binds `pos` and `neg` for latents of `shape`: every area given a
+    /// partner of the same area on the other side (ComfyUI's
+    /// `create_cond_with_same_area_if_none`, on the areas as given), then
+    /// clamped to the latent; each entry's text repeated over the batch.
     pub fn bind(
         gpu: &'a Gpu,
         model: &'a ModelHandle,
@@ -88,28 +89,26 @@ impl<'a> UnetPredictor<'a> {
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    let area = match e.area {
-                        None => None,
-                        Some(a) => {
-                            let (h, w, y, x) = a.resolve(shape[2], shape[3]);
-                            let clamped = LatentArea::clamped(shape, h, w, y, x).ok_or_else(|| {
-                                err(format!(
-                                    "input {input:?}, entry {i}: its area at ({}, {}) lies outside the {}x{} picture",
-                                    x * 8,
-                                    y * 8,
-                                    shape[3] * 8,
-                                    shape[2] * 8
-                                ))
-                            })?;
-                            Some(clamped)
-                        }
-                    };
+                    let area = e.area.map(|a| a.resolve(shape[2], shape[3]));
+                    if let Some((h, w, y, x)) = area
+                        && LatentArea::clamped(shape, h, w, y, x).is_none()
+                    {
+                        return Err(err(format!(
+                            "input {input:?}, entry {i}: its area at ({}, {}) lies outside the {}x{} picture",
+                            x * 8,
+                            y * 8,
+                            shape[3] * 8,
+                            shape[2] * 8
+                        )));
+                    }
                     Ok(Pairing { text: e, base: e, area })
                 })
                 .collect()
         };
         let (mut p, mut n) = (resolve(pos, "positive")?, resolve(neg, "negative")?);
-        let area_of = |e: &Pairing<'a>| e.area.map(|a| (a.h, a.w, a.y, a.x));
+        // Paired on the areas as given, clamped to the latent only when run (as ComfyUI: process_conds, then
+        // get_area_and_mult at each step).
+        let area_of = |e: &Pairing<'a>| e.area;
         // The partner keeps the entry's area, strength and ControlNets and takes the other side's text.
         let partner = |c: &Pairing<'a>, s: &Pairing<'a>| Pairing { text: s.text, ..*c };
         pair_areas(&mut p, &mut n, area_of, partner);
@@ -118,10 +117,12 @@ impl<'a> UnetPredictor<'a> {
         for (uncond, list) in [(false, p), (true, n)] {
             for e in list {
                 let context = repeat(gpu, &e.text.cond, b)?;
+                // Every area was checked to clamp to something above; partners copy those areas.
+                let area = e.area.and_then(|(h, w, y, x)| LatentArea::clamped(shape, h, w, y, x));
                 let (strength, controls) = (e.base.strength, e.base.controls.as_slice());
                 let (start, end) = e.base.range.unwrap_or((0.0, 1.0));
                 let sigma_range = (sigmas.percent_to_sigma(start), sigmas.percent_to_sigma(end));
-                entries.push(Bound { uncond, area: e.area, strength, sigma_range, context, controls });
+                entries.push(Bound { uncond, area, strength, sigma_range, context, controls });
             }
         }
         let cause = Default::default();

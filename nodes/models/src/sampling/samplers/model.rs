@@ -324,12 +324,12 @@ mod tests {
             }
             let mut j = 0;
             for bc in 0..b * c {
-                for r in 0..a.h {
-                    for q in 0..a.w {
+                for (r, row) in mult.iter().enumerate() {
+                    for (q, &m) in row.iter().enumerate() {
                         let i = (bc * hh + a.y + r) * ww + a.x + q;
                         let d = f64::from(x[i]) - f64::from(value(k + off, j)) * sigma;
-                        out[i] += d * mult[r][q];
-                        count[i] += mult[r][q];
+                        out[i] += d * m;
+                        count[i] += m;
                         j += 1;
                     }
                 }
