@@ -13,8 +13,22 @@ use graph::{Diagnostic, GraphErrors};
 pub struct ModelPaths {
     /// Models folders laid out as ComfyUI's (`--models-dir`, then `SDGRAPH_MODELS_DIR`).
     pub dirs: Vec<PathBuf>,
-    /// Extra folders per ComfyUI folder name (from an `extra_model_paths.yaml`).
-    pub extra: Vec<(String, PathBuf)>,
+    /// Extra folders per ComfyUI folder name (from `--extra-model-paths`, ComfyUI's `extra_model_paths.yaml`).
+    pub extra: Vec<comfy::models::ExtraFolder>,
+}
+
+impl ModelPaths {
+    /// `dirs`, and the folders each of `extra_files` (ComfyUI `extra_model_paths.yaml` files) adds; `home`
+    /// is what a leading `~` in them means.
+    pub fn new(dirs: Vec<PathBuf>, extra_files: &[&PathBuf], home: Option<&Path>) -> Result<ModelPaths, String> {
+        let mut extra = Vec::new();
+        for f in extra_files {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let dir = f.parent().unwrap_or(Path::new(""));
+            extra.extend(comfy::read_extra_model_paths(&text, dir, home).map_err(|e| format!("{}: {e}", f.display()))?);
+        }
+        Ok(ModelPaths { dirs, extra })
+    }
 }
 
 /// What reading a ComfyUI workflow needs: the node kinds (to name widgets and

@@ -35,6 +35,9 @@ struct Cli {
     /// where a ComfyUI workflow's model and picture names are looked up (repeatable; also SDGRAPH_MODELS_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     models_dir: Vec<PathBuf>,
+    /// ComfyUI's extra_model_paths.yaml: more folders for model names (repeatable; also SDGRAPH_EXTRA_MODEL_PATHS).
+    #[arg(long, global = true, value_name = "FILE")]
+    extra_model_paths: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -204,9 +207,17 @@ pub fn main() -> i32 {
     graph::exec::provenance::HashCache::configure_global(settings.hash_cache_file.clone());
     let mut plugin_dirs = settings.plugin_dirs.clone();
     plugin_dirs.extend(cli.plugins.iter().cloned());
-    let models = load::ModelPaths {
-        dirs: cli.models_dir.iter().chain(&settings.models_dirs).cloned().collect(),
-        extra: Vec::new(),
+    let extra_files: Vec<&PathBuf> = cli.extra_model_paths.iter().chain(&settings.extra_model_paths).collect();
+    let models = match load::ModelPaths::new(
+        cli.models_dir.iter().chain(&settings.models_dirs).cloned().collect(),
+        &extra_files,
+        settings.home.as_deref(),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
     };
     let registry = match build_registry(&plugin_dirs, settings.nodes) {
         Ok(r) => r,

@@ -27,6 +27,10 @@ pub struct Settings {
     pub plugin_dirs: Vec<PathBuf>,
     /// `SDGRAPH_MODELS_DIR`: ComfyUI-style models folders (separated like `PATH`) searched after `--models-dir`.
     pub models_dirs: Vec<PathBuf>,
+    /// `SDGRAPH_EXTRA_MODEL_PATHS`: ComfyUI `extra_model_paths.yaml` files (separated like `PATH`).
+    pub extra_model_paths: Vec<PathBuf>,
+    /// `HOME` (`USERPROFILE` on Windows): what `~` means in those files.
+    pub home: Option<PathBuf>,
     /// The file-hash cache: `$SDGRAPH_CACHE_DIR/file-hashes.json`, else
     /// `$XDG_CACHE_HOME/sdgraph/...`, else `~/.cache/sdgraph/...`
     /// (`%LOCALAPPDATA%\sdgraph\...` on Windows); `None` when no home is known.
@@ -72,6 +76,12 @@ impl Settings {
         }
         let gpu = GpuOptions::from_settings(|name| text(name).ok().flatten());
         let nonempty_path = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let path_list = |name: &str| -> Vec<PathBuf> {
+            var(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+                .unwrap_or_default()
+        };
         let cache_dir = nonempty_path("SDGRAPH_CACHE_DIR").or_else(|| {
             let base = nonempty_path("XDG_CACHE_HOME").filter(|p| p.is_absolute()).or_else(|| {
                 if cfg!(windows) {
@@ -87,10 +97,9 @@ impl Settings {
             no_tensor_cores: gpu.no_tensor_cores,
             tensor_core_fault: gpu.tensor_core_fault,
             plugin_dirs: var(PLUGIN_PATH_VAR).map(|v| plugin::plugin_dirs_from(&v)).unwrap_or_default(),
-            models_dirs: var(MODELS_DIR_VAR)
-                .filter(|v| !v.is_empty())
-                .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
-                .unwrap_or_default(),
+            models_dirs: path_list(MODELS_DIR_VAR),
+            extra_model_paths: path_list("SDGRAPH_EXTRA_MODEL_PATHS"),
+            home: nonempty_path(if cfg!(windows) { "USERPROFILE" } else { "HOME" }),
             hash_cache_file: cache_dir.as_ref().map(|d| d.join("file-hashes.json")),
             tensor_core_check_file: cache_dir.map(|d| d.join("tensor-core-check.json")),
             nodes: nodes::Settings {

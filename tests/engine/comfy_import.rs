@@ -322,3 +322,89 @@ fn a_png_saved_by_comfyui_runs_its_workflow() {
 fn pixels(png: &[u8]) -> Vec<u8> {
     image::load_from_memory(png).unwrap().to_rgb8().into_raw()
 }
+
+#[test]
+fn extra_model_paths_yaml_adds_folders_as_comfyui_reads_them() {
+    let yaml = r#"
+# A1111's folders, after the models folder
+a111:
+    base_path: /data/webui/
+    checkpoints: models/Stable-diffusion
+    loras: |
+        models/Lora
+        models/LyCORIS
+    controlnet: "models/ControlNet"
+
+comfyui:
+    base_path: ~/ComfyUI
+    is_default: true
+    unet: models/unet
+    vae: 'models/vae'
+local:
+    upscale_models: upscalers
+"#;
+    let got = comfy::read_extra_model_paths(yaml, Path::new("/etc/sd"), Some(Path::new("/home/me"))).unwrap();
+    let f =
+        |folder: &str, path: &str, first: bool| comfy::ExtraFolder { folder: folder.into(), path: path.into(), first };
+    assert_eq!(
+        got,
+        vec![
+            f("checkpoints", "/data/webui/models/Stable-diffusion", false),
+            f("loras", "/data/webui/models/Lora", false),
+            f("loras", "/data/webui/models/LyCORIS", false),
+            f("controlnet", "/data/webui/models/ControlNet", false),
+            // `unet` is ComfyUI's old name for diffusion_models; `~` is the home folder.
+            f("diffusion_models", "/home/me/ComfyUI/models/unet", true),
+            f("vae", "/home/me/ComfyUI/models/vae", true),
+            // No base_path: relative to the file's folder.
+            f("upscale_models", "/etc/sd/upscalers", false),
+        ]
+    );
+    // is_default folders come before the models folders, the others after them.
+    let roots = ModelRoots { roots: vec!["/models".into()], extra: got, base_dir: "/wf".into() };
+    assert_eq!(
+        roots.folders("vae"),
+        vec![PathBuf::from("/home/me/ComfyUI/models/vae"), "/models/vae".into(), "/wf".into()]
+    );
+    assert_eq!(
+        roots.folders("controlnet"),
+        vec![
+            PathBuf::from("/models/controlnet"),
+            "/models/t2i_adapter".into(),
+            "/data/webui/models/ControlNet".into(),
+            "/wf".into()
+        ]
+    );
+    let bad = comfy::read_extra_model_paths("a:\n  is_default: maybe\n", Path::new("/"), None).unwrap_err();
+    assert!(bad.contains("is_default is \"maybe\""), "{bad}");
+    let bad = comfy::read_extra_model_paths("  stray: x\n", Path::new("/"), None).unwrap_err();
+    assert!(bad.contains("line 1") && bad.contains("belongs to no section"), "{bad}");
+}
+
+#[test]
+fn the_command_finds_models_through_an_extra_model_paths_file() {
+    let models = demo_models_dir("comfy-extra-paths");
+    let yaml = models.join("extra_model_paths.yaml");
+    // The demo model lives in checkpoints/demo/ of `models`; the file names that folder relative to itself.
+    std::fs::write(&yaml, "mine:\n    checkpoints: checkpoints\n").unwrap();
+    let o = sdgraph_command()
+        .args(["import", "--extra-model-paths"])
+        .arg(&yaml)
+        .arg(fixture("txt2img_api.json"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ron = String::from_utf8(o.stdout).unwrap();
+    let want = models.join("checkpoints").join("demo").join("sdgraph-demo.safetensors");
+    assert!(ron.contains(&format!("{:?}", want.display().to_string())), "{ron}");
+    let bad = models.join("bad.yaml");
+    std::fs::write(&bad, "  oops: x\n").unwrap();
+    let o = sdgraph_command()
+        .args(["check", "--extra-model-paths"])
+        .arg(&bad)
+        .arg(fixture("txt2img_api.json"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.yaml: line 1"), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -19,7 +19,7 @@ pub mod models;
 pub mod prompt;
 pub mod ui;
 
-pub use models::{ModelRoots, Resolution};
+pub use models::{ExtraFolder, ModelRoots, Resolution, read_extra_model_paths};
 pub use prompt::{Prompt, PromptInput, PromptNode};
 
 use crate::error::{Diagnostic, GraphErrors};
