@@ -408,3 +408,45 @@ fn the_command_finds_models_through_an_extra_model_paths_file() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.yaml: line 1"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn subgraphs_are_flattened_as_the_frontend_does() {
+    let reg = nodes::builtin_registry();
+    let o = opts(Vec::new(), MissingFiles::Warn);
+    let text = std::fs::read_to_string(fixture("subgraph_ui.json")).unwrap();
+    let sub = comfy::import("subgraph_ui.json", text.as_bytes(), &reg, &o).unwrap();
+    let api =
+        comfy::import("txt2img_api.json", &std::fs::read(fixture("txt2img_api.json")).unwrap(), &reg, &o).unwrap();
+    // The same graph as the API form, but for the inner encoders' ids (`<instance>:<inner>`).
+    let renamed = |g: &Graph| {
+        let text = g
+            .to_ron()
+            .replace("clip_text_encode_20_1", "clip_text_encode_6")
+            .replace("clip_text_encode_20_2", "clip_text_encode_7");
+        let mut s = shape(&graph::parse_graph("g.ron", text.as_bytes()).unwrap());
+        s.sort_by(|a, b| a.0.cmp(&b.0));
+        s
+    };
+    assert_eq!(renamed(&sub.graph), renamed(&api.graph));
+    // The promoted widget's value is the instance's, not the inner node's stale one; the clip comes in through
+    // the subgraph's input, the conditionings out through its outputs.
+    assert_eq!(
+        param(&sub.graph, "clip_text_encode_20_1", "text"),
+        &ParamValue::String("a red circle on a blue background, top left".into())
+    );
+    assert_eq!(input(&sub.graph, "ksampler_3", "negative").as_deref(), Some("clip_text_encode_20_2.conditioning"));
+    assert!(sub.ron.contains("// 20:1: CLIPTextEncode \"Positive\""), "{}", sub.ron);
+    // A muted instance runs nothing inside it, and what it fed is unset.
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let inst = json["nodes"].as_array_mut().unwrap().iter_mut().find(|n| n["id"] == 20).unwrap();
+    inst["mode"] = json!(2);
+    let muted = import_json(&json, &reg).unwrap();
+    assert!(muted.graph.nodes.iter().all(|n| !n.id.value.starts_with("clip_text_encode_20")));
+    assert_eq!(input(&muted.graph, "ksampler_3", "positive"), None);
+    // A definition that uses itself is refused, not followed forever.
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let id = json["definitions"]["subgraphs"][0]["id"].clone();
+    json["definitions"]["subgraphs"][0]["nodes"].as_array_mut().unwrap().push(json!({"id": 9, "type": id, "mode": 0}));
+    let e = errors(&json, &reg);
+    assert!(e.contains("subgraphs nested more than 16 deep"), "{e}");
+}

@@ -9,12 +9,13 @@
 //! `sdgraph import` writes are the same graph.
 //!
 //! - [`ui`]: the UI format: widgets by position, Reroute, PrimitiveNode, notes,
-//!   muted and bypassed nodes
+//!   muted and bypassed nodes; [`litegraph`]: its nodes, links and subgraphs
 //! - [`prompt`]: the API format, and the flat form both share
 //! - [`models`]: model names resolved under ComfyUI's folders
 //! - [`emit`]: the RON text
 
 pub mod emit;
+pub mod litegraph;
 pub mod models;
 pub mod prompt;
 pub mod ui;
