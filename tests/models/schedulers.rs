@@ -84,7 +84,10 @@ fn percent_to_sigma_matches_comfyui() {
 fn schedules_match_comfyui() {
     let ms = ModelSigmas::sd15();
     let cases = fixture()["schedules"].as_array().unwrap();
-    assert!(cases.len() >= 6 * 10);
+    assert!(cases.len() >= 9 * 10);
+    for s in Scheduler::ALL {
+        assert!(cases.iter().any(|c| c["scheduler"] == s.name()), "no fixture case for {s}");
+    }
     let mut worst = (0.0, String::new());
     for case in cases {
         let scheduler = Scheduler::from_name(case["scheduler"].as_str().unwrap()).unwrap();
@@ -96,6 +99,11 @@ fn schedules_match_comfyui() {
         let got = ksampler_sigmas(&ms, scheduler, steps, denoise, sampler == "dpm_2").unwrap();
         assert_eq!(got.len(), want.len(), "{what}: {got:?} vs {want:?}");
         let rel = max_rel(&got, &want);
+        if scheduler == Scheduler::Beta {
+            // Model sigmas at integer timesteps: the same float32 values.
+            let want32: Vec<f64> = want.iter().map(|&w| f64::from(w as f32)).collect();
+            assert_eq!(got, want32, "{what}");
+        }
         assert!(rel <= 1e-6, "{what}: max relative difference {rel:e}\n{got:?}\nvs\n{want:?}");
         if !want.is_empty() {
             assert_eq!(*got.last().unwrap(), 0.0, "{what}: ends in 0");
@@ -112,6 +120,9 @@ fn every_scheduler_at_full_denoise_has_steps_plus_one_sigmas_from_the_top() {
     let ms = ModelSigmas::sd15();
     for scheduler in Scheduler::ALL {
         for steps in [1, 2, 5, 20, 40] {
+            if scheduler == Scheduler::KlOptimal && steps == 1 {
+                continue; // an error, see kl_optimal_needs_two_steps
+            }
             let s = scheduler.sigmas(&ms, steps).unwrap();
             // ddim_uniform's `1, 1 + k, 1 + 2k...` grid gives extra steps when 1000 % steps leaves room.
             let expected =
@@ -121,11 +132,49 @@ fn every_scheduler_at_full_denoise_has_steps_plus_one_sigmas_from_the_top() {
             assert_eq!(s[s.len() - 1], 0.0);
             match scheduler {
                 Scheduler::DdimUniform => {}
+                // tan(atan(sigma_max)) through a float32 angle: within 2e-5 (tan's slope is 215 there).
+                Scheduler::KlOptimal => assert!((s[0] - ms.sigma_max()).abs() < 2e-5, "{scheduler} {steps}"),
                 _ => assert!((s[0] - ms.sigma_max()).abs() < 1e-5, "{scheduler} {steps} starts at sigma_max"),
             }
         }
     }
     assert_eq!(Scheduler::DdimUniform.sigmas(&ms, 30).unwrap().len(), 32);
+    // beta drops repeated timesteps: near both ends the Beta(0.6, 0.6) quantiles crowd together.
+    let beta = Scheduler::Beta.sigmas(&ms, 1000).unwrap();
+    assert!(beta.len() < 1001 && beta.windows(2).all(|w| w[0] > w[1]), "{}", beta.len());
+}
+
+/// beta's timesteps: scipy's Beta(0.6, 0.6) quantiles times 999, rounded as numpy.rint does, for 1 to 400 steps
+/// (each even count has the tie 499.5 -> 500), seen through the sigmas they pick.
+#[test]
+fn beta_timesteps_match_scipy() {
+    let ms = ModelSigmas::sd15();
+    let table = fixture()["beta_timesteps"].as_object().unwrap();
+    assert_eq!(table.len(), 400);
+    for (steps, ts) in table {
+        let steps: usize = steps.parse().unwrap();
+        let ts: Vec<usize> = ts.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
+        assert_eq!(ts.len(), steps);
+        let mut want: Vec<f64> = Vec::new();
+        for (i, &t) in ts.iter().enumerate() {
+            if i == 0 || ts[i - 1] != t {
+                want.push(f64::from(ms.sigmas()[t]));
+            }
+        }
+        want.push(0.0);
+        assert_eq!(Scheduler::Beta.sigmas(&ms, steps).unwrap(), want, "{steps} steps: timesteps {ts:?}");
+    }
+}
+
+#[test]
+fn kl_optimal_needs_two_steps() {
+    let ms = ModelSigmas::sd15();
+    let e = Scheduler::KlOptimal.sigmas(&ms, 1).unwrap_err();
+    assert_eq!(e, ScheduleError::TooFewSteps { scheduler: "kl_optimal", min: 2 });
+    assert!(e.to_string().contains("kl_optimal scheduler needs at least 2 steps"), "{e}");
+    assert_eq!(ksampler_sigmas(&ms, Scheduler::KlOptimal, 1, 1.0, false).unwrap_err(), e);
+    assert_eq!(ksampler_sigmas(&ms, Scheduler::KlOptimal, 1, 1.0, true).unwrap().len(), 2);
+    assert_eq!(Scheduler::KlOptimal.sigmas(&ms, 2).unwrap().len(), 3);
 }
 
 #[test]
@@ -159,7 +208,7 @@ fn bad_parameters_are_errors() {
         assert!(matches!(ksampler_sigmas(&ms, scheduler, 10, 1e-9, false), Err(ScheduleError::TooManySteps(_))));
         assert!(matches!(scheduler.sigmas(&ms, MAX_SCHEDULE_STEPS + 1), Err(ScheduleError::TooManySteps(_))));
     }
-    for name in ["", "Karras", "beta", "kl_optimal", "linear_quadratic", "normal "] {
+    for name in ["", "Karras", "Beta", "kl-optimal", "linear", "normal ", "align_your_steps"] {
         assert_eq!(Scheduler::from_name(name), Err(ScheduleError::UnknownScheduler(name.into())));
         assert!(name.parse::<Scheduler>().is_err());
     }
@@ -174,7 +223,22 @@ fn bad_parameters_are_errors() {
 #[test]
 fn scheduler_names_round_trip() {
     let names: Vec<&str> = Scheduler::ALL.iter().map(|s| s.name()).collect();
-    assert_eq!(names, ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "normal"]);
+    // ComfyUI's SCHEDULER_HANDLERS order.
+    assert_eq!(
+        names,
+        [
+            "simple",
+            "sgm_uniform",
+            "karras",
+            "exponential",
+            "ddim_uniform",
+            "beta",
+            "normal",
+            "linear_quadratic",
+            "kl_optimal"
+        ]
+    );
+    assert_eq!(Scheduler::NAMES, &names[..]);
     for s in Scheduler::ALL {
         assert_eq!(Scheduler::from_name(s.name()), Ok(s));
         assert_eq!(s.to_string().parse::<Scheduler>(), Ok(s));

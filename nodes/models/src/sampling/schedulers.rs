@@ -10,7 +10,8 @@
 //! - `comfy/samplers.py` @ 311c01406130b2acbe8ab291043502de26cf3871: `simple_scheduler`, `ddim_scheduler`,
 //!   `normal_scheduler` (and `sgm_uniform` = `normal_scheduler(sgm=True)`), `calculate_sigmas`, and
 //!   `KSampler.calculate_sigmas` / `KSampler.set_steps` ([`ksampler_sigmas`]: denoise < 1 and the samplers that
-//!   discard the penultimate sigma);
+//!   discard the penultimate sigma); `beta_scheduler`, `linear_quadratic_schedule` and `kl_optimal_scheduler` as
+//!   read at Comfy-Org/ComfyUI @ a125cd84b054a57729b5eecab930ca9408719832 (`SCHEDULER_HANDLERS`' menu order);
 //! - `comfy/k_diffusion/sampling.py` `get_sigmas_karras` (rho 7) and `get_sigmas_exponential`, identical to
 //!   k-diffusion 0.1.1's.
 //!
@@ -19,8 +20,7 @@
 //! rounded to f32, like ComfyUI's tensor, and returned as f64. They agree with ComfyUI to a few f32 ulps (checked to
 //! 1e-6 relative by tests/models/schedulers.rs; torch's own float32 arithmetic is the difference).
 //!
-//! Not mirrored: the `beta`, `linear_quadratic` and `kl_optimal` schedulers (unknown names are errors), and
-//! KSamplerAdvanced's start/end steps.
+//! Not mirrored: KSamplerAdvanced's start/end steps. Unknown scheduler names are errors.
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,8 +34,13 @@ pub const MAX_SCHEDULE_STEPS: usize = 1_000_000;
 pub enum ScheduleError {
     #[error("steps must be at least 1")]
     ZeroSteps,
-    #[error("unknown scheduler {0:?} (known: normal, karras, exponential, sgm_uniform, simple, ddim_uniform)")]
+    #[error(
+        "unknown scheduler {0:?} (known: simple, sgm_uniform, karras, exponential, ddim_uniform, beta, normal, \
+         linear_quadratic, kl_optimal)"
+    )]
     UnknownScheduler(String),
+    #[error("the {scheduler} scheduler needs at least {min} steps (ComfyUI's gives NaN sigmas for fewer)")]
+    TooFewSteps { scheduler: &'static str, min: usize },
     #[error("denoise must be a number from 0 to 1, got {0}")]
     BadDenoise(f64),
     #[error("{0} steps is more than the {MAX_SCHEDULE_STEPS} supported")]
@@ -265,22 +270,36 @@ pub enum Scheduler {
     /// `ddim_uniform`: model sigmas at timesteps 1, 1 + k, 1 + 2k, ... (k = n / steps, integer), reversed, then 0.
     /// Note that it gives more than `steps` steps when `n % steps` leaves room (e.g. 31 for 30 steps), as ComfyUI's.
     DdimUniform,
+    /// `beta`: model sigmas at the timesteps `rint(999 * ppf(1 - i / steps))` of the Beta(0.6, 0.6) distribution
+    /// (Lee et al. 2024, "Beta Sampling is All You Need"), a timestep equal to the one before skipped (so it can give
+    /// fewer than `steps` steps), then 0.
+    Beta,
+    /// `linear_quadratic`: Mochi's schedule scaled by sigma_max: `1 - s` where `s` rises linearly to 0.025 over the
+    /// first `steps / 2` steps, then quadratically to 1 (the final 0). At 1 step: sigma_max, 0.
+    LinearQuadratic,
+    /// `kl_optimal`: `tan` of evenly spaced values from `atan(sigma_max)` to `atan(sigma_min)` (float32), then 0
+    /// (A1111 PR 15608). Needs at least 2 steps: ComfyUI's divides by `steps - 1` and gives a NaN sigma at 1, which
+    /// is an error here ([`ScheduleError::TooFewSteps`]).
+    KlOptimal,
 }
 
 impl Scheduler {
     /// Every scheduler, in ComfyUI's menu order.
-    pub const ALL: [Scheduler; 6] = [
+    pub const ALL: [Scheduler; 9] = [
         Scheduler::Simple,
         Scheduler::SgmUniform,
         Scheduler::Karras,
         Scheduler::Exponential,
         Scheduler::DdimUniform,
+        Scheduler::Beta,
         Scheduler::Normal,
+        Scheduler::LinearQuadratic,
+        Scheduler::KlOptimal,
     ];
 
     /// Every scheduler's ComfyUI name, in [`Scheduler::ALL`]'s order (the KSampler menu).
-    pub const NAMES: [&'static str; 6] = {
-        let mut names = [""; 6];
+    pub const NAMES: [&'static str; 9] = {
+        let mut names = [""; 9];
         let mut i = 0;
         while i < names.len() {
             names[i] = Scheduler::ALL[i].name();
@@ -298,6 +317,9 @@ impl Scheduler {
             Scheduler::SgmUniform => "sgm_uniform",
             Scheduler::Simple => "simple",
             Scheduler::DdimUniform => "ddim_uniform",
+            Scheduler::Beta => "beta",
+            Scheduler::LinearQuadratic => "linear_quadratic",
+            Scheduler::KlOptimal => "kl_optimal",
         }
     }
 
@@ -309,8 +331,8 @@ impl Scheduler {
             .ok_or_else(|| ScheduleError::UnknownScheduler(name.into()))
     }
 
-    /// ComfyUI's `calculate_sigmas(model_sampling, name, steps)`: `steps + 1` sigmas (ddim_uniform: see
-    /// [`Scheduler::DdimUniform`]) ending in 0, decreasing.
+    /// ComfyUI's `calculate_sigmas(model_sampling, name, steps)`: `steps + 1` sigmas (ddim_uniform and beta: see
+    /// [`Scheduler::DdimUniform`], [`Scheduler::Beta`]) ending in 0, decreasing.
     pub fn sigmas(self, model: &ModelSigmas, steps: usize) -> Result<Vec<f64>, ScheduleError> {
         if steps == 0 {
             return Err(ScheduleError::ZeroSteps);
@@ -325,6 +347,14 @@ impl Scheduler {
             Scheduler::Exponential => exponential(steps, model.sigma_min(), model.sigma_max()),
             Scheduler::Simple => simple(model, steps),
             Scheduler::DdimUniform => ddim_uniform(model, steps),
+            Scheduler::Beta => beta(model, steps, 0.6, 0.6),
+            Scheduler::LinearQuadratic => linear_quadratic(model, steps, 0.025),
+            Scheduler::KlOptimal => {
+                if steps < 2 {
+                    return Err(ScheduleError::TooFewSteps { scheduler: self.name(), min: 2 });
+                }
+                kl_optimal(steps, model.sigma_min(), model.sigma_max())
+            }
         };
         // torch.FloatTensor(sigs): every value rounded to float32.
         Ok(sigmas.into_iter().map(|s| f64::from(s as f32)).collect())
@@ -420,6 +450,182 @@ fn ddim_uniform(model: &ModelSigmas, steps: usize) -> Vec<f64> {
     let ss = (n / steps).max(1);
     sigs.extend((1..n).step_by(ss).map(|x| f64::from(model.sigmas[x])));
     sigs.reverse();
+    sigs
+}
+
+/// `beta_scheduler(model_sampling, steps, alpha, beta)`: `ts = 1 - numpy.linspace(0, 1, steps, endpoint=False)`,
+/// `rint(scipy.stats.beta.ppf(ts, alpha, beta) * (n - 1))`, the model sigma at each timestep but repeats, then 0.
+fn beta(model: &ModelSigmas, steps: usize, a: f64, b: f64) -> Vec<f64> {
+    let total = (model.len() - 1) as f64;
+    // numpy's linspace without the endpoint: i * (1 / steps).
+    let step = 1.0 / steps as f64;
+    let mut sigs = Vec::with_capacity(steps + 1);
+    let mut last = None;
+    for i in 0..steps {
+        let q = 1.0 - i as f64 * step;
+        // numpy.rint: halves to even (ppf(0.5) of the symmetric default is exactly 0.5: t = 499.5 -> 500).
+        let t = (beta_ppf(q, a, b) * total).round_ties_even();
+        if last != Some(t) {
+            sigs.push(f64::from(model.sigmas[t as usize]));
+        }
+        last = Some(t);
+    }
+    sigs.push(0.0);
+    sigs
+}
+
+/// `ln Γ(x)` for `x > 0` (Lanczos, g = 7, 9 terms; about 1e-15 relative).
+fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Γ(x) Γ(1 - x) = π / sin(πx).
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut sum = C[0];
+    for (k, c) in C.iter().enumerate().skip(1) {
+        sum += c / (x + k as f64);
+    }
+    let t = x + G + 0.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
+}
+
+/// The continued fraction of the regularised incomplete beta function (modified Lentz).
+fn beta_cf(x: f64, a: f64, b: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..=300 {
+        let m = f64::from(m);
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    h
+}
+
+/// The Beta(a, b) distribution function (the regularised incomplete beta function `I_x(a, b)`).
+fn beta_cdf(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * beta_cf(x, a, b) / a
+    } else {
+        1.0 - ln_front.exp() * beta_cf(1.0 - x, b, a) / b
+    }
+}
+
+/// `scipy.stats.beta.ppf(q, a, b)`: the inverse of [`beta_cdf`], by bisection to the last bit. The median of a
+/// symmetric distribution is exactly 0.5, as scipy's.
+fn beta_ppf(q: f64, a: f64, b: f64) -> f64 {
+    if q <= 0.0 {
+        return 0.0;
+    }
+    if q >= 1.0 {
+        return 1.0;
+    }
+    if a == b && q == 0.5 {
+        return 0.5;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if beta_cdf(mid, a, b) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// `linear_quadratic_schedule(model_sampling, steps, threshold_noise)` (linear_steps = steps // 2), in Python's
+/// float64 in ComfyUI's order of operations, then `torch.FloatTensor(schedule) * sigma_max` in float32.
+fn linear_quadratic(model: &ModelSigmas, steps: usize, threshold_noise: f64) -> Vec<f64> {
+    let schedule: Vec<f64> = if steps == 1 {
+        vec![1.0, 0.0]
+    } else {
+        let linear_steps = steps / 2;
+        let ls = linear_steps as f64;
+        let mut s: Vec<f64> = (0..linear_steps).map(|i| i as f64 * threshold_noise / ls).collect();
+        let threshold_noise_step_diff = ls - threshold_noise * steps as f64;
+        let quadratic_steps = (steps - linear_steps) as f64;
+        let quadratic_coef = threshold_noise_step_diff / (ls * quadratic_steps.powi(2));
+        let linear_coef = threshold_noise / ls - 2.0 * threshold_noise_step_diff / quadratic_steps.powi(2);
+        let constant = quadratic_coef * ls.powi(2);
+        s.extend((linear_steps..steps).map(|i| {
+            let i = i as f64;
+            quadratic_coef * i.powi(2) + linear_coef * i + constant
+        }));
+        s.push(1.0);
+        s.into_iter().map(|x| 1.0 - x).collect()
+    };
+    let sigma_max = model.sigmas[model.len() - 1];
+    // float32 tensor times the float32 sigma_max: one float32 rounding of each.
+    schedule.into_iter().map(|x| f64::from(x as f32 * sigma_max)).collect()
+}
+
+/// `kl_optimal_scheduler(n, sigma_min, sigma_max)` (n >= 2), in ComfyUI's float32: `adj = arange(n) / (n - 1)`,
+/// `adj * atan(sigma_min) + (1 - adj) * atan(sigma_max)` (the Python float atans rounded to float32), `tan`, then 0.
+fn kl_optimal(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
+    let (lo, hi) = (sigma_min.atan() as f32, sigma_max.atan() as f32);
+    let div = (n - 1) as f32;
+    let mut sigs: Vec<f64> = (0..n)
+        .map(|i| {
+            let adj = i as f32 / div;
+            f64::from(adj * lo + (1.0 - adj) * hi).tan()
+        })
+        .collect();
+    sigs.push(0.0);
     sigs
 }
 
