@@ -1,7 +1,7 @@
 //! The CONDITIONING nodes, as ComfyUI's (`nodes.py`, Comfy-Org/ComfyUI @
 //! 311c01406130b2acbe8ab291043502de26cf3871): ConditioningCombine, ConditioningConcat,
 //! ConditioningAverage, ConditioningSetArea, ConditioningSetAreaPercentage,
-//! ConditioningSetAreaStrength, ConditioningSetTimestepRange, ConditioningZeroOut.
+//! ConditioningSetAreaStrength, ConditioningSetTimestepRange, ConditioningZeroOut, ConditioningSetMask.
 //! A conditioning is a list of entries (see [`crate::payload::Conditioning`]); these
 //! nodes join lists, change every entry's options, or compute new text tensors.
 
@@ -11,10 +11,10 @@ use gpu::ops::layout::concat;
 use graph::Registry;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext, err};
 use graph::registry::DuplicateKind;
-use graph::{PortType, Value};
+use graph::{Mask, PortType, Value};
 
 use crate::image_nodes::MAX_RESOLUTION;
-use crate::payload::{CondArea, CondEntry, Conditioning};
+use crate::payload::{CondArea, CondEntry, CondMask, Conditioning};
 use crate::runtime;
 
 pub fn register(reg: &mut Registry) -> Result<(), DuplicateKind> {
@@ -26,6 +26,7 @@ pub fn register(reg: &mut Registry) -> Result<(), DuplicateKind> {
     reg.register(Arc::new(ConditioningSetAreaStrength::new()))?;
     reg.register(Arc::new(ConditioningSetTimestepRange::new()))?;
     reg.register(Arc::new(ConditioningZeroOut::new()))?;
+    reg.register(Arc::new(ConditioningSetMask::new()))?;
     Ok(())
 }
 
@@ -292,5 +293,31 @@ conditioning_kind!(
             e.cond = gpu.upload(&vec![0.0; n], e.cond.shape(), e.cond.dtype()).map_err(err)?;
         }
         Ok(out)
+    }
+);
+
+graph::node_fields! {
+    struct SetMaskFields {
+        conditioning: Arc<Conditioning> = input(PortType::Conditioning, "The conditioning to place."),
+        mask: Arc<Mask> = input(PortType::Mask, "Where it applies (resized to the latent when sampling)."),
+        strength: f64 = float(0.0, 10.0, 1.0, "Multiplies the mask: the weight against other conditionings."),
+        set_cond_area: String = choice(&["default", "mask bounds"], "default",
+            "\"mask bounds\": run the model on the mask's bounding box only (as an area)."),
+    }
+}
+
+conditioning_kind!(
+    ConditioningSetMask,
+    "ConditioningSetMask",
+    "Limits each entry to a mask: the sampler weighs its result by the mask where it overlaps others.",
+    SetMaskFields,
+    "conditioning",
+    "The conditioning with its mask.",
+    |_, f| {
+        if f.mask.batch == 0 || f.mask.width == 0 || f.mask.height == 0 {
+            return Err(err("input \"mask\": an empty mask"));
+        }
+        let mask = CondMask { mask: f.mask.clone(), strength: f.strength, to_bounds: f.set_cond_area == "mask bounds" };
+        Ok(f.conditioning.map_entries(|e| e.mask = Some(mask.clone())))
     }
 );

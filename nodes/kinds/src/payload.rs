@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use gpu::Tensor;
-use graph::{Image, Payload, PortType};
+use graph::{Image, Mask, Payload, PortType};
 use models::clip::{ClipLayer, ClipTextModel};
 use models::controlnet::ControlNet;
 use models::sampling::controls::ControlSpec;
@@ -76,6 +76,19 @@ pub struct CondEntry {
     pub strength: f64,
     /// ConditioningSetTimestepRange's `(start, end)` as fractions of the schedule; `None`: all of it.
     pub range: Option<(f64, f64)>,
+    /// ConditioningSetMask's mask.
+    pub mask: Option<CondMask>,
+}
+
+/// A conditioning entry's mask (ConditioningSetMask): where, and how much, it applies.
+#[derive(Debug, Clone)]
+pub struct CondMask {
+    /// At any size: resized to the latent (bilinear) when sampling starts.
+    pub mask: Arc<Mask>,
+    /// Multiplies the mask (ComfyUI's `mask_strength`).
+    pub strength: f64,
+    /// "mask bounds": the entry's area becomes the mask's bounding box (ComfyUI's `set_area_to_bounds`).
+    pub to_bounds: bool,
 }
 
 /// CONDITIONING: a list of entries, as ComfyUI's. KSampler runs the model once per
@@ -89,7 +102,7 @@ pub struct Conditioning {
 impl Conditioning {
     /// One entry over the whole picture, without ControlNets.
     pub fn new(cond: Tensor) -> Conditioning {
-        Conditioning { entries: vec![CondEntry { cond, controls: Vec::new(), area: None, strength: 1.0, range: None }] }
+        Conditioning { entries: vec![CondEntry { cond, controls: Vec::new(), area: None, strength: 1.0, range: None, mask: None }] }
     }
 
     /// The same entries, each changed by `f` (ComfyUI's `conditioning_set_values`).
@@ -105,12 +118,13 @@ impl std::fmt::Debug for Conditioning {
         let mut l = f.debug_list();
         for e in &self.entries {
             l.entry(&format_args!(
-                "{:?} controls {} area {:?} strength {} range {:?}",
+                "{:?} controls {} area {:?} strength {} range {:?} mask {:?}",
                 e.cond.shape(),
                 e.controls.len(),
                 e.area,
                 e.strength,
-                e.range
+                e.range,
+                e.mask.as_ref().map(|m| (m.mask.batch, m.mask.height, m.mask.width, m.strength, m.to_bounds))
             ));
         }
         l.finish()

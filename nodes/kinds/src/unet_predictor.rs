@@ -12,8 +12,9 @@ use gpu::ops::layout::concat;
 use gpu::{DType, Gpu, Tensor};
 use graph::node::{NodeError, err};
 
-use crate::payload::{CondEntry, Conditioning, ControlApplication, ModelHandle};
-use models::sampling::areas::pair_areas;
+use crate::payload::{CondEntry, CondMask, Conditioning, ControlApplication, ModelHandle};
+use models::image_ops::resample::{Method, resize_mask};
+use models::sampling::areas::{mask_bounds, mask_weights, pair_areas};
 use models::sampling::controls::{PreparedControl, UnetCall, control_residuals, non_finite_control, prepare_controls};
 use models::sampling::samplers::{CondPart, LatentArea, NetOutput, NoisePredictor};
 use models::sampling::schedulers::ModelSigmas;
@@ -24,6 +25,8 @@ struct Bound<'a> {
     /// `None`: the whole latent.
     area: Option<LatentArea>,
     strength: f64,
+    /// ConditioningSetMask's weights over the crop.
+    mask: Option<Vec<f32>>,
     /// Active while `end <= sigma <= start` (ConditioningSetTimestepRange's, as sigmas).
     sigma_range: (f64, f64),
     /// `[B, L, C]`: the entry's text repeated over the latent batch.
@@ -89,7 +92,12 @@ impl<'a> UnetPredictor<'a> {
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    let area = e.area.map(|a| a.resolve(shape[2], shape[3]));
+                    let mut area = e.area.map(|a| a.resolve(shape[2], shape[3]));
+                    if let Some(m) = e.mask.as_ref().filter(|m| m.to_bounds) {
+                        area = Some(mask_bounds(
+                            &latent_mask(m, shape).map_err(|x| err(format!("input {input:?}: {x}")))?,
+                        ));
+                    }
                     if let Some((h, w, y, x)) = area
                         && LatentArea::clamped(shape, h, w, y, x).is_none()
                     {
@@ -119,10 +127,18 @@ impl<'a> UnetPredictor<'a> {
                 let context = repeat(gpu, &e.text.cond, b)?;
                 // Every area was checked to clamp to something above; partners copy those areas.
                 let area = e.area.and_then(|(h, w, y, x)| LatentArea::clamped(shape, h, w, y, x));
+                let mask = match &e.base.mask {
+                    None => None,
+                    Some(m) => {
+                        let resized = latent_mask(m, shape).map_err(err)?;
+                        let whole = LatentArea { shape, h: shape[2], w: shape[3], y: 0, x: 0 };
+                        Some(mask_weights(&resized, area.as_ref().unwrap_or(&whole), m.strength as f32))
+                    }
+                };
                 let (strength, controls) = (e.base.strength, e.base.controls.as_slice());
                 let (start, end) = e.base.range.unwrap_or((0.0, 1.0));
                 let sigma_range = (sigmas.percent_to_sigma(start), sigmas.percent_to_sigma(end));
-                entries.push(Bound { uncond, area, strength, sigma_range, context, controls });
+                entries.push(Bound { uncond, area, strength, mask, sigma_range, context, controls });
             }
         }
         let cause = Default::default();
@@ -220,7 +236,7 @@ impl NoisePredictor for UnetPredictor<'_> {
             }
             for (&i, out) in g.members.iter().zip(self.run(g, x_in, timestep, sigma)?) {
                 let e = &self.entries[i];
-                parts[i] = Some(CondPart { area: e.area, strength: e.strength, out });
+                parts[i] = Some(CondPart { area: e.area, strength: e.strength, mask: e.mask.clone(), out });
             }
         }
         let side = |uncond: bool| -> Vec<CondPart> {
@@ -241,4 +257,16 @@ fn repeat(gpu: &Gpu, cond: &Tensor, n: usize) -> Result<Tensor, NodeError> {
     }
     let parts: Vec<&Tensor> = std::iter::repeat_n(cond, n).collect();
     concat(gpu, &parts, 0).map_err(err)
+}
+
+/// A ConditioningSetMask mask at the latent's size (ComfyUI's bilinear `interpolate` when it differs).
+fn latent_mask(m: &CondMask, shape: [usize; 4]) -> Result<graph::Mask, String> {
+    let (h, w) = (shape[2], shape[3]);
+    if m.mask.batch == 0 || m.mask.height == 0 || m.mask.width == 0 {
+        return Err("an empty mask".into());
+    }
+    if m.mask.height == h && m.mask.width == w {
+        return Ok((*m.mask).clone());
+    }
+    resize_mask(&m.mask, w, h, Method::Bilinear)
 }

@@ -4,8 +4,48 @@
 //! partner on the other side (negative for a positive, and the reverse) with the
 //! same area, so guidance inside an area compares like with like.
 
+use pixels::Mask;
+
+use crate::sampling::samplers::LatentArea;
+
 /// An area `(h, w, y, x)` in latent pixels.
 pub type Area = (usize, usize, usize, usize);
+
+/// ConditioningSetMask's "mask bounds" area (ComfyUI's `set_area_to_bounds` in
+/// `resolve_areas_and_cond_masks`): the bounding box of the pixels non-zero in
+/// any mask of the batch, at least 8 by 8; `(8, 8, 0, 0)` for an empty mask.
+pub fn mask_bounds(mask: &Mask) -> Area {
+    let (mut y0, mut x0, mut y1, mut x1) = (usize::MAX, usize::MAX, 0, 0);
+    let hw = mask.height * mask.width;
+    for (i, &v) in mask.data.iter().enumerate() {
+        if v != 0.0 {
+            let (y, x) = ((i % hw) / mask.width, i % mask.width);
+            (y0, x0, y1, x1) = (y0.min(y), x0.min(x), y1.max(y), x1.max(x));
+        }
+    }
+    if y0 == usize::MAX {
+        return (8, 8, 0, 0);
+    }
+    ((y1 - y0 + 1).max(8), (x1 - x0 + 1).max(8), y0, x0)
+}
+
+/// ConditioningSetMask's weights over an area's crop `[B, C, h, w]` (get_area_and_mult with a mask): mask
+/// `b % masks` (the first B masks, repeated when there are fewer), already resized to the latent, cut to the
+/// area, times `strength` in f32.
+pub fn mask_weights(mask: &Mask, area: &LatentArea, strength: f32) -> Vec<f32> {
+    let [b, c, _, _] = area.shape;
+    let mut out = Vec::with_capacity(b * c * area.h * area.w);
+    for bi in 0..b {
+        let plane = &mask.data[(bi % mask.batch.max(1)) * mask.height * mask.width..];
+        for _ in 0..c {
+            for r in 0..area.h {
+                let row = &plane[(area.y + r) * mask.width + area.x..][..area.w];
+                out.extend(row.iter().map(|&v| v * strength));
+            }
+        }
+    }
+    out
+}
 
 /// For each entry of `from` with an area, in order, adds to `to` a copy of it
 /// whose text is that of `to`'s smallest entry covering the area (an entry
@@ -106,6 +146,30 @@ mod tests {
         assert_eq!(n, neg);
         // "dark" gets a positive partner with "sky"'s text (the only covering positive).
         assert_eq!(p, vec![("sky", None), ("cat", Some((4, 4, 0, 0))), ("sky", Some((2, 2, 4, 4)))]);
+    }
+
+    #[test]
+    fn mask_bounds_are_the_box_of_any_nonzero_pixel_at_least_8_wide() {
+        let mut m = Mask::zeros(2, 20, 30);
+        assert_eq!(mask_bounds(&m), (8, 8, 0, 0), "empty");
+        m.data[3 * 30 + 5] = 0.5; // item 0, (y 3, x 5)
+        assert_eq!(mask_bounds(&m), (8, 8, 3, 5), "one pixel, widened to 8x8 from its corner");
+        m.data[600 + 15 * 30 + 20] = 1.0; // item 1, (y 15, x 20)
+        assert_eq!(mask_bounds(&m), (13, 16, 3, 5), "over the whole batch");
+    }
+
+    #[test]
+    fn mask_weights_cut_the_mask_to_the_area_per_item_and_channel() {
+        let mut m = Mask::zeros(1, 4, 5);
+        for (i, v) in m.data.iter_mut().enumerate() {
+            *v = i as f32 / 20.0;
+        }
+        let area = LatentArea::clamped([2, 3, 4, 5], 2, 3, 1, 2).unwrap();
+        let w = mask_weights(&m, &area, 2.0);
+        assert_eq!(w.len(), 2 * 3 * 2 * 3);
+        // One mask for a batch of two: repeated; every channel the same.
+        let plane: Vec<f32> = [7, 8, 9, 12, 13, 14].iter().map(|&i| i as f32 / 20.0 * 2.0).collect();
+        assert_eq!(w, plane.repeat(6));
     }
 
     #[test]

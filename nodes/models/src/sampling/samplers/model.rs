@@ -88,6 +88,9 @@ pub struct CondPart {
     pub area: Option<LatentArea>,
     /// ComfyUI's conditioning `strength` (ConditioningSetArea's, 1 otherwise).
     pub strength: f64,
+    /// ConditioningSetMask's weights over the crop (its mask resized to the latent, times the mask's strength,
+    /// one per output value); with a mask the area's edges are not feathered.
+    pub mask: Option<Vec<f32>>,
     /// The output, the crop's size when there is an area.
     pub out: Vec<f32>,
 }
@@ -95,7 +98,7 @@ pub struct CondPart {
 impl CondPart {
     /// An output over the whole latent at strength 1.
     pub fn whole(out: Vec<f32>) -> CondPart {
-        CondPart { area: None, strength: 1.0, out }
+        CondPart { area: None, strength: 1.0, mask: None, out }
     }
 }
 
@@ -209,23 +212,29 @@ fn combine<E>(p: Prediction, sigma: f64, x: &[f32], parts: &[CondPart]) -> Resul
     for part in parts {
         match &part.area {
             None => {
-                if part.out.len() != x.len() {
+                if part.out.len() != x.len() || part.mask.as_ref().is_some_and(|m| m.len() != x.len()) {
                     return Err(CfgError::BadOutput { expected: x.len(), got: part.out.len() });
                 }
-                for ((s, c), (&o, &xv)) in sum.iter_mut().zip(&mut count).zip(part.out.iter().zip(x)) {
-                    *s += denoised(p, sigma, o, xv) * part.strength;
-                    *c += part.strength;
+                for (i, ((s, c), (&o, &xv))) in sum.iter_mut().zip(&mut count).zip(part.out.iter().zip(x)).enumerate() {
+                    let mult = part.strength * part.mask.as_ref().map_or(1.0, |m| f64::from(m[i]));
+                    *s += denoised(p, sigma, o, xv) * mult;
+                    *c += mult;
                 }
             }
             Some(area) => {
                 let n: usize = area.crop_shape().iter().product();
-                if part.out.len() != n || area.shape.iter().product::<usize>() != x.len() {
+                let bad_mask = part.mask.as_ref().is_some_and(|m| m.len() != n);
+                if part.out.len() != n || bad_mask || area.shape.iter().product::<usize>() != x.len() {
                     return Err(CfgError::BadOutput { expected: n, got: part.out.len() });
                 }
                 let (rows, cols) = (area.feather(0), area.feather(1));
                 let (h, w) = (area.h, area.w);
                 for (k, (i, &o)) in area.indices().zip(&part.out).enumerate() {
-                    let mult = part.strength * rows[(k / w) % h] * cols[k % w];
+                    let weight = match &part.mask {
+                        Some(m) => f64::from(m[k]),
+                        None => rows[(k / w) % h] * cols[k % w],
+                    };
+                    let mult = part.strength * weight;
                     sum[i] += denoised(p, sigma, o, x[i]) * mult;
                     count[i] += mult;
                 }
@@ -271,7 +280,7 @@ mod tests {
             .enumerate()
             .map(|(k, &(area, strength))| {
                 let n = area.map_or(x_in.len(), |a| a.crop_shape().iter().product());
-                CondPart { area, strength, out: (0..n).map(|i| value(k + offset, i)).collect() }
+                CondPart { area, strength, mask: None, out: (0..n).map(|i| value(k + offset, i)).collect() }
             })
             .collect()
     }
@@ -358,6 +367,51 @@ mod tests {
         for i in 0..n {
             let want = (du[i] + (dc[i] - du[i]) * cfg) as f32;
             assert!((got[i] - want).abs() <= 1e-6 * want.abs().max(1.0), "{i}: {} vs {want}", got[i]);
+        }
+    }
+
+    #[test]
+    fn a_mask_weighs_each_value_and_replaces_the_feathering() {
+        let shape = [1, 2, 6, 6];
+        let x: Vec<f32> = (0..72).map(|i| i as f32 * 0.05 - 1.0).collect();
+        let area = LatentArea::clamped(shape, 3, 4, 2, 1).unwrap();
+        let mask: Vec<f32> = (0..24).map(|k| (k % 5) as f32 * 0.25).collect();
+        struct Masked(CondPart, CondPart);
+        impl NoisePredictor for Masked {
+            type Error = std::convert::Infallible;
+            fn predict(&mut self, _: &[f32], _: f64, _: f64, _: bool) -> Result<NetOutput, Self::Error> {
+                Ok(NetOutput { cond: vec![self.0.clone(), self.1.clone()], uncond: None })
+            }
+        }
+        let whole = CondPart::whole((0..72).map(|i| value(0, i)).collect());
+        let part = CondPart {
+            area: Some(area),
+            strength: 1.5,
+            mask: Some(mask.clone()),
+            out: (0..24).map(|i| value(1, i)).collect(),
+        };
+        let sigma = 1.7;
+        let got = CfgDenoiser::new(Masked(whole, part), ModelSigmas::sd15(), Prediction::Epsilon, 1.0)
+            .denoise(&x, sigma)
+            .unwrap();
+        let mut k = 0;
+        for c in 0..2 {
+            for y in 0..6 {
+                for xx in 0..6 {
+                    let i = (c * 6 + y) * 6 + xx;
+                    let d0 = f64::from(x[i]) - f64::from(value(0, i)) * sigma;
+                    let inside = (2..5).contains(&y) && (1..5).contains(&xx);
+                    let want = if inside {
+                        let m = 1.5 * f64::from(mask[k]);
+                        let d1 = f64::from(x[i]) - f64::from(value(1, k)) * sigma;
+                        k += 1;
+                        (d0 + d1 * m) / (1e-37 + 1.0 + m)
+                    } else {
+                        d0
+                    };
+                    assert!((f64::from(got[i]) - want).abs() < 1e-6, "{i}: {} vs {want}", got[i]);
+                }
+            }
         }
     }
 
