@@ -38,21 +38,9 @@ fn graph_errors(g: Graph, reg: &Registry) -> String {
     }
 }
 
-/// (id, kind, inputs, params) of every node, for comparing graphs without positions.
-type NodeShape = (String, String, Vec<(String, String)>, Vec<(String, ParamValue)>);
-
-fn shape(g: &Graph) -> Vec<NodeShape> {
-    g.nodes
-        .iter()
-        .map(|n| {
-            (
-                n.id.value.clone(),
-                n.kind.value.clone(),
-                n.inputs.iter().map(|(k, v)| (k.value.clone(), v.value.to_string())).collect(),
-                n.params.iter().map(|(k, v)| (k.value.clone(), v.value.clone())).collect(),
-            )
-        })
-        .collect()
+/// Every node without positions, for comparing graphs.
+fn shape(g: &Graph) -> Vec<graph::schema::NodeStructure> {
+    g.structure()
 }
 
 fn param<'a>(g: &'a Graph, node: &str, name: &str) -> &'a ParamValue {

@@ -53,6 +53,9 @@ impl GraphNode {
     }
 }
 
+/// A node as [`Graph::structure`] gives it: id, kind, inputs (`"node.output"`), params.
+pub type NodeStructure = (String, String, Vec<(String, String)>, Vec<(String, ParamValue)>);
+
 /// A parsed graph file (structure only; not yet checked against node kinds).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Graph {
@@ -131,6 +134,22 @@ impl Graph {
             }
         }
         if errs.is_empty() { Ok(graph) } else { Err(errs) }
+    }
+
+    /// Every node without positions, as `(id, kind, inputs as "node.output", params)`, in file order: what two
+    /// graphs read from different texts are compared by.
+    pub fn structure(&self) -> Vec<NodeStructure> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.id.value.clone(),
+                    n.kind.value.clone(),
+                    n.inputs.iter().map(|(k, v)| (k.value.clone(), v.value.to_string())).collect(),
+                    n.params.iter().map(|(k, v)| (k.value.clone(), v.value.clone())).collect(),
+                )
+            })
+            .collect()
     }
 
     /// The graph as RON text (used to embed the graph that was actually run,
