@@ -1,6 +1,8 @@
 //! Image nodes, with ComfyUI's kind, input and param names: LoadImage,
 //! SaveImage, PreviewImage, ImageScale, ImageScaleBy, ImageScaleToTotalPixels,
-//! ImageCrop, ImageBlend, ImageInvert.
+//! ImageCrop, ImageBlend, ImageInvert, ImagePadForOutpaint, ImageBatch, EmptyImage
+//! (the last three as `nodes.py` @ 02217e36a45bcbe2dd8fa24187aa5e053d9aea2e, through
+//! [`models::image_ops::canvas`]).
 
 use std::fs;
 use std::io::Write;
@@ -13,7 +15,7 @@ use graph::registry::DuplicateKind;
 use graph::{Image, Mask, PortType, Registry, Value};
 
 use crate::png_meta;
-use models::image_ops::{self, BlendMode, Method};
+use models::image_ops::{self, BlendMode, Method, canvas};
 
 /// Largest width or height a node will make (ComfyUI's MAX_RESOLUTION).
 pub const MAX_RESOLUTION: i64 = 16384;
@@ -31,6 +33,9 @@ pub fn register(reg: &mut Registry, settings: crate::Settings) -> Result<(), Dup
     reg.register(Arc::new(ImageCrop::new()))?;
     reg.register(Arc::new(ImageBlend::new()))?;
     reg.register(Arc::new(ImageInvert::new()))?;
+    reg.register(Arc::new(ImagePadForOutpaint::new()))?;
+    reg.register(Arc::new(ImageBatch::new()))?;
+    reg.register(Arc::new(EmptyImage::new()))?;
     Ok(())
 }
 
@@ -637,6 +642,130 @@ impl NodeKind for ImageInvert {
         let f = ImageInvertFields::read(inputs)?;
         let img = f.image;
         Ok(vec![Value::Image(Arc::new(image_ops::invert(&img)))])
+    }
+}
+
+// ---------------------------------------------------------------- ImagePadForOutpaint
+
+pub struct ImagePadForOutpaint(NodeSchema);
+
+graph::node_fields! {
+    struct ImagePadForOutpaintFields {
+        image: Arc<Image> = input(PortType::Image, "The pictures to extend."),
+        left: usize = int(0, MAX_RESOLUTION, 0, "Pixels added on the left."),
+        top: usize = int(0, MAX_RESOLUTION, 0, "Pixels added at the top."),
+        right: usize = int(0, MAX_RESOLUTION, 0, "Pixels added on the right."),
+        bottom: usize = int(0, MAX_RESOLUTION, 0, "Pixels added at the bottom."),
+        feathering: usize = int(0, MAX_RESOLUTION, 40, "Width of the mask's ramp into the picture along the padded sides (none unless less than half of each side)."),
+    }
+}
+
+impl ImagePadForOutpaint {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "ImagePadForOutpaint",
+                "image/transform",
+                "Extends pictures with 0.5 grey for outpainting, with a mask of where to paint.",
+            )
+            .fields(ImagePadForOutpaintFields::declare)
+            .output("image", PortType::Image, "The pictures on the larger canvas.")
+            .output(
+                "mask",
+                PortType::Mask,
+                "One mask: 1 on the new border, fading into the picture by the feathering.",
+            ),
+        )
+    }
+}
+
+impl NodeKind for ImagePadForOutpaint {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = ImagePadForOutpaintFields::read(inputs)?;
+        let img = f.image;
+        let w = img.width.saturating_add(f.left).saturating_add(f.right);
+        let h = img.height.saturating_add(f.top).saturating_add(f.bottom);
+        check_size(img.batch.max(1), w, h)?;
+        let (image, mask) = canvas::pad_for_outpaint(&img, [f.left, f.top, f.right, f.bottom], f.feathering)
+            .map_err(|e| err(format!("input \"image\": {e}")))?;
+        Ok(vec![Value::Image(Arc::new(image)), Value::Mask(Arc::new(mask))])
+    }
+}
+
+// ---------------------------------------------------------------- ImageBatch
+
+pub struct ImageBatch(NodeSchema);
+
+graph::node_fields! {
+    struct ImageBatchFields {
+        image1: Arc<Image> = input(PortType::Image, "The first pictures."),
+        image2: Arc<Image> = input(PortType::Image, "The pictures after them (resized to image1's size if needed)."),
+    }
+}
+
+impl ImageBatch {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new("ImageBatch", "image/batch", "Puts two batches of pictures into one.")
+                .fields(ImageBatchFields::declare)
+                .output("image", PortType::Image, "image1's pictures, then image2's."),
+        )
+    }
+}
+
+impl NodeKind for ImageBatch {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = ImageBatchFields::read(inputs)?;
+        check_size(f.image1.batch + f.image2.batch, f.image1.width, f.image1.height)?;
+        let out = canvas::batch_images(&f.image1, &f.image2).map_err(err)?;
+        Ok(vec![Value::Image(Arc::new(out))])
+    }
+}
+
+// ---------------------------------------------------------------- EmptyImage
+
+pub struct EmptyImage(NodeSchema);
+
+graph::node_fields! {
+    struct EmptyImageFields {
+        width: usize = int(1, MAX_RESOLUTION, 512, "Width in pixels."),
+        height: usize = int(1, MAX_RESOLUTION, 512, "Height in pixels."),
+        batch_size: usize = int(1, 4096, 1, "Pictures to make."),
+        color: usize = int(0, 0xFF_FFFF, 0, "The colour as 0xRRGGBB."),
+    }
+}
+
+impl EmptyImage {
+    fn new() -> Self {
+        Self(
+            NodeSchema::new("EmptyImage", "image", "Pictures of one colour.").fields(EmptyImageFields::declare).output(
+                "image",
+                PortType::Image,
+                "RGB pictures, each channel the colour's byte / 255.",
+            ),
+        )
+    }
+}
+
+impl NodeKind for EmptyImage {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = EmptyImageFields::read(inputs)?;
+        check_size(f.batch_size, f.width, f.height)?;
+        let color = u32::try_from(f.color).ok().filter(|c| *c <= 0xFF_FFFF);
+        let color = color.ok_or_else(|| err(format!("param \"color\": {} is not a 0xRRGGBB colour", f.color)))?;
+        Ok(vec![Value::Image(Arc::new(canvas::solid(f.batch_size, f.height, f.width, color)))])
     }
 }
 

@@ -1,7 +1,14 @@
 //! The LATENT nodes, as ComfyUI's (`nodes.py`, Comfy-Org/ComfyUI @ 02217e36a45bcbe2dd8fa24187aa5e053d9aea2e):
-//! EmptyLatentImage, SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy. The noise mask's checks and resizing
-//! are [`models::sampling::noise_mask`]'s; the latent upscales are `comfy.utils.common_upscale` on each channel
-//! plane, through [`models::image_ops`] (without `bislerp`).
+//! EmptyLatentImage, SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy, LatentFromBatch, RepeatLatentBatch,
+//! LatentComposite, and LatentCompositeMasked (`comfy_extras/nodes_mask.py`). The noise mask's checks and
+//! resizing are [`models::sampling::noise_mask`]'s; the latent upscales are `comfy.utils.common_upscale` on each
+//! channel plane, through [`models::image_ops`] (without `bislerp`); the batch and composite maths are
+//! [`models::image_ops::batch`]'s and [`models::image_ops::compose`]'s. Positions in picture pixels are divided
+//! by 8 as ComfyUI does (whatever the VAE's factor).
+//!
+//! ComfyUI's latents also carry a `batch_index` (which items of the first batch they are, so KSampler's noise
+//! follows them through LatentFromBatch and RepeatLatentBatch); [`Latent`] has no such field yet, so those two
+//! nodes cannot pass it on: KSampler draws noise for the new batch as if it were a fresh one.
 
 use std::sync::Arc;
 
@@ -11,7 +18,7 @@ use graph::{Image, Mask, PortType, Value};
 
 use crate::image_nodes::{MAX_PIXELS, MAX_RESOLUTION};
 use crate::payload::Latent;
-use models::image_ops::{self, Method};
+use models::image_ops::{self, Method, batch, compose};
 use models::sampling::noise_mask::check_noise_mask;
 
 /// SD 1.x latents: 4 channels at 1/8 of the image size.
@@ -245,6 +252,238 @@ impl NodeKind for LatentUpscaleBy {
         let w = ((lw as f64 * s).round_ties_even() as usize).max(1);
         let h = ((lh as f64 * s).round_ties_even() as usize).max(1);
         Ok(vec![latent_value(upscale_latent(&latent, w, h, method, false).map_err(err)?)])
+    }
+}
+
+// ---------------------------------------------------------------- LatentFromBatch, RepeatLatentBatch
+
+/// `(shape, values)` of a latent's noise mask, `[masks, 1, h, w]`.
+type NoiseMask = (Vec<usize>, Vec<f32>);
+
+/// Values in one mask of a noise mask of `shape`.
+fn mask_item_len(shape: &[usize]) -> usize {
+    shape.iter().skip(1).product()
+}
+
+pub struct LatentFromBatch(NodeSchema);
+
+graph::node_fields! {
+    struct LatentFromBatchFields {
+        samples: Arc<Latent> = input(PortType::Latent, "The batch of latents."),
+        batch_index: i64 = int(-MAX_RESOLUTION, MAX_RESOLUTION, 0, "The first latent to take; negative counts from the end."),
+        length: usize = int(1, 64, 1, "How many to take (fewer when the batch ends first)."),
+    }
+}
+
+impl LatentFromBatch {
+    pub fn new() -> Self {
+        Self(
+            NodeSchema::new("LatentFromBatch", "latent/batch", "Takes some latents out of a batch.")
+                .fields(LatentFromBatchFields::declare)
+                .output("latent", PortType::Latent, "The latents taken, with their noise masks."),
+        )
+    }
+}
+
+impl Default for LatentFromBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeKind for LatentFromBatch {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = LatentFromBatchFields::read(inputs)?;
+        let l = f.samples;
+        let [b, c, h, w] = l.shape;
+        let (start, count) = batch::from_batch_range(b, f.batch_index, f.length).map_err(err)?;
+        let items: Vec<usize> = (start..start + count).collect();
+        let samples = batch::select_items(&l.samples, c * h * w, &items);
+        let noise_mask = l.noise_mask.as_ref().map(|(shape, data)| -> NoiseMask {
+            let picked = batch::from_batch_mask_items(shape[0], start, count);
+            let mut shape = shape.clone();
+            shape[0] = picked.len();
+            (shape.clone(), batch::select_items(data, mask_item_len(&shape), &picked))
+        });
+        Ok(vec![latent_value(Latent { shape: [count, c, h, w], samples, noise_mask })])
+    }
+}
+
+pub struct RepeatLatentBatch(NodeSchema);
+
+graph::node_fields! {
+    struct RepeatLatentBatchFields {
+        samples: Arc<Latent> = input(PortType::Latent, "The latents to repeat."),
+        amount: usize = int(1, 64, 1, "How many copies of the whole batch."),
+    }
+}
+
+impl RepeatLatentBatch {
+    pub fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "RepeatLatentBatch",
+                "latent/batch",
+                "Repeats a batch of latents (e.g. to sample one picture several times).",
+            )
+            .fields(RepeatLatentBatchFields::declare)
+            .output("latent", PortType::Latent, "The batch, `amount` times over."),
+        )
+    }
+}
+
+impl Default for RepeatLatentBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeKind for RepeatLatentBatch {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = RepeatLatentBatchFields::read(inputs)?;
+        let (l, amount) = (f.samples, f.amount);
+        let [b, c, h, w] = l.shape;
+        let values = l.samples.len().saturating_mul(amount);
+        if values > MAX_PIXELS {
+            return Err(err(format!(
+                "{amount} copies of a {b}x{c}x{h}x{w} latent are {values} values, more than the limit of {MAX_PIXELS}"
+            )));
+        }
+        // As ComfyUI: one mask for the batch stays one; a mask per latent is repeated with the latents.
+        let noise_mask = l.noise_mask.as_ref().map(|(shape, data)| -> NoiseMask {
+            if shape[0] <= 1 {
+                return (shape.clone(), data.clone());
+            }
+            let mut shape = shape.clone();
+            shape[0] *= amount;
+            (shape, data.repeat(amount))
+        });
+        Ok(vec![latent_value(Latent { shape: [b * amount, c, h, w], samples: l.samples.repeat(amount), noise_mask })])
+    }
+}
+
+// ---------------------------------------------------------------- LatentComposite, LatentCompositeMasked
+
+pub struct LatentComposite(NodeSchema);
+
+graph::node_fields! {
+    struct LatentCompositeFields {
+        samples_to: Arc<Latent> = input(PortType::Latent, "The latents pasted into."),
+        samples_from: Arc<Latent> = input(PortType::Latent, "The latents pasted (a batch of 1 goes into every latent)."),
+        x: usize = int(0, MAX_RESOLUTION, 0, "Left edge in picture pixels (divided by 8)."),
+        y: usize = int(0, MAX_RESOLUTION, 0, "Top edge in picture pixels (divided by 8)."),
+        feather: usize = int(0, MAX_RESOLUTION, 0, "Blend ramp width in picture pixels (divided by 8) on the inner sides."),
+    }
+}
+
+impl LatentComposite {
+    pub fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "LatentComposite",
+                "latent",
+                "Pastes latents into others at a position, optionally with feathered edges.",
+            )
+            .fields(LatentCompositeFields::declare)
+            .output(
+                "latent",
+                PortType::Latent,
+                "samples_to with samples_from pasted in (cut at the edges).",
+            ),
+        )
+    }
+}
+
+impl Default for LatentComposite {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeKind for LatentComposite {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = LatentCompositeFields::read(inputs)?;
+        let (to, from) = (f.samples_to, f.samples_from);
+        let at = (f.x / LATENT_SCALE, f.y / LATENT_SCALE);
+        let samples = compose::latent_composite(
+            (to.shape, &to.samples),
+            (from.shape, &from.samples),
+            at,
+            f.feather / LATENT_SCALE,
+        )
+        .map_err(err)?;
+        // The destination's noise mask stays, as ComfyUI copies samples_to.
+        Ok(vec![latent_value(Latent { samples, ..(*to).clone() })])
+    }
+}
+
+pub struct LatentCompositeMasked(NodeSchema);
+
+graph::node_fields! {
+    struct LatentCompositeMaskedFields {
+        destination: Arc<Latent> = input(PortType::Latent, "The latents pasted into."),
+        source: Arc<Latent> = input(PortType::Latent, "The latents pasted (repeated or cut to destination's batch)."),
+        mask: Option<Arc<Mask>> = optional_input(PortType::Mask, "How much of source to take (resized to source); all of it when not connected."),
+        x: usize = int(0, MAX_RESOLUTION, 0, "Left edge in picture pixels (divided by 8)."),
+        y: usize = int(0, MAX_RESOLUTION, 0, "Top edge in picture pixels (divided by 8)."),
+        resize_source: bool = bool(false, "Stretch source to destination's size first (bilinear)."),
+    }
+}
+
+impl LatentCompositeMasked {
+    pub fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "LatentCompositeMasked",
+                "latent",
+                "Pastes latents into others at a position, through a mask.",
+            )
+            .fields(LatentCompositeMaskedFields::declare)
+            .output(
+                "latent",
+                PortType::Latent,
+                "destination with source blended in: mask * source + (1 - mask) * destination.",
+            ),
+        )
+    }
+}
+
+impl Default for LatentCompositeMasked {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeKind for LatentCompositeMasked {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, _ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = LatentCompositeMaskedFields::read(inputs)?;
+        let (dst, src) = (f.destination, f.source);
+        let samples = compose::latent_composite_masked(
+            (dst.shape, &dst.samples),
+            (src.shape, &src.samples),
+            (f.x, f.y),
+            f.mask.as_deref(),
+            LATENT_SCALE,
+            f.resize_source,
+        )
+        .map_err(err)?;
+        Ok(vec![latent_value(Latent { samples, ..(*dst).clone() })])
     }
 }
 

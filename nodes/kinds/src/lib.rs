@@ -63,10 +63,15 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     reg.register(Arc::new(latent_nodes::SetLatentNoiseMask::new()))?;
     reg.register(Arc::new(latent_nodes::LatentUpscale::new()))?;
     reg.register(Arc::new(latent_nodes::LatentUpscaleBy::new()))?;
+    reg.register(Arc::new(latent_nodes::LatentFromBatch::new()))?;
+    reg.register(Arc::new(latent_nodes::RepeatLatentBatch::new()))?;
+    reg.register(Arc::new(latent_nodes::LatentComposite::new()))?;
+    reg.register(Arc::new(latent_nodes::LatentCompositeMasked::new()))?;
     reg.register(Arc::new(mask_nodes::ImageToMask::new()))?;
     reg.register(Arc::new(ksampler::KSampler::new()))?;
     reg.register(Arc::new(vae_nodes::VaeDecode::new(settings)))?;
     reg.register(Arc::new(vae_nodes::VaeEncode::new(settings)))?;
+    reg.register(Arc::new(vae_nodes::VaeEncodeForInpaint::new(settings)))?;
     reg.register(Arc::new(vae_tiled::VaeDecodeTiled::new(settings)))?;
     reg.register(Arc::new(vae_tiled::VaeEncodeTiled::new(settings)))?;
     reg.register(Arc::new(upscale_nodes::UpscaleModelLoader::new(settings)))?;

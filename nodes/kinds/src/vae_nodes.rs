@@ -1,13 +1,14 @@
-//! VAEDecode and VAEEncode, as ComfyUI's nodes: latents to pictures in 0..1
-//! and back. When one activation of the whole pass would exceed what the
+//! VAEDecode, VAEEncode and VAEEncodeForInpaint, as ComfyUI's nodes: latents to
+//! pictures in 0..1 and back. When one activation of the whole pass would exceed what the
 //! adapter binds at once (SD at 512x512 on lavapipe), they decode or encode
 //! in tiles instead and say so on the progress output (see `models::vae_tiling`).
 
 use std::sync::Arc;
 
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
-use graph::{Image, PortType, Value};
+use graph::{Image, Mask, PortType, Value};
 
+use models::image_ops::inpaint::prepare_inpaint;
 use models::image_ops::planes::{push_vae_output, vae_input};
 
 use crate::payload::Latent;
@@ -131,37 +132,98 @@ impl NodeKind for VaeEncode {
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
         let f = VaeEncodeFields::read(inputs)?;
-        let vae = f.vae;
-        let img = f.pixels;
-        let gpu = runtime::gpu()?;
-        let f = vae.vae.config.downsample_factor();
-        // ComfyUI's vae_encode_crop_pixels: centred crop to a multiple of the factor.
-        let (h, w) = (img.height / f * f, img.width / f * f);
-        if h == 0 || w == 0 {
-            return Err(NodeError::new(format!("image {}x{} is smaller than {f} pixels", img.width, img.height)));
+        Ok(vec![Value::payload(encode_pixels(ctx, &f.vae, &f.pixels, self.1)?)])
+    }
+}
+
+/// VAEEncode's pass: each picture centre-cropped to a multiple of the VAE's factor (ComfyUI's
+/// `vae_encode_crop_pixels`) and encoded, in tiles when one pass would not fit the adapter.
+pub fn encode_pixels(
+    ctx: &mut RunContext<'_>,
+    vae: &VaeHandle,
+    img: &Image,
+    settings: Settings,
+) -> Result<Latent, NodeError> {
+    let gpu = runtime::gpu()?;
+    let f = vae.vae.config.downsample_factor();
+    // ComfyUI's vae_encode_crop_pixels: centred crop to a multiple of the factor.
+    let (h, w) = (img.height / f * f, img.width / f * f);
+    if h == 0 || w == 0 {
+        return Err(NodeError::new(format!("image {}x{} is smaller than {f} pixels", img.width, img.height)));
+    }
+    if img.channels == 0 {
+        return Err(NodeError::new("input \"pixels\" has no colour channels"));
+    }
+    let limit = activation_limit(adapter_limit(gpu), settings.vae_tile_bytes);
+    let plan = encode_plan(&vae.vae, h, w, limit).map_err(NodeError::new)?;
+    if let Some((_, why)) = &plan {
+        ctx.progress.message(&format!("{}: {why}", ctx.node_id));
+    }
+    let pass = plan.as_ref().map(|(pass, _)| pass);
+    let total = img.batch * pass.map_or(1, |p| pass_tiles(h, w, p).unwrap_or(1));
+    let lat = vae.vae.config.latent_channels;
+    let mut samples = Vec::with_capacity(img.batch * lat * (h / f) * (w / f));
+    let shape = [img.batch, lat, h / f, w / f];
+    let mut tiles = 0;
+    for b in 0..img.batch {
+        if ctx.cancelled() {
+            return Err(NodeError::new("cancelled"));
         }
-        if img.channels == 0 {
-            return Err(NodeError::new("input \"pixels\" has no colour channels"));
-        }
-        let limit = activation_limit(adapter_limit(gpu), self.1.vae_tile_bytes);
-        let plan = encode_plan(&vae.vae, h, w, limit).map_err(NodeError::new)?;
-        if let Some((_, why)) = &plan {
-            ctx.progress.message(&format!("{}: {why}", ctx.node_id));
-        }
-        let pass = plan.as_ref().map(|(pass, _)| pass);
-        let total = img.batch * pass.map_or(1, |p| pass_tiles(h, w, p).unwrap_or(1));
-        let lat = vae.vae.config.latent_channels;
-        let mut samples = Vec::with_capacity(img.batch * lat * (h / f) * (w / f));
-        let shape = [img.batch, lat, h / f, w / f];
-        let mut tiles = 0;
-        for b in 0..img.batch {
-            if ctx.cancelled() {
-                return Err(NodeError::new("cancelled"));
-            }
-            let chw = vae_input(&img, b, h, w);
-            let mut on_tile = || tile_done(ctx, &mut tiles, total);
-            samples.extend(encode_item(gpu, &vae.vae, &chw, (h, w), pass, &mut on_tile).map_err(NodeError::new)?);
-        }
-        Ok(vec![Value::payload(Latent { shape, samples, noise_mask: None })])
+        let chw = vae_input(img, b, h, w);
+        let mut on_tile = || tile_done(ctx, &mut tiles, total);
+        samples.extend(encode_item(gpu, &vae.vae, &chw, (h, w), pass, &mut on_tile).map_err(NodeError::new)?);
+    }
+    Ok(Latent { shape, samples, noise_mask: None })
+}
+
+/// VAEEncodeForInpaint, as ComfyUI's: the picture cropped to a multiple of the VAE's factor and greyed
+/// (0.5) where the mask is, encoded, with the mask grown by `grow_mask_by` as the latent's noise mask (see
+/// [`models::image_ops::inpaint`]).
+pub struct VaeEncodeForInpaint(NodeSchema, Settings);
+
+graph::node_fields! {
+    struct VaeEncodeForInpaintFields {
+        pixels: Arc<Image> = input(PortType::Image, "The pictures."),
+        vae: Arc<VaeHandle> = input(PortType::Vae, "The VAE (from CheckpointLoaderSimple)."),
+        mask: Arc<Mask> = input(PortType::Mask, "1 where to paint; resized to the pictures (bilinear) and rounded."),
+        grow_mask_by: usize = int(0, 64, 6, "Window (pixels) the noise mask is dilated with, for seamless edges."),
+    }
+}
+
+impl VaeEncodeForInpaint {
+    pub fn new(settings: Settings) -> Self {
+        Self(
+            NodeSchema::new(
+                "VAEEncodeForInpaint",
+                "latent/inpaint",
+                "Encodes pictures for inpainting: the masked part is greyed out first, and the latent carries the \
+                 grown mask, so KSampler repaints only there (at denoise 1).",
+            )
+            .fields(VaeEncodeForInpaintFields::declare)
+            .output("latent", PortType::Latent, "The latents, with the grown mask as their noise mask."),
+            settings,
+        )
+    }
+}
+
+impl Default for VaeEncodeForInpaint {
+    fn default() -> Self {
+        Self::new(Settings::default())
+    }
+}
+
+impl NodeKind for VaeEncodeForInpaint {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = VaeEncodeForInpaintFields::read(inputs)?;
+        let factor = f.vae.vae.config.downsample_factor();
+        let prepared = prepare_inpaint(&f.pixels, &f.mask, factor, f.grow_mask_by).map_err(NodeError::new)?;
+        let mut latent = encode_pixels(ctx, &f.vae, &prepared.pixels, self.1)?;
+        let m = prepared.noise_mask;
+        latent.noise_mask = Some((vec![m.batch, 1, m.height, m.width], m.data));
+        Ok(vec![Value::payload(latent)])
     }
 }
