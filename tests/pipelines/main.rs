@@ -12,6 +12,7 @@ mod demo_model;
 mod graphs;
 mod image_scale_total;
 mod inpaint;
+mod lora;
 mod outpaint_composite;
 mod sd_nodes;
 mod upscale;

@@ -2,6 +2,8 @@
 //! MODEL, CLIP and VAE values, as ComfyUI's node; VAELoader: a standalone VAE
 //! file to a VAE value, loaded as a checkpoint's VAE.
 
+use std::sync::Arc;
+
 use gpu::{DType, Gpu};
 use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
@@ -14,6 +16,7 @@ use models::ModelError;
 use models::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, VaeLayout, open_checkpoint, open_vae};
 use models::checkpoint::weights::WeightSource;
 use models::clip::{ClipTextConfig, ClipTextModel};
+use models::lora::NetSource;
 use models::tokenizer::ClipTokenizer;
 use models::unet::{Unet, UnetConfig};
 use models::unet_blocks::AttentionHeads;
@@ -87,6 +90,7 @@ pub fn load_checkpoint(
         ucfg.norm.groups = g;
     }
     let unet = Unet::load(gpu, &w, &ucfg, dtype).map_err(err)?;
+    let unet_source = NetSource { weights: src.clone(), config: ucfg, dtype, loras: Vec::new() };
     done(1);
 
     let w = src.prefix(&format!("{CLIP_PREFIX}text_model."));
@@ -95,14 +99,15 @@ pub fn load_checkpoint(
         ccfg.num_heads = h;
     }
     let clip = ClipTextModel::load(gpu, &w, &ccfg, dtype).map_err(err)?;
+    let clip_source = NetSource { weights: src.clone(), config: ccfg, dtype, loras: Vec::new() };
     let tokenizer = ClipTokenizer::new().map_err(|e| e.to_string())?;
     done(2);
 
     let vae = load_vae(gpu, src, &meta)?;
     done(3);
     Ok(LoadedCheckpoint {
-        model: ModelHandle { unet, prediction: meta.prediction },
-        clip: ClipHandle::new(clip, tokenizer),
+        model: ModelHandle { unet, prediction: meta.prediction, source: Some(Arc::new(unet_source)) },
+        clip: ClipHandle::new(clip, tokenizer).with_source(clip_source),
         vae,
     })
 }

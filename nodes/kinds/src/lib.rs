@@ -4,6 +4,7 @@
 //! - [`checkpoint_loader`], [`text_encode`], [`latent_nodes`], [`ksampler`], [`vae_nodes`]: the SD pipeline nodes
 //! - [`conditioning_nodes`]: ConditioningCombine, ConditioningSetArea and the other CONDITIONING nodes;
 //!   [`unet_predictor`]: the UNet with KSampler's conditionings bound (areas, batching, ControlNets)
+//! - [`lora_loader`]: LoraLoader, LoraLoaderModelOnly
 //! - [`controlnet_apply`]: ControlNetLoader, ControlNetApplyAdvanced
 //! - [`preprocessors`]: ControlNet preprocessors (Canny, BinaryPreprocessor)
 //! - [`vae_tiled`]: VAEDecodeTiled / VAEEncodeTiled
@@ -25,6 +26,7 @@ pub mod controlnet_apply;
 pub mod image_nodes;
 pub mod ksampler;
 pub mod latent_nodes;
+pub mod lora_loader;
 pub mod mask_nodes;
 pub mod payload;
 pub mod plugin_values;
@@ -52,6 +54,8 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     image_nodes::register(reg, settings)?;
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new(settings)))?;
     reg.register(Arc::new(checkpoint_loader::VaeLoader::new()))?;
+    reg.register(Arc::new(lora_loader::LoraLoader::new()))?;
+    reg.register(Arc::new(lora_loader::LoraLoaderModelOnly::new()))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
     reg.register(Arc::new(text_encode::ClipSetLastLayer::new()))?;
     conditioning_nodes::register(reg)?;

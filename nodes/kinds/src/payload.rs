@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use gpu::Tensor;
 use graph::{Image, Mask, Payload, PortType};
-use models::clip::{ClipLayer, ClipTextModel};
+use models::clip::{ClipLayer, ClipTextConfig, ClipTextModel};
 use models::controlnet::ControlNet;
 use models::sampling::controls::ControlSpec;
 use models::tokenizer::ClipTokenizer;
-use models::unet::Unet;
+use models::lora::NetSource;
+use models::unet::{Unet, UnetConfig};
 use models::upscaler::UpscaleModel;
 use models::vae::Vae;
 
@@ -135,6 +136,8 @@ impl std::fmt::Debug for Conditioning {
 pub struct ModelHandle {
     pub unet: Unet,
     pub prediction: Prediction,
+    /// What the UNet was built from (LoraLoader builds it again with merged weights); `None` when unknown.
+    pub source: Option<Arc<NetSource<UnetConfig>>>,
 }
 
 /// The text encoder with its tokenizer, and which hidden state it encodes with
@@ -146,17 +149,25 @@ pub struct ClipHandle {
     /// The hidden state CLIPTextEncode takes: [`ClipLayer::Last`] as loaded,
     /// `Skip(n)` after CLIPSetLastLayer `-n`.
     pub layer: ClipLayer,
+    /// What the encoder was built from (LoraLoader builds it again with merged weights); `None` when unknown.
+    pub source: Option<Arc<NetSource<ClipTextConfig>>>,
 }
 
 impl ClipHandle {
     /// A freshly loaded encoder, encoding with its last layer.
     pub fn new(model: ClipTextModel, tokenizer: ClipTokenizer) -> ClipHandle {
-        ClipHandle { model: Arc::new(model), tokenizer: Arc::new(tokenizer), layer: ClipLayer::Last }
+        ClipHandle { model: Arc::new(model), tokenizer: Arc::new(tokenizer), layer: ClipLayer::Last, source: None }
+    }
+
+    /// This handle, recording what its encoder was built from.
+    pub fn with_source(mut self, source: NetSource<ClipTextConfig>) -> ClipHandle {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     /// The same model and tokenizer (shared, not copied), encoding with `layer`.
     pub fn with_layer(&self, layer: ClipLayer) -> ClipHandle {
-        ClipHandle { model: self.model.clone(), tokenizer: self.tokenizer.clone(), layer }
+        ClipHandle { model: self.model.clone(), tokenizer: self.tokenizer.clone(), layer, source: self.source.clone() }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod clip;
 pub mod controlnet;
 pub mod esrgan;
 pub mod image_ops;
+pub mod lora;
 pub mod nn;
 pub mod prompt_weights;
 pub mod resblock;

@@ -129,6 +129,73 @@ pub fn unet_key(key: &str, layout: &UnetLayout) -> Option<String> {
     None
 }
 
+/// `in_layers.0` -> `norm1` and so on: [`unet_resnet`] backwards.
+fn unet_resnet_to_diffusers(rest: &str) -> Option<String> {
+    let pairs = [
+        ("in_layers.0.", "norm1."),
+        ("in_layers.2.", "conv1."),
+        ("out_layers.0.", "norm2."),
+        ("out_layers.3.", "conv2."),
+        ("emb_layers.1.", "time_emb_proj."),
+        ("skip_connection.", "conv_shortcut."),
+    ];
+    pairs.iter().find_map(|(ldm, diff)| rest.strip_prefix(ldm).map(|tail| format!("{diff}{tail}")))
+}
+
+/// A single-file UNet name (without the model prefix) as its diffusers key: [`unet_key`]
+/// backwards, for a UNet with `layers_per_block` resnets per down block. Upsamplers are told
+/// apart from attentions by their `conv.` (LDM puts a block's upsampler at `.1.conv` without
+/// attention and `.2.conv` with it). `None` for names diffusers has no key for.
+pub fn unet_key_to_diffusers(key: &str, layers_per_block: usize) -> Option<String> {
+    let l = layers_per_block;
+    for (ldm, diff) in [
+        ("time_embed.0.", "time_embedding.linear_1."),
+        ("time_embed.2.", "time_embedding.linear_2."),
+        ("input_blocks.0.0.", "conv_in."),
+        ("out.0.", "conv_norm_out."),
+        ("out.2.", "conv_out."),
+    ] {
+        if let Some(rest) = key.strip_prefix(ldm) {
+            return Some(format!("{diff}{rest}"));
+        }
+    }
+    if let Some(rest) = key.strip_prefix("input_blocks.") {
+        let (i, rest) = index(rest)?;
+        let (b, j) = ((i.checked_sub(1)?) / (l + 1), (i - 1) % (l + 1));
+        let (slot, rest) = index(rest)?;
+        return match (slot, j == l) {
+            (0, true) => rest.strip_prefix("op.").map(|r| format!("down_blocks.{b}.downsamplers.0.conv.{r}")),
+            (0, false) => Some(format!("down_blocks.{b}.resnets.{j}.{}", unet_resnet_to_diffusers(rest)?)),
+            (1, false) => Some(format!("down_blocks.{b}.attentions.{j}.{rest}")),
+            _ => None,
+        };
+    }
+    if let Some(rest) = key.strip_prefix("middle_block.") {
+        let (slot, rest) = index(rest)?;
+        return match slot {
+            0 | 2 => Some(format!("mid_block.resnets.{}.{}", slot / 2, unet_resnet_to_diffusers(rest)?)),
+            1 => Some(format!("mid_block.attentions.0.{rest}")),
+            _ => None,
+        };
+    }
+    if let Some(rest) = key.strip_prefix("output_blocks.") {
+        let (i, rest) = index(rest)?;
+        let (b, j) = (i / (l + 1), i % (l + 1));
+        let (slot, rest) = index(rest)?;
+        if slot > 0
+            && let Some(r) = rest.strip_prefix("conv.")
+        {
+            return (j == l).then(|| format!("up_blocks.{b}.upsamplers.0.conv.{r}"));
+        }
+        return match slot {
+            0 => Some(format!("up_blocks.{b}.resnets.{j}.{}", unet_resnet_to_diffusers(rest)?)),
+            1 => Some(format!("up_blocks.{b}.attentions.{j}.{rest}")),
+            _ => None,
+        };
+    }
+    None
+}
+
 /// A diffusers VAE key as its single-file name (without the model prefix);
 /// `up_blocks` is the decoder's number of up blocks (numbered in reverse in LDM).
 pub fn vae_key(key: &str, up_blocks: usize) -> Option<String> {

@@ -23,11 +23,14 @@ struct Location {
     shape: Option<Vec<usize>>,
 }
 
-/// A set of checkpoint files seen through canonical names.
+/// A set of checkpoint files seen through canonical names, with an overlay of
+/// patched values (LoRA merges) that lookups consult first.
 #[derive(Debug, Clone)]
 pub struct WeightSource {
     files: Vec<Arc<SafeTensors>>,
     names: BTreeMap<String, Location>,
+    /// Canonical name -> replacement values in f32 (same element count and order as the stored tensor).
+    overlay: BTreeMap<String, Arc<Vec<f32>>>,
 }
 
 impl WeightSource {
@@ -40,7 +43,7 @@ impl WeightSource {
     pub fn from_tensors(st: SafeTensors) -> WeightSource {
         let names =
             st.names().map(|n| (n.to_string(), Location { file: 0, key: n.to_string(), shape: None })).collect();
-        WeightSource { files: vec![Arc::new(st)], names }
+        WeightSource { files: vec![Arc::new(st)], names, overlay: BTreeMap::new() }
     }
 
     /// Builds a source from files and a table of canonical name -> (file,
@@ -50,7 +53,27 @@ impl WeightSource {
         table: Vec<(String, usize, String, Option<Vec<usize>>)>,
     ) -> WeightSource {
         let names = table.into_iter().map(|(name, file, key, shape)| (name, Location { file, key, shape })).collect();
-        WeightSource { files, names }
+        WeightSource { files, names, overlay: BTreeMap::new() }
+    }
+
+    /// This source with `patched` values replacing (or replacing again) those of existing names;
+    /// the files are shared, not copied. Each value holds the weight's elements in its stored order.
+    pub fn with_overlay(&self, patched: impl IntoIterator<Item = (String, Vec<f32>)>) -> WeightSource {
+        let mut out = self.clone();
+        for (name, values) in patched {
+            out.overlay.insert(name, Arc::new(values));
+        }
+        out
+    }
+
+    /// The patched values of `name`, when the overlay holds it.
+    pub fn overlaid(&self, name: &str) -> Option<&[f32]> {
+        self.overlay.get(name).map(|v| v.as_slice())
+    }
+
+    /// The names the overlay replaces, in order.
+    pub fn overlay_names(&self) -> impl Iterator<Item = &str> {
+        self.overlay.keys().map(|k| k.as_str())
     }
 
     /// The text encoder's names as ComfyUI's SD 1.x `process_clip_state_dict` makes them: older
@@ -137,10 +160,14 @@ impl<'a> Weights<'a> {
         Ok(loc.shape.clone().or_else(|| st.info(&loc.key).map(|i| i.shape.clone())).unwrap_or_default())
     }
 
-    /// A weight as f32 on the CPU, checked against `shape`.
+    /// A weight as f32 on the CPU, checked against `shape` (the overlay's value when it has one).
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let full = self.full_name(name);
         let (st, loc) = self.src.lookup(&full)?;
+        if let Some(v) = self.src.overlaid(&full) {
+            check_overlay(st, &full, v, shape)?;
+            return Ok(v.to_vec());
+        }
         st.f32(&loc.key, &stored_shape(st, loc, shape)).map_err(|mut e| {
             e.key = Some(full);
             e
@@ -151,6 +178,15 @@ impl<'a> Weights<'a> {
     pub fn tensor(&self, gpu: &Gpu, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, WeightError> {
         let full = self.full_name(name);
         let (st, loc) = self.src.lookup(&full)?;
+        if let Some(v) = self.src.overlaid(&full) {
+            check_overlay(st, &full, v, shape)?;
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            return gpu
+                .upload_filled(shape, dtype, |dst| {
+                    convert_into(super::safetensors::Dtype::F32, &bytes, dtype, dst);
+                })
+                .map_err(|e| WeightError::Gpu(full.clone(), e.to_string()));
+        }
         let stored = stored_shape(st, loc, shape);
         let error =
             |message: String| CheckpointError { file: st.path().to_path_buf(), key: Some(full.clone()), message };
@@ -178,6 +214,19 @@ fn stored_shape(st: &SafeTensors, loc: &Location, shape: &[usize]) -> Vec<usize>
         Some(canonical) if canonical == shape => st.info(&loc.key).map(|i| i.shape.clone()).unwrap_or_default(),
         _ => shape.to_vec(),
     }
+}
+
+/// An overlay value must hold as many elements as the shape asked for.
+fn check_overlay(st: &SafeTensors, full: &str, v: &[f32], shape: &[usize]) -> Result<(), CheckpointError> {
+    let want: usize = shape.iter().product();
+    if v.len() == want {
+        return Ok(());
+    }
+    Err(CheckpointError {
+        file: st.path().to_path_buf(),
+        key: Some(full.to_string()),
+        message: format!("patched value has {} elements, expected shape {shape:?}", v.len()),
+    })
 }
 
 /// Loading a weight failed: the file was wrong, or the GPU refused it.

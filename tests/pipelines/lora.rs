@@ -1,0 +1,307 @@
+//! LoraLoader / LoraLoaderModelOnly against tests/fixtures/lora (tiny random LoRAs for the tiny SD
+//! model, in the kohya-ss layout with diffusers and LDM module names and in diffusers/PEFT's;
+//! references by diffusers' `load_lora_weights` + `fuse_lora` and by ComfyUI's formula in f64):
+//! merged weights within 1e-5, UNet and CLIP outputs within 1e-4; strength 0, chaining order,
+//! the model-only kind; refused files name their kind and key.
+
+use std::path::{Path, PathBuf};
+
+use gpu::{DType, Gpu};
+use graph::{NodeInputs, ParamValue, Registry, Value};
+use models::checkpoint::convert::{UNET_PREFIX, unet_key_to_diffusers};
+use models::checkpoint::safetensors::{Dtype, SafeTensors, write};
+use models::clip::ClipLayer;
+use nodes::lora_loader::{not_loaded_warning, read_lora};
+use nodes::payload::{ClipHandle, ModelHandle};
+
+use crate::common::sd_tiny::fixtures;
+
+const MERGED_TOL: f32 = 1e-5;
+const OUTPUT_TOL: f32 = 1e-4;
+
+fn lora_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora")
+}
+
+fn try_kind(
+    reg: &Registry,
+    kind: &str,
+    inputs: &[(&str, Value)],
+    params: &[(&str, ParamValue)],
+) -> Result<Vec<Value>, String> {
+    let progress = graph::exec::NoProgress;
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let out = std::env::temp_dir();
+    let mut ctx = graph::RunContext::new("t", Path::new("."), &out, "", &progress, &cancel);
+    let mut inp = NodeInputs::default();
+    for (k, v) in inputs {
+        inp.inputs.insert(k.to_string(), v.clone());
+    }
+    for (k, v) in params {
+        inp.params.insert(k.to_string(), v.clone());
+    }
+    reg.get(kind).unwrap().run(&mut ctx, &inp).map_err(|e| e.message)
+}
+
+fn checkpoint(reg: &Registry) -> (Value, Value) {
+    let ckpt = fixtures().join("model.safetensors").display().to_string();
+    let out = try_kind(reg, "CheckpointLoaderSimple", &[], &[("ckpt_name", ParamValue::String(ckpt))]).unwrap();
+    (out[0].clone(), out[1].clone())
+}
+
+fn lora_loader(
+    reg: &Registry,
+    model: &Value,
+    clip: &Value,
+    file: &str,
+    sm: f64,
+    sc: f64,
+) -> Result<(Value, Value), String> {
+    let name = ParamValue::String(lora_dir().join(file).display().to_string());
+    let out = try_kind(
+        reg,
+        "LoraLoader",
+        &[("model", model.clone()), ("clip", clip.clone())],
+        &[("lora_name", name), ("strength_model", ParamValue::Float(sm)), ("strength_clip", ParamValue::Float(sc))],
+    )?;
+    Ok((out[0].clone(), out[1].clone()))
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+}
+
+/// The UNet's noise prediction for sd_tiny/unet's inputs at the `case1` timesteps.
+fn unet_out(gpu: &Gpu, model: &Value) -> Vec<f32> {
+    let m = model.downcast::<ModelHandle>().unwrap();
+    let st = SafeTensors::open(&fixtures().join("unet/inputs.safetensors")).unwrap();
+    let up = |n: &str| {
+        let (shape, data) = st.f32_any(n).unwrap();
+        gpu.upload(&data, &shape, DType::F32).unwrap()
+    };
+    let t = st.f32_any("case1.timesteps").unwrap().1;
+    gpu.download(&m.unet.forward(gpu, &up("sample"), &t, &up("encoder_hidden_states")).unwrap()).unwrap()
+}
+
+/// CLIP's last_hidden_state for sd_tiny/clip's input ids.
+fn clip_out(gpu: &Gpu, clip: &Value) -> Vec<f32> {
+    let c = clip.downcast::<ClipHandle>().unwrap();
+    let st = SafeTensors::open(&fixtures().join("clip/inputs.safetensors")).unwrap();
+    let (_, bytes) = st.bytes("input_ids").unwrap();
+    let ids: Vec<u32> = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    let rows: Vec<Vec<u32>> = ids.chunks(77).map(<[u32]>::to_vec).collect();
+    gpu.download(&c.model.forward(gpu, &rows, ClipLayer::Last).unwrap()).unwrap()
+}
+
+/// Every case of meta.json run as a chain of LoraLoaders: the merged weights (the handles'
+/// overlays, exactly the weights the reference changed) and both networks' outputs.
+#[test]
+fn lora_loader_matches_the_references() {
+    let Some(gpu) = gpu::testing::shared_gpu() else { return };
+    let reg = nodes::builtin_registry();
+    let (base_model, base_clip) = checkpoint(&reg);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lora_dir().join("meta.json")).unwrap()).unwrap();
+    let expected = SafeTensors::open(&lora_dir().join("expected.safetensors")).unwrap();
+    for case in meta["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (mut model, mut clip) = (base_model.clone(), base_clip.clone());
+        for step in case["chain"].as_array().unwrap() {
+            let f = |k: &str| step[k].as_f64().unwrap();
+            (model, clip) = lora_loader(
+                &reg,
+                &model,
+                &clip,
+                step["file"].as_str().unwrap(),
+                f("strength_model"),
+                f("strength_clip"),
+            )
+            .unwrap();
+        }
+        let m = model.downcast::<ModelHandle>().unwrap();
+        let c = clip.downcast::<ClipHandle>().unwrap();
+        let (mu, mc) = (&m.source.as_ref().unwrap().weights, &c.source.as_ref().unwrap().weights);
+        let prefix = format!("{name}.merged.");
+        let mut want: Vec<&str> = expected.names().filter_map(|k| k.strip_prefix(&prefix)).collect();
+        want.sort();
+        let mut got: Vec<&str> = mu.overlay_names().filter(|n| n.starts_with(UNET_PREFIX)).collect();
+        got.extend(mc.overlay_names().filter(|n| !n.starts_with(UNET_PREFIX)));
+        got.sort();
+        assert_eq!(got, want, "{name}: the weights merged");
+        let mut worst = 0f32;
+        for k in &want {
+            let v = mu.overlaid(k).or(mc.overlaid(k)).unwrap();
+            let (_, r) = expected.f32_any(&format!("{prefix}{k}")).unwrap();
+            let e = max_abs(v, &r);
+            assert!(e <= MERGED_TOL, "{name}: {k} merged off by {e}");
+            worst = worst.max(e);
+        }
+        let eu = max_abs(&unet_out(gpu, &model), &expected.f32_any(&format!("{name}.unet")).unwrap().1);
+        let ec = max_abs(&clip_out(gpu, &clip), &expected.f32_any(&format!("{name}.clip")).unwrap().1);
+        println!("{name}: {} weights, merged max err {worst:.2e}, unet {eu:.2e}, clip {ec:.2e}", want.len());
+        assert!(eu <= OUTPUT_TOL && ec <= OUTPUT_TOL, "{name}: unet {eu}, clip {ec}");
+    }
+}
+
+/// Strength 0 gives back the base outputs bit for bit, whether the loader passes the network
+/// through (the node at 0) or merges `0 * up @ down` into a rebuilt one (the library at 0).
+#[test]
+fn strength_zero_is_the_base_model() {
+    let Some(gpu) = gpu::testing::shared_gpu() else { return };
+    let reg = nodes::builtin_registry();
+    let (model, clip) = checkpoint(&reg);
+    let (u0, c0) = (unet_out(gpu, &model), clip_out(gpu, &clip));
+    let (m, c) = lora_loader(&reg, &model, &clip, "kohya_diffusers.safetensors", 0.0, 0.0).unwrap();
+    assert_eq!((unet_out(gpu, &m), clip_out(gpu, &c)), (u0.clone(), c0.clone()));
+    let (m, c) = lora_loader(&reg, &model, &clip, "kohya_diffusers.safetensors", 0.0, 1.0).unwrap();
+    assert_eq!(unet_out(gpu, &m), u0);
+    assert!(max_abs(&clip_out(gpu, &c), &c0) > 1e-3, "strength_clip 1 changes the encoding");
+    let mh = model.downcast::<ModelHandle>().unwrap();
+    let ch = clip.downcast::<ClipHandle>().unwrap();
+    let lora = read_lora(&lora_dir().join("peft.safetensors"), &mh, Some(&ch)).unwrap();
+    let rebuilt = nodes::lora_loader::lora_model(gpu, &mh, &lora, 0.0).unwrap();
+    let rebuilt_clip = nodes::lora_loader::lora_clip(gpu, &ch, &lora, 0.0).unwrap();
+    assert!(rebuilt.source.as_ref().unwrap().weights.overlay_names().count() > 10);
+    assert_eq!(unet_out(gpu, &Value::payload(rebuilt)), u0, "merged at strength 0");
+    assert_eq!(clip_out(gpu, &Value::payload(rebuilt_clip)), c0, "merged at strength 0");
+}
+
+/// Two LoRAs in either order agree within rounding, and differ from each alone.
+#[test]
+fn chained_loras_commute() {
+    let Some(gpu) = gpu::testing::shared_gpu() else { return };
+    let reg = nodes::builtin_registry();
+    let (model, clip) = checkpoint(&reg);
+    let chain = |files: [&str; 2]| {
+        let (mut m, mut c) = (model.clone(), clip.clone());
+        for f in files {
+            (m, c) = lora_loader(&reg, &m, &c, f, 0.8, -1.2).unwrap();
+        }
+        (unet_out(gpu, &m), clip_out(gpu, &c))
+    };
+    let (ua, ca) = chain(["kohya_diffusers.safetensors", "peft.safetensors"]);
+    let (ub, cb) = chain(["peft.safetensors", "kohya_diffusers.safetensors"]);
+    let (du, dc) = (max_abs(&ua, &ub), max_abs(&ca, &cb));
+    let (m1, c1) = lora_loader(&reg, &model, &clip, "peft.safetensors", 0.8, -1.2).unwrap();
+    let (d1u, d1c) = (max_abs(&ua, &unet_out(gpu, &m1)), max_abs(&ca, &clip_out(gpu, &c1)));
+    println!("either order: unet {du:.2e}, clip {dc:.2e}; vs one LoRA: {d1u:.2e}, {d1c:.2e}");
+    assert!(du <= 1e-5 && dc <= 1e-5, "order changed the result: {du} {dc}");
+    assert!(d1u > 1e-3 && d1c > 1e-3, "the second LoRA changed nothing: {d1u} {d1c}");
+}
+
+/// LoraLoaderModelOnly merges the UNet modules only, as LoraLoader at strength_clip 0.
+#[test]
+fn model_only_leaves_the_text_encoder() {
+    let Some(gpu) = gpu::testing::shared_gpu() else { return };
+    let reg = nodes::builtin_registry();
+    let (model, clip) = checkpoint(&reg);
+    let name = ParamValue::String(lora_dir().join("kohya_diffusers.safetensors").display().to_string());
+    let out = try_kind(
+        &reg,
+        "LoraLoaderModelOnly",
+        &[("model", model.clone())],
+        &[("lora_name", name), ("strength_model", ParamValue::Float(0.6))],
+    )
+    .unwrap();
+    assert_eq!(out.len(), 1);
+    let only = out[0].downcast::<ModelHandle>().unwrap();
+    let names: Vec<&str> = only.source.as_ref().unwrap().weights.overlay_names().collect();
+    assert!(!names.is_empty() && names.iter().all(|n| n.starts_with(UNET_PREFIX)), "{names:?}");
+    let (m, c) = lora_loader(&reg, &model, &clip, "kohya_diffusers.safetensors", 0.6, 0.0).unwrap();
+    assert_eq!(unet_out(gpu, &out[0]), unet_out(gpu, &m));
+    assert!(std::sync::Arc::ptr_eq(&c.downcast::<ClipHandle>().unwrap(), &clip.downcast::<ClipHandle>().unwrap()));
+}
+
+/// `unet_key_to_diffusers` inverts `unet_key` on every UNet weight of the tiny model.
+#[test]
+fn ldm_unet_names_map_back_to_diffusers() {
+    let map: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("ldm_to_diffusers_keys.json")).unwrap()).unwrap();
+    let mut n = 0;
+    for (ldm, diff) in map.iter().filter(|(k, _)| k.starts_with(UNET_PREFIX)) {
+        assert_eq!(unet_key_to_diffusers(&ldm[UNET_PREFIX.len()..], 2).as_deref(), Some(diff.as_str()), "{ldm}");
+        n += 1;
+    }
+    assert!(n > 100, "{n}");
+}
+
+/// Writes a LoRA file of f32 tensors.
+fn lora_file(dir: &Path, name: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> PathBuf {
+    let path = dir.join(name);
+    let t: Vec<(&str, &[usize], &[f32])> = tensors.iter().map(|(k, s, v)| (*k, s.as_slice(), v.as_slice())).collect();
+    write(&path, &t, Dtype::F32).unwrap();
+    path
+}
+
+/// Refused and partly matching files say what is wrong, naming the file and the key.
+#[test]
+fn bad_loras_are_explained() {
+    let Some(gpu) = gpu::testing::shared_gpu() else { return };
+    let reg = nodes::builtin_registry();
+    let (model, clip) = checkpoint(&reg);
+    let mh = model.downcast::<ModelHandle>().unwrap();
+    let ch = clip.downcast::<ClipHandle>().unwrap();
+    let dir = crate::common::temp_dir("lora-bad");
+    let q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    let pair = |up: Vec<usize>, down: Vec<usize>| {
+        let n = |s: &Vec<usize>| s.iter().product::<usize>();
+        vec![
+            (format!("{q}.lora_up.weight"), up.clone(), vec![0.1; n(&up)]),
+            (format!("{q}.lora_down.weight"), down.clone(), vec![0.1; n(&down)]),
+        ]
+    };
+    // What LoraLoader does before building the networks: read, match, merge.
+    let err = |path: &Path| {
+        read_lora(path, &mh, Some(&ch)).and_then(|l| nodes::lora_loader::lora_model(gpu, &mh, &l, 1.0).map(|_| l))
+    };
+    let write_owned = |name: &str, v: Vec<(String, Vec<usize>, Vec<f32>)>| {
+        let t: Vec<(&str, Vec<usize>, Vec<f32>)> =
+            v.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
+        lora_file(&dir, name, &t)
+    };
+
+    let p = write_owned("none.safetensors", vec![("some.weight".into(), vec![2], vec![1.0, 2.0])]);
+    let e = err(&p).unwrap_err();
+    assert!(e.contains("none.safetensors") && e.contains("no LoRA keys"), "{e}");
+
+    let p = write_owned("loha.safetensors", vec![(format!("{q}.hada_w1_a"), vec![2, 2], vec![0.0; 4])]);
+    let e = err(&p).unwrap_err();
+    assert!(e.contains("LoHa") && e.contains(&format!("{q}.hada_w1_a")), "{e}");
+
+    let mut dora = pair(vec![8, 2], vec![2, 8]);
+    dora.push((format!("{q}.dora_scale"), vec![8, 1], vec![1.0; 8]));
+    let e = err(&write_owned("dora.safetensors", dora)).unwrap_err();
+    assert!(e.contains("DoRA") && e.contains("dora_scale"), "{e}");
+
+    let e = err(&write_owned("shape.safetensors", pair(vec![8, 2], vec![2, 9]))).unwrap_err();
+    assert!(e.contains(&format!("{q}.lora_down.weight")) && e.contains("[2, 9]"), "{e}");
+
+    let mut nan = pair(vec![8, 2], vec![2, 8]);
+    nan[1].2[3] = f32::NAN;
+    let e = err(&write_owned("nan.safetensors", nan)).unwrap_err();
+    assert!(e.contains(&format!("{q}.lora_down.weight")) && e.contains("NaN"), "{e}");
+
+    let mut sdxl = pair(vec![8, 2], vec![2, 8]);
+    sdxl.push(("lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(), vec![4, 1], vec![0.0; 4]));
+    let e = err(&write_owned("sdxl.safetensors", sdxl)).unwrap_err();
+    assert!(e.contains("SDXL") && e.contains("lora_te2_"), "{e}");
+
+    // An SD 2.x-like cross-attention LoRA: 1024-wide text embeddings do not fit.
+    let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k";
+    let sd2 = vec![
+        (format!("{k}.lora_up.weight"), vec![8, 2], vec![0.1; 16]),
+        (format!("{k}.lora_down.weight"), vec![2, 1024], vec![0.1; 2048]),
+    ];
+    let e = err(&write_owned("sd2.safetensors", sd2)).unwrap_err();
+    assert!(e.contains("SD 2.x") && e.contains(k), "{e}");
+
+    let mut partly = pair(vec![8, 2], vec![2, 8]);
+    for i in 0..7 {
+        partly.push((format!("lora_unet_nothing_{i}.lora_up.weight"), vec![1, 1], vec![0.0]));
+    }
+    let lora = err(&write_owned("partly.safetensors", partly)).unwrap();
+    let w = not_loaded_warning(&lora).unwrap();
+    assert!(w.contains("7 keys not loaded") && w.contains("lora_unet_nothing_0.lora_up.weight"), "{w}");
+    assert_eq!(lora.modules.len(), 1);
+}
