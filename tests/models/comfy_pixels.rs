@@ -17,7 +17,12 @@
 //! latent, strength 1.5, cfg 6), dpmpp_2m karras (area past the bottom-right corner, clamped, strength 0.7) and heun
 //! with the whole-picture positive limited by ConditioningSetTimestepRange to a start sigma that equals a schedule
 //! sigma exactly (ComfyUI keeps the entry there; the fixture measured that dropping it moves 2527 values by up to 91
-//! levels). No test runs Python.
+//! levels). Mask conditioning (group `mask`, the generator adds ComfyUI's mask path): the third text through
+//! ConditioningSetMask (its MASK from the fixture by a test node), combined with the whole-picture positive: euler
+//! with a soft 32x32 disc, bilinear to the 16x16 latent, at 1.3 ("default": no area, no partner); dpmpp_2m karras
+//! with "mask bounds" over two 24x40 masks (a box 3 rows high widened to 8 and clamped at the bottom, weights from
+//! the first mask, the negative's partner keeping the mask); heun with "mask bounds" undone by ConditioningSetArea
+//! (the mask cut to the area, not feathered). No test runs Python.
 //!
 //! Tolerance. sdgraph computes in f32 (forced here: on GPUs with fast f16 the loader would pick f16, which cannot
 //! give ComfyUI's f32 bytes), the reference in float64, so sdgraph's 255 * x lands a little off the reference's.
@@ -38,12 +43,13 @@ use serde_json::Value;
 
 use crate::ksampler_fixture::{Fixture, ksampler_graph, ksampler_graph_with, registry};
 
-/// In units of 255 * x. Measured on lavapipe: sdgraph's 255 * x (VAEDecode's output) is at most 5.2e-4 from the
-/// float64 reference (1.5e-4 to 5.2e-4 per case, the most for euler at cfg 6, whose latent is off by 1.4e-4 on
-/// values up to 67; the area cases 2.1e-4 to 4.7e-4); PyTorch itself, running the same cases on the CPU in float32,
-/// is up to 8.3e-4 away (meta.json `calibration`). Every saved value then equals the fixture's, including the 19 to
-/// 35 per case (of 3072) that lie within 0.005 of a boundary. 0.005 is about 10 times the measured error, room for other adapters' rounding, and
-/// still lets only those 0.6-1% of the values move by one level.
+/// In units of 255 * x. Measured on lavapipe: sdgraph's 255 * x (VAEDecode's output) is at most 5.5e-4 from the
+/// float64 reference (1.5e-4 to 5.5e-4 per case, the most for euler at cfg 6, whose latent is off by 1.4e-4 on
+/// values up to 67; the area cases 2.1e-4 to 4.7e-4, the mask cases 2.2e-4 to 5.5e-4); PyTorch itself, running the
+/// same cases on the CPU in float32, is up to 8.3e-4 away (meta.json `calibration`). Every saved value then equals
+/// the fixture's, including the 18 to 35 per case (of 3072) that lie within 0.005 of a boundary. 0.005 is about 10
+/// times the measured error, room for other adapters' rounding, and still lets only those 0.6-1% of the values move
+/// by one level.
 const MARGIN: f64 = 0.005;
 
 fn fixture() -> &'static Fixture {
@@ -90,9 +96,10 @@ fn graph_text(case: &Value) -> String {
     }
 }
 
-/// An area case's conditioning for one side (`meta.json`'s `conditioning.<side>`): per entry its text
-/// (FixtureConditioning), then ConditioningSetTimestepRange and ConditioningSetArea where given, the entries joined
-/// in order by ConditioningCombine (`conditioning_1` the ones before). Returns the nodes and the output's name.
+/// An area or mask case's conditioning for one side (`meta.json`'s `conditioning.<side>`): per entry its text
+/// (FixtureConditioning), then ConditioningSetTimestepRange, ConditioningSetMask (its mask from FixtureMask) and
+/// ConditioningSetArea where given, in that order, the entries joined in order by ConditioningCombine
+/// (`conditioning_1` the ones before). Returns the nodes and the output's name.
 fn conditioning_nodes(side: &str, entries: &Value) -> (String, String) {
     let mut nodes = String::new();
     let mut joined: Option<String> = None;
@@ -110,6 +117,17 @@ fn conditioning_nodes(side: &str, entries: &Value) -> (String, String) {
                     params: {{ "start": {start:?}, "end": {end:?} }}),"#
             );
             out = format!("{id}_range.conditioning");
+        }
+        if let Some(m) = e.get("set_mask") {
+            nodes += &format!(
+                r#""{id}_mask_in": (kind: "FixtureMask", params: {{ "name": {:?} }}),
+                "{id}_mask": (kind: "ConditioningSetMask", inputs: {{ "conditioning": {out:?}, "mask": "{id}_mask_in.mask" }},
+                    params: {{ "strength": {:?}, "set_cond_area": {:?} }}),"#,
+                m["mask"].as_str().unwrap(),
+                m["strength"].as_f64().unwrap(),
+                m["set_cond_area"].as_str().unwrap()
+            );
+            out = format!("{id}_mask.conditioning");
         }
         if let Some(a) = e.get("set_area") {
             let px = |k: &str| a[k].as_u64().unwrap();
@@ -271,6 +289,15 @@ fn pngs_equal_comfyui_pixels_with_area_conditioning() {
 }
 
 #[test]
+fn pngs_equal_comfyui_pixels_with_mask_conditioning() {
+    // ConditioningSetMask: a soft 32x32 disc (bilinear to the latent) at 1.3, "default"; "mask bounds" from two
+    // 24x40 masks (a box 3 rows high widened to 8, clamped at the bottom; weights from the first mask; the negative's
+    // partner keeps the mask); "mask bounds" undone by ConditioningSetArea (the mask cut to the area, not feathered).
+    let ran = check_group("mask");
+    assert!(ran == 0 || ran >= 3, "{ran} cases");
+}
+
+#[test]
 fn fixture_is_what_the_test_assumes() {
     // No GPU needed: the tie cases really tie and the tie matters; the saved values are SaveImage's truncation of
     // the reference's 255 * x; most values are not clamped.
@@ -307,6 +334,43 @@ fn fixture_is_what_the_test_assumes() {
             for (what, s) in sensitivity.iter().filter(|(k, _)| *k != "doc") {
                 let moved = s["values_differing"].as_u64().unwrap() as usize;
                 assert!(moved > near * 10, "{name}: {what} moves only {moved} values");
+            }
+        }
+        if case["group"] == "mask" {
+            // Each masked entry's mask is given at another size than the latent's (the bilinear resize matters);
+            // an entry with an area has its partner on the negative side, with the mask; one without has none.
+            let after = &case["after_process_conds"];
+            let masked: Vec<&Value> =
+                after["positive"].as_array().unwrap().iter().filter(|e| e.get("mask_shape").is_some()).collect();
+            assert_eq!(masked.len(), 1, "{name}");
+            let m = masked[0];
+            let given = case["conditioning"]["positive"].as_array().unwrap().iter().find_map(|e| e.get("set_mask"));
+            let (shape, _) = fx.tensor(given.unwrap()["mask"].as_str().unwrap());
+            assert_ne!(shape[1..], fx.shape()[2..], "{name}: the mask at the latent's size");
+            assert_eq!(m["mask_shape"].as_array().unwrap()[1..], [16, 16], "{name}");
+            let negative = after["negative"].as_array().unwrap();
+            match m.get("area_hwyx") {
+                None => assert_eq!(negative.len(), 1, "{name}: a partner without an area"),
+                Some(area) => {
+                    let partner = negative.last().unwrap();
+                    assert_eq!(negative.len(), 2, "{name}");
+                    assert_eq!(partner["text"], negative[0]["text"], "{name}");
+                    for k in ["area_hwyx", "strength", "mask_shape", "mask_strength"] {
+                        assert_eq!(partner[k], m[k], "{name}: the partner's {k}");
+                    }
+                    if m["set_area_to_bounds"] == true {
+                        // The box is fewer than 8 rows high: widened to 8, past the bottom (clamped when run).
+                        let a: Vec<u64> = area.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+                        assert!(a[0] == 8 && a[2] + a[0] > 16, "{name}: area {a:?}");
+                    }
+                }
+            }
+            // Every perturbation of the mask path moves several times the values the margin lets move.
+            let sensitivity = case["sensitivity"].as_object().unwrap();
+            assert!(sensitivity.len() >= 3, "{name}");
+            for (what, s) in sensitivity.iter().filter(|(k, _)| *k != "doc") {
+                let moved = s["values_differing"].as_u64().unwrap() as usize;
+                assert!(moved > near * 5, "{name}: {what} moves only {moved} values");
             }
         }
         if case["group"] == "tie" {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use gpu::DType;
 use gpu::testing::shared_gpu;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
-use graph::{Image, PortType, Registry, Value as GraphValue};
+use graph::{Image, Mask, PortType, Registry, Value as GraphValue};
 use models::checkpoint::safetensors::SafeTensors;
 use nodes::payload::{Conditioning, Latent};
 use serde_json::Value;
@@ -53,6 +53,8 @@ impl Fixture {
 
 /// The fixture's `positive` or `negative` embedding.
 struct FixtureConditioning(NodeSchema, &'static Fixture);
+/// A MASK stored in the fixture (`[B, H, W]`, f32).
+struct FixtureMask(NodeSchema, &'static Fixture);
 /// Zeros, or the fixture's `img2img.latent`.
 struct FixtureLatent(NodeSchema, &'static Fixture);
 /// Keeps KSampler's latent and, where connected, VAEDecode's picture.
@@ -74,6 +76,20 @@ impl NodeKind for FixtureConditioning {
         let (shape, data) = self.1.tensor(inputs.str("which")?);
         let cond = gpu.upload(&data, &shape, DType::F32).map_err(|e| NodeError::new(e.to_string()))?;
         Ok(vec![GraphValue::payload(Conditioning::new(cond))])
+    }
+}
+
+impl NodeKind for FixtureMask {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
+        let name = inputs.str("name")?;
+        let (shape, data) = self.1.tensor(name);
+        let [batch, height, width] = shape[..] else {
+            return Err(NodeError::new(format!("{name}: shape {shape:?}, not [B, H, W]")));
+        };
+        Ok(vec![GraphValue::Mask(Arc::new(Mask { batch, height, width, data }))])
     }
 }
 
@@ -106,14 +122,18 @@ impl NodeKind for Capture {
     }
 }
 
-/// The built-in kinds with `settings`, plus FixtureConditioning (param `which`), FixtureLatent (param `img2img`)
-/// and Capture (inputs `samples` and, optional, `image`) over `fx`; the slot receives what Capture keeps.
+/// The built-in kinds with `settings`, plus FixtureConditioning (param `which`), FixtureMask (param `name`, a
+/// tensor of the fixture), FixtureLatent (param `img2img`) and Capture (inputs `samples` and, optional, `image`)
+/// over `fx`; the slot receives what Capture keeps.
 pub fn registry(fx: &'static Fixture, settings: nodes::Settings) -> (Registry, Arc<Mutex<Captured>>) {
     let mut reg = nodes::builtin_registry_with(settings);
     let slot = Arc::new(Mutex::new(Captured::default()));
     let cond = NodeSchema::new("FixtureConditioning", "test", "The fixture's prompt embedding.")
         .choice("which", &["positive", "negative", "area"], "positive", "Which one (area: comfy_pixels' third text).")
         .output("conditioning", PortType::Conditioning, "[B, 77, C].");
+    let mask = NodeSchema::new("FixtureMask", "test", "A mask stored in the fixture.")
+        .string("name", None, "The tensor's name ([B, H, W], f32).")
+        .output("mask", PortType::Mask, "[B, H, W].");
     let latent = NodeSchema::new("FixtureLatent", "test", "The fixture's start latent.")
         .bool("img2img", false, "The img2img latent instead of zeros.")
         .output("latent", PortType::Latent, &format!("{:?}.", fx.shape()));
@@ -122,6 +142,7 @@ pub fn registry(fx: &'static Fixture, settings: nodes::Settings) -> (Registry, A
         .optional_input("image", PortType::Image, "VAEDecode's picture.")
         .sink();
     reg.register(Arc::new(FixtureConditioning(cond, fx))).unwrap();
+    reg.register(Arc::new(FixtureMask(mask, fx))).unwrap();
     reg.register(Arc::new(FixtureLatent(latent, fx))).unwrap();
     reg.register(Arc::new(Capture(capture, slot.clone()))).unwrap();
     (reg, slot)

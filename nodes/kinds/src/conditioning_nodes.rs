@@ -206,6 +206,10 @@ conditioning_kind!(
         Ok(f.conditioning.map_entries(|e| {
             e.area = Some(area);
             e.strength = f.strength;
+            // ComfyUI sets set_area_to_bounds False: an earlier ConditioningSetMask's "mask bounds" no longer applies.
+            if let Some(m) = &mut e.mask {
+                m.to_bounds = false;
+            }
         }))
     }
 );
@@ -233,6 +237,10 @@ conditioning_kind!(
         Ok(f.conditioning.map_entries(|e| {
             e.area = Some(area);
             e.strength = f.strength;
+            // ComfyUI sets set_area_to_bounds False: an earlier ConditioningSetMask's "mask bounds" no longer applies.
+            if let Some(m) = &mut e.mask {
+                m.to_bounds = false;
+            }
         }))
     }
 );
