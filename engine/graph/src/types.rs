@@ -15,6 +15,14 @@ pub enum PortType {
     Mask,
     ControlNet,
     UpscaleModel,
+    /// ComfyUI's SAMPLER (KSamplerSelect): which sampler a custom-sampling node runs.
+    Sampler,
+    /// ComfyUI's SIGMAS: a noise schedule, a list of sigmas.
+    Sigmas,
+    /// ComfyUI's GUIDER: a model with its conditionings and guidance.
+    Guider,
+    /// ComfyUI's NOISE: where the initial noise comes from.
+    Noise,
     Int,
     Float,
     String,
@@ -22,7 +30,7 @@ pub enum PortType {
 }
 
 impl PortType {
-    pub const ALL: [PortType; 13] = [
+    pub const ALL: [PortType; 17] = [
         PortType::Model,
         PortType::Clip,
         PortType::Vae,
@@ -32,6 +40,10 @@ impl PortType {
         PortType::Mask,
         PortType::ControlNet,
         PortType::UpscaleModel,
+        PortType::Sampler,
+        PortType::Sigmas,
+        PortType::Guider,
+        PortType::Noise,
         PortType::Int,
         PortType::Float,
         PortType::String,
@@ -50,6 +62,10 @@ impl PortType {
             PortType::Mask => "Mask",
             PortType::ControlNet => "ControlNet",
             PortType::UpscaleModel => "UpscaleModel",
+            PortType::Sampler => "Sampler",
+            PortType::Sigmas => "Sigmas",
+            PortType::Guider => "Guider",
+            PortType::Noise => "Noise",
             PortType::Int => "Int",
             PortType::Float => "Float",
             PortType::String => "String",

@@ -21,14 +21,13 @@ use graph::node::err;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{PortType, Value};
 
-use crate::payload::ModelHandle;
-use crate::payload::{Conditioning, Latent};
+use crate::payload::{Conditioning, InitialNoise, Latent, ModelHandle};
 use crate::runtime;
 use crate::unet_predictor::UnetPredictor;
 use models::sampling::noise::{TorchRng, prepare_noise};
 use models::sampling::noise_mask::expand_noise_mask;
 use models::sampling::samplers::{
-    CfgDenoiser, Denoiser, FnHooks, Job, Sampler, StepInfo, initial_latent, max_denoise, sample,
+    CfgDenoiser, Denoiser, FnHooks, Job, SampleError, Sampler, StepInfo, initial_latent, max_denoise, sample,
 };
 use models::sampling::schedulers::{ModelSigmas, Scheduler, ksampler_sigmas};
 
@@ -119,79 +118,259 @@ impl NodeKind for KSampler {
 
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
         let f = KSamplerFields::read(inputs)?;
-        let (model, pos, neg, latent) = (f.model, f.positive, f.negative, f.latent_image);
-        let (seed, steps, cfg, denoise) = (f.seed, f.steps, f.cfg, f.denoise);
         let sampler = Sampler::from_name(f.sampler_name.as_str()).map_err(err)?;
         let scheduler = Scheduler::from_name(f.scheduler.as_str()).map_err(err)?;
-        if latent.samples.len() != latent.shape.iter().product::<usize>() {
-            return Err(err(format!(
-                "input \"latent_image\": {} values for the shape {:?}",
-                latent.samples.len(),
-                latent.shape
-            )));
-        }
-        let mask = latent_mask(&latent)?;
-
-        // SD 1.x's discrete schedule (scaled_linear 0.00085..0.012 over 1000 steps).
-        let model_sigmas = ModelSigmas::sd15();
-        let sigmas = ksampler_sigmas(&model_sigmas, scheduler, steps, denoise, sampler.discards_penultimate_sigma())
-            .map_err(err)?;
-        if sigmas.len() < 2 {
-            // denoise 0: ComfyUI returns the input unchanged.
-            return Ok(vec![Value::shared(latent.clone())]);
-        }
-        let gpu = runtime::gpu()?;
-        let shape = latent.shape;
-        let noise = prepare_noise(&shape, seed, None);
-        let x = initial_latent(&noise, &latent.samples, sigmas[0], max_denoise(&model_sigmas, sigmas[0]));
-
-        let predictor = UnetPredictor::bind(gpu, &model, &model_sigmas, &pos, &neg, shape)?;
-        let cfg_denoiser = CfgDenoiser::new(predictor, model_sigmas.clone(), model.prediction, cfg);
-        let mut denoiser: Box<dyn Denoiser<Error = _>> = match &mask {
-            None => Box::new(cfg_denoiser),
-            Some(mask) => {
-                let inpaint_noise = if sampler == Sampler::Ddim {
-                    // ComfyUI's ddim: `torch.manual_seed(seed + 1)`, then `randn(noise.shape)`.
-                    TorchRng::new(seed.wrapping_add(1)).randn(&shape)
-                } else {
-                    noise.clone()
-                };
-                Box::new(InpaintDenoiser {
-                    inner: cfg_denoiser,
-                    mask: mask.clone(),
-                    latent: latent.samples.clone(),
-                    noise: inpaint_noise,
-                })
-            }
+        check_latent(&f.latent_image)?;
+        let sigmas = ksampler_sigmas(
+            &model_sigmas(&f.model),
+            scheduler,
+            f.steps,
+            f.denoise,
+            sampler.discards_penultimate_sigma(),
+        )
+        .map_err(err)?;
+        let run = SamplingRun {
+            guidance: Guidance { model: &f.model, positive: &f.positive, negative: Some(&f.negative), cfg: f.cfg },
+            sampler,
+            sigmas: &sigmas,
+            latent: &f.latent_image,
+            noise: InitialNoise::Random { seed: f.seed },
+            seed: f.seed,
         };
-        // ComfyUI's default_noise_sampler on the CPU: a fresh generator seeded with seed + 1.
-        let mut rng = TorchRng::new(seed.wrapping_add(1));
-        let id = ctx.node_id.to_string();
-        let progress = ctx.progress;
-        let cancel = ctx.cancel;
-        let total = (sigmas.len() - 1) as u64;
-        let mut hooks = FnHooks {
-            on_step: |info: &StepInfo<'_>| {
-                progress.step(&id, info.step as u64 + 1, total, "steps");
-                // `sdgraph run --preview`: a latent-to-RGB picture every few steps (see preview.rs).
-                crate::preview::sampler_step(progress, &id, info, shape);
-            },
-            is_cancelled: || cancel.load(std::sync::atomic::Ordering::Relaxed),
-        };
-        let job = Job { denoiser: &mut *denoiser, sigmas: &sigmas, hooks: &mut hooks };
-        let mut samples = sample(sampler, job, x, &mut rng).map_err(err)?;
-        if let Some(mask) = &mask {
-            // ComfyUI's result there is the input up to rounding; make it exact.
-            for ((s, &m), &l) in samples.iter_mut().zip(mask).zip(&latent.samples) {
-                if m == 0.0 {
-                    *s = l;
-                }
-            }
-        }
-        // The mask stays on the latent, as ComfyUI's `out = latent.copy()`, so a second KSampler inpaints too.
-        let noise_mask = latent.noise_mask.clone();
-        Ok(vec![Value::payload(Latent { shape, samples, noise_mask })])
+        Ok(vec![run_sampling(ctx, run, false)?.samples])
     }
+}
+
+graph::node_fields! {
+    struct KSamplerAdvancedFields {
+        model: Arc<ModelHandle> = input(PortType::Model, "The UNet (from CheckpointLoaderSimple)."),
+        add_noise: String = choice(&["enable", "disable"], "enable", "disable: start from the latent as it is (a second pass over a first pass's leftover noise)."),
+        noise_seed: u64 = int(0, u64::MAX, 0, "Noise seed, 0 to 2^64 - 1, as KSampler's seed."),
+        steps: usize = int(1, 10000, 20, "Steps of the whole schedule."),
+        cfg: f64 = float(0.0, 100.0, 8.0, "Classifier-free guidance scale (1 disables the negative prompt)."),
+        sampler_name: String = choice(&Sampler::NAMES, "euler", "Sampler, as ComfyUI names them."),
+        scheduler: String = choice(&Scheduler::NAMES, "normal", "Noise schedule, as ComfyUI names them."),
+        positive: Arc<Conditioning> = input(PortType::Conditioning, "What the picture should show."),
+        negative: Arc<Conditioning> = input(PortType::Conditioning, "What it should not."),
+        latent_image: Arc<Latent> = input(PortType::Latent, "Start latents."),
+        start_at_step: usize = int(0, 10000, 0, "The first step of the schedule to run; at or past the last, the latent comes back unchanged."),
+        end_at_step: usize = int(0, 10000, 10000, "The step to stop at (past the last: run to the end)."),
+        return_with_leftover_noise: String = choice(&["disable", "enable"], "disable", "enable: stop at end_at_step's sigma (noise left for a later pass); disable: make that last step go to 0."),
+    }
+}
+
+/// ComfyUI's KSamplerAdvanced: KSampler over a part of the schedule (`common_ksampler` with `disable_noise`,
+/// `start_step`, `last_step`, `force_full_denoise`).
+pub struct KSamplerAdvanced(NodeSchema);
+
+impl KSamplerAdvanced {
+    pub fn new() -> Self {
+        Self(
+            NodeSchema::new(
+                "KSamplerAdvanced",
+                "sampling",
+                "KSampler over steps start_at_step..end_at_step of the schedule, with or without new noise.",
+            )
+            .fields(KSamplerAdvancedFields::declare)
+            .output("latent", PortType::Latent, "The (partly) denoised latents."),
+        )
+    }
+}
+
+impl Default for KSamplerAdvanced {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeKind for KSamplerAdvanced {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = KSamplerAdvancedFields::read(inputs)?;
+        let sampler = Sampler::from_name(f.sampler_name.as_str()).map_err(err)?;
+        let scheduler = Scheduler::from_name(f.scheduler.as_str()).map_err(err)?;
+        let enabled = |name: &str, v: &str| match v {
+            "enable" => Ok(true),
+            "disable" => Ok(false),
+            _ => Err(err(format!("param {name:?}: {v:?} is not \"enable\" or \"disable\""))),
+        };
+        let add_noise = enabled("add_noise", &f.add_noise)?;
+        let leftover = enabled("return_with_leftover_noise", &f.return_with_leftover_noise)?;
+        check_latent(&f.latent_image)?;
+        // KSamplerAdvanced passes denoise 1: the whole schedule, then the part asked for.
+        let full =
+            ksampler_sigmas(&model_sigmas(&f.model), scheduler, f.steps, 1.0, sampler.discards_penultimate_sigma())
+                .map_err(err)?;
+        let Some(sigmas) = step_range(full, f.start_at_step, f.end_at_step, !leftover) else {
+            // ComfyUI returns the input latent when start_at_step leaves no step to run.
+            return Ok(vec![Value::shared(f.latent_image.clone())]);
+        };
+        let run = SamplingRun {
+            guidance: Guidance { model: &f.model, positive: &f.positive, negative: Some(&f.negative), cfg: f.cfg },
+            sampler,
+            sigmas: &sigmas,
+            latent: &f.latent_image,
+            noise: if add_noise { InitialNoise::Random { seed: f.noise_seed } } else { InitialNoise::Disabled },
+            seed: f.noise_seed,
+        };
+        Ok(vec![run_sampling(ctx, run, false)?.samples])
+    }
+}
+
+/// ComfyUI's `KSampler.sample` cut of a schedule: with `last_step` before the end the sigmas up to it, the last set
+/// to 0 when `force_full_denoise`; then from `start_step` on. `None` where `start_step` is at or past the last step
+/// (ComfyUI then returns the input latent).
+pub fn step_range(
+    mut sigmas: Vec<f64>,
+    start_step: usize,
+    last_step: usize,
+    force_full_denoise: bool,
+) -> Option<Vec<f64>> {
+    if last_step < sigmas.len().saturating_sub(1) {
+        sigmas.truncate(last_step + 1);
+        if force_full_denoise && let Some(last) = sigmas.last_mut() {
+            *last = 0.0;
+        }
+    }
+    if start_step < sigmas.len().saturating_sub(1) { Some(sigmas.split_off(start_step)) } else { None }
+}
+
+// The sampling path KSampler, KSamplerAdvanced and the custom-sampling nodes (custom_sampling.rs) share: ComfyUI's
+// `comfy.samplers.sample` (a CFGGuider's `sample`) once the sigmas and the noise are chosen.
+
+/// The model's noise levels: SD 1.x's discrete schedule (scaled_linear 0.00085..0.012 over 1000 steps), the one
+/// every loaded UNet samples with.
+pub fn model_sigmas(_model: &ModelHandle) -> ModelSigmas {
+    ModelSigmas::sd15()
+}
+
+/// A latent whose values match its shape (an error naming `latent_image` otherwise).
+pub fn check_latent(latent: &Latent) -> Result<(), NodeError> {
+    if latent.samples.len() != latent.shape.iter().product::<usize>() {
+        return Err(err(format!(
+            "input \"latent_image\": {} values for the shape {:?}",
+            latent.samples.len(),
+            latent.shape
+        )));
+    }
+    Ok(())
+}
+
+/// The model and what guides it: ComfyUI's CFGGuider (`negative: None` is BasicGuider's positive alone, run at
+/// cfg 1 as ComfyUI's `Guider_Basic`).
+pub struct Guidance<'a> {
+    pub model: &'a ModelHandle,
+    pub positive: &'a Conditioning,
+    pub negative: Option<&'a Conditioning>,
+    pub cfg: f64,
+}
+
+/// One sampling run (ComfyUI's `guider.sample(noise, latent, sampler, sigmas, denoise_mask, seed=seed)`).
+pub struct SamplingRun<'a> {
+    pub guidance: Guidance<'a>,
+    pub sampler: Sampler,
+    pub sigmas: &'a [f64],
+    /// The input latent; its noise mask, if any, makes the run inpaint.
+    pub latent: &'a Arc<Latent>,
+    pub noise: InitialNoise,
+    /// `seed` of ComfyUI's sample call: the sampler's own noise (and ddim's inpaint noise) comes from `seed + 1`.
+    pub seed: u64,
+}
+
+/// What a run gives: the latent, and (when asked for) the model's denoised estimate at the last step (ComfyUI's
+/// `x0_output`, SamplerCustom's `denoised_output`; the latent itself when no step ran).
+pub struct Sampled {
+    pub samples: Value,
+    pub denoised: Option<Value>,
+}
+
+/// Runs `run` (see [`SamplingRun`]); `want_denoised` keeps the last step's denoised estimate.
+pub fn run_sampling(ctx: &RunContext<'_>, run: SamplingRun<'_>, want_denoised: bool) -> Result<Sampled, NodeError> {
+    let SamplingRun { guidance, sampler, sigmas, latent, noise: initial, seed } = run;
+    if sigmas.is_empty() {
+        // ComfyUI's CFGGuider.sample returns the input for an empty schedule (KSampler's denoise 0).
+        let same = Value::shared(latent.clone());
+        return Ok(Sampled { samples: same.clone(), denoised: want_denoised.then_some(same) });
+    }
+    let mask = latent_mask(latent)?;
+    let model_sigmas = model_sigmas(guidance.model);
+    let gpu = runtime::gpu()?;
+    let shape = latent.shape;
+    let noise = match initial {
+        InitialNoise::Random { seed } => prepare_noise(&shape, seed, None),
+        InitialNoise::Disabled => vec![0.0; latent.samples.len()],
+    };
+    let x = initial_latent(&noise, &latent.samples, sigmas[0], max_denoise(&model_sigmas, sigmas[0]));
+
+    let (positive, negative, cfg) = match guidance.negative {
+        Some(negative) => (guidance.positive, negative, guidance.cfg),
+        // The positive alone: at cfg 1 the negative side is never run, and pairing a list with itself adds no
+        // area partners, so this binds exactly ComfyUI's positive-only conditioning.
+        None => (guidance.positive, guidance.positive, 1.0),
+    };
+    let predictor = UnetPredictor::bind(gpu, guidance.model, &model_sigmas, positive, negative, shape)?;
+    let cfg_denoiser = CfgDenoiser::new(predictor, model_sigmas.clone(), guidance.model.prediction, cfg);
+    let mut denoiser: Box<dyn Denoiser<Error = _>> = match &mask {
+        None => Box::new(cfg_denoiser),
+        Some(mask) => {
+            let inpaint_noise = if sampler == Sampler::Ddim {
+                // ComfyUI's ddim: `torch.manual_seed(seed + 1)`, then `randn(noise.shape)`.
+                TorchRng::new(seed.wrapping_add(1)).randn(&shape)
+            } else {
+                noise.clone()
+            };
+            Box::new(InpaintDenoiser {
+                inner: cfg_denoiser,
+                mask: mask.clone(),
+                latent: latent.samples.clone(),
+                noise: inpaint_noise,
+            })
+        }
+    };
+    // ComfyUI's default_noise_sampler on the CPU: a fresh generator seeded with seed + 1.
+    let mut rng = TorchRng::new(seed.wrapping_add(1));
+    let id = ctx.node_id.to_string();
+    let progress = ctx.progress;
+    let cancel = ctx.cancel;
+    let total = (sigmas.len() - 1) as u64;
+    let mut last_denoised: Option<Vec<f32>> = None;
+    let mut hooks = FnHooks {
+        on_step: |info: &StepInfo<'_>| {
+            progress.step(&id, info.step as u64 + 1, total, "steps");
+            // `sdgraph run --preview`: a latent-to-RGB picture every few steps (see preview.rs).
+            crate::preview::sampler_step(progress, &id, info, shape);
+            if want_denoised {
+                // ComfyUI's x0_output: the callback's denoised, the last step's winning.
+                last_denoised = Some(info.denoised.to_vec());
+            }
+        },
+        is_cancelled: || cancel.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    let job = Job { denoiser: &mut *denoiser, sigmas, hooks: &mut hooks };
+    let mut samples = sample(sampler, job, x, &mut rng).map_err(|e| match e {
+        SampleError::BadSigmas(why) => err(format!("input \"sigmas\": {why}")),
+        e => err(e),
+    })?;
+    if let Some(mask) = &mask {
+        // ComfyUI's result there is the input up to rounding; make it exact.
+        for ((s, &m), &l) in samples.iter_mut().zip(mask).zip(&latent.samples) {
+            if m == 0.0 {
+                *s = l;
+            }
+        }
+    }
+    // The mask stays on the latent, as ComfyUI's `out = latent.copy()`, so a second KSampler inpaints too.
+    let noise_mask = latent.noise_mask.clone();
+    let samples = Value::payload(Latent { shape, samples, noise_mask: noise_mask.clone() });
+    let denoised = want_denoised.then(|| match last_denoised {
+        Some(d) => Value::payload(Latent { shape, samples: d, noise_mask }),
+        // No step ran (a single sigma): ComfyUI's denoised_output is the output.
+        None => samples.clone(),
+    });
+    Ok(Sampled { samples, denoised })
 }
 
 #[cfg(test)]

@@ -73,6 +73,7 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     reg.register(Arc::new(latent_nodes::LatentCompositeMasked::new()))?;
     reg.register(Arc::new(mask_nodes::ImageToMask::new()))?;
     reg.register(Arc::new(ksampler::KSampler::new()))?;
+    reg.register(Arc::new(ksampler::KSamplerAdvanced::new()))?;
     reg.register(Arc::new(vae_nodes::VaeDecode::new(settings)))?;
     reg.register(Arc::new(vae_nodes::VaeEncode::new(settings)))?;
     reg.register(Arc::new(vae_nodes::VaeEncodeForInpaint::new(settings)))?;

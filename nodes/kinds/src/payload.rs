@@ -1,6 +1,7 @@
 //! The values that flow between the SD nodes on opaque ports, one type per
 //! port type (`graph::Payload`): the loaded models (MODEL, CLIP, VAE,
-//! CONTROL_NET, UPSCALE_MODEL), CONDITIONING and LATENT. Node kinds read them
+//! CONTROL_NET, UPSCALE_MODEL), CONDITIONING, LATENT and the custom-sampling values (SAMPLER, SIGMAS, GUIDER,
+//! NOISE). Node kinds read them
 //! as `Arc<T>` fields of their `graph::node_fields!` structs and make them with `Value::payload`.
 
 use std::path::PathBuf;
@@ -213,6 +214,44 @@ pub struct UpscaleModelHandle {
     pub model: UpscaleModel,
 }
 
+/// SAMPLER (KSamplerSelect): the sampler a custom-sampling node runs, with its ComfyUI defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SamplerChoice(pub models::sampling::samplers::Sampler);
+
+/// SIGMAS: a noise schedule from the first sigma down, as ComfyUI's float32 tensor (each value an f32, kept as
+/// f64). May be empty (BasicScheduler at denoise 0, SplitSigmas past the end).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sigmas(pub Vec<f64>);
+
+/// GUIDER (BasicGuider, CFGGuider): a model with its conditionings and guidance scale, bound to the latent when a
+/// custom sampler runs it.
+pub struct Guider {
+    pub model: Arc<ModelHandle>,
+    pub positive: Arc<Conditioning>,
+    /// `None` for BasicGuider: the positive alone, at cfg 1.
+    pub negative: Option<Arc<Conditioning>>,
+    pub cfg: f64,
+}
+
+/// NOISE (RandomNoise, DisableNoise): ComfyUI's `Noise_RandomNoise` / `Noise_EmptyNoise`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialNoise {
+    /// `prepare_noise(latent, seed)`: ComfyUI's CPU `torch.randn` from `manual_seed(seed)`.
+    Random { seed: u64 },
+    /// Zeros (`prepare_empty_noise`); its seed, for the sampler's own noise, is 0 as ComfyUI's.
+    Disabled,
+}
+
+impl InitialNoise {
+    /// The seed ComfyUI's sampler gets with this noise (`noise.seed`): the sampler's own noise comes from seed + 1.
+    pub fn seed(self) -> u64 {
+        match self {
+            InitialNoise::Random { seed } => seed,
+            InitialNoise::Disabled => 0,
+        }
+    }
+}
+
 /// Each payload type's port type.
 macro_rules! payloads {
     ($($ty:ty => $port:ident),* $(,)?) => {
@@ -230,4 +269,8 @@ payloads! {
     UpscaleModelHandle => UpscaleModel,
     Conditioning => Conditioning,
     Latent => Latent,
+    SamplerChoice => Sampler,
+    Sigmas => Sigmas,
+    Guider => Guider,
+    InitialNoise => Noise,
 }
