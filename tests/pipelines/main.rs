@@ -8,6 +8,7 @@ mod bench_models;
 mod clip_skip;
 mod comfy_gallery;
 mod controlnet_graph;
+mod custom_sampling;
 mod demo_model;
 mod graphs;
 mod image_scale_total;

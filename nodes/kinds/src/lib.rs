@@ -5,6 +5,7 @@
 //! - [`conditioning_nodes`]: ConditioningCombine, ConditioningSetArea and the other CONDITIONING nodes;
 //!   [`unet_predictor`]: the UNet with KSampler's conditionings bound (areas, batching, ControlNets)
 //! - [`lora_loader`]: LoraLoader, LoraLoaderModelOnly
+//! - [`custom_sampling`]: KSamplerSelect, the schedulers, noise and guider nodes, SamplerCustom(Advanced)
 //! - [`controlnet_apply`]: ControlNetLoader, ControlNetApplyAdvanced
 //! - [`preprocessors`]: ControlNet preprocessors (Canny, BinaryPreprocessor)
 //! - [`vae_tiled`]: VAEDecodeTiled / VAEEncodeTiled
@@ -23,6 +24,7 @@
 pub mod checkpoint_loader;
 pub mod conditioning_nodes;
 pub mod controlnet_apply;
+pub mod custom_sampling;
 pub mod image_nodes;
 pub mod ksampler;
 pub mod latent_nodes;
@@ -74,6 +76,7 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     reg.register(Arc::new(mask_nodes::ImageToMask::new()))?;
     reg.register(Arc::new(ksampler::KSampler::new()))?;
     reg.register(Arc::new(ksampler::KSamplerAdvanced::new()))?;
+    custom_sampling::register(reg)?;
     reg.register(Arc::new(vae_nodes::VaeDecode::new(settings)))?;
     reg.register(Arc::new(vae_nodes::VaeEncode::new(settings)))?;
     reg.register(Arc::new(vae_nodes::VaeEncodeForInpaint::new(settings)))?;

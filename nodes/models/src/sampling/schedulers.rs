@@ -403,7 +403,7 @@ fn normal(model: &ModelSigmas, steps: usize, sgm: bool) -> Vec<f64> {
 /// `get_sigmas_karras(n, sigma_min, sigma_max, rho)`, in ComfyUI's float32 steps: the ramp is float32
 /// `linspace(0, 1, n)`, `max_inv_rho + ramp * (min_inv_rho - max_inv_rho)` is two float32 tensor ops with the Python
 /// float scalars cast to float32, and only `** rho` is done in f64 here (torch's float32 pow is within an ulp of it).
-fn karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
+pub fn karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
     let min_inv_rho = sigma_min.powf(1.0 / rho);
     let max_inv_rho = sigma_max.powf(1.0 / rho);
     let span = (min_inv_rho - max_inv_rho) as f32;
@@ -415,7 +415,7 @@ fn karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
 }
 
 /// `get_sigmas_exponential(n, sigma_min, sigma_max)`: float32 `linspace(log sigma_max, log sigma_min, n).exp()`.
-fn exponential(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
+pub fn exponential(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
     let mut sigs: Vec<f64> =
         linspace_f32(sigma_max.ln() as f32, sigma_min.ln() as f32, n).into_iter().map(|l| f64::from(l).exp()).collect();
     sigs.push(0.0);
