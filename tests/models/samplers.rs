@@ -1,5 +1,6 @@
 //! `models::sampling::samplers` against k-diffusion 0.1.1.post1's sampler functions (ComfyUI's `sample_lcm` for lcm,
-//! ComfyUI's own uni_pc.py for uni_pc and uni_pc_bh2), run in float64 by
+//! ComfyUI's own uni_pc.py for uni_pc and uni_pc_bh2, ComfyUI's own comfy/k_diffusion/sampling.py for the samplers
+//! added since: see `comfyui_samplers_match_comfyui_trajectories`), run in float64 by
 //! tests/fixtures/sampling/make_sampling_fixture.py on a fake model behind ComfyUI's eps/v + CFG wrapping, with every
 //! noise draw recorded. No test runs Python.
 //!
@@ -14,7 +15,7 @@ use std::convert::Infallible;
 use crate::cases::{f64s, sampling_fixture as fixture};
 use models::sampling::noise::TorchRng;
 use models::sampling::samplers::{
-    BrownianNoise, CfgDenoiser, Denoiser, FnHooks, Job, NetOutput, NoHooks, Noise, NoisePredictor, NoiseSource,
+    BrownianNoise, CfgDenoiser, Denoiser, FnHooks, Guided, Job, NetOutput, NoHooks, Noise, NoisePredictor, NoiseSource,
     Prediction, SampleError, Sampler, StepInfo, UniPcVariant, UnknownSampler, ancestral_step, initial_latent,
     max_denoise, sample, sample_dpmpp_2m_sde, sample_dpmpp_sde, sample_euler, sample_unipc,
 };
@@ -102,6 +103,11 @@ impl<D: Denoiser> Denoiser for Logged<D> {
         self.sigmas.push(sigma);
         self.inner.denoise(x, sigma)
     }
+
+    fn denoise_with_uncond(&mut self, x: &[f32], sigma: f64) -> Result<Option<Guided>, D::Error> {
+        self.sigmas.push(sigma);
+        self.inner.denoise_with_uncond(x, sigma)
+    }
 }
 
 /// Replays recorded draws; panics when they run out.
@@ -169,7 +175,10 @@ fn run_case(case: &Value, noise: Option<&mut dyn NoiseSource>) -> f64 {
         on_step: |info: &StepInfo<'_>| {
             assert_eq!(info.step, steps.len());
             assert_eq!(info.total, sigmas.len() - 1);
-            assert_eq!((info.sigma, info.sigma_next), (sigmas[info.step], sigmas[info.step + 1]));
+            if name != "dpm_fast" {
+                // dpm_fast reports the sigmas of its own steps.
+                assert_eq!((info.sigma, info.sigma_next), (sigmas[info.step], sigmas[info.step + 1]));
+            }
             steps.push(info.x.to_vec());
         },
         is_cancelled: || false,
@@ -198,7 +207,9 @@ fn run_case(case: &Value, noise: Option<&mut dyn NoiseSource>) -> f64 {
     }
     let net = &den.inner.model;
     assert_eq!(net.calls, want_sigmas.len());
-    assert_eq!(net.uncond_calls, if den.inner.uses_uncond() { net.calls } else { 0 }, "{what}: CFG calls");
+    let cfg_pp = Sampler::from_name(name).is_ok_and(Sampler::needs_uncond);
+    let uncond_calls = if den.inner.uses_uncond() || cfg_pp { net.calls } else { 0 };
+    assert_eq!(net.uncond_calls, uncond_calls, "{what}: CFG calls");
     if replaying {
         assert_eq!(recorded.next, draws.len(), "{what}: noise draws used");
     }
@@ -267,6 +278,56 @@ fn unipc_variants_differ() {
     assert!(diff(&a, &c) > 1e-3 && diff(&b, &c) > 1e-3);
 }
 
+/// The samplers ComfyUI added after k-diffusion 0.1.1 (and dpm_2_ancestral, dpmpp_2s_ancestral, lms, dpm_fast)
+/// against ComfyUI's own comfy/k_diffusion/sampling.py: every sampler in eps and v, cfg 1 and not, with img2img
+/// cases; dpm_fast at 1, 2, 3, 4, 8 and 9 steps (every order pattern); the CFG++ ones with ComfyUI's post-CFG
+/// `uncond_denoised` and the negative prompt run at cfg 1 too.
+#[test]
+fn comfyui_samplers_match_comfyui_trajectories() {
+    const COMFY_RUN: [&str; 18] = [
+        "dpm_2_ancestral",
+        "dpmpp_2s_ancestral",
+        "lms",
+        "dpm_fast",
+        "ddpm",
+        "ipndm",
+        "ipndm_v",
+        "deis",
+        "res_multistep",
+        "res_multistep_ancestral",
+        "gradient_estimation",
+        "euler_cfg_pp",
+        "euler_ancestral_cfg_pp",
+        "dpmpp_2m_cfg_pp",
+        "dpmpp_2s_ancestral_cfg_pp",
+        "res_multistep_cfg_pp",
+        "res_multistep_ancestral_cfg_pp",
+        "gradient_estimation_cfg_pp",
+    ];
+    let mut worst: std::collections::BTreeMap<&str, f64> = Default::default();
+    for case in fixture()["samplers"].as_array().unwrap() {
+        let name = case["sampler"].as_str().unwrap();
+        if let Some(n) = COMFY_RUN.iter().find(|n| **n == name) {
+            let e = run_case(case, None);
+            let w = worst.entry(n).or_default();
+            *w = w.max(e);
+        }
+    }
+    for name in COMFY_RUN {
+        assert!(worst.contains_key(name), "no fixture case for {name}");
+    }
+    let steps = |name: &str| -> Vec<u64> {
+        let cases = fixture()["samplers"].as_array().unwrap().iter().filter(|c| c["sampler"] == name);
+        cases.map(|c| c["steps"].as_u64().unwrap()).collect()
+    };
+    for n in [1, 2, 3, 4, 8, 9] {
+        assert!(steps("dpm_fast").contains(&n), "no dpm_fast case of {n} steps");
+    }
+    for (name, e) in &worst {
+        eprintln!("{name}: worst error {e:.2e}");
+    }
+}
+
 #[test]
 fn samplers_match_k_diffusion_trajectories() {
     let cases = fixture()["samplers"].as_array().unwrap();
@@ -277,7 +338,8 @@ fn samplers_match_k_diffusion_trajectories() {
         worst = worst.max(run_case(case, None));
     }
     for s in Sampler::ALL {
-        assert!(seen.contains(s.name()), "no fixture case for {s}");
+        // The `_gpu` names run their base sampler (gpu_aliases_run_their_base_sampler).
+        assert!(seen.contains(s.name().trim_end_matches("_gpu")), "no fixture case for {s}");
     }
     eprintln!("worst error over all samplers: {worst:.2e} (tolerance {TOL:e})");
 }
@@ -298,7 +360,19 @@ fn torch_rng_reproduces_the_recorded_noise() {
             rng.fill_noise(1.0, 0.5, &mut out);
             assert_eq!(&out, d);
         }
-        if matches!(case["sampler"].as_str().unwrap(), "euler_ancestral" | "dpmpp_2m_sde" | "lcm") {
+        if matches!(
+            case["sampler"].as_str().unwrap(),
+            "euler_ancestral"
+                | "dpmpp_2m_sde"
+                | "lcm"
+                | "dpm_2_ancestral"
+                | "dpmpp_2s_ancestral"
+                | "ddpm"
+                | "res_multistep_ancestral"
+                | "euler_ancestral_cfg_pp"
+                | "dpmpp_2s_ancestral_cfg_pp"
+                | "res_multistep_ancestral_cfg_pp"
+        ) {
             let mut rng = TorchRng::new(seed + 1);
             run_case(case, Some(&mut rng));
         }
@@ -362,6 +436,12 @@ impl Denoiser for Constant {
         }
         Ok(self.target[..self.len].to_vec())
     }
+
+    /// The negative prompt's estimate is the target too.
+    fn denoise_with_uncond(&mut self, x: &[f32], sigma: f64) -> Result<Option<Guided>, String> {
+        let denoised = self.denoise(x, sigma)?;
+        Ok(Some(Guided { uncond: denoised.clone(), denoised }))
+    }
 }
 
 fn constant(len: usize) -> Constant {
@@ -389,11 +469,25 @@ fn every_sampler_lands_on_a_constant_denoiser_target() {
         let x = vec![3.0f32; 8];
         let out = sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut NoHooks }, x, &mut TorchRng::new(1))
             .unwrap();
-        let end = if matches!(s, Sampler::UniPc | Sampler::UniPcBh2) { 0.001 } else { 0.0 };
+        // dpm_fast stops at the last positive sigma, 0.2, on the exact solution.
+        let end = match s {
+            Sampler::UniPc | Sampler::UniPcBh2 => 0.001,
+            Sampler::DpmFast => 0.2,
+            _ => 0.0,
+        };
         let want: Vec<f64> = d.target.iter().map(|&v| f64::from(v) + end / SIGMAS[0] * (3.0 - f64::from(v))).collect();
         let e = err(&out, &want);
         assert!(e < 1e-6, "{s}: {out:?}");
-        let calls_per_step = if matches!(s, Sampler::Heun | Sampler::Dpm2 | Sampler::DpmppSde) { 2 } else { 1 };
+        let two_calls = [
+            Sampler::Heun,
+            Sampler::Dpm2,
+            Sampler::DpmppSde,
+            Sampler::DpmppSdeGpu,
+            Sampler::Dpm2Ancestral,
+            Sampler::Dpmpp2sAncestral,
+            Sampler::Dpmpp2sAncestralCfgPp,
+        ];
+        let calls_per_step = if two_calls.contains(&s) { 2 } else { 1 };
         assert_eq!(d.calls.get(), calls_per_step * (SIGMAS.len() - 2) + 1, "{s}: model calls");
     }
 }
@@ -435,7 +529,9 @@ fn the_callback_sees_each_step_once_with_its_denoised_latent() {
             is_cancelled: || false,
         };
         sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut hooks }, vec![1.0; 8], &mut Zeros).unwrap();
-        assert_eq!(seen, [0, 1, 2, 3], "{s}");
+        // dpm_fast's 4 model calls are a third-order step and a first-order one.
+        let want: &[usize] = if s == Sampler::DpmFast { &[0, 1] } else { &[0, 1, 2, 3] };
+        assert_eq!(seen, want, "{s}");
     }
 }
 
@@ -487,17 +583,39 @@ fn bad_sigmas_and_model_outputs_are_errors() {
 #[test]
 fn sampler_names() {
     let names: Vec<&str> = Sampler::ALL.iter().map(|s| s.name()).collect();
+    // ComfyUI's SAMPLER_NAMES (KSAMPLER_NAMES, then ddim, uni_pc, uni_pc_bh2) @ a125cd84, less heunpp2,
+    // dpm_adaptive, dpmpp_2m_sde_heun(_gpu), dpmpp_3m_sde(_gpu), er_sde, seeds_2, seeds_3, sa_solver(_pece).
     assert_eq!(
         names,
         [
             "euler",
+            "euler_cfg_pp",
             "euler_ancestral",
+            "euler_ancestral_cfg_pp",
             "heun",
             "dpm_2",
+            "dpm_2_ancestral",
+            "lms",
+            "dpm_fast",
+            "dpmpp_2s_ancestral",
+            "dpmpp_2s_ancestral_cfg_pp",
             "dpmpp_sde",
+            "dpmpp_sde_gpu",
             "dpmpp_2m",
+            "dpmpp_2m_cfg_pp",
             "dpmpp_2m_sde",
+            "dpmpp_2m_sde_gpu",
+            "ddpm",
             "lcm",
+            "ipndm",
+            "ipndm_v",
+            "deis",
+            "res_multistep",
+            "res_multistep_cfg_pp",
+            "res_multistep_ancestral",
+            "res_multistep_ancestral_cfg_pp",
+            "gradient_estimation",
+            "gradient_estimation_cfg_pp",
             "ddim",
             "uni_pc",
             "uni_pc_bh2"
@@ -508,13 +626,33 @@ fn sampler_names() {
         assert_eq!(Sampler::from_name(s.name()), Ok(s));
         assert_eq!(s.to_string().parse::<Sampler>(), Ok(s));
         // ComfyUI's DISCARD_PENULTIMATE_SIGMA_SAMPLERS (of the samplers sdgraph has).
-        assert_eq!(s.discards_penultimate_sigma(), matches!(s, Sampler::Dpm2 | Sampler::UniPc | Sampler::UniPcBh2));
+        let discards = matches!(s, Sampler::Dpm2 | Sampler::Dpm2Ancestral | Sampler::UniPc | Sampler::UniPcBh2);
+        assert_eq!(s.discards_penultimate_sigma(), discards);
+        assert_eq!(s.needs_uncond(), s.name().ends_with("_cfg_pp"), "{s}");
     }
-    for name in ["", "Euler", "dpm_2_ancestral", "uni_pc_bh1", "UniPC", "euler_a", "dpmpp_2m_karras"] {
+    for name in ["", "Euler", "dpm_2_ancestral ", "uni_pc_bh1", "UniPC", "euler_a", "dpmpp_2m_karras", "heunpp2"] {
         assert_eq!(Sampler::from_name(name), Err(UnknownSampler(name.into())));
     }
-    let noisy: Vec<Sampler> = Sampler::ALL.into_iter().filter(|s| s.uses_noise()).collect();
-    assert_eq!(noisy, [Sampler::EulerAncestral, Sampler::DpmppSde, Sampler::Dpmpp2mSde, Sampler::Lcm]);
+    assert!(UnknownSampler("x".into()).to_string().contains("dpmpp_2m_cfg_pp, dpmpp_2m_sde,"));
+    let noisy: Vec<&str> = Sampler::ALL.into_iter().filter(|s| s.uses_noise()).map(Sampler::name).collect();
+    assert_eq!(
+        noisy,
+        [
+            "euler_ancestral",
+            "euler_ancestral_cfg_pp",
+            "dpm_2_ancestral",
+            "dpmpp_2s_ancestral",
+            "dpmpp_2s_ancestral_cfg_pp",
+            "dpmpp_sde",
+            "dpmpp_sde_gpu",
+            "dpmpp_2m_sde",
+            "dpmpp_2m_sde_gpu",
+            "ddpm",
+            "lcm",
+            "res_multistep_ancestral",
+            "res_multistep_ancestral_cfg_pp"
+        ]
+    );
 }
 
 #[test]
@@ -603,4 +741,79 @@ fn sde_samplers_without_noise_are_deterministic_and_draw_nothing() {
     )
     .unwrap();
     assert!(a.iter().chain(&b).all(|v| v.is_finite()));
+}
+
+/// A denoiser that cannot give the negative prompt's estimate (the trait's default).
+struct NoUncond(Constant);
+
+impl Denoiser for NoUncond {
+    type Error = String;
+
+    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, String> {
+        self.0.denoise(x, sigma)
+    }
+}
+
+#[test]
+fn cfg_pp_samplers_need_the_negative_prompt_estimate() {
+    for s in Sampler::ALL {
+        let mut d = NoUncond(constant(8));
+        let r = sample(s, Job { denoiser: &mut d, sigmas: &SIGMAS, hooks: &mut NoHooks }, vec![1.0; 8], &mut Zeros);
+        if s.needs_uncond() {
+            match r {
+                Err(e @ SampleError::NoUncond) => assert!(e.to_string().contains("negative prompt"), "{e}"),
+                other => panic!("{s}: {other:?}"),
+            }
+            assert_eq!(d.0.calls.get(), 0, "{s}");
+        } else {
+            assert!(r.is_ok(), "{s}: {r:?}");
+        }
+    }
+}
+
+/// CfgDenoiser's `denoise_with_uncond`: the negative prompt runs even at cfg 1 (ComfyUI's
+/// `disable_cfg1_optimization`), its estimate is what cfg 0 gives, and the guided one is what `denoise` gives.
+#[test]
+fn cfg_denoiser_gives_the_negative_prompt_estimate() {
+    let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 2.0).collect();
+    for (prediction, cfg, sigma) in
+        [(Prediction::Epsilon, 1.0, 3.0), (Prediction::V, 1.0, 0.7), (Prediction::Epsilon, 4.5, 1.2)]
+    {
+        let mut d = CfgDenoiser::new(FakeNet::from_fixture(), ModelSigmas::sd15(), prediction, cfg);
+        let g = d.denoise_with_uncond(&x, sigma).unwrap().unwrap();
+        assert_eq!((d.model.calls, d.model.uncond_calls), (1, 1), "cfg {cfg}: one batched call with the negative");
+        let mut d0 = CfgDenoiser::new(FakeNet::from_fixture(), ModelSigmas::sd15(), prediction, 0.0);
+        assert_eq!(g.uncond, d0.denoise(&x, sigma).unwrap(), "cfg {cfg}");
+        let mut dc = CfgDenoiser::new(FakeNet::from_fixture(), ModelSigmas::sd15(), prediction, cfg);
+        let plain = dc.denoise(&x, sigma).unwrap();
+        if cfg == 1.0 {
+            // uncond + (cond - uncond) * 1 against cond alone: equal up to rounding, not necessarily bit for bit.
+            assert!(err(&g.denoised, &plain.iter().map(|&v| f64::from(v)).collect::<Vec<_>>()) < 1e-6);
+            assert_ne!(g.uncond, plain);
+        } else {
+            assert_eq!(g.denoised, plain);
+        }
+    }
+}
+
+/// The `_gpu` names are their base samplers with the noise drawn as on the CPU: the same latent, bit for bit, from
+/// the same stream (a TorchRng, which the SDE samplers see as KSampler's seed + 1, and a plain recorded one).
+#[test]
+fn gpu_aliases_run_their_base_sampler() {
+    let case = fixture()["samplers"].as_array().unwrap().iter().find(|c| c["sampler"] == "dpmpp_sde").unwrap();
+    let sigmas: Vec<f64> = f32s(&case["sigmas"]).into_iter().map(f64::from).collect();
+    let x0: Vec<f32> = f64s(&case["x0"]).into_iter().map(|v| v as f32).collect();
+    for (gpu, base) in [(Sampler::DpmppSdeGpu, Sampler::DpmppSde), (Sampler::Dpmpp2mSdeGpu, Sampler::Dpmpp2mSde)] {
+        assert!(gpu.uses_noise() && gpu.name() == format!("{}_gpu", base.name()));
+        let run = |s: Sampler, noise: &mut dyn NoiseSource| {
+            let job = Job { denoiser: &mut denoiser(case), sigmas: &sigmas, hooks: &mut NoHooks };
+            sample(s, job, x0.clone(), noise).unwrap()
+        };
+        let a = run(gpu, &mut TorchRng::new(42));
+        assert_eq!(a, run(base, &mut TorchRng::new(42)), "{gpu}");
+        assert_ne!(a, run(base, &mut TorchRng::new(43)), "{gpu}: the noise matters");
+        let draws: Vec<Vec<f32>> = (0..40).map(|k| TorchRng::new(k).randn(&[x0.len()])).collect();
+        let b = run(gpu, &mut Recorded { draws: draws.clone(), next: 0 });
+        assert_eq!(b, run(base, &mut Recorded { draws, next: 0 }), "{gpu}");
+    }
 }

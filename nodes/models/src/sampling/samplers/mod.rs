@@ -18,25 +18,39 @@
 //! f64 per element from f64 sigmas, then rounded to f32. Features not mirrored: `s_churn` (KSampler never sets
 //! it), inpainting masks (the caller's job), and the RF/CONST-model variants ComfyUI switches to for flow models.
 
+mod ancestral;
 mod brownian;
+mod cfg_pp;
+mod ddpm;
+mod dpm_solver;
 mod dpmpp;
 mod euler;
+mod gradient_estimation;
 mod heun;
 mod lcm;
 mod model;
+mod multistep;
+mod res_multistep;
 mod unipc;
 
 use std::fmt;
 use std::str::FromStr;
 
+pub use ancestral::{sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral};
 pub use brownian::BrownianNoise;
+pub use cfg_pp::{sample_dpmpp_2m_cfg_pp, sample_dpmpp_2s_ancestral_cfg_pp, sample_euler_ancestral_cfg_pp};
+pub use ddpm::sample_ddpm;
+pub use dpm_solver::sample_dpm_fast;
 pub use dpmpp::{sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_sde};
 pub use euler::{sample_euler, sample_euler_ancestral};
+pub use gradient_estimation::sample_gradient_estimation;
 pub use heun::{sample_dpm_2, sample_heun};
 pub use lcm::sample_lcm;
 pub use model::{
     CfgDenoiser, CfgError, CondPart, LatentArea, NetOutput, NoisePredictor, Prediction, initial_latent, max_denoise,
 };
+pub use multistep::{sample_deis, sample_ipndm, sample_ipndm_v, sample_lms};
+pub use res_multistep::sample_res_multistep;
 pub use unipc::{UniPcVariant, sample_unipc};
 
 use crate::sampling::noise::TorchRng;
@@ -48,6 +62,15 @@ pub trait Denoiser {
     /// `x` has the latent's length; the result must too.
     fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, Self::Error>;
 
+    /// The CFG++ samplers' model call: the guided denoised estimate with the negative prompt's own (ComfyUI's
+    /// `uncond_denoised`, which those samplers read through a `sampler_post_cfg_function`), the negative prompt run
+    /// even at cfg 1 (they set `disable_cfg1_optimization`). `None` (the default): this denoiser cannot give it, and
+    /// those samplers stop with [`SampleError::NoUncond`].
+    fn denoise_with_uncond(&mut self, x: &[f32], sigma: f64) -> Result<Option<Guided>, Self::Error> {
+        let _ = (x, sigma);
+        Ok(None)
+    }
+
     /// Why the last call's output held NaN or infinity, when the denoiser can tell better than "the checkpoint or
     /// f16" (a ControlNet whose residuals did it, say); asked only after such an output.
     fn non_finite_cause(&mut self) -> Option<String> {
@@ -55,11 +78,24 @@ pub trait Denoiser {
     }
 }
 
+/// What [`Denoiser::denoise_with_uncond`] returns: both denoised estimates of one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guided {
+    /// The guided estimate (what [`Denoiser::denoise`] returns, but with the negative prompt run even at cfg 1).
+    pub denoised: Vec<f32>,
+    /// The negative prompt's denoised estimate.
+    pub uncond: Vec<f32>,
+}
+
 impl<D: Denoiser + ?Sized> Denoiser for &mut D {
     type Error = D::Error;
 
     fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, Self::Error> {
         (**self).denoise(x, sigma)
+    }
+
+    fn denoise_with_uncond(&mut self, x: &[f32], sigma: f64) -> Result<Option<Guided>, Self::Error> {
+        (**self).denoise_with_uncond(x, sigma)
     }
 
     fn non_finite_cause(&mut self) -> Option<String> {
@@ -164,6 +200,8 @@ pub enum SampleError<E> {
     /// The denoiser's output holds NaN or infinity (`value` at `index`) at step `step` (0-based), `sigma`;
     /// `cause` is the denoiser's own explanation, if it has one ([`Denoiser::non_finite_cause`]).
     NonFinite { step: usize, total: usize, sigma: f64, index: usize, value: f32, cause: Option<String> },
+    /// A CFG++ sampler's denoiser cannot give the negative prompt's estimate ([`Denoiser::denoise_with_uncond`]).
+    NoUncond,
 }
 
 impl<E: fmt::Display> fmt::Display for SampleError<E> {
@@ -175,6 +213,9 @@ impl<E: fmt::Display> fmt::Display for SampleError<E> {
             SampleError::BadModelOutput { expected, got } => {
                 write!(f, "the model returned {got} values for a latent of {expected}")
             }
+            SampleError::NoUncond => f.write_str(
+                "this CFG++ sampler needs the negative prompt's own prediction, which this model wrapper does not give",
+            ),
             SampleError::NonFinite { step, total, sigma, index, value, cause } => {
                 let cause = cause.as_deref().unwrap_or(
                     "the checkpoint holds NaN or infinite weights (a corrupt or badly merged file), or f16 \
@@ -202,10 +243,7 @@ impl<E: std::error::Error + 'static> std::error::Error for SampleError<E> {
 
 /// A sampler name was not one of [`Sampler::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown sampler {0:?} (known: euler, euler_ancestral, heun, dpm_2, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde, ddim, lcm, \
-     uni_pc, uni_pc_bh2)"
-)]
+#[error("unknown sampler {:?} (known: {})", .0, Sampler::NAMES.join(", "))]
 pub struct UnknownSampler(pub String);
 
 /// The samplers implemented, by their ComfyUI names.
@@ -235,27 +273,92 @@ pub enum Sampler {
     UniPc,
     /// `uni_pc_bh2`: `sample_unipc(variant='bh2')`, B(h) = e^h - 1.
     UniPcBh2,
+    /// `euler_cfg_pp`: ComfyUI's `sample_euler_cfg_pp` (CFG++, Chung et al. 2024): the Euler slope from the negative
+    /// prompt's estimate, the step from the guided one ([`sample_euler_ancestral_cfg_pp`] with eta 0; no noise).
+    EulerCfgPp,
+    /// `euler_ancestral_cfg_pp`: `sample_euler_ancestral_cfg_pp`, eta 1, s_noise 1.
+    EulerAncestralCfgPp,
+    /// `dpm_2_ancestral`: `sample_dpm_2_ancestral`, eta 1, s_noise 1 (2 calls per step but the last). KSampler drops
+    /// the penultimate sigma, as for `dpm_2`.
+    Dpm2Ancestral,
+    /// `lms`: `sample_lms`, order 4 (linear multistep on the sigma axis).
+    Lms,
+    /// `dpm_fast`: ComfyUI's `dpm_fast` (k-diffusion's `sample_dpm_fast` from the first sigma to the last positive
+    /// one with as many model calls as steps, DPM-Solver-3/2/1 on its own even grid in log sigma; see
+    /// [`sample_dpm_fast`]).
+    DpmFast,
+    /// `dpmpp_2s_ancestral`: `sample_dpmpp_2s_ancestral`, eta 1, s_noise 1 (2 calls per step but the last).
+    Dpmpp2sAncestral,
+    /// `dpmpp_2s_ancestral_cfg_pp`: `sample_dpmpp_2s_ancestral_cfg_pp`, eta 1, s_noise 1.
+    Dpmpp2sAncestralCfgPp,
+    /// `dpmpp_sde_gpu`: `dpmpp_sde`. ComfyUI's `_gpu` variant keeps its Brownian tree on the sampling device; on the
+    /// CPU that is the same tree, and here the noise is drawn as for `dpmpp_sde` (see [`sample`]).
+    DpmppSdeGpu,
+    /// `dpmpp_2m_cfg_pp`: `sample_dpmpp_2m_cfg_pp`.
+    Dpmpp2mCfgPp,
+    /// `dpmpp_2m_sde_gpu`: `dpmpp_2m_sde`, its noise drawn as on the CPU (see [`Sampler::DpmppSdeGpu`]).
+    Dpmpp2mSdeGpu,
+    /// `ddpm`: ComfyUI's `sample_ddpm` (DDPM ancestral steps on the variance-preserving latent).
+    Ddpm,
+    /// `ipndm`: `sample_ipndm`, order 4 (improved PNDM: fixed Adams-Bashforth weights).
+    Ipndm,
+    /// `ipndm_v`: `sample_ipndm_v`, order 4 (Adams-Bashforth weights for the actual step sizes).
+    IpndmV,
+    /// `deis`: `sample_deis`, order 3, `tab` mode (DEIS coefficients by ComfyUI's 10000-point quadrature).
+    Deis,
+    /// `res_multistep`: `sample_res_multistep` (RES second-order multistep, eta 0; no noise).
+    ResMultistep,
+    /// `res_multistep_cfg_pp`: `sample_res_multistep_cfg_pp`.
+    ResMultistepCfgPp,
+    /// `res_multistep_ancestral`: `sample_res_multistep_ancestral`, eta 1, s_noise 1.
+    ResMultistepAncestral,
+    /// `res_multistep_ancestral_cfg_pp`: `sample_res_multistep_ancestral_cfg_pp`, eta 1, s_noise 1.
+    ResMultistepAncestralCfgPp,
+    /// `gradient_estimation`: `sample_gradient_estimation`, ge_gamma 2.
+    GradientEstimation,
+    /// `gradient_estimation_cfg_pp`: `sample_gradient_estimation_cfg_pp`, ge_gamma 2.
+    GradientEstimationCfgPp,
 }
 
 impl Sampler {
-    /// Every sampler, in ComfyUI's menu order.
-    pub const ALL: [Sampler; 11] = [
+    /// Every sampler, in ComfyUI's menu order (`SAMPLER_NAMES`: `KSAMPLER_NAMES`, then ddim, uni_pc, uni_pc_bh2).
+    pub const ALL: [Sampler; 31] = [
         Sampler::Euler,
+        Sampler::EulerCfgPp,
         Sampler::EulerAncestral,
+        Sampler::EulerAncestralCfgPp,
         Sampler::Heun,
         Sampler::Dpm2,
+        Sampler::Dpm2Ancestral,
+        Sampler::Lms,
+        Sampler::DpmFast,
+        Sampler::Dpmpp2sAncestral,
+        Sampler::Dpmpp2sAncestralCfgPp,
         Sampler::DpmppSde,
+        Sampler::DpmppSdeGpu,
         Sampler::Dpmpp2m,
+        Sampler::Dpmpp2mCfgPp,
         Sampler::Dpmpp2mSde,
+        Sampler::Dpmpp2mSdeGpu,
+        Sampler::Ddpm,
         Sampler::Lcm,
+        Sampler::Ipndm,
+        Sampler::IpndmV,
+        Sampler::Deis,
+        Sampler::ResMultistep,
+        Sampler::ResMultistepCfgPp,
+        Sampler::ResMultistepAncestral,
+        Sampler::ResMultistepAncestralCfgPp,
+        Sampler::GradientEstimation,
+        Sampler::GradientEstimationCfgPp,
         Sampler::Ddim,
         Sampler::UniPc,
         Sampler::UniPcBh2,
     ];
 
     /// Every sampler's ComfyUI name, in [`Sampler::ALL`]'s order (the KSampler menu).
-    pub const NAMES: [&'static str; 11] = {
-        let mut names = [""; 11];
+    pub const NAMES: [&'static str; 31] = {
+        let mut names = [""; 31];
         let mut i = 0;
         while i < names.len() {
             names[i] = Sampler::ALL[i].name();
@@ -278,6 +381,26 @@ impl Sampler {
             Sampler::Lcm => "lcm",
             Sampler::UniPc => "uni_pc",
             Sampler::UniPcBh2 => "uni_pc_bh2",
+            Sampler::EulerCfgPp => "euler_cfg_pp",
+            Sampler::EulerAncestralCfgPp => "euler_ancestral_cfg_pp",
+            Sampler::Dpm2Ancestral => "dpm_2_ancestral",
+            Sampler::Lms => "lms",
+            Sampler::DpmFast => "dpm_fast",
+            Sampler::Dpmpp2sAncestral => "dpmpp_2s_ancestral",
+            Sampler::Dpmpp2sAncestralCfgPp => "dpmpp_2s_ancestral_cfg_pp",
+            Sampler::DpmppSdeGpu => "dpmpp_sde_gpu",
+            Sampler::Dpmpp2mCfgPp => "dpmpp_2m_cfg_pp",
+            Sampler::Dpmpp2mSdeGpu => "dpmpp_2m_sde_gpu",
+            Sampler::Ddpm => "ddpm",
+            Sampler::Ipndm => "ipndm",
+            Sampler::IpndmV => "ipndm_v",
+            Sampler::Deis => "deis",
+            Sampler::ResMultistep => "res_multistep",
+            Sampler::ResMultistepCfgPp => "res_multistep_cfg_pp",
+            Sampler::ResMultistepAncestral => "res_multistep_ancestral",
+            Sampler::ResMultistepAncestralCfgPp => "res_multistep_ancestral_cfg_pp",
+            Sampler::GradientEstimation => "gradient_estimation",
+            Sampler::GradientEstimationCfgPp => "gradient_estimation_cfg_pp",
         }
     }
 
@@ -288,13 +411,43 @@ impl Sampler {
 
     /// Whether it draws from the [`NoiseSource`].
     pub fn uses_noise(self) -> bool {
-        matches!(self, Sampler::EulerAncestral | Sampler::Dpmpp2mSde | Sampler::DpmppSde | Sampler::Lcm)
+        matches!(
+            self,
+            Sampler::EulerAncestral
+                | Sampler::EulerAncestralCfgPp
+                | Sampler::Dpm2Ancestral
+                | Sampler::Dpmpp2sAncestral
+                | Sampler::Dpmpp2sAncestralCfgPp
+                | Sampler::DpmppSde
+                | Sampler::DpmppSdeGpu
+                | Sampler::Dpmpp2mSde
+                | Sampler::Dpmpp2mSdeGpu
+                | Sampler::Ddpm
+                | Sampler::Lcm
+                | Sampler::ResMultistepAncestral
+                | Sampler::ResMultistepAncestralCfgPp
+        )
+    }
+
+    /// Whether it is a CFG++ sampler, which needs the negative prompt's own estimate from every model call
+    /// ([`Denoiser::denoise_with_uncond`]).
+    pub fn needs_uncond(self) -> bool {
+        matches!(
+            self,
+            Sampler::EulerCfgPp
+                | Sampler::EulerAncestralCfgPp
+                | Sampler::Dpmpp2sAncestralCfgPp
+                | Sampler::Dpmpp2mCfgPp
+                | Sampler::ResMultistepCfgPp
+                | Sampler::ResMultistepAncestralCfgPp
+                | Sampler::GradientEstimationCfgPp
+        )
     }
 
     /// Whether ComfyUI's KSampler computes its schedule for one step more and drops the penultimate sigma
     /// (`DISCARD_PENULTIMATE_SIGMA_SAMPLERS`); pass it to `ksampler_sigmas`.
     pub fn discards_penultimate_sigma(self) -> bool {
-        matches!(self, Sampler::Dpm2 | Sampler::UniPc | Sampler::UniPcBh2)
+        matches!(self, Sampler::Dpm2 | Sampler::Dpm2Ancestral | Sampler::UniPc | Sampler::UniPcBh2)
     }
 }
 
@@ -337,6 +490,29 @@ where
         Sampler::Lcm => sample_lcm(job, x, noise),
         Sampler::UniPc => sample_unipc(job, x, UniPcVariant::Bh1),
         Sampler::UniPcBh2 => sample_unipc(job, x, UniPcVariant::Bh2),
+        // The `_gpu` names: the same maths, the noise as on the CPU.
+        Sampler::DpmppSdeGpu => sample(Sampler::DpmppSde, job, x, noise),
+        Sampler::Dpmpp2mSdeGpu => sample(Sampler::Dpmpp2mSde, job, x, noise),
+        Sampler::EulerCfgPp => sample_euler_ancestral_cfg_pp(job, x, Noise { source: noise, eta: 0.0, s_noise: 0.0 }),
+        Sampler::EulerAncestralCfgPp => sample_euler_ancestral_cfg_pp(job, x, Noise::full(noise)),
+        Sampler::Dpm2Ancestral => sample_dpm_2_ancestral(job, x, Noise::full(noise)),
+        Sampler::Lms => sample_lms(job, x),
+        Sampler::DpmFast => sample_dpm_fast(job, x),
+        Sampler::Dpmpp2sAncestral => sample_dpmpp_2s_ancestral(job, x, Noise::full(noise)),
+        Sampler::Dpmpp2sAncestralCfgPp => sample_dpmpp_2s_ancestral_cfg_pp(job, x, Noise::full(noise)),
+        Sampler::Dpmpp2mCfgPp => sample_dpmpp_2m_cfg_pp(job, x),
+        Sampler::Ddpm => sample_ddpm(job, x, noise),
+        Sampler::Ipndm => sample_ipndm(job, x),
+        Sampler::IpndmV => sample_ipndm_v(job, x),
+        Sampler::Deis => sample_deis(job, x),
+        Sampler::ResMultistep => sample_res_multistep(job, x, Noise { source: noise, eta: 0.0, s_noise: 1.0 }, false),
+        Sampler::ResMultistepCfgPp => {
+            sample_res_multistep(job, x, Noise { source: noise, eta: 0.0, s_noise: 1.0 }, true)
+        }
+        Sampler::ResMultistepAncestral => sample_res_multistep(job, x, Noise::full(noise), false),
+        Sampler::ResMultistepAncestralCfgPp => sample_res_multistep(job, x, Noise::full(noise), true),
+        Sampler::GradientEstimation => sample_gradient_estimation(job, x, false),
+        Sampler::GradientEstimationCfgPp => sample_gradient_estimation(job, x, true),
     }
 }
 
@@ -371,6 +547,8 @@ pub(crate) struct Step {
     pub s: f64,
     pub s_next: f64,
     pub den: Vec<f32>,
+    /// The negative prompt's denoised latent ([`Job::steps_with_uncond`]; empty otherwise).
+    pub uncond: Vec<f32>,
 }
 
 /// A sampler's update: moves `x` from `step.s` to `step.s_next`, calling the model again through the run if needed.
@@ -379,14 +557,27 @@ pub(crate) type Update<'u, D, H> =
 
 impl<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized> Job<'_, D, H> {
     /// Runs the steps from `x`: for each, the model at the step's sigma, the hooks, then `update`.
-    pub(crate) fn steps(self, mut x: Vec<f32>, update: &mut Update<'_, D, H>) -> Sampled<D> {
+    pub(crate) fn steps(self, x: Vec<f32>, update: &mut Update<'_, D, H>) -> Sampled<D> {
+        self.run_steps(x, false, update)
+    }
+
+    /// [`Job::steps`] for the CFG++ samplers: each step's model call also gives [`Step::uncond`].
+    pub(crate) fn steps_with_uncond(self, x: Vec<f32>, update: &mut Update<'_, D, H>) -> Sampled<D> {
+        self.run_steps(x, true, update)
+    }
+
+    fn run_steps(self, mut x: Vec<f32>, with_uncond: bool, update: &mut Update<'_, D, H>) -> Sampled<D> {
         let sigmas = self.sigmas;
         let mut run = Run::new(self.denoiser, self.hooks, &x, sigmas)?;
         for i in 0..sigmas.len() - 1 {
             let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-            let den = run.denoise(i, &x, s)?;
+            let Guided { denoised: den, uncond } = if with_uncond {
+                run.denoise_with_uncond(i, &x, s)?
+            } else {
+                Guided { denoised: run.denoise(i, &x, s)?, uncond: vec![] }
+            };
             run.report(i, sigmas, &x, &den);
-            update(&mut run, Step { i, s, s_next, den }, &mut x)?;
+            update(&mut run, Step { i, s, s_next, den, uncond }, &mut x)?;
         }
         Ok(x)
     }
@@ -418,6 +609,29 @@ impl<'a, D: Denoiser + ?Sized, H: SamplerHooks + ?Sized> Run<'a, D, H> {
             return Err(SampleError::Cancelled { step });
         }
         let out = self.denoiser.denoise(x, sigma).map_err(SampleError::Model)?;
+        self.check(step, sigma, &out)?;
+        Ok(out)
+    }
+
+    /// [`Run::denoise`] through [`Denoiser::denoise_with_uncond`]: both estimates, both checked.
+    pub(crate) fn denoise_with_uncond(
+        &mut self,
+        step: usize,
+        x: &[f32],
+        sigma: f64,
+    ) -> Result<Guided, SampleError<D::Error>> {
+        if self.hooks.is_cancelled() {
+            return Err(SampleError::Cancelled { step });
+        }
+        let g =
+            self.denoiser.denoise_with_uncond(x, sigma).map_err(SampleError::Model)?.ok_or(SampleError::NoUncond)?;
+        self.check(step, sigma, &g.denoised)?;
+        self.check(step, sigma, &g.uncond)?;
+        Ok(g)
+    }
+
+    /// The length and finiteness of a model output.
+    fn check(&mut self, step: usize, sigma: f64, out: &[f32]) -> Result<(), SampleError<D::Error>> {
         if out.len() != self.len {
             return Err(SampleError::BadModelOutput { expected: self.len, got: out.len() });
         }
@@ -426,12 +640,17 @@ impl<'a, D: Denoiser + ?Sized, H: SamplerHooks + ?Sized> Run<'a, D, H> {
             let cause = self.denoiser.non_finite_cause();
             return Err(SampleError::NonFinite { step, total: self.total, sigma, index, value, cause });
         }
-        Ok(out)
+        Ok(())
     }
 
     pub(crate) fn report(&mut self, step: usize, sigmas: &[f64], x: &[f32], denoised: &[f32]) {
         let info = StepInfo { step, total: self.total, sigma: sigmas[step], sigma_next: sigmas[step + 1], x, denoised };
         self.hooks.on_step(&info);
+    }
+
+    /// A step report for samplers whose steps are not the sigmas' (`dpm_fast`).
+    pub(crate) fn report_info(&mut self, info: &StepInfo<'_>) {
+        self.hooks.on_step(info);
     }
 }
 

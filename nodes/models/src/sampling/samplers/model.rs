@@ -6,7 +6,7 @@
 //! `EPS`, `V_PREDICTION`, `noise_scaling`) and `comfy/samplers.py` (311c0140...: `sampling_function`, whose cfg 1
 //! shortcut skips the negative prompt, `cfg_function`, `Sampler.max_denoise`). Arithmetic in f64, rounded to f32.
 
-use super::Denoiser;
+use super::{Denoiser, Guided};
 use crate::sampling::schedulers::ModelSigmas;
 
 /// What the network predicts.
@@ -177,24 +177,40 @@ fn denoised(prediction: Prediction, sigma: f64, out: f32, x: f32) -> f64 {
     }
 }
 
-impl<M: NoisePredictor> Denoiser for CfgDenoiser<M> {
-    type Error = CfgError<M::Error>;
-
-    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, Self::Error> {
+impl<M: NoisePredictor> CfgDenoiser<M> {
+    /// The guided estimate, and with `with_uncond` the negative prompt's own (ComfyUI's `uncond_denoised`).
+    fn guide(&mut self, x: &[f32], sigma: f64, with_uncond: bool) -> Result<Guided, CfgError<M::Error>> {
         let scale = (sigma * sigma + 1.0).sqrt();
         let x_in: Vec<f32> = x.iter().map(|&v| (f64::from(v) / scale) as f32).collect();
         let timestep = self.sigmas.sigma_to_t(sigma);
-        let with_uncond = self.uses_uncond();
         let NetOutput { cond, uncond } =
             self.model.predict(&x_in, timestep, sigma, with_uncond).map_err(CfgError::Model)?;
         let p = self.prediction;
         let cond = combine(p, sigma, x, &cond)?;
         if !with_uncond {
-            return Ok(cond.iter().map(|&v| v as f32).collect());
+            return Ok(Guided { denoised: cond.iter().map(|&v| v as f32).collect(), uncond: vec![] });
         }
         let uncond = combine(p, sigma, x, &uncond.ok_or(CfgError::MissingUncond)?)?;
         let cfg = self.cfg;
-        Ok(cond.iter().zip(&uncond).map(|(&dc, &du)| (du + (dc - du) * cfg) as f32).collect())
+        Ok(Guided {
+            denoised: cond.iter().zip(&uncond).map(|(&dc, &du)| (du + (dc - du) * cfg) as f32).collect(),
+            uncond: uncond.iter().map(|&v| v as f32).collect(),
+        })
+    }
+}
+
+impl<M: NoisePredictor> Denoiser for CfgDenoiser<M> {
+    type Error = CfgError<M::Error>;
+
+    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>, Self::Error> {
+        let with_uncond = self.uses_uncond();
+        Ok(self.guide(x, sigma, with_uncond)?.denoised)
+    }
+
+    /// The negative prompt runs whatever the cfg (ComfyUI's `disable_cfg1_optimization`), so at cfg 1 the guided
+    /// estimate is `uncond + (cond - uncond) * 1`, as in ComfyUI.
+    fn denoise_with_uncond(&mut self, x: &[f32], sigma: f64) -> Result<Option<Guided>, Self::Error> {
+        self.guide(x, sigma, true).map(Some)
     }
 
     fn non_finite_cause(&mut self) -> Option<String> {

@@ -1,0 +1,146 @@
+//! DPM-Solver-fast (Lu et al. 2022): ComfyUI's `dpm_fast`, i.e. `ksampler("dpm_fast")` in `comfy/samplers.py`
+//! calling k-diffusion's `sample_dpm_fast` / `DPMSolver.dpm_solver_fast` (`comfy/k_diffusion/sampling.py` @
+//! Comfy-Org/ComfyUI a125cd84b054a57729b5eecab930ca9408719832, k-diffusion 0.1.1's with eta 0).
+//!
+//! Only the first sigma, the last positive one and the number of steps matter: with `n` steps (model calls), time
+//! `t = -log sigma` is split evenly (`torch.linspace`) into `floor(n / 3) + 1` intervals, each taken by a
+//! DPM-Solver step of order 3 but the last one or two (orders `3, ..., 3, 2, 1` when `n % 3 == 0`, else
+//! `3, ..., 3, n % 3`), so the model is called `n` times at sigmas of its own. The result is the latent at the last
+//! positive sigma (where ComfyUI stops; its final `inverse_noise_scaling` is the identity for eps/v models).
+//! With eta 0 no noise is added (ComfyUI draws it and multiplies it by 0).
+//!
+//! The callback reports each solver step (fewer than `n`), with `total` the number of sigma steps, as ComfyUI's
+//! KSampler callback does, and the step's own sigmas.
+
+use super::{Denoiser, Job, Run, Sampled, SamplerHooks, StepInfo};
+
+/// The solver's orders for `nfe` model calls.
+fn orders(nfe: usize) -> Vec<usize> {
+    let m = nfe / 3 + 1;
+    if nfe.is_multiple_of(3) {
+        let mut o = vec![3; m - 2];
+        o.extend([2, 1]);
+        o
+    } else {
+        let mut o = vec![3; m - 1];
+        o.push(nfe % 3);
+        o
+    }
+}
+
+/// `torch.linspace(start, end, steps)` for float32 (its default dtype, which `sample_dpm_fast` gets): start, end and
+/// step in float32, ATen's two halves, each a fused multiply-add.
+fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps)
+        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
+        .collect()
+}
+
+/// `DPMSolver.sigma(t)`: `exp(-t)` of a float32 time, in float32.
+fn sigma_of(t: f32) -> f32 {
+    f64::from(-t).exp() as f32
+}
+
+/// `expm1` in float32.
+fn expm1(v: f32) -> f32 {
+    f64::from(v).exp_m1() as f32
+}
+
+/// `x - a * eps_0 - b * (eps_1 - eps_0)` per element (float32 scalars, as ComfyUI's), rounded to f32.
+fn step(x: &[f32], eps0: &[f64], a: f32, diff: Option<(f32, &[f64])>) -> Vec<f32> {
+    (0..x.len())
+        .map(|j| {
+            let mut v = f64::from(x[j]) - f64::from(a) * eps0[j];
+            if let Some((b, e1)) = diff {
+                v -= f64::from(b) * (e1[j] - eps0[j]);
+            }
+            v as f32
+        })
+        .collect()
+}
+
+/// `sample_dpm_fast(sigma_min, sigma_max, n)` as ComfyUI's `dpm_fast` calls it: `sigma_max` the first sigma,
+/// `sigma_min` the last (the one before it when the last is 0), `n` the number of steps. See the module
+/// documentation.
+pub fn sample_dpm_fast<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(job: Job<'_, D, H>, x: Vec<f32>) -> Sampled<D> {
+    let sigmas = job.sigmas;
+    let mut run = Run::new(job.denoiser, job.hooks, &x, sigmas)?;
+    if sigmas.len() <= 1 {
+        return Ok(x);
+    }
+    let n = sigmas.len() - 1;
+    let last = sigmas[n];
+    let sigma_min = if last == 0.0 { sigmas[n - 1] } else { last };
+    // ComfyUI's times are float64 (from the sigmas), its grid float32 (`torch.linspace`'s default dtype), so every
+    // scalar of the solver is float32: computed so here (the latent updates stay in f64).
+    let (t_start, t_end) = (-sigmas[0].ln(), -sigma_min.ln());
+    let orders = orders(n);
+    let ts = linspace_f32(t_start as f32, t_end as f32, orders.len() + 1);
+    let mut x = x;
+    for (i, &order) in orders.iter().enumerate() {
+        let (t, t_next) = (ts[i], ts[i + 1]);
+        // eps = (x - model(x, sigma(t))) / sigma(t).
+        let eps_at = |run: &mut Run<'_, D, H>, x: &[f32], t: f32| -> Result<(Vec<f64>, Vec<f32>), _> {
+            let sigma = f64::from(sigma_of(t));
+            let den = run.denoise(i, x, sigma)?;
+            Ok((x.iter().zip(&den).map(|(&xv, &dv)| (f64::from(xv) - f64::from(dv)) / sigma).collect(), den))
+        };
+        let (eps, den) = eps_at(&mut run, &x, t)?;
+        run.report_info(&StepInfo {
+            step: i,
+            total: n,
+            sigma: f64::from(sigma_of(t)),
+            sigma_next: f64::from(sigma_of(t_next)),
+            x: &x,
+            denoised: &den,
+        });
+        let h = t_next - t;
+        let s_next = sigma_of(t_next);
+        x = match order {
+            1 => step(&x, &eps, s_next * expm1(h), None),
+            2 => {
+                let r1 = 0.5f32;
+                let s1 = t + r1 * h;
+                let u1 = step(&x, &eps, sigma_of(s1) * expm1(r1 * h), None);
+                let (eps_r1, _) = eps_at(&mut run, &u1, s1)?;
+                step(&x, &eps, s_next * expm1(h), Some((s_next / (2.0 * r1) * expm1(h), &eps_r1)))
+            }
+            _ => {
+                let (r1, r2) = ((1.0f64 / 3.0) as f32, (2.0f64 / 3.0) as f32);
+                let (s1, s2) = (t + r1 * h, t + r2 * h);
+                let u1 = step(&x, &eps, sigma_of(s1) * expm1(r1 * h), None);
+                let (eps_r1, _) = eps_at(&mut run, &u1, s1)?;
+                // (r2 / r1) is a Python float, 2.
+                let b2 = sigma_of(s2) * (2.0f64 / 3.0 / (1.0 / 3.0)) as f32 * (expm1(r2 * h) / (r2 * h) - 1.0);
+                let u2 = step(&x, &eps, sigma_of(s2) * expm1(r2 * h), Some((b2, &eps_r1)));
+                let (eps_r2, _) = eps_at(&mut run, &u2, s2)?;
+                let b3 = s_next / r2 * (expm1(h) / h - 1.0);
+                step(&x, &eps, s_next * expm1(h), Some((b3, &eps_r2)))
+            }
+        };
+    }
+    Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::orders;
+
+    #[test]
+    fn orders_sum_to_the_model_calls() {
+        assert_eq!(orders(1), [1]);
+        assert_eq!(orders(2), [2]);
+        assert_eq!(orders(3), [2, 1]);
+        assert_eq!(orders(4), [3, 1]);
+        assert_eq!(orders(8), [3, 3, 2]);
+        assert_eq!(orders(9), [3, 3, 2, 1]);
+        for n in 1..100 {
+            assert_eq!(orders(n).iter().sum::<usize>(), n);
+        }
+    }
+}
