@@ -5,10 +5,14 @@
 //! - [`areas`]: area conditionings paired across positive and negative before sampling, as ComfyUI does.
 //! - [`controls`]: ControlNet applications during sampling: hints embedded once, residuals summed per step.
 //! - [`noise_mask`]: inpainting masks, checked and resized to the latent as KSampler uses them.
-//! - [`schedulers`]: the model's discrete sigmas and ComfyUI's KSampler schedules (normal, karras, exponential,
-//!   sgm_uniform, simple, ddim_uniform; denoise < 1).
-//! - [`samplers`]: k-diffusion/ComfyUI samplers (euler, euler_ancestral, heun, dpm_2, dpmpp_2m, dpmpp_2m_sde,
-//!   dpmpp_sde, ddim, lcm) over a `Denoiser` trait, and the eps/v + CFG model wrapping.
+//! - [`schedulers`]: the model's discrete sigmas and ComfyUI's KSampler schedules (simple, sgm_uniform, karras,
+//!   exponential, ddim_uniform, beta, normal, linear_quadratic, kl_optimal; denoise < 1).
+//! - [`samplers`]: k-diffusion/ComfyUI samplers over a `Denoiser` trait (euler, euler_cfg_pp, euler_ancestral,
+//!   euler_ancestral_cfg_pp, heun, dpm_2, dpm_2_ancestral, lms, dpm_fast, dpmpp_2s_ancestral,
+//!   dpmpp_2s_ancestral_cfg_pp, dpmpp_sde, dpmpp_sde_gpu, dpmpp_2m, dpmpp_2m_cfg_pp, dpmpp_2m_sde, dpmpp_2m_sde_gpu,
+//!   ddpm, lcm, ipndm, ipndm_v, deis, res_multistep, res_multistep_cfg_pp, res_multistep_ancestral,
+//!   res_multistep_ancestral_cfg_pp, gradient_estimation, gradient_estimation_cfg_pp, ddim, uni_pc, uni_pc_bh2), and
+//!   the eps/v + CFG model wrapping (with the negative prompt's own estimate for the CFG++ samplers).
 
 pub mod areas;
 pub mod controls;

@@ -4,8 +4,11 @@
 //! it, `comfy/k_diffusion/sampling.py` (read at rattus128/ComfyUI @ 9b039406af3b518885b2cf891942df69d09ee8ae, a
 //! fork tracking Comfy-Org/ComfyUI), with ComfyUI's name mapping from `comfy/samplers.py` (Comfy-Org/ComfyUI @
 //! 311c01406130b2acbe8ab291043502de26cf3871: `ddim` is `ksampler("euler", inpaint_options={"random": True})`,
-//! `DISCARD_PENULTIMATE_SIGMA_SAMPLERS`). tests/models/samplers.rs checks every sampler against k-diffusion's own functions
-//! (and ComfyUI's `sample_lcm` and `sample_unipc`) run in float64 on a fake model.
+//! `DISCARD_PENULTIMATE_SIGMA_SAMPLERS`). The samplers ComfyUI added since (the CFG++ ones, ddpm, ipndm, deis,
+//! res_multistep, gradient_estimation...) mirror Comfy-Org/ComfyUI @ a125cd84b054a57729b5eecab930ca9408719832's
+//! `comfy/k_diffusion/sampling.py` and `samplers.py` (`KSAMPLER_NAMES`). tests/models/samplers.rs checks every
+//! sampler against k-diffusion's own functions (and ComfyUI's `sample_lcm`, `sample_unipc` and, for those newer
+//! ones, ComfyUI's own sampling.py) run in float64 on a fake model.
 //!
 //! - [`Denoiser`]: `x, sigma -> denoised` (k-diffusion's `model(x, sigma)`); [`CfgDenoiser`] builds one from a
 //!   network that predicts eps or v, with ComfyUI's input scaling, timestep and classifier-free guidance.
