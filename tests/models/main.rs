@@ -21,3 +21,4 @@ mod samplers;
 mod sampling_unet;
 mod schedulers;
 mod tokenizer;
+mod torchsde;

@@ -142,7 +142,7 @@ fn denoiser(case: &Value) -> Logged<CfgDenoiser<FakeNet>> {
 }
 
 /// Runs one fixture case with `noise` (None: the recorded draws) and checks it; returns its largest error.
-fn run_case(case: &Value, noise: Option<&mut dyn NoiseSource>) -> f64 {
+pub(crate) fn run_case(case: &Value, noise: Option<&mut dyn NoiseSource>) -> f64 {
     let name = case["sampler"].as_str().unwrap();
     let what = format!(
         "{name} {} {} steps denoise {} {} cfg {}",
@@ -183,9 +183,15 @@ fn run_case(case: &Value, noise: Option<&mut dyn NoiseSource>) -> f64 {
         },
         is_cancelled: || false,
     };
-    let out = if name == "dpmpp_sde_raw" {
-        // The sampler function itself, with raw (not Brownian) draws.
+    let out = if name == "dpmpp_sde_raw" || (replaying && name == "dpmpp_sde") {
+        // The sampler function itself, with raw (not Brownian) draws, or replaying ComfyUI's noise sampler's.
         sample_dpmpp_sde(
+            Job { denoiser: &mut den, sigmas: &sigmas, hooks: &mut hooks },
+            x0,
+            Noise { source: noise, eta: 1.0, s_noise: 1.0 },
+        )
+    } else if replaying && name == "dpmpp_2m_sde" {
+        sample_dpmpp_2m_sde(
             Job { denoiser: &mut den, sigmas: &sigmas, hooks: &mut hooks },
             x0,
             Noise { source: noise, eta: 1.0, s_noise: 1.0 },
@@ -353,6 +359,10 @@ fn torch_rng_reproduces_the_recorded_noise() {
         let seed = case["seed"].as_u64().unwrap();
         let n = f32s(&case["noise"]);
         assert_eq!(TorchRng::new(seed).randn(&[1, 4, 4, 4]), n, "prepare_noise");
+        if case.get("noise_sigmas").is_some() {
+            // dpmpp_sde, dpmpp_2m_sde: torchsde's tree, not this stream (tests/models/torchsde.rs runs them).
+            continue;
+        }
         let draws: Vec<Vec<f32>> = case["noise_draws"].as_array().unwrap().iter().map(f32s).collect();
         let mut rng = TorchRng::new(seed + 1);
         for d in &draws {

@@ -1,16 +1,14 @@
-//! Brownian-motion noise for the SDE samplers, standing in for ComfyUI's `BrownianTreeNoiseSampler`
-//! (`comfy/k_diffusion/sampling.py`, rattus128/ComfyUI @ 9b039406af3b518885b2cf891942df69d09ee8ae; k-diffusion
-//! 0.1.1.post1 has the same), which wraps torchsde's `BrownianTree`.
+//! Brownian-motion noise for the SDE samplers over any Gaussian stream: what [`super::sample`] gives `dpmpp_sde` and
+//! `dpmpp_2m_sde` when its noise source does not know the KSampler seed (a recorded stream, say; the sampling_unet
+//! fixture replays one). Run by KSampler they draw ComfyUI's own noise instead, torchsde's tree
+//! ([`super::BrownianTreeNoise`]).
 //!
-//! What is the same: `noise(sigma, sigma_next)` is `(W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|)` for one
-//! Brownian motion `W` indexed by sigma (ComfyUI's default identity transform), so every call is N(0, 1) and calls
-//! over overlapping sigma intervals are correlated exactly as in ComfyUI (`dpmpp_sde` asks for `sigma -> sigma_mid`
-//! and then `sigma -> sigma_next`; its second noise contains the first). Over disjoint intervals (`dpmpp_2m_sde`)
-//! calls are independent, and then each is exactly one raw draw of the underlying stream.
-//!
-//! What differs: the values. torchsde samples its tree from its own splittable seeds (`BrownianInterval` with a
-//! numpy `SeedSequence`-derived generator per interval and an LRU cache); reproducing it would mean porting
-//! torchsde, so ComfyUI's dpmpp_sde / dpmpp_2m_sde images are not reproduced bit for bit, only in distribution.
+//! Like ComfyUI's `BrownianTreeNoiseSampler`: `noise(sigma, sigma_next)` is `(W(sigma_next) - W(sigma)) /
+//! sqrt(|sigma_next - sigma|)` for one Brownian motion `W` indexed by sigma, so every call is N(0, 1) and calls over
+//! overlapping sigma intervals are correlated exactly as in ComfyUI (`dpmpp_sde` asks for `sigma -> sigma_mid` and
+//! then `sigma -> sigma_next`; its second noise contains the first). Over disjoint intervals (`dpmpp_2m_sde`) calls
+//! are independent, and then each is exactly one raw draw of the underlying stream. The values are the stream's,
+//! not torchsde's.
 //!
 //! How: `W` is kept (in f64) at every sigma queried so far. A new sigma beyond the known range extends the path with
 //! an independent increment `sqrt(|dt|) z`; one between two known sigmas is drawn from the Brownian bridge; the

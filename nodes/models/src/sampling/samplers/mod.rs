@@ -13,7 +13,8 @@
 //! - [`Denoiser`]: `x, sigma -> denoised` (k-diffusion's `model(x, sigma)`); [`CfgDenoiser`] builds one from a
 //!   network that predicts eps or v, with ComfyUI's input scaling, timestep and classifier-free guidance.
 //! - [`NoiseSource`]: the Gaussian noise ancestral/SDE samplers add (k-diffusion's `noise_sampler(sigma,
-//!   sigma_next)`); the crate's `TorchRng` is one, [`BrownianNoise`] turns any into Brownian increments.
+//!   sigma_next)`); the crate's `TorchRng` is one, [`BrownianTreeNoise`] is ComfyUI's torchsde Brownian tree for the
+//!   SDE samplers, [`BrownianNoise`] turns any stream into Brownian increments.
 //! - [`SamplerHooks`]: a per-step callback (ComfyUI's `callback(i, denoised, x, total_steps)`) and a cancel check.
 //! - [`Sampler`] and [`sample`]: the samplers by ComfyUI name; the `sample_*` functions take explicit options.
 //!
@@ -34,6 +35,7 @@ mod lcm;
 mod model;
 mod multistep;
 mod res_multistep;
+mod torchsde;
 mod unipc;
 
 use std::fmt;
@@ -54,6 +56,7 @@ pub use model::{
 };
 pub use multistep::{sample_deis, sample_ipndm, sample_ipndm_v, sample_lms};
 pub use res_multistep::sample_res_multistep;
+pub use torchsde::{BrownianTree, BrownianTreeNoise, SeedSequence};
 pub use unipc::{UniPcVariant, sample_unipc};
 
 use crate::sampling::noise::TorchRng;
@@ -108,24 +111,40 @@ impl<D: Denoiser + ?Sized> Denoiser for &mut D {
 
 /// Standard normal noise for ancestral and SDE steps: k-diffusion's `noise_sampler(sigma, sigma_next)`, which
 /// returns a latent-shaped N(0, 1) sample for the step from `sigma` to `sigma_next`. Plain generators ignore the
-/// sigmas; [`BrownianNoise`] uses them.
+/// sigmas; [`BrownianTreeNoise`] and [`BrownianNoise`] use them.
 pub trait NoiseSource {
     /// Fills `out` (one latent) with N(0, 1) noise.
     fn fill_noise(&mut self, sigma: f64, sigma_next: f64, out: &mut [f32]);
+
+    /// The KSampler seed (ComfyUI's `extra_args["seed"]`) when this is ComfyUI's default noise stream for it: then
+    /// [`sample`] gives `dpmpp_sde` and `dpmpp_2m_sde` ComfyUI's torchsde tree seeded with it
+    /// ([`BrownianTreeNoise`]) instead of a [`BrownianNoise`] over this stream.
+    fn ksampler_seed(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<N: NoiseSource + ?Sized> NoiseSource for &mut N {
     fn fill_noise(&mut self, sigma: f64, sigma_next: f64, out: &mut [f32]) {
         (**self).fill_noise(sigma, sigma_next, out)
     }
+
+    fn ksampler_seed(&self) -> Option<u64> {
+        (**self).ksampler_seed()
+    }
 }
 
 /// Successive `torch.randn(latent.shape, generator=g)` draws, as ComfyUI's `default_noise_sampler` on the CPU
-/// (where ComfyUI seeds that generator with the KSampler seed + 1).
+/// (where ComfyUI seeds that generator with the KSampler seed + 1). So a `TorchRng` handed to [`sample`] is taken
+/// for KSampler's: its [`NoiseSource::ksampler_seed`] is its seed - 1, which seeds the SDE samplers' torchsde tree.
 impl NoiseSource for TorchRng {
     fn fill_noise(&mut self, _sigma: f64, _sigma_next: f64, out: &mut [f32]) {
         let draw = self.randn(&[out.len()]);
         out.copy_from_slice(&draw);
+    }
+
+    fn ksampler_seed(&self) -> Option<u64> {
+        Some(self.initial_seed().wrapping_sub(1))
     }
 }
 
@@ -263,9 +282,9 @@ pub enum Sampler {
     Dpm2,
     /// `dpmpp_2m`: `sample_dpmpp_2m`.
     Dpmpp2m,
-    /// `dpmpp_2m_sde`: `sample_dpmpp_2m_sde`, midpoint, eta 1, s_noise 1; Brownian noise ([`BrownianNoise`]).
+    /// `dpmpp_2m_sde`: `sample_dpmpp_2m_sde`, midpoint, eta 1, s_noise 1; Brownian noise (see [`sample`]).
     Dpmpp2mSde,
-    /// `dpmpp_sde`: `sample_dpmpp_sde`, r 1/2, eta 1, s_noise 1; Brownian noise ([`BrownianNoise`]).
+    /// `dpmpp_sde`: `sample_dpmpp_sde`, r 1/2, eta 1, s_noise 1; Brownian noise (see [`sample`]).
     DpmppSde,
     /// `ddim`: ComfyUI runs `sample_euler` under this name (its inpaint-noise option only matters with masks).
     Ddim,
@@ -472,8 +491,9 @@ impl FromStr for Sampler {
 ///
 /// `noise` is the Gaussian stream for the samplers that use one ([`Sampler::uses_noise`]); to reproduce ComfyUI on the
 /// CPU pass `TorchRng::new(seed + 1)` (ComfyUI's `default_noise_sampler` seeds a fresh CPU generator with the
-/// KSampler seed + 1). `dpmpp_sde` and `dpmpp_2m_sde` wrap it in a [`BrownianNoise`], standing in for ComfyUI's
-/// torchsde `BrownianTreeNoiseSampler`: the same joint distribution, other values (see [`BrownianNoise`]).
+/// KSampler seed + 1). `dpmpp_sde` and `dpmpp_2m_sde` draw from ComfyUI's `BrownianTreeNoiseSampler` instead,
+/// torchsde's tree seeded with the KSampler seed, bit for bit ([`BrownianTreeNoise`]), when `noise` knows that seed
+/// ([`NoiseSource::ksampler_seed`]: a `TorchRng` does); any other source they see through a [`BrownianNoise`].
 ///
 /// Sigmas: at least one; all finite; every one but the last positive, the last non-negative. With one sigma `x` is
 /// returned as is (ComfyUI's samplers loop zero times).
@@ -488,8 +508,14 @@ where
         Sampler::Heun => sample_heun(job, x),
         Sampler::Dpm2 => sample_dpm_2(job, x),
         Sampler::Dpmpp2m => sample_dpmpp_2m(job, x),
-        Sampler::Dpmpp2mSde => sample_dpmpp_2m_sde(job, x, Noise::full(&mut BrownianNoise::new(noise))),
-        Sampler::DpmppSde => sample_dpmpp_sde(job, x, Noise::full(&mut BrownianNoise::new(noise))),
+        Sampler::Dpmpp2mSde => {
+            let mut noise = brownian(noise, job.sigmas, x.len());
+            sample_dpmpp_2m_sde(job, x, Noise::full(&mut *noise))
+        }
+        Sampler::DpmppSde => {
+            let mut noise = brownian(noise, job.sigmas, x.len());
+            sample_dpmpp_sde(job, x, Noise::full(&mut *noise))
+        }
         Sampler::Lcm => sample_lcm(job, x, noise),
         Sampler::UniPc => sample_unipc(job, x, UniPcVariant::Bh1),
         Sampler::UniPcBh2 => sample_unipc(job, x, UniPcVariant::Bh2),
@@ -516,6 +542,17 @@ where
         Sampler::ResMultistepAncestralCfgPp => sample_res_multistep(job, x, Noise::full(noise), true),
         Sampler::GradientEstimation => sample_gradient_estimation(job, x, false),
         Sampler::GradientEstimationCfgPp => sample_gradient_estimation(job, x, true),
+    }
+}
+
+/// The SDE samplers' noise (see [`sample`]): ComfyUI's torchsde tree when `noise` knows the KSampler seed and the
+/// sigmas are valid (else the sampler stops before drawing), a [`BrownianNoise`] over `noise` otherwise.
+fn brownian<'n>(noise: &'n mut dyn NoiseSource, sigmas: &[f64], len: usize) -> Box<dyn NoiseSource + 'n> {
+    match noise.ksampler_seed() {
+        Some(seed) if check_sigmas(sigmas).is_ok() && sigmas.iter().any(|&s| s > 0.0) => {
+            Box::new(BrownianTreeNoise::new(seed, sigmas, len))
+        }
+        _ => Box::new(BrownianNoise::new(noise)),
     }
 }
 
