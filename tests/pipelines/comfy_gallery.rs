@@ -30,14 +30,12 @@ const RUNNABLE: &[(&str, f64)] = &[
     ("area_composition", 0.18),
     ("area_composition_square_area_for_subject", 0.25),
     ("depth_controlnet", 0.0625),
+    ("lora", 0.125),
+    ("lora_multiple", 0.125),
 ];
 
 /// The gallery's other SD 1.x workflows, and the node kinds sdgraph still lacks for them.
-const NOT_YET: &[(&str, &[&str])] = &[
-    ("lora", &["LoraLoader"]),
-    ("lora_multiple", &["LoraLoader"]),
-    ("gligen_textbox_example", &["GLIGENLoader", "GLIGENTextBoxApply"]),
-];
+const NOT_YET: &[(&str, &[&str])] = &[("gligen_textbox_example", &["GLIGENLoader", "GLIGENTextBoxApply"])];
 
 /// The template folder: `SDGRAPH_COMFY_TEMPLATES`, else what the fetch script puts in target/comfy-templates
 /// (running it if the files are not there yet; it needs python3 and PyPI).
@@ -92,6 +90,7 @@ fn stand_in(kind: &str, models: &Path) -> Option<(&'static str, PathBuf)> {
         "ControlNetLoader" => ("controlnet", demo.join("sdgraph-demo-controlnet-canny.safetensors")),
         "UpscaleModelLoader" => ("upscale_models", demo.join("sdgraph-demo-upscaler-x4.safetensors")),
         "LoadImage" => ("input", demo.join("green_square.png")),
+        "LoraLoader" | "LoraLoaderModelOnly" => ("loras", models.join("demo-lora.safetensors")),
         _ => return None,
     })
 }
@@ -118,6 +117,54 @@ fn write_demo_vae(path: &Path) {
         .map(|k| (k, st.metadata()[k].as_str()))
         .collect();
     write_with_metadata(path, &t, Dtype::F32, &meta).unwrap();
+}
+
+/// A small random LoRA for the demo checkpoint, in the kohya-ss layout with LDM module names: rank 2 on
+/// every UNet attention's `to_q` and `to_k`, the first 3x3 resnet conv, and the text encoder's first `q_proj`
+/// and `mlp.fc1`, its shapes read from the checkpoint.
+fn write_demo_lora(path: &Path) {
+    let ckpt = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo/sdgraph-demo.safetensors");
+    let st = SafeTensors::open(&ckpt).unwrap();
+    let unet = "model.diffusion_model.";
+    let clip = "cond_stage_model.transformer.text_model.encoder.layers.0.";
+    let mut targets: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut conv = false;
+    for n in st.names() {
+        let shape = st.info(n).unwrap().shape.clone();
+        let module = if let Some(m) = n.strip_prefix(unet).and_then(|m| m.strip_suffix(".weight")) {
+            let attn = m.ends_with(".to_q") || m.ends_with(".to_k");
+            let first_conv = !conv && m.ends_with("in_layers.2") && shape.len() == 4;
+            conv |= first_conv;
+            if !(attn || first_conv) {
+                continue;
+            }
+            format!("lora_unet_{}", m.replace('.', "_"))
+        } else if let Some(m) = n.strip_prefix(clip).and_then(|m| m.strip_suffix(".weight")) {
+            match m {
+                "self_attn.q_proj" => "lora_te_text_model_encoder_layers_0_self_attn_q_proj".to_string(),
+                "mlp.fc1" => "lora_te_text_model_encoder_layers_0_mlp_fc1".to_string(),
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        targets.push((module, shape));
+    }
+    assert!(conv && targets.len() > 4, "the demo checkpoint has attentions and convs: {targets:?}");
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (i, (module, shape)) in targets.iter().enumerate() {
+        let rank = 2;
+        let down: Vec<usize> = [rank].into_iter().chain(shape[1..].iter().copied()).collect();
+        let up = if shape.len() == 4 { vec![shape[0], rank, 1, 1] } else { vec![shape[0], rank] };
+        for (suffix, s) in [("lora_down.weight", down), ("lora_up.weight", up)] {
+            let n = s.iter().product();
+            owned.push((format!("{module}.{suffix}"), s, gpu::testing::random(n, 40 + i as u64, -0.1, 0.1)));
+        }
+        owned.push((format!("{module}.alpha"), vec![], vec![1.0]));
+    }
+    let t: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+    write_with_metadata(path, &t, Dtype::F32, &[]).unwrap();
 }
 
 /// Puts a stand-in under every file name `g` (imported without a models folder) asks for.
@@ -180,6 +227,7 @@ fn gallery_workflows_run_end_to_end_on_stand_in_models() {
     let models = dir.join("models");
     std::fs::create_dir_all(&models).unwrap();
     write_demo_vae(&models.join("demo-vae.safetensors"));
+    write_demo_lora(&models.join("demo-lora.safetensors"));
     let mut exec = Executor::default();
     for (name, scale) in RUNNABLE {
         let plain = import(name, &reg, no_roots(), MissingFiles::Warn).unwrap();
