@@ -305,3 +305,36 @@ fn bad_loras_are_explained() {
     assert!(w.contains("7 keys not loaded") && w.contains("lora_unet_nothing_0.lora_up.weight"), "{w}");
     assert_eq!(lora.modules.len(), 1);
 }
+
+/// On the f16 checkpoint with the networks stored in f16 (what GPUs run): the merge adds to the f16 base
+/// read as f32 the same `strength * scale * up @ down` as on the f32 base (within 1e-5), and the outputs
+/// stay within f16's reach of the f32 reference (the models tests' f16 bounds).
+#[test]
+fn f16_models_merge_the_same_delta() {
+    let Some(gpu) = gpu::testing::shared_gpu() else { return };
+    let reg = nodes::builtin_registry_with(nodes::Settings { dtype: Some(DType::F16), ..Default::default() });
+    let ckpt = fixtures().join("model_f16.safetensors").display().to_string();
+    let out = try_kind(&reg, "CheckpointLoaderSimple", &[], &[("ckpt_name", ParamValue::String(ckpt))]).unwrap();
+    let (m, c) = lora_loader(&reg, &out[0], &out[1], "kohya_ldm.safetensors", 0.7, -0.5).unwrap();
+    let mh = m.downcast::<ModelHandle>().unwrap();
+    let ch = c.downcast::<ClipHandle>().unwrap();
+    let (mu, mc) = (&mh.source.as_ref().unwrap().weights, &ch.source.as_ref().unwrap().weights);
+    assert_eq!(mh.source.as_ref().unwrap().dtype, DType::F16);
+    let expected = SafeTensors::open(&lora_dir().join("expected.safetensors")).unwrap();
+    let base32 = SafeTensors::open(&fixtures().join("model.safetensors")).unwrap();
+    let base16 = SafeTensors::open(&fixtures().join("model_f16.safetensors")).unwrap();
+    let mut worst = 0f32;
+    for k in expected.names().filter_map(|k| k.strip_prefix("kohya_ldm.merged.")) {
+        let got = mu.overlaid(k).or(mc.overlaid(k)).unwrap();
+        let want = expected.f32_any(&format!("kohya_ldm.merged.{k}")).unwrap().1;
+        let (b32, b16) = (base32.f32_any(k).unwrap().1, base16.f32_any(k).unwrap().1);
+        let d_got: Vec<f32> = got.iter().zip(&b16).map(|(g, b)| g - b).collect();
+        let d_want: Vec<f32> = want.iter().zip(&b32).map(|(w, b)| w - b).collect();
+        worst = worst.max(max_abs(&d_got, &d_want));
+    }
+    let eu = max_abs(&unet_out(gpu, &m), &expected.f32_any("kohya_ldm.unet").unwrap().1);
+    let ec = max_abs(&clip_out(gpu, &c), &expected.f32_any("kohya_ldm.clip").unwrap().1);
+    println!("f16: merged delta max err {worst:.2e}; outputs vs the f32 reference: unet {eu:.2e}, clip {ec:.2e}");
+    assert!(worst <= MERGED_TOL, "{worst}");
+    assert!(eu <= 1e-2 && ec <= 1e-2, "unet {eu}, clip {ec}");
+}
