@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use graph::exec::{Executor, NoProgress, RunOptions, RunReport};
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{self, ValidGraph};
-use graph::{GraphErrors, PortType, Registry, Value};
+use graph::{GraphErrors, ParamValue, PortType, Registry, Value};
 
 /// Executions per node id, shared by every stub kind of one registry.
 #[derive(Default, Clone)]
@@ -210,4 +210,37 @@ pub fn interrupt_after(
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     (stderr, sent)
+}
+
+/// Runs one node kind directly, outside a graph (node id = the kind), with its schema's defaults for the
+/// params not given; the error's message on failure.
+pub fn call_kind(
+    reg: &Registry,
+    kind: &str,
+    inputs: &[(&str, Value)],
+    params: &[(&str, ParamValue)],
+) -> Result<Vec<Value>, String> {
+    let node = reg.get(kind).unwrap_or_else(|| panic!("no kind {kind}"));
+    let mut inp = NodeInputs::default();
+    for p in &node.schema().params {
+        if let Some(d) = &p.default {
+            inp.params.insert(p.name.clone(), d.clone());
+        }
+    }
+    for (name, v) in params {
+        inp.params.insert(name.to_string(), v.clone());
+    }
+    for (name, v) in inputs {
+        inp.inputs.insert(name.to_string(), v.clone());
+    }
+    let progress = NoProgress;
+    let cancel = AtomicBool::new(false);
+    let out_dir = std::env::temp_dir();
+    let mut ctx = RunContext::new(kind, std::path::Path::new("."), &out_dir, "", &progress, &cancel);
+    node.run(&mut ctx, &inp).map_err(|e| e.message)
+}
+
+/// [`call_kind`], panicking on an error.
+pub fn run_kind(reg: &Registry, kind: &str, inputs: &[(&str, Value)], params: &[(&str, ParamValue)]) -> Vec<Value> {
+    call_kind(reg, kind, inputs, params).unwrap_or_else(|e| panic!("{kind}: {e}"))
 }

@@ -5,38 +5,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use graph::{NodeInputs, ParamValue, Registry, Value};
+use graph::{ParamValue, Registry, Value};
 use models::checkpoint::safetensors::{Dtype, SafeTensors};
 use models::clip::ClipLayer;
 use models::prompt_weights::{encode_token_weights, tokenize_with_weights};
 use nodes::payload::ClipHandle;
 
+use crate::common::run_kind;
 use crate::common::sd_tiny::{fixtures, full_vocab_checkpoint};
-
-/// Runs one node kind with `inputs` and `params`, outside a graph.
-fn run_kind(reg: &Registry, kind: &str, inputs: &[(&str, Value)], params: &[(&str, ParamValue)]) -> Vec<Value> {
-    try_kind(reg, kind, inputs, params).unwrap_or_else(|e| panic!("{kind}: {e}"))
-}
-
-fn try_kind(
-    reg: &Registry,
-    kind: &str,
-    inputs: &[(&str, Value)],
-    params: &[(&str, ParamValue)],
-) -> Result<Vec<Value>, String> {
-    let progress = graph::exec::NoProgress;
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let out = std::env::temp_dir();
-    let mut ctx = graph::RunContext::new("t", Path::new("."), &out, "", &progress, &cancel);
-    let mut inp = NodeInputs::default();
-    for (k, v) in inputs {
-        inp.inputs.insert(k.to_string(), v.clone());
-    }
-    for (k, v) in params {
-        inp.params.insert(k.to_string(), v.clone());
-    }
-    reg.get(kind).unwrap().run(&mut ctx, &inp).map_err(|e| e.message)
-}
 
 fn load_clip(reg: &Registry, ckpt: &Path) -> Value {
     let loaded =

@@ -3,13 +3,14 @@
 //! masked part is resampled, the decoded picture changes only around the hole),
 //! LatentUpscale/LatentUpscaleBy against image_ops, ImageToMask, and the errors.
 
+use crate::common::call_kind;
 use crate::common::sd_tiny::full_vocab_checkpoint;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use graph::exec::{Executor, NoProgress, NodeStatus};
-use graph::{Image, Mask, NodeInputs, ParamValue, PortType, Registry, RunContext, Value};
+use graph::exec::{Executor, NodeStatus};
+use graph::{Image, Mask, ParamValue, PortType, Registry, Value};
 use models::image_ops::{self, Method};
 use models::sampling::noise_mask::expand_noise_mask;
 use nodes::payload::Latent;
@@ -18,35 +19,8 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs one node kind directly, with its schema's defaults for the params not given.
-fn call(
-    reg: &Registry,
-    kind: &str,
-    inputs: &[(&str, Value)],
-    params: &[(&str, ParamValue)],
-) -> Result<Vec<Value>, String> {
-    let node = reg.get(kind).unwrap_or_else(|| panic!("no kind {kind}"));
-    let mut inp = NodeInputs::default();
-    for p in &node.schema().params {
-        if let Some(d) = &p.default {
-            inp.params.insert(p.name.clone(), d.clone());
-        }
-    }
-    for (name, v) in params {
-        inp.params.insert(name.to_string(), v.clone());
-    }
-    for (name, v) in inputs {
-        inp.inputs.insert(name.to_string(), v.clone());
-    }
-    let progress = NoProgress;
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let out_dir = std::env::temp_dir();
-    let mut ctx = RunContext::new(kind, Path::new("."), &out_dir, "", &progress, &cancel);
-    node.run(&mut ctx, &inp).map_err(|e| e.message)
-}
-
 fn one(reg: &Registry, kind: &str, inputs: &[(&str, Value)], params: &[(&str, ParamValue)]) -> Value {
-    call(reg, kind, inputs, params).unwrap_or_else(|e| panic!("{kind}: {e}")).remove(0)
+    call_kind(reg, kind, inputs, params).unwrap_or_else(|e| panic!("{kind}: {e}")).remove(0)
 }
 
 fn s(v: &str) -> ParamValue {
@@ -88,12 +62,13 @@ fn setup(name: &str, w: i64, h: i64) -> Setup {
     let dir = crate::common::temp_dir(name);
     let ckpt = full_vocab_checkpoint(&dir);
     let reg = nodes::builtin_registry();
-    let loaded = call(&reg, "CheckpointLoaderSimple", &[], &[("ckpt_name", s(&ckpt.display().to_string()))]).unwrap();
+    let loaded =
+        call_kind(&reg, "CheckpointLoaderSimple", &[], &[("ckpt_name", s(&ckpt.display().to_string()))]).unwrap();
     let (model, clip, vae) = (loaded[0].clone(), loaded[1].clone(), loaded[2].clone());
     let pos = one(&reg, "CLIPTextEncode", &[("clip", clip.clone())], &[("text", s("a red sun"))]);
     let neg = one(&reg, "CLIPTextEncode", &[("clip", clip)], &[("text", s(""))]);
     let path = root().join("assets/sample_inpaint.png");
-    let load = call(&reg, "LoadImage", &[], &[("image", s(&path.display().to_string()))]).unwrap();
+    let load = call_kind(&reg, "LoadImage", &[], &[("image", s(&path.display().to_string()))]).unwrap();
     let small = one(
         &reg,
         "ImageScale",
@@ -119,7 +94,7 @@ impl Setup {
             ("sampler_name", s(sampler)),
             ("denoise", ParamValue::Float(denoise)),
         ];
-        call(&self.reg, "KSampler", &inputs, &params).map(|mut v| v.remove(0))
+        call_kind(&self.reg, "KSampler", &inputs, &params).map(|mut v| v.remove(0))
     }
 
     fn decode(&self, latent: &Value) -> Arc<Image> {
@@ -282,7 +257,8 @@ fn inpaint_graph_runs_end_to_end() {
 fn the_alpha_hole_and_the_painted_mask_are_the_same_disc() {
     // sample_inpaint.png's alpha hole and sample_mask.png's white disc are the same pixels.
     let reg = nodes::builtin_registry();
-    let load = |p: &str| call(&reg, "LoadImage", &[], &[("image", s(&root().join(p).display().to_string()))]).unwrap();
+    let load =
+        |p: &str| call_kind(&reg, "LoadImage", &[], &[("image", s(&root().join(p).display().to_string()))]).unwrap();
     let alpha = load("assets/sample_inpaint.png").remove(1);
     let paint = load("assets/sample_mask.png").remove(0);
     let red = one(&reg, "ImageToMask", &[("image", paint)], &[("channel", s("red"))]);
@@ -306,7 +282,7 @@ fn image_to_mask_picks_the_channel_and_refuses_a_missing_one() {
         let want: Vec<f32> = data.iter().skip(c).step_by(3).cloned().collect();
         assert_eq!(m.data, want, "{name}");
     }
-    let e = call(&reg, "ImageToMask", &[("image", img)], &[("channel", s("alpha"))]).unwrap_err();
+    let e = call_kind(&reg, "ImageToMask", &[("image", img)], &[("channel", s("alpha"))]).unwrap_err();
     assert!(e.contains("channel") && e.contains("3 channels") && e.contains("alpha"), "{e}");
     // With an alpha channel, alpha is the fourth value.
     let rgba = Value::Image(Arc::new(Image::from_data(1, 1, 3, 4, (0..12).map(|v| v as f32).collect()).unwrap()));
@@ -383,7 +359,7 @@ fn latent_upscale_sizes_and_values_match_image_ops_per_plane() {
     // Too many values is an error, not an allocation: 20 * 4 planes of 2048 x 2048.
     let huge = latent_value(test_latent([20, 4, 8, 8]));
     let params = [("width", ParamValue::Int(16384)), ("height", ParamValue::Int(16384))];
-    let e = call(&reg, "LatentUpscale", &[("samples", huge)], &params).unwrap_err();
+    let e = call_kind(&reg, "LatentUpscale", &[("samples", huge)], &params).unwrap_err();
     assert!(e.contains("limit"), "{e}");
 }
 
@@ -391,7 +367,7 @@ fn latent_upscale_sizes_and_values_match_image_ops_per_plane() {
 fn set_latent_noise_mask_refuses_masks_that_do_not_fit() {
     let reg = nodes::builtin_registry();
     let latent = latent_value(Latent::zeros([2, 4, 8, 8]));
-    let set = |mask: Value| call(&reg, "SetLatentNoiseMask", &[("samples", latent.clone()), ("mask", mask)], &[]);
+    let set = |mask: Value| call_kind(&reg, "SetLatentNoiseMask", &[("samples", latent.clone()), ("mask", mask)], &[]);
     // One mask for the batch, or one per latent, at any size of the same aspect.
     assert!(set(mask_value(1, 64, 64, vec![1.0; 64 * 64])).is_ok());
     assert!(set(mask_value(2, 8, 8, vec![1.0; 128])).is_ok());

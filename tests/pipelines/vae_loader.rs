@@ -5,35 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use graph::{Image, NodeInputs, ParamValue, Registry, Value};
+use graph::{Image, ParamValue, Registry, Value};
 use models::checkpoint::pth;
 use models::checkpoint::safetensors::{Dtype, SafeTensors, write_with_metadata};
 use nodes::payload::Latent;
 
+use crate::common::call_kind;
 use crate::common::sd_tiny::fixtures;
 
-fn try_kind(
-    reg: &Registry,
-    kind: &str,
-    inputs: &[(&str, Value)],
-    params: &[(&str, ParamValue)],
-) -> Result<Vec<Value>, String> {
-    let progress = graph::exec::NoProgress;
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let out = std::env::temp_dir();
-    let mut ctx = graph::RunContext::new("t", Path::new("."), &out, "", &progress, &cancel);
-    let mut inp = NodeInputs::default();
-    for (k, v) in inputs {
-        inp.inputs.insert(k.to_string(), v.clone());
-    }
-    for (k, v) in params {
-        inp.params.insert(k.to_string(), v.clone());
-    }
-    reg.get(kind).unwrap().run(&mut ctx, &inp).map_err(|e| e.message)
-}
-
 fn load_vae(reg: &Registry, path: &Path) -> Result<Value, String> {
-    try_kind(reg, "VAELoader", &[], &[("vae_name", ParamValue::String(path.display().to_string()))])
+    call_kind(reg, "VAELoader", &[], &[("vae_name", ParamValue::String(path.display().to_string()))])
         .map(|mut v| v.remove(0))
 }
 
@@ -68,9 +49,9 @@ fn diffusers_vae_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
 
 /// Decoded pixels of `latent` and the encoded latent of `image`, through VAEDecode / VAEEncode with `vae`.
 fn round_trip(reg: &Registry, vae: &Value, latent: &Value, image: &Value) -> (Vec<f32>, Vec<f32>) {
-    let dec = try_kind(reg, "VAEDecode", &[("samples", latent.clone()), ("vae", vae.clone())], &[]).unwrap();
+    let dec = call_kind(reg, "VAEDecode", &[("samples", latent.clone()), ("vae", vae.clone())], &[]).unwrap();
     let Value::Image(pixels) = &dec[0] else { panic!("VAEDecode gave no image") };
-    let enc = try_kind(reg, "VAEEncode", &[("pixels", image.clone()), ("vae", vae.clone())], &[]).unwrap();
+    let enc = call_kind(reg, "VAEEncode", &[("pixels", image.clone()), ("vae", vae.clone())], &[]).unwrap();
     let lat = enc[0].downcast::<Latent>().unwrap();
     (pixels.data.clone(), lat.samples.clone())
 }
@@ -88,9 +69,13 @@ fn standalone_vaes_in_both_layouts_equal_the_checkpoints_vae() {
     let dir = crate::common::temp_dir("vae-loader");
     let reg = nodes::builtin_registry();
     let ckpt = fixtures().join("model.safetensors");
-    let loaded =
-        try_kind(&reg, "CheckpointLoaderSimple", &[], &[("ckpt_name", ParamValue::String(ckpt.display().to_string()))])
-            .unwrap();
+    let loaded = call_kind(
+        &reg,
+        "CheckpointLoaderSimple",
+        &[],
+        &[("ckpt_name", ParamValue::String(ckpt.display().to_string()))],
+    )
+    .unwrap();
     let latent = Value::payload(Latent {
         shape: [1, 4, 6, 5],
         samples: gpu::testing::random(4 * 6 * 5, 11, -3.0, 3.0),

@@ -1,7 +1,7 @@
 //! ComfyUI's custom-sampling nodes (`comfy_extras/nodes_custom_sampler.py`, Comfy-Org/ComfyUI @
 //! 4be318aa1a66b91c028028cb587b6c27848fb6bf): the sampler, the sigmas, the noise and the guider as separate
 //! values (SAMPLER, SIGMAS, NOISE, GUIDER) and the two nodes that sample with them, SamplerCustom and
-//! SamplerCustomAdvanced. Both run KSampler's path ([`crate::ksampler::run_sampling`]: the same noise, the
+//! SamplerCustomAdvanced. Both run KSampler's path ([`crate::sampling_run::run_sampling`]: the same noise, the
 //! conditionings bound through the same UnetPredictor, inpainting with the latent's noise mask), so a SamplerCustom
 //! over KSamplerSelect and BasicScheduler is KSampler bit for bit (for the samplers whose KSampler schedule is not
 //! computed one step longer: `dpm_2`, `uni_pc` and `uni_pc_bh2` drop a sigma in KSampler only, as in ComfyUI).
@@ -23,8 +23,8 @@ use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::registry::DuplicateKind;
 use graph::{PortType, Registry, Value};
 
-use crate::ksampler::{Guidance, SamplingRun, check_latent, model_sigmas, run_sampling};
 use crate::payload::{Conditioning, Guider, InitialNoise, Latent, ModelHandle, SamplerChoice, Sigmas};
+use crate::sampling_run::{Guidance, SamplingRun, check_latent, model_sigmas, run_sampling};
 use models::sampling::samplers::Sampler;
 use models::sampling::schedulers::{MAX_SCHEDULE_STEPS, Scheduler, exponential, karras};
 

@@ -36,6 +36,7 @@ pub mod png_meta;
 pub mod preprocessors;
 pub mod preview;
 pub mod runtime;
+pub mod sampling_run;
 pub mod settings;
 pub mod text_encode;
 pub mod unet_predictor;

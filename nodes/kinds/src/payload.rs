@@ -11,9 +11,9 @@ use gpu::Tensor;
 use graph::{Image, Mask, Payload, PortType};
 use models::clip::{ClipLayer, ClipTextConfig, ClipTextModel};
 use models::controlnet::ControlNet;
+use models::lora::NetSource;
 use models::sampling::controls::ControlSpec;
 use models::tokenizer::ClipTokenizer;
-use models::lora::NetSource;
 use models::unet::{Unet, UnetConfig};
 use models::upscaler::UpscaleModel;
 use models::vae::Vae;
@@ -104,7 +104,9 @@ pub struct Conditioning {
 impl Conditioning {
     /// One entry over the whole picture, without ControlNets.
     pub fn new(cond: Tensor) -> Conditioning {
-        Conditioning { entries: vec![CondEntry { cond, controls: Vec::new(), area: None, strength: 1.0, range: None, mask: None }] }
+        Conditioning {
+            entries: vec![CondEntry { cond, controls: Vec::new(), area: None, strength: 1.0, range: None, mask: None }],
+        }
     }
 
     /// The same entries, each changed by `f` (ComfyUI's `conditioning_set_values`).

@@ -72,7 +72,7 @@ pub struct UnetPredictor<'a> {
 const MAX_CALL_LATENTS: usize = 2;
 
 impl<'a> UnetPredictor<'a> {
-    /// Binds `pos` and `neg` for latents of `shape`: every area given a
+    /// Binds `pos` and `neg` (none: the positive alone, for cfg 1) for latents of `shape`: every area given a
     /// partner of the same area on the other side (ComfyUI's
     /// `create_cond_with_same_area_if_none`, on the areas as given), then
     /// clamped to the latent; each entry's text repeated over the batch.
@@ -81,7 +81,7 @@ impl<'a> UnetPredictor<'a> {
         model: &'a ModelHandle,
         sigmas: &ModelSigmas,
         pos: &'a Conditioning,
-        neg: &'a Conditioning,
+        neg: Option<&'a Conditioning>,
         shape: [usize; 4],
     ) -> Result<Self, NodeError> {
         let resolve = |c: &'a Conditioning, input: &str| -> Result<Vec<Pairing<'a>>, NodeError> {
@@ -113,7 +113,12 @@ impl<'a> UnetPredictor<'a> {
                 })
                 .collect()
         };
-        let (mut p, mut n) = (resolve(pos, "positive")?, resolve(neg, "negative")?);
+        let mut p = resolve(pos, "positive")?;
+        // Without a negative (BasicGuider), only the positive runs, at cfg 1.
+        let mut n = match neg {
+            Some(neg) => resolve(neg, "negative")?,
+            None => Vec::new(),
+        };
         // Paired on the areas as given, clamped to the latent only when run (as ComfyUI: process_conds, then
         // get_area_and_mult at each step).
         let area_of = |e: &Pairing<'a>| e.area;
