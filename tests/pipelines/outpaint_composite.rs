@@ -705,3 +705,67 @@ fn latent_batch_and_composite_graph_runs_end_to_end() {
     eprintln!("composite graph: mean level difference {pasted:.1} in the paste, {corner:.1} in the far corner");
     assert!(pasted > 2.0 && pasted > 3.0 * corner, "paste {pasted}, corner {corner}");
 }
+
+/// Runs `graphs/<name>.ron` as shipped (the demo model) and returns the pictures it saved, in order.
+fn shipped(name: &str) -> Vec<image::RgbImage> {
+    let graphs = root().join("graphs");
+    let text = std::fs::read_to_string(graphs.join(format!("{name}.ron"))).unwrap();
+    let g = crate::common::validate_str(&text, &nodes::builtin_registry()).unwrap_or_else(|e| panic!("{e}"));
+    let out = crate::common::temp_dir(&format!("shipped-{name}"));
+    let opts = graph::exec::RunOptions {
+        base_dir: graphs,
+        out_dir: out.to_path_buf(),
+        graph_text: text,
+        progress: &NoProgress,
+        cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let r = Executor::default().run(&g, &opts);
+    assert!(r.ok, "graphs/{name}.ron: {:?}", r.errors());
+    r.nodes.iter().flat_map(|n| &n.outputs).map(|p| image::open(p).unwrap().to_rgb8()).collect()
+}
+
+/// The share of the pixels in `xs` x `ys` whose nearest demo colour is `colour`.
+fn share(img: &image::RgbImage, xs: std::ops::Range<u32>, ys: std::ops::Range<u32>, colour: &str) -> f64 {
+    use crate::demo_model::{COLOURS, nearest_colour};
+    let want = COLOURS.iter().position(|(n, _)| *n == colour).unwrap();
+    let n = (xs.len() * ys.len()) as f64;
+    let hits = ys
+        .flat_map(|y| xs.clone().map(move |x| (x, y)))
+        .filter(|&(x, y)| nearest_colour(img.get_pixel(x, y).0) == want);
+    hits.count() as f64 / n
+}
+
+#[test]
+fn example_outpaint_and_latent_composite_graphs_show_what_they_say() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    // outpaint.ron: the 16 new columns on the right are painted as the background (yellow), the square stays green.
+    let pics = shipped("outpaint");
+    assert_eq!(pics.len(), 2);
+    assert_eq!((pics[0].dimensions(), pics[1].dimensions()), ((64, 64), (64, 64)));
+    assert!(pics[1].pixels().all(|p| p.0 == [255, 255, 0]), "the EmptyImage is flat yellow");
+    let (strip, square) = (share(&pics[0], 50..64, 0..64, "yellow"), share(&pics[0], 28..36, 28..36, "green"));
+    eprintln!("outpaint: new strip {:.0}% yellow, square's middle {:.0}% green", 100.0 * strip, 100.0 * square);
+    assert!(strip > 0.8 && square > 0.6, "strip {strip:.2}, square {square:.2}");
+
+    // latent_composite.ron: the circle on the left, the square on the right with the circle picture's top-left
+    // quadrant (blue) pasted over its own.
+    let pics = shipped("latent_composite");
+    assert_eq!(pics.len(), 1);
+    let p = &pics[0];
+    assert_eq!(p.dimensions(), (128, 64));
+    let circle = share(p, 28..36, 28..36, "red");
+    let left_bg = share(p, 0..8, 56..64, "blue");
+    let pasted = share(p, 64..76, 0..12, "blue");
+    let square = share(p, 92..100, 28..36, "white");
+    eprintln!(
+        "latent_composite: circle {:.0}% red, its background {:.0}% blue, pasted corner {:.0}% blue, the square's \
+         middle {:.0}% white",
+        100.0 * circle,
+        100.0 * left_bg,
+        100.0 * pasted,
+        100.0 * square
+    );
+    assert!(circle > 0.5 && left_bg > 0.5 && pasted > 0.5 && square > 0.5);
+}
