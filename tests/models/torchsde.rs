@@ -6,8 +6,8 @@
 use crate::cases::sampling_fixture as fixture;
 use models::sampling::noise::TorchRng;
 use models::sampling::samplers::{
-    BrownianTree, BrownianTreeNoise, Denoiser, Job, NoHooks, Noise, NoiseSource, SeedSequence, sample_dpmpp_2m_sde,
-    sample_dpmpp_sde,
+    BrownianTree, BrownianTreeNoise, Denoiser, Job, KSamplerNoise, NoHooks, Noise, NoiseSource, SeedSequence,
+    sample_dpmpp_2m_sde, sample_dpmpp_sde,
 };
 use serde_json::Value;
 
@@ -234,8 +234,8 @@ fn ulps(a: f32, b: f32) -> u32 {
 
 /// The fixture's dpmpp_sde / dpmpp_2m_sde trajectories ran k-diffusion's samplers on ComfyUI's
 /// BrownianTreeNoiseSampler (seed = the KSampler seed). sdgraph's samplers ask [`BrownianTreeNoise`] for the same
-/// sigma pairs and get the same noise; through `sample` with KSampler's `TorchRng::new(seed + 1)` (which is how the
-/// KSampler node calls it) the whole runs match.
+/// sigma pairs and get the same noise; through `sample` with `KSamplerNoise::new(seed)` (which is how the KSampler
+/// node calls it) the whole runs match.
 #[test]
 fn ksampler_sde_runs_draw_comfyuis_torchsde_noise() {
     let mut ran = 0;
@@ -270,7 +270,7 @@ fn ksampler_sde_runs_draw_comfyuis_torchsde_noise() {
             worst = worst.max(off);
         }
         // The same run through `sample`, as the KSampler node calls it.
-        crate::samplers::run_case(case, Some(&mut TorchRng::new(seed.wrapping_add(1))));
+        crate::samplers::run_case(case, Some(&mut KSamplerNoise::new(seed)));
         ran += 1;
     }
     eprintln!("SDE runs: {exact} of {total} noise calls bit for bit, the others within {worst} ulp");
@@ -280,9 +280,15 @@ fn ksampler_sde_runs_draw_comfyuis_torchsde_noise() {
 
 #[test]
 fn ksampler_seed_comes_with_its_noise_stream() {
-    // KSampler passes ComfyUI's default noise stream, TorchRng::new(seed + 1); its seed is ComfyUI's extra_args seed.
+    // KSampler's noise carries its seed (ComfyUI's extra_args seed) and draws ancestral noise from seed + 1.
     for seed in [0u64, 1, 20240601, u64::MAX] {
-        assert_eq!(TorchRng::new(seed.wrapping_add(1)).ksampler_seed(), Some(seed));
+        let mut k = KSamplerNoise::new(seed);
+        assert_eq!(k.ksampler_seed(), Some(seed));
+        let mut drawn = vec![0.0; 7];
+        k.fill_noise(1.0, 0.5, &mut drawn);
+        assert_eq!(drawn, TorchRng::new(seed.wrapping_add(1)).randn(&[7]));
+        // A bare generator is just a stream: no tree for it.
+        assert_eq!(TorchRng::new(seed).ksampler_seed(), None);
     }
     let tree = BrownianTreeNoise::new(5, &[14.6, 1.0, 0.0], 4);
     assert_eq!(tree.ksampler_seed(), None);

@@ -25,7 +25,8 @@ use crate::unet_predictor::UnetPredictor;
 use models::sampling::noise::{TorchRng, prepare_noise};
 use models::sampling::noise_mask::expand_noise_mask;
 use models::sampling::samplers::{
-    CfgDenoiser, Denoiser, FnHooks, Guided, Job, SampleError, Sampler, StepInfo, initial_latent, max_denoise, sample,
+    CfgDenoiser, Denoiser, FnHooks, Guided, Job, KSamplerNoise, SampleError, Sampler, StepInfo, initial_latent,
+    max_denoise, sample,
 };
 use models::sampling::schedulers::ModelSigmas;
 
@@ -201,8 +202,8 @@ pub fn run_sampling(ctx: &RunContext<'_>, run: SamplingRun<'_>, want_denoised: b
             })
         }
     };
-    // ComfyUI's default_noise_sampler on the CPU: a fresh generator seeded with seed + 1.
-    let mut rng = TorchRng::new(seed.wrapping_add(1));
+    // ComfyUI's noise on the CPU: default_noise_sampler seeded with seed + 1, the SDE samplers' tree with seed.
+    let mut rng = KSamplerNoise::new(seed);
     let id = ctx.node_id.to_string();
     let progress = ctx.progress;
     let cancel = ctx.cancel;

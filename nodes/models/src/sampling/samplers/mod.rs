@@ -134,17 +134,35 @@ impl<N: NoiseSource + ?Sized> NoiseSource for &mut N {
     }
 }
 
-/// Successive `torch.randn(latent.shape, generator=g)` draws, as ComfyUI's `default_noise_sampler` on the CPU
-/// (where ComfyUI seeds that generator with the KSampler seed + 1). So a `TorchRng` handed to [`sample`] is taken
-/// for KSampler's: its [`NoiseSource::ksampler_seed`] is its seed - 1, which seeds the SDE samplers' torchsde tree.
+/// Successive `torch.randn(latent.shape, generator=g)` draws, as ComfyUI's `default_noise_sampler` on the CPU.
 impl NoiseSource for TorchRng {
     fn fill_noise(&mut self, _sigma: f64, _sigma_next: f64, out: &mut [f32]) {
         let draw = self.randn(&[out.len()]);
         out.copy_from_slice(&draw);
     }
+}
+
+/// KSampler's noise for a seed, as ComfyUI draws it on the CPU: ancestral steps from `default_noise_sampler`'s
+/// generator, seeded with the seed + 1 on the CPU, and the SDE samplers' torchsde tree seeded with the seed itself
+/// (their `BrownianTreeNoiseSampler`).
+pub struct KSamplerNoise {
+    seed: u64,
+    rng: TorchRng,
+}
+
+impl KSamplerNoise {
+    pub fn new(seed: u64) -> KSamplerNoise {
+        KSamplerNoise { seed, rng: TorchRng::new(seed.wrapping_add(1)) }
+    }
+}
+
+impl NoiseSource for KSamplerNoise {
+    fn fill_noise(&mut self, sigma: f64, sigma_next: f64, out: &mut [f32]) {
+        self.rng.fill_noise(sigma, sigma_next, out)
+    }
 
     fn ksampler_seed(&self) -> Option<u64> {
-        Some(self.initial_seed().wrapping_sub(1))
+        Some(self.seed)
     }
 }
 
@@ -490,10 +508,11 @@ impl FromStr for Sampler {
 /// Runs `sampler` from the (already noised) latent `x` down the `sigmas`, with its ComfyUI default options.
 ///
 /// `noise` is the Gaussian stream for the samplers that use one ([`Sampler::uses_noise`]); to reproduce ComfyUI on the
-/// CPU pass `TorchRng::new(seed + 1)` (ComfyUI's `default_noise_sampler` seeds a fresh CPU generator with the
-/// KSampler seed + 1). `dpmpp_sde` and `dpmpp_2m_sde` draw from ComfyUI's `BrownianTreeNoiseSampler` instead,
-/// torchsde's tree seeded with the KSampler seed, bit for bit ([`BrownianTreeNoise`]), when `noise` knows that seed
-/// ([`NoiseSource::ksampler_seed`]: a `TorchRng` does); any other source they see through a [`BrownianNoise`].
+/// CPU pass [`KSamplerNoise::new(seed)`](KSamplerNoise) (ComfyUI's `default_noise_sampler` seeds a fresh CPU
+/// generator with the KSampler seed + 1). `dpmpp_sde` and `dpmpp_2m_sde` draw from ComfyUI's
+/// `BrownianTreeNoiseSampler` instead, torchsde's tree seeded with the KSampler seed, bit for bit
+/// ([`BrownianTreeNoise`]), when `noise` knows that seed ([`NoiseSource::ksampler_seed`]: a `KSamplerNoise` does);
+/// any other source they see through a [`BrownianNoise`].
 ///
 /// Sigmas: at least one; all finite; every one but the last positive, the last non-negative. With one sigma `x` is
 /// returned as is (ComfyUI's samplers loop zero times).
