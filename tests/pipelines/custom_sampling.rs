@@ -6,35 +6,21 @@ use crate::common::sd_tiny::full_vocab_checkpoint;
 
 use std::path::Path;
 
-use graph::exec::{Executor, NoProgress};
-use graph::{NodeInputs, ParamValue, Registry, RunContext, Value};
+use graph::exec::Executor;
+use graph::{ParamValue, Registry, Value};
 use nodes::payload::{Latent, Sigmas};
 
-/// Runs one node kind directly, with its schema's defaults for the params not given.
+use crate::common::call_kind;
+
+/// Runs one node kind directly (see [`call_kind`]), its inputs by reference.
 fn call(
     reg: &Registry,
     kind: &str,
     inputs: &[(&str, &Value)],
     params: &[(&str, ParamValue)],
 ) -> Result<Vec<Value>, String> {
-    let node = reg.get(kind).unwrap_or_else(|| panic!("no kind {kind}"));
-    let mut inp = NodeInputs::default();
-    for p in &node.schema().params {
-        if let Some(d) = &p.default {
-            inp.params.insert(p.name.clone(), d.clone());
-        }
-    }
-    for (name, v) in params {
-        inp.params.insert(name.to_string(), v.clone());
-    }
-    for (name, v) in inputs {
-        inp.inputs.insert(name.to_string(), (*v).clone());
-    }
-    let progress = NoProgress;
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let out_dir = std::env::temp_dir();
-    let mut ctx = RunContext::new(kind, Path::new("."), &out_dir, "", &progress, &cancel);
-    node.run(&mut ctx, &inp).map_err(|e| e.message)
+    let owned: Vec<(&str, Value)> = inputs.iter().map(|(k, v)| (*k, (*v).clone())).collect();
+    call_kind(reg, kind, &owned, params)
 }
 
 fn all(reg: &Registry, kind: &str, inputs: &[(&str, &Value)], params: &[(&str, ParamValue)]) -> Vec<Value> {

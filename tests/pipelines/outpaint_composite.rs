@@ -3,13 +3,14 @@
 //! ComfyUI's formulas (nodes.py and comfy_extras/nodes_mask.py @ 02217e36 / d9ac00e2), and end to end on the
 //! tiny fixture checkpoint (its VAE downsamples by 2).
 
+use crate::common::call_kind;
 use crate::common::sd_tiny::full_vocab_checkpoint;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use graph::exec::{Executor, NoProgress, NodeStatus};
-use graph::{Image, Mask, NodeInputs, ParamValue, PortType, Registry, RunContext, Value};
+use graph::{Image, Mask, ParamValue, PortType, Registry, Value};
 use models::sampling::noise_mask::expand_noise_mask;
 use nodes::payload::Latent;
 
@@ -17,35 +18,8 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs one node kind directly, with its schema's defaults for the params not given.
-fn call(
-    reg: &Registry,
-    kind: &str,
-    inputs: &[(&str, Value)],
-    params: &[(&str, ParamValue)],
-) -> Result<Vec<Value>, String> {
-    let node = reg.get(kind).unwrap_or_else(|| panic!("no kind {kind}"));
-    let mut inp = NodeInputs::default();
-    for p in &node.schema().params {
-        if let Some(d) = &p.default {
-            inp.params.insert(p.name.clone(), d.clone());
-        }
-    }
-    for (name, v) in params {
-        inp.params.insert(name.to_string(), v.clone());
-    }
-    for (name, v) in inputs {
-        inp.inputs.insert(name.to_string(), v.clone());
-    }
-    let progress = NoProgress;
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let out_dir = std::env::temp_dir();
-    let mut ctx = RunContext::new(kind, Path::new("."), &out_dir, "", &progress, &cancel);
-    node.run(&mut ctx, &inp).map_err(|e| e.message)
-}
-
 fn one(reg: &Registry, kind: &str, inputs: &[(&str, Value)], params: &[(&str, ParamValue)]) -> Value {
-    call(reg, kind, inputs, params).unwrap_or_else(|e| panic!("{kind}: {e}")).remove(0)
+    call_kind(reg, kind, inputs, params).unwrap_or_else(|e| panic!("{kind}: {e}")).remove(0)
 }
 
 fn int(v: i64) -> ParamValue {
@@ -119,7 +93,7 @@ fn pad_for_outpaint_matches_comfyuis_feathering_formula() {
     let pad = |l: i64, t: i64, r: i64, bt: i64, f: i64| {
         let params =
             [("left", int(l)), ("top", int(t)), ("right", int(r)), ("bottom", int(bt)), ("feathering", int(f))];
-        call(&reg, "ImagePadForOutpaint", &[("image", image_value(img.clone()))], &params).unwrap()
+        call_kind(&reg, "ImagePadForOutpaint", &[("image", image_value(img.clone()))], &params).unwrap()
     };
     for (l, t, r, bt, f) in
         [(8, 0, 0, 16, 4), (0, 8, 8, 0, 3), (8, 8, 8, 8, 2), (8, 0, 0, 0, 4), (8, 0, 0, 0, 5), (8, 0, 0, 0, 6)]
@@ -220,7 +194,8 @@ fn empty_image_and_image_batch_follow_comfyui() {
         image_of(&one(&reg, "ImageBatch", &[("image1", image_value(a.clone())), ("image2", image_value(rgba))], &[]));
     assert_eq!((out.channels, out.get(0, 1, 1, 3), out.get(0, 1, 1, 0)), (4, 1.0, a.get(0, 1, 1, 0)));
     let grey = Image::from_data(1, 4, 6, 1, vec![0.25; 24]).unwrap();
-    let e = call(&reg, "ImageBatch", &[("image1", image_value(a)), ("image2", image_value(grey))], &[]).unwrap_err();
+    let e =
+        call_kind(&reg, "ImageBatch", &[("image1", image_value(a)), ("image2", image_value(grey))], &[]).unwrap_err();
     assert!(e.contains("image1 has 3 channels and image2 has 1"), "{e}");
 }
 
@@ -239,7 +214,7 @@ fn latent_from_batch_and_repeat_keep_comfyuis_items_and_masks() {
     l.noise_mask = Some((vec![2, 1, 6, 4], values(48, 8, 0.0, 1.0)));
     let v = latent_value(l.clone());
     let take = |i: i64, n: i64| {
-        call(&reg, "LatentFromBatch", &[("samples", v.clone())], &[("batch_index", int(i)), ("length", int(n))])
+        call_kind(&reg, "LatentFromBatch", &[("samples", v.clone())], &[("batch_index", int(i)), ("length", int(n))])
     };
     let out = latent_of(&take(2, 3).unwrap()[0]);
     assert_eq!(out.shape, [3, 4, 3, 2]);
@@ -358,12 +333,12 @@ fn latent_composite_places_feathers_and_clips_as_comfyui() {
     assert_eq!(out.samples[((4 + 2) * 10 + 7) * 12 + 2], to.samples[((4 + 2) * 10 + 7) * 12 + 2]);
     // Bad inputs name the input.
     let six = latent_value(test_latent([1, 6, 6, 5], 1));
-    let e = call(&reg, "LatentComposite", &[("samples_to", latent_value(to.clone())), ("samples_from", six)], &[])
+    let e = call_kind(&reg, "LatentComposite", &[("samples_to", latent_value(to.clone())), ("samples_from", six)], &[])
         .unwrap_err();
     assert!(e.contains("\"samples_from\" has 6 channels but \"samples_to\" has 4"), "{e}");
     let three = latent_value(test_latent([3, 4, 6, 5], 1));
-    let e =
-        call(&reg, "LatentComposite", &[("samples_to", latent_value(to)), ("samples_from", three)], &[]).unwrap_err();
+    let e = call_kind(&reg, "LatentComposite", &[("samples_to", latent_value(to)), ("samples_from", three)], &[])
+        .unwrap_err();
     assert!(e.contains("\"samples_from\" has a batch of 3"), "{e}");
 }
 
@@ -380,7 +355,7 @@ fn latent_composite_masked_blends_through_the_resized_mask() {
             inputs.push(("mask", Value::Mask(Arc::new(m))));
         }
         let params = [("x", int(x)), ("y", int(y)), ("resize_source", ParamValue::Bool(resize))];
-        call(&reg, "LatentCompositeMasked", &inputs, &params).map(|v| latent_of(&v[0]))
+        call_kind(&reg, "LatentCompositeMasked", &inputs, &params).map(|v| latent_of(&v[0]))
     };
     let m64: Vec<f64> = bilinear_f64(&mask.data.iter().map(|&v| v as f64).collect::<Vec<_>>(), mh, mw, 4, 6);
     let mut moved = 0;
@@ -427,7 +402,7 @@ fn latent_composite_masked_blends_through_the_resized_mask() {
     // An empty mask and other channel counts are errors naming the input.
     let e = run(0, 0, false, Some(Mask::zeros(1, 0, 3))).unwrap_err();
     assert!(e.contains("\"mask\" is empty"), "{e}");
-    let e = call(
+    let e = call_kind(
         &reg,
         "LatentCompositeMasked",
         &[("destination", latent_value(dst.clone())), ("source", latent_value(test_latent([1, 3, 4, 6], 1)))],
@@ -452,7 +427,8 @@ fn tiny(name: &str) -> Tiny {
     let dir = crate::common::temp_dir(name);
     let ckpt = full_vocab_checkpoint(&dir);
     let reg = nodes::builtin_registry();
-    let loaded = call(&reg, "CheckpointLoaderSimple", &[], &[("ckpt_name", s(&ckpt.display().to_string()))]).unwrap();
+    let loaded =
+        call_kind(&reg, "CheckpointLoaderSimple", &[], &[("ckpt_name", s(&ckpt.display().to_string()))]).unwrap();
     let (model, clip, vae) = (loaded[0].clone(), loaded[1].clone(), loaded[2].clone());
     let pos = one(&reg, "CLIPTextEncode", &[("clip", clip.clone())], &[("text", s("a red sun"))]);
     let neg = one(&reg, "CLIPTextEncode", &[("clip", clip)], &[("text", s(""))]);
@@ -497,7 +473,7 @@ fn vae_encode_for_inpaint_greys_grows_and_keeps_the_unmasked_latent() {
     let reg = &t.reg;
     // The inpaint picture at 35x27 (odd: cropped to 34x26 by the factor 2) and its 160x120 alpha hole as the mask.
     let path = root().join("assets/sample_inpaint.png");
-    let load = call(reg, "LoadImage", &[], &[("image", s(&path.display().to_string()))]).unwrap();
+    let load = call_kind(reg, "LoadImage", &[], &[("image", s(&path.display().to_string()))]).unwrap();
     let params = [("upscale_method", s("area")), ("width", int(35)), ("height", int(27))];
     let pixels = image_of(&one(reg, "ImageScale", &[("image", load[0].clone())], &params));
     let mask = mask_of(&load[1]);
@@ -567,7 +543,7 @@ fn vae_encode_for_inpaint_greys_grows_and_keeps_the_unmasked_latent() {
     let grey = Image::from_data(1, 8, 8, 1, vec![0.5; 64]).unwrap();
     let run = |px: Image, m: Mask| {
         let inputs = [("pixels", image_value(px)), ("vae", t.vae.clone()), ("mask", Value::Mask(Arc::new(m)))];
-        call(reg, "VAEEncodeForInpaint", &inputs, &[]).unwrap_err()
+        call_kind(reg, "VAEEncodeForInpaint", &inputs, &[]).unwrap_err()
     };
     assert!(run(grey, Mask::zeros(1, 8, 8)).contains("\"pixels\" has 1 channels"));
     assert!(run(Image::zeros(1, 8, 8, 3), Mask::zeros(1, 0, 0)).contains("\"mask\" is empty"));

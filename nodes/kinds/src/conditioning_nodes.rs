@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use gpu::ops::layout::concat;
 use graph::Registry;
-use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext, err};
+use graph::node::{NodeError, RunContext, err};
 use graph::registry::DuplicateKind;
 use graph::{Mask, PortType, Value};
 
@@ -30,38 +30,13 @@ pub fn register(reg: &mut Registry) -> Result<(), DuplicateKind> {
     Ok(())
 }
 
-/// A node kind with one CONDITIONING output: its schema from a `node_fields!` struct, and a function from
-/// the read fields to the conditioning.
+/// A node kind in the "conditioning" category whose one output is the CONDITIONING `$run(ctx, fields)` makes.
 macro_rules! conditioning_kind {
     ($name:ident, $kind:literal, $doc:literal, $fields:ident, $out:literal, $out_doc:literal, $run:expr) => {
-        pub struct $name(NodeSchema);
-
-        impl $name {
-            pub fn new() -> Self {
-                Self(NodeSchema::new($kind, "conditioning", $doc).fields($fields::declare).output(
-                    $out,
-                    PortType::Conditioning,
-                    $out_doc,
-                ))
-            }
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
-
-        impl NodeKind for $name {
-            fn schema(&self) -> &NodeSchema {
-                &self.0
-            }
-
-            fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-                let run: fn(&mut RunContext<'_>, $fields) -> Result<Conditioning, NodeError> = $run;
-                Ok(vec![Value::payload(run(ctx, $fields::read(inputs)?)?)])
-            }
-        }
+        node_kind!($name, $kind, "conditioning", $doc, $fields, [($out, Conditioning, $out_doc)], |ctx, f| {
+            let run: fn(&mut RunContext<'_>, $fields) -> Result<Conditioning, NodeError> = $run;
+            Ok(vec![Value::payload(run(ctx, f)?)])
+        });
     };
 }
 
@@ -183,6 +158,18 @@ pub fn average(
         .collect())
 }
 
+/// Every entry placed in `area` with `strength` (ComfyUI's ConditioningSetArea and SetAreaPercentage).
+fn with_area(c: &Conditioning, area: CondArea, strength: f64) -> Conditioning {
+    c.map_entries(|e| {
+        e.area = Some(area);
+        e.strength = strength;
+        // ComfyUI sets set_area_to_bounds False: an earlier ConditioningSetMask's "mask bounds" no longer applies.
+        if let Some(m) = &mut e.mask {
+            m.to_bounds = false;
+        }
+    })
+}
+
 graph::node_fields! {
     struct SetAreaFields {
         conditioning: Arc<Conditioning> = input(PortType::Conditioning, "The conditioning to place."),
@@ -203,14 +190,7 @@ conditioning_kind!(
     "The conditioning with its area.",
     |_, f| {
         let area = CondArea::Latent { h: f.height / 8, w: f.width / 8, y: f.y / 8, x: f.x / 8 };
-        Ok(f.conditioning.map_entries(|e| {
-            e.area = Some(area);
-            e.strength = f.strength;
-            // ComfyUI sets set_area_to_bounds False: an earlier ConditioningSetMask's "mask bounds" no longer applies.
-            if let Some(m) = &mut e.mask {
-                m.to_bounds = false;
-            }
-        }))
+        Ok(with_area(&f.conditioning, area, f.strength))
     }
 );
 
@@ -234,14 +214,7 @@ conditioning_kind!(
     "The conditioning with its area.",
     |_, f| {
         let area = CondArea::Percent { h: f.height, w: f.width, y: f.y, x: f.x };
-        Ok(f.conditioning.map_entries(|e| {
-            e.area = Some(area);
-            e.strength = f.strength;
-            // ComfyUI sets set_area_to_bounds False: an earlier ConditioningSetMask's "mask bounds" no longer applies.
-            if let Some(m) = &mut e.mask {
-                m.to_bounds = false;
-            }
-        }))
+        Ok(with_area(&f.conditioning, area, f.strength))
     }
 );
 

@@ -18,8 +18,8 @@
 
 use std::sync::Arc;
 
+use graph::node::NodeError;
 use graph::node::err;
-use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::registry::DuplicateKind;
 use graph::{PortType, Registry, Value};
 
@@ -46,37 +46,6 @@ pub fn register(reg: &mut Registry) -> Result<(), DuplicateKind> {
     Ok(())
 }
 
-/// Declares a kind: its struct, `new` (the schema from `$fields` and the outputs), `Default` and `NodeKind`.
-macro_rules! kind {
-    ($ty:ident, $name:literal, $cat:literal, $doc:literal, $fields:ident, [$(($out:literal, $port:ident, $odoc:literal)),*], $run:expr) => {
-        pub struct $ty(NodeSchema);
-
-        impl $ty {
-            pub fn new() -> Self {
-                Self(NodeSchema::new($name, $cat, $doc).fields($fields::declare)$(.output($out, PortType::$port, $odoc))*)
-            }
-        }
-
-        impl Default for $ty {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
-
-        impl NodeKind for $ty {
-            fn schema(&self) -> &NodeSchema {
-                &self.0
-            }
-
-            fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-                let f = $fields::read(inputs)?;
-                let run: fn(&mut RunContext<'_>, $fields) -> Result<Vec<Value>, NodeError> = $run;
-                run(ctx, f)
-            }
-        }
-    };
-}
-
 /// ComfyUI's float32 SIGMAS tensor of `values`.
 fn sigmas_value(values: impl IntoIterator<Item = f64>) -> Value {
     Value::payload(Sigmas(values.into_iter().map(|s| f64::from(s as f32)).collect()))
@@ -90,7 +59,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     KSamplerSelect,
     "KSamplerSelect",
     "model/sampling/samplers",
@@ -111,7 +80,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     BasicScheduler,
     "BasicScheduler",
     "model/sampling/schedulers",
@@ -151,7 +120,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     KarrasScheduler,
     "KarrasScheduler",
     "model/sampling/schedulers",
@@ -175,7 +144,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     ExponentialScheduler,
     "ExponentialScheduler",
     "model/sampling/schedulers",
@@ -201,7 +170,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     SdTurboScheduler,
     "SDTurboScheduler",
     "model/sampling/schedulers",
@@ -226,7 +195,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     SplitSigmas,
     "SplitSigmas",
     "model/sampling/sigmas",
@@ -251,7 +220,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     SetFirstSigma,
     "SetFirstSigma",
     "model/sampling/sigmas",
@@ -276,7 +245,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     RandomNoise,
     "RandomNoise",
     "model/sampling/noise",
@@ -290,7 +259,7 @@ graph::node_fields! {
     struct DisableNoiseFields {}
 }
 
-kind!(
+node_kind!(
     DisableNoise,
     "DisableNoise",
     "model/sampling/noise",
@@ -314,7 +283,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     BasicGuider,
     "BasicGuider",
     "model/sampling/guiders",
@@ -336,7 +305,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     CfgGuider,
     "CFGGuider",
     "model/sampling/guiders",
@@ -371,7 +340,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     SamplerCustom,
     "SamplerCustom",
     "model/sampling/custom",
@@ -408,7 +377,7 @@ graph::node_fields! {
     }
 }
 
-kind!(
+node_kind!(
     SamplerCustomAdvanced,
     "SamplerCustomAdvanced",
     "model/sampling/custom",

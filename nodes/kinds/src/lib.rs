@@ -21,6 +21,42 @@
 //! call (tiling, sampling, noise masks, ControlNet residuals, image ops) is the model library's.
 //! - [`plugin_values`]: how Lua plugins read and write LATENT values
 
+/// Declares a node kind: its struct, `new` (the schema from a `graph::node_fields!` struct `$fields` and the
+/// outputs), `Default` and `NodeKind`, whose `run` reads the fields and calls `$run(ctx, fields)`.
+macro_rules! node_kind {
+    ($ty:ident, $name:literal, $cat:literal, $doc:literal, $fields:ident, [$(($out:literal, $port:ident, $odoc:literal)),*], $run:expr) => {
+        pub struct $ty(graph::node::NodeSchema);
+
+        impl $ty {
+            pub fn new() -> Self {
+                Self(graph::node::NodeSchema::new($name, $cat, $doc).fields($fields::declare)$(.output($out, graph::PortType::$port, $odoc))*)
+            }
+        }
+
+        impl Default for $ty {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl graph::node::NodeKind for $ty {
+            fn schema(&self) -> &graph::node::NodeSchema {
+                &self.0
+            }
+
+            fn run(
+                &self,
+                ctx: &mut graph::node::RunContext<'_>,
+                inputs: &graph::node::NodeInputs,
+            ) -> Result<Vec<graph::Value>, graph::node::NodeError> {
+                let f = $fields::read(inputs)?;
+                let run: fn(&mut graph::node::RunContext<'_>, $fields) -> Result<Vec<graph::Value>, graph::node::NodeError> = $run;
+                run(ctx, f)
+            }
+        }
+    };
+}
+
 pub mod checkpoint_loader;
 pub mod conditioning_nodes;
 pub mod controlnet_apply;
