@@ -546,6 +546,7 @@ fn latents_scalars_and_opaque_values_cross_over() {
         shape: [1, 4, 2, 2],
         samples: (0..16).map(|i| i as f32).collect(),
         noise_mask: Some((vec![1, 1, 2, 2], vec![0.0, 1.0, 1.0, 0.5])),
+        batch_index: None,
     };
     let model: Value = Value::Opaque(PortType::Model, Arc::new(42u32));
     let out = run_with(
@@ -588,8 +589,12 @@ fn latent_noise_example_is_seeded_and_keeps_the_mask() {
     let mut reg = graph::Registry::new();
     load_plugins(&[root().join("plugins/latent_noise.lua")], &mut reg, &SandboxLimits::default()).unwrap();
     let k = reg.get("LatentAddNoise").unwrap().clone();
-    let lat =
-        Latent { shape: [1, 4, 8, 8], samples: vec![1.0; 256], noise_mask: Some((vec![1, 1, 8, 8], vec![1.0; 64])) };
+    let lat = Latent {
+        shape: [1, 4, 8, 8],
+        samples: vec![1.0; 256],
+        noise_mask: Some((vec![1, 1, 8, 8], vec![1.0; 64])),
+        batch_index: None,
+    };
     let v = Value::Opaque(PortType::Latent, Arc::new(lat));
     let go = |seed: i64, strength: f64| {
         let out = run_with(

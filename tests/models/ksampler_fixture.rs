@@ -100,7 +100,7 @@ impl NodeKind for FixtureLatent {
     fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<GraphValue>, NodeError> {
         let shape = self.1.shape();
         let latent = match inputs.bool("img2img")? {
-            true => Latent { shape, samples: self.1.tensor("img2img.latent").1, noise_mask: None },
+            true => Latent { shape, samples: self.1.tensor("img2img.latent").1, noise_mask: None, batch_index: None },
             false => Latent::zeros(shape),
         };
         Ok(vec![GraphValue::payload(latent)])

@@ -303,7 +303,7 @@ fn image_to_mask_picks_the_channel_and_refuses_a_missing_one() {
 
 fn test_latent(shape: [usize; 4]) -> Latent {
     let n = shape.iter().product();
-    Latent { shape, samples: gpu::testing::random(n, 5, -2.0, 2.0), noise_mask: None }
+    Latent { shape, samples: gpu::testing::random(n, 5, -2.0, 2.0), noise_mask: None, batch_index: None }
 }
 
 /// Plane `(b, c)` of a latent as a one-image mask, for image_ops.

@@ -202,7 +202,7 @@ fn empty_image_and_image_batch_follow_comfyui() {
 // ---------------------------------------------------------------- latents
 
 fn test_latent(shape: [usize; 4], seed: u64) -> Latent {
-    Latent { shape, samples: values(shape.iter().product(), seed, -2.0, 2.0), noise_mask: None }
+    Latent { shape, samples: values(shape.iter().product(), seed, -2.0, 2.0), noise_mask: None, batch_index: None }
 }
 
 #[test]
@@ -744,4 +744,45 @@ fn example_outpaint_and_latent_composite_graphs_show_what_they_say() {
         100.0 * square
     );
     assert!(circle > 0.5 && left_bg > 0.5 && pasted > 0.5 && square > 0.5);
+}
+
+/// ComfyUI's `batch_index`: a latent taken out of a batch (LatentFromBatch), or repeated (RepeatLatentBatch),
+/// samples with the noise its item had in the whole batch, so one picture of a batch can be made again alone.
+#[test]
+fn a_latent_taken_from_a_batch_samples_as_it_did_in_the_batch() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let t = tiny("batch-index");
+    let reg = &t.reg;
+    let sample = |latent: Value| {
+        let inputs = [
+            ("model", t.model.clone()),
+            ("positive", t.pos.clone()),
+            ("negative", t.neg.clone()),
+            ("latent_image", latent),
+        ];
+        let params =
+            [("seed", int(5)), ("steps", int(2)), ("cfg", ParamValue::Float(3.0)), ("sampler_name", s("euler"))];
+        latent_of(&one(reg, "KSampler", &inputs, &params))
+    };
+    let empty = one(reg, "EmptyLatentImage", &[], &[("width", int(32)), ("height", int(32)), ("batch_size", int(3))]);
+    let whole = sample(empty.clone());
+    let item = whole.samples.len() / 3;
+    let third =
+        one(reg, "LatentFromBatch", &[("samples", empty.clone())], &[("batch_index", int(2)), ("length", int(1))]);
+    assert_eq!(latent_of(&third).batch_index, Some(vec![2]));
+    let alone = sample(third.clone());
+    assert_eq!(alone.samples, whole.samples[2 * item..], "item 2 alone, bit for bit");
+    assert_eq!(alone.batch_index, Some(vec![2]), "KSampler keeps the batch_index");
+    // Repeated twice: indices 2 and 3 (offset max - min + 1), i.e. batch item 2 and a fresh item 3.
+    let twice = one(reg, "RepeatLatentBatch", &[("samples", third)], &[("amount", int(2))]);
+    assert_eq!(latent_of(&twice).batch_index, Some(vec![2, 3]));
+    let both = sample(twice);
+    assert_eq!(both.samples[..item], whole.samples[2 * item..]);
+    assert_ne!(both.samples[item..], whole.samples[2 * item..], "item 3 has noise of its own");
+    // Without a batch_index the single latent samples as item 0 of a batch.
+    let plain =
+        sample(one(reg, "EmptyLatentImage", &[], &[("width", int(32)), ("height", int(32)), ("batch_size", int(1))]));
+    assert_eq!(plain.samples, whole.samples[..item]);
 }

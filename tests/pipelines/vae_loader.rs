@@ -80,6 +80,7 @@ fn standalone_vaes_in_both_layouts_equal_the_checkpoints_vae() {
         shape: [1, 4, 6, 5],
         samples: gpu::testing::random(4 * 6 * 5, 11, -3.0, 3.0),
         noise_mask: None,
+        batch_index: None,
     });
     let image = Value::Image(Arc::new(
         Image::from_data(1, 12, 10, 3, gpu::testing::random(12 * 10 * 3, 12, 0.0, 1.0)).unwrap(),

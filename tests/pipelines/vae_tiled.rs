@@ -122,7 +122,7 @@ fn vae_of(v: &Value) -> Arc<VaeHandle> {
 }
 
 fn latent_value(shape: [usize; 4], samples: Vec<f32>) -> Value {
-    Value::Opaque(PortType::Latent, Arc::new(Latent { shape, samples, noise_mask: None }))
+    Value::Opaque(PortType::Latent, Arc::new(Latent { shape, samples, noise_mask: None, batch_index: None }))
 }
 
 /// A seeded latent of about the scale KSampler produces.

@@ -145,7 +145,7 @@ pub fn upscale_latent(latent: &Latent, w: usize, h: usize, method: Method, cente
     })?;
     let src = if center { image_ops::center_crop_to_aspect(&img, w, h) } else { img };
     let out = image_ops::resize(&src, w, h, method)?;
-    Ok(Latent { shape: [b, c, h, w], samples: out.data, noise_mask: latent.noise_mask.clone() })
+    Ok(Latent { shape: [b, c, h, w], samples: out.data, ..latent.clone() })
 }
 
 pub struct LatentUpscale(NodeSchema);
@@ -309,7 +309,8 @@ impl NodeKind for LatentFromBatch {
             shape[0] = picked.len();
             (shape.clone(), batch::select_items(data, mask_item_len(&shape), &picked))
         });
-        Ok(vec![latent_value(Latent { shape: [count, c, h, w], samples, noise_mask })])
+        let batch_index = Some(batch::from_batch_indices(l.batch_index.as_deref(), start, count));
+        Ok(vec![latent_value(Latent { shape: [count, c, h, w], samples, noise_mask, batch_index })])
     }
 }
 
@@ -366,7 +367,9 @@ impl NodeKind for RepeatLatentBatch {
             shape[0] *= amount;
             (shape, data.repeat(amount))
         });
-        Ok(vec![latent_value(Latent { shape: [b * amount, c, h, w], samples: l.samples.repeat(amount), noise_mask })])
+        let batch_index = batch::repeat_batch_indices(l.batch_index.as_deref(), amount);
+        let samples = l.samples.repeat(amount);
+        Ok(vec![latent_value(Latent { shape: [b * amount, c, h, w], samples, noise_mask, batch_index })])
     }
 }
 

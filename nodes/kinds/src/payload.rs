@@ -28,11 +28,14 @@ pub struct Latent {
     pub samples: Vec<f32>,
     /// `[B or 1, 1, h, w]` in 0..1: where inpainting may change the latent.
     pub noise_mask: Option<(Vec<usize>, Vec<f32>)>,
+    /// Each latent's place in the batch it came from (ComfyUI's `batch_index`, set by LatentFromBatch and
+    /// RepeatLatentBatch): KSampler draws each item's initial noise as it would have in that batch.
+    pub batch_index: Option<Vec<usize>>,
 }
 
 impl Latent {
     pub fn zeros(shape: [usize; 4]) -> Latent {
-        Latent { shape, samples: vec![0.0; shape.iter().product()], noise_mask: None }
+        Latent { shape, samples: vec![0.0; shape.iter().product()], noise_mask: None, batch_index: None }
     }
 }
 

@@ -119,7 +119,7 @@ impl ValueCodec for LatentCodec {
                 Some((ms, md))
             }
         };
-        Ok(Value::payload(Latent { shape, samples, noise_mask }))
+        Ok(Value::payload(Latent { shape, samples, noise_mask, batch_index: None }))
     }
 }
 
@@ -129,7 +129,7 @@ mod tests {
 
     fn latent(noise_mask: Option<(Vec<usize>, Vec<f32>)>) -> Value {
         let samples = (0..2 * 4 * 2 * 3).map(|i| i as f32 * 0.5).collect();
-        Value::payload(Latent { shape: [2, 4, 2, 3], samples, noise_mask })
+        Value::payload(Latent { shape: [2, 4, 2, 3], samples, noise_mask, batch_index: None })
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub fn check_latent(latent: &Latent) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// The largest batch_index a latent may carry (ComfyUI draws noise for every index up to it).
+const MAX_BATCH_INDEX: usize = 1 << 16;
+
 /// The model and what guides it: ComfyUI's CFGGuider (`negative: None` is BasicGuider's positive alone, run at
 /// cfg 1 as ComfyUI's `Guider_Basic`).
 pub struct Guidance<'a> {
@@ -171,11 +174,22 @@ pub fn run_sampling(ctx: &RunContext<'_>, run: SamplingRun<'_>, want_denoised: b
         return Ok(Sampled { samples: same.clone(), denoised: want_denoised.then_some(same) });
     }
     let mask = latent_mask(latent)?;
+    if let Some(inds) = &latent.batch_index {
+        // Every draw up to the largest index is made: a bound keeps a bad index from running for hours.
+        if inds.len() != latent.shape[0] || inds.iter().any(|&i| i >= MAX_BATCH_INDEX) {
+            return Err(err(format!(
+                "input \"latent_image\": its batch_index {inds:?} does not fit a batch of {} (one index per \
+                 latent, each below {MAX_BATCH_INDEX})",
+                latent.shape[0]
+            )));
+        }
+    }
     let model_sigmas = model_sigmas(guidance.model);
     let gpu = runtime::gpu()?;
     let shape = latent.shape;
     let noise = match initial {
-        InitialNoise::Random { seed } => prepare_noise(&shape, seed, None),
+        // ComfyUI's prepare_noise with the latent's batch_index: each item's noise as in the batch it came from.
+        InitialNoise::Random { seed } => prepare_noise(&shape, seed, latent.batch_index.as_deref()),
         InitialNoise::Disabled => vec![0.0; latent.samples.len()],
     };
     let x = initial_latent(&noise, &latent.samples, sigmas[0], max_denoise(&model_sigmas, sigmas[0]));
@@ -235,10 +249,10 @@ pub fn run_sampling(ctx: &RunContext<'_>, run: SamplingRun<'_>, want_denoised: b
         }
     }
     // The mask stays on the latent, as ComfyUI's `out = latent.copy()`, so a second KSampler inpaints too.
-    let noise_mask = latent.noise_mask.clone();
-    let samples = Value::payload(Latent { shape, samples, noise_mask: noise_mask.clone() });
+    // So does its batch_index, as ComfyUI's copy.
+    let samples = Value::payload(Latent { shape, samples, ..(**latent).clone() });
     let denoised = want_denoised.then(|| match last_denoised {
-        Some(d) => Value::payload(Latent { shape, samples: d, noise_mask }),
+        Some(d) => Value::payload(Latent { shape, samples: d, ..(**latent).clone() }),
         // No step ran (a single sigma): ComfyUI's denoised_output is the output.
         None => samples.clone(),
     });

@@ -173,7 +173,7 @@ pub fn encode_pixels(
         let mut on_tile = || tile_done(ctx, &mut tiles, total);
         samples.extend(encode_item(gpu, &vae.vae, &chw, (h, w), pass, &mut on_tile).map_err(NodeError::new)?);
     }
-    Ok(Latent { shape, samples, noise_mask: None })
+    Ok(Latent { shape, samples, noise_mask: None, batch_index: None })
 }
 
 /// VAEEncodeForInpaint, as ComfyUI's: the picture cropped to a multiple of the VAE's factor and greyed

@@ -310,6 +310,6 @@ impl NodeKind for VaeEncodeTiled {
             samples.extend(encode_tiled(gpu, &vae.vae, &chw, (h, w), &passes, &mut on_tile).map_err(NodeError::new)?);
         }
         let shape = [img.batch, lat, h / f, w / f];
-        Ok(vec![Value::payload(Latent { shape, samples, noise_mask: None })])
+        Ok(vec![Value::payload(Latent { shape, samples, noise_mask: None, batch_index: None })])
     }
 }
