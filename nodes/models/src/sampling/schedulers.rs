@@ -71,7 +71,7 @@ impl fmt::Debug for ModelSigmas {
 /// `torch.linspace(start, end, steps)` on the CPU, for float64: `start + step * i` in the first half,
 /// `end - step * (steps - 1 - i)` in the second (ATen `linspace_kernel`), each a fused multiply-add (one rounding) as
 /// in torch's x86-64 build (checked against torch 2.11.0 for many lengths, scalar and vectorised paths alike).
-fn linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
+pub(crate) fn linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
     if steps == 1 {
         return vec![start];
     }
@@ -83,7 +83,7 @@ fn linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
 }
 
 /// The same for float32 (start, end and step are float32, as in ATen).
-fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+pub(crate) fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     if steps == 1 {
         return vec![start];
     }

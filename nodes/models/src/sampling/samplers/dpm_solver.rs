@@ -13,6 +13,7 @@
 //! KSampler callback does, and the step's own sigmas.
 
 use super::{Denoiser, Job, Run, Sampled, SamplerHooks, StepInfo};
+use crate::sampling::schedulers::linspace_f32;
 
 /// The solver's orders for `nfe` model calls.
 fn orders(nfe: usize) -> Vec<usize> {
@@ -26,19 +27,6 @@ fn orders(nfe: usize) -> Vec<usize> {
         o.push(nfe % 3);
         o
     }
-}
-
-/// `torch.linspace(start, end, steps)` for float32 (its default dtype, which `sample_dpm_fast` gets): start, end and
-/// step in float32, ATen's two halves, each a fused multiply-add.
-fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let half = steps / 2;
-    (0..steps)
-        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
-        .collect()
 }
 
 /// `DPMSolver.sigma(t)`: `exp(-t)` of a float32 time, in float32.

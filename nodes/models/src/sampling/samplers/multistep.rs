@@ -8,6 +8,7 @@
 //! report `x`, not `x_cur`); here [`super::StepInfo::x`] is the step's own latent, as for every other sampler.
 
 use super::{Denoiser, Job, Sampled, SamplerHooks};
+use crate::sampling::schedulers::linspace_f64;
 
 /// The slope `(x - denoised) / sigma`, in f64.
 fn slope(x: &[f32], den: &[f32], sigma: f64) -> Vec<f64> {
@@ -160,18 +161,6 @@ pub fn sample_ipndm_v<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(job: Job<'
     })
 }
 
-/// `torch.linspace(start, end, steps)` for float64 (ATen's two halves, each a fused multiply-add).
-fn linspace(start: f64, end: f64, steps: usize) -> Vec<f64> {
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f64;
-    let half = steps / 2;
-    (0..steps)
-        .map(|i| if i < half { step.mul_add(i as f64, start) } else { (-step).mul_add((steps - 1 - i) as f64, end) })
-        .collect()
-}
-
 /// `deis.get_deis_coeff_list(t_steps, max_order, N=10000, deis_mode='tab')`: for each step of order 2 or more, the
 /// weights of the current and earlier slopes, integrals in DEIS time of the VP schedule's integrand times the
 /// Lagrange basis polynomials, as ComfyUI computes them (a sum over a 10000-point `linspace` times `dt / 10000`).
@@ -204,7 +193,7 @@ fn deis_coefficients(sigmas: &[f64], max_order: usize) -> Vec<Vec<f64>> {
                 return vec![];
             }
             let (t_cur, t_next) = (t_steps[i], t_steps[i + 1]);
-            let taus = linspace(t_cur, t_next, N);
+            let taus = linspace_f64(t_cur, t_next, N);
             let dtau = (t_next - t_cur) / N as f64;
             let prev: Vec<f64> = (0..order).map(|k| t_steps[i - k]).collect();
             let weights: Vec<f64> = taus.iter().map(|&tau| integrand(tau)).collect();
