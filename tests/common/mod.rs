@@ -244,3 +244,31 @@ pub fn call_kind(
 pub fn run_kind(reg: &Registry, kind: &str, inputs: &[(&str, Value)], params: &[(&str, ParamValue)]) -> Vec<Value> {
     call_kind(reg, kind, inputs, params).unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
+
+/// The first output of [`call_kind`], panicking on an error.
+pub fn one(reg: &Registry, kind: &str, inputs: &[(&str, Value)], params: &[(&str, ParamValue)]) -> Value {
+    call_kind(reg, kind, inputs, params).unwrap_or_else(|e| panic!("{kind}: {e}")).remove(0)
+}
+
+pub fn int(v: i64) -> ParamValue {
+    ParamValue::Int(v.into())
+}
+
+pub fn s(v: &str) -> ParamValue {
+    ParamValue::String(v.into())
+}
+
+pub fn latent_of(v: &Value) -> Arc<nodes::payload::Latent> {
+    v.downcast::<nodes::payload::Latent>().expect("a latent")
+}
+
+pub fn latent_value(l: nodes::payload::Latent) -> Value {
+    Value::Opaque(PortType::Latent, Arc::new(l))
+}
+
+pub fn image_of(v: &Value) -> Arc<graph::Image> {
+    match v {
+        Value::Image(i) => i.clone(),
+        v => panic!("not an image: {v:?}"),
+    }
+}

@@ -3,46 +3,19 @@
 //! ComfyUI's formulas (nodes.py and comfy_extras/nodes_mask.py @ 02217e36 / d9ac00e2), and end to end on the
 //! tiny fixture checkpoint (its VAE downsamples by 2).
 
-use crate::common::call_kind;
 use crate::common::sd_tiny::full_vocab_checkpoint;
+use crate::common::{call_kind, image_of, int, latent_of, latent_value, one, s};
 
 use std::path::Path;
 use std::sync::Arc;
 
 use graph::exec::{Executor, NoProgress, NodeStatus};
-use graph::{Image, Mask, ParamValue, PortType, Registry, Value};
+use graph::{Image, Mask, ParamValue, Registry, Value};
 use models::sampling::noise_mask::expand_noise_mask;
 use nodes::payload::Latent;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn one(reg: &Registry, kind: &str, inputs: &[(&str, Value)], params: &[(&str, ParamValue)]) -> Value {
-    call_kind(reg, kind, inputs, params).unwrap_or_else(|e| panic!("{kind}: {e}")).remove(0)
-}
-
-fn int(v: i64) -> ParamValue {
-    ParamValue::Int(v.into())
-}
-
-fn s(v: &str) -> ParamValue {
-    ParamValue::String(v.into())
-}
-
-fn latent_of(v: &Value) -> Arc<Latent> {
-    v.downcast::<Latent>().expect("a latent")
-}
-
-fn latent_value(l: Latent) -> Value {
-    Value::Opaque(PortType::Latent, Arc::new(l))
-}
-
-fn image_of(v: &Value) -> Arc<Image> {
-    match v {
-        Value::Image(i) => i.clone(),
-        v => panic!("not an image: {v:?}"),
-    }
 }
 
 fn mask_of(v: &Value) -> Arc<Mask> {
