@@ -72,25 +72,49 @@ impl fmt::Debug for ModelSigmas {
 /// `end - step * (steps - 1 - i)` in the second (ATen `linspace_kernel`), each a fused multiply-add (one rounding) as
 /// in torch's x86-64 build (checked against torch 2.11.0 for many lengths, scalar and vectorised paths alike).
 pub(crate) fn linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f64;
-    let half = steps / 2;
-    (0..steps)
-        .map(|i| if i < half { step.mul_add(i as f64, start) } else { (-step).mul_add((steps - 1 - i) as f64, end) })
-        .collect()
+    linspace(start, end, steps)
 }
 
 /// The same for float32 (start, end and step are float32, as in ATen).
 pub(crate) fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    linspace(start, end, steps)
+}
+
+/// The float types [`linspace`] runs in: ATen computes in the tensor's own dtype.
+trait LinspaceFloat:
+    Copy + std::ops::Sub<Output = Self> + std::ops::Div<Output = Self> + std::ops::Neg<Output = Self>
+{
+    fn of(n: usize) -> Self;
+    fn fma(self, a: Self, b: Self) -> Self;
+}
+
+impl LinspaceFloat for f64 {
+    fn of(n: usize) -> f64 {
+        n as f64
+    }
+    fn fma(self, a: f64, b: f64) -> f64 {
+        self.mul_add(a, b)
+    }
+}
+
+impl LinspaceFloat for f32 {
+    fn of(n: usize) -> f32 {
+        n as f32
+    }
+    fn fma(self, a: f32, b: f32) -> f32 {
+        self.mul_add(a, b)
+    }
+}
+
+/// [`linspace_f64`] in `T`.
+fn linspace<T: LinspaceFloat>(start: T, end: T, steps: usize) -> Vec<T> {
     if steps == 1 {
         return vec![start];
     }
-    let step = (end - start) / (steps - 1) as f32;
+    let step = (end - start) / T::of(steps - 1);
     let half = steps / 2;
     (0..steps)
-        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
+        .map(|i| if i < half { step.fma(T::of(i), start) } else { (-step).fma(T::of(steps - 1 - i), end) })
         .collect()
 }
 

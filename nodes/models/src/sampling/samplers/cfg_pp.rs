@@ -9,6 +9,7 @@
 //! and the step's target from the guided one. For eps/v models `alpha_t` is 1 (ComfyUI writes `sigma *
 //! exp(-log sigma)`, computed as written here).
 
+use super::ancestral::{ancestral_steps, dpmpp_2s_coefficients};
 use super::{Denoiser, Guided, Job, Noise, Sampled, SamplerHooks, Step, ancestral_step, draw};
 
 /// `sample_euler_ancestral_cfg_pp(eta, s_noise)`: `x = alpha_t denoised + sigma_down d` with
@@ -53,11 +54,9 @@ pub fn sample_dpmpp_2s_ancestral_cfg_pp<D: Denoiser + ?Sized, H: SamplerHooks + 
     x: Vec<f32>,
     noise: Noise<'_>,
 ) -> Sampled<D> {
-    let Noise { source, eta, s_noise } = noise;
-    job.steps_with_uncond(x, &mut |run, st, x| {
-        let (s, s_next) = (st.s, st.s_next);
-        let (sigma_down, sigma_up) = ancestral_step(s, s_next, eta);
-        let mut next: Vec<f64> = if sigma_down == 0.0 {
+    ancestral_steps(job, x, noise, true, &mut |run, st, x, sigma_down| {
+        let s = st.s;
+        let next: Vec<f64> = if sigma_down == 0.0 {
             // Euler: denoised + d * sigma_down with d from the negative prompt's estimate.
             (0..x.len())
                 .map(|j| {
@@ -66,11 +65,7 @@ pub fn sample_dpmpp_2s_ancestral_cfg_pp<D: Denoiser + ?Sized, H: SamplerHooks + 
                 })
                 .collect()
         } else {
-            let (t, t_next) = (-s.ln(), -sigma_down.ln());
-            let h = t_next - t;
-            let t_mid = t + 0.5 * h;
-            let sigma_mid = (-t_mid).exp();
-            let (ratio1, c1) = (sigma_mid / (-t).exp(), (-h * 0.5).exp_m1());
+            let (sigma_mid, ratio1, c1, ratio, c) = dpmpp_2s_coefficients(s, sigma_down);
             let x2: Vec<f32> = (0..x.len())
                 .map(|j| {
                     let (xv, dv, uv) = (f64::from(x[j]), f64::from(st.den[j]), f64::from(st.uncond[j]));
@@ -78,7 +73,6 @@ pub fn sample_dpmpp_2s_ancestral_cfg_pp<D: Denoiser + ?Sized, H: SamplerHooks + 
                 })
                 .collect();
             let Guided { denoised: den2, uncond: uncond2 } = run.denoise_with_uncond(st.i, &x2, sigma_mid)?;
-            let (ratio, c) = ((-t_next).exp() / (-t).exp(), (-h).exp_m1());
             (0..x.len())
                 .map(|j| {
                     let (xv, dv, uv) = (f64::from(x[j]), f64::from(st.den[j]), f64::from(uncond2[j]));
@@ -86,17 +80,7 @@ pub fn sample_dpmpp_2s_ancestral_cfg_pp<D: Denoiser + ?Sized, H: SamplerHooks + 
                 })
                 .collect()
         };
-        if s_next > 0.0 {
-            let z = draw(source, s, s_next, x.len());
-            let amp = s_noise * sigma_up;
-            for (v, &zv) in next.iter_mut().zip(&z) {
-                *v += f64::from(zv) * amp;
-            }
-        }
-        for (xv, v) in x.iter_mut().zip(next) {
-            *xv = v as f32;
-        }
-        Ok(())
+        Ok((next, st.s_next > 0.0))
     })
 }
 

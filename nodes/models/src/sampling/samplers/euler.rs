@@ -2,7 +2,8 @@
 //! `comfy/k_diffusion/sampling.py` (rattus128/ComfyUI @ 9b039406af3b518885b2cf891942df69d09ee8ae). ComfyUI's `ddim`
 //! sampler is `sample_euler`.
 
-use super::{Denoiser, Job, Noise, Sampled, SamplerHooks, ancestral_step, draw};
+use super::ancestral::ancestral_steps;
+use super::{Denoiser, Job, Noise, Sampled, SamplerHooks};
 
 /// `sample_euler` without churn (`s_churn = 0`, as KSampler runs it): `x += (x - denoised) / sigma * (sigma_next -
 /// sigma)`.
@@ -26,21 +27,15 @@ pub fn sample_euler_ancestral<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(
     x: Vec<f32>,
     noise: Noise<'_>,
 ) -> Sampled<D> {
-    let Noise { source, eta, s_noise } = noise;
-    job.steps(x, &mut |_, st, x| {
-        let (s, s_next) = (st.s, st.s_next);
-        let (sigma_down, sigma_up) = ancestral_step(s, s_next, eta);
+    ancestral_steps(job, x, noise, false, &mut |_, st, x, sigma_down| {
         if sigma_down == 0.0 {
-            *x = st.den;
-            return Ok(());
+            return Ok((st.den.iter().map(|&dv| f64::from(dv)).collect(), false));
         }
-        let z = draw(source, s, s_next, x.len());
-        let dt = sigma_down - s;
-        let amp = s_noise * sigma_up;
-        for ((xv, &dv), &zv) in x.iter_mut().zip(&st.den).zip(&z) {
-            let (xf, df) = (f64::from(*xv), f64::from(dv));
-            *xv = (xf + (xf - df) / s * dt + f64::from(zv) * amp) as f32;
-        }
-        Ok(())
+        let (s, dt) = (st.s, sigma_down - st.s);
+        let next = x.iter().zip(&st.den).map(|(&xv, &dv)| {
+            let (xf, df) = (f64::from(xv), f64::from(dv));
+            xf + (xf - df) / s * dt
+        });
+        Ok((next.collect(), true))
     })
 }
