@@ -38,6 +38,10 @@ struct Cli {
     /// ComfyUI's extra_model_paths.yaml: more folders for model names (repeatable; also SDGRAPH_EXTRA_MODEL_PATHS).
     #[arg(long, global = true, value_name = "FILE")]
     extra_model_paths: Vec<PathBuf>,
+    /// A folder of textual-inversion embeddings for `embedding:name` in prompts (repeatable), searched before each
+    /// models folder's embeddings/ (and extra_model_paths.yaml's) and the graph's own embeddings/ folder.
+    #[arg(long, global = true, value_name = "DIR")]
+    embeddings_dir: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -219,6 +223,8 @@ pub fn main() -> i32 {
             return EXIT_INVALID;
         }
     };
+    let mut settings = settings;
+    settings.nodes.embedding_dirs = embedding_dirs(&cli.embeddings_dir, &models);
     let registry = match build_registry(&plugin_dirs, settings.nodes) {
         Ok(r) => r,
         Err(errs) => {
@@ -281,6 +287,21 @@ pub fn main() -> i32 {
             models,
         }),
     }
+}
+
+/// The embeddings folders, in order: `--embeddings-dir`, then ComfyUI's `embeddings` folder of the models
+/// folders and of `extra_model_paths.yaml` (in the order model names are looked up). Kept for the whole process.
+fn embedding_dirs(flags: &[PathBuf], models: &load::ModelPaths) -> &'static [PathBuf] {
+    let roots = graph::comfy::ModelRoots { roots: models.dirs.clone(), extra: models.extra.clone(), ..Default::default() };
+    let mut dirs = flags.to_vec();
+    let mut from_models = roots.folders("embeddings");
+    // The last entry is the workflow's own folder, which CLIPTextEncode replaces by the graph's embeddings/.
+    from_models.pop();
+    dirs.extend(from_models);
+    if dirs.is_empty() {
+        return &[];
+    }
+    Box::leak(dirs.into_boxed_slice())
 }
 
 /// The built-in node kinds plus the plugins in `plugin_dirs`; any plugin

@@ -111,6 +111,8 @@ impl Settings {
                     Some("1") => true,
                     Some(v) => return Err(format!("SDGRAPH_ABSOLUTE_PATHS={v:?}: expected 1 (or 0)")),
                 },
+                // Resolved from the command line and the models folders by `main`.
+                embedding_dirs: &[],
             },
         })
     }
@@ -158,6 +160,7 @@ mod tests {
                 vae_tile_bytes: Some(4096),
                 upscale_tile_bytes: Some(8192),
                 absolute_paths: true,
+                embedding_dirs: &[],
             }
         );
         assert!(from(&[("SDGRAPH_ABSOLUTE_PATHS", "yes")]).unwrap_err().contains("SDGRAPH_ABSOLUTE_PATHS"));

@@ -7,6 +7,7 @@ mod common;
 mod cases;
 mod checkpoints;
 mod comfy_pixels;
+mod embeddings;
 mod ksampler_fixture;
 mod models_clip;
 mod models_controlnet;

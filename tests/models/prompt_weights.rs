@@ -179,7 +179,7 @@ fn id(t: &ClipTokenizer, token: &str) -> u32 {
 
 /// A chunk from its prompt tokens (after the start token) and their weights, closed and padded.
 fn chunk(tokens: &[(u32, f64)]) -> WeightedChunk {
-    let mut c = WeightedChunk { ids: [PAD; CONTEXT_LENGTH], weights: [1.0; CONTEXT_LENGTH] };
+    let mut c = WeightedChunk { ids: [PAD; CONTEXT_LENGTH], weights: [1.0; CONTEXT_LENGTH], vectors: vec![] };
     c.ids[0] = START_OF_TEXT;
     for (j, &(t, w)) in tokens.iter().enumerate() {
         c.ids[1 + j] = t;

@@ -95,7 +95,7 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     reg.register(Arc::new(checkpoint_loader::VaeLoader::new()))?;
     reg.register(Arc::new(lora_loader::LoraLoader::new()))?;
     reg.register(Arc::new(lora_loader::LoraLoaderModelOnly::new()))?;
-    reg.register(Arc::new(text_encode::ClipTextEncode::new()))?;
+    reg.register(Arc::new(text_encode::ClipTextEncode::with_settings(settings)))?;
     reg.register(Arc::new(text_encode::ClipSetLastLayer::new()))?;
     conditioning_nodes::register(reg)?;
     reg.register(Arc::new(controlnet_apply::ControlNetLoader::new(settings)))?;

@@ -2,6 +2,8 @@
 //! once at start-up (the library reads no environment). Kinds that need a
 //! setting keep a copy from their construction.
 
+use std::path::PathBuf;
+
 use gpu::DType;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -20,4 +22,10 @@ pub struct Settings {
     /// path (`SDGRAPH_ABSOLUTE_PATHS=1`) instead of relative ones, which keep
     /// the user's folder names out of shared pictures.
     pub absolute_paths: bool,
+    /// The embeddings folders `embedding:NAME` is looked up in by
+    /// CLIPTextEncode (`--embeddings-dir`, then each models folder's
+    /// `embeddings/`, then `extra_model_paths.yaml`'s), before the graph's own
+    /// `embeddings/` folder. Set once for the process by the command (hence
+    /// `'static`, which keeps these settings `Copy`).
+    pub embedding_dirs: &'static [PathBuf],
 }

@@ -4,7 +4,11 @@
 //! encoded in chunks of 75 and concatenated along the sequence, as ComfyUI does.
 //! It encodes with the hidden state the CLIP value carries: the last layer as
 //! loaded, an earlier one after CLIPSetLastLayer ("clip skip"), also here.
+//! `embedding:NAME` words take a textual-inversion embedding's vectors, found
+//! in the embeddings folders the command names ([`Settings::embedding_dirs`])
+//! and then in the graph's own `embeddings/` folder ([`models::embeddings`]).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
@@ -13,28 +17,70 @@ use graph::{PortType, Value};
 use crate::payload::ClipHandle;
 use crate::payload::Conditioning;
 use crate::runtime;
+use crate::settings::Settings;
 use models::clip::ClipLayer;
-use models::prompt_weights::{encode_token_weights, tokenize_with_weights};
+use models::embeddings::{EXTENSIONS, Embedding, EmbeddingFolders, SD1_EMBEDDING_KEY, find_in, load_embedding};
+use models::prompt_weights::{EmbeddingLookup, embedding_names, encode_token_weights, tokenize_with_embeddings};
 
-pub struct ClipTextEncode(NodeSchema);
+/// The schema, and the settings naming the embeddings folders.
+pub struct ClipTextEncode(NodeSchema, Settings);
 
 graph::node_fields! {
     struct TextEncodeFields {
         clip: Arc<ClipHandle> = input(PortType::Clip, "The text encoder (from CheckpointLoaderSimple)."),
         text: String = text(
             "",
-            "The prompt. `(words)` weighs words 1.1x, `(words:1.3)` 1.3x; `\\(` is a literal parenthesis.",
+            "The prompt. `(words)` weighs words 1.1x, `(words:1.3)` 1.3x; `\\(` is a literal parenthesis; \
+             `embedding:name` inserts a textual-inversion embedding from the embeddings folder.",
         ),
     }
 }
 
 impl ClipTextEncode {
     pub fn new() -> Self {
+        Self::with_settings(Settings::default())
+    }
+
+    /// With the command's embeddings folders.
+    pub fn with_settings(settings: Settings) -> Self {
         Self(
             NodeSchema::new("CLIPTextEncode", "conditioning", "Encodes a text prompt with the CLIP text encoder.")
                 .fields(TextEncodeFields::declare)
                 .output("conditioning", PortType::Conditioning, "The encoded prompt."),
+            settings,
         )
+    }
+
+    /// The embeddings folders of a run: the command's, then the graph's `embeddings/`.
+    fn folders(&self, ctx: &RunContext<'_>) -> EmbeddingFolders {
+        let mut dirs = self.1.embedding_dirs.to_vec();
+        dirs.push(ctx.base_dir.join("embeddings"));
+        EmbeddingFolders::new(dirs)
+    }
+}
+
+/// Looks `embedding:NAME` up in the folders, walked once per prompt; remembers the files read.
+struct FolderLookup {
+    folders: EmbeddingFolders,
+    expanded: Vec<PathBuf>,
+    width: usize,
+    files: Vec<PathBuf>,
+}
+
+impl EmbeddingLookup for FolderLookup {
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn load(&mut self, name: &str) -> Result<Option<Embedding>, String> {
+        let Some(path) = find_in(&self.expanded, name) else { return Ok(None) };
+        self.files.push(path.clone());
+        load_embedding(&path, SD1_EMBEDDING_KEY).map(Some).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn searched(&self) -> String {
+        let dirs: Vec<String> = self.folders.dirs.iter().map(|d| d.display().to_string()).collect();
+        format!(" (no file of that name, or with {}, in {} or below)", EXTENSIONS.join(" / "), dirs.join(", "))
     }
 }
 
@@ -52,8 +98,15 @@ impl NodeKind for ClipTextEncode {
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
         let f = TextEncodeFields::read(inputs)?;
         let clip = f.clip;
-        let tokens = tokenize_with_weights(&clip.tokenizer, f.text.as_str())
+        let folders = self.folders(ctx);
+        let expanded = folders.expanded();
+        let width = clip.model.config.hidden_size;
+        let mut lookup = FolderLookup { folders, expanded, width, files: Vec::new() };
+        let tokens = tokenize_with_embeddings(&clip.tokenizer, f.text.as_str(), &mut lookup)
             .map_err(|e| NodeError::new(format!("param \"text\": {e}")))?;
+        for file in &lookup.files {
+            ctx.record_input_file(file);
+        }
         for w in &tokens.warnings {
             ctx.progress.message(&format!("warning: node {:?}, param \"text\": {w}", ctx.node_id));
         }
@@ -62,6 +115,29 @@ impl NodeKind for ClipTextEncode {
         let cond = encode_token_weights(gpu, &clip.model, &tokens.chunks, clip.layer)
             .map_err(|e| NodeError::new(e.to_string()))?;
         Ok(vec![Value::payload(Conditioning::new(cond))])
+    }
+
+    /// The embedding files the prompt names, by path, size and modification time (a name not found counts too,
+    /// so adding the file re-encodes): replacing or adding an embedding re-encodes the prompt.
+    fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
+        let text = TextEncodeFields::read(inputs).ok()?.text;
+        let names = embedding_names(&text).ok()?;
+        if names.is_empty() {
+            return None;
+        }
+        let expanded = self.folders(ctx).expanded();
+        let parts: Vec<String> = names
+            .iter()
+            .map(|name| match find_in(&expanded, name) {
+                None => format!("{name}=-"),
+                Some(p) => {
+                    let meta = std::fs::metadata(&p).ok();
+                    let (len, modified) = (meta.as_ref().map(|m| m.len()), meta.and_then(|m| m.modified().ok()));
+                    format!("{name}={}:{len:?}:{modified:?}", p.display())
+                }
+            })
+            .collect();
+        Some(parts.join("|"))
     }
 }
 

@@ -16,7 +16,8 @@
 //! The token embedding is gathered on the CPU from an f32 copy of the table
 //! (SD: 49408 x 768), so ids are checked before anything reaches the GPU and
 //! the table never takes GPU memory; the gathered rows plus the position
-//! embedding are uploaded as `[B, L, C]`.
+//! embedding are uploaded as `[B, L, C]`. A position may take a given vector
+//! instead of a token's row (textual-inversion embeddings, [`InputVector`]).
 
 use gpu::ops::attention::{AttentionOptions, MAX_HEAD_DIM, attention};
 use gpu::ops::layout::{concat, slice};
@@ -233,6 +234,15 @@ pub struct ClipHiddenStates {
     pub last_hidden_state: Tensor,
 }
 
+/// A vector that stands in for the token embedding at one position of one row (a textual-inversion
+/// embedding's vector; its width is the model's `hidden_size`).
+#[derive(Debug, Clone, Copy)]
+pub struct InputVector<'a> {
+    pub row: usize,
+    pub position: usize,
+    pub values: &'a [f32],
+}
+
 /// `CLIPTextModel` (`cond_stage_model.transformer.text_model`).
 pub struct ClipTextModel {
     pub config: ClipTextConfig,
@@ -284,6 +294,18 @@ impl ClipTextModel {
     /// computed on the CPU in f32 and uploaded, `[B, L, C]`. Every row of
     /// `ids` must have the same length `L <= max_positions` (SD: 77).
     pub fn embed<T: AsRef<[u32]>>(&self, gpu: &Gpu, ids: &[T]) -> Result<Tensor, ModelError> {
+        self.embed_with_vectors(gpu, ids, &[])
+    }
+
+    /// [`embed`](Self::embed) with the token embedding of some positions replaced by given vectors
+    /// (textual-inversion embeddings; transformers' `inputs_embeds`, ComfyUI's `process_tokens`): the position
+    /// embedding is added to them as to any token, and the ids at those positions are not read.
+    pub fn embed_with_vectors<T: AsRef<[u32]>>(
+        &self,
+        gpu: &Gpu,
+        ids: &[T],
+        vectors: &[InputVector<'_>],
+    ) -> Result<Tensor, ModelError> {
         let (vocab, c) = (self.config.vocab_size, self.config.hidden_size);
         let b = ids.len();
         let l = ids.first().map_or(0, |r| r.as_ref().len());
@@ -296,6 +318,19 @@ impl ClipTextModel {
                 self.config.max_positions
             )));
         }
+        // Which vector, if any, stands at each (row, position).
+        let mut given: Vec<Option<&[f32]>> = vec![None; b * l];
+        for v in vectors {
+            if v.row >= b || v.position >= l || v.values.len() != c {
+                return Err(ModelError::Config(format!(
+                    "an input vector of {} values at row {}, position {} does not fit {b} rows of {l} positions of width {c}",
+                    v.values.len(),
+                    v.row,
+                    v.position
+                )));
+            }
+            given[v.row * l + v.position] = Some(v.values);
+        }
         let mut data = Vec::with_capacity(b * l * c);
         for (row, seq) in ids.iter().enumerate() {
             let seq = seq.as_ref();
@@ -306,6 +341,11 @@ impl ClipTextModel {
                 )));
             }
             for (pos, &id) in seq.iter().enumerate() {
+                let p = &self.position_embedding[pos * c..(pos + 1) * c];
+                if let Some(v) = given[row * l + pos] {
+                    data.extend(v.iter().zip(p).map(|(t, p)| t + p));
+                    continue;
+                }
                 let id = id as usize;
                 if id >= vocab {
                     return Err(ModelError::Config(format!(
@@ -313,7 +353,6 @@ impl ClipTextModel {
                     )));
                 }
                 let tok = &self.token_embedding[id * c..(id + 1) * c];
-                let p = &self.position_embedding[pos * c..(pos + 1) * c];
                 data.extend(tok.iter().zip(p).map(|(t, p)| t + p));
             }
         }
@@ -326,10 +365,11 @@ impl ClipTextModel {
         &self,
         gpu: &Gpu,
         ids: &[T],
+        vectors: &[InputVector<'_>],
         n: usize,
         keep_all: bool,
     ) -> Result<Vec<Tensor>, ModelError> {
-        let mut x = self.embed(gpu, ids)?;
+        let mut x = self.embed_with_vectors(gpu, ids, vectors)?;
         let mut out = Vec::new();
         for layer in &self.layers[..n] {
             let next = layer.forward(gpu, &x, self.config.num_heads, self.config.activation)?;
@@ -348,7 +388,20 @@ impl ClipTextModel {
     /// `layer_norm_hidden_state=True`), A1111 and diffusers (`clip_skip=1`)
     /// compute it. Layers after the chosen one are not run.
     pub fn forward<T: AsRef<[u32]>>(&self, gpu: &Gpu, ids: &[T], layer: ClipLayer) -> Result<Tensor, ModelError> {
-        let h = self.forward_raw(gpu, ids, layer)?;
+        self.forward_with_vectors(gpu, ids, &[], layer)
+    }
+
+    /// [`forward`](Self::forward) with some positions' token embeddings replaced by `vectors`
+    /// (see [`embed_with_vectors`](Self::embed_with_vectors)).
+    pub fn forward_with_vectors<T: AsRef<[u32]>>(
+        &self,
+        gpu: &Gpu,
+        ids: &[T],
+        vectors: &[InputVector<'_>],
+        layer: ClipLayer,
+    ) -> Result<Tensor, ModelError> {
+        let n = layer.hidden_state_index(self.config.num_layers)?;
+        let h = self.hidden(gpu, ids, vectors, n, false)?.pop().expect("hidden returns at least one tensor");
         self.final_layer_norm.forward(gpu, &h)
     }
 
@@ -356,7 +409,7 @@ impl ClipTextModel {
     /// `hidden_states[-n]`; what SDXL takes from its CLIP penultimate layer).
     pub fn forward_raw<T: AsRef<[u32]>>(&self, gpu: &Gpu, ids: &[T], layer: ClipLayer) -> Result<Tensor, ModelError> {
         let n = layer.hidden_state_index(self.config.num_layers)?;
-        let mut h = self.hidden(gpu, ids, n, false)?;
+        let mut h = self.hidden(gpu, ids, &[], n, false)?;
         Ok(h.pop().expect("hidden returns at least one tensor"))
     }
 
@@ -366,7 +419,7 @@ impl ClipTextModel {
         gpu: &Gpu,
         ids: &[T],
     ) -> Result<ClipHiddenStates, ModelError> {
-        let hidden_states = self.hidden(gpu, ids, self.config.num_layers, true)?;
+        let hidden_states = self.hidden(gpu, ids, &[], self.config.num_layers, true)?;
         let last = hidden_states.last().expect("hidden returns at least one tensor");
         let last_hidden_state = self.final_layer_norm.forward(gpu, last)?;
         Ok(ClipHiddenStates { hidden_states, last_hidden_state })

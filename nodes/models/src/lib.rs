@@ -6,6 +6,7 @@
 //!
 //! - [`checkpoint`]: safetensors, `.pth` and diffusers folders, and weight layouts
 //! - [`tokenizer`]: CLIP's byte-level BPE; [`prompt_weights`]: ComfyUI's `(word:1.2)`
+//!   and `embedding:name`, whose files [`embeddings`] finds and reads
 //! - [`sampling`]: noise, schedulers and samplers (k-diffusion's, as ComfyUI runs them)
 //! - [`image_ops`]: the pure pixel operations behind the image nodes
 //! - [`nn`]: the layers they are built from (Linear, Conv2d, GroupNorm, LayerNorm), and
@@ -21,6 +22,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod controlnet;
+pub mod embeddings;
 pub mod esrgan;
 pub mod image_ops;
 pub mod lora;

@@ -45,22 +45,30 @@
 //!
 //! # Where sdgraph differs
 //!
-//! - Textual-inversion embeddings are not supported. ComfyUI's loaders pass an embeddings folder, and a name it
-//!   cannot find there is dropped with a warning; sdgraph behaves as if the folder were empty: `embedding:NAME`
-//!   is dropped (with ComfyUI's leftover-text handling: text after whitespace, or from a `<` / `[`, in the same
-//!   word is kept, and trailing/leading commas come back as ComfyUI's `_try_get_embedding` returns them) and
-//!   [`Tokenized::warnings`] says so. `embedding:` with no name is an error (ComfyUI raises `IndexError`).
+//! - `embedding:NAME` is ComfyUI's: the word is looked up by an [`EmbeddingLookup`] (the node's, over the
+//!   embeddings folders, [`crate::embeddings`]), with ComfyUI's leftover-text handling (`_try_get_embedding`:
+//!   text after whitespace, or from a `<` / `[`, in the same word is tokenized after it; a name not found is
+//!   tried again without leading/trailing commas, which then come back as text). Its vectors take one position
+//!   each, at the segment's weight, and go to the encoder in place of token embeddings. A name that is not found
+//!   is dropped with ComfyUI's warning; one whose vectors are not the encoder's width keeps its positions while
+//!   the prompt is chunked and is then removed from its chunk, the later positions moving up and padding filling
+//!   the end while the weights stay where they were, as ComfyUI's `process_tokens` does (with its warning).
+//!   [`tokenize_with_weights`] looks nothing up, as if the folder were empty. `embedding:` with no name is an
+//!   error (ComfyUI raises `IndexError`).
 //! - A token whose weight is not a finite f32 (`(a:nan)`, `(a:inf)`, `(a:1e39)`, or 931 nested parentheses) is an
 //!   error; ComfyUI would fill the conditioning with NaN/inf.
 //! - Parentheses nested more than [`MAX_NESTING`] deep are an error (ComfyUI's recursive parser hits Python's
 //!   recursion limit a little below 1000 levels).
 //! - Everything else, including the f64 weight arithmetic and Python's `float()` grammar, is ComfyUI's.
 
+use std::rc::Rc;
+
 use gpu::ops::layout::concat;
 use gpu::{Gpu, Tensor};
 
 use crate::ModelError;
-use crate::clip::{ClipLayer, ClipTextModel};
+use crate::clip::{ClipLayer, ClipTextModel, InputVector};
+use crate::embeddings::Embedding;
 use crate::tokenizer::{CONTEXT_LENGTH, ClipTokenizer, END_OF_TEXT, PAD, START_OF_TEXT};
 
 /// What `(text)` multiplies the enclosing weight by.
@@ -83,11 +91,17 @@ pub struct Segment {
     pub weight: f64,
 }
 
+/// The id a chunk holds where an embedding vector stands (never a vocabulary entry, so an encoder that is not
+/// given the vector refuses it).
+pub const EMBEDDING_SLOT: u32 = u32::MAX;
+
 /// One 77-position sequence for the text encoder, with each position's weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightedChunk {
     pub ids: [u32; CONTEXT_LENGTH],
     pub weights: [f64; CONTEXT_LENGTH],
+    /// Positions that take an embedding vector instead of a token (their id is [`EMBEDDING_SLOT`]), ascending.
+    pub vectors: Vec<(usize, Vec<f32>)>,
 }
 
 impl WeightedChunk {
@@ -104,6 +118,70 @@ pub struct Tokenized {
     pub chunks: Vec<WeightedChunk>,
     /// What was ignored (embedding references), for the user.
     pub warnings: Vec<String>,
+}
+
+/// Where `embedding:NAME` is looked up.
+pub trait EmbeddingLookup {
+    /// The text encoder's width: embeddings of another width are dropped (after chunking, as ComfyUI).
+    fn width(&self) -> usize;
+    /// The embedding `name` names: `Ok(None)` when there is no such file, `Err` (naming the file and the
+    /// problem) when its file gives no vectors; both drop the word with a warning, as ComfyUI does.
+    fn load(&mut self, name: &str) -> Result<Option<Embedding>, String>;
+    /// Where names were looked up, for the warning about one not found ("" for nowhere).
+    fn searched(&self) -> String {
+        String::new()
+    }
+}
+
+/// No embeddings at all: every `embedding:NAME` is dropped as not found.
+pub struct NoEmbeddings;
+
+impl EmbeddingLookup for NoEmbeddings {
+    fn width(&self) -> usize {
+        0
+    }
+    fn load(&mut self, _: &str) -> Result<Option<Embedding>, String> {
+        Ok(None)
+    }
+    fn searched(&self) -> String {
+        " (no embeddings folder)".into()
+    }
+}
+
+/// Records the names looked up and finds none.
+struct RecordNames(Vec<String>);
+
+impl EmbeddingLookup for RecordNames {
+    fn width(&self) -> usize {
+        0
+    }
+    fn load(&mut self, name: &str) -> Result<Option<Embedding>, String> {
+        if !self.0.iter().any(|n| n == name) {
+            self.0.push(name.to_owned());
+        }
+        Ok(None)
+    }
+}
+
+/// Every name `embedding:` words of `text` may be looked up by (with and without commas), in order: what the
+/// result of [`tokenize_with_embeddings`] depends on besides the text, for a cache key.
+pub fn embedding_names(text: &str) -> Result<Vec<String>, String> {
+    let mut rec = RecordNames(Vec::new());
+    for seg in parse_prompt(text)? {
+        for word in split_embedding_words(&seg.text) {
+            if word.starts_with(EMBEDDING_PREFIX) {
+                try_get_embedding(&word, &mut rec, &mut Vec::new())?;
+            }
+        }
+    }
+    Ok(rec.0)
+}
+
+/// One position of a chunk before it is laid out: a token, or an embedding vector.
+#[derive(Debug, Clone)]
+enum Tok {
+    Id(u32),
+    Vector(Rc<[f32]>),
 }
 
 /// ComfyUI's `escape_important`: `\)` and `\(` become sentinels the parser does not see as parentheses.
@@ -278,9 +356,14 @@ fn split_embedding_words(text: &str) -> Vec<String> {
     words
 }
 
-/// What ComfyUI's `tokenize_with_weights` + `_try_get_embedding` do with `embedding:...` when the embedding does
-/// not exist: returns the name it warns about and the leftover text it goes on to tokenize ("" for none).
-fn missing_embedding(word: &str) -> Result<(String, String), String> {
+/// ComfyUI's `_try_get_embedding` on the word `embedding:...`: the name it reports, the embedding (`None` when
+/// not found or unreadable; the reason for the latter goes to `warnings`), and the leftover text it goes on to
+/// tokenize ("" for none).
+fn try_get_embedding(
+    word: &str,
+    lookup: &mut dyn EmbeddingLookup,
+    warnings: &mut Vec<String>,
+) -> Result<(String, Option<Embedding>, String), String> {
     let name = word[EMBEDDING_PREFIX.len()..].trim_matches('\n');
     let parts: Vec<&str> = name.split(is_python_space).filter(|p| !p.is_empty()).collect();
     let Some((&first, rest)) = parts.split_first() else {
@@ -294,79 +377,126 @@ fn missing_embedding(word: &str) -> Result<(String, String), String> {
         leftover = format!("{}{tail}", &name[at..]);
         name.truncate(at);
     }
-    let stripped = name.trim_matches(',');
-    let (n_name, n_stripped) = (name.chars().count(), stripped.chars().count());
-    if n_stripped < n_name {
-        // `"{} {}".format(embedding_name[len(stripped):], leftover)`: Python slices by code points, and this takes
-        // the name's tail even when the commas were leading (ComfyUI's quirk, kept).
-        let tail: String = name.chars().skip(n_stripped).collect();
-        leftover = format!("{tail} {leftover}");
+    let mut load = |n: &str| match lookup.load(n) {
+        Ok(e) => e,
+        Err(why) => {
+            warnings.push(format!("embedding:{n}: {why}; error loading embedding, skipping it"));
+            None
+        }
+    };
+    let embed = load(&name);
+    if embed.is_none() {
+        let stripped = name.trim_matches(',');
+        let (n_name, n_stripped) = (name.chars().count(), stripped.chars().count());
+        if n_stripped < n_name {
+            let embed = load(stripped);
+            // `"{} {}".format(embedding_name[len(stripped):], leftover)`: Python slices by code points, and this
+            // takes the name's tail even when the commas were leading (ComfyUI's quirk, kept).
+            let tail: String = name.chars().skip(n_stripped).collect();
+            return Ok((name, embed, format!("{tail} {leftover}")));
+        }
     }
-    Ok((name, leftover))
+    Ok((name, embed, leftover))
 }
 
 /// ComfyUI's `SDTokenizer.tokenize_with_weights` for SD 1.x (`max_length=77`, padding with the end token, no
 /// `min_length`/`min_padding`): the prompt's chunks with each position's weight. Errors name the problem in the
 /// prompt (an out-of-range weight, too deep nesting, a nameless `embedding:`).
 pub fn tokenize_with_weights(tokenizer: &ClipTokenizer, text: &str) -> Result<Tokenized, String> {
+    tokenize_with_embeddings(tokenizer, text, &mut NoEmbeddings)
+}
+
+/// [`tokenize_with_weights`] with `embedding:NAME` looked up in `embeddings`: each vector of a found embedding
+/// takes one position (see the module header).
+pub fn tokenize_with_embeddings(
+    tokenizer: &ClipTokenizer,
+    text: &str,
+    embeddings: &mut dyn EmbeddingLookup,
+) -> Result<Tokenized, String> {
     let mut warnings = Vec::new();
+    let width = embeddings.width();
     // Token groups ("words"), each with its segment's weight.
-    let mut groups: Vec<(Vec<u32>, f64)> = Vec::new();
+    let mut groups: Vec<(Vec<Tok>, f64)> = Vec::new();
+    let finite = |seg: &Segment| {
+        if (seg.weight as f32).is_finite() {
+            Ok(())
+        } else {
+            Err(format!("weight {:?} of {:?} is not a finite number", seg.weight, seg.text))
+        }
+    };
     for seg in parse_prompt(text)? {
         for mut word in split_embedding_words(&seg.text) {
             if word.starts_with(EMBEDDING_PREFIX) {
-                let (name, leftover) = missing_embedding(&word)?;
-                warnings.push(format!(
-                    "embedding:{name} ignored: textual-inversion embeddings are not supported \
-                     (ComfyUI ignores an embedding it cannot find the same way)"
-                ));
+                let (name, embed, leftover) = try_get_embedding(&word, embeddings, &mut warnings)?;
+                match embed {
+                    None => {
+                        warnings.push(format!("embedding:{name} does not exist, ignoring{}", embeddings.searched()))
+                    }
+                    Some(e) => {
+                        if e.width != width {
+                            warnings.push(format!(
+                                "embedding:{name}: shape mismatch when trying to apply embedding, embedding will be \
+                                 ignored {} != {width} (its vectors are not this text encoder's width)",
+                                e.width
+                            ));
+                        }
+                        if e.vectors > 0 {
+                            finite(&seg)?;
+                        }
+                        let vectors = (0..e.vectors).map(|i| Tok::Vector(Rc::from(e.vector(i)))).collect();
+                        groups.push((vectors, seg.weight));
+                    }
+                }
                 if leftover.is_empty() {
                     continue;
                 }
                 word = leftover;
             }
             let ids = tokenizer.encode(&word);
-            if !ids.is_empty() && !(seg.weight as f32).is_finite() {
-                return Err(format!("weight {:?} of {:?} is not a finite number", seg.weight, seg.text));
+            if !ids.is_empty() {
+                finite(&seg)?;
             }
-            groups.push((ids, seg.weight));
+            groups.push((ids.into_iter().map(Tok::Id).collect(), seg.weight));
         }
     }
-    Ok(Tokenized { chunks: chunk_groups(&groups)?, warnings })
+    Ok(Tokenized { chunks: chunk_groups(&groups, width)?, warnings })
 }
 
-/// The batching loop of `tokenize_with_weights`: packs token groups into 77-position chunks.
-fn chunk_groups(groups: &[(Vec<u32>, f64)]) -> Result<Vec<WeightedChunk>, String> {
+/// The batching loop of `tokenize_with_weights`: packs token groups into 77-position chunks. Vectors not `width`
+/// wide are then removed from their chunk as ComfyUI's `process_tokens` does: later positions move up, padding
+/// fills the end, and the weights stay by position.
+fn chunk_groups(groups: &[(Vec<Tok>, f64)], width: usize) -> Result<Vec<WeightedChunk>, String> {
     // With an end token, a chunk holds at most max_length - 1 = 76 positions before it is closed.
     const OPEN_MAX: usize = CONTEXT_LENGTH - 1;
-    let mut batches: Vec<Vec<(u32, f64)>> = Vec::new();
-    let mut batch: Vec<(u32, f64)> = vec![(START_OF_TEXT, 1.0)];
-    for (ids, weight) in groups {
-        let is_large = ids.len() >= MAX_WORD_LENGTH;
-        let mut group: &[u32] = ids;
+    let start = || vec![(Tok::Id(START_OF_TEXT), 1.0)];
+    let mut batches: Vec<Vec<(Tok, f64)>> = Vec::new();
+    let mut batch: Vec<(Tok, f64)> = start();
+    for (toks, weight) in groups {
+        let is_large = toks.len() >= MAX_WORD_LENGTH;
+        let mut group: &[Tok] = toks;
         while !group.is_empty() {
             if group.len() + batch.len() > OPEN_MAX {
                 let remaining = OPEN_MAX - batch.len();
                 if is_large {
                     // Cut the word at the boundary.
-                    batch.extend(group[..remaining].iter().map(|&t| (t, *weight)));
-                    batch.push((END_OF_TEXT, 1.0));
+                    batch.extend(group[..remaining].iter().map(|t| (t.clone(), *weight)));
+                    batch.push((Tok::Id(END_OF_TEXT), 1.0));
                     group = &group[remaining..];
                 } else {
                     // Close this chunk; the whole word goes to the next.
-                    batch.push((END_OF_TEXT, 1.0));
-                    batch.extend(std::iter::repeat_n((PAD, 1.0), remaining));
+                    batch.push((Tok::Id(END_OF_TEXT), 1.0));
+                    batch.extend(std::iter::repeat_n((Tok::Id(PAD), 1.0), remaining));
                 }
-                batches.push(std::mem::replace(&mut batch, vec![(START_OF_TEXT, 1.0)]));
+                batches.push(std::mem::replace(&mut batch, start()));
             } else {
-                batch.extend(group.iter().map(|&t| (t, *weight)));
+                batch.extend(group.iter().map(|t| (t.clone(), *weight)));
                 group = &[];
             }
         }
     }
-    batch.push((END_OF_TEXT, 1.0));
+    batch.push((Tok::Id(END_OF_TEXT), 1.0));
     let fill = CONTEXT_LENGTH.saturating_sub(batch.len());
-    batch.extend(std::iter::repeat_n((PAD, 1.0), fill));
+    batch.extend(std::iter::repeat_n((Tok::Id(PAD), 1.0), fill));
     batches.push(batch);
 
     batches
@@ -375,10 +505,20 @@ fn chunk_groups(groups: &[(Vec<u32>, f64)]) -> Result<Vec<WeightedChunk>, String
             if b.len() != CONTEXT_LENGTH {
                 return Err(format!("internal error: a chunk of {} positions instead of {CONTEXT_LENGTH}", b.len()));
             }
-            let mut chunk = WeightedChunk { ids: [PAD; CONTEXT_LENGTH], weights: [1.0; CONTEXT_LENGTH] };
-            for (j, (t, w)) in b.into_iter().enumerate() {
-                chunk.ids[j] = t;
-                chunk.weights[j] = w;
+            let mut chunk =
+                WeightedChunk { ids: [PAD; CONTEXT_LENGTH], weights: [1.0; CONTEXT_LENGTH], vectors: Vec::new() };
+            let kept = b.iter().filter(|(t, _)| !matches!(t, Tok::Vector(v) if v.len() != width));
+            for (j, (t, _)) in kept.enumerate() {
+                chunk.ids[j] = match t {
+                    Tok::Id(id) => *id,
+                    Tok::Vector(v) => {
+                        chunk.vectors.push((j, v.to_vec()));
+                        EMBEDDING_SLOT
+                    }
+                };
+            }
+            for (j, (_, w)) in b.iter().enumerate() {
+                chunk.weights[j] = *w;
             }
             Ok(chunk)
         })
@@ -438,8 +578,13 @@ pub fn encode_token_weights(
     };
     let mut parts = Vec::with_capacity(chunks.len());
     for chunk in chunks {
+        let vectors: Vec<InputVector> = chunk
+            .vectors
+            .iter()
+            .map(|(position, values)| InputVector { row: 0, position: *position, values })
+            .collect();
         // [1, 77, C]
-        let z = model.forward(gpu, std::slice::from_ref(&chunk.ids), layer)?;
+        let z = model.forward_with_vectors(gpu, std::slice::from_ref(&chunk.ids), &vectors, layer)?;
         let z = match &z_empty {
             Some(empty) if chunk.is_weighted() => {
                 let mut v = gpu.download(&z)?;

@@ -54,6 +54,18 @@ fn top(m: String) -> KeyedError {
 /// Parses a whole `.pth` file: its tensors, and the buffer they point into.
 /// Errors carry the tensor's key when there is one.
 pub fn parse(data: &[u8]) -> Result<Parsed, KeyedError> {
+    parse_selected(data, |u, root| {
+        let dict = state_dict(u, root).map_err(top)?;
+        named_tensors(dict)
+    })
+}
+
+/// The tensors `select` picks from the unpickled root, by name (for files that are not a flat state
+/// dict, such as textual-inversion embeddings), copied out as [`parse`] does.
+pub fn parse_selected(
+    data: &[u8],
+    select: impl FnOnce(&Unpickled, &Object) -> Result<Vec<(String, TensorRef)>, KeyedError>,
+) -> Result<Parsed, KeyedError> {
     if !zip::is_zip(data) {
         let what = if data.first() == Some(&0x80) {
             "a legacy (pre-1.6) torch.save file, which sdgraph does not read; re-save it with a current PyTorch \
@@ -68,8 +80,7 @@ pub fn parse(data: &[u8]) -> Result<Parsed, KeyedError> {
     let pickle = archive.read(data, pkl).map_err(top)?;
     let u = unpickle(pickle).map_err(|e| top(format!("{pkl}: {e}")))?;
     let root = u.root.clone().ok_or_else(|| top("empty pickle".into()))?;
-    let dict = state_dict(&u, &root).map_err(top)?;
-    let named = named_tensors(dict)?;
+    let named = select(&u, &root)?;
 
     // Copy each view out contiguously, checking it against its storage.
     // Views may overlap or repeat a storage, so the total is capped by the file size.
@@ -80,7 +91,7 @@ pub fn parse(data: &[u8]) -> Result<Parsed, KeyedError> {
         let bad = |m: String| (Some(key.clone()), m);
         let entry_name = format!("{folder}data/{}", t.storage.key);
         let bytes = archive.read(data, &entry_name).map_err(bad)?;
-        let info = copy_tensor(&mut out, t, bytes, &entry_name, cap, data.len()).map_err(bad)?;
+        let info = copy_tensor(&mut out, &t, bytes, &entry_name, cap, data.len()).map_err(bad)?;
         if tensors.insert(key.clone(), info).is_some() {
             return Err(bad("appears twice in the state dict".into()));
         }
@@ -116,14 +127,14 @@ fn pickle_entry<'a>(archive: &'a zip::Archive, data: &[u8]) -> Result<(&'a str, 
 }
 
 /// The dict's tensors by key, without a DataParallel `module.` prefix when every key has one.
-fn named_tensors(dict: &[(Object, Object)]) -> Result<Vec<(String, &TensorRef)>, KeyedError> {
-    let mut named: Vec<(String, &TensorRef)> = Vec::new();
+fn named_tensors(dict: &[(Object, Object)]) -> Result<Vec<(String, TensorRef)>, KeyedError> {
+    let mut named: Vec<(String, TensorRef)> = Vec::new();
     for (k, v) in dict {
         let Object::Str(k) = k else {
             return Err(top(format!("the state dict has a key that is {k:?}, not a string")));
         };
         match v {
-            Object::Tensor(t) => named.push((k.to_string(), t)),
+            Object::Tensor(t) => named.push((k.to_string(), TensorRef::clone(t))),
             // Plain numbers or strings beside the tensors (an iteration count) are harmless: skip them.
             Object::None | Object::Bool(_) | Object::Int(_) | Object::Float(_) | Object::Str(_) => {}
             other => return Err((Some(k.to_string()), format!("is {other:?}, not a tensor"))),
