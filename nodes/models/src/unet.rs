@@ -29,7 +29,7 @@ use gpu::{DType, Gpu, Tensor};
 use super::ModelError;
 use super::nn::{Conv2d, GroupNorm, Linear};
 use super::resblock::{ResBlock, TimeEmb, UNET_KEYS};
-use super::unet_blocks::{AttentionHeads, Downsample, EmbTable, NormConfig, SpatialTransformer, Upsample};
+use super::unet_blocks::{AttentionHeads, Downsample, EmbTable, MiddlePatch, NormConfig, SpatialTransformer, Upsample};
 use crate::checkpoint::weights::Weights;
 
 /// What the UNet looks like. Levels are in down order (diffusers'
@@ -221,7 +221,8 @@ pub enum Layer {
 }
 
 impl Layer {
-    /// `skip_hw` is the spatial size of the skip connection an upsampler's output meets.
+    /// `skip_hw` is the spatial size of the skip connection an upsampler's output meets; `middle` is the
+    /// transformer patch and this layer's transformer index, when it is a SpatialTransformer.
     fn forward(
         &self,
         gpu: &Gpu,
@@ -229,11 +230,12 @@ impl Layer {
         emb: TimeEmb<'_>,
         context: &Tensor,
         skip_hw: Option<(usize, usize)>,
+        middle: Option<(&dyn MiddlePatch, usize)>,
     ) -> Result<Tensor, ModelError> {
         match self {
             Layer::Conv(c) => c.forward(gpu, x),
             Layer::Res(r) => r.forward(gpu, x, Some(emb)),
-            Layer::Attn(t) => t.forward(gpu, x, context),
+            Layer::Attn(t) => t.forward_patched(gpu, x, context, middle),
             Layer::Down(d) => d.forward(gpu, x),
             Layer::Up(u) => u.forward(gpu, x, skip_hw.unwrap_or((2 * x.dim(2), 2 * x.dim(3)))),
         }
@@ -256,6 +258,11 @@ pub struct DownPath {
     pub mid_channels: usize,
     /// The time projections of every ResBlock above, in one product.
     pub emb_table: Option<EmbTable>,
+}
+
+/// The SpatialTransformers among `blocks` (what ComfyUI's `transformer_index` counts).
+fn transformer_count<'a>(blocks: impl IntoIterator<Item = &'a Vec<Layer>>) -> usize {
+    blocks.into_iter().flatten().filter(|l| matches!(l, Layer::Attn(_))).count()
 }
 
 /// The ResBlocks among `blocks`, in order.
@@ -393,7 +400,9 @@ impl DownPath {
     /// The down path on checked inputs (see [`DownPath::check_inputs`]), in
     /// `dt`. `hint` (a ControlNet's embedded control image, conv_in's shape)
     /// is added to conv_in's output before anything else reads it, as
-    /// diffusers' `ControlNetModel` and LDM's `cldm.ControlNet` do.
+    /// diffusers' `ControlNetModel` and LDM's `cldm.ControlNet` do. `middle`
+    /// runs in every transformer block (see [`MiddlePatch`]), the transformers
+    /// numbered from 0.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -405,6 +414,7 @@ impl DownPath {
         context: &Tensor,
         hint: Option<&Tensor>,
         trace: &mut Recorder<'_>,
+        middle: Option<&dyn MiddlePatch>,
     ) -> Result<DownOutput, ModelError> {
         // Time: sinusoidal [cos | sin] (diffusers `Timesteps`, flip_sin_to_cos, shift 0), then the MLP.
         let t_emb = timestep_embedding_as(gpu, timesteps, c.model_channels, true, 0.0, 10000.0, dt)?;
@@ -425,9 +435,12 @@ impl DownPath {
         let mut h = cast(gpu, x, dt)?;
         let l = c.layers_per_block;
         let mut skips: Vec<Tensor> = Vec::with_capacity(self.input_blocks.len());
+        // ComfyUI's transformer_index: the SpatialTransformers before this one.
+        let mut index = 0;
         for (n, block) in self.input_blocks.iter().enumerate() {
             for layer in block {
-                h = layer.forward(gpu, &h, emb_in, context, None)?;
+                h = layer.forward(gpu, &h, emb_in, context, None, middle.map(|m| (m, index)))?;
+                index += usize::from(matches!(layer, Layer::Attn(_)));
             }
             if n == 0 {
                 if let Some(hint) = hint {
@@ -447,7 +460,8 @@ impl DownPath {
         }
 
         for layer in &self.middle_block {
-            h = layer.forward(gpu, &h, emb_in, context, None)?;
+            h = layer.forward(gpu, &h, emb_in, context, None, middle.map(|m| (m, index)))?;
+            index += usize::from(matches!(layer, Layer::Attn(_)));
         }
         record(trace, "mid_block".into(), &h);
         Ok(DownOutput { mid: h, skips, emb_silu })
@@ -475,11 +489,13 @@ pub struct Unet {
 /// `up_blocks.N`), in the model's dtype.
 pub type Intermediates = Vec<(String, Tensor)>;
 
-/// The ControlNet residuals one UNet call adds (see [`Unet::forward_with_residuals`]); none by default.
+/// The ControlNet residuals one UNet call adds (see [`Unet::forward_with_residuals`]), and the transformer
+/// patch it runs with ([`Unet::forward_patched`]); none by default.
 #[derive(Clone, Copy, Default)]
 struct Residuals<'a> {
     down: Option<&'a [Tensor]>,
     mid: Option<&'a Tensor>,
+    middle: Option<&'a dyn MiddlePatch>,
 }
 
 impl Unet {
@@ -550,7 +566,30 @@ impl Unet {
         down: Option<&[Tensor]>,
         mid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
-        self.run(gpu, x, timesteps, context, Residuals { down, mid }, None)
+        self.run(gpu, x, timesteps, context, Residuals { down, mid, middle: None }, None)
+    }
+
+    /// [`Unet::forward_with_residuals`] with `middle` applied in every transformer block after
+    /// self-attention, the SpatialTransformers numbered 0.. in forward order (input, middle, output
+    /// blocks), as ComfyUI's `transformer_options["patches"]["middle_patch"]` (GLIGEN's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_patched(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &[f32],
+        context: &Tensor,
+        down: Option<&[Tensor]>,
+        mid: Option<&Tensor>,
+        middle: &dyn MiddlePatch,
+    ) -> Result<Tensor, ModelError> {
+        self.run(gpu, x, timesteps, context, Residuals { down, mid, middle: Some(middle) }, None)
+    }
+
+    /// SpatialTransformers in the network (the transformer indices a [`MiddlePatch`] sees are 0..this).
+    pub fn transformer_count(&self) -> usize {
+        let down = &self.down;
+        transformer_count(down.input_blocks.iter().chain([&down.middle_block]).chain(&self.output_blocks))
     }
 
     /// `forward` that also returns the block outputs (see [`Intermediates`]),
@@ -576,7 +615,7 @@ impl Unet {
         residuals: Residuals,
         mut trace: Recorder<'_>,
     ) -> Result<Tensor, ModelError> {
-        let Residuals { down, mid } = residuals;
+        let Residuals { down, mid, middle } = residuals;
         let c = &self.config;
         let dt = self.dtype;
         let timesteps = DownPath::check_inputs(c, x, timesteps, context)?;
@@ -591,7 +630,7 @@ impl Unet {
         }
         let context = cast(gpu, context, dt)?;
         let DownOutput { mid: mut h, mut skips, emb_silu } =
-            self.down.forward(gpu, c, dt, x, &timesteps, &context, None, &mut trace)?;
+            self.down.forward(gpu, c, dt, x, &timesteps, &context, None, &mut trace, middle)?;
         let mut projected = None;
         let emb_in = project(gpu, &self.up_emb_table, &emb_silu, &mut projected)?;
         if let Some(res) = down {
@@ -605,6 +644,7 @@ impl Unet {
         }
 
         let l = c.layers_per_block;
+        let mut index = transformer_count(self.down.input_blocks.iter().chain([&self.down.middle_block]));
         for (n, block) in self.output_blocks.iter().enumerate() {
             let skip = skips.pop().expect("one skip per output block");
             if skip.dim(2) != h.dim(2) || skip.dim(3) != h.dim(3) {
@@ -619,7 +659,8 @@ impl Unet {
             // An upsampler must produce the size of the skip the next block reads.
             let next_hw = skips.last().map(|s| (s.dim(2), s.dim(3)));
             for layer in block {
-                h = layer.forward(gpu, &h, emb_in, &context, next_hw)?;
+                h = layer.forward(gpu, &h, emb_in, &context, next_hw, middle.map(|m| (m, index)))?;
+                index += usize::from(matches!(layer, Layer::Attn(_)));
             }
             if n % (l + 1) == l {
                 record(&mut trace, format!("up_blocks.{}", n / (l + 1)), &h);

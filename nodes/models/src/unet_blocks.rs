@@ -240,6 +240,13 @@ impl FeedForward {
     }
 }
 
+/// ComfyUI's transformer `middle_patch` (what GLIGEN installs, `gligen.rs`): a function of the hidden state
+/// `[B, HW, C]` after each BasicTransformerBlock's self-attention, given the index of the SpatialTransformer the
+/// block is in, counted in the UNet's forward order from 0 (ComfyUI's `transformer_index`).
+pub trait MiddlePatch {
+    fn apply(&self, gpu: &Gpu, transformer_index: usize, x: &Tensor) -> Result<Tensor, ModelError>;
+}
+
 /// diffusers `BasicTransformerBlock` (LayerNorm variant, SD's): pre-norm
 /// self-attention, cross-attention over the text, and GEGLU feed-forward,
 /// each added back to its input.
@@ -274,7 +281,22 @@ impl BasicTransformerBlock {
 
     /// `x [B, L, C]`, `context [B, Lk, context_dim]` -> `[B, L, C]`.
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, context: &Tensor) -> Result<Tensor, ModelError> {
-        let x = self.attn1.forward(gpu, &self.norm1.forward(gpu, x)?, None, Some(x))?;
+        self.forward_patched(gpu, x, context, None)
+    }
+
+    /// [`BasicTransformerBlock::forward`] with a [`MiddlePatch`] and its transformer index applied after
+    /// self-attention, where ComfyUI's `BasicTransformerBlock` applies its `middle_patch`es.
+    pub fn forward_patched(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        context: &Tensor,
+        middle: Option<(&dyn MiddlePatch, usize)>,
+    ) -> Result<Tensor, ModelError> {
+        let mut x = self.attn1.forward(gpu, &self.norm1.forward(gpu, x)?, None, Some(x))?;
+        if let Some((patch, index)) = middle {
+            x = patch.apply(gpu, index, &x)?;
+        }
         let x = self.attn2.forward(gpu, &self.norm2.forward(gpu, &x)?, Some(context), Some(&x))?;
         self.ff.forward(gpu, &self.norm3.forward(gpu, &x)?, Some(&x))
     }
@@ -327,6 +349,17 @@ impl SpatialTransformer {
 
     /// `x [B, C, H, W]`, `context [B, Lk, context_dim]` -> `[B, C, H, W]`.
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, context: &Tensor) -> Result<Tensor, ModelError> {
+        self.forward_patched(gpu, x, context, None)
+    }
+
+    /// [`SpatialTransformer::forward`] with `middle` applied in every block (see [`MiddlePatch`]).
+    pub fn forward_patched(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        context: &Tensor,
+        middle: Option<(&dyn MiddlePatch, usize)>,
+    ) -> Result<Tensor, ModelError> {
         let &[b, c, hh, ww] = x.shape() else {
             return Err(ModelError::Config(format!("SpatialTransformer wants [B, C, H, W], got {:?}", x.shape())));
         };
@@ -336,7 +369,7 @@ impl SpatialTransformer {
         let opts = MatmulOptions { transpose_a: true, transpose_b: true, bias: p.bias.as_ref(), ..Default::default() };
         let mut h = matmul(gpu, &h.reshape(&[b, c, hh * ww])?, &p.weight, &opts)?;
         for block in &self.transformer_blocks {
-            h = block.forward(gpu, &h, context)?;
+            h = block.forward_patched(gpu, &h, context, middle)?;
         }
         // proj_out writes channels-first: W [C, inner] · h[b]ᵀ = [C, HW] per item, plus x.
         let p = &self.proj_out;
