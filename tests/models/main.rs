@@ -11,6 +11,7 @@ mod embeddings;
 mod ksampler_fixture;
 mod models_clip;
 mod models_controlnet;
+mod models_gligen;
 mod models_unet;
 mod models_upscale;
 mod models_vae;

@@ -14,6 +14,7 @@
 //! - [`clip`]: the SD 1.x text encoder (transformers' `CLIPTextModel`)
 //! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
 //! - [`controlnet`]: ControlNet (`control_model.`, diffusers' `ControlNetModel`), sharing the UNet's down path
+//! - [`gligen`]: GLIGEN text-box grounding (ComfyUI's `comfy/gligen.py`), a patch in the UNet's transformer blocks
 //! - [`vae`]: the SD 1.x VAE (`first_stage_model.`, diffusers' `AutoencoderKL`); its blocks in [`vae_blocks`]
 //! - [`upscaler`]: image upscale models, [`esrgan`] (RRDBNet) and [`srvgg`] (SRVGGNetCompact)
 //! - [`tiling`]: the one tiler, run by [`vae_tiling`] (tiled and fallback VAE passes) and
@@ -24,6 +25,7 @@ pub mod clip;
 pub mod controlnet;
 pub mod embeddings;
 pub mod esrgan;
+pub mod gligen;
 pub mod image_ops;
 pub mod lora;
 pub mod nn;
