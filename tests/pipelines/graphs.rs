@@ -165,6 +165,15 @@ fn demo_round_trip(name: &str) -> image::RgbImage {
 /// no downloads) and shows what its header says. img2img keeps the input's layout; inpainting changes the masked
 /// quadrant and keeps the rest (away from the few pixels the decoder blends across the edge); the hires and tiled
 /// passes make their larger pictures.
+/// The share of `pic`'s pixels where `keep` holds whose nearest demo palette colour is `colour` (the tiny VAE
+/// shifts shades, not which of its six colours a pixel is).
+fn colour_share(pic: &image::RgbImage, colour: &str, keep: &dyn Fn(u32, u32) -> bool) -> f64 {
+    let want = COLOURS.iter().position(|(name, _)| *name == colour).unwrap();
+    let pixels: Vec<usize> =
+        pic.enumerate_pixels().filter(|(x, y, _)| keep(*x, *y)).map(|(_, _, p)| nearest_colour(p.0)).collect();
+    pixels.iter().filter(|&&c| c == want).count() as f64 / pixels.len() as f64
+}
+
 #[test]
 fn every_example_graph_runs_as_shipped_and_shows_what_it_says() {
     if gpu::testing::shared_gpu().is_none() {
@@ -226,12 +235,7 @@ fn every_example_graph_runs_as_shipped_and_shows_what_it_says() {
     assert_eq!(tiled.dimensions(), (128, 128));
     // The tiled passes keep the layout: yellow around (the corners), green in the middle, by the demo palette's
     // nearest colour (the tiny VAE shifts shades, not which of its six colours a pixel is).
-    let share = |colour: &str, keep: &dyn Fn(u32, u32) -> bool| {
-        let want = COLOURS.iter().position(|(name, _)| *name == colour).unwrap();
-        let pixels: Vec<usize> =
-            tiled.enumerate_pixels().filter(|(x, y, _)| keep(*x, *y)).map(|(_, _, p)| nearest_colour(p.0)).collect();
-        pixels.iter().filter(|&&c| c == want).count() as f64 / pixels.len() as f64
-    };
+    let share = |colour: &str, keep: &dyn Fn(u32, u32) -> bool| colour_share(tiled, colour, keep);
     let (yellow, green) = (
         share("yellow", &|x, y| !(24..104).contains(&x) && !(24..104).contains(&y)),
         share("green", &|x, y| (56..72).contains(&x) && (56..72).contains(&y)),
@@ -239,4 +243,15 @@ fn every_example_graph_runs_as_shipped_and_shows_what_it_says() {
     eprintln!("vae_tiled: {:.0}% of the corners yellow, {:.0}% of the middle green", 100.0 * yellow, 100.0 * green);
     assert!(yellow > 0.9 && green > 0.5, "vae_tiled lost the layout: yellow {yellow:.2}, green {green:.2}");
     assert_eq!(pictures["plugin_demo"].len(), 2, "{:?}", pictures["plugin_demo"].keys());
+    // separate_files: the UNet, text encoder and VAE from three loaders still draw the prompt's yellow square at
+    // the bottom right on blue.
+    let parts = one("separate_files", "separate_files_00001.png");
+    let share = |colour: &str, keep: &dyn Fn(u32, u32) -> bool| colour_share(parts, colour, keep);
+    let (yellow, blue) = (share("yellow", &|x, y| x >= 32 && y >= 32), share("blue", &|x, y| x < 32 && y < 32));
+    eprintln!(
+        "separate_files: {:.0}% of the bottom right yellow, {:.0}% of the top left blue",
+        100.0 * yellow,
+        100.0 * blue
+    );
+    assert!(yellow > 0.2 && blue > 0.9, "separate_files lost the prompt: yellow {yellow:.2}, blue {blue:.2}");
 }

@@ -16,6 +16,7 @@ mod inpaint;
 mod lora;
 mod outpaint_composite;
 mod sd_nodes;
+mod unet_loader;
 mod upscale;
 mod vae_loader;
 mod vae_tiled;

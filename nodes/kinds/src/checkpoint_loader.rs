@@ -81,16 +81,7 @@ pub fn load_checkpoint(
 ) -> Result<LoadedCheckpoint, String> {
     let err = |e: ModelError| e.to_string();
     let meta = ConfigOverrides::read(src)?;
-    let w = src.prefix(UNET_PREFIX);
-    let mut ucfg = UnetConfig::detect_from_weights(&w).map_err(err)?;
-    if let Some(h) = meta.unet_heads {
-        ucfg.heads = AttentionHeads::Count(h);
-    }
-    if let Some(g) = meta.norm_groups {
-        ucfg.norm.groups = g;
-    }
-    let unet = Unet::load(gpu, &w, &ucfg, dtype).map_err(err)?;
-    let unet_source = NetSource { weights: src.clone(), config: ucfg, dtype, loras: Vec::new() };
+    let model = load_unet(gpu, src, &meta, dtype)?;
     done(1);
 
     let w = src.prefix(&format!("{CLIP_PREFIX}text_model."));
@@ -105,11 +96,24 @@ pub fn load_checkpoint(
 
     let vae = load_vae(gpu, src, &meta)?;
     done(3);
-    Ok(LoadedCheckpoint {
-        model: ModelHandle { unet, prediction: meta.prediction, source: Some(Arc::new(unet_source)) },
-        clip: ClipHandle::new(clip, tokenizer).with_source(clip_source),
-        vae,
-    })
+    Ok(LoadedCheckpoint { model, clip: ClipHandle::new(clip, tokenizer).with_source(clip_source), vae })
+}
+
+/// Builds the UNet under `model.diffusion_model.` of `src` (a checkpoint, or a standalone diffusion
+/// model seen as one) in `dtype`, with the heads, group count and prediction type of `meta`.
+pub fn load_unet(gpu: &Gpu, src: &WeightSource, meta: &ConfigOverrides, dtype: DType) -> Result<ModelHandle, String> {
+    let err = |e: ModelError| e.to_string();
+    let w = src.prefix(UNET_PREFIX);
+    let mut config = UnetConfig::detect_from_weights(&w).map_err(err)?;
+    if let Some(h) = meta.unet_heads {
+        config.heads = AttentionHeads::Count(h);
+    }
+    if let Some(g) = meta.norm_groups {
+        config.norm.groups = g;
+    }
+    let unet = Unet::load(gpu, &w, &config, dtype).map_err(err)?;
+    let source = NetSource { weights: src.clone(), config, dtype, loras: Vec::new() };
+    Ok(ModelHandle { unet, prediction: meta.prediction, source: Some(Arc::new(source)) })
 }
 
 /// Builds the VAE under `first_stage_model.` of `src` (a checkpoint, or a standalone VAE
@@ -229,6 +233,47 @@ const COMFY_SPECIAL_VAES: [&str; 10] = [
     "taeltx_2",
 ];
 
+/// The counts a diffusers component's `config.json` (beside its weights file) gives that the
+/// tensors cannot: `attention_head_dim` (a number, or a list of equal ones) and `norm_num_groups`.
+#[derive(Debug, Default)]
+pub struct DiffusersCounts {
+    pub heads: Option<usize>,
+    pub norm_groups: Option<usize>,
+}
+
+impl DiffusersCounts {
+    /// Reads the `config.json` beside `file`; all `None` when there is none.
+    pub fn beside(file: &std::path::Path) -> Result<DiffusersCounts, String> {
+        let config_json = file.with_file_name("config.json");
+        if !config_json.is_file() {
+            return Ok(DiffusersCounts::default());
+        }
+        let text = std::fs::read_to_string(&config_json).map_err(|e| format!("{}: {e}", config_json.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", config_json.display()))?;
+        let bad = |key: &str, x: &serde_json::Value| {
+            format!("{}: {key} {x} is not a positive integer (or a list of equal ones)", config_json.display())
+        };
+        let count = |x: &serde_json::Value| x.as_u64().filter(|&n| n > 0).map(|n| n as usize);
+        let heads = match v.get("attention_head_dim") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x @ serde_json::Value::Array(a)) => {
+                let n: Vec<Option<usize>> = a.iter().map(count).collect();
+                match n.first() {
+                    Some(&Some(first)) if n.iter().all(|&c| c == Some(first)) => Some(first),
+                    _ => return Err(bad("attention_head_dim", x)),
+                }
+            }
+            Some(x) => Some(count(x).ok_or_else(|| bad("attention_head_dim", x))?),
+        };
+        let norm_groups = match v.get("norm_num_groups") {
+            None => None,
+            Some(x) => Some(count(x).ok_or_else(|| bad("norm_num_groups", x))?),
+        };
+        Ok(DiffusersCounts { heads, norm_groups })
+    }
+}
+
 /// What a standalone VAE's files may say beyond the tensors: the `sdgraph.*` metadata a
 /// checkpoint may carry ([`ConfigOverrides`]), and for the diffusers layout
 /// `norm_num_groups` from the `config.json` beside the weights (the metadata wins). The
@@ -236,18 +281,8 @@ const COMFY_SPECIAL_VAES: [&str; 10] = [
 /// to the model family, not to the VAE file (a diffusers config's `scaling_factor` is not read).
 fn vae_overrides(src: &WeightSource, layout: VaeLayout, file: &std::path::Path) -> Result<ConfigOverrides, String> {
     let mut meta = ConfigOverrides::read(src).map_err(|e| format!("{}: {e}", file.display()))?;
-    let config_json = file.with_file_name("config.json");
-    if layout == VaeLayout::Diffusers && meta.norm_groups.is_none() && config_json.is_file() {
-        let text = std::fs::read_to_string(&config_json).map_err(|e| format!("{}: {e}", config_json.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", config_json.display()))?;
-        if let Some(x) = v.get("norm_num_groups") {
-            let g = x
-                .as_u64()
-                .filter(|&g| g > 0)
-                .ok_or_else(|| format!("{}: norm_num_groups {x} is not a positive integer", config_json.display()))?;
-            meta.norm_groups = Some(g as usize);
-        }
+    if layout == VaeLayout::Diffusers && meta.norm_groups.is_none() {
+        meta.norm_groups = DiffusersCounts::beside(file)?.norm_groups;
     }
     Ok(meta)
 }
@@ -320,14 +355,7 @@ impl NodeKind for VaeLoader {
     /// Size and modification time of the weights file: replacing it reloads it.
     fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
         let path = ctx.resolve(&VaeLoaderFields::read(inputs).ok()?.vae_name);
-        let file = if path.is_dir() {
-            ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
-                .iter()
-                .map(|n| path.join(n))
-                .find(|p| p.is_file())?
-        } else {
-            path
-        };
+        let file = models::checkpoint::tensor_file::component_weights(&path, "VAE").ok()?;
         let meta = std::fs::metadata(&file).ok()?;
         let config = std::fs::metadata(file.with_file_name("config.json")).ok().and_then(|m| m.modified().ok());
         Some(format!("{}:{}:{:?}:{config:?}", file.display(), meta.len(), meta.modified().ok()))

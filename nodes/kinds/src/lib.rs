@@ -75,6 +75,7 @@ pub mod runtime;
 pub mod sampling_run;
 pub mod settings;
 pub mod text_encode;
+pub mod unet_loader;
 pub mod unet_predictor;
 pub mod upscale_nodes;
 pub mod vae_nodes;
@@ -93,6 +94,7 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     image_nodes::register(reg, settings)?;
     reg.register(Arc::new(checkpoint_loader::CheckpointLoaderSimple::new(settings)))?;
     reg.register(Arc::new(checkpoint_loader::VaeLoader::new()))?;
+    reg.register(Arc::new(unet_loader::UnetLoader::new(settings)))?;
     reg.register(Arc::new(lora_loader::LoraLoader::new()))?;
     reg.register(Arc::new(lora_loader::LoraLoaderModelOnly::new()))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::with_settings(settings)))?;

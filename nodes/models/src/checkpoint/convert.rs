@@ -367,22 +367,6 @@ pub enum VaeLayout {
     CheckpointPart,
 }
 
-/// The weights file of a standalone VAE given as a file or as a diffusers `vae/` folder.
-fn vae_file(path: &Path) -> Result<std::path::PathBuf, CheckpointError> {
-    if !path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
-        .iter()
-        .map(|n| path.join(n))
-        .find(|p| p.is_file())
-        .ok_or_else(|| CheckpointError {
-            file: path.to_path_buf(),
-            key: None,
-            message: "a folder, without diffusion_pytorch_model.safetensors: not a diffusers VAE folder (give a VAE file, or a diffusers vae/ folder; .bin weights are not read: convert them to safetensors)".into(),
-        })
-}
-
 /// Opens a standalone VAE (what ComfyUI's VAELoader reads from `models/vae`): a
 /// `.safetensors` file, or a PyTorch zip archive (`.pt`, `.pth`, `.ckpt`, any
 /// extension) through the restricted reader of [`super::pth`], in the LDM layout or
@@ -391,12 +375,8 @@ fn vae_file(path: &Path) -> Result<std::path::PathBuf, CheckpointError> {
 /// checkpoint's VAE loads it. Also returns the layout and the file read. A file that
 /// is no SD VAE is refused naming the keys expected and some it has.
 pub fn open_vae(path: &Path) -> Result<(WeightSource, VaeLayout, std::path::PathBuf), CheckpointError> {
-    let file = vae_file(path)?;
-    let mut head = [0u8; 4];
-    let zipped = std::fs::File::open(&file)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .is_ok_and(|_| super::zip::is_zip(&head));
-    let st = if zipped { super::pth::open(&file)? } else { SafeTensors::open(&file)? };
+    let file = super::tensor_file::component_weights(path, "VAE")?;
+    let st = super::tensor_file::open_tensors(&file)?;
     let has = |k: &str| st.info(k).is_some();
     let (layout, table): (VaeLayout, Vec<_>) = if has("first_stage_model.encoder.conv_in.weight") {
         let table = st.names().map(|k| (k.to_string(), 0, k.to_string(), None)).collect();

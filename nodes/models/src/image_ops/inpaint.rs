@@ -120,19 +120,6 @@ pub fn grow(m: &[f32], h: usize, w: usize, k: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// `n` values in `lo..hi` from a xorshift64* stream.
-    fn noise(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s >> 12;
-                s ^= s << 25;
-                s ^= s >> 27;
-                lo + (hi - lo) * ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    }
-
     /// ComfyUI's conv2d, written from its definition in f64: padded input, kernel of ones, output size
     /// `n + 2p - k + 1`, then `[:h, :w]`, clamp and round.
     fn grow_reference(m: &[f64], h: usize, w: usize, k: usize) -> Vec<f64> {
@@ -181,7 +168,7 @@ mod tests {
         assert_eq!(rect(&grow(&m, h, w, 4)), (16, 2, 5, 3, 6));
         assert_eq!(rect(&grow(&m, h, w, 6)), (36, 1, 6, 2, 7)); // padding 3: rows 1..=6, columns 2..=7
         // Random masks with values around 0.5 (rounding both ways) against the f64 convolution.
-        let vals = noise(h * w, 11, -0.3, 1.3);
+        let vals = gpu::testing::random(h * w, 11, -0.3, 1.3);
         let vals: Vec<f32> = vals.iter().map(|v| (v * 4.0).round() / 4.0).collect(); // exact halves too
         let rounded: Vec<f32> = vals.iter().map(|v| v.round_ties_even()).collect();
         for k in 1..=10 {
@@ -195,7 +182,7 @@ mod tests {
     fn inpaint_input_crops_greys_and_grows_as_comfyui() {
         // 2 pictures of 11x10 (w x h), factor 4: cropped to 8x8 from row 1, column 1.
         let (bh, bw) = (10, 11);
-        let px: Vec<f32> = noise(2 * bh * bw * 3, 3, 0.0, 1.0);
+        let px: Vec<f32> = gpu::testing::random(2 * bh * bw * 3, 3, 0.0, 1.0);
         let pixels = Image::from_data(2, bh, bw, 3, px).unwrap();
         // One mask at the same size: 1 on pixel (4, 5) only (cropped: (3, 4)), 0.5 on (8, 8) (rounds to 0).
         let mut md = vec![0.0f32; bh * bw];
