@@ -1,9 +1,11 @@
 //! LoraLoader / LoraLoaderModelOnly against tests/fixtures/lora (tiny random LoRAs for the tiny SD
-//! model, in the kohya-ss layout with diffusers and LDM module names and in diffusers/PEFT's;
-//! references by diffusers' `load_lora_weights` + `fuse_lora` and by ComfyUI's formula in f64):
-//! merged weights within 1e-5, UNet and CLIP outputs within 1e-4; strength 0, chaining order,
-//! the model-only kind; refused files name their kind and key.
+//! model, in the kohya-ss layout with diffusers and LDM module names and in diffusers/PEFT's, and one
+//! file per other adapter kind ComfyUI merges: LoCon's Tucker mid, LoHa, LoKr, full diffs, DoRA, and a
+//! file mixing them; references by diffusers' `load_lora_weights` + `fuse_lora` and by ComfyUI's maths
+//! ported to f64): merged weights within 1e-5, UNet and CLIP outputs within 1e-4; strength 0, chaining
+//! order, the model-only kind; bad files name the key and what is wrong.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use gpu::{DType, Gpu};
@@ -11,6 +13,7 @@ use graph::{NodeInputs, ParamValue, Registry, Value};
 use models::checkpoint::convert::{UNET_PREFIX, unet_key_to_diffusers};
 use models::checkpoint::safetensors::{Dtype, SafeTensors, write};
 use models::clip::ClipLayer;
+use models::lora::{Adapter, Factor};
 use nodes::lora_loader::{not_loaded_warning, read_lora};
 use nodes::payload::{ClipHandle, ModelHandle};
 
@@ -103,9 +106,12 @@ fn lora_loader_matches_the_references() {
     let (base_model, base_clip) = checkpoint(&reg);
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(lora_dir().join("meta.json")).unwrap()).unwrap();
-    let expected = SafeTensors::open(&lora_dir().join("expected.safetensors")).unwrap();
+    let mut files: BTreeMap<String, SafeTensors> = BTreeMap::new();
     for case in meta["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
+        // The adapter kinds' cases keep their references in a file of their own.
+        let file = case["expected"].as_str().unwrap_or("expected.safetensors").to_string();
+        let expected = files.entry(file).or_insert_with_key(|f| SafeTensors::open(&lora_dir().join(f)).unwrap());
         let (mut model, mut clip) = (base_model.clone(), base_clip.clone());
         for step in case["chain"].as_array().unwrap() {
             let f = |k: &str| step[k].as_f64().unwrap();
@@ -265,14 +271,55 @@ fn bad_loras_are_explained() {
     let e = err(&p).unwrap_err();
     assert!(e.contains("none.safetensors") && e.contains("no LoRA keys"), "{e}");
 
-    let p = write_owned("loha.safetensors", vec![(format!("{q}.hada_w1_a"), vec![2, 2], vec![0.0; 4])]);
+    // Adapter kinds sdgraph does not merge, and parts no adapter has, name the key.
+    let p = write_owned("oft.safetensors", vec![(format!("{q}.oft_blocks"), vec![2, 4, 4], vec![0.0; 32])]);
     let e = err(&p).unwrap_err();
-    assert!(e.contains("LoHa") && e.contains(&format!("{q}.hada_w1_a")), "{e}");
+    assert!(e.contains("OFT") && e.contains(&format!("{q}.oft_blocks")), "{e}");
+    let mut unknown = pair(vec![8, 2], vec![2, 8]);
+    unknown.push((format!("{q}.lokr_w3"), vec![2, 2], vec![0.0; 4]));
+    let e = err(&write_owned("unknown.safetensors", unknown)).unwrap_err();
+    assert!(e.contains(&format!("{q}.lokr_w3")) && e.contains("no adapter part"), "{e}");
 
+    // LoHa on the 8x8 to_q: a missing factor, a factor of the wrong shape, a NaN.
+    let n = |s: &Vec<usize>| s.iter().product::<usize>();
+    let loha = |w2b: Vec<usize>| -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        [("w1_a", vec![8, 2]), ("w1_b", vec![2, 8]), ("w2_a", vec![8, 2]), ("w2_b", w2b)]
+            .into_iter()
+            .map(|(p, s)| (format!("{q}.hada_{p}"), s.clone(), vec![0.1; n(&s)]))
+            .collect()
+    };
+    let mut missing = loha(vec![2, 8]);
+    missing.pop();
+    let e = err(&write_owned("loha_missing.safetensors", missing)).unwrap_err();
+    assert!(e.contains("LoHa") && e.contains(&format!("{q}.hada_w2_b")), "{e}");
+    let e = err(&write_owned("loha_shape.safetensors", loha(vec![2, 9]))).unwrap_err();
+    assert!(e.contains(&format!("{q}.hada_w2_b")) && e.contains("[2, 9]"), "{e}");
+    let mut nan = loha(vec![2, 8]);
+    nan[3].2[5] = f32::NAN;
+    let e = err(&write_owned("loha_nan.safetensors", nan)).unwrap_err();
+    assert!(e.contains(&format!("{q}.hada_w2_b")) && e.contains("NaN"), "{e}");
+
+    // LoKr whose Kronecker product is 8x4 for the 8x8 weight; a full diff and a bias diff of the wrong shape.
+    let lokr =
+        vec![(format!("{q}.lokr_w1"), vec![2, 2], vec![0.1; 4]), (format!("{q}.lokr_w2"), vec![4, 2], vec![0.1; 8])];
+    let e = err(&write_owned("lokr_shape.safetensors", lokr)).unwrap_err();
+    assert!(e.contains("LoKr") && e.contains(q) && e.contains("8x4") && e.contains("[8, 8]"), "{e}");
+    let e = err(&write_owned("diff_shape.safetensors", vec![(format!("{q}.diff"), vec![8, 4], vec![0.1; 32])]))
+        .unwrap_err();
+    assert!(e.contains(&format!("{q}.diff")) && e.contains("[8, 4]"), "{e}");
+    let o = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0";
+    let e = err(&write_owned("diff_b_shape.safetensors", vec![(format!("{o}.diff_b"), vec![9], vec![0.1; 9])]))
+        .unwrap_err();
+    assert!(e.contains(&format!("{o}.diff_b")) && e.contains("[9]") && e.contains(".bias"), "{e}");
+    // to_q has no bias in SD's attention.
+    let e = err(&write_owned("no_bias.safetensors", vec![(format!("{q}.diff_b"), vec![8], vec![0.1; 8])])).unwrap_err();
+    assert!(e.contains(q) && e.contains("to_q.bias") && e.contains("no such tensor"), "{e}");
+
+    // DoRA's magnitude must span the output ([8, 1]) or the input axis ([1, 8]).
     let mut dora = pair(vec![8, 2], vec![2, 8]);
-    dora.push((format!("{q}.dora_scale"), vec![8, 1], vec![1.0; 8]));
+    dora.push((format!("{q}.dora_scale"), vec![8], vec![1.0; 8]));
     let e = err(&write_owned("dora.safetensors", dora)).unwrap_err();
-    assert!(e.contains("DoRA") && e.contains("dora_scale"), "{e}");
+    assert!(e.contains(&format!("{q}.dora_scale")) && e.contains("[8, 1, ..]"), "{e}");
 
     let e = err(&write_owned("shape.safetensors", pair(vec![8, 2], vec![2, 9]))).unwrap_err();
     assert!(e.contains(&format!("{q}.lora_down.weight")) && e.contains("[2, 9]"), "{e}");
@@ -304,6 +351,48 @@ fn bad_loras_are_explained() {
     let w = not_loaded_warning(&lora).unwrap();
     assert!(w.contains("7 keys not loaded") && w.contains("lora_unet_nothing_0.lora_up.weight"), "{w}");
     assert_eq!(lora.modules.len(), 1);
+}
+
+/// The adapter files cover every kind ComfyUI merges, each on a linear (2-D) and a conv (4-D) weight
+/// of the tiny model, so the reference comparison above checks each kind on both.
+#[test]
+fn adapter_fixtures_cover_each_kind_on_linear_and_conv() {
+    let Some(_gpu) = gpu::testing::shared_gpu() else { return };
+    let reg = nodes::builtin_registry();
+    let (model, clip) = checkpoint(&reg);
+    let mh = model.downcast::<ModelHandle>().unwrap();
+    let ch = clip.downcast::<ClipHandle>().unwrap();
+    let src = mh.source.as_ref().unwrap().weights.prefix("");
+    let mut seen: BTreeSet<(String, usize)> = BTreeSet::new();
+    for file in ["locon_mid", "loha", "lokr", "diff", "dora", "mixed"] {
+        let lora = read_lora(&lora_dir().join(format!("{file}.safetensors")), &mh, Some(&ch)).unwrap();
+        assert!(lora.not_loaded.is_empty(), "{file}: {:?}", lora.not_loaded);
+        for m in &lora.modules {
+            let kind = match &m.adapter {
+                Adapter::Lora { mid: Some(_), .. } => "LoCon mid".to_string(),
+                Adapter::Loha { cores: Some(_), .. } => "LoHa CP".to_string(),
+                Adapter::Lokr { t2: Some(_), .. } => "LoKr Tucker".to_string(),
+                Adapter::Lokr { w1: Factor::Full(_), w2: Factor::Full(_), .. } => "LoKr whole".to_string(),
+                Adapter::Diff(_) if m.target.ends_with(".bias") => "diff_b".to_string(),
+                a => a.kind().to_string(),
+            };
+            let dims = src.shape(&m.target).unwrap().len();
+            if m.dora_scale.is_some() {
+                seen.insert((format!("DoRA {}", m.adapter.kind()), dims.min(4)));
+            }
+            seen.insert((kind, dims));
+        }
+    }
+    let has = |k: &str, d: usize| seen.contains(&(k.to_string(), d));
+    for kind in ["LoRA", "LoHa", "LoKr", "diff", "DoRA LoRA"] {
+        assert!(has(kind, 2) && has(kind, 4), "{kind} on linear and conv: {seen:?}");
+    }
+    for (kind, dims) in [("LoCon mid", 4), ("LoHa CP", 4), ("LoKr Tucker", 4), ("LoKr whole", 2), ("LoKr whole", 4)] {
+        assert!(has(kind, dims), "{kind} ({dims}-D): {seen:?}");
+    }
+    for (kind, dims) in [("DoRA LoHa", 2), ("DoRA LoKr", 4), ("diff_b", 1), ("diff", 1), ("set_weight", 4)] {
+        assert!(has(kind, dims), "{kind} ({dims}-D): {seen:?}");
+    }
 }
 
 /// On the f16 checkpoint with the networks stored in f16 (what GPUs run): the merge adds to the f16 base

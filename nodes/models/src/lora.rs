@@ -1,15 +1,22 @@
-//! LoRA files merged into a model's weights, as ComfyUI's `comfy/lora.py` (`model_lora_keys_unet`,
-//! `model_lora_keys_clip`, `load_lora`) and `comfy/weight_adapter/lora.py` do it:
-//! `W' = W + strength * (alpha / rank) * up.flatten(1) @ down.flatten(1)` (reshaped to W; `alpha / rank`
-//! is 1 without an `.alpha`), in f32. The merged values go into a [`WeightSource`]'s overlay, from
-//! which the networks are built again; a later LoRA merges onto the earlier one's values.
+//! LoRA and LyCORIS files merged into a model's weights, as ComfyUI's `comfy/lora.py` (`model_lora_keys_unet`,
+//! `model_lora_keys_clip`, `load_lora`, Comfy-Org/ComfyUI@ec93dcacb96b922f7cb1417b3ba22bccb082df32) and
+//! its weight adapters do it ([`adapters`]): plain LoRA and LoCon (with a Tucker `lora_mid`), LoHa,
+//! LoKr, DoRA (`dora_scale`, on any of those three), full differences (`.diff`, `.diff_b`, `.w_norm`,
+//! `.b_norm`: weights and biases) and replaced weights (`.set_weight`); `alpha / rank` scales as each
+//! adapter takes its rank (1 without an `.alpha`). Computed in f64 and stored in f32; the merged
+//! values go into a [`WeightSource`]'s overlay, from which the networks are built again; a later LoRA
+//! merges onto the earlier one's values.
 //!
-//! Key layouts: kohya-ss (`lora_unet_<diffusers or LDM module, . as _>`, `lora_te_`/`lora_te1_`
-//! `text_model_encoder_layers_N_...`, `.lora_down.weight` / `.lora_up.weight` / `.alpha`),
-//! diffusers/PEFT (`unet.<module>.lora_A.weight` / `.lora_B.weight`, `.lora.down/.lora.up`,
-//! `_lora.down/up`, `.lora_linear_layer.down/up`, `text_encoder.<module>...`), LDM-keyed
-//! (`diffusion_model.<module>`, `text_encoders.clip_l.transformer.<module>`). Adapter kinds other
-//! than plain LoRA are refused by name.
+//! Key layouts: kohya-ss / LyCORIS (`lora_unet_<diffusers or LDM module, . as _>`, `lora_te_`/`lora_te1_`
+//! `text_model_encoder_layers_N_...`, `lycoris_...`), diffusers/PEFT (`unet.<module>.lora_A.weight` /
+//! `.lora_B.weight`, `.lora.down/.lora.up`, `_lora.down/up`, `.lora_linear_layer.down/up`,
+//! `text_encoder.<module>...`), LDM-keyed (`diffusion_model.<module>`,
+//! `text_encoders.clip_l.transformer.<module>`). GLoRA, OFT/BOFT, `reshape_weight` and PEFT's
+//! `lora_magnitude_vector` are refused by name, as is any other part on a module of the model.
+
+mod adapters;
+
+pub use adapters::{Adapter, Factor, weight_decompose};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -28,8 +35,37 @@ pub const CLIP_MODULES: [(&str, &str); 6] = [
     ("self_attn.out_proj", "self_attn_out_proj"),
 ];
 
+/// The parts of a module's keys that ComfyUI's `load_lora` reads, by suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    /// Plain LoRA up/down in one of [`STYLES`] (index), and kohya's LoCon `lora_mid`.
+    Up(usize),
+    Down(usize),
+    Mid,
+    HadaW1A,
+    HadaW1B,
+    HadaW2A,
+    HadaW2B,
+    HadaT1,
+    HadaT2,
+    LokrW1,
+    LokrW1A,
+    LokrW1B,
+    LokrW2,
+    LokrW2A,
+    LokrW2B,
+    LokrT2,
+    WNorm,
+    BNorm,
+    Diff,
+    DiffB,
+    SetWeight,
+    Alpha,
+    DoraScale,
+}
+
 /// The up/down suffix pairs of plain LoRA, in ComfyUI's order of preference.
-const PAIRS: [(&str, &str); 5] = [
+const STYLES: [(&str, &str); 5] = [
     (".lora_up.weight", ".lora_down.weight"),
     ("_lora.up.weight", "_lora.down.weight"),
     (".lora_B.weight", ".lora_A.weight"),
@@ -37,17 +73,51 @@ const PAIRS: [(&str, &str); 5] = [
     (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
 ];
 
-/// Key parts of the adapter kinds not merged yet, with their names.
-const NOT_YET: [(&str, &str); 9] = [
-    (".hada_", "LoHa (hada_*)"),
-    (".lokr_", "LoKr (lokr_*)"),
-    (".lora_mid.weight", "LoCon with a Tucker mid weight (lora_mid)"),
-    (".dora_scale", "DoRA (dora_scale)"),
-    (".diff_b", "a full bias difference (diff_b)"),
-    (".diff", "a full weight difference (diff)"),
-    (".w_norm", "a norm weight difference (w_norm)"),
-    (".set_weight", "a replaced weight (set_weight)"),
+/// The other parts' suffixes (no suffix ends another: `.lokr_w1` does not end `.lokr_w1_a`).
+const SUFFIXES: [(&str, Part); 21] = [
+    (".lora_mid.weight", Part::Mid),
+    (".hada_w1_a", Part::HadaW1A),
+    (".hada_w1_b", Part::HadaW1B),
+    (".hada_w2_a", Part::HadaW2A),
+    (".hada_w2_b", Part::HadaW2B),
+    (".hada_t1", Part::HadaT1),
+    (".hada_t2", Part::HadaT2),
+    (".lokr_w1", Part::LokrW1),
+    (".lokr_w1_a", Part::LokrW1A),
+    (".lokr_w1_b", Part::LokrW1B),
+    (".lokr_w2", Part::LokrW2),
+    (".lokr_w2_a", Part::LokrW2A),
+    (".lokr_w2_b", Part::LokrW2B),
+    (".lokr_t2", Part::LokrT2),
+    (".w_norm", Part::WNorm),
+    (".b_norm", Part::BNorm),
+    (".diff", Part::Diff),
+    (".diff_b", Part::DiffB),
+    (".set_weight", Part::SetWeight),
+    (".alpha", Part::Alpha),
+    (".dora_scale", Part::DoraScale),
+];
+
+/// The module name and part of `key`, when its suffix is a part's.
+fn split_part(key: &str) -> Option<(&str, Part)> {
+    for (i, (up, down)) in STYLES.iter().enumerate() {
+        if let Some(x) = key.strip_suffix(up) {
+            return Some((x, Part::Up(i)));
+        }
+        if let Some(x) = key.strip_suffix(down) {
+            return Some((x, Part::Down(i)));
+        }
+    }
+    SUFFIXES.iter().find_map(|(s, p)| key.strip_suffix(s).map(|x| (x, *p)))
+}
+
+/// Adapter kinds ComfyUI knows and sdgraph does not merge, by a part of their keys.
+const REFUSED: [(&str, &str); 5] = [
+    (".oft_blocks", "OFT/BOFT (oft_blocks)"),
+    (".a1.weight", "GLoRA (a1/a2/b1/b2)"),
+    (".b1.weight", "GLoRA (a1/a2/b1/b2)"),
     (".reshape_weight", "a reshaped weight (reshape_weight)"),
+    (".lora_magnitude_vector", "PEFT DoRA (lora_magnitude_vector; ComfyUI reads DoRA as kohya/LyCORIS dora_scale)"),
 ];
 
 /// Which network a LoRA module patches.
@@ -114,30 +184,29 @@ pub struct LoraTensor {
     pub values: Vec<f32>,
 }
 
-/// One plain LoRA module of a file, matched to the weight it patches.
+/// One adapter of a file, matched to the weight (or bias) it patches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraModule {
     /// The module's name in the file (`lora_unet_...`, `unet....`).
     pub name: String,
     pub net: Net,
-    /// The canonical weight name (`model.diffusion_model....weight`).
+    /// The canonical name of what it patches (`model.diffusion_model....weight`, or `....bias`).
     pub target: String,
-    pub up: LoraTensor,
-    pub down: LoraTensor,
+    pub adapter: Adapter,
     pub alpha: Option<f32>,
+    /// DoRA's magnitude (LoRA, LoHa and LoKr only).
+    pub dora_scale: Option<LoraTensor>,
 }
 
 impl LoraModule {
-    /// The rank: the down matrix's rows.
-    pub fn rank(&self) -> usize {
-        self.down.shape.first().copied().unwrap_or(0)
-    }
-
-    /// `alpha / rank`, or 1 without an alpha (ComfyUI's scale).
-    pub fn scale(&self) -> f64 {
-        match self.alpha {
-            Some(a) => a as f64 / self.rank() as f64,
-            None => 1.0,
+    /// `alpha / rank` with the rank as the adapter takes it, or 1 without an alpha (ComfyUI's scale).
+    pub fn scale(&self) -> Result<f64, String> {
+        match (self.alpha, self.adapter.rank()) {
+            (Some(_), Some(0)) => {
+                Err(format!("the {} adapter's rank is 0, so its alpha divides by 0", self.adapter.kind()))
+            }
+            (Some(a), Some(r)) => Ok(a as f64 / r as f64),
+            _ => Ok(1.0),
         }
     }
 }
@@ -191,20 +260,39 @@ pub fn parse_tensors(
 ) -> Result<ParsedLora, LoraError> {
     let error = |message: String| LoraError { file: path.to_path_buf(), message };
     let keys: BTreeSet<&str> = st.names().collect();
-    for (part, kind) in NOT_YET {
-        let hit = |k: &&&str| k.ends_with(part) || (part.ends_with('_') && k.contains(part));
-        if let Some(k) = keys.iter().find(hit) {
-            return Err(error(format!("holds {kind} adapters (key {k:?}), which sdgraph does not merge yet")));
+    for (part, kind) in REFUSED {
+        if let Some(k) = keys.iter().find(|k| k.ends_with(part) || k.contains(&format!("{part}."))) {
+            return Err(error(format!("holds {kind} adapters (key {k:?}), which sdgraph does not merge")));
         }
     }
-    let ups: Vec<(&str, &str, &str)> = keys
-        .iter()
-        .filter_map(|k| PAIRS.iter().find_map(|(up, down)| k.strip_suffix(up).map(|x| (*k, x, *down))))
-        .collect();
-    if ups.is_empty() {
+    let lookup = |x: &str| match (unet.get(x), clip.get(x)) {
+        (Some(t), _) => Some((Net::Unet, t)),
+        (None, Some(t)) => Some((Net::Clip, t)),
+        (None, None) => None,
+    };
+    // Module name -> its parts' keys.
+    let mut groups: BTreeMap<&str, BTreeMap<Part, &str>> = BTreeMap::new();
+    for k in &keys {
+        match split_part(k) {
+            Some((x, part)) => {
+                groups.entry(x).or_default().insert(part, k);
+            }
+            None => {
+                // A part no adapter has, on a module of this model: an adapter kind nobody merges.
+                let module = k.match_indices('.').map(|(i, _)| &k[..i]).find(|x| lookup(x).is_some());
+                if let Some(x) = module {
+                    return Err(error(format!(
+                        "key {k:?}: {:?} is no adapter part sdgraph (or ComfyUI) merges into {x:?} (LoRA lora_up/lora_down/lora_mid, LoHa hada_*, LoKr lokr_*, diff, diff_b, w_norm, b_norm, set_weight, alpha, dora_scale)",
+                        &k[x.len() + 1..]
+                    )));
+                }
+            }
+        }
+    }
+    if groups.keys().all(|x| groups[x].keys().all(|p| matches!(p, Part::Alpha))) {
         let first: Vec<&str> = keys.iter().take(3).copied().collect();
         return Err(error(format!(
-            "no LoRA keys (lora_up/lora_down, lora_A/lora_B) among its {} keys {first:?}",
+            "no LoRA keys (lora_up/lora_down, lora_A/lora_B, hada_*, lokr_*, diff) among its {} keys {first:?}",
             keys.len()
         )));
     }
@@ -218,87 +306,155 @@ pub fn parse_tensors(
             "targets SDXL (key {k:?} belongs to SDXL's second text encoder or its size conditioning); the model is SD 1.x"
         )));
     }
-    let read = |key: &str| -> Result<LoraTensor, LoraError> {
-        let (shape, values) = st.f32_any(key).map_err(|e| error(e.to_string()))?;
+    let read = |key: &str| -> Result<LoraTensor, String> {
+        let (shape, values) = st.f32_any(key).map_err(|e| e.to_string())?;
         if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-            return Err(error(format!("key {key:?} holds {v}")));
+            return Err(format!("key {key:?} holds {v}"));
         }
         Ok(LoraTensor { key: key.to_string(), shape, values })
     };
     let mut context_width = None;
-    let mut loaded: BTreeSet<String> = BTreeSet::new();
-    let mut targets: BTreeMap<String, String> = BTreeMap::new();
+    let mut loaded: BTreeSet<&str> = BTreeSet::new();
+    let mut targets: BTreeSet<String> = BTreeSet::new();
     let mut modules = Vec::new();
-    for (up_key, x, down_suffix) in ups {
-        let down_key = format!("{x}{down_suffix}");
-        if (x.contains("attn2") && (x.contains("to_k") || x.contains("to_v")))
-            && let Some(info) = st.info(&down_key)
+    for (x, parts) in &groups {
+        let down = parts.iter().find(|(p, _)| matches!(p, Part::Down(_))).map(|(_, k)| *k);
+        if x.contains("attn2")
+            && (x.contains("to_k") || x.contains("to_v"))
+            && let Some(info) = down.and_then(|k| st.info(k))
         {
             context_width = info.shape.get(1).copied();
         }
-        let (net, target) = match (unet.get(x), clip.get(x)) {
-            (Some(t), _) => (Net::Unet, t),
-            (None, Some(t)) => (Net::Clip, t),
-            (None, None) => continue,
-        };
-        if targets.contains_key(target) {
-            // ComfyUI keeps one adapter per weight; so does sdgraph: the first, the other is reported.
+        let Some((net, target)) = lookup(x) else { continue };
+        let bias = format!("{}.bias", target.strip_suffix(".weight").unwrap_or(target));
+        // ComfyUI keeps one adapter per weight; so does sdgraph: the first module's, the other is reported.
+        if targets.contains(target) || targets.contains(&bias) {
             continue;
         }
-        if !keys.contains(down_key.as_str()) {
-            return Err(error(format!("key {up_key:?} has no {down_key:?}")));
-        }
-        let up = read(up_key)?;
-        let down = read(&down_key)?;
-        let alpha_key = format!("{x}.alpha");
-        let alpha = if keys.contains(alpha_key.as_str()) {
-            let a = read(&alpha_key)?;
-            if a.values.len() != 1 {
-                return Err(error(format!("key {alpha_key:?} has shape {:?}, expected one value", a.shape)));
-            }
-            loaded.insert(alpha_key);
-            Some(a.values[0])
-        } else {
-            None
+        let Patches { weight, bias: bias_patch, alpha, dora_scale } =
+            Parts { x, parts, read: &read, loaded: &mut loaded }.patches().map_err(error)?;
+        let mut add = |target: &String, adapter: Adapter, dora_scale: Option<LoraTensor>| {
+            targets.insert(target.clone());
+            let name = x.to_string();
+            modules.push(LoraModule { name, net, target: target.clone(), adapter, alpha, dora_scale });
         };
-        loaded.insert(up_key.to_string());
-        loaded.insert(down_key);
-        targets.insert(target.clone(), x.to_string());
-        modules.push(LoraModule { name: x.to_string(), net, target: target.clone(), up, down, alpha });
+        if let Some(a) = weight {
+            let dora =
+                dora_scale.filter(|_| matches!(a, Adapter::Lora { .. } | Adapter::Loha { .. } | Adapter::Lokr { .. }));
+            add(target, a, dora);
+        }
+        if let Some(b) = bias_patch {
+            add(&bias, b, None);
+        }
     }
     let not_loaded = keys.iter().filter(|k| !loaded.contains(**k)).map(|k| k.to_string()).collect();
     Ok(ParsedLora { path: path.to_path_buf(), modules, not_loaded, context_width })
 }
 
-/// `up.flatten(1) @ down.flatten(1)` for a weight of `shape` (its elements in order), checked.
-pub fn lora_product(m: &LoraModule, shape: &[usize]) -> Result<Vec<f32>, String> {
-    let flat = |s: &[usize]| (s.first().copied().unwrap_or(0), s.iter().skip(1).product::<usize>());
-    let (out, rank) = flat(&m.up.shape);
-    let (rank_d, inner) = flat(&m.down.shape);
-    let (w_out, w_inner) = flat(shape);
-    if m.up.shape.len() < 2 || m.down.shape.len() < 2 || rank != rank_d || out != w_out || inner != w_inner {
-        return Err(format!(
-            "up {:?} {:?} and down {:?} {:?} do not make the weight's shape {shape:?}",
-            m.up.key, m.up.shape, m.down.key, m.down.shape
-        ));
-    }
-    let mut diff = vec![0f32; out * inner];
-    for o in 0..out {
-        let row = &mut diff[o * inner..(o + 1) * inner];
-        for k in 0..rank {
-            let u = m.up.values[o * rank + k];
-            let d = &m.down.values[k * inner..(k + 1) * inner];
-            for (r, dv) in row.iter_mut().zip(d) {
-                *r += u * dv;
-            }
-        }
-    }
-    Ok(diff)
+/// What ComfyUI's `load_lora` makes of one module: its weight's patch (the last kind found wins:
+/// LoRA, LoHa, LoKr, `w_norm`, `diff`, `set_weight`), its bias's (`b_norm` with a `w_norm`, `diff_b`),
+/// alpha and `dora_scale`.
+#[derive(Default)]
+struct Patches {
+    weight: Option<Adapter>,
+    bias: Option<Adapter>,
+    alpha: Option<f32>,
+    dora_scale: Option<LoraTensor>,
 }
 
-/// `src` with `modules` merged at `strength` into its overlay: each target's current value
-/// (the overlay's, from an earlier LoRA, or the file's) plus `strength * scale * up @ down`,
-/// in f32 as ComfyUI. Returns the new source; `src` is unchanged.
+/// Reads one module's parts, counting the keys read as loaded.
+struct Parts<'a, 'k> {
+    x: &'a str,
+    parts: &'a BTreeMap<Part, &'k str>,
+    read: &'a dyn Fn(&str) -> Result<LoraTensor, String>,
+    loaded: &'a mut BTreeSet<&'k str>,
+}
+
+impl<'k> Parts<'_, 'k> {
+    fn has(&self, p: Part) -> bool {
+        self.parts.contains_key(&p)
+    }
+
+    fn get(&mut self, p: Part) -> Result<Option<LoraTensor>, String> {
+        let Some(&k) = self.parts.get(&p) else { return Ok(None) };
+        self.loaded.insert(k);
+        (self.read)(k).map(Some)
+    }
+
+    /// The part `p` (key `x` + `suffix`), which the module's `kind` adapter needs.
+    fn need(&mut self, p: Part, suffix: &str, kind: &str) -> Result<LoraTensor, String> {
+        let x = self.x;
+        self.get(p)?.ok_or_else(|| format!("module {x:?} holds {kind} keys but no {:?}", format!("{x}{suffix}")))
+    }
+
+    /// LoKr's factor `w` (whole) or `wa @ wb`.
+    fn factor(&mut self, w: Part, wa: Part, wb: Part, name: &str) -> Result<Factor, String> {
+        if let Some(t) = self.get(w)? {
+            return Ok(Factor::Full(t));
+        }
+        let x = self.x;
+        let a = self.get(wa)?.ok_or_else(|| {
+            format!("module {x:?} holds LoKr keys but no \"{x}.lokr_{name}\" nor \"{x}.lokr_{name}_a\"")
+        })?;
+        Ok(Factor::Product(a, self.need(wb, &format!(".lokr_{name}_b"), "LoKr")?))
+    }
+
+    fn patches(&mut self) -> Result<Patches, String> {
+        let mut out = Patches::default();
+        if let Some(a) = self.get(Part::Alpha)? {
+            if a.values.len() != 1 {
+                return Err(format!("key {:?} has shape {:?}, expected one value", a.key, a.shape));
+            }
+            out.alpha = Some(a.values[0]);
+        }
+        out.dora_scale = self.get(Part::DoraScale)?;
+        if let Some(style) = (0..STYLES.len()).find(|&i| self.has(Part::Up(i))) {
+            let up = self.need(Part::Up(style), STYLES[style].0, "LoRA")?;
+            let down = self
+                .get(Part::Down(style))?
+                .ok_or_else(|| format!("key {:?} has no {:?}", up.key, format!("{}{}", self.x, STYLES[style].1)))?;
+            // Only kohya's layout has LoCon's mid weight (lora.py).
+            let mid = if style == 0 { self.get(Part::Mid)? } else { None };
+            out.weight = Some(Adapter::Lora { up, down, mid });
+        }
+        if self.has(Part::HadaW1A) {
+            let w1a = self.need(Part::HadaW1A, ".hada_w1_a", "LoHa")?;
+            let w1b = self.need(Part::HadaW1B, ".hada_w1_b", "LoHa")?;
+            let w2a = self.need(Part::HadaW2A, ".hada_w2_a", "LoHa")?;
+            let w2b = self.need(Part::HadaW2B, ".hada_w2_b", "LoHa")?;
+            let cores = match self.get(Part::HadaT1)? {
+                Some(t1) => Some((t1, self.need(Part::HadaT2, ".hada_t2", "LoHa CP (hada_t1)")?)),
+                None => None,
+            };
+            out.weight = Some(Adapter::Loha { w1a, w1b, w2a, w2b, cores });
+        }
+        if [Part::LokrW1, Part::LokrW2, Part::LokrW1A, Part::LokrW2A].iter().any(|p| self.has(*p)) {
+            let w1 = self.factor(Part::LokrW1, Part::LokrW1A, Part::LokrW1B, "w1")?;
+            let w2 = self.factor(Part::LokrW2, Part::LokrW2A, Part::LokrW2B, "w2")?;
+            // lokr.py uses the Tucker core only to rebuild a factored w2.
+            let t2 = if matches!(w2, Factor::Product(..)) { self.get(Part::LokrT2)? } else { None };
+            out.weight = Some(Adapter::Lokr { w1, w2, t2 });
+        }
+        if let Some(w) = self.get(Part::WNorm)? {
+            out.weight = Some(Adapter::Diff(w));
+            out.bias = self.get(Part::BNorm)?.map(Adapter::Diff);
+        }
+        if let Some(d) = self.get(Part::Diff)? {
+            out.weight = Some(Adapter::Diff(d));
+        }
+        if let Some(d) = self.get(Part::DiffB)? {
+            out.bias = Some(Adapter::Diff(d));
+        }
+        if let Some(t) = self.get(Part::SetWeight)? {
+            out.weight = Some(Adapter::Set(t));
+        }
+        Ok(out)
+    }
+}
+
+/// `src` with the LoRA's modules for `net` merged at `strength` into its overlay: each target's
+/// current value (the overlay's, from an earlier LoRA, or the file's) patched by its adapter
+/// ([`adapters`]). Returns the new source; `src` is unchanged.
 pub fn merge(
     src: &WeightSource,
     lora: &ParsedLora,
@@ -310,9 +466,17 @@ pub fn merge(
     let w = src.prefix("");
     let mut patched = Vec::new();
     for m in lora.modules.iter().filter(|m| m.net == net) {
+        let what = |e: String| format!("module {:?} ({}) for {:?}: {e}", m.name, m.adapter.kind(), m.target);
+        if !w.contains(&m.target) {
+            return Err(error(what("the model has no such tensor".into())));
+        }
         let shape = w.shape(&m.target).map_err(|e| error(e.to_string()))?;
-        let diff = lora_product(m, &shape).map_err(|e| {
-            let mut msg = format!("module {:?} for {:?}: {e}", m.name, m.target);
+        let base = match src.overlaid(&m.target) {
+            Some(v) => v.to_vec(),
+            None => w.f32(&m.target, &shape).map_err(|e| error(e.to_string()))?,
+        };
+        let merged = patch(m, &shape, &base, strength).map_err(|e| {
+            let mut msg = what(e);
             if let (Some(file), Some(model)) = (lora.context_width, model_context_width)
                 && file != model
             {
@@ -323,20 +487,34 @@ pub fn merge(
             }
             error(msg)
         })?;
-        let mut base = match src.overlaid(&m.target) {
-            Some(v) => v.to_vec(),
-            None => w.f32(&m.target, &shape).map_err(|e| error(e.to_string()))?,
-        };
-        let scale = (strength * m.scale()) as f32;
-        for (b, d) in base.iter_mut().zip(&diff) {
-            *b += scale * d;
-        }
-        if let Some(v) = base.iter().find(|v| !v.is_finite()) {
+        if let Some(v) = merged.iter().find(|v| !v.is_finite()) {
             return Err(error(format!("module {:?} makes {:?} hold {v}", m.name, m.target)));
         }
-        patched.push((m.target.clone(), base));
+        patched.push((m.target.clone(), merged));
     }
     Ok(src.with_overlay(patched))
+}
+
+/// `base` (a tensor of `shape`) patched by `m` at `strength`, as ComfyUI's `calculate_weight`.
+pub fn patch(m: &LoraModule, shape: &[usize], base: &[f32], strength: f64) -> Result<Vec<f32>, String> {
+    let w: Vec<f64> = base.iter().map(|&v| v as f64).collect();
+    let merged = match &m.adapter {
+        // calculate_weight's "set": the file's tensor, whatever the strength.
+        Adapter::Set(_) => m.adapter.product(shape)?,
+        Adapter::Diff(_) => {
+            let d = m.adapter.product(shape)?;
+            w.iter().zip(&d).map(|(w, d)| w + strength * d).collect()
+        }
+        a => {
+            let d = a.product(shape)?;
+            let scale = m.scale()?;
+            match &m.dora_scale {
+                Some(dora) => weight_decompose(dora, &w, &d, scale, strength, shape)?,
+                None => w.iter().zip(&d).map(|(w, d)| w + strength * scale * d).collect(),
+            }
+        }
+    };
+    Ok(merged.into_iter().map(|v| v as f32).collect())
 }
 
 /// What a network was built from, so that a LoRA can build it again with merged weights: the
