@@ -12,6 +12,7 @@ mod ksampler_fixture;
 mod models_clip;
 mod models_controlnet;
 mod models_gligen;
+mod models_t2i_adapter;
 mod models_unet;
 mod models_upscale;
 mod models_vae;

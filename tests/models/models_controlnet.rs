@@ -95,12 +95,12 @@ fn run_cases(gpu: &Gpu, net: &ControlNetHandle, unet: &Unet) -> Vec<(String, f32
         let big = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         rows.push((name.to_string(), err, big));
     };
-    let emb = net.net.embed_hint(gpu, &hint).unwrap();
+    let emb = net.net.as_controlnet().unwrap().embed_hint(gpu, &hint).unwrap();
     check("hint_embedding", &emb);
     for case in 0..2 {
         let ts = fx.scalar(&format!("case{case}.timesteps"));
         let scale = fx.scalar(&format!("case{case}.scale"))[0];
-        let r = net.net.forward_with_hint(gpu, &x, &ts, &ctx, &hint).unwrap();
+        let r = net.net.as_controlnet().unwrap().forward_with_hint(gpu, &x, &ts, &ctx, &hint).unwrap();
         assert_eq!(r.down.len(), 9);
         let r = scale_residuals(gpu, &r, scale).unwrap();
         for (i, d) in r.down.iter().enumerate() {
@@ -119,7 +119,7 @@ fn controlnet_config_is_read_from_the_weights_in_both_layouts() {
     let Some(gpu) = shared_gpu() else { return };
     for path in [ldm_file(), diffusers_dir(), diffusers_dir().join("diffusion_pytorch_model.safetensors")] {
         let h = load_controlnet(gpu, &path, DType::F32).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let c = &h.net.config;
+        let c = &h.net.as_controlnet().unwrap().config;
         assert_eq!(c.hint_channels, 3);
         assert_eq!(c.hint_block_channels, [4, 4, 8, 8, 8, 8, 16], "{}", path.display());
         assert_eq!(c.hint_downscale(), 8);
@@ -152,7 +152,7 @@ fn controlnet_residuals_and_controlled_unet_match_diffusers_in_f32_in_both_layou
         let x = fx.input(gpu, "sample");
         let ctx = fx.input(gpu, "encoder_hidden_states");
         let hint = fx.input(gpu, "hint");
-        let r = net.net.forward_with_hint(gpu, &x, &[999.0, 1.0], &ctx, &hint).unwrap();
+        let r = net.net.as_controlnet().unwrap().forward_with_hint(gpu, &x, &[999.0, 1.0], &ctx, &hint).unwrap();
         outputs.push(gpu.download(&r.mid).unwrap());
     }
     // The same tensors in two layouts compute the same thing, bit for bit.
@@ -192,23 +192,26 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
     let x = fx.input(gpu, "sample");
     let ctx = fx.input(gpu, "encoder_hidden_states");
     let hint = fx.input(gpu, "hint");
-    let emb = net.net.embed_hint(gpu, &hint).unwrap();
+    let emb = net.net.as_controlnet().unwrap().embed_hint(gpu, &hint).unwrap();
     let apps: Vec<_> = [0.3, 0.5, 1.0].map(|s| application(&net, s, 0.0, 1.0)).into();
     let app = |strength: f64| apps.iter().find(|a| a.strength == strength).unwrap().spec();
     let prepared = |strength: f64, sigma_start: f64, sigma_end: f64| PreparedControl {
         spec: app(strength),
         hint: emb.clone(),
+        features: Vec::new(),
         sigma_start,
         sigma_end,
     };
     let t = [500.0, 500.0];
-    let one = net.net.forward(gpu, &x, &t, &ctx, &emb).unwrap();
+    let one = net.net.as_controlnet().unwrap().forward(gpu, &x, &t, &ctx, &emb).unwrap();
     let want = scale_residuals(gpu, &one, 0.8).unwrap();
     // Two controls of 0.3 and 0.5, both active at sigma 2: 0.8 x the residuals.
     let chain = [prepared(0.3, 5.0, 1.0), prepared(0.5, 1e9, 0.0)];
     let got =
         control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 2.0 }).unwrap().unwrap();
-    for (g, w) in got.down.iter().zip(&want.down).chain([(&got.mid, &want.mid)]) {
+    let (down, mid) = (got.down.as_ref().unwrap(), got.mid.as_ref().unwrap());
+    assert!(got.input.is_empty(), "a ControlNet adds nothing to the input blocks");
+    for (g, w) in down.iter().zip(&want.down).chain([(mid, &want.mid)]) {
         let err = max_abs_diff(&gpu.download(g).unwrap(), &gpu.download(w).unwrap());
         assert!(err < 1e-5, "chained sum off by {err}");
     }
@@ -217,7 +220,7 @@ fn chained_controls_sum_their_scaled_residuals_and_respect_their_sigma_range() {
         let got =
             control_residuals(gpu, &chain, &UnetCall { x: &x, timesteps: &t, context: &ctx, sigma }).unwrap().unwrap();
         let want = scale_residuals(gpu, &one, 0.5).unwrap();
-        let err = max_abs_diff(&gpu.download(&got.mid).unwrap(), &gpu.download(&want.mid).unwrap());
+        let err = max_abs_diff(&gpu.download(got.mid.as_ref().unwrap()).unwrap(), &gpu.download(&want.mid).unwrap());
         assert!(err < 1e-6, "sigma {sigma}: {err}");
     }
     // A ControlNet for another architecture is refused before sampling, naming its file.

@@ -10,6 +10,10 @@
 //! (`previous_controlnet`). The ControlNet sees the same scaled input, timestep
 //! and text as the UNet (`calculate_input`, `timestep(sigma)`, `c_crossattn`).
 //!
+//! ControlNetLoader also loads T2I-adapters, as ComfyUI's `load_controlnet` falls back to
+//! `load_t2i_adapter` (`models::t2i_adapter`); they apply through the same node, strength and
+//! percent range, and add their features to the UNet's input blocks instead.
+//!
 //! Difference: the `vae` input is accepted and ignored (SD 1.x/2.x ControlNets
 //! work on pixels; latent-space ControlNets are not supported).
 
@@ -25,6 +29,8 @@ use crate::runtime;
 use crate::settings::Settings;
 use models::checkpoint::convert::{CONTROLNET_PREFIX, ControlNetLayout, open_controlnet};
 use models::controlnet::{ControlNet, ControlNetConfig};
+use models::sampling::controls::ControlModel;
+use models::t2i_adapter::{T2iAdapter, T2iAdapterConfig};
 use models::unet_blocks::AttentionHeads;
 
 /// What a ControlNet's files may say about the architecture beyond the
@@ -77,14 +83,29 @@ fn apply_overrides(
     Ok(())
 }
 
-/// Loads a ControlNet file (any layout, see [`open_controlnet`]) onto the GPU in `dtype`.
+/// Loads a ControlNet or T2I-adapter file (any layout, see [`open_controlnet`]) onto the GPU in `dtype`.
 pub fn load_controlnet(gpu: &Gpu, path: &std::path::Path, dtype: DType) -> Result<ControlNetHandle, String> {
     let (src, layout, file) = open_controlnet(path).map_err(|e| e.to_string())?;
+    if let ControlNetLayout::T2iAdapter { nums_rb, .. } = layout {
+        // The full adapter's ResBlocks per level: what the diffusers names said, else the file's metadata.
+        let meta = src.metadata("sdgraph.t2i.nums_rb");
+        let nums_rb = match (nums_rb, meta) {
+            (Some(n), _) => Some(n),
+            (None, Some(v)) => Some(v.trim().parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| {
+                format!("{}: metadata sdgraph.t2i.nums_rb={v:?} is not a positive number", file.display())
+            })?),
+            (None, None) => None,
+        };
+        let w = src.prefix("");
+        let cfg = T2iAdapterConfig::detect_from_weights(&w, nums_rb).map_err(|e| format!("{}: {e}", file.display()))?;
+        let net = T2iAdapter::load(gpu, &w, &cfg, dtype).map_err(|e| e.to_string())?;
+        return Ok(ControlNetHandle { net: ControlModel::T2iAdapter(net), path: file });
+    }
     let w = src.prefix(CONTROLNET_PREFIX);
     let mut cfg = ControlNetConfig::detect_from_weights(&w).map_err(|e| format!("{}: {e}", file.display()))?;
     apply_overrides(&mut cfg, &src, layout, &file)?;
     let net = ControlNet::load(gpu, &w, &cfg, dtype).map_err(|e| e.to_string())?;
-    Ok(ControlNetHandle { net, path: file })
+    Ok(ControlNetHandle { net: ControlModel::ControlNet(net), path: file })
 }
 
 /// The schema, and the settings the command passed.
@@ -102,7 +123,7 @@ impl ControlNetLoader {
             NodeSchema::new(
                 "ControlNetLoader",
                 "loaders",
-                "Loads an SD 1.x/2.x ControlNet (.safetensors in the single-file or diffusers layout, or a diffusers folder).",
+                "Loads an SD 1.x/2.x ControlNet (.safetensors in the single-file or diffusers layout, or a diffusers folder) or T2I-adapter.",
             )
             .fields(ControlNetLoaderFields::declare)
             .output("control_net", PortType::ControlNet, "The ControlNet."),
@@ -203,9 +224,11 @@ impl NodeKind for ControlNetApplyAdvanced {
             // ComfyUI returns the conditionings as they are.
             return Ok(vec![pass(&positive), pass(&negative)]);
         }
-        let channels = control_net.net.config.hint_channels;
+        let channels = control_net.net.hint_channels();
+        // A one-channel T2I-adapter takes any picture (ComfyUI averages its channels).
         if image.channels != channels && image.channels != 1 && image.channels < channels {
-            return Err(err(format!("input \"image\": {} channels, the ControlNet takes {channels}", image.channels)));
+            let kind = control_net.net.kind_name();
+            return Err(err(format!("input \"image\": {} channels, the {kind} takes {channels}", image.channels)));
         }
         if image.batch == 0 || image.width == 0 || image.height == 0 {
             return Err(err("input \"image\": an empty image"));

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use gpu::Tensor;
 use graph::{Image, Mask, Payload, PortType};
 use models::clip::{ClipLayer, ClipTextConfig, ClipTextModel};
-use models::controlnet::ControlNet;
 use models::lora::NetSource;
-use models::sampling::controls::ControlSpec;
+use models::sampling::controls::{ControlModel, ControlSpec};
 use models::tokenizer::ClipTokenizer;
 use models::unet::{Unet, UnetConfig};
 use models::upscaler::UpscaleModel;
@@ -182,9 +181,9 @@ pub struct VaeHandle {
     pub vae: Vae,
 }
 
-/// A loaded ControlNet.
+/// A loaded ControlNet or T2I-adapter (ComfyUI's CONTROL_NET holds either).
 pub struct ControlNetHandle {
-    pub net: ControlNet,
+    pub net: ControlModel,
     /// The weights file it came from (for messages).
     pub path: PathBuf,
 }

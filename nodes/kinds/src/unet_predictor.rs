@@ -209,9 +209,7 @@ impl<'a> UnetPredictor<'a> {
         let residuals = control_residuals(self.gpu, &group.controls, &call).map_err(err)?;
         let out = match &residuals {
             None => self.model.unet.forward(self.gpu, &xt, &t, &group.context),
-            Some(r) => {
-                self.model.unet.forward_with_residuals(self.gpu, &xt, &t, &group.context, Some(&r.down), Some(&r.mid))
-            }
+            Some(r) => self.model.unet.forward_controlled(self.gpu, &xt, &t, &group.context, r),
         }
         .map_err(err)?;
         let out = self.gpu.download(&out).map_err(err)?;

@@ -188,8 +188,18 @@ impl ControlNet {
             )));
         }
         let context = gpu::ops::cast::cast(gpu, context, self.dtype)?;
-        let DownOutput { mid, skips, .. } =
-            self.down.forward(gpu, c, self.dtype, x, &timesteps, &context, Some(hint_embedding), &mut None, None)?;
+        let DownOutput { mid, skips, .. } = self.down.forward(
+            gpu,
+            c,
+            self.dtype,
+            x,
+            &timesteps,
+            &context,
+            Some(hint_embedding),
+            &mut None,
+            None,
+            &[],
+        )?;
         let down = skips.iter().zip(&self.zero_convs).map(|(s, z)| z.forward(gpu, s)).collect::<Result<Vec<_>, _>>()?;
         let mid = self.middle_block_out.forward(gpu, &mid)?;
         Ok(ControlResiduals { down, mid })

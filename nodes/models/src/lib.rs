@@ -15,6 +15,7 @@
 //! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
 //! - [`controlnet`]: ControlNet (`control_model.`, diffusers' `ControlNetModel`), sharing the UNet's down path
 //! - [`gligen`]: GLIGEN text-box grounding (ComfyUI's `comfy/gligen.py`), a patch in the UNet's transformer blocks
+//! - [`t2i_adapter`]: T2I-Adapter (ComfyUI's `Adapter` / `Adapter_light`), features for the UNet's input blocks
 //! - [`vae`]: the SD 1.x VAE (`first_stage_model.`, diffusers' `AutoencoderKL`); its blocks in [`vae_blocks`]
 //! - [`upscaler`]: image upscale models, [`esrgan`] (RRDBNet) and [`srvgg`] (SRVGGNetCompact)
 //! - [`tiling`]: the one tiler, run by [`vae_tiling`] (tiled and fallback VAE passes) and
@@ -33,6 +34,7 @@ pub mod prompt_weights;
 pub mod resblock;
 pub mod sampling;
 pub mod srvgg;
+pub mod t2i_adapter;
 pub mod tiling;
 pub mod tokenizer;
 pub mod unet;

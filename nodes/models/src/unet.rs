@@ -415,6 +415,7 @@ impl DownPath {
         hint: Option<&Tensor>,
         trace: &mut Recorder<'_>,
         middle: Option<&dyn MiddlePatch>,
+        input: &[Option<Tensor>],
     ) -> Result<DownOutput, ModelError> {
         // Time: sinusoidal [cos | sin] (diffusers `Timesteps`, flip_sin_to_cos, shift 0), then the MLP.
         let t_emb = timestep_embedding_as(gpu, timesteps, c.model_channels, true, 0.0, 10000.0, dt)?;
@@ -441,6 +442,10 @@ impl DownPath {
             for layer in block {
                 h = layer.forward(gpu, &h, emb_in, context, None, middle.map(|m| (m, index)))?;
                 index += usize::from(matches!(layer, Layer::Attn(_)));
+            }
+            if let Some(Some(r)) = input.get(n) {
+                // A T2I-adapter's feature (ComfyUI's apply_control 'input'): the skip and the blocks after see it.
+                h = add(gpu, &h, &cast(gpu, r, dt)?).map_err(|e| residual_error("input", n, e))?;
             }
             if n == 0 {
                 if let Some(hint) = hint {
@@ -496,6 +501,21 @@ struct Residuals<'a> {
     down: Option<&'a [Tensor]>,
     mid: Option<&'a Tensor>,
     middle: Option<&'a dyn MiddlePatch>,
+    /// [`UnetControl::input`].
+    input: &'a [Option<Tensor>],
+}
+
+/// What the controls active at one step add inside a UNet call, as ComfyUI's `control` dict
+/// (`apply_control` in `comfy/ldm/modules/diffusionmodules/openaimodel.py`): `input[n]` to the hidden
+/// state after input block n (its 'input': T2I-adapters' features, which the skip connection and
+/// every later block then see), `down[i]` to skip connection i where the up path reads it and `mid`
+/// to the middle block's output (its 'output' and 'middle': ControlNets' residuals).
+#[derive(Clone, Default)]
+pub struct UnetControl {
+    /// At most one per input block (conv_in's first); `None` adds nothing.
+    pub input: Vec<Option<Tensor>>,
+    pub down: Option<Vec<Tensor>>,
+    pub mid: Option<Tensor>,
 }
 
 impl Unet {
@@ -566,7 +586,7 @@ impl Unet {
         down: Option<&[Tensor]>,
         mid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
-        self.run(gpu, x, timesteps, context, Residuals { down, mid, middle: None }, None)
+        self.run(gpu, x, timesteps, context, Residuals { down, mid, middle: None, input: &[] }, None)
     }
 
     /// [`Unet::forward_with_residuals`] with `middle` applied in every transformer block after
@@ -583,7 +603,20 @@ impl Unet {
         mid: Option<&Tensor>,
         middle: &dyn MiddlePatch,
     ) -> Result<Tensor, ModelError> {
-        self.run(gpu, x, timesteps, context, Residuals { down, mid, middle: Some(middle) }, None)
+        self.run(gpu, x, timesteps, context, Residuals { down, mid, middle: Some(middle), input: &[] }, None)
+    }
+
+    /// `forward` with what `control` adds (see [`UnetControl`]).
+    pub fn forward_controlled(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &[f32],
+        context: &Tensor,
+        control: &UnetControl,
+    ) -> Result<Tensor, ModelError> {
+        let (down, mid, input) = (control.down.as_deref(), control.mid.as_ref(), control.input.as_slice());
+        self.run(gpu, x, timesteps, context, Residuals { down, mid, middle: None, input }, None)
     }
 
     /// SpatialTransformers in the network (the transformer indices a [`MiddlePatch`] sees are 0..this).
@@ -615,7 +648,7 @@ impl Unet {
         residuals: Residuals,
         mut trace: Recorder<'_>,
     ) -> Result<Tensor, ModelError> {
-        let Residuals { down, mid, middle } = residuals;
+        let Residuals { down, mid, middle, input } = residuals;
         let c = &self.config;
         let dt = self.dtype;
         let timesteps = DownPath::check_inputs(c, x, timesteps, context)?;
@@ -628,9 +661,16 @@ impl Unet {
                 c.skip_count()
             )));
         }
+        if input.len() > self.down.input_blocks.len() {
+            return Err(ModelError::Config(format!(
+                "{} input controls given, the UNet has {} input blocks",
+                input.len(),
+                self.down.input_blocks.len()
+            )));
+        }
         let context = cast(gpu, context, dt)?;
         let DownOutput { mid: mut h, mut skips, emb_silu } =
-            self.down.forward(gpu, c, dt, x, &timesteps, &context, None, &mut trace, middle)?;
+            self.down.forward(gpu, c, dt, x, &timesteps, &context, None, &mut trace, middle, input)?;
         let mut projected = None;
         let emb_in = project(gpu, &self.up_emb_table, &emb_silu, &mut projected)?;
         if let Some(res) = down {

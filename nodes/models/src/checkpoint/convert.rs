@@ -464,6 +464,50 @@ pub enum ControlNetLayout {
     SingleFileUnprefixed,
     /// diffusers' `ControlNetModel` names (a `save_pretrained` folder or its weights file).
     Diffusers,
+    /// A T2I-adapter (ComfyUI loads these through ControlNetLoader too), seen under ComfyUI's names
+    /// without a prefix (`conv_in`, `body.N...`; see `models::t2i_adapter`); `diffusers`: renamed from
+    /// diffusers' `T2IAdapter` names, whose ResBlocks per level were `nums_rb`.
+    T2iAdapter { diffusers: bool, nums_rb: Option<usize> },
+}
+
+/// A diffusers `T2IAdapter` (full adapter) key as ComfyUI's `load_t2i_adapter` renames it
+/// (`comfy/controlnet.py`, Comfy-Org/ComfyUI @ a125cd84b054a57729b5eecab930ca9408719832):
+/// `adapter.body.{i}.resnets.{j}.` -> `body.{i * nums_rb + j}.`, `adapter.body.{i}.` (its `in_conv`)
+/// -> `body.{i * nums_rb}.`, `adapter.` -> ``. ComfyUI writes `nums_rb` as 2 and `i` below 4; here both
+/// are what the file holds.
+pub fn t2i_adapter_key(key: &str, nums_rb: usize) -> Option<String> {
+    let rest = key.strip_prefix("adapter.")?;
+    let Some(body) = rest.strip_prefix("body.") else { return Some(rest.to_string()) };
+    let (i, tail) = index(body)?;
+    match tail.strip_prefix("resnets.").and_then(index) {
+        Some((j, tail)) => Some(format!("body.{}.{tail}", i * nums_rb + j)),
+        None => Some(format!("body.{}.{tail}", i * nums_rb)),
+    }
+}
+
+/// The T2I-adapter layout of a file's keys (see [`ControlNetLayout::T2iAdapter`]) and its table, or
+/// `None` when the keys are no T2I-adapter's. diffusers' light adapters are refused by name (ComfyUI
+/// maps them onto the full adapter's names and fails to load them).
+#[allow(clippy::type_complexity)]
+fn t2i_adapter_table(
+    st: &SafeTensors,
+) -> Result<Option<(ControlNetLayout, Vec<(String, usize, String, Option<Vec<usize>>)>)>, String> {
+    let has = |k: &str| st.info(k).is_some();
+    if has("adapter.body.0.resnets.0.block1.weight") {
+        if has("adapter.body.0.out_conv.weight") {
+            return Err("a diffusers light T2I-adapter (adapter.body.0.out_conv): not supported (ComfyUI does not load these either); the original layout (body.0.in_conv, body.0.body.0.block1, ...) is".into());
+        }
+        let nums_rb = (0..).take_while(|j| has(&format!("adapter.body.0.resnets.{j}.block1.weight"))).count();
+        let table =
+            st.names().filter_map(|k| t2i_adapter_key(k, nums_rb).map(|n| (n, 0, k.to_string(), None))).collect();
+        return Ok(Some((ControlNetLayout::T2iAdapter { diffusers: true, nums_rb: Some(nums_rb) }, table)));
+    }
+    // ComfyUI's tests (`conv_in.weight` alone would also take a diffusers UNet for an adapter).
+    if (has("conv_in.weight") && has("body.0.block1.weight")) || has("body.0.in_conv.weight") {
+        let table = st.names().map(|k| (k.to_string(), 0, k.to_string(), None)).collect();
+        return Ok(Some((ControlNetLayout::T2iAdapter { diffusers: false, nums_rb: None }, table)));
+    }
+    Ok(None)
 }
 
 /// Opens a ControlNet: a `.safetensors` file in either layout, or a
@@ -518,11 +562,16 @@ pub fn open_controlnet(path: &Path) -> Result<(WeightSource, ControlNetLayout, s
             .collect();
         (ControlNetLayout::Diffusers, table)
     } else {
-        return Err(CheckpointError {
-            file,
-            key: None,
-            message: "not an SD ControlNet: none of control_model.zero_convs.0.0.weight, zero_convs.0.0.weight or controlnet_cond_embedding.conv_in.weight is in it (T2I-adapters, Control-LoRAs and ControlNets of other model families are not supported)".into(),
-        });
+        let t2i =
+            t2i_adapter_table(&st).map_err(|message| CheckpointError { file: file.clone(), key: None, message })?;
+        let Some(found) = t2i else {
+            return Err(CheckpointError {
+                file,
+                key: None,
+                message: "not an SD ControlNet or T2I-adapter: none of control_model.zero_convs.0.0.weight, zero_convs.0.0.weight, controlnet_cond_embedding.conv_in.weight (ControlNets), conv_in.weight, body.0.in_conv.weight or adapter.body.0.resnets.0.block1.weight (T2I-adapters) is in it (Control-LoRAs and ControlNets of other model families are not supported)".into(),
+            });
+        };
+        found
     };
     Ok((WeightSource::from_parts(vec![Arc::new(st)], table), layout, file))
 }

@@ -8,10 +8,18 @@
 //! - a control is active while the step's sigma lies in `[percent_to_sigma(end_percent),
 //!   percent_to_sigma(start_percent)]` (`ControlBase.pre_run` / `get_control`);
 //! - the residuals of every control active at a step are summed, each times its strength.
+//!
+//! T2I-adapters come the same way (ComfyUI's `T2IAdapter`, `comfy/controlnet.py` @
+//! a125cd84b054a57729b5eecab930ca9408719832): the control image is resized alike (to the latent's
+//! size x8, rounded up to a multiple of 8), averaged to gray for an adapter that takes one channel,
+//! and run through the adapter once; its features, times the strength, go to the UNet's input blocks
+//! ([`UnetControl::input`]): level i's after that level's last ResBlock (ComfyUI: every third input
+//! block, the same blocks for UNets of 2 ResBlocks per level, which all SD 1.x/2.x UNets have).
 
 use std::path::Path;
 
 use gpu::ops::binary::{add_scaled, mul};
+use gpu::ops::cast::cast;
 use gpu::ops::layout::concat;
 use gpu::{DType, Gpu, Tensor};
 use pixels::Image;
@@ -20,12 +28,52 @@ use crate::ModelError;
 use crate::controlnet::{ControlNet, ControlResiduals};
 use crate::image_ops::{Method, center_crop_to_aspect, resize};
 use crate::sampling::schedulers::ModelSigmas;
-use crate::unet::UnetConfig;
+use crate::t2i_adapter::{T2iAdapter, UNSHUFFLE};
+use crate::unet::{UnetConfig, UnetControl};
 
-/// One ControlNet application as a conditioning carries it.
+/// What ControlNetLoader loads: a ControlNet or a T2I-adapter (ComfyUI's `ControlNet` and
+/// `T2IAdapter`, both `ControlBase`).
+pub enum ControlModel {
+    ControlNet(ControlNet),
+    T2iAdapter(T2iAdapter),
+}
+
+impl ControlModel {
+    pub fn as_controlnet(&self) -> Option<&ControlNet> {
+        match self {
+            ControlModel::ControlNet(n) => Some(n),
+            ControlModel::T2iAdapter(_) => None,
+        }
+    }
+
+    pub fn as_t2i_adapter(&self) -> Option<&T2iAdapter> {
+        match self {
+            ControlModel::T2iAdapter(a) => Some(a),
+            ControlModel::ControlNet(_) => None,
+        }
+    }
+
+    /// Channels of the control image it takes.
+    pub fn hint_channels(&self) -> usize {
+        match self {
+            ControlModel::ControlNet(n) => n.config.hint_channels,
+            ControlModel::T2iAdapter(a) => a.config.input_channels,
+        }
+    }
+
+    /// "ControlNet" or "T2I-adapter", for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ControlModel::ControlNet(_) => "ControlNet",
+            ControlModel::T2iAdapter(_) => "T2I-adapter",
+        }
+    }
+}
+
+/// One ControlNet (or T2I-adapter) application as a conditioning carries it.
 #[derive(Clone, Copy)]
 pub struct ControlSpec<'a> {
-    pub net: &'a ControlNet,
+    pub net: &'a ControlModel,
     /// The ControlNet's file, named in messages.
     pub path: &'a Path,
     /// The control image, `[B, H, W, C]` in 0..1, at any size.
@@ -38,8 +86,12 @@ pub struct ControlSpec<'a> {
 /// One control, ready for a sampling run: its embedded control image and its sigma range.
 pub struct PreparedControl<'a> {
     pub spec: ControlSpec<'a>,
-    /// `[copies * B, model_channels, h, w]`: the embedded hint for each conditioning batched into the call.
+    /// `[copies * B, model_channels, h, w]`: a ControlNet's embedded hint for each conditioning batched
+    /// into the call; for a T2I-adapter, the control image it read `[B, channels, 8h, 8w]`.
     pub hint: Tensor,
+    /// A T2I-adapter's unscaled features, `[copies * B, C, h', w']` each, with the UNet input block each
+    /// goes to (empty for a ControlNet).
+    pub features: Vec<(usize, Tensor)>,
     /// Active while `sigma_end <= sigma <= sigma_start`.
     pub sigma_start: f64,
     pub sigma_end: f64,
@@ -51,9 +103,22 @@ impl PreparedControl<'_> {
         !(sigma > self.sigma_start || sigma < self.sigma_end)
     }
 
-    /// The ControlNet's unscaled residuals for one UNet call.
-    fn residuals(&self, gpu: &Gpu, call: &UnetCall<'_>) -> Result<ControlResiduals, ModelError> {
-        self.spec.net.forward(gpu, call.x, call.timesteps, call.context, &self.hint)
+    /// The unscaled control of one UNet call: a ControlNet's residuals, or a T2I-adapter's features.
+    fn residuals(&self, gpu: &Gpu, call: &UnetCall<'_>) -> Result<UnetControl, ModelError> {
+        match self.spec.net {
+            ControlModel::ControlNet(net) => {
+                let r = net.forward(gpu, call.x, call.timesteps, call.context, &self.hint)?;
+                Ok(UnetControl { input: Vec::new(), down: Some(r.down), mid: Some(r.mid) })
+            }
+            ControlModel::T2iAdapter(_) => {
+                let n = self.features.iter().map(|(i, _)| i + 1).max().unwrap_or(0);
+                let mut input = vec![None; n];
+                for (i, f) in &self.features {
+                    input[*i] = Some(f.clone());
+                }
+                Ok(UnetControl { input, down: None, mid: None })
+            }
+        }
     }
 }
 
@@ -87,6 +152,44 @@ pub fn control_hint(
         }
     }
     Ok(out)
+}
+
+/// The control image as a T2I-adapter's input, `[batch, channels, height, width]` (NCHW, f32): as
+/// [`control_hint`], and for an adapter of one channel the picture's colour channels (alpha dropped)
+/// averaged, as ComfyUI's `torch.mean(cond_hint, 1)`.
+pub fn adapter_hint(
+    img: &Image,
+    width: usize,
+    height: usize,
+    channels: usize,
+    batch: usize,
+) -> Result<Vec<f32>, String> {
+    if channels != 1 || img.channels <= 1 {
+        return control_hint(img, width, height, channels, batch);
+    }
+    let k = img.channels.min(3);
+    let colour = control_hint(img, width, height, k, batch)?;
+    let hw = width * height;
+    let mut out = vec![0.0; batch * hw];
+    for (b, plane) in out.chunks_mut(hw).enumerate() {
+        for (p, v) in plane.iter_mut().enumerate() {
+            *v = (0..k).map(|c| colour[(b * k + c) * hw + p]).sum::<f32>() / k as f32;
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that a T2I-adapter fits the UNet it steers: one level per UNet level, of its width.
+fn check_adapter_fits(ad: &T2iAdapter, unet: &UnetConfig, path: &Path) -> Result<(), String> {
+    if ad.config.channels != unet.block_out_channels {
+        return Err(format!(
+            "the T2I-adapter {} does not fit the model: its levels {:?}, the model's {:?}",
+            path.display(),
+            ad.config.channels,
+            unet.block_out_channels
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that a ControlNet fits the UNet it steers.
@@ -126,20 +229,42 @@ pub fn prepare_controls<'a>(
 ) -> Result<Vec<PreparedControl<'a>>, String> {
     let [b, _, h, w] = shape;
     let mut out = Vec::new();
+    let repeat = |t: Tensor| -> Result<Tensor, String> {
+        if copies > 1 { concat(gpu, &vec![&t; copies], 0).map_err(|e| e.to_string()) } else { Ok(t) }
+    };
     for spec in controls {
-        let net = spec.net;
-        check_fits(net, unet, spec.path)?;
-        let f = net.config.hint_downscale();
-        let ch = net.config.hint_channels;
-        let pixels = control_hint(spec.image, w * f, h * f, ch, b)?;
-        let t = gpu.upload(&pixels, &[b, ch, h * f, w * f], DType::F32).map_err(|e| e.to_string())?;
-        let mut hint = net.embed_hint(gpu, &t).map_err(|e| e.to_string())?;
-        if copies > 1 {
-            hint = concat(gpu, &vec![&hint; copies], 0).map_err(|e| e.to_string())?;
-        }
+        let (hint, features) = match spec.net {
+            ControlModel::ControlNet(net) => {
+                check_fits(net, unet, spec.path)?;
+                let f = net.config.hint_downscale();
+                let ch = net.config.hint_channels;
+                let pixels = control_hint(spec.image, w * f, h * f, ch, b)?;
+                let t = gpu.upload(&pixels, &[b, ch, h * f, w * f], DType::F32).map_err(|e| e.to_string())?;
+                (repeat(net.embed_hint(gpu, &t).map_err(|e| e.to_string())?)?, Vec::new())
+            }
+            ControlModel::T2iAdapter(ad) => {
+                check_adapter_fits(ad, unet, spec.path)?;
+                // ComfyUI's scale_image_to: the latent's size x8, rounded up to the unshuffle (already a multiple).
+                let (ph, pw) = (h * 8, w * 8);
+                let (ph, pw) = (ph.div_ceil(UNSHUFFLE) * UNSHUFFLE, pw.div_ceil(UNSHUFFLE) * UNSHUFFLE);
+                let ch = ad.config.input_channels;
+                let pixels = adapter_hint(spec.image, pw, ph, ch, b)?;
+                let t = gpu.upload(&pixels, &[b, ch, ph, pw], DType::F32).map_err(|e| e.to_string())?;
+                let feats = ad.forward(gpu, &t).map_err(|e| format!("T2I-adapter {}: {e}", spec.path.display()))?;
+                // Level i's feature after the level's last ResBlock: input block i * (l + 1) + l.
+                let l = unet.layers_per_block;
+                let features = feats
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| Ok((i * (l + 1) + l, repeat(f)?)))
+                    .collect::<Result<Vec<_>, String>>()?;
+                (t, features)
+            }
+        };
         out.push(PreparedControl {
             spec,
             hint,
+            features,
             sigma_start: sigmas.percent_to_sigma(spec.start_percent),
             sigma_end: sigmas.percent_to_sigma(spec.end_percent),
         });
@@ -161,25 +286,59 @@ pub fn control_residuals(
     gpu: &Gpu,
     controls: &[PreparedControl<'_>],
     call: &UnetCall<'_>,
-) -> Result<Option<ControlResiduals>, String> {
-    let mut sum: Option<ControlResiduals> = None;
+) -> Result<Option<UnetControl>, String> {
+    let mut sum: Option<UnetControl> = None;
     for c in controls.iter().filter(|c| c.active_at(call.sigma)) {
-        let r = c.residuals(gpu, call).map_err(|e| format!("ControlNet {}: {e}", c.spec.path.display()))?;
+        let name = |e: &dyn std::fmt::Display| format!("{} {}: {e}", c.spec.net.kind_name(), c.spec.path.display());
+        let r = c.residuals(gpu, call).map_err(|e| name(&e))?;
         let s = c.spec.strength as f32;
         sum = Some(match sum {
-            None => scale_residuals(gpu, &r, s).map_err(|e| e.to_string())?,
-            Some(acc) => ControlResiduals {
-                down: acc
-                    .down
-                    .iter()
-                    .zip(&r.down)
-                    .map(|(a, d)| add_residual(gpu, a, d, s))
-                    .collect::<Result<Vec<_>, _>>()?,
-                mid: add_residual(gpu, &acc.mid, &r.mid, s)?,
-            },
+            None => scale_control(gpu, &r, s).map_err(|e| name(&e))?,
+            Some(acc) => add_control(gpu, acc, &r, s)?,
         });
     }
     Ok(sum)
+}
+
+/// `acc + s * r`, part by part (a part only one of them has is taken as it is).
+fn add_control(gpu: &Gpu, acc: UnetControl, r: &UnetControl, s: f32) -> Result<UnetControl, String> {
+    let one = |a: Option<Tensor>, b: Option<&Tensor>| -> Result<Option<Tensor>, String> {
+        Ok(match (a, b) {
+            (a, None) => a,
+            (Some(a), Some(b)) => Some(add_residual(gpu, &a, b, s)?),
+            (None, Some(b)) => Some(scale(gpu, b, s).map_err(|e| e.to_string())?),
+        })
+    };
+    let mut input = acc.input;
+    input.resize(input.len().max(r.input.len()), None);
+    for (i, slot) in input.iter_mut().enumerate() {
+        *slot = one(slot.take(), r.input.get(i).and_then(Option::as_ref))?;
+    }
+    let down = match (acc.down, &r.down) {
+        (a, None) => a,
+        (None, Some(b)) => {
+            Some(b.iter().map(|d| scale(gpu, d, s)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?)
+        }
+        (Some(a), Some(b)) => {
+            Some(a.iter().zip(b).map(|(a, d)| add_residual(gpu, a, d, s)).collect::<Result<Vec<_>, _>>()?)
+        }
+    };
+    Ok(UnetControl { input, down, mid: one(acc.mid, r.mid.as_ref())? })
+}
+
+/// Every part of `r` times `strength` (ComfyUI's `x *= self.strength`).
+fn scale_control(gpu: &Gpu, r: &UnetControl, strength: f32) -> Result<UnetControl, gpu::GpuError> {
+    let s = |t: &Tensor| scale(gpu, t, strength);
+    Ok(UnetControl {
+        input: r.input.iter().map(|t| t.as_ref().map(s).transpose()).collect::<Result<Vec<_>, _>>()?,
+        down: r.down.as_ref().map(|d| d.iter().map(s).collect::<Result<Vec<_>, _>>()).transpose()?,
+        mid: r.mid.as_ref().map(s).transpose()?,
+    })
+}
+
+/// `t * strength`, in `t`'s dtype.
+fn scale(gpu: &Gpu, t: &Tensor, strength: f32) -> Result<Tensor, gpu::GpuError> {
+    mul(gpu, t, &gpu.upload(&[strength], &[1], t.dtype())?)
 }
 
 /// The first active control whose residuals at `sigma` hold NaN or infinity, described with the likely cause, or
@@ -188,13 +347,16 @@ pub fn control_residuals(
 pub fn non_finite_control(gpu: &Gpu, controls: &[PreparedControl<'_>], call: &UnetCall<'_>) -> Option<String> {
     for c in controls.iter().filter(|c| c.active_at(call.sigma)) {
         let r = c.residuals(gpu, call).ok()?;
-        for (i, t) in r.down.iter().chain([&r.mid]).enumerate() {
+        let down = r.down.iter().flatten().enumerate().map(|(i, t)| (format!("input block {i}"), t));
+        let mid = r.mid.iter().map(|t| ("middle block".to_string(), t));
+        let input = r.input.iter().enumerate().filter_map(|(i, t)| Some((format!("input block {i}"), t.as_ref()?)));
+        for (which, t) in down.chain(mid).chain(input) {
             let values = gpu.download(t).ok()?;
             if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-                let which = if i == r.down.len() { "middle block".to_string() } else { format!("input block {i}") };
                 return Some(format!(
-                    "the ControlNet {} gives {v} in its residual for the UNet's {which}: its file holds NaN or \
+                    "the {} {} gives {v} in its residual for the UNet's {which}: its file holds NaN or \
                      infinite weights (a corrupt or badly converted file), or f16 overflowed (try SDGRAPH_DTYPE=f32)",
+                    c.spec.net.kind_name(),
                     c.spec.path.display()
                 ));
             }
@@ -205,7 +367,7 @@ pub fn non_finite_control(gpu: &Gpu, controls: &[PreparedControl<'_>], call: &Un
 
 /// `acc + s * r`, in `acc`'s dtype (two ControlNets may differ in dtype only if the env changed between loads).
 fn add_residual(gpu: &Gpu, acc: &Tensor, r: &Tensor, s: f32) -> Result<Tensor, String> {
-    let r = gpu::ops::cast::cast(gpu, r, acc.dtype()).map_err(|e| e.to_string())?;
+    let r = cast(gpu, r, acc.dtype()).map_err(|e| e.to_string())?;
     add_scaled(gpu, acc, &r, s).map_err(|e| format!("two ControlNets' residuals do not add up: {e}"))
 }
 
