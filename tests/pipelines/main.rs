@@ -10,6 +10,7 @@ mod comfy_gallery;
 mod controlnet_graph;
 mod custom_sampling;
 mod demo_model;
+mod embedding_graph;
 mod graphs;
 mod image_scale_total;
 mod inpaint;
