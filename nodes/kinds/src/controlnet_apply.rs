@@ -105,7 +105,7 @@ pub fn load_controlnet(gpu: &Gpu, path: &std::path::Path, dtype: DType) -> Resul
     let mut cfg = ControlNetConfig::detect_from_weights(&w).map_err(|e| format!("{}: {e}", file.display()))?;
     apply_overrides(&mut cfg, &src, layout, &file)?;
     let net = ControlNet::load(gpu, &w, &cfg, dtype).map_err(|e| e.to_string())?;
-    Ok(ControlNetHandle { net: ControlModel::ControlNet(net), path: file })
+    Ok(ControlNetHandle { net: ControlModel::ControlNet(Box::new(net)), path: file })
 }
 
 /// The schema, and the settings the command passed.

@@ -34,14 +34,15 @@ use crate::unet::{UnetConfig, UnetControl};
 /// What ControlNetLoader loads: a ControlNet or a T2I-adapter (ComfyUI's `ControlNet` and
 /// `T2IAdapter`, both `ControlBase`).
 pub enum ControlModel {
-    ControlNet(ControlNet),
+    /// Boxed: a ControlNet holds a whole encoder's layers, an adapter a few convs.
+    ControlNet(Box<ControlNet>),
     T2iAdapter(T2iAdapter),
 }
 
 impl ControlModel {
     pub fn as_controlnet(&self) -> Option<&ControlNet> {
         match self {
-            ControlModel::ControlNet(n) => Some(n),
+            ControlModel::ControlNet(n) => Some(n.as_ref()),
             ControlModel::T2iAdapter(_) => None,
         }
     }
