@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod cli_embeddings;
 mod cli_interrupt;
 mod cli_preview;
 mod comfy_import;

@@ -266,3 +266,24 @@ fn the_graph_folder_embeddings_are_found_and_the_cache_key_follows_the_file() {
     let fp = configured.fingerprint(&ctx, &inputs(&clip, "embedding:tiny_st")).unwrap();
     assert!(fp.contains(&fixtures().join("tiny_st.safetensors").display().to_string()), "{fp}");
 }
+
+#[test]
+fn an_old_embedding_whose_pickle_is_refused_is_read_from_its_raw_storage() {
+    // An early textual-inversion file: string_to_param is a torch.nn.ParameterDict, a class the unpickler refuses.
+    // ComfyUI's safe_load_embed_zip then takes the last data/ entry of at least 768 floats, as rows of 768.
+    let dir = crate::common::temp_dir("embeddings-raw");
+    let pickle = b"\x80\x02ctorch.nn.modules.container\nParameterDict\n)R.";
+    let vectors: Vec<f32> = (0..2 * 768).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let small: Vec<f32> = vec![1.0; 10];
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (a, b) = (bytes(&vectors), bytes(&small));
+    let file = models::checkpoint::zip::write_stored(&[
+        ("old/data.pkl", pickle.as_slice()),
+        ("old/data/0", a.as_slice()),
+        ("old/data/1", b.as_slice()),
+    ]);
+    let path = dir.join("old.pt");
+    std::fs::write(&path, file).unwrap();
+    let e = load_embedding(&path, "clip_l").unwrap();
+    assert_eq!(e, Embedding { vectors: 2, width: 768, data: vectors });
+}

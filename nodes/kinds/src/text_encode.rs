@@ -59,10 +59,11 @@ impl ClipTextEncode {
     }
 }
 
-/// Looks `embedding:NAME` up in the folders, walked once per prompt; remembers the files read.
+/// Looks `embedding:NAME` up in the folders, walked once per prompt and only for a prompt that names an
+/// embedding; remembers the files read.
 struct FolderLookup {
     folders: EmbeddingFolders,
-    expanded: Vec<PathBuf>,
+    expanded: Option<Vec<PathBuf>>,
     width: usize,
     files: Vec<PathBuf>,
 }
@@ -73,7 +74,8 @@ impl EmbeddingLookup for FolderLookup {
     }
 
     fn load(&mut self, name: &str) -> Result<Option<Embedding>, String> {
-        let Some(path) = find_in(&self.expanded, name) else { return Ok(None) };
+        let expanded = self.expanded.get_or_insert_with(|| self.folders.expanded());
+        let Some(path) = find_in(expanded, name) else { return Ok(None) };
         self.files.push(path.clone());
         load_embedding(&path, SD1_EMBEDDING_KEY).map(Some).map_err(|e| format!("{}: {e}", path.display()))
     }
@@ -98,10 +100,8 @@ impl NodeKind for ClipTextEncode {
     fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
         let f = TextEncodeFields::read(inputs)?;
         let clip = f.clip;
-        let folders = self.folders(ctx);
-        let expanded = folders.expanded();
         let width = clip.model.config.hidden_size;
-        let mut lookup = FolderLookup { folders, expanded, width, files: Vec::new() };
+        let mut lookup = FolderLookup { folders: self.folders(ctx), expanded: None, width, files: Vec::new() };
         let tokens = tokenize_with_embeddings(&clip.tokenizer, f.text.as_str(), &mut lookup)
             .map_err(|e| NodeError::new(format!("param \"text\": {e}")))?;
         for file in &lookup.files {
