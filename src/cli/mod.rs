@@ -10,6 +10,7 @@ mod load;
 mod logger;
 mod progress;
 mod run;
+mod serve;
 mod settings;
 mod verify;
 mod watch;
@@ -140,6 +141,31 @@ enum Command {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+    /// Serve ComfyUI's HTTP and WebSocket API (POST /prompt, /queue, /history, /view, /ws, ...), so ComfyUI's
+    /// clients and scripts drive sdgraph; the queue is journaled and survives restarts.
+    Serve {
+        /// Address and port to listen on; anything but loopback needs --auth-token (or --insecure).
+        #[arg(long, default_value = "127.0.0.1:8188")]
+        listen: String,
+        /// Where SaveImage writes (ComfyUI's output folder).
+        #[arg(long, default_value = "output")]
+        output_dir: PathBuf,
+        /// Where uploaded pictures go and LoadImage looks first (ComfyUI's input folder).
+        #[arg(long, default_value = "input")]
+        input_dir: PathBuf,
+        /// Where the queue journal is kept.
+        #[arg(long, default_value = ".sdgraph-serve")]
+        state_dir: PathBuf,
+        /// Token clients must send as `Authorization: Bearer <token>` (also SDGRAPH_AUTH_TOKEN).
+        #[arg(long)]
+        auth_token: Option<String>,
+        /// Listen on a non-loopback address without a token, on purpose.
+        #[arg(long)]
+        insecure: bool,
+        /// GPU adapter by name or backend substring (default: SDGRAPH_ADAPTER, else the best GPU).
+        #[arg(long)]
+        adapter: Option<String>,
+    },
     /// Print the graph as Graphviz DOT (kinds on nodes, port types on edges).
     Dot {
         file: PathBuf,
@@ -254,6 +280,12 @@ pub fn main() -> i32 {
         Command::Import { file, out } => import::import(&registry, &models, &file, out.as_deref()),
         Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
         Command::Dot { file, sets } => dot::dot(&registry, &models, &file, &sets),
+        Command::Serve { listen, output_dir, input_dir, state_dir, auth_token, insecure, adapter } => {
+            ::gpu::device::configure_shared(settings.gpu_options(adapter, false));
+            let auth_token = auth_token.or_else(|| settings.auth_token.clone());
+            let args = serve::ServeArgs { listen, output_dir, input_dir, state_dir, auth_token, insecure, models };
+            serve::serve(registry, args)
+        }
         Command::Gpu { adapter, json } => gpu::gpu(&settings.gpu_options(adapter, false), json),
         Command::Watch { target: GraphTarget { file, sets, out_dir }, json, debounce_ms, max_runs } => watch::watch(
             registry,
@@ -292,7 +324,8 @@ pub fn main() -> i32 {
 /// The embeddings folders, in order: `--embeddings-dir`, then ComfyUI's `embeddings` folder of the models
 /// folders and of `extra_model_paths.yaml` (in the order model names are looked up). Kept for the whole process.
 fn embedding_dirs(flags: &[PathBuf], models: &load::ModelPaths) -> &'static [PathBuf] {
-    let roots = graph::comfy::ModelRoots { roots: models.dirs.clone(), extra: models.extra.clone(), ..Default::default() };
+    let roots =
+        graph::comfy::ModelRoots { roots: models.dirs.clone(), extra: models.extra.clone(), ..Default::default() };
     let mut dirs = flags.to_vec();
     let mut from_models = roots.folders("embeddings");
     // The last entry is the workflow's own folder, which CLIPTextEncode replaces by the graph's embeddings/.

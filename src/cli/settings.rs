@@ -37,6 +37,8 @@ pub struct Settings {
     pub hash_cache_file: Option<PathBuf>,
     /// The tensor-core self-test's verdicts: `tensor-core-check.json` in the same folder.
     pub tensor_core_check_file: Option<PathBuf>,
+    /// `SDGRAPH_AUTH_TOKEN`: the token `sdgraph serve` requires when `--auth-token` gives none.
+    pub auth_token: Option<String>,
     /// `SDGRAPH_DTYPE`, `SDGRAPH_VAE_TILE_BYTES`, `SDGRAPH_UPSCALE_TILE_BYTES`, `SDGRAPH_ABSOLUTE_PATHS`.
     pub nodes: nodes::Settings,
 }
@@ -100,6 +102,7 @@ impl Settings {
             models_dirs: path_list(MODELS_DIR_VAR),
             extra_model_paths: path_list("SDGRAPH_EXTRA_MODEL_PATHS"),
             home: nonempty_path(if cfg!(windows) { "USERPROFILE" } else { "HOME" }),
+            auth_token: text("SDGRAPH_AUTH_TOKEN")?,
             hash_cache_file: cache_dir.as_ref().map(|d| d.join("file-hashes.json")),
             tensor_core_check_file: cache_dir.map(|d| d.join("tensor-core-check.json")),
             nodes: nodes::Settings {

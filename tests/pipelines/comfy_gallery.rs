@@ -2,7 +2,8 @@
 //! by tests/fixtures/comfy/fetch_templates.py, never committed) import as they are, and run end to end on
 //! stand-in models of the right architecture put under the names they ask for: the demo model as every
 //! checkpoint, its VAE as every standalone VAE, the demo ControlNet as every ControlNet, the demo upscaler as
-//! every upscaler, a demo picture as every input image. Pictures are made small (sizes scaled down, 2 steps).
+//! every upscaler, a random-weight GLIGEN of the demo model's shapes as every GLIGEN, a demo picture as every
+//! input image. Pictures are made small (sizes scaled down, 2 steps).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,10 +33,11 @@ const RUNNABLE: &[(&str, f64)] = &[
     ("depth_controlnet", 0.0625),
     ("lora", 0.125),
     ("lora_multiple", 0.125),
+    ("gligen_textbox_example", 0.125),
 ];
 
 /// The gallery's other SD 1.x workflows, and the node kinds sdgraph still lacks for them.
-const NOT_YET: &[(&str, &[&str])] = &[("gligen_textbox_example", &["GLIGENLoader", "GLIGENTextBoxApply"])];
+const NOT_YET: &[(&str, &[&str])] = &[];
 
 /// The template folder: `SDGRAPH_COMFY_TEMPLATES`, else what the fetch script puts in target/comfy-templates
 /// (running it if the files are not there yet; it needs python3 and PyPI).
@@ -91,6 +93,8 @@ fn stand_in(kind: &str, models: &Path) -> Option<(&'static str, PathBuf)> {
         "UpscaleModelLoader" => ("upscale_models", demo.join("sdgraph-demo-upscaler-x4.safetensors")),
         "LoadImage" => ("input", demo.join("green_square.png")),
         "LoraLoader" | "LoraLoaderModelOnly" => ("loras", models.join("demo-lora.safetensors")),
+        // Random weights in GLIGEN's architecture for the demo model (assets/demo/make_demo_gligen.py).
+        "GLIGENLoader" => ("gligen", demo.join("sdgraph-demo-gligen-random.safetensors")),
         _ => return None,
     })
 }
@@ -195,7 +199,7 @@ fn shrink(g: &mut Graph, scale: f64) {
         let s = if matches!(n.kind.value.as_str(), "LatentUpscale" | "ImageScale") { scale.min(0.125) } else { scale };
         let scaled: &[&str] = match n.kind.value.as_str() {
             "EmptyLatentImage" | "LatentUpscale" | "ImageScale" => &["width", "height"],
-            "ConditioningSetArea" => &["width", "height", "x", "y"],
+            "ConditioningSetArea" | "GLIGENTextBoxApply" => &["width", "height", "x", "y"],
             "KSampler" => {
                 sets.push(format!("{id}.steps=2"));
                 &[]
@@ -209,7 +213,9 @@ fn shrink(g: &mut Graph, scale: f64) {
         for p in scaled {
             let Some(v) = n.param(p).and_then(|v| v.value.as_int()) else { continue };
             let v = (v as f64 * s / 8.0).round() as i128 * 8;
-            let v = if matches!(*p, "x" | "y") { v } else { v.max(64) };
+            // Areas at least 64 pixels (ConditioningSetArea's smallest), GLIGEN boxes at least 8 (its smallest).
+            let least = if n.kind.value == "GLIGENTextBoxApply" { 8 } else { 64 };
+            let v = if matches!(*p, "x" | "y") { v } else { v.max(least) };
             sets.push(format!("{id}.{p}={v}"));
         }
     }

@@ -11,6 +11,7 @@ mod controlnet_graph;
 mod custom_sampling;
 mod demo_model;
 mod embedding_graph;
+mod gligen;
 mod graphs;
 mod image_scale_total;
 mod inpaint;

@@ -23,6 +23,8 @@ pub enum PortType {
     Guider,
     /// ComfyUI's NOISE: where the initial noise comes from.
     Noise,
+    /// ComfyUI's GLIGEN: a loaded GLIGEN text-box grounding model.
+    Gligen,
     Int,
     Float,
     String,
@@ -30,7 +32,7 @@ pub enum PortType {
 }
 
 impl PortType {
-    pub const ALL: [PortType; 17] = [
+    pub const ALL: [PortType; 18] = [
         PortType::Model,
         PortType::Clip,
         PortType::Vae,
@@ -44,6 +46,7 @@ impl PortType {
         PortType::Sigmas,
         PortType::Guider,
         PortType::Noise,
+        PortType::Gligen,
         PortType::Int,
         PortType::Float,
         PortType::String,
@@ -66,6 +69,7 @@ impl PortType {
             PortType::Sigmas => "Sigmas",
             PortType::Guider => "Guider",
             PortType::Noise => "Noise",
+            PortType::Gligen => "Gligen",
             PortType::Int => "Int",
             PortType::Float => "Float",
             PortType::String => "String",

@@ -61,6 +61,7 @@ pub mod checkpoint_loader;
 pub mod conditioning_nodes;
 pub mod controlnet_apply;
 pub mod custom_sampling;
+pub mod gligen_nodes;
 pub mod image_nodes;
 pub mod ksampler;
 pub mod latent_nodes;
@@ -102,6 +103,8 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     conditioning_nodes::register(reg)?;
     reg.register(Arc::new(controlnet_apply::ControlNetLoader::new(settings)))?;
     reg.register(Arc::new(controlnet_apply::ControlNetApplyAdvanced::new()))?;
+    reg.register(Arc::new(gligen_nodes::GligenLoader::new(settings)))?;
+    reg.register(Arc::new(gligen_nodes::GligenTextBoxApply::new()))?;
     reg.register(Arc::new(preprocessors::Canny::new()))?;
     reg.register(Arc::new(preprocessors::BinaryPreprocessor::new()))?;
     reg.register(Arc::new(latent_nodes::EmptyLatentImage::new()))?;

@@ -1,6 +1,6 @@
 //! The values that flow between the SD nodes on opaque ports, one type per
 //! port type (`graph::Payload`): the loaded models (MODEL, CLIP, VAE,
-//! CONTROL_NET, UPSCALE_MODEL), CONDITIONING, LATENT and the custom-sampling values (SAMPLER, SIGMAS, GUIDER,
+//! CONTROL_NET, UPSCALE_MODEL, GLIGEN), CONDITIONING, LATENT and the custom-sampling values (SAMPLER, SIGMAS, GUIDER,
 //! NOISE). Node kinds read them
 //! as `Arc<T>` fields of their `graph::node_fields!` structs and make them with `Value::payload`.
 
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use gpu::Tensor;
 use graph::{Image, Mask, Payload, PortType};
 use models::clip::{ClipLayer, ClipTextConfig, ClipTextModel};
+use models::gligen::{Gligen, TextBox};
 use models::lora::NetSource;
 use models::sampling::controls::{ControlModel, ControlSpec};
 use models::tokenizer::ClipTokenizer;
@@ -82,6 +83,22 @@ pub struct CondEntry {
     pub range: Option<(f64, f64)>,
     /// ConditioningSetMask's mask.
     pub mask: Option<CondMask>,
+    /// GLIGENTextBoxApply's text boxes and the GLIGEN that grounds them (ComfyUI's `gligen` option).
+    pub gligen: Option<Arc<GligenBoxes>>,
+}
+
+/// A conditioning entry's GLIGEN grounding: ComfyUI's `("position", gligen_model, [(pooled, h, w, y, x), ...])`.
+pub struct GligenBoxes {
+    pub model: Arc<GligenHandle>,
+    /// In the order applied; the box in latent pixels (the node's pixels // 8).
+    pub boxes: Vec<TextBox>,
+}
+
+/// A loaded GLIGEN (GLIGENLoader), as the GLIGEN value.
+pub struct GligenHandle {
+    pub gligen: Gligen,
+    /// The weights file it came from (for messages).
+    pub path: PathBuf,
 }
 
 /// A conditioning entry's mask (ConditioningSetMask): where, and how much, it applies.
@@ -107,7 +124,15 @@ impl Conditioning {
     /// One entry over the whole picture, without ControlNets.
     pub fn new(cond: Tensor) -> Conditioning {
         Conditioning {
-            entries: vec![CondEntry { cond, controls: Vec::new(), area: None, strength: 1.0, range: None, mask: None }],
+            entries: vec![CondEntry {
+                cond,
+                controls: Vec::new(),
+                area: None,
+                strength: 1.0,
+                range: None,
+                mask: None,
+                gligen: None,
+            }],
         }
     }
 
@@ -124,13 +149,14 @@ impl std::fmt::Debug for Conditioning {
         let mut l = f.debug_list();
         for e in &self.entries {
             l.entry(&format_args!(
-                "{:?} controls {} area {:?} strength {} range {:?} mask {:?}",
+                "{:?} controls {} area {:?} strength {} range {:?} mask {:?} gligen boxes {}",
                 e.cond.shape(),
                 e.controls.len(),
                 e.area,
                 e.strength,
                 e.range,
-                e.mask.as_ref().map(|m| (m.mask.batch, m.mask.height, m.mask.width, m.strength, m.to_bounds))
+                e.mask.as_ref().map(|m| (m.mask.batch, m.mask.height, m.mask.width, m.strength, m.to_bounds)),
+                e.gligen.as_ref().map_or(0, |g| g.boxes.len())
             ));
         }
         l.finish()
@@ -277,4 +303,5 @@ payloads! {
     Sigmas => Sigmas,
     Guider => Guider,
     InitialNoise => Noise,
+    GligenHandle => Gligen,
 }

@@ -3,7 +3,9 @@
 //! 311c01406130b2acbe8ab291043502de26cf3871): one model call per group of
 //! conditioning entries that can share a batch (the same area size, the same
 //! text length and the same ControlNet applications: `can_concat_cond`), each
-//! entry over its area's crop of the latent. The sampler's CFG wrapping
+//! entry over its area's crop of the latent. Entries with GLIGEN text boxes run with the GLIGEN as the UNet's
+//! transformer patch (`get_area_and_mult`'s `middle_patch`: the boxes divided by the crop's size), batched only
+//! with entries carrying the same boxes (ComfyUI never batches them: each patch is a new object). The sampler's CFG wrapping
 //! ([`models::sampling::samplers::CfgDenoiser`]) weighs and averages the parts.
 
 use std::sync::Arc;
@@ -12,7 +14,8 @@ use gpu::ops::layout::concat;
 use gpu::{DType, Gpu, Tensor};
 use graph::node::{NodeError, err};
 
-use crate::payload::{CondEntry, CondMask, Conditioning, ControlApplication, ModelHandle};
+use crate::payload::{CondEntry, CondMask, Conditioning, ControlApplication, GligenBoxes, ModelHandle};
+use models::gligen::GligenPatch;
 use models::image_ops::resample::{Method, resize_mask};
 use models::sampling::areas::{mask_bounds, mask_weights, pair_areas};
 use models::sampling::controls::{PreparedControl, UnetCall, control_residuals, non_finite_control, prepare_controls};
@@ -32,6 +35,7 @@ struct Bound<'a> {
     /// `[B, L, C]`: the entry's text repeated over the latent batch.
     context: Tensor,
     controls: &'a [Arc<ControlApplication>],
+    gligen: Option<&'a Arc<GligenBoxes>>,
 }
 
 /// An entry while areas are paired: the text of `text`, everything else of `base`, the area `(h, w, y, x)`
@@ -51,6 +55,8 @@ struct Group<'a> {
     /// `[members * B, L, C]`.
     context: Tensor,
     controls: Vec<PreparedControl<'a>>,
+    /// The members' GLIGEN patch, its grounding tokens made for the crop and the call's batch.
+    gligen: Option<GligenPatch<'a>>,
 }
 
 /// The UNet with both prompts bound (see the module docs).
@@ -143,7 +149,13 @@ impl<'a> UnetPredictor<'a> {
                 let (strength, controls) = (e.base.strength, e.base.controls.as_slice());
                 let (start, end) = e.base.range.unwrap_or((0.0, 1.0));
                 let sigma_range = (sigmas.percent_to_sigma(start), sigmas.percent_to_sigma(end));
-                entries.push(Bound { uncond, area, strength, mask, sigma_range, context, controls });
+                let gligen = e.base.gligen.as_ref();
+                if let Some(g) = gligen {
+                    let side = if uncond { "negative" } else { "positive" };
+                    let crop = area.map_or(shape, |a| a.crop_shape());
+                    check_gligen(g, &model.unet, crop).map_err(|m| err(format!("input \"{side}\": {m}")))?;
+                }
+                entries.push(Bound { uncond, area, strength, mask, sigma_range, context, controls, gligen });
             }
         }
         let cause = Default::default();
@@ -164,6 +176,11 @@ impl<'a> UnetPredictor<'a> {
                     && e.context.shape() == f.context.shape()
                     && e.controls.len() == f.controls.len()
                     && e.controls.iter().zip(f.controls).all(|(a, b)| Arc::ptr_eq(a, b))
+                    && match (e.gligen, f.gligen) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    }
             };
             let full: usize = self.shape.iter().product();
             let per: usize = crop.iter().product();
@@ -183,7 +200,13 @@ impl<'a> UnetPredictor<'a> {
                 members.len(),
             )
             .map_err(|e| err(format!("input \"{side}\": {e}")))?;
-            groups.push(Group { members, crop, context, controls });
+            let [b, _, h, w] = crop;
+            let gligen = f
+                .gligen
+                .map(|g| g.model.gligen.patch(self.gpu, &g.boxes, members.len() * b, h, w))
+                .transpose()
+                .map_err(|e| err(format!("input \"{side}\": GLIGEN: {e}")))?;
+            groups.push(Group { members, crop, context, controls, gligen });
         }
         Ok(groups)
     }
@@ -207,9 +230,17 @@ impl<'a> UnetPredictor<'a> {
         let t = vec![timestep as f32; n * b];
         let call = UnetCall { x: &xt, timesteps: &t, context: &group.context, sigma };
         let residuals = control_residuals(self.gpu, &group.controls, &call).map_err(err)?;
-        let out = match &residuals {
-            None => self.model.unet.forward(self.gpu, &xt, &t, &group.context),
-            Some(r) => self.model.unet.forward_controlled(self.gpu, &xt, &t, &group.context, r),
+        let unet = &self.model.unet;
+        let out = match (&residuals, &group.gligen) {
+            (None, None) => unet.forward(self.gpu, &xt, &t, &group.context),
+            (Some(r), None) => unet.forward_controlled(self.gpu, &xt, &t, &group.context, r),
+            (None, Some(p)) => unet.forward_patched(self.gpu, &xt, &t, &group.context, None, None, p),
+            (Some(r), Some(p)) => {
+                if r.input.iter().any(Option::is_some) {
+                    return Err(err("a T2I-adapter and GLIGEN on the same conditioning are not supported yet"));
+                }
+                unet.forward_patched(self.gpu, &xt, &t, &group.context, r.down.as_deref(), r.mid.as_ref(), p)
+            }
         }
         .map_err(err)?;
         let out = self.gpu.download(&out).map_err(err)?;
@@ -251,6 +282,32 @@ impl NoisePredictor for UnetPredictor<'_> {
     fn non_finite_cause(&mut self) -> Option<String> {
         self.cause.take()
     }
+}
+
+/// Whether `g`'s GLIGEN fits the UNet and its boxes lie in the `crop` they are divided by (ComfyUI would
+/// ground a box past the edge at corners above 1, meaning nothing; sdgraph refuses a box that starts outside).
+fn check_gligen(g: &GligenBoxes, unet: &models::unet::Unet, crop: [usize; 4]) -> Result<(), String> {
+    let (blocks, transformers) = (g.model.gligen.blocks.len(), unet.transformer_count());
+    if blocks < transformers {
+        return Err(format!(
+            "the GLIGEN {} has {blocks} gated blocks, the model's UNet {transformers} transformers: it was made for \
+             another model",
+            g.model.path.display()
+        ));
+    }
+    let [_, _, h, w] = crop;
+    for (i, b) in g.boxes.iter().enumerate() {
+        if b.x >= w || b.y >= h {
+            return Err(format!(
+                "GLIGEN text box {i} at ({}, {}) lies outside the {}x{} picture (or area) it is placed in",
+                b.x * 8,
+                b.y * 8,
+                w * 8,
+                h * 8
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `cond [1, L, C]` repeated to `[n, L, C]`.

@@ -351,6 +351,14 @@ impl MiddlePatch for GligenPatch<'_> {
                 blocks.len()
             ))
         })?;
+        let query = block.linear.weight.dim(0);
+        if x.rank() != 3 || x.dim(2) != query {
+            return Err(ModelError::Config(format!(
+                "GLIGEN block {transformer_index} takes {query} channels, the UNet's transformer {transformer_index} \
+                 gives {:?}: it was made for another model",
+                x.shape()
+            )));
+        }
         if x.dim(0) != self.objs.dim(0) {
             return Err(ModelError::Config(format!(
                 "GLIGEN: grounding tokens for a batch of {}, the UNet runs {}",

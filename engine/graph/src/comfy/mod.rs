@@ -57,6 +57,9 @@ pub struct Imported {
     /// Things the user should know that did not stop the import (files not
     /// found with `MissingFiles::Warn`, notes dropped, ...).
     pub warnings: Vec<String>,
+    /// Each sdgraph node id with the ComfyUI node id it came from (`ksampler_3` -> `3`), for
+    /// answering in ComfyUI's terms (`sdgraph serve`).
+    pub comfy_ids: std::collections::BTreeMap<String, String>,
 }
 
 /// True when `bytes` look like JSON (a ComfyUI workflow) rather than RON: the
@@ -84,5 +87,6 @@ pub fn import(file: &str, bytes: &[u8], registry: &Registry, opts: &ImportOption
     let ron = emit::to_ron(file, &prompt, registry, opts, &mut warnings)
         .map_err(|msgs| GraphErrors(msgs.into_iter().map(|m| Diagnostic::new(file, None, m)).collect()))?;
     let graph = crate::format::parse_graph(&format!("{file} (as imported)"), ron.as_bytes())?;
-    Ok(Imported { graph, ron, warnings })
+    let comfy_ids = prompt.nodes.iter().map(|n| (emit::node_id(n), n.id.clone())).collect();
+    Ok(Imported { graph, ron, warnings, comfy_ids })
 }
