@@ -2,8 +2,9 @@
 //! by tests/fixtures/comfy/fetch_templates.py, never committed) import as they are, and run end to end on
 //! stand-in models of the right architecture put under the names they ask for: the demo model as every
 //! checkpoint, its VAE as every standalone VAE, the demo ControlNet as every ControlNet, the demo upscaler as
-//! every upscaler, a random-weight GLIGEN of the demo model's shapes as every GLIGEN, a demo picture as every
-//! input image. Pictures are made small (sizes scaled down, 2 steps).
+//! every upscaler, a random-weight T2I-adapter of the demo model's widths as every T2I-adapter (ComfyUI loads
+//! those through ControlNetLoader too), a random-weight GLIGEN of the demo model's shapes as every GLIGEN, a
+//! demo picture as every input image. Pictures are made small (sizes scaled down, 2 steps).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ const RUNNABLE: &[(&str, f64)] = &[
     ("area_composition", 0.18),
     ("area_composition_square_area_for_subject", 0.25),
     ("depth_controlnet", 0.0625),
+    ("depth_t2i_adapter", 0.0625),
     ("lora", 0.125),
     ("lora_multiple", 0.125),
     ("gligen_textbox_example", 0.125),
@@ -171,6 +173,30 @@ fn write_demo_lora(path: &Path) {
     write_with_metadata(path, &t, Dtype::F32, &[]).unwrap();
 }
 
+/// A random T2I-adapter for the demo UNet (levels of 32 and 64 channels): ComfyUI's full `Adapter` layout with
+/// 2 ResBlocks per level and 1x1 kernels, as TencentARC's depth adapter, its weights uniform in +-0.02. Nothing
+/// trained: it only has to load, run and reach the UNet (the test below measures that it moves the picture).
+fn write_demo_t2i_adapter(path: &Path) {
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![("conv_in".into(), vec![32, 3 * 64, 3, 3])];
+    for (i, (cin, c)) in [(32, 32), (32, 32), (32, 64), (64, 64)].into_iter().enumerate() {
+        if cin != c {
+            shapes.push((format!("body.{i}.in_conv"), vec![c, cin, 1, 1]));
+        }
+        shapes.push((format!("body.{i}.block1"), vec![c, c, 3, 3]));
+        shapes.push((format!("body.{i}.block2"), vec![c, c, 1, 1]));
+    }
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (i, (name, s)) in shapes.into_iter().enumerate() {
+        let n = s.iter().product();
+        let bias = vec![s[0]];
+        owned.push((format!("{name}.weight"), s, gpu::testing::random(n, 70 + i as u64, -0.02, 0.02)));
+        owned.push((format!("{name}.bias"), bias.clone(), gpu::testing::random(bias[0], 90 + i as u64, -0.02, 0.02)));
+    }
+    let t: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+    write_with_metadata(path, &t, Dtype::F32, &[("sdgraph.t2i.nums_rb", "2")]).unwrap();
+}
+
 /// Puts a stand-in under every file name `g` (imported without a models folder) asks for.
 fn furnish(g: &Graph, models: &Path) {
     for n in &g.nodes {
@@ -180,6 +206,9 @@ fn furnish(g: &Graph, models: &Path) {
             if comfy::models::folder_of(&n.kind.value, &param.value).is_none() {
                 continue;
             }
+            // A T2I-adapter is asked for through ControlNetLoader, by a name that says so.
+            let t2i = n.kind.value == "ControlNetLoader" && name.to_lowercase().contains("t2iadapter");
+            let src = if t2i { models.join("demo-t2i-adapter.safetensors") } else { src.clone() };
             let dest = models.join(folder).join(name.split(['/', '\\']).collect::<PathBuf>());
             std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
             if !dest.exists() {
@@ -234,6 +263,7 @@ fn gallery_workflows_run_end_to_end_on_stand_in_models() {
     std::fs::create_dir_all(&models).unwrap();
     write_demo_vae(&models.join("demo-vae.safetensors"));
     write_demo_lora(&models.join("demo-lora.safetensors"));
+    write_demo_t2i_adapter(&models.join("demo-t2i-adapter.safetensors"));
     let mut exec = Executor::default();
     for (name, scale) in RUNNABLE {
         let plain = import(name, &reg, no_roots(), MissingFiles::Warn).unwrap();
@@ -263,4 +293,48 @@ fn gallery_workflows_run_end_to_end_on_stand_in_models() {
             assert!(max > min + 20, "{name}: {} is flat ({min}..{max})", p.display());
         }
     }
+}
+
+/// The gallery's T2I-adapter workflow, made small as the test above makes it, with its ControlNetApplyAdvanced at
+/// `strength`: its picture's RGB bytes.
+fn run_depth_t2i_adapter(dir: &Path, strength: f64) -> Vec<u8> {
+    let reg = nodes::builtin_registry();
+    let name = "depth_t2i_adapter";
+    let models = dir.join("models");
+    let plain = import(name, &reg, no_roots(), MissingFiles::Warn).unwrap();
+    furnish(&plain.graph, &models);
+    let roots = ModelRoots { roots: vec![models.clone()], extra: Vec::new(), base_dir: dir.to_path_buf() };
+    let mut imported = import(name, &reg, roots, MissingFiles::Refuse).unwrap_or_else(|e| panic!("{e}"));
+    shrink(&mut imported.graph, 0.0625);
+    let apply = imported.graph.nodes.iter().find(|n| n.kind.value == "ControlNetApplyAdvanced").unwrap();
+    let set = SetOverride::parse(&format!("{}.strength={strength}", apply.id.value)).unwrap();
+    imported.graph.apply_overrides(&[set]).unwrap();
+    let g = graph::validate(imported.graph, &reg).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.join(format!("out-{strength}"));
+    let opts = RunOptions {
+        base_dir: dir.to_path_buf(),
+        out_dir: out,
+        graph_text: imported.ron,
+        progress: &NoProgress,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let r = Executor::default().run(&g, &opts);
+    assert!(r.ok, "strength {strength}: {:?}", r.errors());
+    let saved: Vec<&PathBuf> = r.nodes.iter().filter(|n| n.kind == "SaveImage").flat_map(|n| &n.outputs).collect();
+    image::open(saved[0]).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn the_gallery_t2i_adapter_workflow_is_steered_by_its_adapter() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("comfy-gallery-t2i");
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    write_demo_t2i_adapter(&dir.join("models/demo-t2i-adapter.safetensors"));
+    // Strength 0 is ComfyUI's "conditionings unchanged"; 1 adds the (random, small) adapter's features.
+    let (with, without) = (run_depth_t2i_adapter(&dir, 1.0), run_depth_t2i_adapter(&dir, 0.0));
+    let diff = with.iter().zip(&without).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / with.len() as f64;
+    eprintln!("depth_t2i_adapter: the adapter moves the picture by {diff:.2} levels on average");
+    assert!(diff > 0.5, "the T2I-adapter does not change the picture ({diff:.3} levels)");
 }
