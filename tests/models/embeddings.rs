@@ -109,14 +109,11 @@ fn inputs(clip: &Value, text: &str) -> graph::NodeInputs {
     inp
 }
 
-/// Runs CLIPTextEncode: the conditioning's shape and values, the messages, the files recorded.
-fn encode(
-    gpu: &gpu::Gpu,
-    kind: &dyn NodeKind,
-    base: &Path,
-    clip: &Value,
-    text: &str,
-) -> (Vec<usize>, Vec<f32>, Vec<String>, Vec<PathBuf>) {
+/// What CLIPTextEncode gave: the conditioning's shape and values, the messages, the files recorded.
+type Encoded = (Vec<usize>, Vec<f32>, Vec<String>, Vec<PathBuf>);
+
+/// Runs CLIPTextEncode.
+fn encode(gpu: &gpu::Gpu, kind: &dyn NodeKind, base: &Path, clip: &Value, text: &str) -> Encoded {
     let progress = Messages(Mutex::new(vec![]));
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let mut ctx = graph::RunContext::new("enc", base, base, "", &progress, &cancel);
@@ -286,4 +283,69 @@ fn an_old_embedding_whose_pickle_is_refused_is_read_from_its_raw_storage() {
     std::fs::write(&path, file).unwrap();
     let e = load_embedding(&path, "clip_l").unwrap();
     assert_eq!(e, Embedding { vectors: 2, width: 768, data: vectors });
+}
+
+/// Takes a conditioning and does nothing: a sink for a graph that only encodes.
+struct CondSink(graph::NodeSchema);
+
+impl NodeKind for CondSink {
+    fn schema(&self) -> &graph::NodeSchema {
+        &self.0
+    }
+    fn run(&self, _: &mut graph::RunContext<'_>, _: &graph::NodeInputs) -> Result<Vec<Value>, graph::NodeError> {
+        Ok(vec![])
+    }
+}
+
+#[test]
+fn the_executor_reencodes_a_prompt_when_its_embedding_file_changes() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    use graph::exec::{Executor, NodeStatus, RunOptions};
+    let tmp = crate::common::temp_dir("embeddings-exec");
+    let ckpt = full_vocab_checkpoint_with(&tmp, "tiny.safetensors", &|_, _| {});
+    std::fs::create_dir_all(tmp.join("embeddings")).unwrap();
+    let mut reg = nodes::builtin_registry();
+    let sink = graph::NodeSchema::new("CondSink", "test", "Takes a conditioning.")
+        .input("c", graph::PortType::Conditioning, "It.")
+        .sink();
+    reg.register(Arc::new(CondSink(sink))).unwrap();
+    let text = format!(
+        r#"(nodes: {{
+            "ckpt": (kind: "CheckpointLoaderSimple", params: {{ "ckpt_name": "{}" }}),
+            "enc": (kind: "CLIPTextEncode", inputs: {{ "clip": "ckpt.clip" }}, params: {{ "text": "a embedding:mine red" }}),
+            "plain": (kind: "CLIPTextEncode", inputs: {{ "clip": "ckpt.clip" }}, params: {{ "text": "a red" }}),
+            "sink": (kind: "CondSink", inputs: {{ "c": "enc.conditioning" }}),
+            "sink2": (kind: "CondSink", inputs: {{ "c": "plain.conditioning" }}),
+        }})"#,
+        ckpt.display()
+    );
+    let g = graph::validate(graph::parse_graph("g.ron", text.as_bytes()).unwrap(), &reg).unwrap();
+    let opts = RunOptions {
+        base_dir: tmp.to_path_buf(),
+        out_dir: tmp.to_path_buf(),
+        graph_text: String::new(),
+        progress: &graph::exec::NoProgress,
+        cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let mut exec = Executor::default();
+    let encoded = |exec: &mut Executor| {
+        let r = exec.run(&g, &opts);
+        assert!(r.ok, "{:?}", r.errors());
+        let mut ids = r.ids_with(NodeStatus::Executed);
+        ids.retain(|id| id.contains("enc") || *id == "plain");
+        ids.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(encoded(&mut exec), ["enc", "plain"]);
+    // Nothing changed: both from the cache.
+    assert!(encoded(&mut exec).is_empty());
+    // The embedding appears: only the prompt naming it is encoded again; then it is cached.
+    let file = tmp.join("embeddings/mine.safetensors");
+    std::fs::copy(fixtures().join("tiny_st.safetensors"), &file).unwrap();
+    assert_eq!(encoded(&mut exec), ["enc"]);
+    assert!(encoded(&mut exec).is_empty());
+    // Replaced by another embedding (another size): encoded again.
+    std::fs::copy(fixtures().join("sub/sdxl_pair.safetensors"), &file).unwrap();
+    assert_eq!(encoded(&mut exec), ["enc"]);
 }
