@@ -52,6 +52,12 @@ fn checkpoint(reg: &Registry) -> (Value, Value) {
     (out[0].clone(), out[1].clone())
 }
 
+/// The tiny checkpoint's UNet and text-encoder handles.
+fn handles(reg: &Registry) -> (std::sync::Arc<ModelHandle>, std::sync::Arc<ClipHandle>) {
+    let (model, clip) = checkpoint(reg);
+    (model.downcast::<ModelHandle>().unwrap(), clip.downcast::<ClipHandle>().unwrap())
+}
+
 fn lora_loader(
     reg: &Registry,
     model: &Value,
@@ -245,9 +251,7 @@ fn lora_file(dir: &Path, name: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -
 fn bad_loras_are_explained() {
     let Some(gpu) = gpu::testing::shared_gpu() else { return };
     let reg = nodes::builtin_registry();
-    let (model, clip) = checkpoint(&reg);
-    let mh = model.downcast::<ModelHandle>().unwrap();
-    let ch = clip.downcast::<ClipHandle>().unwrap();
+    let (mh, ch) = handles(&reg);
     let dir = crate::common::temp_dir("lora-bad");
     let q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
     let pair = |up: Vec<usize>, down: Vec<usize>| {
@@ -359,9 +363,7 @@ fn bad_loras_are_explained() {
 fn adapter_fixtures_cover_each_kind_on_linear_and_conv() {
     let Some(_gpu) = gpu::testing::shared_gpu() else { return };
     let reg = nodes::builtin_registry();
-    let (model, clip) = checkpoint(&reg);
-    let mh = model.downcast::<ModelHandle>().unwrap();
-    let ch = clip.downcast::<ClipHandle>().unwrap();
+    let (mh, ch) = handles(&reg);
     let src = mh.source.as_ref().unwrap().weights.prefix("");
     let mut seen: BTreeSet<(String, usize)> = BTreeSet::new();
     for file in ["locon_mid", "loha", "lokr", "diff", "dora", "mixed"] {

@@ -22,9 +22,10 @@
 //! - [`plugin_values`]: how Lua plugins read and write LATENT values
 
 /// Declares a node kind: its struct, `new` (the schema from a `graph::node_fields!` struct `$fields` and the
-/// outputs), `Default` and `NodeKind`, whose `run` reads the fields and calls `$run(ctx, fields)`.
+/// outputs), `Default` and `NodeKind`, whose `run` reads the fields and calls `$run(ctx, fields)`; with
+/// `fingerprint = $fp`, `NodeKind::fingerprint` is `$fp(ctx, fields)` (what the params do not say, e.g. a file's mtime).
 macro_rules! node_kind {
-    ($ty:ident, $name:literal, $cat:literal, $doc:literal, $fields:ident, [$(($out:literal, $port:ident, $odoc:literal)),*], $run:expr) => {
+    ($ty:ident, $name:literal, $cat:literal, $doc:literal, $fields:ident, [$(($out:literal, $port:ident, $odoc:literal)),*], $run:expr $(, fingerprint = $fp:expr)?) => {
         pub struct $ty(graph::node::NodeSchema);
 
         impl $ty {
@@ -53,6 +54,12 @@ macro_rules! node_kind {
                 let run: fn(&mut graph::node::RunContext<'_>, $fields) -> Result<Vec<graph::Value>, graph::node::NodeError> = $run;
                 run(ctx, f)
             }
+            $(
+                fn fingerprint(&self, ctx: &graph::node::RunContext<'_>, inputs: &graph::node::NodeInputs) -> Option<String> {
+                    let fingerprint: fn(&graph::node::RunContext<'_>, $fields) -> Option<String> = $fp;
+                    fingerprint(ctx, $fields::read(inputs).ok()?)
+                }
+            )?
         }
     };
 }

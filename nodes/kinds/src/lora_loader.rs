@@ -1,12 +1,13 @@
-//! LoraLoader and LoraLoaderModelOnly, as ComfyUI's: a LoRA file merged into the UNet (and the
-//! text encoder) at the given strengths; the networks are built again from their weights with the
-//! merged values in the source's overlay (`models::lora`), so chained loaders stack.
+//! LoraLoader and LoraLoaderModelOnly, as ComfyUI's: a LoRA file (any adapter kind ComfyUI merges:
+//! LoRA/LoCon, LoHa, LoKr, DoRA, full diffs) merged into the UNet (and the text encoder) at the given
+//! strengths; the networks are built again from their weights with the merged values in the source's
+//! overlay (`models::lora`), so chained loaders stack.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use gpu::Gpu;
-use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
+use graph::node::{NodeError, RunContext};
 use graph::{PortType, Value};
 
 use crate::payload::{ClipHandle, ModelHandle};
@@ -97,131 +98,90 @@ fn file_fingerprint(ctx: &RunContext<'_>, name: &str) -> Option<String> {
     Some(format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok()))
 }
 
+/// Reads the LoRA `name` for `model` (and `clip`), recording the file and warning about keys not loaded.
+fn load(
+    ctx: &mut RunContext<'_>,
+    name: &str,
+    model: &ModelHandle,
+    clip: Option<&ClipHandle>,
+) -> Result<ParsedLora, NodeError> {
+    let path = ctx.resolve(name);
+    ctx.progress.message(&format!("merging LoRA {}", path.display()));
+    let lora = read_lora(&path, model, clip).map_err(NodeError::new)?;
+    ctx.record_input_file(&path);
+    if let Some(w) = not_loaded_warning(&lora) {
+        ctx.progress.message(&format!("warning: node {:?}: {w}", ctx.node_id));
+    }
+    Ok(lora)
+}
+
 const STRENGTH_DOC: &str =
     "How strongly the LoRA changes the weights, -100..100: 1 as trained, 0 not at all, negative the opposite way.";
+const LORA_NAME_DOC: &str = "LoRA file (.safetensors: LoRA/LoCon, LoHa, LoKr, DoRA, full diffs; kohya-ss, LyCORIS or diffusers/PEFT keys), relative to the graph file's folder.";
 
 graph::node_fields! {
     struct LoraLoaderFields {
         model: Arc<ModelHandle> = input(PortType::Model, "The UNet (from CheckpointLoaderSimple or another LoraLoader)."),
         clip: Arc<ClipHandle> = input(PortType::Clip, "The text encoder (from CheckpointLoaderSimple or another LoraLoader)."),
-        lora_name: String = path("LoRA file (.safetensors; kohya-ss or diffusers/PEFT keys), relative to the graph file's folder."),
+        lora_name: String = path(LORA_NAME_DOC),
         strength_model: f64 = float(-100.0, 100.0, 1.0, STRENGTH_DOC),
         strength_clip: f64 = float(-100.0, 100.0, 1.0, STRENGTH_DOC),
     }
 }
 
-/// LoraLoader: a LoRA merged into the UNet and the text encoder.
-pub struct LoraLoader(NodeSchema);
-
-impl LoraLoader {
-    pub fn new() -> Self {
-        Self(
-            NodeSchema::new(
-                "LoraLoader",
-                "loaders",
-                "Merges a LoRA (plain LoRA, linear and conv; kohya-ss or diffusers/PEFT keys) into the UNet and the text encoder.",
-            )
-            .fields(LoraLoaderFields::declare)
-            .output("model", PortType::Model, "The UNet with the LoRA merged.")
-            .output("clip", PortType::Clip, "The text encoder with the LoRA merged."),
-        )
-    }
-}
-
-impl Default for LoraLoader {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl NodeKind for LoraLoader {
-    fn schema(&self) -> &NodeSchema {
-        &self.0
-    }
-
-    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let f = LoraLoaderFields::read(inputs)?;
+node_kind!(
+    LoraLoader,
+    "LoraLoader",
+    "loaders",
+    "Merges a LoRA (LoRA/LoCon, LoHa, LoKr, DoRA, full diffs; linear and conv) into the UNet and the text encoder.",
+    LoraLoaderFields,
+    [("model", Model, "The UNet with the LoRA merged."), ("clip", Clip, "The text encoder with the LoRA merged.")],
+    |ctx, f| {
         // As ComfyUI: both strengths 0 give the inputs back (no file is read).
         if f.strength_model == 0.0 && f.strength_clip == 0.0 {
-            return Ok(vec![inputs.input("model")?.clone(), inputs.input("clip")?.clone()]);
+            return Ok(vec![Value::shared(f.model), Value::shared(f.clip)]);
         }
-        let path = ctx.resolve(&f.lora_name);
-        ctx.progress.message(&format!("merging LoRA {}", path.display()));
-        let lora = read_lora(&path, &f.model, Some(&f.clip)).map_err(NodeError::new)?;
-        ctx.record_input_file(&path);
-        if let Some(w) = not_loaded_warning(&lora) {
-            ctx.progress.message(&format!("warning: node {:?}: {w}", ctx.node_id));
-        }
+        let lora = load(ctx, &f.lora_name, &f.model, Some(&f.clip))?;
         let gpu = runtime::gpu()?;
         let model = if f.strength_model == 0.0 {
-            inputs.input("model")?.clone()
+            Value::shared(f.model.clone())
         } else {
             Value::payload(lora_model(gpu, &f.model, &lora, f.strength_model).map_err(NodeError::new)?)
         };
         let clip = if f.strength_clip == 0.0 {
-            inputs.input("clip")?.clone()
+            Value::shared(f.clip.clone())
         } else {
             Value::payload(lora_clip(gpu, &f.clip, &lora, f.strength_clip).map_err(NodeError::new)?)
         };
         Ok(vec![model, clip])
-    }
-
-    fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
-        file_fingerprint(ctx, &LoraLoaderFields::read(inputs).ok()?.lora_name)
-    }
-}
+    },
+    fingerprint = |ctx, f| file_fingerprint(ctx, &f.lora_name)
+);
 
 graph::node_fields! {
     struct LoraModelOnlyFields {
         model: Arc<ModelHandle> = input(PortType::Model, "The UNet (from CheckpointLoaderSimple or another LoRA loader)."),
-        lora_name: String = path("LoRA file (.safetensors; kohya-ss or diffusers/PEFT keys), relative to the graph file's folder."),
+        lora_name: String = path(LORA_NAME_DOC),
         strength_model: f64 = float(-100.0, 100.0, 1.0, STRENGTH_DOC),
     }
 }
 
-/// LoraLoaderModelOnly: a LoRA merged into the UNet alone (its text-encoder modules are not used).
-pub struct LoraLoaderModelOnly(NodeSchema);
-
-impl LoraLoaderModelOnly {
-    pub fn new() -> Self {
-        Self(
-            NodeSchema::new("LoraLoaderModelOnly", "loaders", "Merges a LoRA into the UNet only.")
-                .fields(LoraModelOnlyFields::declare)
-                .output("model", PortType::Model, "The UNet with the LoRA merged."),
-        )
-    }
-}
-
-impl Default for LoraLoaderModelOnly {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl NodeKind for LoraLoaderModelOnly {
-    fn schema(&self) -> &NodeSchema {
-        &self.0
-    }
-
-    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
-        let f = LoraModelOnlyFields::read(inputs)?;
+node_kind!(
+    LoraLoaderModelOnly,
+    "LoraLoaderModelOnly",
+    "loaders",
+    "Merges a LoRA into the UNet only.",
+    LoraModelOnlyFields,
+    [("model", Model, "The UNet with the LoRA merged.")],
+    |ctx, f| {
         if f.strength_model == 0.0 {
-            return Ok(vec![inputs.input("model")?.clone()]);
+            return Ok(vec![Value::shared(f.model)]);
         }
-        let path = ctx.resolve(&f.lora_name);
-        ctx.progress.message(&format!("merging LoRA {}", path.display()));
-        let mut lora = read_lora(&path, &f.model, None).map_err(NodeError::new)?;
-        ctx.record_input_file(&path);
-        if let Some(w) = not_loaded_warning(&lora) {
-            ctx.progress.message(&format!("warning: node {:?}: {w}", ctx.node_id));
-        }
+        let mut lora = load(ctx, &f.lora_name, &f.model, None)?;
+        // Its text-encoder modules are not used.
         lora.modules.retain(|m| m.net == Net::Unet);
-        let gpu = runtime::gpu()?;
-        let model = lora_model(gpu, &f.model, &lora, f.strength_model).map_err(NodeError::new)?;
+        let model = lora_model(runtime::gpu()?, &f.model, &lora, f.strength_model).map_err(NodeError::new)?;
         Ok(vec![Value::payload(model)])
-    }
-
-    fn fingerprint(&self, ctx: &RunContext<'_>, inputs: &NodeInputs) -> Option<String> {
-        file_fingerprint(ctx, &LoraModelOnlyFields::read(inputs).ok()?.lora_name)
-    }
-}
+    },
+    fingerprint = |ctx, f| file_fingerprint(ctx, &f.lora_name)
+);
