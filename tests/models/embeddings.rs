@@ -78,7 +78,8 @@ fn clip_handle(dir: &Path) -> Value {
         }
     };
     let ckpt = full_vocab_checkpoint_with(dir, "tiny_embeddings.safetensors", &edit);
-    let reg = nodes::builtin_registry();
+    // f32 whatever the adapter: the references are f32 (a GPU with fast f16 would load f16 by default).
+    let reg = nodes::builtin_registry_with(nodes::Settings { dtype: Some(gpu::DType::F32), ..Default::default() });
     let out = crate::common::run_kind(
         &reg,
         "CheckpointLoaderSimple",
