@@ -71,6 +71,10 @@ impl<D: Denoiser> Denoiser for InpaintDenoiser<D> {
     fn non_finite_cause(&mut self) -> Option<String> {
         self.inner.non_finite_cause()
     }
+
+    fn percent_to_sigma(&self, percent: f64) -> Option<f64> {
+        self.inner.percent_to_sigma(percent)
+    }
 }
 
 impl<D> InpaintDenoiser<D> {

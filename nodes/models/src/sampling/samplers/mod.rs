@@ -5,8 +5,9 @@
 //! fork tracking Comfy-Org/ComfyUI), with ComfyUI's name mapping from `comfy/samplers.py` (Comfy-Org/ComfyUI @
 //! 311c01406130b2acbe8ab291043502de26cf3871: `ddim` is `ksampler("euler", inpaint_options={"random": True})`,
 //! `DISCARD_PENULTIMATE_SIGMA_SAMPLERS`). The samplers ComfyUI added since (the CFG++ ones, ddpm, ipndm, deis,
-//! res_multistep, gradient_estimation...) mirror Comfy-Org/ComfyUI @ a125cd84b054a57729b5eecab930ca9408719832's
-//! `comfy/k_diffusion/sampling.py` and `samplers.py` (`KSAMPLER_NAMES`). tests/models/samplers.rs checks every
+//! res_multistep, gradient_estimation, heunpp2, dpmpp_2m_sde_heun, dpmpp_3m_sde, er_sde, seeds_2/3, sa_solver,
+//! dpm_adaptive...) mirror Comfy-Org/ComfyUI @ a125cd84b054a57729b5eecab930ca9408719832's
+//! `comfy/k_diffusion/sampling.py`, `sa_solver.py` and `samplers.py` (`KSAMPLER_NAMES`, all of which are here). tests/models/samplers.rs checks every
 //! sampler against k-diffusion's own functions (and ComfyUI's `sample_lcm`, `sample_unipc` and, for those newer
 //! ones, ComfyUI's own sampling.py) run in float64 on a fake model.
 //!
@@ -28,6 +29,7 @@ mod cfg_pp;
 mod ddpm;
 mod dpm_solver;
 mod dpmpp;
+mod er_sde;
 mod euler;
 mod gradient_estimation;
 mod heun;
@@ -35,6 +37,8 @@ mod lcm;
 mod model;
 mod multistep;
 mod res_multistep;
+mod sa_solver;
+mod seeds;
 mod torchsde;
 mod unipc;
 
@@ -45,17 +49,22 @@ pub use ancestral::{sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral};
 pub use brownian::BrownianNoise;
 pub use cfg_pp::{sample_dpmpp_2m_cfg_pp, sample_dpmpp_2s_ancestral_cfg_pp, sample_euler_ancestral_cfg_pp};
 pub use ddpm::sample_ddpm;
-pub use dpm_solver::sample_dpm_fast;
-pub use dpmpp::{sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_sde};
+pub use dpm_solver::{sample_dpm_adaptive, sample_dpm_fast};
+pub use dpmpp::{
+    sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun, sample_dpmpp_3m_sde, sample_dpmpp_sde,
+};
+pub use er_sde::sample_er_sde;
 pub use euler::{sample_euler, sample_euler_ancestral};
 pub use gradient_estimation::sample_gradient_estimation;
-pub use heun::{sample_dpm_2, sample_heun};
+pub use heun::{sample_dpm_2, sample_heun, sample_heunpp2};
 pub use lcm::sample_lcm;
 pub use model::{
     CfgDenoiser, CfgError, CondPart, LatentArea, NetOutput, NoisePredictor, Prediction, initial_latent, max_denoise,
 };
 pub use multistep::{sample_deis, sample_ipndm, sample_ipndm_v, sample_lms};
 pub use res_multistep::sample_res_multistep;
+pub use sa_solver::sample_sa_solver;
+pub use seeds::{sample_seeds_2, sample_seeds_3};
 pub use torchsde::{BrownianTree, BrownianTreeNoise, SeedSequence};
 pub use unipc::{UniPcVariant, sample_unipc};
 
@@ -80,6 +89,14 @@ pub trait Denoiser {
     /// Why the last call's output held NaN or infinity, when the denoiser can tell better than "the checkpoint or
     /// f16" (a ControlNet whose residuals did it, say); asked only after such an output.
     fn non_finite_cause(&mut self) -> Option<String> {
+        None
+    }
+
+    /// The model's `model_sampling.percent_to_sigma(percent)` (see `ModelSigmas::percent_to_sigma`), for the samplers
+    /// that place something on the model's own schedule (`sa_solver`'s stochastic interval). `None` (the default):
+    /// this denoiser does not know its model's schedule, and those samplers take SD 1.x's.
+    fn percent_to_sigma(&self, percent: f64) -> Option<f64> {
+        let _ = percent;
         None
     }
 }
@@ -107,6 +124,10 @@ impl<D: Denoiser + ?Sized> Denoiser for &mut D {
     fn non_finite_cause(&mut self) -> Option<String> {
         (**self).non_finite_cause()
     }
+
+    fn percent_to_sigma(&self, percent: f64) -> Option<f64> {
+        (**self).percent_to_sigma(percent)
+    }
 }
 
 /// Standard normal noise for ancestral and SDE steps: k-diffusion's `noise_sampler(sigma, sigma_next)`, which
@@ -117,7 +138,8 @@ pub trait NoiseSource {
     fn fill_noise(&mut self, sigma: f64, sigma_next: f64, out: &mut [f32]);
 
     /// The KSampler seed (ComfyUI's `extra_args["seed"]`) when this is ComfyUI's default noise stream for it: then
-    /// [`sample`] gives `dpmpp_sde` and `dpmpp_2m_sde` ComfyUI's torchsde tree seeded with it
+    /// [`sample`] gives the Brownian SDE samplers (`dpmpp_sde`, `dpmpp_2m_sde`, `dpmpp_2m_sde_heun`, `dpmpp_3m_sde`
+    /// and their `_gpu` names) ComfyUI's torchsde tree seeded with it
     /// ([`BrownianTreeNoise`]) instead of a [`BrownianNoise`] over this stream.
     fn ksampler_seed(&self) -> Option<u64> {
         None
@@ -358,20 +380,46 @@ pub enum Sampler {
     GradientEstimation,
     /// `gradient_estimation_cfg_pp`: `sample_gradient_estimation_cfg_pp`, ge_gamma 2.
     GradientEstimationCfgPp,
+    /// `heunpp2`: `sample_heunpp2` (Euler, Heun or Heun++ steps: up to 3 calls per step).
+    Heunpp2,
+    /// `dpm_adaptive`: ComfyUI's `dpm_adaptive` (k-diffusion's `sample_dpm_adaptive` from the first sigma to the last
+    /// positive one, DPM-Solver-23 with its own step sizes; see [`sample_dpm_adaptive`]).
+    DpmAdaptive,
+    /// `dpmpp_2m_sde_heun`: `sample_dpmpp_2m_sde_heun` (`dpmpp_2m_sde` with the Heun correction), eta 1, s_noise 1;
+    /// Brownian noise (see [`sample`]).
+    Dpmpp2mSdeHeun,
+    /// `dpmpp_2m_sde_heun_gpu`: `dpmpp_2m_sde_heun`, its noise drawn as on the CPU (see [`Sampler::DpmppSdeGpu`]).
+    Dpmpp2mSdeHeunGpu,
+    /// `dpmpp_3m_sde`: `sample_dpmpp_3m_sde`, eta 1, s_noise 1; Brownian noise (see [`sample`]).
+    Dpmpp3mSde,
+    /// `dpmpp_3m_sde_gpu`: `dpmpp_3m_sde`, its noise drawn as on the CPU (see [`Sampler::DpmppSdeGpu`]).
+    Dpmpp3mSdeGpu,
+    /// `er_sde`: `sample_er_sde` (ER-SDE-Solver-3), s_noise 1.
+    ErSde,
+    /// `seeds_2`: `sample_seeds_2`, eta 1, s_noise 1 (2 calls and 2 draws per step but the last).
+    Seeds2,
+    /// `seeds_3`: `sample_seeds_3`, eta 1, s_noise 1 (3 calls and 3 draws per step but the last).
+    Seeds3,
+    /// `sa_solver`: `sample_sa_solver` (stochastic Adams predictor-corrector, orders 3 and 4).
+    SaSolver,
+    /// `sa_solver_pece`: `sample_sa_solver_pece` (the same, the corrected latent evaluated again: 2 calls per step).
+    SaSolverPece,
 }
 
 impl Sampler {
     /// Every sampler, in ComfyUI's menu order (`SAMPLER_NAMES`: `KSAMPLER_NAMES`, then ddim, uni_pc, uni_pc_bh2).
-    pub const ALL: [Sampler; 31] = [
+    pub const ALL: [Sampler; 42] = [
         Sampler::Euler,
         Sampler::EulerCfgPp,
         Sampler::EulerAncestral,
         Sampler::EulerAncestralCfgPp,
         Sampler::Heun,
+        Sampler::Heunpp2,
         Sampler::Dpm2,
         Sampler::Dpm2Ancestral,
         Sampler::Lms,
         Sampler::DpmFast,
+        Sampler::DpmAdaptive,
         Sampler::Dpmpp2sAncestral,
         Sampler::Dpmpp2sAncestralCfgPp,
         Sampler::DpmppSde,
@@ -380,6 +428,10 @@ impl Sampler {
         Sampler::Dpmpp2mCfgPp,
         Sampler::Dpmpp2mSde,
         Sampler::Dpmpp2mSdeGpu,
+        Sampler::Dpmpp2mSdeHeun,
+        Sampler::Dpmpp2mSdeHeunGpu,
+        Sampler::Dpmpp3mSde,
+        Sampler::Dpmpp3mSdeGpu,
         Sampler::Ddpm,
         Sampler::Lcm,
         Sampler::Ipndm,
@@ -391,14 +443,19 @@ impl Sampler {
         Sampler::ResMultistepAncestralCfgPp,
         Sampler::GradientEstimation,
         Sampler::GradientEstimationCfgPp,
+        Sampler::ErSde,
+        Sampler::Seeds2,
+        Sampler::Seeds3,
+        Sampler::SaSolver,
+        Sampler::SaSolverPece,
         Sampler::Ddim,
         Sampler::UniPc,
         Sampler::UniPcBh2,
     ];
 
     /// Every sampler's ComfyUI name, in [`Sampler::ALL`]'s order (the KSampler menu).
-    pub const NAMES: [&'static str; 31] = {
-        let mut names = [""; 31];
+    pub const NAMES: [&'static str; Sampler::ALL.len()] = {
+        let mut names = [""; Sampler::ALL.len()];
         let mut i = 0;
         while i < names.len() {
             names[i] = Sampler::ALL[i].name();
@@ -441,6 +498,17 @@ impl Sampler {
             Sampler::ResMultistepAncestralCfgPp => "res_multistep_ancestral_cfg_pp",
             Sampler::GradientEstimation => "gradient_estimation",
             Sampler::GradientEstimationCfgPp => "gradient_estimation_cfg_pp",
+            Sampler::Heunpp2 => "heunpp2",
+            Sampler::DpmAdaptive => "dpm_adaptive",
+            Sampler::Dpmpp2mSdeHeun => "dpmpp_2m_sde_heun",
+            Sampler::Dpmpp2mSdeHeunGpu => "dpmpp_2m_sde_heun_gpu",
+            Sampler::Dpmpp3mSde => "dpmpp_3m_sde",
+            Sampler::Dpmpp3mSdeGpu => "dpmpp_3m_sde_gpu",
+            Sampler::ErSde => "er_sde",
+            Sampler::Seeds2 => "seeds_2",
+            Sampler::Seeds3 => "seeds_3",
+            Sampler::SaSolver => "sa_solver",
+            Sampler::SaSolverPece => "sa_solver_pece",
         }
     }
 
@@ -466,6 +534,15 @@ impl Sampler {
                 | Sampler::Lcm
                 | Sampler::ResMultistepAncestral
                 | Sampler::ResMultistepAncestralCfgPp
+                | Sampler::Dpmpp2mSdeHeun
+                | Sampler::Dpmpp2mSdeHeunGpu
+                | Sampler::Dpmpp3mSde
+                | Sampler::Dpmpp3mSdeGpu
+                | Sampler::ErSde
+                | Sampler::Seeds2
+                | Sampler::Seeds3
+                | Sampler::SaSolver
+                | Sampler::SaSolverPece
         )
     }
 
@@ -509,7 +586,8 @@ impl FromStr for Sampler {
 ///
 /// `noise` is the Gaussian stream for the samplers that use one ([`Sampler::uses_noise`]); to reproduce ComfyUI on the
 /// CPU pass [`KSamplerNoise::new(seed)`](KSamplerNoise) (ComfyUI's `default_noise_sampler` seeds a fresh CPU
-/// generator with the KSampler seed + 1). `dpmpp_sde` and `dpmpp_2m_sde` draw from ComfyUI's
+/// generator with the KSampler seed + 1). `dpmpp_sde`, `dpmpp_2m_sde`, `dpmpp_2m_sde_heun` and `dpmpp_3m_sde` (and
+/// their `_gpu` names) draw from ComfyUI's
 /// `BrownianTreeNoiseSampler` instead, torchsde's tree seeded with the KSampler seed, bit for bit
 /// ([`BrownianTreeNoise`]), when `noise` knows that seed ([`NoiseSource::ksampler_seed`]: a `KSamplerNoise` does);
 /// any other source they see through a [`BrownianNoise`].
@@ -561,6 +639,23 @@ where
         Sampler::ResMultistepAncestralCfgPp => sample_res_multistep(job, x, Noise::full(noise), true),
         Sampler::GradientEstimation => sample_gradient_estimation(job, x, false),
         Sampler::GradientEstimationCfgPp => sample_gradient_estimation(job, x, true),
+        Sampler::Heunpp2 => sample_heunpp2(job, x),
+        Sampler::DpmAdaptive => sample_dpm_adaptive(job, x),
+        Sampler::Dpmpp2mSdeHeun => {
+            let mut noise = brownian(noise, job.sigmas, x.len());
+            sample_dpmpp_2m_sde_heun(job, x, Noise::full(&mut *noise))
+        }
+        Sampler::Dpmpp3mSde => {
+            let mut noise = brownian(noise, job.sigmas, x.len());
+            sample_dpmpp_3m_sde(job, x, Noise::full(&mut *noise))
+        }
+        Sampler::Dpmpp2mSdeHeunGpu => sample(Sampler::Dpmpp2mSdeHeun, job, x, noise),
+        Sampler::Dpmpp3mSdeGpu => sample(Sampler::Dpmpp3mSde, job, x, noise),
+        Sampler::ErSde => sample_er_sde(job, x, Noise::full(noise)),
+        Sampler::Seeds2 => sample_seeds_2(job, x, Noise::full(noise)),
+        Sampler::Seeds3 => sample_seeds_3(job, x, Noise::full(noise)),
+        Sampler::SaSolver => sample_sa_solver(job, x, Noise::full(noise), false),
+        Sampler::SaSolverPece => sample_sa_solver(job, x, Noise::full(noise), true),
     }
 }
 

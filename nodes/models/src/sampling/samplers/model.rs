@@ -213,6 +213,10 @@ impl<M: NoisePredictor> Denoiser for CfgDenoiser<M> {
         self.guide(x, sigma, true).map(Some)
     }
 
+    fn percent_to_sigma(&self, percent: f64) -> Option<f64> {
+        Some(self.sigmas.percent_to_sigma(percent))
+    }
+
     fn non_finite_cause(&mut self) -> Option<String> {
         self.model.non_finite_cause()
     }
