@@ -2,8 +2,8 @@
 //! (tests/fixtures/t2i_adapter: ComfyUI's `Adapter` / `Adapter_light` ported, float64): the features of
 //! the full adapter (1x1 and 3x3 kernels, pooled and strided-conv downsamplers), the light one (gray
 //! input, averaged from RGB), the diffusers layout, an odd size, and the tiny UNet's output with the
-//! features added as ComfyUI does; config detection; strengths and ranges summed; broken files and
-//! adapters that do not fit give errors naming what is wrong.
+//! features added as ComfyUI does, also in f16 within a stated bound; config detection; strengths and
+//! ranges summed; broken files and adapters that do not fit give errors naming what is wrong.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,13 +71,13 @@ fn compare(gpu: &Gpu, got: &Tensor, name: &str) -> (f32, f32) {
 }
 
 /// The tiny SD UNet (heads and groups from sd_tiny's config: 2 and 4).
-fn tiny_unet(gpu: &Gpu) -> Unet {
+fn tiny_unet(gpu: &Gpu, dtype: DType) -> Unet {
     let src = source(Layout::SingleFile);
     let w = src.prefix("model.diffusion_model.");
     let mut cfg = UnetConfig::detect_from_weights(&w).unwrap();
     cfg.heads = AttentionHeads::Count(2);
     cfg.norm.groups = 4;
-    Unet::load(gpu, &w, &cfg, DType::F32).unwrap()
+    Unet::load(gpu, &w, &cfg, dtype).unwrap()
 }
 
 fn load(gpu: &Gpu, p: &Path) -> Arc<ControlNetHandle> {
@@ -160,7 +160,7 @@ fn t2i_adapter_features_match_comfyui_in_f32_in_every_layout_and_at_odd_sizes() 
 #[test]
 fn unet_with_t2i_adapter_features_matches_comfyui_in_f32() {
     let Some(gpu) = shared_gpu() else { return };
-    let unet = tiny_unet(gpu);
+    let unet = tiny_unet(gpu, DType::F32);
     let net = load(gpu, &dir().join("full.safetensors"));
     let inp = inputs();
     let (x, ctx) = (upload(gpu, &inp, "sample"), upload(gpu, &inp, "encoder_hidden_states"));
@@ -191,7 +191,7 @@ fn unet_with_t2i_adapter_features_matches_comfyui_in_f32() {
 #[test]
 fn t2i_adapter_strengths_add_up_and_respect_their_sigma_range() {
     let Some(gpu) = shared_gpu() else { return };
-    let unet = tiny_unet(gpu);
+    let unet = tiny_unet(gpu, DType::F32);
     let net = load(gpu, &dir().join("full.safetensors"));
     let inp = inputs();
     let (x, ctx) = (upload(gpu, &inp, "sample"), upload(gpu, &inp, "encoder_hidden_states"));
@@ -303,7 +303,7 @@ fn broken_or_unfitting_t2i_adapters_give_errors_naming_what_is_wrong() {
     assert!(e.contains("unknown.safetensors") && e.contains("not an SD ControlNet or T2I-adapter"), "{e}");
 
     // An adapter for another UNet is refused before sampling, naming its file and both widths.
-    let unet = tiny_unet(gpu);
+    let unet = tiny_unet(gpu, DType::F32);
     let net = load(gpu, &dir().join("full.safetensors"));
     let mut other = unet.config.clone();
     other.block_out_channels = vec![8, 16, 32];
@@ -318,4 +318,44 @@ fn broken_or_unfitting_t2i_adapters_give_errors_naming_what_is_wrong() {
     assert!(e.to_string().contains("[1, 3, 60, 64]") && e.to_string().contains("multiples of 8"), "{e}");
     let two = Image { channels: 2, data: vec![0.5; 64 * 64 * 2], ..img };
     assert!(adapter_hint(&two, 64, 64, 3, 1).is_err());
+}
+
+/// f16 weights and activations (the f32 files loaded as DType::F16), measured on lavapipe: at most 4.3e-3 on
+/// features up to ~4.5 (an f16 ulp there is 3.9e-3), bounded here at about 2x ...
+const F16_TOL_FEATURES: f32 = 9e-3;
+/// ... and 3.9e-3 on the controlled UNet's noise_pred (values up to ~1.8), bounded at about 2x.
+const F16_TOL_OUTPUT: f32 = 8e-3;
+
+#[test]
+fn t2i_adapter_in_f16_stays_within_the_stated_bound() {
+    let Some(gpu) = shared_gpu() else { return };
+    if !gpu.features().shader_f16 {
+        return;
+    }
+    let inp = inputs();
+    let hint = upload(gpu, &inp, "hint");
+    let mut worst = 0.0f32;
+    for name in ["full", "full_conv"] {
+        let h = Arc::new(load_controlnet(gpu, &dir().join(format!("{name}.safetensors")), DType::F16).unwrap());
+        for (i, f) in h.net.as_t2i_adapter().unwrap().forward(gpu, &hint).unwrap().iter().enumerate() {
+            assert_eq!(f.dtype(), DType::F16);
+            let (err, big) = compare(gpu, f, &format!("{name}.features.{i}"));
+            eprintln!("f16: {name}.features.{i}: max abs err {err:.2e} (values up to {big:.2})");
+            assert!(err <= F16_TOL_FEATURES, "f16: {name}.features.{i}: {err} > {F16_TOL_FEATURES}");
+            worst = worst.max(err);
+        }
+    }
+    // The UNet in f16 with the f16 adapter's features, case 0 at strength 1.
+    let unet = tiny_unet(gpu, DType::F16);
+    let net = Arc::new(load_controlnet(gpu, &dir().join("full.safetensors"), DType::F16).unwrap());
+    let (x, ctx) = (upload(gpu, &inp, "sample"), upload(gpu, &inp, "encoder_hidden_states"));
+    let t = inp.f32_any("case0.timesteps").unwrap().1;
+    let app = application(&net, image_of(&inp, "hint"), 1.0, 0.0, 1.0);
+    let prepared = prepare_controls(gpu, &unet.config, &ModelSigmas::sd15(), [app.spec()], [2, 4, 8, 8], 1).unwrap();
+    let call = UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 1.0 };
+    let control = control_residuals(gpu, &prepared, &call).unwrap().unwrap();
+    let y = unet.forward_controlled(gpu, &x, &t, &ctx, &control).unwrap();
+    let (err, big) = compare(gpu, &y, "case0.noise_pred");
+    eprintln!("f16: case0.noise_pred: max abs err {err:.2e} (values up to {big:.2}); features worst {worst:.2e}");
+    assert!(err <= F16_TOL_OUTPUT, "f16: case0.noise_pred: {err} > {F16_TOL_OUTPUT}");
 }
