@@ -16,4 +16,5 @@ mod layers;
 mod plugins;
 mod preview_image;
 mod provenance;
+mod serve;
 mod watch;

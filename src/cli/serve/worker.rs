@@ -62,18 +62,23 @@ impl Worker {
         let mut exec = Executor::default();
         while let Some(job) = self.queue.next() {
             let _ = self.events.send(status(&self.queue, None));
-            let finished = self.run_one(&mut exec, &job);
+            let (finished, last) = self.run_one(&mut exec, &job);
             if let Err(e) = self.queue.finish(finished) {
                 eprintln!("error: the queue journal: {e}");
+            }
+            // The prompt's last messages only once its history is there: clients read it on them.
+            for ev in last {
+                let _ = self.events.send(ev);
             }
             let _ = self.events.send(status(&self.queue, None));
         }
     }
 
-    fn run_one(&self, exec: &mut Executor, job: &Job) -> Finished {
+    /// How the prompt ended, and its last messages (sent once that is recorded).
+    fn run_one(&self, exec: &mut Executor, job: &Job) -> (Finished, Vec<Event>) {
         let a = &job.accepted;
         let client = a.client_id.as_deref();
-        let mut log = Log { events: &self.events, client, prompt_id: &a.id, messages: Vec::new() };
+        let mut log = Log { events: &self.events, client, prompt_id: &a.id, messages: Vec::new(), last: Vec::new() };
         log.record("execution_start", json!({ "prompt_id": a.id, "timestamp": now_ms() }));
         let prepared = match self.ctx.prepare(&a.prompt) {
             Ok(p) => p,
@@ -95,7 +100,7 @@ impl Worker {
     }
 
     /// The messages after a run, and its history entry.
-    fn conclude(&self, mut log: Log<'_>, prepared: &Prepared, report: &RunReport) -> Finished {
+    fn conclude(&self, mut log: Log<'_>, prepared: &Prepared, report: &RunReport) -> (Finished, Vec<Event>) {
         let id = log.prompt_id.to_string();
         let comfy = |n: &str| prepared.comfy_ids.get(n).cloned().unwrap_or_else(|| n.to_string());
         let cached: Vec<String> = report.ids_with(NodeStatus::Cached).into_iter().map(comfy).collect();
@@ -116,7 +121,7 @@ impl Worker {
         if report.cancelled {
             let executed: Vec<String> = report.ids_with(NodeStatus::Executed).into_iter().map(comfy).collect();
             let running = report.nodes.iter().find(|n| n.status == NodeStatus::Skipped);
-            log.record(
+            log.record_last(
                 "execution_interrupted",
                 json!({
                     "prompt_id": id,
@@ -130,12 +135,12 @@ impl Worker {
         }
         if let Some(failed) = report.nodes.iter().find(|n| n.status == NodeStatus::Failed) {
             let msg = failed.error.clone().unwrap_or_default();
-            let mut f = log.error(&id, Some(&comfy(&failed.id)), &failed.kind, &msg, "NodeError");
+            let (mut f, last) = log.error(&id, Some(&comfy(&failed.id)), &failed.kind, &msg, "NodeError");
             f.outputs = Json::Object(outputs);
-            return f;
+            return (f, last);
         }
-        log.send("executing", json!({ "node": null, "display_node": null, "prompt_id": id }));
-        log.record("execution_success", json!({ "prompt_id": id, "timestamp": now_ms() }));
+        log.send_last("executing", json!({ "node": null, "display_node": null, "prompt_id": id }));
+        log.record_last("execution_success", json!({ "prompt_id": id, "timestamp": now_ms() }));
         log.finish("success", outputs)
     }
 }
@@ -148,12 +153,14 @@ fn file_ref(path: &Path, dir: &Path, ty: &str) -> Json {
     json!({ "filename": filename, "subfolder": subfolder, "type": ty })
 }
 
-/// The messages of one prompt: sent to its client, the status ones kept for its history.
+/// The messages of one prompt: sent to its client, the status ones kept for its history; the last ones
+/// held back until the history has the prompt.
 struct Log<'a> {
     events: &'a broadcast::Sender<Event>,
     client: Option<&'a str>,
     prompt_id: &'a str,
     messages: Vec<Json>,
+    last: Vec<Event>,
 }
 
 impl Log<'_> {
@@ -167,8 +174,24 @@ impl Log<'_> {
         self.messages.push(json!([ty, data]));
     }
 
-    fn error(&mut self, id: &str, node: Option<&str>, kind: &str, msg: &str, exception: &str) -> Finished {
-        self.record(
+    fn send_last(&mut self, ty: &str, data: Json) {
+        self.last.push(message(self.client, ty, data));
+    }
+
+    fn record_last(&mut self, ty: &str, data: Json) {
+        self.messages.push(json!([ty, data.clone()]));
+        self.send_last(ty, data);
+    }
+
+    fn error(
+        &mut self,
+        id: &str,
+        node: Option<&str>,
+        kind: &str,
+        msg: &str,
+        exception: &str,
+    ) -> (Finished, Vec<Event>) {
+        self.record_last(
             "execution_error",
             json!({
                 "prompt_id": id,
@@ -186,13 +209,14 @@ impl Log<'_> {
         self.finish("error", serde_json::Map::new())
     }
 
-    fn finish(&mut self, status: &str, outputs: serde_json::Map<String, Json>) -> Finished {
-        Finished {
+    fn finish(&mut self, status: &str, outputs: serde_json::Map<String, Json>) -> (Finished, Vec<Event>) {
+        let f = Finished {
             id: self.prompt_id.to_string(),
             status: status.into(),
             outputs: Json::Object(outputs),
             messages: Json::Array(std::mem::take(&mut self.messages)),
-        }
+        };
+        (f, std::mem::take(&mut self.last))
     }
 }
 
