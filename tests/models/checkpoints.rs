@@ -239,17 +239,22 @@ fn sd2_and_sdxl_diffusers_folders_are_refused_naming_the_family_and_why() {
     );
     let e = refusal(&xl, "an SDXL folder must be refused");
     assert!(e.contains("SDXL") && e.contains("text_encoder_2") && e.contains("text_time"), "{e}");
-    let inpaint = edited_folder(
-        "family-inpaint",
-        &|file, v| {
-            if file == "unet/config.json" {
-                v["in_channels"] = 9.into();
-            }
-        },
-        &[],
-    );
-    let e = refusal(&inpaint, "a 9-channel UNet must be refused");
-    assert!(e.contains("in_channels 9"), "{e}");
+    // A 9-channel UNet is SD 1.x inpainting, which runs (the config alone is checked here: the weights stay 4-wide);
+    // any other input width is refused.
+    let channels = |c: u64| {
+        edited_folder(
+            &format!("family-in{c}"),
+            &|file, v| {
+                if file == "unet/config.json" {
+                    v["in_channels"] = c.into();
+                }
+            },
+            &[],
+        )
+    };
+    assert!(open_checkpoint(&channels(9)).is_ok(), "an inpainting folder is not refused by family");
+    let e = refusal(&channels(5), "a 5-channel UNet must be refused");
+    assert!(e.contains("in_channels 5") && e.contains("4 input channels, or 9"), "{e}");
 }
 
 #[test]
@@ -261,7 +266,7 @@ fn single_files_of_other_families_are_refused_naming_the_family() {
         ("model.diffusion_model.label_emb.0.0.weight", &[8, 4], "SDXL"),
         ("cond_stage_model.model.token_embedding.weight", &[4, 8], "SD 2.x"),
         ("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", &[8, 1024], "SD 2.x"),
-        ("model.diffusion_model.input_blocks.0.0.weight", &[8, 9, 3, 3], "9 input channels"),
+        ("model.diffusion_model.input_blocks.0.0.weight", &[8, 8, 3, 3], "8 input channels"),
         ("double_blocks.0.img_attn.qkv.weight", &[4, 4], "not a UNet Stable Diffusion model"),
     ];
     for (i, (key, shape, want)) in cases.iter().enumerate() {

@@ -8,6 +8,7 @@ mod cases;
 mod checkpoints;
 mod comfy_pixels;
 mod embeddings;
+mod inpaint_unet;
 mod ksampler_fixture;
 mod models_clip;
 mod models_controlnet;

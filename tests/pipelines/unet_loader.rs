@@ -109,7 +109,8 @@ fn files_that_are_no_sd1_unet_are_refused_naming_what_they_are() {
         e.contains("not a UNet diffusion model") && e.contains("input_blocks.*") && e.contains("keys such as"),
         "{e}"
     );
-    // SDXL's size conditioning, SD3's joint blocks, a 9-channel inpainting UNet: refused by family.
+    // SDXL's size conditioning, SD3's joint blocks, a 5-channel UNet: refused by family (9 channels, SD 1.x
+    // inpainting, loads).
     let mut sdxl = bare_unet();
     sdxl.push(("label_emb.0.0.weight".into(), vec![2, 2], vec![0.0; 4]));
     let p = dir.join("sdxl.safetensors");
@@ -120,15 +121,19 @@ fn files_that_are_no_sd1_unet_are_refused_naming_what_they_are() {
     write(&p, &vec![("joint_blocks.0.x.weight".into(), vec![2], vec![0.0; 2])], &[]);
     let e = load_unet(&reg, &p).unwrap_err();
     assert!(e.contains("SD3") && e.contains("not a UNet"), "{e}");
-    let mut inpaint = bare_unet();
-    let conv_in = inpaint.iter_mut().find(|(n, _, _)| n == "input_blocks.0.0.weight").unwrap();
-    let (o, k) = (conv_in.1[0], conv_in.1[2] * conv_in.1[3]);
-    conv_in.1[1] = 9;
-    conv_in.2 = vec![0.1; o * 9 * k];
-    let p = dir.join("inpaint.safetensors");
-    write(&p, &inpaint, TINY);
-    let e = load_unet(&reg, &p).unwrap_err();
-    assert!(e.contains("inpainting") && e.contains("9 input channels"), "{e}");
+    let widened = |c: usize| {
+        let mut unet = bare_unet();
+        let conv_in = unet.iter_mut().find(|(n, _, _)| n == "input_blocks.0.0.weight").unwrap();
+        let (o, k) = (conv_in.1[0], conv_in.1[2] * conv_in.1[3]);
+        conv_in.1[1] = c;
+        conv_in.2 = vec![0.1; o * c * k];
+        let p = dir.join(format!("in{c}.safetensors"));
+        write(&p, &unet, TINY);
+        p
+    };
+    assert!(load_unet(&reg, &widened(9)).is_ok(), "a 9-channel inpainting UNet loads");
+    let e = load_unet(&reg, &widened(5)).unwrap_err();
+    assert!(e.contains("special UNet") && e.contains("5 input channels"), "{e}");
     // A UNet missing a tensor names it; a missing file and a folder without weights say so.
     let mut partial = bare_unet();
     partial.retain(|(n, _, _)| n != "out.2.weight");

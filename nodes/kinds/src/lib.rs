@@ -129,6 +129,7 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     reg.register(Arc::new(vae_nodes::VaeDecode::new(settings)))?;
     reg.register(Arc::new(vae_nodes::VaeEncode::new(settings)))?;
     reg.register(Arc::new(vae_nodes::VaeEncodeForInpaint::new(settings)))?;
+    reg.register(Arc::new(vae_nodes::InpaintModelConditioning::new(settings)))?;
     reg.register(Arc::new(vae_tiled::VaeDecodeTiled::new(settings)))?;
     reg.register(Arc::new(vae_tiled::VaeEncodeTiled::new(settings)))?;
     reg.register(Arc::new(upscale_nodes::UpscaleModelLoader::new(settings)))?;

@@ -85,6 +85,17 @@ pub struct CondEntry {
     pub mask: Option<CondMask>,
     /// GLIGENTextBoxApply's text boxes and the GLIGEN that grounds them (ComfyUI's `gligen` option).
     pub gligen: Option<Arc<GligenBoxes>>,
+    /// InpaintModelConditioning's `concat_latent_image` and `concat_mask`: what an inpainting model takes
+    /// besides the latent (a plain model ignores them).
+    pub inpaint: Option<Arc<InpaintConcat>>,
+}
+
+/// InpaintModelConditioning's extra input for inpainting models (ComfyUI's `concat_latent_image`, `concat_mask`).
+pub struct InpaintConcat {
+    /// The masked picture's latent `[B, 4, h, w]`.
+    pub latent: Arc<Latent>,
+    /// The mask at the picture's size (resized to the latent and rounded when sampling).
+    pub mask: Arc<Mask>,
 }
 
 /// A conditioning entry's GLIGEN grounding: ComfyUI's `("position", gligen_model, [(pooled, h, w, y, x), ...])`.
@@ -132,6 +143,7 @@ impl Conditioning {
                 range: None,
                 mask: None,
                 gligen: None,
+                inpaint: None,
             }],
         }
     }
@@ -149,14 +161,15 @@ impl std::fmt::Debug for Conditioning {
         let mut l = f.debug_list();
         for e in &self.entries {
             l.entry(&format_args!(
-                "{:?} controls {} area {:?} strength {} range {:?} mask {:?} gligen boxes {}",
+                "{:?} controls {} area {:?} strength {} range {:?} mask {:?} gligen boxes {} inpaint {:?}",
                 e.cond.shape(),
                 e.controls.len(),
                 e.area,
                 e.strength,
                 e.range,
                 e.mask.as_ref().map(|m| (m.mask.batch, m.mask.height, m.mask.width, m.strength, m.to_bounds)),
-                e.gligen.as_ref().map_or(0, |g| g.boxes.len())
+                e.gligen.as_ref().map_or(0, |g| g.boxes.len()),
+                e.inpaint.as_ref().map(|i| i.latent.shape)
             ));
         }
         l.finish()

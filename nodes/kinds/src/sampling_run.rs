@@ -200,8 +200,11 @@ pub fn run_sampling(ctx: &RunContext<'_>, run: SamplingRun<'_>, want_denoised: b
 
     // BasicGuider: the positive alone, at cfg 1.
     let cfg = if guidance.negative.is_some() { guidance.cfg } else { 1.0 };
+    // An inpainting UNet's mask and masked image default to the denoise mask and the input latent (ComfyUI's
+    // process_conds with latent_image and denoise_mask).
     let predictor =
-        UnetPredictor::bind(gpu, guidance.model, &model_sigmas, guidance.positive, guidance.negative, shape)?;
+        UnetPredictor::bind(gpu, guidance.model, &model_sigmas, guidance.positive, guidance.negative, shape)?
+            .with_inpaint(&latent.samples, mask.as_deref())?;
     let cfg_denoiser = CfgDenoiser::new(predictor, model_sigmas.clone(), guidance.model.prediction, cfg);
     let mut denoiser: Box<dyn Denoiser<Error = _>> = match &mask {
         None => Box::new(cfg_denoiser),

@@ -6,7 +6,9 @@
 //! entry over its area's crop of the latent. Entries with GLIGEN text boxes run with the GLIGEN as the UNet's
 //! transformer patch (`get_area_and_mult`'s `middle_patch`: the boxes divided by the crop's size), batched only
 //! with entries carrying the same boxes (ComfyUI never batches them: each patch is a new object). The sampler's CFG wrapping
-//! ([`models::sampling::samplers::CfgDenoiser`]) weighs and averages the parts.
+//! ([`models::sampling::samplers::CfgDenoiser`]) weighs and averages the parts. An inpainting UNet gets each entry's
+//! mask and masked-image latent after the latent on the channel axis (ComfyUI's `c_concat`, see
+//! [`models::sampling::inpaint_concat`]), cropped to the entry's area; ControlNets see the latent alone.
 
 use std::sync::Arc;
 
@@ -14,11 +16,12 @@ use gpu::ops::layout::concat;
 use gpu::{DType, Gpu, Tensor};
 use graph::node::{NodeError, err};
 
-use crate::payload::{CondEntry, CondMask, Conditioning, ControlApplication, GligenBoxes, ModelHandle};
+use crate::payload::{CondEntry, CondMask, Conditioning, ControlApplication, GligenBoxes, InpaintConcat, ModelHandle};
 use models::gligen::GligenPatch;
 use models::image_ops::resample::{Method, resize_mask};
 use models::sampling::areas::{mask_bounds, mask_weights, pair_areas};
 use models::sampling::controls::{PreparedControl, UnetCall, control_residuals, non_finite_control, prepare_controls};
+use models::sampling::inpaint_concat::{CONCAT_CHANNELS, Planes, cat_channels, concat_cond};
 use models::sampling::samplers::{CondPart, LatentArea, NetOutput, NoisePredictor};
 use models::sampling::schedulers::ModelSigmas;
 
@@ -36,6 +39,8 @@ struct Bound<'a> {
     context: Tensor,
     controls: &'a [Arc<ControlApplication>],
     gligen: Option<&'a Arc<GligenBoxes>>,
+    /// InpaintModelConditioning's masked image and mask.
+    inpaint: Option<&'a Arc<InpaintConcat>>,
 }
 
 /// An entry while areas are paired: the text of `text`, everything else of `base`, the area `(h, w, y, x)`
@@ -71,6 +76,8 @@ pub struct UnetPredictor<'a> {
     groups: [Option<Vec<Group<'a>>>; 2],
     /// Which ControlNet made the last non-finite output, when one did (see `non_finite_cause`).
     cause: std::cell::RefCell<Option<String>>,
+    /// For an inpainting UNet, each entry's `c_concat` `[B, 5, H, W]` (empty for other UNets).
+    concat: Vec<Vec<f32>>,
 }
 
 /// Most latent elements (batch x crop area) one call may hold, in units of the
@@ -155,11 +162,45 @@ impl<'a> UnetPredictor<'a> {
                     let crop = area.map_or(shape, |a| a.crop_shape());
                     check_gligen(g, &model.unet, crop).map_err(|m| err(format!("input \"{side}\": {m}")))?;
                 }
-                entries.push(Bound { uncond, area, strength, mask, sigma_range, context, controls, gligen });
+                let inpaint = e.base.inpaint.as_ref();
+                entries.push(Bound { uncond, area, strength, mask, sigma_range, context, controls, gligen, inpaint });
             }
         }
         let cause = Default::default();
-        Ok(UnetPredictor { gpu, model, sigmas: sigmas.clone(), shape, entries, groups: [None, None], cause })
+        let concat = Vec::new();
+        let p =
+            UnetPredictor { gpu, model, sigmas: sigmas.clone(), shape, entries, groups: [None, None], cause, concat };
+        // Without the sampled latent: each entry's own masked image, else ComfyUI's blank defaults.
+        p.with_inpaint(&[], None)
+    }
+
+    /// An inpainting UNet's extra input made with the latent being sampled and the sampler's denoise mask
+    /// (`[B, C, h, w]`, the latent's noise mask resized), for the entries without InpaintModelConditioning's
+    /// (ComfyUI's `latent_image` and `denoise_mask` reaching `concat_cond`). Nothing for other UNets.
+    pub fn with_inpaint(mut self, latent: &[f32], denoise_mask: Option<&[f32]>) -> Result<Self, NodeError> {
+        if !self.model.unet.config.is_inpaint() {
+            return Ok(self);
+        }
+        let shape = self.shape;
+        let sampled = Planes { shape, data: latent };
+        let default_mask = denoise_mask.map(|data| Planes { shape, data });
+        self.concat = self
+            .entries
+            .iter()
+            .map(|e| {
+                let side = if e.uncond { "negative" } else { "positive" };
+                let (mask, image) = match e.inpaint {
+                    Some(i) => {
+                        let m = &i.mask;
+                        let mask = Planes { shape: [m.batch, 1, m.height, m.width], data: &m.data };
+                        (Some(mask), Planes { shape: i.latent.shape, data: &i.latent.samples })
+                    }
+                    None => (default_mask, sampled),
+                };
+                concat_cond(shape, mask, image).map_err(|m| err(format!("input \"{side}\": inpainting model: {m}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self)
     }
 
     /// Groups the entries into calls (`with_uncond`: the negative ones too) and prepares their ControlNets.
@@ -227,19 +268,39 @@ impl<'a> UnetPredictor<'a> {
             }
         }
         let xt = self.gpu.upload(&batch, &[n * b, c, h, w], DType::F32).map_err(err)?;
+        let with_concat;
+        let xu = if self.concat.is_empty() {
+            &xt
+        } else {
+            // [n * b, 4, h, w] ++ [n * b, 5, h, w] -> [n * b, 9, h, w], each member's concat over its crop.
+            let mut extra = Vec::with_capacity(n * b * CONCAT_CHANNELS * h * w);
+            for &i in &group.members {
+                let full = &self.concat[i];
+                match &self.entries[i].area {
+                    None => extra.extend_from_slice(full),
+                    Some(a) => {
+                        let [sb, _, sh, sw] = self.shape;
+                        extra.extend(LatentArea { shape: [sb, CONCAT_CHANNELS, sh, sw], ..*a }.crop(full))
+                    }
+                }
+            }
+            let joined = cat_channels(&batch, &extra, n * b);
+            with_concat = self.gpu.upload(&joined, &[n * b, c + CONCAT_CHANNELS, h, w], DType::F32).map_err(err)?;
+            &with_concat
+        };
         let t = vec![timestep as f32; n * b];
         let call = UnetCall { x: &xt, timesteps: &t, context: &group.context, sigma };
         let residuals = control_residuals(self.gpu, &group.controls, &call).map_err(err)?;
         let unet = &self.model.unet;
         let out = match (&residuals, &group.gligen) {
-            (None, None) => unet.forward(self.gpu, &xt, &t, &group.context),
-            (Some(r), None) => unet.forward_controlled(self.gpu, &xt, &t, &group.context, r),
-            (None, Some(p)) => unet.forward_patched(self.gpu, &xt, &t, &group.context, None, None, p),
+            (None, None) => unet.forward(self.gpu, xu, &t, &group.context),
+            (Some(r), None) => unet.forward_controlled(self.gpu, xu, &t, &group.context, r),
+            (None, Some(p)) => unet.forward_patched(self.gpu, xu, &t, &group.context, None, None, p),
             (Some(r), Some(p)) => {
                 if r.input.iter().any(Option::is_some) {
                     return Err(err("a T2I-adapter and GLIGEN on the same conditioning are not supported yet"));
                 }
-                unet.forward_patched(self.gpu, &xt, &t, &group.context, r.down.as_deref(), r.mid.as_ref(), p)
+                unet.forward_patched(self.gpu, xu, &t, &group.context, r.down.as_deref(), r.mid.as_ref(), p)
             }
         }
         .map_err(err)?;

@@ -1,4 +1,4 @@
-//! VAEDecode, VAEEncode and VAEEncodeForInpaint, as ComfyUI's nodes: latents to
+//! VAEDecode, VAEEncode, VAEEncodeForInpaint and InpaintModelConditioning, as ComfyUI's nodes: latents to
 //! pictures in 0..1 and back. When one activation of the whole pass would exceed what the
 //! adapter binds at once (SD at 512x512 on lavapipe), they decode or encode
 //! in tiles instead and say so on the progress output (see `models::vae_tiling`).
@@ -8,11 +8,10 @@ use std::sync::Arc;
 use graph::node::{NodeError, NodeInputs, NodeKind, NodeSchema, RunContext};
 use graph::{Image, Mask, PortType, Value};
 
-use models::image_ops::inpaint::prepare_inpaint;
+use models::image_ops::inpaint::{prepare_inpaint, prepare_inpaint_conditioning};
 use models::image_ops::planes::{push_vae_output, vae_input};
 
-use crate::payload::Latent;
-use crate::payload::VaeHandle;
+use crate::payload::{Conditioning, InpaintConcat, Latent, VaeHandle};
 use crate::runtime;
 use crate::settings::Settings;
 use models::tiling::activation_limit;
@@ -225,5 +224,67 @@ impl NodeKind for VaeEncodeForInpaint {
         let m = prepared.noise_mask;
         latent.noise_mask = Some((vec![m.batch, 1, m.height, m.width], m.data));
         Ok(vec![Value::payload(latent)])
+    }
+}
+
+/// InpaintModelConditioning, as ComfyUI's (`nodes.py` @ Comfy-Org/ComfyUI a125cd84b054a57729b5eecab930ca9408719832):
+/// the picture encoded as it is (the latent), and greyed where `round(mask)` is 1 and encoded again (the masked
+/// image, cropped to a multiple of 8 as ComfyUI does whatever the VAE); both prompts carry the masked image and the
+/// mask for an inpainting model (ComfyUI's `concat_latent_image`, `concat_mask`), and the latent the mask as its
+/// noise mask unless `noise_mask` is off. A plain model ignores what the prompts carry.
+pub struct InpaintModelConditioning(NodeSchema, Settings);
+
+graph::node_fields! {
+    struct InpaintModelConditioningFields {
+        positive: Arc<Conditioning> = input(PortType::Conditioning, "The positive prompt."),
+        negative: Arc<Conditioning> = input(PortType::Conditioning, "The negative prompt."),
+        vae: Arc<VaeHandle> = input(PortType::Vae, "The VAE (from CheckpointLoaderSimple)."),
+        pixels: Arc<Image> = input(PortType::Image, "The pictures."),
+        mask: Arc<Mask> = input(PortType::Mask, "1 where to paint; resized to the pictures (bilinear)."),
+        noise_mask: bool = bool(true, "Put the mask on the latent, so sampling changes only the masked part."),
+    }
+}
+
+impl InpaintModelConditioning {
+    pub fn new(settings: Settings) -> Self {
+        Self(
+            NodeSchema::new(
+                "InpaintModelConditioning",
+                "conditioning/inpaint",
+                "Prepares inpainting: the picture's latent, and on both prompts the masked picture's latent and the \
+                 mask, which an inpainting model (9 input channels) takes besides the latent.",
+            )
+            .fields(InpaintModelConditioningFields::declare)
+            .output("positive", PortType::Conditioning, "The positive prompt with the masked picture and mask.")
+            .output("negative", PortType::Conditioning, "The negative prompt with the masked picture and mask.")
+            .output("latent", PortType::Latent, "The picture's latent, with the mask as its noise mask."),
+            settings,
+        )
+    }
+}
+
+impl Default for InpaintModelConditioning {
+    fn default() -> Self {
+        Self::new(Settings::default())
+    }
+}
+
+impl NodeKind for InpaintModelConditioning {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        let f = InpaintModelConditioningFields::read(inputs)?;
+        let prepared = prepare_inpaint_conditioning(&f.pixels, &f.mask).map_err(NodeError::new)?;
+        let concat_latent = encode_pixels(ctx, &f.vae, &prepared.pixels, self.1)?;
+        let mut latent = encode_pixels(ctx, &f.vae, &f.pixels, self.1)?;
+        let m = prepared.mask;
+        if f.noise_mask {
+            latent.noise_mask = Some((vec![m.batch, 1, m.height, m.width], m.data.clone()));
+        }
+        let concat = Arc::new(InpaintConcat { latent: Arc::new(concat_latent), mask: Arc::new(m) });
+        let with = |c: &Conditioning| c.map_entries(|e| e.inpaint = Some(concat.clone()));
+        Ok(vec![Value::payload(with(&f.positive)), Value::payload(with(&f.negative)), Value::payload(latent)])
     }
 }

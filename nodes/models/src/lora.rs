@@ -289,7 +289,7 @@ pub fn parse_tensors(
             }
         }
     }
-    if groups.keys().all(|x| groups[x].keys().all(|p| matches!(p, Part::Alpha))) {
+    if groups.values().all(|parts| parts.keys().all(|p| matches!(p, Part::Alpha))) {
         let first: Vec<&str> = keys.iter().take(3).copied().collect();
         return Err(error(format!(
             "no LoRA keys (lora_up/lora_down, lora_A/lora_B, hada_*, lokr_*, diff) among its {} keys {first:?}",

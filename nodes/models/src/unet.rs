@@ -110,10 +110,29 @@ impl UnetConfig {
     /// head_dim 64 (SD 2.x) when the transformers use linear projections and
     /// a 1024-wide context, as ComfyUI's detection does; groups and eps are
     /// SD's (32; 1e-5, 1e-6, 1e-5): override them for other models.
+    ///
+    /// The input is the latent (4 channels), or for SD 1.x inpainting models the latent, the mask and the
+    /// masked-image latent (9, ComfyUI's `concat_keys` "mask", "masked_image"); other widths are refused, and an
+    /// inpainting UNet must predict the 4 latent channels.
     pub fn detect_from_weights(w: &Weights) -> Result<UnetConfig, ModelError> {
         let mut cfg = UnetConfig::detect_down_path(w)?;
         cfg.out_channels = w.shape("out.2.weight")?.first().copied().unwrap_or(0);
-        Ok(cfg)
+        match (cfg.in_channels, cfg.out_channels) {
+            (4, _) | (9, 4) => Ok(cfg),
+            (9, o) => Err(ModelError::Config(format!(
+                "a 9-channel (inpainting) UNet must predict the 4 latent channels, but out.2.weight gives {o}"
+            ))),
+            (c, _) => Err(ModelError::Config(format!(
+                "input_blocks.0.0.weight takes {c} input channels: sdgraph runs UNets taking 4 (the latent) or 9 \
+                 (SD 1.x inpainting: latent, mask and masked-image latent)"
+            ))),
+        }
+    }
+
+    /// Whether this is an inpainting UNet: its input is the latent, the mask and the masked-image latent
+    /// (ComfyUI's `inpaint_model`, in_channels > 4, whose `concat_cond` feeds the extra 5).
+    pub fn is_inpaint(&self) -> bool {
+        self.in_channels == 9 && self.out_channels == 4
     }
 
     /// [`UnetConfig::detect_from_weights`] for the encoder half alone

@@ -1,6 +1,7 @@
 //! Which Stable Diffusion family a checkpoint belongs to, so that the loaders refuse what sdgraph
-//! does not run yet (SD 2.x, SDXL, inpainting and v-prediction UNets, and models that are not
-//! UNet Stable Diffusion at all) with an error that names the family and why, instead of loading
+//! does not run yet (SD 2.x, SDXL, v-prediction UNets, UNets taking other than 4 input channels or 9
+//! (SD 1.x inpainting: latent, mask and masked-image latent), and models that are not UNet Stable
+//! Diffusion at all) with an error that names the family and why, instead of loading
 //! it as SD 1.x and making a wrong picture or failing later with a shape error.
 //!
 //! The signs, as the files carry them:
@@ -10,8 +11,9 @@
 //!   `scheduler/scheduler_config.json` (`prediction_type`), a `text_encoder_2/` folder;
 //! - single files: SDXL's `conditioner.embedders.*` and `label_emb`, SD 2.x's OpenCLIP text
 //!   encoder (`cond_stage_model.model.*`), the UNet's context width (the cross-attention `to_k`
-//!   input: 768 for SD 1.x, 1024 for SD 2.x, 2048 for SDXL), linear `proj_in` (SD 2.x), a
-//!   9-channel `input_blocks.0.0` (inpainting), and the key prefixes of SD3 and Flux.
+//!   input: 768 for SD 1.x, 1024 for SD 2.x, 2048 for SDXL), linear `proj_in` (SD 2.x),
+//!   `input_blocks.0.0`'s input channels (4, or 9 for inpainting; anything else refused), and the key
+//!   prefixes of SD3 and Flux.
 
 use std::path::Path;
 
@@ -22,6 +24,16 @@ use super::weights::WeightSource;
 
 /// What sdgraph runs: SD 1.x UNets predicting noise, with 4 latent channels.
 const SD1: &str = "sdgraph runs SD 1.x checkpoints only for now";
+
+/// The UNet input widths sdgraph runs: the latent alone (4), or ComfyUI's inpainting models' latent, mask and
+/// masked-image latent (4 + 1 + 4 = 9; `supported_models_base.inpaint_model`, in_channels > 4).
+pub const UNET_IN_CHANNELS: [usize; 2] = [4, 9];
+
+/// What a UNet with `c` input channels is, when sdgraph does not run it.
+fn other_in_channels(c: u64) -> Option<&'static str> {
+    (!UNET_IN_CHANNELS.iter().any(|&k| k as u64 == c))
+        .then_some("a special UNet (sdgraph runs 4 input channels, or 9 for SD 1.x inpainting)")
+}
 
 /// `Err` naming the family when the diffusers folder `dir` holds anything but an SD 1.x
 /// eps-prediction model; `Ok` when nothing says so.
@@ -76,8 +88,8 @@ pub fn check_diffusers_folder(dir: &Path) -> Result<(), CheckpointError> {
         return Err(refuse("an SD 2.x model", sd2));
     }
 
-    if let Some(c) = num_of(&unet, "in_channels").filter(|&c| c != 4) {
-        return Err(refuse("an inpainting or other special UNet", vec![format!("unet in_channels {c}")]));
+    if let Some((c, family)) = num_of(&unet, "in_channels").and_then(|c| Some((c, other_in_channels(c)?))) {
+        return Err(refuse(family, vec![format!("unet in_channels {c}")]));
     }
     if let Some(p) = str_of(&scheduler, "prediction_type").filter(|p| p != "epsilon") {
         return Err(refuse(
@@ -131,9 +143,9 @@ pub fn check_single_file(src: &WeightSource, path: &Path) -> Result<(), Checkpoi
         return Err(refuse("an SD 2.x model", format!("linear proj_in {s:?}")));
     }
     if let Some(c) = shape("model.diffusion_model.input_blocks.0.0.weight").and_then(|s| s.get(1).copied())
-        && c != 4
+        && let Some(family) = other_in_channels(c as u64)
     {
-        return Err(refuse("an inpainting or other special UNet", format!("{c} input channels")));
+        return Err(refuse(family, format!("{c} input channels")));
     }
     Ok(())
 }

@@ -32,6 +32,44 @@ pub fn prepare_inpaint(
     factor: usize,
     grow_mask_by: usize,
 ) -> Result<InpaintInput, String> {
+    let (mut px, cropped) = resize_and_crop(pixels, mask, factor)?;
+    let rounded: Vec<f32> = cropped.iter().map(|v| v.round_ties_even()).collect();
+    let (h, w) = (px.height, px.width);
+    // 3. The grown noise mask.
+    let plane = h * w;
+    let mut noise = Vec::with_capacity(rounded.len());
+    for m in rounded.chunks_exact(plane) {
+        if grow_mask_by == 0 {
+            noise.extend_from_slice(m);
+        } else {
+            noise.extend(grow(m, h, w, grow_mask_by).into_iter().map(|v| v.round_ties_even()));
+        }
+    }
+    grey(&mut px, &rounded, mask.batch);
+    Ok(InpaintInput { pixels: px, noise_mask: Mask { batch: mask.batch, height: h, width: w, data: noise } })
+}
+
+/// What InpaintModelConditioning encodes as the masked image, and its mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConditioningInput {
+    /// The picture cropped to a multiple of 8, grey where `round(mask)` is 1.
+    pub pixels: Image,
+    /// The mask resized to the picture and cropped alike, not rounded (ComfyUI's `concat_mask` and noise mask).
+    pub mask: Mask,
+}
+
+/// InpaintModelConditioning's preparation (`nodes.py` @ Comfy-Org/ComfyUI a125cd84b054a57729b5eecab930ca9408719832):
+/// steps 1, 2 and 4 above with ComfyUI's fixed factor 8 (not the VAE's), the mask kept as resized.
+pub fn prepare_inpaint_conditioning(pixels: &Image, mask: &Mask) -> Result<ConditioningInput, String> {
+    let (mut px, cropped) = resize_and_crop(pixels, mask, 8)?;
+    let rounded: Vec<f32> = cropped.iter().map(|v| v.round_ties_even()).collect();
+    grey(&mut px, &rounded, mask.batch);
+    let (height, width) = (px.height, px.width);
+    Ok(ConditioningInput { pixels: px, mask: Mask { batch: mask.batch, height, width, data: cropped } })
+}
+
+/// Checks, then steps 1 and 2: the picture and the mask (resized to the picture) cropped to a multiple of `factor`.
+fn resize_and_crop(pixels: &Image, mask: &Mask, factor: usize) -> Result<(Image, Vec<f32>), String> {
     check_image(pixels).map_err(|e| format!("input \"pixels\": {e}"))?;
     if mask.batch == 0 || mask.height == 0 || mask.width == 0 {
         return Err(format!("input \"mask\" is empty ({} masks of {}x{})", mask.batch, mask.width, mask.height));
@@ -41,7 +79,7 @@ pub fn prepare_inpaint(
     }
     if pixels.channels < 3 {
         return Err(format!(
-            "input \"pixels\" has {} channels; VAEEncodeForInpaint greys the first three (RGB)",
+            "input \"pixels\" has {} channels; the masked part of the first three (RGB) is greyed",
             pixels.channels
         ));
     }
@@ -64,24 +102,16 @@ pub fn prepare_inpaint(
         resize_mask(mask, pixels.width, pixels.height, Method::Bilinear).map_err(|e| format!("input \"mask\": {e}"))?;
     // 2. Both cropped alike.
     let (y0, x0) = ((pixels.height % f) / 2, (pixels.width % f) / 2);
-    let mut px = crop_rect(pixels, x0, y0, w, h);
+    let px = crop_rect(pixels, x0, y0, w, h);
     let as_image = Image { batch: full.batch, height: full.height, width: full.width, channels: 1, data: full.data };
-    let cropped = crop_rect(&as_image, x0, y0, w, h).data;
-    let rounded: Vec<f32> = cropped.iter().map(|v| v.round_ties_even()).collect();
-    // 3. The grown noise mask.
-    let plane = h * w;
-    let mut noise = Vec::with_capacity(rounded.len());
-    for m in rounded.chunks_exact(plane) {
-        if grow_mask_by == 0 {
-            noise.extend_from_slice(m);
-        } else {
-            noise.extend(grow(m, h, w, grow_mask_by).into_iter().map(|v| v.round_ties_even()));
-        }
-    }
-    // 4. Grey where the rounded mask is.
-    let c = px.channels;
+    Ok((px, crop_rect(&as_image, x0, y0, w, h).data))
+}
+
+/// 4. The first three channels of `px` set to 0.5 where `rounded` (one plane, or one per picture) is 1.
+fn grey(px: &mut Image, rounded: &[f32], mask_batch: usize) {
+    let (c, plane) = (px.channels, px.height * px.width);
     for b in 0..px.batch {
-        let m = &rounded[if mask.batch == 1 { 0 } else { b * plane }..][..plane];
+        let m = &rounded[if mask_batch == 1 { 0 } else { b * plane }..][..plane];
         for (pixel, &mv) in px.data[b * plane * c..(b + 1) * plane * c].chunks_exact_mut(c).zip(m) {
             let keep = 1.0 - mv;
             for v in &mut pixel[..3] {
@@ -89,7 +119,6 @@ pub fn prepare_inpaint(
             }
         }
     }
-    Ok(InpaintInput { pixels: px, noise_mask: Mask { batch: mask.batch, height: h, width: w, data: noise } })
 }
 
 /// `clamp(conv2d(m, ones(k, k), padding = ceil((k - 1) / 2))[:h, :w], 0, 1)` for one `h` x `w` plane: output

@@ -5,6 +5,7 @@
 //! - [`areas`]: area conditionings paired across positive and negative before sampling, as ComfyUI does.
 //! - [`controls`]: ControlNet applications during sampling: hints embedded once, residuals summed per step.
 //! - [`noise_mask`]: inpainting masks, checked and resized to the latent as KSampler uses them.
+//! - [`inpaint_concat`]: the mask and masked-image latent an inpainting UNet takes besides the latent.
 //! - [`schedulers`]: the model's discrete sigmas and ComfyUI's KSampler schedules (simple, sgm_uniform, karras,
 //!   exponential, ddim_uniform, beta, normal, linear_quadratic, kl_optimal; denoise < 1).
 //! - [`samplers`]: k-diffusion/ComfyUI samplers over a `Denoiser` trait (euler, euler_cfg_pp, euler_ancestral,
@@ -16,6 +17,7 @@
 
 pub mod areas;
 pub mod controls;
+pub mod inpaint_concat;
 pub mod noise;
 pub mod noise_mask;
 pub mod samplers;
