@@ -151,3 +151,37 @@ fn gligen_boxes_steer_ksampler_and_bad_input_is_refused() {
     let e = d.sample(&bad).unwrap_err();
     assert!(e.contains("GLIGEN block 0 takes 8 channels") && e.contains("another model"), "{e}");
 }
+
+/// The UNet predictor's parts for `pos` (and `neg`) on a 64x64 picture's latent at sigma 5.
+fn parts(d: &Demo, pos: &Value, neg: Option<&Value>) -> models::sampling::samplers::NetOutput {
+    use models::sampling::samplers::NoisePredictor;
+    let gpu = gpu::testing::shared_gpu().unwrap();
+    let model = d.model.downcast::<nodes::payload::ModelHandle>().unwrap();
+    let (pos, neg) = (conditioning(pos), neg.map(conditioning));
+    let sigmas = models::sampling::schedulers::ModelSigmas::sd15();
+    let shape = [1, 4, 8, 8];
+    let mut p = nodes::unet_predictor::UnetPredictor::bind(gpu, &model, &sigmas, &pos, neg.as_deref(), shape).unwrap();
+    let x = gpu::testing::random(256, 9, -1.0, 1.0);
+    p.predict(&x, 500.0, 5.0, neg.is_some()).unwrap()
+}
+
+#[test]
+fn gligen_runs_only_for_the_entries_that_carry_boxes() {
+    let Some(d) = setup() else { return };
+    let pos = d.encode("a red square on a white background, center");
+    let neg = d.encode("");
+    let boxed = d.text_box(&pos, &d.clip, "red square", (32, 32, 16, 16)).unwrap();
+    let both = parts(&d, &boxed, Some(&neg));
+    let plain = parts(&d, &pos, Some(&neg));
+    let alone = parts(&d, &boxed, None);
+    let out = |o: &models::sampling::samplers::NetOutput, uncond: bool| {
+        let side = if uncond { o.uncond.as_ref().unwrap() } else { &o.cond };
+        side[0].out.clone()
+    };
+    // The negative prompt (no boxes) is not run with the positive's GLIGEN, though both share one latent size and
+    // text length and would otherwise be batched into one call.
+    assert_eq!(out(&both, true), out(&plain, true));
+    // The positive with boxes is the same batched beside the negative or run alone, and differs from the plain one.
+    assert_eq!(out(&both, false), out(&alone, false));
+    assert_ne!(out(&both, false), out(&plain, false));
+}
