@@ -53,18 +53,21 @@ fn step(x: &[f32], eps0: &[f64], a: f32, diff: Option<(f32, &[f64])>) -> Vec<f32
         .collect()
 }
 
+/// What ComfyUI's `dpm_fast_function` and `dpm_adaptive_function` take from the sigmas: the number of steps and
+/// `sigma_min`, the last sigma or, where that is 0, the one before it. `None` with one sigma (nothing to do).
+fn solver_span(sigmas: &[f64]) -> Option<(usize, f64)> {
+    let n = sigmas.len().checked_sub(1).filter(|&n| n > 0)?;
+    let last = sigmas[n];
+    Some((n, if last == 0.0 { sigmas[n - 1] } else { last }))
+}
+
 /// `sample_dpm_fast(sigma_min, sigma_max, n)` as ComfyUI's `dpm_fast` calls it: `sigma_max` the first sigma,
 /// `sigma_min` the last (the one before it when the last is 0), `n` the number of steps. See the module
 /// documentation.
 pub fn sample_dpm_fast<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(job: Job<'_, D, H>, x: Vec<f32>) -> Sampled<D> {
     let sigmas = job.sigmas;
     let mut run = Run::new(job.denoiser, job.hooks, &x, sigmas)?;
-    if sigmas.len() <= 1 {
-        return Ok(x);
-    }
-    let n = sigmas.len() - 1;
-    let last = sigmas[n];
-    let sigma_min = if last == 0.0 { sigmas[n - 1] } else { last };
+    let Some((n, sigma_min)) = solver_span(sigmas) else { return Ok(x) };
     // ComfyUI's times are float64 (from the sigmas), its grid float32 (`torch.linspace`'s default dtype), so every
     // scalar of the solver is float32: computed so here (the latent updates stay in f64).
     let (t_start, t_end) = (-sigmas[0].ln(), -sigma_min.ln());
@@ -189,12 +192,7 @@ pub fn sample_dpm_adaptive<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(
     let (r1, r2) = (1.0f64 / 3.0, 2.0f64 / 3.0);
     let sigmas = job.sigmas;
     let mut run = Run::new(job.denoiser, job.hooks, &x, sigmas)?;
-    if sigmas.len() <= 1 {
-        return Ok(x);
-    }
-    let n = sigmas.len() - 1;
-    let last = sigmas[n];
-    let sigma_min = if last == 0.0 { sigmas[n - 1] } else { last };
+    let Some((n, sigma_min)) = solver_span(sigmas) else { return Ok(x) };
     let sigma = |t: f64| (-t).exp();
     let (t_start, t_end) = (-sigmas[0].ln(), -sigma_min.ln());
     let forward = t_end > t_start;

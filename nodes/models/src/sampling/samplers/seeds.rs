@@ -6,7 +6,7 @@
 //! sub-interval, from the KSampler's seed + 1 stream (ComfyUI's `default_noise_sampler`). Written as ComfyUI writes
 //! them, `alpha = sigma * exp(lambda)` (1 up to rounding for eps/v models) included.
 
-use super::{Denoiser, Job, Noise, Sampled, SamplerHooks, draw};
+use super::{Denoiser, Job, Noise, Run, SampleError, Sampled, SamplerHooks, Step, draw};
 
 /// `torch.lerp(start, end, weight)` for scalars, as ATen computes it.
 fn lerp(start: f64, end: f64, weight: f64) -> f64 {
@@ -65,6 +65,96 @@ fn rounded(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
+/// A SEEDS step's times: `lambda = -log sigma` at its ends, `h` between them and `h_eta = h (eta + 1)`.
+struct Span {
+    s: f64,
+    lambda_s: f64,
+    lambda_t: f64,
+    h: f64,
+    eta: f64,
+    h_eta: f64,
+}
+
+impl Span {
+    fn new(s: f64, s_next: f64, eta: f64) -> Span {
+        let (lambda_s, lambda_t) = (-s.ln(), -s_next.ln());
+        let h = lambda_t - lambda_s;
+        Span { s, lambda_s, lambda_t, h, eta, h_eta: h * (eta + 1.0) }
+    }
+
+    /// The sigma `r` of the way in lambda (`torch.lerp`) and its alpha, `sigma exp(lambda)`.
+    fn at(&self, r: f64) -> (f64, f64) {
+        let lambda = lerp(self.lambda_s, self.lambda_t, r);
+        let sigma = (-lambda).exp();
+        (sigma, sigma * lambda.exp())
+    }
+}
+
+impl SdeNoise<'_> {
+    /// A stage's latent at `to = (sigma_r, r)`, from the step's start `x` and the denoised mix `mix` (f64 per
+    /// element, its alpha included): `sigma_r / sigma exp(-r h eta) x - mix`, plus the noise carried on from
+    /// `from` (the last stage's `(sigma, r)`; none for the first stage).
+    fn stage(
+        &mut self,
+        span: &Span,
+        x: &[f32],
+        from: Option<(f64, f64)>,
+        to: (f64, f64),
+        mix: impl Fn(usize) -> f64,
+    ) -> Vec<f64> {
+        let (sigma_r, r) = to;
+        let a = sigma_r / span.s * (-r * span.h * span.eta).exp();
+        let mut out: Vec<f64> = (0..x.len()).map(|j| a * f64::from(x[j]) - mix(j)).collect();
+        if self.on() {
+            match from {
+                None => self.first(r, span.h, span.s, sigma_r),
+                Some((sigma_from, r_from)) => self.next((r_from - r) * span.h * span.eta, sigma_from, sigma_r),
+            }
+            self.add_to(&mut out, sigma_r);
+        }
+        out
+    }
+}
+
+/// A SEEDS sampler's stages after the first: given the step, its start latent, its times, the noise and the first
+/// stage's `(sigma, denoised)`, the latent at `sigma_next` (f64).
+type Later<'u, D, H> = dyn FnMut(
+        &mut Run<'_, D, H>,
+        &Step,
+        &[f32],
+        &Span,
+        &mut SdeNoise<'_>,
+        (f64, Vec<f32>),
+    ) -> Result<Vec<f64>, SampleError<<D as Denoiser>::Error>>
+    + 'u;
+
+/// The loop both samplers share: the last step returns the denoised latent; the others take the first stage (the
+/// latent `r_1` of the way, and the model there), then `later`.
+fn seeds_steps<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(
+    job: Job<'_, D, H>,
+    x: Vec<f32>,
+    noise: Noise<'_>,
+    r_1: f64,
+    later: &mut Later<'_, D, H>,
+) -> Sampled<D> {
+    let eta = noise.eta;
+    let mut sde = SdeNoise { noise, len: x.len(), value: Vec::new() };
+    job.steps(x, &mut |run, st, x| {
+        if st.s_next == 0.0 {
+            x.copy_from_slice(&st.den);
+            return Ok(());
+        }
+        let span = Span::new(st.s, st.s_next, eta);
+        let (sigma_1, alpha_1) = span.at(r_1);
+        let b = alpha_1 * phi_1(-r_1 * span.h_eta);
+        let x2 = sde.stage(&span, x, None, (sigma_1, r_1), |j| b * f64::from(st.den[j]));
+        let den2 = run.denoise(st.i, &rounded(&x2), sigma_1)?;
+        let next = later(run, &st, x, &span, &mut sde, (sigma_1, den2))?;
+        *x = rounded(&next);
+        Ok(())
+    })
+}
+
 /// `sample_seeds_2(eta, s_noise, r=0.5)`: SEEDS-2, the model called at `sigma` and at the sigma `r` of the way in
 /// lambda; the step's denoised estimate is `lerp(denoised, denoised_2, 1 / (2 r))`.
 pub fn sample_seeds_2<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(
@@ -73,46 +163,11 @@ pub fn sample_seeds_2<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(
     noise: Noise<'_>,
 ) -> Sampled<D> {
     const R: f64 = 0.5;
-    let eta = noise.eta;
-    let mut sde = SdeNoise { noise, len: x.len(), value: Vec::new() };
     let fac = 1.0 / (2.0 * R);
-    job.steps(x, &mut |run, st, x| {
-        let (s, s_next) = (st.s, st.s_next);
-        if s_next == 0.0 {
-            x.copy_from_slice(&st.den);
-            return Ok(());
-        }
-        let (lambda_s, lambda_t) = (-s.ln(), -s_next.ln());
-        let h = lambda_t - lambda_s;
-        let h_eta = h * (eta + 1.0);
-        let lambda_s_1 = lerp(lambda_s, lambda_t, R);
-        let sigma_s_1 = (-lambda_s_1).exp();
-        let alpha_s_1 = sigma_s_1 * lambda_s_1.exp();
-        let alpha_t = s_next * lambda_t.exp();
-
-        // Step 1
-        let (a, b) = (sigma_s_1 / s * (-R * h * eta).exp(), alpha_s_1 * phi_1(-R * h_eta));
-        let mut x2: Vec<f64> = x.iter().zip(&st.den).map(|(&xv, &dv)| a * f64::from(xv) - b * f64::from(dv)).collect();
-        if sde.on() {
-            sde.first(R, h, s, sigma_s_1);
-            sde.add_to(&mut x2, sigma_s_1);
-        }
-        let den2 = run.denoise(st.i, &rounded(&x2), sigma_s_1)?;
-
-        // Step 2
-        let (a, b) = (s_next / s * (-h * eta).exp(), alpha_t * phi_1(-h_eta));
-        let mut next: Vec<f64> = (0..x.len())
-            .map(|j| {
-                let den_d = lerp(f64::from(st.den[j]), f64::from(den2[j]), fac);
-                a * f64::from(x[j]) - b * den_d
-            })
-            .collect();
-        if sde.on() {
-            sde.next((R - 1.0) * h * eta, sigma_s_1, s_next);
-            sde.add_to(&mut next, s_next);
-        }
-        *x = rounded(&next);
-        Ok(())
+    seeds_steps(job, x, noise, R, &mut |_, st, x, span, sde, (sigma_1, den2)| {
+        let b = st.s_next * span.lambda_t.exp() * phi_1(-span.h_eta);
+        let mix = |j: usize| b * lerp(f64::from(st.den[j]), f64::from(den2[j]), fac);
+        Ok(sde.stage(span, x, Some((sigma_1, R)), (st.s_next, 1.0), mix))
     })
 }
 
@@ -125,60 +180,20 @@ pub fn sample_seeds_3<D: Denoiser + ?Sized, H: SamplerHooks + ?Sized>(
 ) -> Sampled<D> {
     const R_1: f64 = 1.0 / 3.0;
     const R_2: f64 = 2.0 / 3.0;
-    let eta = noise.eta;
-    let mut sde = SdeNoise { noise, len: x.len(), value: Vec::new() };
-    job.steps(x, &mut |run, st, x| {
-        let (s, s_next) = (st.s, st.s_next);
-        if s_next == 0.0 {
-            x.copy_from_slice(&st.den);
-            return Ok(());
-        }
-        let (lambda_s, lambda_t) = (-s.ln(), -s_next.ln());
-        let h = lambda_t - lambda_s;
-        let h_eta = h * (eta + 1.0);
-        let (lambda_s_1, lambda_s_2) = (lerp(lambda_s, lambda_t, R_1), lerp(lambda_s, lambda_t, R_2));
-        let (sigma_s_1, sigma_s_2) = ((-lambda_s_1).exp(), (-lambda_s_2).exp());
-        let alpha_s_1 = sigma_s_1 * lambda_s_1.exp();
-        let alpha_s_2 = sigma_s_2 * lambda_s_2.exp();
-        let alpha_t = s_next * lambda_t.exp();
-
-        // Step 1
-        let (a, b) = (sigma_s_1 / s * (-R_1 * h * eta).exp(), alpha_s_1 * phi_1(-R_1 * h_eta));
-        let mut x2: Vec<f64> = x.iter().zip(&st.den).map(|(&xv, &dv)| a * f64::from(xv) - b * f64::from(dv)).collect();
-        if sde.on() {
-            sde.first(R_1, h, s, sigma_s_1);
-            sde.add_to(&mut x2, sigma_s_1);
-        }
-        let den2 = run.denoise(st.i, &rounded(&x2), sigma_s_1)?;
-
+    seeds_steps(job, x, noise, R_1, &mut |run, st, x, span, sde, (sigma_1, den2)| {
         // Step 2
-        let a3_2 = R_2 / R_1 * phi_2(-R_2 * h_eta);
-        let a3_1 = phi_1(-R_2 * h_eta) - a3_2;
-        let a = sigma_s_2 / s * (-R_2 * h * eta).exp();
-        let mut x3: Vec<f64> = (0..x.len())
-            .map(|j| {
-                let mix = a3_1 * f64::from(st.den[j]) + a3_2 * f64::from(den2[j]);
-                a * f64::from(x[j]) - alpha_s_2 * mix
-            })
-            .collect();
-        if sde.on() {
-            sde.next((R_1 - R_2) * h * eta, sigma_s_1, sigma_s_2);
-            sde.add_to(&mut x3, sigma_s_2);
-        }
-        let den3 = run.denoise(st.i, &rounded(&x3), sigma_s_2)?;
+        let (sigma_2, alpha_2) = span.at(R_2);
+        let a3_2 = R_2 / R_1 * phi_2(-R_2 * span.h_eta);
+        let a3_1 = phi_1(-R_2 * span.h_eta) - a3_2;
+        let mix = |j: usize| alpha_2 * (a3_1 * f64::from(st.den[j]) + a3_2 * f64::from(den2[j]));
+        let x3 = sde.stage(span, x, Some((sigma_1, R_1)), (sigma_2, R_2), mix);
+        let den3 = run.denoise(st.i, &rounded(&x3), sigma_2)?;
 
         // Step 3
-        let b3 = phi_2(-h_eta) / R_2;
-        let b1 = phi_1(-h_eta) - b3;
-        let a = s_next / s * (-h * eta).exp();
-        let mut next: Vec<f64> = (0..x.len())
-            .map(|j| a * f64::from(x[j]) - alpha_t * (b1 * f64::from(st.den[j]) + b3 * f64::from(den3[j])))
-            .collect();
-        if sde.on() {
-            sde.next((R_2 - 1.0) * h * eta, sigma_s_2, s_next);
-            sde.add_to(&mut next, s_next);
-        }
-        *x = rounded(&next);
-        Ok(())
+        let b3 = phi_2(-span.h_eta) / R_2;
+        let b1 = phi_1(-span.h_eta) - b3;
+        let alpha_t = st.s_next * span.lambda_t.exp();
+        let mix = |j: usize| alpha_t * (b1 * f64::from(st.den[j]) + b3 * f64::from(den3[j]));
+        Ok(sde.stage(span, x, Some((sigma_2, R_2)), (st.s_next, 1.0), mix))
     })
 }
