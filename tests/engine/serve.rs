@@ -90,6 +90,31 @@ fn unchunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `POST /upload/image` with `data` as the multipart `image` file named `name`.
+fn upload(addr: &str, name: &str, data: &[u8]) -> (u16, Vec<u8>) {
+    let boundary = "sdgraphtestboundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /upload/image HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer");
+    let status = String::from_utf8_lossy(&raw[..split]).split_whitespace().nth(1).unwrap().parse().unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let rest = raw[split + 4..].to_vec();
+    (status, if head.contains("transfer-encoding: chunked") { unchunk(&rest) } else { rest })
+}
+
 fn json_of(bytes: &[u8]) -> Json {
     serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
 }
@@ -276,6 +301,8 @@ fn bad_requests_and_paths_outside_their_folders_are_refused() {
     assert_eq!(status, 400);
     assert_eq!(v["error"]["type"], "prompt_outputs_failed_validation");
     assert!(v["error"]["details"].as_str().unwrap().contains("no node kind \"Nope\""), "{v}");
+    assert_eq!(v["node_errors"]["1"]["class_type"], "Nope", "{v}");
+    assert!(v["node_errors"]["1"]["errors"][0]["message"].as_str().unwrap().contains("Nope"), "{v}");
     let mut missing = txt2img(2, 32, 1);
     missing["4"]["inputs"]["ckpt_name"] = "absent.safetensors".into();
     let (status, body) = http(addr, "POST", "/prompt", Some(&json!({ "prompt": missing })), None);
@@ -296,6 +323,18 @@ fn bad_requests_and_paths_outside_their_folders_are_refused() {
     assert!(status == 400 || status == 404);
     let (status, _) = http(addr, "GET", "/view?filename=x.png&type=elsewhere", None, None);
     assert_eq!(status, 400);
+    // Uploads must be pictures, under a plain name.
+    let (status, body) = upload(addr, "notes.png", b"not a picture");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("is not a picture"));
+    let png = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo/green_square.png")).unwrap();
+    let (status, _) = upload(addr, "../escape.png", &png);
+    assert_eq!(status, 400);
+    assert!(!dir.join("escape.png").exists());
+    let (status, body) = upload(addr, "ok.png", &png);
+    assert_eq!((status, json_of(&body)["name"].as_str()), (200, Some("ok.png")));
+    let (status, body) = upload(addr, "ok.png", &png);
+    assert_eq!((status, json_of(&body)["name"].as_str()), (200, Some("ok (1).png")), "a taken name is not overwritten");
     // The node kinds in ComfyUI's terms, with the checkpoint among ckpt_name's choices.
     let (_, body) = http(addr, "GET", "/object_info/CheckpointLoaderSimple", None, None);
     let info = json_of(&body);
@@ -316,4 +355,76 @@ fn bad_requests_and_paths_outside_their_folders_are_refused() {
     assert_eq!(status, 401);
     let (status, _) = http(&server.addr, "GET", "/queue", None, Some("s3cret"));
     assert_eq!(status, 200);
+}
+
+/// Resident memory of process `pid` in KiB (Linux), 0 elsewhere.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 8 clients queue `SDGRAPH_TEST_SERVE_LOAD` prompts each (25 for the 200; 5 by default, to keep CI
+/// short) at once.
+#[test]
+fn eight_clients_queue_many_prompts_and_every_one_finishes_in_order() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    const CLIENTS: u64 = 8;
+    let each: u64 = std::env::var("SDGRAPH_TEST_SERVE_LOAD").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let dir = setup("serve-load");
+    let server = start(&dir, &[]);
+    let addr = server.addr.clone();
+    // Warm up (the model loads once), then note the memory.
+    wait_history(&addr, &submit(&addr, &txt2img(1, 32, 999)), Duration::from_secs(120));
+    let rss_before = rss_kib(server.child.id());
+    let t0 = Instant::now();
+    let ids: Vec<Vec<(String, i64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    (0..each)
+                        .map(|i| {
+                            let body =
+                                json!({ "prompt": txt2img(1, 32, c * 1000 + i), "client_id": format!("client-{c}") });
+                            let (status, answer) = http(&addr, "POST", "/prompt", Some(&body), None);
+                            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+                            let v = json_of(&answer);
+                            (v["prompt_id"].as_str().unwrap().to_string(), v["number"].as_i64().unwrap())
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let last = ids.iter().flatten().max_by_key(|(_, n)| *n).unwrap().0.clone();
+    wait_history(&addr, &last, Duration::from_secs(1200));
+    let seconds = t0.elapsed().as_secs_f64();
+    let (_, body) = http(&addr, "GET", "/history", None, None);
+    let history = json_of(&body);
+    for (c, list) in ids.iter().enumerate() {
+        // Each client's prompts got increasing numbers, and each finished with its picture.
+        assert!(list.windows(2).all(|w| w[0].1 < w[1].1), "client {c}: numbers out of order");
+        for (id, _) in list {
+            let entry = &history[id];
+            assert_eq!(entry["status"]["status_str"], "success", "{id}: {entry}");
+            assert_eq!(entry["outputs"]["9"]["images"].as_array().map(Vec::len), Some(1), "{id}");
+        }
+    }
+    let pictures = std::fs::read_dir(dir.join("output")).unwrap().count() as u64;
+    assert_eq!(pictures, CLIENTS * each + 1, "one picture per prompt, none overwritten");
+    let rss_after = rss_kib(server.child.id());
+    eprintln!(
+        "serve load: {} prompts from {CLIENTS} clients in {seconds:.1} s ({:.1} prompts/s); server memory {} -> {} MiB",
+        CLIENTS * each,
+        (CLIENTS * each) as f64 / seconds,
+        rss_before / 1024,
+        rss_after / 1024
+    );
 }

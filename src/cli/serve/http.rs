@@ -35,7 +35,9 @@ pub struct App {
 
 /// Largest prompt body; pictures may be larger.
 const PROMPT_LIMIT: usize = 16 << 20;
-const UPLOAD_LIMIT: usize = 256 << 20;
+const UPLOAD_LIMIT: usize = 64 << 20;
+/// Prompts waiting or running before `/prompt` answers 429.
+const MAX_QUEUED: usize = 10_000;
 
 pub fn router(app: App) -> Router {
     let api = Router::new()
@@ -118,10 +120,13 @@ async fn post_prompt(State(app): State<App>, body: axum::body::Bytes) -> Respons
     let checked = tokio::task::spawn_blocking(move || ctx.prepare(&prompt).map(|p| p.comfy_ids)).await;
     match checked {
         Ok(Ok(_)) => {}
-        Ok(Err(errs)) => {
-            return (StatusCode::BAD_REQUEST, AxJson(validation_error(&errs, &Default::default()))).into_response();
+        Ok(Err((errs, ids))) => {
+            return (StatusCode::BAD_REQUEST, AxJson(validation_error(&errs, &ids, &body.prompt))).into_response();
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    if app.queue.remaining() >= MAX_QUEUED {
+        return error(StatusCode::TOO_MANY_REQUESTS, format!("the queue holds {MAX_QUEUED} prompts: try again later"));
     }
     let id = body.prompt_id.filter(|s| !s.is_empty() && s.len() <= 128).unwrap_or_else(new_id);
     // ComfyUI: a negative number, or `front`, puts the prompt first.
@@ -271,6 +276,15 @@ async fn upload_image(State(app): State<App>, mut form: Multipart) -> Response {
         }
     }
     let Some(data) = data else { return error(StatusCode::BAD_REQUEST, "no \"image\" file in the form") };
+    // Only pictures: what LoadImage could read.
+    let decodes = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || image::load_from_memory(&data).map(|_| ()).map_err(|e| e.to_string())).await
+    };
+    let decodes = decodes.map_err(|e| e.to_string()).and_then(|r| r);
+    if let Err(e) = decodes {
+        return error(StatusCode::BAD_REQUEST, format!("{name:?} is not a picture: {e}"));
+    }
     let ty = if ty.is_empty() { "input".to_string() } else { ty };
     let dir = match ty.as_str() {
         "input" => &app.ctx.input_dir,

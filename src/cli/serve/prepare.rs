@@ -43,8 +43,14 @@ impl ServeCtx {
         ModelRoots { roots: self.models.dirs.clone(), extra, base_dir: self.base_dir.clone() }
     }
 
-    /// Checks a prompt and makes its graph; every problem at once.
-    pub fn prepare(&self, prompt: &Json) -> Result<Prepared, GraphErrors> {
+    /// Checks a prompt and makes its graph; every problem at once, with the ComfyUI ids of the
+    /// nodes when the import got that far.
+    pub fn prepare(&self, prompt: &Json) -> Result<Prepared, (GraphErrors, BTreeMap<String, String>)> {
+        let mut ids = BTreeMap::new();
+        self.prepare_into(prompt, &mut ids).map_err(|e| (e, ids))
+    }
+
+    fn prepare_into(&self, prompt: &Json, ids_out: &mut BTreeMap<String, String>) -> Result<Prepared, GraphErrors> {
         let one = |msg: &str| GraphErrors(vec![Diagnostic::new("prompt", None, msg.to_string())]);
         let (graph, text, comfy_ids) = match prompt {
             Json::String(ron) => {
@@ -60,18 +66,30 @@ impl ServeCtx {
             }
             _ => return Err(one("\"prompt\" must be a ComfyUI API-format graph (an object) or RON text (a string)")),
         };
+        ids_out.clone_from(&comfy_ids);
         let graph = graph::validate(graph, &self.registry)?;
         Ok(Prepared { graph, text, comfy_ids })
     }
 }
 
+/// The client's id of the node a problem is about: the diagnostic's node, or the import's
+/// `node 3 (KSampler ...): ...` at the start of its message.
+fn node_of(d: &Diagnostic, comfy_ids: &BTreeMap<String, String>) -> Option<String> {
+    if let Some(n) = &d.node {
+        return Some(comfy_ids.get(n).cloned().unwrap_or_else(|| n.clone()));
+    }
+    let rest = d.message.strip_prefix("node ")?;
+    let id = &rest[..rest.find(" (")?];
+    (!id.is_empty() && !id.contains(char::is_whitespace)).then(|| id.to_string())
+}
+
 /// ComfyUI's answer to a prompt that does not validate: `error` and `node_errors` by the client's node
-/// ids (problems that name no node are in `error.details`).
-pub fn validation_error(errs: &GraphErrors, comfy_ids: &BTreeMap<String, String>) -> Json {
+/// ids with their `class_type` from `prompt` (problems that name no node are in `error.details`).
+pub fn validation_error(errs: &GraphErrors, comfy_ids: &BTreeMap<String, String>, prompt: &Json) -> Json {
     let mut node_errors = serde_json::Map::new();
     let mut general = Vec::new();
     for d in &errs.0 {
-        let node = d.node.as_ref().map(|n| comfy_ids.get(n).cloned().unwrap_or_else(|| n.clone()));
+        let node = node_of(d, comfy_ids);
         let entry = serde_json::json!({
             "type": "invalid_input",
             "message": d.message,
@@ -80,15 +98,17 @@ pub fn validation_error(errs: &GraphErrors, comfy_ids: &BTreeMap<String, String>
         });
         match node {
             Some(id) => {
-                let slot = node_errors
-                    .entry(id)
-                    .or_insert_with(|| serde_json::json!({ "errors": [], "dependent_outputs": [], "class_type": "" }));
+                let class_type = prompt.get(&id).and_then(|n| n.get("class_type")).cloned().unwrap_or("".into());
+                let slot = node_errors.entry(id).or_insert_with(
+                    || serde_json::json!({ "errors": [], "dependent_outputs": [], "class_type": class_type }),
+                );
                 if let Some(list) = slot["errors"].as_array_mut() {
                     list.push(entry);
                 }
             }
-            None => general.push(d.to_string()),
+            None => {}
         }
+        general.push(d.to_string());
     }
     serde_json::json!({
         "error": {

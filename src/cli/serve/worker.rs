@@ -82,7 +82,7 @@ impl Worker {
         log.record("execution_start", json!({ "prompt_id": a.id, "timestamp": now_ms() }));
         let prepared = match self.ctx.prepare(&a.prompt) {
             Ok(p) => p,
-            Err(errs) => {
+            Err((errs, _)) => {
                 let text: Vec<String> = errs.0.iter().map(|d| d.to_string()).collect();
                 return log.error(&a.id, None, "", &text.join("\n"), "ValidationError");
             }
