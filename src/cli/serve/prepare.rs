@@ -96,17 +96,14 @@ pub fn validation_error(errs: &GraphErrors, comfy_ids: &BTreeMap<String, String>
             "details": d.to_string(),
             "extra_info": {},
         });
-        match node {
-            Some(id) => {
-                let class_type = prompt.get(&id).and_then(|n| n.get("class_type")).cloned().unwrap_or("".into());
-                let slot = node_errors.entry(id).or_insert_with(
-                    || serde_json::json!({ "errors": [], "dependent_outputs": [], "class_type": class_type }),
-                );
-                if let Some(list) = slot["errors"].as_array_mut() {
-                    list.push(entry);
-                }
+        if let Some(id) = node {
+            let class_type = prompt.get(&id).and_then(|n| n.get("class_type")).cloned().unwrap_or("".into());
+            let slot = node_errors.entry(id).or_insert_with(
+                || serde_json::json!({ "errors": [], "dependent_outputs": [], "class_type": class_type }),
+            );
+            if let Some(list) = slot["errors"].as_array_mut() {
+                list.push(entry);
             }
-            None => {}
         }
         general.push(d.to_string());
     }
