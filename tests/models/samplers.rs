@@ -149,8 +149,9 @@ fn denoiser(case: &Value) -> Logged<CfgDenoiser<FakeNet>> {
 /// Runs one fixture case with `noise` (None: the recorded draws) and checks it; returns its largest error.
 pub(crate) fn run_case(case: &Value, noise: Option<&mut dyn NoiseSource>) -> f64 {
     let name = case["sampler"].as_str().unwrap();
+    let last_step = case.get("last_step").map(|n| format!(" to step {n}")).unwrap_or_default();
     let what = format!(
-        "{name} {} {} steps denoise {} {} cfg {}",
+        "{name} {} {} steps{last_step} denoise {} {} cfg {}",
         case["scheduler"].as_str().unwrap(),
         case["steps"],
         case["denoise"],
