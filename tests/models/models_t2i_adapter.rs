@@ -12,6 +12,7 @@ use crate::common::sd_tiny::{Layout, source};
 use gpu::testing::shared_gpu;
 use gpu::{DType, Gpu, Tensor};
 use graph::Image;
+use models::checkpoint::convert::{ControlNetLayout, open_controlnet};
 use models::checkpoint::safetensors::{Dtype, SafeTensors, write_with_metadata};
 use models::sampling::controls::{UnetCall, adapter_hint, control_residuals, prepare_controls};
 use models::sampling::schedulers::ModelSigmas;
@@ -358,4 +359,48 @@ fn t2i_adapter_in_f16_stays_within_the_stated_bound() {
     let (err, big) = compare(gpu, &y, "case0.noise_pred");
     eprintln!("f16: case0.noise_pred: max abs err {err:.2e} (values up to {big:.2}); features worst {worst:.2e}");
     assert!(err <= F16_TOL_OUTPUT, "f16: case0.noise_pred: {err} > {F16_TOL_OUTPUT}");
+}
+
+/// Writes `src`'s tensors (f32) as a `torch.save` zip, as TencentARC's and lllyasviel's `.pth` releases are.
+fn as_pth(src: &Path, dest: &Path) -> PathBuf {
+    let st = SafeTensors::open(src).unwrap();
+    let owned: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .names()
+        .map(|n| {
+            let (shape, data) = st.f32_any(n).unwrap();
+            (n.to_string(), shape, data)
+        })
+        .collect();
+    let t: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+    models::checkpoint::pth::write(dest, "archive", &t).unwrap();
+    dest.to_path_buf()
+}
+
+#[test]
+fn t2i_adapters_and_controlnets_load_from_pytorch_files() {
+    let Some(gpu) = shared_gpu() else { return };
+    let tmp = crate::common::temp_dir("t2i-pth");
+    let hint = upload(gpu, &inputs(), "hint");
+    let features = |p: &Path| -> Vec<Vec<f32>> {
+        let h = load(gpu, p);
+        h.net.as_t2i_adapter().unwrap().forward(gpu, &hint).unwrap().iter().map(|f| gpu.download(f).unwrap()).collect()
+    };
+    let st = dir().join("full.safetensors");
+    // The .pth has no metadata: ResBlocks per level are ComfyUI's 2, as the fixture's.
+    assert_eq!(features(&as_pth(&st, &tmp.join("t2iadapter_depth.pth"))), features(&st));
+
+    // lllyasviel's control_sd15_*.pth layout (control_model. + LDM names) opens as the same tensors (the fixture's
+    // heads and groups live in safetensors metadata a .pth cannot hold, so it is compared as weights).
+    let ldm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/controlnet/control_ldm.safetensors");
+    let (a, layout_a, _) = open_controlnet(&ldm).unwrap();
+    let (b, layout_b, _) = open_controlnet(&as_pth(&ldm, &tmp.join("control_sd15_canny.pth"))).unwrap();
+    assert_eq!((layout_a, layout_b), (ControlNetLayout::SingleFile, ControlNetLayout::SingleFile));
+    let names: Vec<&str> = a.names().collect();
+    assert_eq!(names, b.names().collect::<Vec<_>>());
+    for n in names {
+        let (wa, wb) = (a.prefix(""), b.prefix(""));
+        let shape = wa.shape(n).unwrap();
+        assert_eq!(wa.f32(n, &shape).unwrap(), wb.f32(n, &shape).unwrap(), "{n}");
+    }
 }

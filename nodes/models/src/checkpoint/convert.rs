@@ -510,10 +510,12 @@ fn t2i_adapter_table(
     Ok(None)
 }
 
-/// Opens a ControlNet: a `.safetensors` file in either layout, or a
-/// diffusers folder holding `diffusion_pytorch_model(.fp16).safetensors`.
-/// Its weights are seen under `control_model.` + LDM names. Also returns
-/// the layout and the weights file actually read.
+/// Opens a ControlNet or a T2I-adapter: a `.safetensors` file or a PyTorch zip
+/// (`.pth`, read without running code) in any layout, or a diffusers folder
+/// holding `diffusion_pytorch_model(.fp16).safetensors`. A ControlNet's weights
+/// are seen under `control_model.` + LDM names, a T2I-adapter's under ComfyUI's
+/// (see [`ControlNetLayout::T2iAdapter`]). Also returns the layout and the
+/// weights file actually read.
 pub fn open_controlnet(path: &Path) -> Result<(WeightSource, ControlNetLayout, std::path::PathBuf), CheckpointError> {
     // A diffusers ControlNet's config sits beside its weights: in the folder given, or beside a
     // `diffusion_pytorch_model*` file given by itself.
@@ -537,11 +539,11 @@ pub fn open_controlnet(path: &Path) -> Result<(WeightSource, ControlNetLayout, s
     } else {
         path.to_path_buf()
     };
-    let st = SafeTensors::open(&file)?;
+    // safetensors, or a PyTorch zip (lllyasviel's control_sd15_*.pth, TencentARC's t2iadapter_*.pth).
+    let st = super::tensor_file::open_tensors(&file)?;
     let has = |k: &str| st.info(k).is_some();
     if has("control_model.zero_convs.0.0.weight") {
-        drop(st);
-        return Ok((WeightSource::single_file(&file)?, ControlNetLayout::SingleFile, file));
+        return Ok((WeightSource::from_tensors(st), ControlNetLayout::SingleFile, file));
     }
     let (layout, table): (ControlNetLayout, Vec<_>) = if has("zero_convs.0.0.weight") {
         let table = st.names().map(|k| (format!("{CONTROLNET_PREFIX}{k}"), 0, k.to_string(), None)).collect();
