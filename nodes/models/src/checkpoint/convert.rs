@@ -526,19 +526,7 @@ pub fn open_controlnet(path: &Path) -> Result<(WeightSource, ControlNetLayout, s
     } else if diffusers_file && let Some(dir) = path.parent() {
         super::family::check_controlnet_config(dir)?;
     }
-    let file = if path.is_dir() {
-        ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
-            .iter()
-            .map(|n| path.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| CheckpointError {
-                file: path.to_path_buf(),
-                key: None,
-                message: "no diffusion_pytorch_model.safetensors in this folder (is it a diffusers ControlNet folder? .bin weights are not read: convert them to safetensors)".into(),
-            })?
-    } else {
-        path.to_path_buf()
-    };
+    let file = super::tensor_file::component_weights(path, "ControlNet")?;
     // safetensors, or a PyTorch zip (lllyasviel's control_sd15_*.pth, TencentARC's t2iadapter_*.pth).
     let st = super::tensor_file::open_tensors(&file)?;
     let has = |k: &str| st.info(k).is_some();
