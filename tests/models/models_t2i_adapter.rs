@@ -14,11 +14,13 @@ use gpu::{DType, Gpu, Tensor};
 use graph::Image;
 use models::checkpoint::convert::{ControlNetLayout, open_controlnet};
 use models::checkpoint::safetensors::{Dtype, SafeTensors, write_with_metadata};
+use models::checkpoint::weights::WeightSource;
+use models::gligen::{Gligen, TextBox};
 use models::sampling::controls::{UnetCall, adapter_hint, control_residuals, prepare_controls};
 use models::sampling::schedulers::ModelSigmas;
 use models::t2i_adapter::T2iKind;
-use models::unet::{Unet, UnetConfig};
-use models::unet_blocks::AttentionHeads;
+use models::unet::{Unet, UnetConfig, UnetControl};
+use models::unet_blocks::{AttentionHeads, MiddlePatch};
 use nodes::controlnet_apply::load_controlnet;
 use nodes::payload::{ControlApplication, ControlNetHandle};
 
@@ -177,7 +179,7 @@ fn unet_with_t2i_adapter_features_matches_comfyui_in_f32() {
         let call = UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 1.0 };
         let control = control_residuals(gpu, &prepared, &call).unwrap().unwrap();
         assert!(control.down.is_none() && control.mid.is_none(), "a T2I-adapter adds no ControlNet residuals");
-        let y = unet.forward_controlled(gpu, &x, &t, &ctx, &control).unwrap();
+        let y = unet.forward_controlled(gpu, &x, &t, &ctx, &control, None).unwrap();
         let (err, big) = compare(gpu, &y, &format!("case{case}.noise_pred"));
         let plain = gpu.download(&unet.forward(gpu, &x, &t, &ctx).unwrap()).unwrap();
         let change = max_abs_diff(&plain, &gpu.download(&y).unwrap());
@@ -355,7 +357,7 @@ fn t2i_adapter_in_f16_stays_within_the_stated_bound() {
     let prepared = prepare_controls(gpu, &unet.config, &ModelSigmas::sd15(), [app.spec()], [2, 4, 8, 8], 1).unwrap();
     let call = UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 1.0 };
     let control = control_residuals(gpu, &prepared, &call).unwrap().unwrap();
-    let y = unet.forward_controlled(gpu, &x, &t, &ctx, &control).unwrap();
+    let y = unet.forward_controlled(gpu, &x, &t, &ctx, &control, None).unwrap();
     let (err, big) = compare(gpu, &y, "case0.noise_pred");
     eprintln!("f16: case0.noise_pred: max abs err {err:.2e} (values up to {big:.2}); features worst {worst:.2e}");
     assert!(err <= F16_TOL_OUTPUT, "f16: case0.noise_pred: {err} > {F16_TOL_OUTPUT}");
@@ -403,4 +405,37 @@ fn t2i_adapters_and_controlnets_load_from_pytorch_files() {
         let shape = wa.shape(n).unwrap();
         assert_eq!(wa.f32(n, &shape).unwrap(), wb.f32(n, &shape).unwrap(), "{n}");
     }
+}
+
+#[test]
+fn t2i_adapter_and_gligen_steer_one_unet_call_together() {
+    let Some(gpu) = shared_gpu() else { return };
+    let unet = tiny_unet(gpu, DType::F32);
+    let inp = inputs();
+    let (x, ctx) = (upload(gpu, &inp, "sample"), upload(gpu, &inp, "encoder_hidden_states"));
+    let t = inp.f32_any("case0.timesteps").unwrap().1;
+    let app = application(&load(gpu, &dir().join("full.safetensors")), image_of(&inp, "hint"), 1.0, 0.0, 1.0);
+    let prepared = prepare_controls(gpu, &unet.config, &ModelSigmas::sd15(), [app.spec()], [2, 4, 8, 8], 1).unwrap();
+    let call = UnetCall { x: &x, timesteps: &t, context: &ctx, sigma: 1.0 };
+    let control = control_residuals(gpu, &prepared, &call).unwrap().unwrap();
+    // The GLIGEN fixture's model and its first box's text embedding, over the top-left quarter.
+    let gdir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gligen");
+    let gligen =
+        Gligen::load(gpu, &WeightSource::single_file(&gdir.join("gligen.safetensors")).unwrap(), DType::F32).unwrap();
+    let (es, emb) = SafeTensors::open(&gdir.join("inputs.safetensors")).unwrap().f32_any("case0.embeddings").unwrap();
+    let tb = TextBox { embedding: emb[..es[1]].to_vec(), h: 4, w: 4, y: 0, x: 0 };
+    let patch = gligen.patch(gpu, &[tb], 2, 8, 8).unwrap();
+    let run = |c: &UnetControl, p: Option<&dyn MiddlePatch>| {
+        gpu.download(&unet.forward_controlled(gpu, &x, &t, &ctx, c, p).unwrap()).unwrap()
+    };
+    let both = run(&control, Some(&patch));
+    let t2i = run(&control, None);
+    let gligen_only = run(&UnetControl::default(), Some(&patch));
+    // Without controls, the call is GLIGEN's own (forward_patched), bit for bit.
+    let patched = gpu.download(&unet.forward_patched(gpu, &x, &t, &ctx, None, None, &patch).unwrap()).unwrap();
+    assert_eq!(gligen_only, patched);
+    // Together, each still moves the output.
+    let (by_gligen, by_t2i) = (max_abs_diff(&both, &t2i), max_abs_diff(&both, &gligen_only));
+    eprintln!("with both: GLIGEN moves the output by {by_gligen:.3}, the T2I-adapter by {by_t2i:.3}");
+    assert!(by_gligen > 1e-2 && by_t2i > 1e-2, "{by_gligen} {by_t2i}");
 }

@@ -24,6 +24,8 @@ use models::sampling::controls::{PreparedControl, UnetCall, control_residuals, n
 use models::sampling::inpaint_concat::{CONCAT_CHANNELS, Planes, cat_channels, concat_cond};
 use models::sampling::samplers::{CondPart, LatentArea, NetOutput, NoisePredictor};
 use models::sampling::schedulers::ModelSigmas;
+use models::unet::UnetControl;
+use models::unet_blocks::MiddlePatch;
 
 /// One conditioning entry ready for sampling.
 struct Bound<'a> {
@@ -294,13 +296,10 @@ impl<'a> UnetPredictor<'a> {
         let unet = &self.model.unet;
         let out = match (&residuals, &group.gligen) {
             (None, None) => unet.forward(self.gpu, xu, &t, &group.context),
-            (Some(r), None) => unet.forward_controlled(self.gpu, xu, &t, &group.context, r),
-            (None, Some(p)) => unet.forward_patched(self.gpu, xu, &t, &group.context, None, None, p),
-            (Some(r), Some(p)) => {
-                if r.input.iter().any(Option::is_some) {
-                    return Err(err("a T2I-adapter and GLIGEN on the same conditioning are not supported yet"));
-                }
-                unet.forward_patched(self.gpu, xu, &t, &group.context, r.down.as_deref(), r.mid.as_ref(), p)
+            (r, p) => {
+                let none = UnetControl::default();
+                let middle = p.as_ref().map(|p| p as &dyn MiddlePatch);
+                unet.forward_controlled(self.gpu, xu, &t, &group.context, r.as_ref().unwrap_or(&none), middle)
             }
         }
         .map_err(err)?;

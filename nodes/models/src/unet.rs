@@ -625,7 +625,8 @@ impl Unet {
         self.run(gpu, x, timesteps, context, Residuals { down, mid, middle: Some(middle), input: &[] }, None)
     }
 
-    /// `forward` with what `control` adds (see [`UnetControl`]).
+    /// `forward` with what `control` adds (see [`UnetControl`]) and, when given, `middle` in every
+    /// transformer block (see [`Unet::forward_patched`]): T2I-adapters, ControlNets and GLIGEN together.
     pub fn forward_controlled(
         &self,
         gpu: &Gpu,
@@ -633,9 +634,10 @@ impl Unet {
         timesteps: &[f32],
         context: &Tensor,
         control: &UnetControl,
+        middle: Option<&dyn MiddlePatch>,
     ) -> Result<Tensor, ModelError> {
         let (down, mid, input) = (control.down.as_deref(), control.mid.as_ref(), control.input.as_slice());
-        self.run(gpu, x, timesteps, context, Residuals { down, mid, middle: None, input }, None)
+        self.run(gpu, x, timesteps, context, Residuals { down, mid, middle, input }, None)
     }
 
     /// SpatialTransformers in the network (the transformer indices a [`MiddlePatch`] sees are 0..this).
