@@ -434,7 +434,7 @@ fn t2i_adapter_and_gligen_steer_one_unet_call_together() {
     // Without controls, the call is GLIGEN's own (forward_patched), bit for bit.
     let patched = gpu.download(&unet.forward_patched(gpu, &x, &t, &ctx, None, None, &patch).unwrap()).unwrap();
     assert_eq!(gligen_only, patched);
-    // Together, each still moves the output.
+    // Together, each still moves the output (measured on lavapipe: GLIGEN by 1.001, the adapter by 0.885).
     let (by_gligen, by_t2i) = (max_abs_diff(&both, &t2i), max_abs_diff(&both, &gligen_only));
     eprintln!("with both: GLIGEN moves the output by {by_gligen:.3}, the T2I-adapter by {by_t2i:.3}");
     assert!(by_gligen > 1e-2 && by_t2i > 1e-2, "{by_gligen} {by_t2i}");
