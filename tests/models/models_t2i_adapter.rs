@@ -304,6 +304,16 @@ fn broken_or_unfitting_t2i_adapters_give_errors_naming_what_is_wrong() {
     let p = broken_copy(&tmp, "unknown.safetensors", "conv_in.weight", None, &nums);
     let e = fail(&p);
     assert!(e.contains("unknown.safetensors") && e.contains("not an SD ControlNet or T2I-adapter"), "{e}");
+    // diffusers' light adapter layout (out_conv per level), which ComfyUI cannot load either, is refused by name.
+    let light = tmp.join("diffusers_light.safetensors");
+    let one: (&[usize], &[f32]) = (&[2, 2, 3, 3], &[0.0; 36]);
+    let t: Vec<(&str, &[usize], &[f32])> = ["adapter.body.0.resnets.0.block1.weight", "adapter.body.0.out_conv.weight"]
+        .into_iter()
+        .map(|n| (n, one.0, one.1))
+        .collect();
+    write_with_metadata(&light, &t, Dtype::F32, &[]).unwrap();
+    let e = fail(&light);
+    assert!(e.contains("diffusers_light.safetensors") && e.contains("diffusers light T2I-adapter"), "{e}");
 
     // An adapter for another UNet is refused before sampling, naming its file and both widths.
     let unet = tiny_unet(gpu, DType::F32);
