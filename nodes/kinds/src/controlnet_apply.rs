@@ -55,29 +55,13 @@ fn apply_overrides(
     if let Some(g) = num("sdgraph.norm_groups")? {
         cfg.unet.norm.groups = g;
     }
-    let config_json = file.with_file_name("config.json");
-    if layout == ControlNetLayout::Diffusers && config_json.is_file() {
-        let text = std::fs::read_to_string(&config_json).map_err(|e| format!("{}: {e}", config_json.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", config_json.display()))?;
-        let bad =
-            |key: &str| format!("{}: {key} is not a positive integer (or a list of equal ones)", config_json.display());
-        let as_count = |x: &serde_json::Value| x.as_u64().filter(|&n| n > 0).map(|n| n as usize);
-        match v.get("attention_head_dim") {
-            None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::Array(a)) => {
-                let n: Vec<Option<usize>> = a.iter().map(as_count).collect();
-                match n.first() {
-                    Some(&Some(first)) if n.iter().all(|&x| x == Some(first)) => {
-                        cfg.unet.heads = AttentionHeads::Count(first)
-                    }
-                    _ => return Err(bad("attention_head_dim")),
-                }
-            }
-            Some(x) => cfg.unet.heads = AttentionHeads::Count(as_count(x).ok_or_else(|| bad("attention_head_dim"))?),
+    if layout == ControlNetLayout::Diffusers {
+        let counts = crate::checkpoint_loader::DiffusersCounts::beside(file)?;
+        if let Some(h) = counts.heads {
+            cfg.unet.heads = AttentionHeads::Count(h);
         }
-        if let Some(x) = v.get("norm_num_groups") {
-            cfg.unet.norm.groups = as_count(x).ok_or_else(|| bad("norm_num_groups"))?;
+        if let Some(g) = counts.norm_groups {
+            cfg.unet.norm.groups = g;
         }
     }
     Ok(())
