@@ -12,6 +12,7 @@ mod progress;
 mod run;
 mod serve;
 mod settings;
+mod sweep;
 mod verify;
 mod watch;
 
@@ -166,6 +167,37 @@ enum Command {
         #[arg(long)]
         adapter: Option<String>,
     },
+    /// Render a graph once per row of a params file (CSV, JSONL, RON/JSON rows or a product of lists), each row's
+    /// files in OUT/row-NNNNNN/, models loaded once; sharded by --shard I/N or the batch scheduler
+    /// (JOB_COMPLETION_INDEX with SDGRAPH_SWEEP_SHARDS, SLURM_ARRAY_TASK_ID); reruns skip finished rows.
+    Sweep {
+        /// The graph (.ron, a ComfyUI workflow, or a PNG with an embedded graph).
+        file: PathBuf,
+        /// The rows: .csv (header of node.param columns), .jsonl, .json or .ron (see README).
+        #[arg(long, value_name = "FILE")]
+        params: PathBuf,
+        /// Folder for the row folders and the manifests.
+        #[arg(long, default_value = "output")]
+        out_dir: PathBuf,
+        /// This process's shard: rows r with r % N == I (default: from the scheduler's variables, else 0/1).
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// The shard count where the scheduler gives only an index (Kubernetes; also SDGRAPH_SWEEP_SHARDS).
+        #[arg(long, value_name = "N")]
+        shards: Option<u64>,
+        /// Render nothing: sum the manifests in --out-dir (done, failed with errors, missing); exit 0 when all done.
+        #[arg(long)]
+        status: bool,
+        /// With --status: print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+        /// GPU adapter by name or backend substring (default: SDGRAPH_ADAPTER, else the best GPU).
+        #[arg(long)]
+        adapter: Option<String>,
+    },
     /// Print the graph as Graphviz DOT (kinds on nodes, port types on edges).
     Dot {
         file: PathBuf,
@@ -285,6 +317,22 @@ pub fn main() -> i32 {
             let auth_token = auth_token.or_else(|| settings.auth_token.clone());
             let args = serve::ServeArgs { listen, output_dir, input_dir, state_dir, auth_token, insecure, models };
             serve::serve(registry, args)
+        }
+        Command::Sweep { file, params, out_dir, shard, shards, status, json, quiet, adapter } => {
+            ::gpu::device::configure_shared(settings.gpu_options(adapter, false));
+            let args = sweep::SweepArgs {
+                graph: file,
+                params,
+                out_dir,
+                shard,
+                shards,
+                status,
+                json,
+                quiet,
+                env: settings.sweep.clone(),
+                models,
+            };
+            sweep::sweep(&registry, &args)
         }
         Command::Gpu { adapter, json } => gpu::gpu(&settings.gpu_options(adapter, false), json),
         Command::Watch { target: GraphTarget { file, sets, out_dir }, json, debounce_ms, max_runs } => watch::watch(

@@ -41,6 +41,25 @@ pub struct Settings {
     pub auth_token: Option<String>,
     /// `SDGRAPH_DTYPE`, `SDGRAPH_VAE_TILE_BYTES`, `SDGRAPH_UPSCALE_TILE_BYTES`, `SDGRAPH_ABSOLUTE_PATHS`.
     pub nodes: nodes::Settings,
+    /// What the batch scheduler says about the shard `sdgraph sweep` runs.
+    pub sweep: SweepEnv,
+}
+
+/// The shard a scheduler gave this process, for `sdgraph sweep` (each `None` when unset).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SweepEnv {
+    /// `JOB_COMPLETION_INDEX`: a Kubernetes Indexed Job's index.
+    pub k8s_index: Option<u64>,
+    /// `SDGRAPH_SWEEP_SHARDS`: the shard count where the scheduler gives only an index (Kubernetes).
+    pub shards: Option<u64>,
+    /// `SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_COUNT`, `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_STEP`.
+    pub slurm_id: Option<u64>,
+    pub slurm_count: Option<u64>,
+    pub slurm_min: Option<u64>,
+    pub slurm_step: Option<u64>,
+    /// `SDGRAPH_TEST_SWEEP_STALL_MS`, for tests only: wait this long before putting each rendered row in place,
+    /// so a test can kill the process in that window.
+    pub test_stall_ms: Option<u64>,
 }
 
 impl Settings {
@@ -65,6 +84,21 @@ impl Settings {
                     _ => Err(format!("{name}={s:?} is not a positive number of bytes")),
                 },
             }
+        };
+        let count = |name: &str| -> Result<Option<u64>, String> {
+            match text(name)? {
+                None => Ok(None),
+                Some(s) => s.trim().parse::<u64>().map(Some).map_err(|_| format!("{name}={s:?} is not a whole number")),
+            }
+        };
+        let sweep = SweepEnv {
+            k8s_index: count("JOB_COMPLETION_INDEX")?,
+            shards: count("SDGRAPH_SWEEP_SHARDS")?,
+            slurm_id: count("SLURM_ARRAY_TASK_ID")?,
+            slurm_count: count("SLURM_ARRAY_TASK_COUNT")?,
+            slurm_min: count("SLURM_ARRAY_TASK_MIN")?,
+            slurm_step: count("SLURM_ARRAY_TASK_STEP")?,
+            test_stall_ms: count("SDGRAPH_TEST_SWEEP_STALL_MS")?,
         };
         let dtype = match text("SDGRAPH_DTYPE")? {
             None => None,
@@ -117,6 +151,7 @@ impl Settings {
                 // Resolved from the command line and the models folders by `main`.
                 embedding_dirs: &[],
             },
+            sweep,
         })
     }
 
@@ -152,8 +187,15 @@ mod tests {
             ("SDGRAPH_CACHE_DIR", "/tmp/c"),
             ("SDGRAPH_ABSOLUTE_PATHS", "1"),
             ("SDGRAPH_TEST_TENSOR_CORE_FAULT", "corrupt"),
+            ("JOB_COMPLETION_INDEX", "3"),
+            ("SDGRAPH_SWEEP_SHARDS", "8"),
+            ("SLURM_ARRAY_TASK_ID", "12"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "10"),
         ])
         .unwrap();
+        assert_eq!((s.sweep.k8s_index, s.sweep.shards), (Some(3), Some(8)));
+        assert_eq!((s.sweep.slurm_id, s.sweep.slurm_count, s.sweep.slurm_min), (Some(12), Some(4), Some(10)));
         assert_eq!(s.adapter.as_deref(), Some("llvmpipe"));
         assert!(s.no_tensor_cores);
         assert_eq!(
@@ -197,6 +239,8 @@ mod tests {
             ("SDGRAPH_UPSCALE_TILE_BYTES", "-1"),
             ("SDGRAPH_DTYPE", "bf16"),
             ("SDGRAPH_TEST_TENSOR_CORE_FAULT", "sometimes"),
+            ("JOB_COMPLETION_INDEX", "-1"),
+            ("SLURM_ARRAY_TASK_COUNT", "four"),
         ] {
             let e = from(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");
