@@ -880,7 +880,12 @@ fn gpu_aliases_run_their_base_sampler() {
     let case = fixture()["samplers"].as_array().unwrap().iter().find(|c| c["sampler"] == "dpmpp_sde").unwrap();
     let sigmas: Vec<f64> = f32s(&case["sigmas"]).into_iter().map(f64::from).collect();
     let x0: Vec<f32> = f64s(&case["x0"]).into_iter().map(|v| v as f32).collect();
-    for (gpu, base) in [(Sampler::DpmppSdeGpu, Sampler::DpmppSde), (Sampler::Dpmpp2mSdeGpu, Sampler::Dpmpp2mSde)] {
+    for (gpu, base) in [
+        (Sampler::DpmppSdeGpu, Sampler::DpmppSde),
+        (Sampler::Dpmpp2mSdeGpu, Sampler::Dpmpp2mSde),
+        (Sampler::Dpmpp2mSdeHeunGpu, Sampler::Dpmpp2mSdeHeun),
+        (Sampler::Dpmpp3mSdeGpu, Sampler::Dpmpp3mSde),
+    ] {
         assert!(gpu.uses_noise() && gpu.name() == format!("{}_gpu", base.name()));
         let run = |s: Sampler, noise: &mut dyn NoiseSource| {
             let job = Job { denoiser: &mut denoiser(case), sigmas: &sigmas, hooks: &mut NoHooks };
