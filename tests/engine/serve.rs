@@ -249,7 +249,7 @@ fn a_killed_server_runs_what_it_had_not_finished_after_a_restart() {
     }
     let dir = setup("serve-restart");
     let mut server = start(&dir, &[]);
-    let long = submit(&server.addr, &txt2img(200, 64, 1));
+    let long = submit(&server.addr, &txt2img(150, 64, 1));
     let short = submit(&server.addr, &txt2img(2, 32, 2));
     wait_running(&server.addr, &long);
     // SIGKILL: no chance to write anything more.
@@ -268,6 +268,35 @@ fn a_killed_server_runs_what_it_had_not_finished_after_a_restart() {
     let (_, body) = http(&server.addr, "GET", "/history", None, None);
     let history = json_of(&body);
     assert!(history.get(&long).is_some() && history.get(&short).is_some(), "{history}");
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_server_and_keeps_the_queue() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = setup("serve-sigterm");
+    let mut server = start(&dir, &[]);
+    let long = submit(&server.addr, &txt2img(300, 64, 3));
+    let short = submit(&server.addr, &txt2img(2, 32, 4));
+    wait_running(&server.addr, &long);
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0), "a clean stop");
+    let server = start(&dir, &[]);
+    for id in [&long, &short] {
+        let entry = wait_history(&server.addr, id, Duration::from_secs(600));
+        assert_eq!(entry["status"]["status_str"], "success", "{id}: {entry}");
+    }
 }
 
 #[test]
