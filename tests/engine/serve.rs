@@ -316,6 +316,62 @@ fn the_running_prompt_can_be_interrupted() {
 }
 
 #[test]
+fn the_queue_and_history_can_be_edited_and_every_path_is_also_under_api() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = setup("serve-edit");
+    let server = start(&dir, &[]);
+    let addr = server.addr.as_str();
+    let long = submit(addr, &txt2img(500, 64, 1));
+    wait_running(addr, &long);
+    let (a, b, c) =
+        (submit(addr, &txt2img(1, 32, 2)), submit(addr, &txt2img(1, 32, 3)), submit(addr, &txt2img(1, 32, 4)));
+    let pending = |addr: &str| -> Vec<String> {
+        let (_, body) = http(addr, "GET", "/api/queue", None, None);
+        json_of(&body)["queue_pending"].as_array().unwrap().iter().map(|i| i[1].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(pending(addr), [a.clone(), b.clone(), c.clone()]);
+    let (status, _) = http(addr, "POST", "/queue", Some(&json!({"delete": [b]})), None);
+    assert_eq!(status, 200);
+    assert_eq!(pending(addr), [a.clone(), c.clone()]);
+    // `front` puts a prompt first.
+    let (_, body) = http(addr, "POST", "/api/prompt", Some(&json!({"prompt": txt2img(1, 32, 5), "front": true})), None);
+    let first = json_of(&body)["prompt_id"].as_str().unwrap().to_string();
+    assert_eq!(pending(addr), [first, a.clone(), c.clone()]);
+    let (status, _) = http(addr, "POST", "/queue", Some(&json!({"clear": true})), None);
+    assert_eq!(status, 200);
+    assert!(pending(addr).is_empty());
+    let (status, _) = http(addr, "POST", "/api/interrupt", Some(&json!({"prompt_id": long})), None);
+    assert_eq!(status, 200);
+    wait_history(addr, &long, Duration::from_secs(120));
+    let (status, _) = http(addr, "POST", "/history", Some(&json!({"delete": [long]})), None);
+    assert_eq!(status, 200);
+    let (_, body) = http(addr, "GET", "/history", None, None);
+    assert_eq!(json_of(&body), json!({}));
+    // Deleted prompts stay deleted after a restart; nothing is left to run.
+    drop(server);
+    let server = start(&dir, &[]);
+    let (_, body) = http(&server.addr, "GET", "/queue", None, None);
+    assert_eq!(json_of(&body), json!({"queue_running": [], "queue_pending": []}));
+    let (_, body) = http(&server.addr, "GET", "/history", None, None);
+    assert_eq!(json_of(&body), json!({}));
+    // What the server has.
+    let (_, body) = http(&server.addr, "GET", "/system_stats", None, None);
+    let stats = json_of(&body);
+    assert!(
+        stats["system"]["ram_total"].as_u64().unwrap() > 0 && stats["devices"].as_array().unwrap().len() == 1,
+        "{stats}"
+    );
+    std::fs::create_dir_all(dir.join("models/embeddings/sub")).unwrap();
+    std::fs::write(dir.join("models/embeddings/sub/style.safetensors"), b"x").unwrap();
+    let (_, body) = http(&server.addr, "GET", "/embeddings", None, None);
+    assert_eq!(json_of(&body), json!(["sub/style"]));
+    let (status, _) = http(&server.addr, "GET", "/models/nowhere", None, None);
+    assert_eq!(status, 404);
+}
+
+#[test]
 fn bad_requests_and_paths_outside_their_folders_are_refused() {
     if gpu::testing::shared_gpu().is_none() {
         return;
