@@ -17,4 +17,5 @@ mod plugins;
 mod preview_image;
 mod provenance;
 mod serve;
+mod sweep;
 mod watch;
