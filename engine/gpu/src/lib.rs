@@ -24,4 +24,4 @@ pub mod tolerance;
 mod vulkan_headless;
 
 pub use device::{Gpu, GpuError, GpuFeatures, GpuInfo, GpuOptions};
-pub use tensor::{DType, Tensor};
+pub use tensor::{DType, Tensor, WeakTensor};

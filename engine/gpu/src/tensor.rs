@@ -104,6 +104,37 @@ impl Tensor {
         }
         Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, buf: self.buf.clone() })
     }
+
+    /// A reference that does not keep the buffer alive (a table of what is loaded, not an owner of it).
+    pub fn downgrade(&self) -> WeakTensor {
+        WeakTensor { shape: self.shape.clone(), dtype: self.dtype, buf: Arc::downgrade(&self.buf) }
+    }
+
+    /// Whether `other` is this tensor's buffer (a reshape of it, or it).
+    pub fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
+}
+
+/// A [`Tensor`] held without owning its buffer: [`upgrade`](WeakTensor::upgrade) gives it back while
+/// some tensor still owns the buffer.
+#[derive(Clone)]
+pub struct WeakTensor {
+    shape: Vec<usize>,
+    dtype: DType,
+    buf: std::sync::Weak<PooledBuffer>,
+}
+
+impl std::fmt::Debug for WeakTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WeakTensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+impl WeakTensor {
+    pub fn upgrade(&self) -> Option<Tensor> {
+        Some(Tensor { shape: self.shape.clone(), dtype: self.dtype, buf: self.buf.upgrade()? })
+    }
 }
 
 impl Gpu {

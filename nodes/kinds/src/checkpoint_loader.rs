@@ -80,6 +80,8 @@ pub fn load_checkpoint(
     mut done: impl FnMut(usize),
 ) -> Result<LoadedCheckpoint, String> {
     let err = |e: ModelError| e.to_string();
+    // The UNet's and text encoder's tensors stay known by name, so a LoRA'd copy shares them.
+    let src = &src.clone().resident();
     let meta = ConfigOverrides::read(src)?;
     let model = load_unet(gpu, src, &meta, dtype)?;
     done(1);
@@ -103,6 +105,7 @@ pub fn load_checkpoint(
 /// model seen as one) in `dtype`, with the heads, group count and prediction type of `meta`.
 pub fn load_unet(gpu: &Gpu, src: &WeightSource, meta: &ConfigOverrides, dtype: DType) -> Result<ModelHandle, String> {
     let err = |e: ModelError| e.to_string();
+    let src = &src.clone().resident();
     let w = src.prefix(UNET_PREFIX);
     let mut config = UnetConfig::detect_from_weights(&w).map_err(err)?;
     if let Some(h) = meta.unet_heads {

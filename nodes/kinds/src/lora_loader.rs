@@ -65,8 +65,8 @@ pub fn not_loaded_warning(lora: &ParsedLora) -> Option<String> {
 /// `model` with the LoRA's UNet modules merged at `strength`: a new UNet built from the merged weights.
 pub fn lora_model(gpu: &Gpu, model: &ModelHandle, lora: &ParsedLora, strength: f64) -> Result<ModelHandle, String> {
     let src = model.source.as_ref().ok_or("the MODEL does not say what it was loaded from")?;
-    let weights =
-        merge(&src.weights, lora, Net::Unet, strength, Some(src.config.context_dim)).map_err(|e| e.to_string())?;
+    let weights = merge(gpu, &src.weights, lora, Net::Unet, strength, src.dtype, Some(src.config.context_dim))
+        .map_err(|e| e.to_string())?;
     let unet = Unet::load(gpu, &weights.prefix(UNET_PREFIX), &src.config, src.dtype).map_err(|e| e.to_string())?;
     let mut loras = src.loras.clone();
     loras.push((lora.path.clone(), strength));
@@ -77,7 +77,7 @@ pub fn lora_model(gpu: &Gpu, model: &ModelHandle, lora: &ParsedLora, strength: f
 /// `clip` with the LoRA's text-encoder modules merged at `strength` (same tokenizer and layer).
 pub fn lora_clip(gpu: &Gpu, clip: &ClipHandle, lora: &ParsedLora, strength: f64) -> Result<ClipHandle, String> {
     let src = clip.source.as_ref().ok_or("the CLIP does not say what it was loaded from")?;
-    let weights = merge(&src.weights, lora, Net::Clip, strength, None).map_err(|e| e.to_string())?;
+    let weights = merge(gpu, &src.weights, lora, Net::Clip, strength, src.dtype, None).map_err(|e| e.to_string())?;
     let w = weights.prefix(&format!("{CLIP_PREFIX}text_model."));
     let model = ClipTextModel::load(gpu, &w, &src.config, src.dtype).map_err(|e| e.to_string())?;
     let mut loras = src.loras.clone();

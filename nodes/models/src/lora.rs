@@ -3,9 +3,10 @@
 //! its weight adapters do it ([`adapters`]): plain LoRA and LoCon (with a Tucker `lora_mid`), LoHa,
 //! LoKr, DoRA (`dora_scale`, on any of those three), full differences (`.diff`, `.diff_b`, `.w_norm`,
 //! `.b_norm`: weights and biases) and replaced weights (`.set_weight`); `alpha / rank` scales as each
-//! adapter takes its rank (1 without an `.alpha`). Computed in f64 and stored in f32; the merged
-//! values go into a [`WeightSource`]'s overlay, from which the networks are built again; a later LoRA
-//! merges onto the earlier one's values.
+//! adapter takes its rank (1 without an `.alpha`). Merged on the GPU ([`merge`]): the patched
+//! tensors go into a [`WeightSource`]'s GPU overlay, from which the networks are built again, sharing
+//! every tensor the LoRA does not patch with the network they came from; a later LoRA merges onto the
+//! earlier one's tensors.
 //!
 //! Key layouts: kohya-ss / LyCORIS (`lora_unet_<diffusers or LDM module, . as _>`, `lora_te_`/`lora_te1_`
 //! `text_model_encoder_layers_N_...`, `lycoris_...`), diffusers/PEFT (`unet.<module>.lora_A.weight` /
@@ -20,6 +21,11 @@ pub use adapters::{Adapter, Factor, weight_decompose};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+
+use gpu::ops::binary::add;
+use gpu::ops::cast::cast;
+use gpu::ops::matmul::{MatmulOptions, matmul};
+use gpu::{DType, Gpu, Tensor};
 
 use crate::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX, unet_key_to_diffusers};
 use crate::checkpoint::safetensors::SafeTensors;
@@ -452,31 +458,28 @@ impl<'k> Parts<'_, 'k> {
     }
 }
 
-/// `src` with the LoRA's modules for `net` merged at `strength` into its overlay: each target's
-/// current value (the overlay's, from an earlier LoRA, or the file's) patched by its adapter
-/// ([`adapters`]). Returns the new source; `src` is unchanged.
+/// `src` with the LoRA's modules for `net` merged at `strength` on the GPU, stored as `dtype` (the
+/// network's): each target's tensor as the network holds it ([`WeightSource::base_tensor`]: an earlier
+/// LoRA's, or the file's, uploaded once and kept resident) plus `strength * scale * up @ down`, made by
+/// one product with the tensor as its residual (LoRA, LoCon), or plus the adapter's product made on the
+/// CPU (LoHa, LoKr, diffs); DoRA and `set_weight`, not linear in the strength, patch the downloaded
+/// tensor on the CPU ([`patch`]). Arithmetic in f32, stored once in `dtype`. Returns the new source,
+/// whose other tensors are `src`'s; `src` is unchanged.
 pub fn merge(
+    gpu: &Gpu,
     src: &WeightSource,
     lora: &ParsedLora,
     net: Net,
     strength: f64,
+    dtype: DType,
     model_context_width: Option<usize>,
 ) -> Result<WeightSource, LoraError> {
     let error = |message: String| LoraError { file: lora.path.clone(), message };
     let w = src.prefix("");
     let mut patched = Vec::new();
     for m in lora.modules.iter().filter(|m| m.net == net) {
-        let what = |e: String| format!("module {:?} ({}) for {:?}: {e}", m.name, m.adapter.kind(), m.target);
-        if !w.contains(&m.target) {
-            return Err(error(what("the model has no such tensor".into())));
-        }
-        let shape = w.shape(&m.target).map_err(|e| error(e.to_string()))?;
-        let base = match src.overlaid(&m.target) {
-            Some(v) => v.to_vec(),
-            None => w.f32(&m.target, &shape).map_err(|e| error(e.to_string()))?,
-        };
-        let merged = patch(m, &shape, &base, strength).map_err(|e| {
-            let mut msg = what(e);
+        let what = |e: String| {
+            let mut msg = format!("module {:?} ({}) for {:?}: {e}", m.name, m.adapter.kind(), m.target);
             if let (Some(file), Some(model)) = (lora.context_width, model_context_width)
                 && file != model
             {
@@ -486,13 +489,62 @@ pub fn merge(
                 ));
             }
             error(msg)
-        })?;
-        if let Some(v) = merged.iter().find(|v| !v.is_finite()) {
-            return Err(error(format!("module {:?} makes {:?} hold {v}", m.name, m.target)));
+        };
+        if !w.contains(&m.target) {
+            return Err(what("the model has no such tensor".into()));
         }
+        let shape = w.shape(&m.target).map_err(|e| error(e.to_string()))?;
+        let merged = merge_one(gpu, src, m, &shape, strength, dtype).map_err(what)?;
         patched.push((m.target.clone(), merged));
     }
-    Ok(src.with_overlay(patched))
+    Ok(src.with_patched(patched))
+}
+
+/// One module's target merged on the GPU (see [`merge`]).
+fn merge_one(
+    gpu: &Gpu,
+    src: &WeightSource,
+    m: &LoraModule,
+    shape: &[usize],
+    strength: f64,
+    dtype: DType,
+) -> Result<Tensor, String> {
+    let gpu_err = |e: gpu::GpuError| e.to_string();
+    let base = src.base_tensor(gpu, &m.target, dtype).map_err(|e| e.to_string())?;
+    let out = shape.first().copied().unwrap_or(1);
+    let rows = base.reshape(&[out, base.numel() / out.max(1)]).map_err(gpu_err)?;
+    let linear = m.dora_scale.is_none() && !matches!(m.adapter, Adapter::Set(_));
+    // The factors and the sum stay f32 (f16 factors would round the delta by 1e-3 of itself); only
+    // the merged weight is stored in `dtype`.
+    let rows32 = || cast(gpu, &rows, DType::F32).map_err(gpu_err);
+    let merged = match (linear, m.adapter.factors(shape)) {
+        (true, Some(factors)) => {
+            // W + (strength * scale * up) @ down, the product's residual W added in f32 by the kernel.
+            let (r, up, down) = factors?;
+            let s = (strength * m.scale()?) as f32;
+            let up: Vec<f32> = up.iter().map(|v| v * s).collect();
+            let up = gpu.upload(&up, &[out, r], DType::F32).map_err(gpu_err)?;
+            let down = gpu.upload(&down, &[r, rows.dim(1)], DType::F32).map_err(gpu_err)?;
+            let residual = rows32()?;
+            let opts = MatmulOptions { residual: Some(&residual), ..Default::default() };
+            matmul(gpu, &up, &down, &opts).map_err(gpu_err)?
+        }
+        (true, None) => {
+            let s = strength * m.scale()?;
+            let d: Vec<f32> = m.adapter.product(shape)?.iter().map(|d| (s * d) as f32).collect();
+            let d = gpu.upload(&d, rows.shape(), DType::F32).map_err(gpu_err)?;
+            add(gpu, &rows32()?, &d).map_err(gpu_err)?
+        }
+        (false, _) => {
+            let values = gpu.download(&base).map_err(gpu_err)?;
+            let merged = patch(m, shape, &values, strength)?;
+            if let Some(v) = merged.iter().find(|v| !v.is_finite()) {
+                return Err(format!("the merged weight holds {v}"));
+            }
+            gpu.upload(&merged, shape, dtype).map_err(gpu_err)?
+        }
+    };
+    cast(gpu, &merged, dtype).map_err(gpu_err)?.reshape(shape).map_err(gpu_err)
 }
 
 /// `base` (a tensor of `shape`) patched by `m` at `strength`, as ComfyUI's `calculate_weight`.

@@ -53,6 +53,20 @@ impl Linear {
         Ok(Linear { weight, bias: Some(w.tensor(gpu, "bias", &[out], dtype)?) })
     }
 
+    /// The linear layer `build` makes from `modules` (stacked, reordered), made once per weight
+    /// source while none of them is patched ([`Weights::derived`]).
+    pub fn derived(
+        w: &Weights,
+        modules: &[&str],
+        dtype: DType,
+        build: impl FnOnce(&Weights) -> Result<Linear, ModelError>,
+    ) -> Result<Linear, ModelError> {
+        let parts = w.derived(modules, dtype, |w| build(w).map(|l| std::iter::once(l.weight).chain(l.bias).collect()))?;
+        let mut parts = parts.into_iter();
+        let weight = parts.next().ok_or_else(|| ModelError::Config(format!("{}: no weight", w.full_name(modules[0]))))?;
+        Ok(Linear { weight, bias: parts.next() })
+    }
+
     pub fn out_features(&self) -> usize {
         self.weight.dim(0)
     }

@@ -165,13 +165,18 @@ impl CrossAttention {
             )));
         }
         let kv_dim = if self_attention { query_dim } else { kv_dim };
-        let q = Linear::load_sized(gpu, &w.pp("to_q"), query_dim, inner, dtype)?;
-        let k = Linear::load_sized(gpu, &w.pp("to_k"), kv_dim, inner, dtype)?;
-        let v = Linear::load_sized(gpu, &w.pp("to_v"), kv_dim, inner, dtype)?;
+        let load = |w: &Weights, name: &str, inp| Linear::load_sized(gpu, &w.pp(name), inp, inner, dtype);
+        // Stacked once per weight source (a LoRA'd copy of the UNet shares the stacks it does not patch).
         let projections = if self_attention {
-            Projections::SelfAttention { qkv: stack(gpu, &[q, k, v])? }
+            let qkv = Linear::derived(w, &["to_q", "to_k", "to_v"], dtype, |w| {
+                stack(gpu, &[load(w, "to_q", query_dim)?, load(w, "to_k", kv_dim)?, load(w, "to_v", kv_dim)?])
+            })?;
+            Projections::SelfAttention { qkv }
         } else {
-            Projections::Cross { q, kv: stack(gpu, &[k, v])? }
+            let kv = Linear::derived(w, &["to_k", "to_v"], dtype, |w| {
+                stack(gpu, &[load(w, "to_k", kv_dim)?, load(w, "to_v", kv_dim)?])
+            })?;
+            Projections::Cross { q: load(w, "to_q", query_dim)?, kv }
         };
         Ok(CrossAttention {
             projections,
@@ -223,10 +228,13 @@ impl FeedForward {
         if inner == 0 {
             return Err(ModelError::Config(format!("{} has no input width", w.full_name("net.2.weight"))));
         }
-        let proj = Linear::load_sized(gpu, &w.pp("net.0.proj"), dim, 2 * inner, dtype)?;
-        let bias = proj.bias.as_ref().map(|b| interleave_halves(gpu, b)).transpose()?;
+        let net_0_proj = Linear::derived(w, &["net.0.proj"], dtype, |w| {
+            let proj = Linear::load_sized(gpu, &w.pp("net.0.proj"), dim, 2 * inner, dtype)?;
+            let bias = proj.bias.as_ref().map(|b| interleave_halves(gpu, b)).transpose()?;
+            Ok(Linear { weight: interleave_halves(gpu, &proj.weight)?, bias })
+        })?;
         Ok(FeedForward {
-            net_0_proj: Linear { weight: interleave_halves(gpu, &proj.weight)?, bias },
+            net_0_proj,
             net_2: Linear::load_sized(gpu, &w.pp("net.2"), inner, dim, dtype)?,
         })
     }

@@ -4,12 +4,16 @@
 //! layout users download (`model.diffusion_model.input_blocks.0.0.weight`);
 //! a diffusers folder is mapped onto those names by `convert`. Every lookup
 //! checks the shape and names the file and key when something is wrong.
+//!
+//! A source can keep a table of the GPU tensors made from it ([`WeightSource::resident`]): a network
+//! built again from the same source (LoraLoader's, with a few weights patched) then shares every
+//! tensor it does not patch with the first one instead of reading and uploading it again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use gpu::{DType, Gpu, Tensor};
+use gpu::{DType, Gpu, Tensor, WeakTensor};
 
 use super::safetensors::{CheckpointError, SafeTensors, convert_into};
 
@@ -23,6 +27,46 @@ struct Location {
     shape: Option<Vec<usize>>,
 }
 
+/// The GPU tensors made from a source's files, shared by every source derived from it (its LoRA'd
+/// copies). Tensors the networks own are held weakly, so the table costs no memory and forgets what
+/// every network dropped; the base values of weights a LoRA patches are held (`kept`), so a changed
+/// strength merges onto them again without reading the file.
+#[derive(Default)]
+pub struct Resident {
+    /// (canonical name, dtype) -> the tensor uploaded for it.
+    loaded: Mutex<HashMap<(String, DType), WeakTensor>>,
+    /// (modules joined by `+`, dtype) -> what [`Weights::derived`] built from their unpatched weights.
+    derived: Mutex<HashMap<(String, DType), Vec<WeakTensor>>>,
+    kept: Mutex<HashMap<(String, DType), Tensor>>,
+}
+
+impl std::fmt::Debug for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resident({} kept)", self.kept.lock().map(|k| k.len()).unwrap_or(0))
+    }
+}
+
+impl Resident {
+    fn get(&self, name: &str, dtype: DType) -> Option<Tensor> {
+        let key = (name.to_string(), dtype);
+        if let Some(t) = self.loaded.lock().ok()?.get(&key).and_then(WeakTensor::upgrade) {
+            return Some(t);
+        }
+        self.kept.lock().ok()?.get(&key).cloned()
+    }
+
+    fn record(&self, name: &str, dtype: DType, t: &Tensor) {
+        if let Ok(mut m) = self.loaded.lock() {
+            m.insert((name.to_string(), dtype), t.downgrade());
+        }
+    }
+
+    /// Bytes of the base values held for patched weights.
+    pub fn kept_bytes(&self) -> u64 {
+        self.kept.lock().map(|k| k.values().map(Tensor::bytes).sum()).unwrap_or(0)
+    }
+}
+
 /// A set of checkpoint files seen through canonical names, with an overlay of
 /// patched values (LoRA merges) that lookups consult first.
 #[derive(Debug, Clone)]
@@ -31,6 +75,10 @@ pub struct WeightSource {
     names: BTreeMap<String, Location>,
     /// Canonical name -> replacement values in f32 (same element count and order as the stored tensor).
     overlay: BTreeMap<String, Arc<Vec<f32>>>,
+    /// Canonical name -> a replacement already on the GPU (a LoRA merged there), in the networks' dtype.
+    patched: BTreeMap<String, Tensor>,
+    /// The tensors made from the files so far; `None`: nothing is remembered.
+    resident: Option<Arc<Resident>>,
 }
 
 impl WeightSource {
@@ -43,7 +91,13 @@ impl WeightSource {
     pub fn from_tensors(st: SafeTensors) -> WeightSource {
         let names =
             st.names().map(|n| (n.to_string(), Location { file: 0, key: n.to_string(), shape: None })).collect();
-        WeightSource { files: vec![Arc::new(st)], names, overlay: BTreeMap::new() }
+        WeightSource {
+            files: vec![Arc::new(st)],
+            names,
+            overlay: BTreeMap::new(),
+            patched: BTreeMap::new(),
+            resident: None,
+        }
     }
 
     /// Builds a source from files and a table of canonical name -> (file,
@@ -53,7 +107,7 @@ impl WeightSource {
         table: Vec<(String, usize, String, Option<Vec<usize>>)>,
     ) -> WeightSource {
         let names = table.into_iter().map(|(name, file, key, shape)| (name, Location { file, key, shape })).collect();
-        WeightSource { files, names, overlay: BTreeMap::new() }
+        WeightSource { files, names, overlay: BTreeMap::new(), patched: BTreeMap::new(), resident: None }
     }
 
     /// This source with `patched` values replacing (or replacing again) those of existing names;
@@ -64,6 +118,62 @@ impl WeightSource {
             out.overlay.insert(name, Arc::new(values));
         }
         out
+    }
+
+    /// This source remembering the GPU tensors made from it (a table of its own unless it has one), so
+    /// that sources derived from it ([`with_patched`](Self::with_patched)) share them.
+    pub fn resident(mut self) -> WeightSource {
+        self.resident.get_or_insert_with(Default::default);
+        self
+    }
+
+    /// The table of tensors made from this source's files, when it keeps one.
+    pub fn resident_table(&self) -> Option<&Arc<Resident>> {
+        self.resident.as_ref()
+    }
+
+    /// This source with GPU tensors replacing (or replacing again) those of existing names; everything
+    /// else, the table of resident tensors included, is shared.
+    pub fn with_patched(&self, patched: impl IntoIterator<Item = (String, Tensor)>) -> WeightSource {
+        let mut out = self.clone();
+        out.patched.extend(patched);
+        out
+    }
+
+    /// The names replaced on the GPU, in order.
+    pub fn patched_names(&self) -> impl Iterator<Item = &str> {
+        self.patched.keys().map(|k| k.as_str())
+    }
+
+    /// The GPU replacement of `name`, when there is one.
+    pub fn patched(&self, name: &str) -> Option<&Tensor> {
+        self.patched.get(name)
+    }
+
+    /// Whether `name` is replaced (on the GPU or in the overlay).
+    fn is_patched(&self, name: &str) -> bool {
+        self.patched.contains_key(name) || self.overlay.contains_key(name)
+    }
+
+    /// The value of `name` as a network built from this source holds it, in `dtype` and its stored
+    /// shape: a patch's, a resident tensor's, or the file's, uploaded once and kept in the resident
+    /// table (what a LoRA merges onto, again at each strength).
+    pub fn base_tensor(&self, gpu: &Gpu, name: &str, dtype: DType) -> Result<Tensor, WeightError> {
+        let w = self.prefix("");
+        let shape = w.shape(name)?;
+        if self.is_patched(name) {
+            return w.tensor(gpu, name, &shape, dtype);
+        }
+        if let Some(t) = self.resident.as_ref().and_then(|r| r.get(name, dtype)) {
+            return t.reshape(&shape).map_err(|e| WeightError::Gpu(name.to_string(), e.to_string()));
+        }
+        let t = w.tensor(gpu, name, &shape, dtype)?;
+        if let Some(r) = &self.resident
+            && let Ok(mut kept) = r.kept.lock()
+        {
+            kept.insert((name.to_string(), dtype), t.clone());
+        }
+        Ok(t)
     }
 
     /// The patched values of `name`, when the overlay holds it.
@@ -174,10 +284,71 @@ impl<'a> Weights<'a> {
         })
     }
 
-    /// A weight uploaded to the GPU as `dtype`, checked against `shape`.
+    /// What `build` makes from the weights of `modules` (names under this prefix), shared with every
+    /// network of the same source whose `modules` are not patched: a stacked or reordered weight is
+    /// made once, as its parts' tensors are uploaded once.
+    pub fn derived<E: From<WeightError>>(
+        &self,
+        modules: &[&str],
+        dtype: DType,
+        build: impl FnOnce(&Weights<'a>) -> Result<Vec<Tensor>, E>,
+    ) -> Result<Vec<Tensor>, E> {
+        let fulls: Vec<String> = modules.iter().map(|m| format!("{}.", self.full_name(m))).collect();
+        let patched = self.src.patched.keys().chain(self.src.overlay.keys());
+        let untouched = !patched.into_iter().any(|k| fulls.iter().any(|f| k.starts_with(f.as_str())));
+        let Some(r) = self.src.resident.as_ref().filter(|_| untouched) else { return build(self) };
+        let key = (fulls.join("+"), dtype);
+        let found =
+            r.derived.lock().ok().and_then(|m| {
+                m.get(&key).and_then(|ts| ts.iter().map(WeakTensor::upgrade).collect::<Option<Vec<_>>>())
+            });
+        if let Some(ts) = found {
+            return Ok(ts);
+        }
+        let ts = build(self)?;
+        if let Ok(mut m) = r.derived.lock() {
+            m.insert(key, ts.iter().map(Tensor::downgrade).collect());
+        }
+        Ok(ts)
+    }
+
+    /// A weight uploaded to the GPU as `dtype`, checked against `shape` (or the same tensor another
+    /// network of this source uploaded, or its patched replacement).
     pub fn tensor(&self, gpu: &Gpu, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, WeightError> {
         let full = self.full_name(name);
         let (st, loc) = self.src.lookup(&full)?;
+        let gpu_error = |e: gpu::GpuError| WeightError::Gpu(full.clone(), e.to_string());
+        if let Some(t) = self.src.patched.get(&full) {
+            if t.dtype() != dtype {
+                let message = format!("patched as {:?}, wanted as {dtype:?}", t.dtype());
+                return Err(CheckpointError { file: st.path().to_path_buf(), key: Some(full.clone()), message }.into());
+            }
+            return t.reshape(shape).map_err(gpu_error);
+        }
+        let resident = self.src.resident.as_ref().filter(|_| !self.src.overlay.contains_key(&full));
+        if let Some(t) = resident.and_then(|r| r.get(&full, dtype))
+            && t.numel() == gpu::tensor::numel(shape)
+        {
+            return t.reshape(shape).map_err(gpu_error);
+        }
+        let t = self.upload(gpu, &full, st, loc, shape, dtype)?;
+        if let Some(r) = resident {
+            r.record(&full, dtype, &t);
+        }
+        Ok(t)
+    }
+
+    /// Reads `full` from its file (or the overlay) and uploads it.
+    fn upload(
+        &self,
+        gpu: &Gpu,
+        full: &str,
+        st: &SafeTensors,
+        loc: &Location,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor, WeightError> {
+        let full = full.to_string();
         if let Some(v) = self.src.overlaid(&full) {
             check_overlay(st, &full, v, shape)?;
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();

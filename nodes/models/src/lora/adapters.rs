@@ -207,6 +207,31 @@ impl Adapter {
         }
     }
 
+    /// Plain LoRA's (and LoCon's) factors as the matrices `up [out, r]` and `down [r, in * kh * kw]`
+    /// (a Tucker `lora_mid` folded into `down`), so the GPU can make `up @ down`; `None` for the other
+    /// kinds. Checked against `shape`.
+    pub fn factors(&self, shape: &[usize]) -> Option<Result<(usize, Vec<f32>, Vec<f32>), String>> {
+        let Adapter::Lora { up, down, mid } = self else { return None };
+        let (out, inner) = rows_of(shape);
+        let down_m = match mid {
+            None => Mat::of(down),
+            Some(mid) => match locon_down(down, mid) {
+                Ok(m) => m,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        let up_m = Mat::of(up);
+        if up.shape.len() < 2
+            || down.shape.len() < 2
+            || up_m.cols != down_m.rows
+            || (up_m.rows, down_m.cols) != (out, inner)
+        {
+            return Some(Err(mismatch(up, down, shape)));
+        }
+        let f32s = |m: Mat| m.v.into_iter().map(|v| v as f32).collect();
+        Some(Ok((up_m.cols, f32s(up_m), f32s(down_m))))
+    }
+
     /// `W`'s change before scaling, as the weight's rows `[out, in * kh * kw]` (row-major, `shape`'s
     /// element order); for `Diff` and `Set` the tensor itself. Checked against `shape`.
     pub fn product(&self, shape: &[usize]) -> Result<Vec<f64>, String> {
