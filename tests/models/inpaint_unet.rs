@@ -266,3 +266,27 @@ fn unets_with_other_input_widths_or_misfitting_shapes_are_refused() {
     let e = load(&reg, &five).unwrap_err();
     assert!(e.contains("5 input channels") && e.contains("9 for SD 1.x inpainting"), "{e}");
 }
+
+#[test]
+fn controlnets_steer_an_inpainting_model_with_the_latent_alone() {
+    if shared_gpu().is_none() {
+        return;
+    }
+    // A ControlNet takes the 4-channel latent (ComfyUI's get_control gets x before the concat), so the tiny
+    // fixture's ControlNet fits the inpainting UNet made from the same tiny model.
+    let dir = crate::common::temp_dir("inpaint-unet-controlnet");
+    let reg = nodes::builtin_registry();
+    let loaded = load(&reg, &inpaint_checkpoint(&dir)).unwrap();
+    let (model, vae) = (&loaded[0], &loaded[2]);
+    let cnet_path = crate::ksampler_fixture::dir().join("controlnet/control_ldm.safetensors");
+    let cnet = one(&reg, "ControlNetLoader", &[], &[("control_net_name", s(&cnet_path.display().to_string()))]);
+    let (pos, neg) = (conditioning("positive"), conditioning("negative"));
+    let latent = one(&reg, "VAEEncodeForInpaint", &[("pixels", pixels()), ("vae", vae.clone()), ("mask", mask())], &[]);
+    let inputs = [("positive", pos.clone()), ("negative", neg.clone()), ("control_net", cnet), ("image", pixels())];
+    let applied = call_kind(&reg, "ControlNetApplyAdvanced", &inputs, &[]).unwrap();
+    let steered = ksampler(&reg, model, &applied[0], &applied[1], &latent);
+    let plain = ksampler(&reg, model, &pos, &neg, &latent);
+    let moved = max_diff(&steered.samples, &plain.samples);
+    println!("the ControlNet moves the inpainting model's result by up to {moved:.3}");
+    assert!(moved > 1e-3 && steered.samples.iter().all(|v| v.is_finite()), "moved by {moved}");
+}

@@ -201,7 +201,8 @@ fn every_example_graph_runs_as_shipped_and_shows_what_it_says() {
     // for bit (latent columns and rows 5..8 of 8; row/column 4 holds the resized mask's edge). The pictures change
     // most in that quadrant: the tiny VAE's decoder mixes the whole 8x8 latent (its mid-block attention), so the
     // rest moves too, less.
-    for graph in ["inpaint", "inpaint_mask"] {
+    // inpaint_model: InpaintModelConditioning on the plain demo model, which only takes its noise mask.
+    for graph in ["inpaint", "inpaint_mask", "inpaint_model"] {
         let [sampled, encoded] = &latents[graph][..] else { panic!("{graph}: no latents probed") };
         let [_, c, h, w] = sampled.shape;
         let (mut kept, mut changed) = (0usize, 0.0f64);

@@ -196,10 +196,12 @@ fn check_adapter_fits(ad: &T2iAdapter, unet: &UnetConfig, path: &Path) -> Result
 /// Checks that a ControlNet fits the UNet it steers.
 fn check_fits(net: &ControlNet, unet: &UnetConfig, path: &Path) -> Result<(), String> {
     let c = &net.config.unet;
+    // A ControlNet reads the latent alone, also beside an inpainting UNet (whose mask and masked image it never sees).
+    let latent_channels = if unet.is_inpaint() { unet.out_channels } else { unet.in_channels };
     if c.block_out_channels != unet.block_out_channels
         || c.layers_per_block != unet.layers_per_block
         || c.context_dim != unet.context_dim
-        || c.in_channels != unet.in_channels
+        || c.in_channels != latent_channels
     {
         return Err(format!(
             "the ControlNet {} does not fit the model: its levels {:?} x {} layers, context {}, {} latent channels; the model's {:?} x {}, context {}, {}",
@@ -211,7 +213,7 @@ fn check_fits(net: &ControlNet, unet: &UnetConfig, path: &Path) -> Result<(), St
             unet.block_out_channels,
             unet.layers_per_block,
             unet.context_dim,
-            unet.in_channels
+            latent_channels
         ));
     }
     Ok(())
