@@ -280,7 +280,7 @@ fn ron_rows(file: &str, text: &str) -> Result<Vec<Row>, String> {
 }
 
 /// A map's string keys with their values (a RON struct's fields count as keys).
-fn entries<'a>(v: &'a SValue) -> Option<Vec<(String, &'a SValue)>> {
+fn entries(v: &SValue) -> Option<Vec<(String, &SValue)>> {
     match &v.value {
         RonValue::Map(es) => es
             .iter()
