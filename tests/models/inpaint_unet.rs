@@ -140,6 +140,61 @@ fn inpainting_unet_matches_diffusers_on_the_concatenated_input() {
     assert!(d < TOL_CALL, "UNet output off by {d}");
 }
 
+/// A copy of sd_tiny's diffusers folder made an inpainting model: unet/config.json's in_channels 9 and the fixture's
+/// conv_in (diffusers' runwayml inpainting layout).
+fn inpaint_diffusers_folder(dir: &Path) -> PathBuf {
+    let (src, to) = (dir_sd_tiny().join("diffusers"), dir.join("inpaint_diffusers"));
+    for part in ["scheduler", "text_encoder", "unet", "vae"] {
+        std::fs::create_dir_all(to.join(part)).unwrap();
+        for e in std::fs::read_dir(src.join(part)).unwrap().flatten() {
+            std::fs::copy(e.path(), to.join(part).join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(src.join("model_index.json"), to.join("model_index.json")).unwrap();
+    let config = to.join("unet/config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    v["in_channels"] = 9.into();
+    std::fs::write(&config, v.to_string()).unwrap();
+    let weights = to.join("unet/diffusion_pytorch_model.safetensors");
+    let st = SafeTensors::open(&weights).unwrap();
+    let (shape, data) = fixture().tensor("conv_in.weight");
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for name in st.names() {
+        let (s, d) = if name == "conv_in.weight" { (shape.clone(), data.clone()) } else { st.f32_any(name).unwrap() };
+        owned.push((name.to_string(), s, d));
+    }
+    drop(st);
+    let tensors: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+    models::checkpoint::safetensors::write(&weights, &tensors, Dtype::F32).unwrap();
+    to
+}
+
+#[test]
+fn an_inpainting_diffusers_folder_loads_and_matches_diffusers() {
+    let Some(gpu) = shared_gpu() else { return };
+    let dir = crate::common::temp_dir("inpaint-unet-diffusers");
+    let reg = nodes::builtin_registry();
+    let folder = inpaint_diffusers_folder(&dir);
+    // The whole folder passes the family check; its UNet is loaded by UNETLoader, which reads the group count from
+    // unet/config.json (CheckpointLoaderSimple takes SD's 32, which the tiny model does not have).
+    assert!(models::checkpoint::convert::open_checkpoint(&folder).is_ok(), "the inpainting folder is refused");
+    let unet = s(&folder.join("unet").display().to_string());
+    let model = one(&reg, "UNETLoader", &[], &[("unet_name", unet)]);
+    let model = model.downcast::<ModelHandle>().unwrap();
+    assert!(model.unet.config.is_inpaint());
+    let fx = fixture();
+    let (xs, x) = fx.tensor("unet.x");
+    let (cs, c) = fx.tensor("unet.context");
+    let t = fx.tensor("unet.t").1;
+    let xt = gpu.upload(&x, &xs, DType::F32).unwrap();
+    let ct = gpu.upload(&c, &cs, DType::F32).unwrap();
+    let out = gpu.download(&model.unet.forward(gpu, &xt, &t, &ct).unwrap()).unwrap();
+    let d = max_diff(&out, &fx.tensor("unet.out").1);
+    println!("inpainting UNet from a diffusers folder: max abs diff {d:.3e}");
+    assert!(d < TOL_CALL, "UNet output off by {d}");
+}
+
 #[test]
 fn ksampler_with_an_inpainting_model_matches_comfyui() {
     if shared_gpu().is_none() {
