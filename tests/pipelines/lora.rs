@@ -438,3 +438,97 @@ fn f16_models_merge_the_same_delta() {
     assert!(worst <= MERGED_TOL, "{worst}");
     assert!(eu <= 1e-2 && ec <= 1e-2, "unet {eu}, clip {ec}");
 }
+
+/// Keeps the samples of the latent it is given (a sink that lets the test read a graph's result).
+struct LatentSink(graph::NodeSchema, std::sync::Arc<std::sync::Mutex<Vec<f32>>>);
+
+impl graph::NodeKind for LatentSink {
+    fn schema(&self) -> &graph::NodeSchema {
+        &self.0
+    }
+    fn run(&self, _: &mut graph::RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, graph::NodeError> {
+        let latent = inputs.inputs["samples"].downcast::<nodes::payload::Latent>().unwrap();
+        *self.1.lock().unwrap() = latent.samples.clone();
+        Ok(vec![])
+    }
+}
+
+/// What `watch` does with a LoRA, through one Executor on the tiny model: a changed strength_model merges
+/// again but leaves the prompts' encodings cached (LoraLoader's CLIP output has a key of its own), and
+/// gives back the first picture bit for bit when undone; a changed strength_clip encodes again; the graph
+/// without the LoRA gives back the base picture bit for bit; strength 0 is the base picture.
+#[test]
+fn watch_edits_merge_again_and_undo_exactly() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    use graph::exec::{Executor, NodeStatus};
+    let dir = crate::common::temp_dir("lora-watch");
+    let ckpt = crate::common::sd_tiny::full_vocab_checkpoint(&dir);
+    let lora = lora_dir().join("kohya_diffusers.safetensors");
+    let graph = |strengths: Option<(f64, f64)>| {
+        let (model, clip, lora_node) = match strengths {
+            Some((sm, sc)) => (
+                "lora.model",
+                "lora.clip",
+                format!(
+                    r#""lora": (kind: "LoraLoader", inputs: {{ "model": "ckpt.model", "clip": "ckpt.clip" }},
+                        params: {{ "lora_name": {lora:?}, "strength_model": {sm:?}, "strength_clip": {sc:?} }}),"#
+                ),
+            ),
+            None => ("ckpt.model", "ckpt.clip", String::new()),
+        };
+        format!(
+            r#"(nodes: {{
+                "ckpt": (kind: "CheckpointLoaderSimple", params: {{ "ckpt_name": {ckpt:?} }}),
+                {lora_node}
+                "pos": (kind: "CLIPTextEncode", inputs: {{ "clip": {clip:?} }}, params: {{ "text": "a red fox in the snow" }}),
+                "neg": (kind: "CLIPTextEncode", inputs: {{ "clip": {clip:?} }}, params: {{ "text": "blurry" }}),
+                "empty": (kind: "EmptyLatentImage", params: {{ "width": 32, "height": 32 }}),
+                "sample": (kind: "KSampler", inputs: {{ "model": {model:?}, "positive": "pos.conditioning",
+                    "negative": "neg.conditioning", "latent_image": "empty.latent" }},
+                    params: {{ "seed": 7, "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal" }}),
+                "sink": (kind: "LatentSink", inputs: {{ "samples": "sample.latent" }}),
+            }})"#
+        )
+    };
+    let mut reg = nodes::builtin_registry();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let schema = graph::NodeSchema::new("LatentSink", "test", "Keeps a latent.")
+        .input("samples", graph::PortType::Latent, "It.")
+        .sink();
+    reg.register(std::sync::Arc::new(LatentSink(schema, got.clone()))).unwrap();
+    let mut exec = Executor::default();
+    // Runs the graph; returns the nodes that ran (not cached), LoraLoader's seconds and the latent.
+    let mut run = |strengths: Option<(f64, f64)>| {
+        let g = crate::common::validate_str(&graph(strengths), &reg).unwrap_or_else(|e| panic!("{e}"));
+        let r = crate::common::run(&mut exec, &g, &dir);
+        assert!(r.ok, "{strengths:?}: {:?}", r.errors());
+        let ran: Vec<String> = r.ids_with(NodeStatus::Executed).into_iter().map(str::to_owned).collect();
+        let secs = r.nodes.iter().find(|n| n.id == "lora").map(|n| n.seconds).unwrap_or(0.0);
+        (ran, secs, got.lock().unwrap().clone())
+    };
+    let (_, _, base) = run(None);
+    let (ran, first, a) = run(Some((0.8, 0.5)));
+    assert_eq!(ran, ["lora", "pos", "neg", "sample", "sink"]);
+    assert!(max_abs(&a, &base) > 1e-3, "the LoRA changed nothing");
+    // strength_model only: merged again, the prompts stay encoded.
+    let (ran, again, b) = run(Some((0.3, 0.5)));
+    assert_eq!(ran, ["lora", "sample", "sink"]);
+    assert!(max_abs(&a, &b) > 1e-4, "strength_model changed nothing");
+    // Undone: the first picture bit for bit (merged again onto the same base tensors).
+    let (ran, _, a2) = run(Some((0.8, 0.5)));
+    assert_eq!(ran, ["lora", "sample", "sink"]);
+    assert_eq!(a2, a);
+    // strength_clip: the prompts are encoded again.
+    let (ran, _, _) = run(Some((0.8, -0.5)));
+    assert_eq!(ran, ["lora", "pos", "neg", "sample", "sink"]);
+    // The LoRA removed: the base picture bit for bit, the checkpoint from the cache.
+    let (ran, _, back) = run(None);
+    assert!(!ran.contains(&"ckpt".to_string()), "{ran:?}");
+    assert_eq!(back, base);
+    // Both strengths 0: the base picture.
+    let (_, _, zero) = run(Some((0.0, 0.0)));
+    assert_eq!(zero, base);
+    println!("LoraLoader on the tiny model (lavapipe): first merge {first:.3} s, strength_model changed {again:.3} s");
+}

@@ -471,4 +471,11 @@ pub trait NodeKind: Send + Sync {
     fn fingerprint(&self, _ctx: &RunContext<'_>, _inputs: &NodeInputs) -> Option<String> {
         None
     }
+
+    /// The inputs and params output `output` depends on, when not all of them: nodes fed by it keep
+    /// their cache keys when the others change (LoraLoader's CLIP does not depend on
+    /// `strength_model`, so the prompts are not encoded again). `None`: every input and param.
+    fn output_depends(&self, _output: usize) -> Option<&'static [&'static str]> {
+        None
+    }
 }

@@ -23,9 +23,10 @@
 
 /// Declares a node kind: its struct, `new` (the schema from a `graph::node_fields!` struct `$fields` and the
 /// outputs), `Default` and `NodeKind`, whose `run` reads the fields and calls `$run(ctx, fields)`; with
-/// `fingerprint = $fp`, `NodeKind::fingerprint` is `$fp(ctx, fields)` (what the params do not say, e.g. a file's mtime).
+/// `fingerprint = $fp`, `NodeKind::fingerprint` is `$fp(ctx, fields)` (what the params do not say, e.g. a file's mtime);
+/// with `output_depends = $od`, `NodeKind::output_depends` is `$od(output)`.
 macro_rules! node_kind {
-    ($ty:ident, $name:literal, $cat:literal, $doc:literal, $fields:ident, [$(($out:literal, $port:ident, $odoc:literal)),*], $run:expr $(, fingerprint = $fp:expr)?) => {
+    ($ty:ident, $name:literal, $cat:literal, $doc:literal, $fields:ident, [$(($out:literal, $port:ident, $odoc:literal)),*], $run:expr $(, fingerprint = $fp:expr)? $(, output_depends = $od:expr)?) => {
         pub struct $ty(graph::node::NodeSchema);
 
         impl $ty {
@@ -58,6 +59,12 @@ macro_rules! node_kind {
                 fn fingerprint(&self, ctx: &graph::node::RunContext<'_>, inputs: &graph::node::NodeInputs) -> Option<String> {
                     let fingerprint: fn(&graph::node::RunContext<'_>, $fields) -> Option<String> = $fp;
                     fingerprint(ctx, $fields::read(inputs).ok()?)
+                }
+            )?
+            $(
+                fn output_depends(&self, output: usize) -> Option<&'static [&'static str]> {
+                    let depends: fn(usize) -> Option<&'static [&'static str]> = $od;
+                    depends(output)
                 }
             )?
         }

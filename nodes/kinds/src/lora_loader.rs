@@ -155,7 +155,9 @@ node_kind!(
         };
         Ok(vec![model, clip])
     },
-    fingerprint = |ctx, f| file_fingerprint(ctx, &f.lora_name)
+    fingerprint = |ctx, f| file_fingerprint(ctx, &f.lora_name),
+    // The CLIP does not depend on the model or strength_model: changing them leaves the prompts' encodings cached.
+    output_depends = |o| (o == 1).then_some(&["clip", "lora_name", "strength_clip"][..])
 );
 
 graph::node_fields! {

@@ -33,6 +33,29 @@ pub fn node_key(node: &ValidNode, input_keys: &[CacheKey], fingerprint: Option<&
     h.finish()
 }
 
+/// The key of output `output` of a node, hashing only the params and inputs in `depends` (see
+/// `NodeKind::output_depends`), its fingerprint and its kind.
+pub fn output_key(
+    node: &ValidNode,
+    input_keys: &[CacheKey],
+    fingerprint: Option<&str>,
+    output: usize,
+    depends: &[&str],
+) -> CacheKey {
+    let mut h = DefaultHasher::new();
+    let schema = node.kind.schema();
+    (&schema.kind, schema.version, "output", output).hash(&mut h);
+    for (name, v) in node.params.iter().filter(|(name, _)| depends.contains(&name.as_str())) {
+        name.hash(&mut h);
+        v.to_ron().hash(&mut h);
+    }
+    for (edge, key) in node.inputs.iter().zip(input_keys).filter(|(e, _)| depends.contains(&e.port.as_str())) {
+        (&edge.port, key, edge.output).hash(&mut h);
+    }
+    fingerprint.hash(&mut h);
+    h.finish()
+}
+
 /// How much the executor keeps between runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CachePolicy {

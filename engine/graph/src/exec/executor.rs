@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::cache::{Cache, CacheKey, CachePolicy, node_key};
+use super::cache::{Cache, CacheKey, CachePolicy, node_key, output_key};
 use super::progress::Progress;
 use super::provenance::{FileDigest, digests};
 use crate::ValidGraph;
@@ -174,7 +174,11 @@ impl Executor {
         let schema = node.kind.schema();
         let mut report = skipped(g, i);
         // A node whose producer failed or was skipped cannot run.
-        let upstream: Option<Vec<CacheKey>> = node.inputs.iter().map(|e| run.keys.get(&e.from).copied()).collect();
+        let upstream: Option<Vec<CacheKey>> = node
+            .inputs
+            .iter()
+            .map(|e| run.output_keys.get(&(e.from, e.output)).or(run.keys.get(&e.from)).copied())
+            .collect();
         let Some(input_keys) = upstream else {
             run.push(report, Arc::default());
             return;
@@ -189,12 +193,20 @@ impl Executor {
         ctx.upstream_files = upstream_files;
         let fingerprint = node.kind.fingerprint(&ctx, &inputs);
         let key = node_key(node, &input_keys, fingerprint.as_deref());
+        // Outputs that depend on fewer inputs than the node get keys of their own (used once it succeeds).
+        let output_keys: Vec<((usize, usize), CacheKey)> = (0..schema.outputs.len())
+            .filter_map(|o| {
+                let depends = node.kind.output_depends(o)?;
+                Some(((i, o), output_key(node, &input_keys, fingerprint.as_deref(), o, depends)))
+            })
+            .collect();
 
         if let Some(cached) = self.cache.get(key) {
             report.status = NodeStatus::Cached;
             opts.progress.node_end(&node.id, "cached", 0.0);
             let own = self.files_by_key.get(&key).cloned().unwrap_or_default();
             run.used.insert(i, union(ctx.upstream_files, &own));
+            run.output_keys.extend(output_keys);
             run.succeed(i, key, cached, own.clone());
             run.push(report, own);
             return;
@@ -216,6 +228,7 @@ impl Executor {
         match result.and_then(|values| check_outputs(schema, values)) {
             Ok(values) => {
                 report.status = NodeStatus::Executed;
+                run.output_keys.extend(output_keys);
                 run.succeed(i, key, Arc::new(values), own.clone());
             }
             Err(msg) => {
@@ -232,6 +245,8 @@ impl Executor {
 #[derive(Default)]
 struct RunState {
     keys: HashMap<usize, CacheKey>,
+    /// (node, output) -> the key of an output that depends on fewer inputs than the node.
+    output_keys: HashMap<(usize, usize), CacheKey>,
     outputs: HashMap<usize, Arc<Vec<Value>>>,
     /// The outputs this run made or reused, to keep in the cache.
     kept: HashMap<CacheKey, Arc<Vec<Value>>>,
