@@ -185,6 +185,16 @@ fn a_shard_killed_mid_row_reruns_only_its_missing_rows_and_leaves_no_partial_fil
     assert_eq!(rows, [0, 1, 2, 3]);
     recs.iter().for_each(|r| drop(check_files(&out, r)));
     assert_eq!(status(&g, &params, &out).0, Some(0));
+
+    // Killed between the rename and the manifest line: the folder's own record becomes the line, nothing renders.
+    let lines: Vec<String> = recs.iter().filter(|r| r["row"] != 2).map(|r| r.to_string() + "\n").collect();
+    std::fs::write(out.join("manifest-0-of-1.jsonl"), lines.concat()).unwrap();
+    let o = finished(sweep(&g, &params, &out, &[]).stderr(Stdio::piped()).spawn().unwrap());
+    let err = text(&o.stderr);
+    assert!(err.contains("row 2: was in place without its manifest line") && !err.contains("rendering"), "{err}");
+    let rows: Vec<u64> =
+        manifest(&out.join("manifest-0-of-1.jsonl")).iter().map(|r| r["row"].as_u64().unwrap()).collect();
+    assert_eq!(rows, [0, 1, 3, 2]);
 }
 
 #[test]
@@ -288,6 +298,12 @@ fn bad_params_files_are_errors_naming_the_row_and_column() {
         (&[("JOB_COMPLETION_INDEX", "2")][..], "SDGRAPH_SWEEP_SHARDS"),
         (&[("JOB_COMPLETION_INDEX", "3"), ("SDGRAPH_SWEEP_SHARDS", "3")][..], "index 3 is not below the shard count 3"),
         (&[("SLURM_ARRAY_TASK_ID", "1"), ("SLURM_ARRAY_TASK_COUNT", "2"), ("SLURM_ARRAY_TASK_MIN", "4")][..], "below"),
+        // With the count given, the task ID is the shard (a retry of some shards: --array=3,5).
+        (
+            &[("SLURM_ARRAY_TASK_ID", "8"), ("SLURM_ARRAY_TASK_MIN", "3"), ("SDGRAPH_SWEEP_SHARDS", "8")][..],
+            "index 8 is not",
+        ),
+        (&[("SLURM_ARRAY_TASK_ID", "1"), ("SLURM_ARRAY_TASK_COUNT", "2"), ("SLURM_ARRAY_TASK_STEP", "2")][..], "STEP"),
     ] {
         let o = sweep(&g, &params, &out, &[]).envs(env.iter().copied()).output().unwrap();
         assert_eq!(o.status.code(), Some(2));

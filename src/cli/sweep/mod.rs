@@ -167,7 +167,8 @@ fn check_rows(graph: &Graph, registry: &Registry, rows: &[Row], file: &str) -> R
 }
 
 /// (index, count, where they came from): `--shard I/N`, else `JOB_COMPLETION_INDEX` with `--shards` or
-/// `SDGRAPH_SWEEP_SHARDS`, else Slurm's array variables, else the whole sweep in one shard.
+/// `SDGRAPH_SWEEP_SHARDS`, else `SLURM_ARRAY_TASK_ID` (the shard itself when the count is given that way, else
+/// minus `SLURM_ARRAY_TASK_MIN` out of `SLURM_ARRAY_TASK_COUNT`), else the whole sweep in one shard.
 fn resolve_shard(args: &SweepArgs) -> Result<(u64, u64, &'static str), String> {
     let env = &args.env;
     let count = args.shards.or(env.shards);
@@ -194,19 +195,23 @@ fn resolve_shard(args: &SweepArgs) -> Result<(u64, u64, &'static str), String> {
         return checked(i, n, "JOB_COMPLETION_INDEX");
     }
     if let Some(id) = env.slurm_id {
-        if env.slurm_step.is_some_and(|s| s != 1) {
-            return Err(
-                "SLURM_ARRAY_TASK_STEP is not 1: give the array as a range (--array=0-9), or use --shard".into()
-            );
+        // With the count given, the task ID is the shard itself, so a retry of some shards (`--array=3,5`) works.
+        if let Some(n) = count {
+            return checked(id, n, "SLURM_ARRAY_TASK_ID");
         }
-        let Some(n) = count.or(env.slurm_count) else {
+        if env.slurm_step.is_some_and(|s| s != 1) {
+            return Err("SLURM_ARRAY_TASK_STEP is not 1: give the shard count with --shards N (the task ID is then \
+                        the shard), or use --shard"
+                .into());
+        }
+        let Some(n) = env.slurm_count else {
             return Err("SLURM_ARRAY_TASK_ID is set without SLURM_ARRAY_TASK_COUNT: give --shards N".into());
         };
         let min = env.slurm_min.unwrap_or(0);
         let Some(i) = id.checked_sub(min) else {
             return Err(format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"));
         };
-        return checked(i, n, "SLURM_ARRAY_TASK_ID");
+        return checked(i, n, "SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN");
     }
     if count.is_some_and(|n| n != 1) {
         return Err("--shards (or SDGRAPH_SWEEP_SHARDS) needs an index: JOB_COMPLETION_INDEX, \
