@@ -13,6 +13,7 @@ mod ksampler_fixture;
 mod models_clip;
 mod models_controlnet;
 mod models_gligen;
+mod models_open_clip;
 mod models_t2i_adapter;
 mod models_unet;
 mod models_upscale;

@@ -413,6 +413,32 @@ impl ClipTextModel {
         Ok(h.pop().expect("hidden returns at least one tensor"))
     }
 
+    /// The raw hidden state `layer` picks (no `final_layer_norm`) and, when `with_last`, `last_hidden_state`
+    /// from the same pass: SD 2.x and SDXL take their conditioning from the one and the pooled output from the
+    /// other (`text_encoder::ClipTextEncoder`). Without `with_last`, the layers after `layer` are not run.
+    pub fn forward_hidden_and_last<T: AsRef<[u32]>>(
+        &self,
+        gpu: &Gpu,
+        ids: &[T],
+        vectors: &[InputVector<'_>],
+        layer: ClipLayer,
+        with_last: bool,
+    ) -> Result<(Tensor, Option<Tensor>), ModelError> {
+        let n = layer.hidden_state_index(self.config.num_layers)?;
+        let run = if with_last { self.config.num_layers } else { n };
+        let mut x = self.embed_with_vectors(gpu, ids, vectors)?;
+        let mut picked = None;
+        for (i, l) in self.layers[..run].iter().enumerate() {
+            // Before layer i runs, x is hidden_states[i].
+            if i == n {
+                picked = Some(x.clone());
+            }
+            x = l.forward(gpu, &x, self.config.num_heads, self.config.activation)?;
+        }
+        let last = if with_last { Some(self.final_layer_norm.forward(gpu, &x)?) } else { None };
+        Ok((picked.unwrap_or(x), last))
+    }
+
     /// Every hidden state and `last_hidden_state`, for tests and debugging.
     pub fn forward_with_intermediates<T: AsRef<[u32]>>(
         &self,

@@ -11,7 +11,8 @@
 //! - [`image_ops`]: the pure pixel operations behind the image nodes
 //! - [`nn`]: the layers they are built from (Linear, Conv2d, GroupNorm, LayerNorm), and
 //!   [`resblock`]: the ResNet block the UNet and the VAE share
-//! - [`clip`]: the SD 1.x text encoder (transformers' `CLIPTextModel`)
+//! - [`clip`]: the SD 1.x text encoder (transformers' `CLIPTextModel`); [`text_encoder`]: SD 2.x's and SDXL's
+//!   (OpenCLIP ViT-H / bigG and ViT-L) in the open_clip or transformers layout, with the projected pooled output
 //! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
 //! - [`controlnet`]: ControlNet (`control_model.`, diffusers' `ControlNetModel`), sharing the UNet's down path
 //! - [`gligen`]: GLIGEN text-box grounding (ComfyUI's `comfy/gligen.py`), a patch in the UNet's transformer blocks
@@ -35,6 +36,7 @@ pub mod resblock;
 pub mod sampling;
 pub mod srvgg;
 pub mod t2i_adapter;
+pub mod text_encoder;
 pub mod tiling;
 pub mod tokenizer;
 pub mod unet;

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::safetensors::{CheckpointError, SafeTensors};
-use super::weights::WeightSource;
+use super::weights::{View, WeightSource};
 
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
@@ -272,6 +272,48 @@ pub fn clip_key(key: &str) -> Option<String> {
         .iter()
         .any(|p| key.starts_with(p))
         .then(|| format!("text_model.{key}"))
+}
+
+/// open_clip's text-tower names (SD 2.x's `cond_stage_model.model.`, SDXL's `conditioner.embedders.1.model.`, the
+/// refiner's `conditioner.embedders.0.model.`: open_clip's `CLIP` with its visual tower deleted) as transformers'
+/// `CLIPTextModelWithProjection` names, relative to the model's prefix, each with how it takes its values. ComfyUI's
+/// `transformers_convert` and `clip_text_transformers_convert` (comfy/utils.py, Comfy-Org/ComfyUI @
+/// a125cd84b054a57729b5eecab930ca9408719832): `attn.in_proj_{weight,bias}` (q, k and v stacked along the first
+/// axis) becomes `self_attn.{q,k,v}_proj`, the `[width, proj]` matrix `text_projection` (used as `x @ P`) becomes
+/// the Linear `text_projection.weight` `[proj, width]`. `None` for other names (`logit_scale`).
+pub fn open_clip_text_key(key: &str) -> Option<Vec<(String, View)>> {
+    const TOP: [(&str, &str); 5] = [
+        ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+        ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+        ("ln_final.weight", "text_model.final_layer_norm.weight"),
+        ("ln_final.bias", "text_model.final_layer_norm.bias"),
+        ("text_projection.weight", "text_projection.weight"),
+    ];
+    const RESBLOCK: [(&str, &str); 5] = [
+        ("ln_1.", "layer_norm1."),
+        ("ln_2.", "layer_norm2."),
+        ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."),
+        ("attn.out_proj.", "self_attn.out_proj."),
+    ];
+    if let Some((_, to)) = TOP.iter().find(|(from, _)| *from == key) {
+        return Some(vec![(to.to_string(), View::Whole)]);
+    }
+    if key == "text_projection" {
+        return Some(vec![("text_projection.weight".into(), View::Transposed)]);
+    }
+    let (i, rest) = index(key.strip_prefix("transformer.resblocks.")?)?;
+    let layer = format!("text_model.encoder.layers.{i}.");
+    if let Some(tail) = rest.strip_prefix("attn.in_proj_") {
+        let kind = ["weight", "bias"].into_iter().find(|k| *k == tail)?;
+        let parts = ["q_proj", "k_proj", "v_proj"].iter().enumerate();
+        return Some(
+            parts.map(|(index, p)| (format!("{layer}self_attn.{p}.{kind}"), View::Split { index, parts: 3 })).collect(),
+        );
+    }
+    RESBLOCK
+        .iter()
+        .find_map(|(from, to)| rest.strip_prefix(from).map(|tail| vec![(format!("{layer}{to}{tail}"), View::Whole)]))
 }
 
 /// The first existing file among a component's usual weight file names.

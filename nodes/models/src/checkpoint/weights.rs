@@ -25,6 +25,28 @@ struct Location {
     /// The shape under the canonical name when it differs from the stored
     /// one with the same data (diffusers' `[C, C]` linear for LDM's `[C, C, 1, 1]` conv).
     shape: Option<Vec<usize>>,
+    /// How the canonical tensor is taken from the stored one.
+    view: View,
+}
+
+impl Location {
+    /// A name read as stored (no view).
+    fn new(file: usize, key: String, shape: Option<Vec<usize>>) -> Location {
+        Location { file, key, shape, view: View::Whole }
+    }
+}
+
+/// How a canonical name's values are taken from its stored tensor: a layout conversion that is more than a
+/// rename (`convert::open_clip_text_key`: open_clip's packed `in_proj` q/k/v and its `[width, proj]` text projection).
+/// Names with a view other than `Whole` are read through f32 on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The stored tensor as it is.
+    Whole,
+    /// Part `index` of `parts` equal blocks along the first axis (`in_proj_weight` [3C, C] -> q, k, v [C, C]).
+    Split { index: usize, parts: usize },
+    /// The stored 2-D tensor transposed (`text_projection` [width, proj] -> a Linear's [proj, width]).
+    Transposed,
 }
 
 /// The GPU tensors made from a source's files, shared by every source derived from it (its LoRA'd
@@ -89,8 +111,7 @@ impl WeightSource {
 
     /// One already open file (or in-memory tensors, such as a `.pth` state dict), names as stored.
     pub fn from_tensors(st: SafeTensors) -> WeightSource {
-        let names =
-            st.names().map(|n| (n.to_string(), Location { file: 0, key: n.to_string(), shape: None })).collect();
+        let names = st.names().map(|n| (n.to_string(), Location::new(0, n.to_string(), None))).collect();
         WeightSource {
             files: vec![Arc::new(st)],
             names,
@@ -106,7 +127,7 @@ impl WeightSource {
         files: Vec<Arc<SafeTensors>>,
         table: Vec<(String, usize, String, Option<Vec<usize>>)>,
     ) -> WeightSource {
-        let names = table.into_iter().map(|(name, file, key, shape)| (name, Location { file, key, shape })).collect();
+        let names = table.into_iter().map(|(name, file, key, shape)| (name, Location::new(file, key, shape))).collect();
         WeightSource { files, names, overlay: BTreeMap::new(), patched: BTreeMap::new(), resident: None }
     }
 
@@ -205,6 +226,26 @@ impl WeightSource {
         self
     }
 
+    /// This source with the names under `prefix` renamed by a layout conversion (one of `convert`'s tables):
+    /// `rename(rest)` gives the names (under the same prefix) that the stored name `prefix + rest` becomes, each
+    /// with how it takes its values, or `None` to keep the name as it is.
+    pub fn with_renamed_under(
+        &self,
+        prefix: &str,
+        rename: impl Fn(&str) -> Option<Vec<(String, View)>>,
+    ) -> WeightSource {
+        let mut out = self.clone();
+        let under: Vec<String> = self.names.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        for k in under {
+            let Some(new) = rename(&k[prefix.len()..]) else { continue };
+            let Some(loc) = out.names.remove(&k) else { continue };
+            for (name, view) in new {
+                out.names.insert(format!("{prefix}{name}"), Location { view, ..loc.clone() });
+            }
+        }
+        out
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.keys().map(|k| k.as_str())
     }
@@ -267,6 +308,9 @@ impl<'a> Weights<'a> {
     pub fn shape(&self, name: &str) -> Result<Vec<usize>, CheckpointError> {
         let full = self.full_name(name);
         let (st, loc) = self.src.lookup(&full)?;
+        if loc.view != View::Whole {
+            return view_shape(st, loc, &full);
+        }
         Ok(loc.shape.clone().or_else(|| st.info(&loc.key).map(|i| i.shape.clone())).unwrap_or_default())
     }
 
@@ -277,6 +321,9 @@ impl<'a> Weights<'a> {
         if let Some(v) = self.src.overlaid(&full) {
             check_overlay(st, &full, v, shape)?;
             return Ok(v.to_vec());
+        }
+        if loc.view != View::Whole {
+            return read_view(st, loc, &full, shape);
         }
         st.f32(&loc.key, &stored_shape(st, loc, shape)).map_err(|mut e| {
             e.key = Some(full);
@@ -358,6 +405,14 @@ impl<'a> Weights<'a> {
                 })
                 .map_err(|e| WeightError::Gpu(full.clone(), e.to_string()));
         }
+        if loc.view != View::Whole {
+            let bytes: Vec<u8> = read_view(st, loc, &full, shape)?.iter().flat_map(|x| x.to_le_bytes()).collect();
+            return gpu
+                .upload_filled(shape, dtype, |dst| {
+                    convert_into(super::safetensors::Dtype::F32, &bytes, dtype, dst);
+                })
+                .map_err(|e| WeightError::Gpu(full.clone(), e.to_string()));
+        }
         let stored = stored_shape(st, loc, shape);
         let error =
             |message: String| CheckpointError { file: st.path().to_path_buf(), key: Some(full.clone()), message };
@@ -385,6 +440,54 @@ fn stored_shape(st: &SafeTensors, loc: &Location, shape: &[usize]) -> Vec<usize>
         Some(canonical) if canonical == shape => st.info(&loc.key).map(|i| i.shape.clone()).unwrap_or_default(),
         _ => shape.to_vec(),
     }
+}
+
+/// The canonical shape of a name with a view, from its stored shape; an error names the stored tensor.
+fn view_shape(st: &SafeTensors, loc: &Location, full: &str) -> Result<Vec<usize>, CheckpointError> {
+    let s = st.info(&loc.key).map(|i| i.shape.clone()).unwrap_or_default();
+    let error =
+        |message: String| CheckpointError { file: st.path().to_path_buf(), key: Some(loc.key.clone()), message };
+    match (loc.view, &s[..]) {
+        (View::Whole, _) => Ok(s),
+        (View::Split { parts, .. }, [n, rest @ ..]) if n % parts == 0 => Ok([&[n / parts], rest].concat()),
+        (View::Split { parts, .. }, _) => Err(error(format!(
+            "has shape {s:?}, which does not split into {parts} equal parts along its first axis (read as {full})"
+        ))),
+        (View::Transposed, &[a, b]) => Ok(vec![b, a]),
+        (View::Transposed, _) => Err(error(format!("has shape {s:?}: read transposed as {full}, it must be 2-D"))),
+    }
+}
+
+/// The values of a name with a view, as f32 in canonical order, checked against `shape` (the stored tensor must be
+/// exactly what that shape implies: `parts` times as long along the first axis, or the transpose).
+fn read_view(st: &SafeTensors, loc: &Location, full: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+    let error =
+        |message: String| CheckpointError { file: st.path().to_path_buf(), key: Some(loc.key.clone()), message };
+    let (info, bytes) = st.bytes(&loc.key)?;
+    let (stored, how) = match (loc.view, shape) {
+        (View::Split { index, parts }, [n, rest @ ..]) => {
+            ([&[n * parts], rest].concat(), format!("part {} of {parts} along the first axis", index + 1))
+        }
+        (View::Transposed, &[a, b]) => (vec![b, a], "transposed".to_string()),
+        _ => (shape.to_vec(), "as stored".to_string()),
+    };
+    if info.shape != stored {
+        return Err(error(format!(
+            "has shape {:?}, expected {stored:?} (read as {full} {shape:?}: {how})",
+            info.shape
+        )));
+    }
+    let all = super::safetensors::to_f32(info.dtype, bytes)
+        .ok_or_else(|| error(format!("has dtype {:?}, expected a float type", info.dtype)))?;
+    Ok(match (loc.view, &stored[..]) {
+        (View::Split { index, parts }, _) => {
+            let n = all.len() / parts;
+            all[index * n..(index + 1) * n].to_vec()
+        }
+        // stored [r, c] -> [c, r]: element (i, j) of the result is stored (j, i).
+        (View::Transposed, &[r, c]) => (0..r * c).map(|k| all[(k % r) * c + k / r]).collect(),
+        _ => all,
+    })
 }
 
 /// An overlay value must hold as many elements as the shape asked for.

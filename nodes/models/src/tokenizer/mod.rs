@@ -46,8 +46,13 @@ pub const START_OF_TEXT: u32 = 49406;
 pub const END_OF_TEXT: u32 = 49407;
 /// What Stable Diffusion 1.x pads the 77 positions with: `<|endoftext|>`. openai/clip-vit-large-patch14's
 /// `tokenizer_config.json` sets `pad_token` to `<|endoftext|>`, and ComfyUI's SD1 tokenizer pads with its end
-/// token (`pad_with_end=True`). (SD 2.x's OpenCLIP pads with 0 instead; use [`ClipTokenizer::tokenize_77_with_pad`].)
+/// token (`pad_with_end=True`). (SD 2.x's and SDXL's OpenCLIP pad with [`OPEN_CLIP_PAD`] instead:
+/// [`ClipTokenizer::tokenize_77_with_pad`], [`ClipTokenizer::chunks_75_with_pad`].)
 pub const PAD: u32 = END_OF_TEXT;
+/// What SD 2.x's OpenCLIP ViT-H and SDXL's ViT-bigG pad with: 0 (the id of `!`), as open_clip's `tokenize` fills
+/// its zero tensor and ComfyUI's `SD2ClipHTokenizer` / `SDXLClipGTokenizer` do (`pad_with_end=False`). The BPE is the
+/// same as SD 1.x's. SDXL's CLIP-L pads with [`PAD`].
+pub const OPEN_CLIP_PAD: u32 = 0;
 /// Positions the CLIP text encoder takes.
 pub const CONTEXT_LENGTH: usize = 77;
 /// Prompt tokens that fit in one sequence beside the start and end tokens.
@@ -132,11 +137,16 @@ impl ClipTokenizer {
     /// are not parsed here: they are tokenized as the literal text. (Older ComfyUI tokenized word by word and
     /// moved words shorter than 8 tokens whole to the next sequence; that is not reproduced.)
     pub fn chunks_75(&self, text: &str) -> Vec<[u32; CONTEXT_LENGTH]> {
+        self.chunks_75_with_pad(text, PAD)
+    }
+
+    /// [`Self::chunks_75`] padding with `pad`: [`OPEN_CLIP_PAD`] for SD 2.x's and SDXL's OpenCLIP encoders.
+    pub fn chunks_75_with_pad(&self, text: &str, pad: u32) -> Vec<[u32; CONTEXT_LENGTH]> {
         let tokens = self.encode(text);
         if tokens.is_empty() {
-            return vec![wrap_77(&[], PAD)];
+            return vec![wrap_77(&[], pad)];
         }
-        tokens.chunks(CHUNK_TOKENS).map(|chunk| wrap_77(chunk, PAD)).collect()
+        tokens.chunks(CHUNK_TOKENS).map(|chunk| wrap_77(chunk, pad)).collect()
     }
 
     /// Number of vocabulary entries (49,408).
