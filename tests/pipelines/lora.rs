@@ -465,7 +465,8 @@ fn watch_edits_merge_again_and_undo_exactly() {
     use graph::exec::{Executor, NodeStatus};
     let dir = crate::common::temp_dir("lora-watch");
     let ckpt = crate::common::sd_tiny::full_vocab_checkpoint(&dir);
-    let lora = lora_dir().join("kohya_diffusers.safetensors");
+    let lora = dir.join("style.safetensors");
+    std::fs::copy(lora_dir().join("kohya_diffusers.safetensors"), &lora).unwrap();
     let graph = |strengths: Option<(f64, f64)>| {
         let (model, clip, lora_node) = match strengths {
             Some((sm, sc)) => (
@@ -506,11 +507,22 @@ fn watch_edits_merge_again_and_undo_exactly() {
         assert!(r.ok, "{strengths:?}: {:?}", r.errors());
         let ran: Vec<String> = r.ids_with(NodeStatus::Executed).into_iter().map(str::to_owned).collect();
         let secs = r.nodes.iter().find(|n| n.id == "lora").map(|n| n.seconds).unwrap_or(0.0);
-        (ran, secs, got.lock().unwrap().clone())
+        let digests: Vec<(PathBuf, Option<String>)> =
+            r.files_read().into_values().map(|f| (f.path.clone(), f.sha256.clone())).collect();
+        (ran, secs, got.lock().unwrap().clone(), digests)
     };
-    let (_, _, base) = run(None);
-    let (ran, first, a) = run(Some((0.8, 0.5)));
+    let (_, _, base, _) = run(None);
+    let (ran, first, a, digests) = run(Some((0.8, 0.5)));
     assert_eq!(ran, ["lora", "pos", "neg", "sample", "sink"]);
+    // Provenance: the LoRA file with its SHA-256, as the checkpoint.
+    let sha = graph::exec::provenance::sha256_file(&lora).unwrap();
+    let abs = std::path::absolute(&lora).unwrap();
+    assert!(digests.contains(&(abs.clone(), Some(sha))), "{digests:?}");
+    let run = |s| {
+        let (ran, secs, latent, _) = run(s);
+        (ran, secs, latent)
+    };
+    let mut run = run;
     assert!(max_abs(&a, &base) > 1e-3, "the LoRA changed nothing");
     // strength_model only: merged again, the prompts stay encoded.
     let (ran, again, b) = run(Some((0.3, 0.5)));
@@ -523,6 +535,18 @@ fn watch_edits_merge_again_and_undo_exactly() {
     // strength_clip: the prompts are encoded again.
     let (ran, _, _) = run(Some((0.8, -0.5)));
     assert_eq!(ran, ["lora", "pos", "neg", "sample", "sink"]);
+    // The cache key follows the file's contents: touched, it stays cached; replaced by another LoRA, merged again.
+    let (ran, _, t) = run(Some((0.8, -0.5)));
+    assert!(ran.is_empty(), "{ran:?}");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&lora, std::fs::read(&lora).unwrap()).unwrap();
+    let (ran, _, touched) = run(Some((0.8, -0.5)));
+    assert!(ran.is_empty(), "rewritten with the same bytes: {ran:?}");
+    assert_eq!(touched, t);
+    std::fs::copy(lora_dir().join("peft.safetensors"), &lora).unwrap();
+    let (ran, _, other) = run(Some((0.8, -0.5)));
+    assert_eq!(ran, ["lora", "pos", "neg", "sample", "sink"]);
+    assert!(max_abs(&other, &t) > 1e-4, "another LoRA changed nothing");
     // The LoRA removed: the base picture bit for bit, the checkpoint from the cache.
     let (ran, _, back) = run(None);
     assert!(!ran.contains(&"ckpt".to_string()), "{ran:?}");
@@ -531,4 +555,43 @@ fn watch_edits_merge_again_and_undo_exactly() {
     let (_, _, zero) = run(Some((0.0, 0.0)));
     assert_eq!(zero, base);
     println!("LoraLoader on the tiny model (lavapipe): first merge {first:.3} s, strength_model changed {again:.3} s");
+}
+
+/// A LoRA'd network shares every tensor the LoRA does not patch with the network it came from, and a
+/// changed strength merges onto the same base values again (nothing more is uploaded and kept).
+#[test]
+fn a_merged_network_shares_what_the_lora_does_not_patch() {
+    let Some(gpu) = gpu::testing::shared_gpu() else { return };
+    let reg = nodes::builtin_registry();
+    let (model, clip) = checkpoint(&reg);
+    let base = model.downcast::<ModelHandle>().unwrap();
+    let base_clip = clip.downcast::<ClipHandle>().unwrap();
+    let table = base.source.as_ref().unwrap().weights.resident_table().unwrap().clone();
+    let (m1, c1) = lora_loader(&reg, &model, &clip, "kohya_diffusers.safetensors", 0.8, 0.5).unwrap();
+    let kept = table.kept_bytes();
+    let (m2, _) = lora_loader(&reg, &model, &clip, "kohya_diffusers.safetensors", -0.4, 0.5).unwrap();
+    assert_eq!(table.kept_bytes(), kept, "a changed strength uploaded base values again");
+    let (m1, m2) = (m1.downcast::<ModelHandle>().unwrap(), m2.downcast::<ModelHandle>().unwrap());
+    let c1 = c1.downcast::<ClipHandle>().unwrap();
+    // Not patched by this LoRA: the UNet's last conv and the text encoder's final norm.
+    assert!(m1.unet.out_2.weight.same_buffer(&base.unet.out_2.weight));
+    assert!(m2.unet.out_2.weight.same_buffer(&base.unet.out_2.weight));
+    assert!(c1.model.final_layer_norm.weight.same_buffer(&base_clip.model.final_layer_norm.weight));
+    // Patched (the first encoder layer's q_proj): a tensor of its own.
+    let q = |c: &ClipHandle| c.model.layers[0].q_proj.weight.clone();
+    assert!(!q(&c1).same_buffer(&q(&base_clip)));
+    let src = m1.source.as_ref().unwrap();
+    let patched = src.weights.patched_names().count();
+    let names = src.weights.names().filter(|n| n.starts_with(UNET_PREFIX)).count();
+    println!("UNet: {patched} of {names} tensors patched, base values kept for the merge: {kept} bytes");
+    assert!(patched > 0 && patched < names);
+    // The merged values equal the base's plus the LoRA's: strength 0.8 vs -0.4 on the same base.
+    let name = src.weights.patched_names().next().unwrap().to_string();
+    let w1 = gpu.download(src.weights.patched(&name).unwrap()).unwrap();
+    let w2 = gpu.download(m2.source.as_ref().unwrap().weights.patched(&name).unwrap()).unwrap();
+    let w0 = gpu.download(&base.source.as_ref().unwrap().weights.base_tensor(gpu, &name, DType::F32).unwrap()).unwrap();
+    // w1 - w0 = 0.8 d, w2 - w0 = -0.4 d: w1 - w0 = -2 (w2 - w0).
+    let d1: Vec<f32> = w1.iter().zip(&w0).map(|(a, b)| a - b).collect();
+    let d2: Vec<f32> = w2.iter().zip(&w0).map(|(a, b)| -2.0 * (a - b)).collect();
+    assert!(max_abs(&d1, &d2) < 1e-6 && d1.iter().any(|d| d.abs() > 1e-4), "{name}");
 }

@@ -1,18 +1,23 @@
 //! LoraLoader and LoraLoaderModelOnly, as ComfyUI's: a LoRA file (any adapter kind ComfyUI merges:
 //! LoRA/LoCon, LoHa, LoKr, DoRA, full diffs) merged into the UNet (and the text encoder) at the given
-//! strengths; the networks are built again from their weights with the merged values in the source's
-//! overlay (`models::lora`), so chained loaders stack.
+//! strengths, on the GPU (`models::lora::merge`); the networks are built again sharing every tensor the
+//! LoRA does not patch, so chained loaders stack and a changed strength re-merges only the patched
+//! weights, onto the same base values. The parsed file is kept per model (by digest, [`PARSED`]), and
+//! the cache key follows the file's SHA-256; the CLIP output's key leaves out the model and
+//! `strength_model`, so changing them does not encode the prompts again.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use gpu::Gpu;
+use graph::exec::provenance::HashCache;
 use graph::node::{NodeError, RunContext};
 use graph::{PortType, Value};
 
 use crate::payload::{ClipHandle, ModelHandle};
 use crate::runtime;
 use models::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX};
+use models::checkpoint::weights::{Resident, WeightSource};
 use models::clip::ClipTextModel;
 use models::lora::{LoraError, Net, NetSource, ParsedLora, clip_key_map, merge, parse_lora, unet_key_map};
 use models::unet::Unet;
@@ -71,7 +76,7 @@ pub fn lora_model(gpu: &Gpu, model: &ModelHandle, lora: &ParsedLora, strength: f
     let mut loras = src.loras.clone();
     loras.push((lora.path.clone(), strength));
     let source = NetSource { weights, config: src.config.clone(), dtype: src.dtype, loras };
-    Ok(ModelHandle { unet, prediction: model.prediction, source: Some(Arc::new(source)) })
+    Ok(ModelHandle { unet, prediction: model.prediction, zsnr: model.zsnr, source: Some(Arc::new(source)) })
 }
 
 /// `clip` with the LoRA's text-encoder modules merged at `strength` (same tokenizer and layer).
@@ -91,11 +96,54 @@ pub fn lora_clip(gpu: &Gpu, clip: &ClipHandle, lora: &ParsedLora, strength: f64)
     })
 }
 
-/// Size and modification time of the LoRA file: replacing it merges it again.
+/// The LoRA file's SHA-256 (from the process's digest cache while its size and mtime hold): the
+/// cache key follows the file's contents, as provenance records them.
 fn file_fingerprint(ctx: &RunContext<'_>, name: &str) -> Option<String> {
-    let path = ctx.resolve(name);
-    let meta = std::fs::metadata(&path).ok()?;
-    Some(format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok()))
+    let path = std::path::absolute(ctx.resolve(name)).ok()?;
+    HashCache::global().sha256(&path).ok().map(|d| format!("sha256:{d}"))
+}
+
+/// LoRA files read lately, matched to a model: (file digest and the model's tables, the model's table
+/// of resident tensors, the parsed file). A changed strength merges again without reading the file.
+type Parsed = Vec<(String, Weak<Resident>, Arc<ParsedLora>)>;
+static PARSED: Mutex<Parsed> = Mutex::new(Vec::new());
+
+/// How many parsed LoRA files [`PARSED`] keeps (their tensors in f32 on the CPU: a rank-32 SD 1.5
+/// LoRA is about 300 MB), the oldest dropped first; entries of dropped models go first.
+const PARSED_KEPT: usize = 4;
+
+/// [`read_lora`], from [`PARSED`] when the same file (by digest) was read for the same model tables.
+fn read_lora_cached(path: &Path, model: &ModelHandle, clip: Option<&ClipHandle>) -> Result<Arc<ParsedLora>, String> {
+    let table = |w: Option<&WeightSource>| w.and_then(|w| w.resident_table()).cloned();
+    let unet = table(model.source.as_ref().map(|s| &s.weights));
+    let clip_table = table(clip.and_then(|c| c.source.as_ref()).map(|s| &s.weights));
+    let digest = std::path::absolute(path).ok().and_then(|p| HashCache::global().sha256(&p).ok());
+    let (Some(unet), Some(digest)) = (unet, digest) else {
+        return read_lora(path, model, clip).map(Arc::new);
+    };
+    let lpb = model.source.as_ref().map(|s| s.config.layers_per_block).unwrap_or(0);
+    let clip_id = clip_table.as_ref().map(|c| Arc::as_ptr(c) as usize);
+    let key = format!("{digest}:{:x}:{lpb}:{clip_id:?}", Arc::as_ptr(&unet) as usize);
+    let mut memo = PARSED.lock().unwrap_or_else(|e| e.into_inner());
+    memo.retain(|(_, owner, _)| owner.strong_count() > 0);
+    if let Some((_, owner, lora)) = memo.iter().find(|(k, _, _)| *k == key)
+        && owner.upgrade().is_some_and(|o| Arc::ptr_eq(&o, &unet))
+    {
+        let mut lora = lora.clone();
+        if lora.path != path {
+            Arc::make_mut(&mut lora).path = path.to_path_buf();
+        }
+        return Ok(lora);
+    }
+    drop(memo);
+    let lora = Arc::new(read_lora(path, model, clip)?);
+    let mut memo = PARSED.lock().unwrap_or_else(|e| e.into_inner());
+    memo.retain(|(k, _, _)| *k != key);
+    memo.push((key, Arc::downgrade(&unet), lora.clone()));
+    if memo.len() > PARSED_KEPT {
+        memo.remove(0);
+    }
+    Ok(lora)
 }
 
 /// Reads the LoRA `name` for `model` (and `clip`), recording the file and warning about keys not loaded.
@@ -104,10 +152,10 @@ fn load(
     name: &str,
     model: &ModelHandle,
     clip: Option<&ClipHandle>,
-) -> Result<ParsedLora, NodeError> {
+) -> Result<Arc<ParsedLora>, NodeError> {
     let path = ctx.resolve(name);
     ctx.progress.message(&format!("merging LoRA {}", path.display()));
-    let lora = read_lora(&path, model, clip).map_err(NodeError::new)?;
+    let lora = read_lora_cached(&path, model, clip).map_err(NodeError::new)?;
     ctx.record_input_file(&path);
     if let Some(w) = not_loaded_warning(&lora) {
         ctx.progress.message(&format!("warning: node {:?}: {w}", ctx.node_id));
@@ -179,9 +227,8 @@ node_kind!(
         if f.strength_model == 0.0 {
             return Ok(vec![Value::shared(f.model)]);
         }
-        let mut lora = load(ctx, &f.lora_name, &f.model, None)?;
-        // Its text-encoder modules are not used.
-        lora.modules.retain(|m| m.net == Net::Unet);
+        // Its text-encoder modules are not used (merge takes the UNet's only).
+        let lora = load(ctx, &f.lora_name, &f.model, None)?;
         let model = lora_model(runtime::gpu()?, &f.model, &lora, f.strength_model).map_err(NodeError::new)?;
         Ok(vec![Value::payload(model)])
     },
