@@ -234,6 +234,30 @@ fn ksampler_with_an_inpainting_model_matches_comfyui() {
                 (p, n, l)
             }
             "blank" => (pos.clone(), neg.clone(), latent_value(Latent::zeros([1, 4, 8, 8]))),
+            "area_encode_for_inpaint" => {
+                let (shape, data) = fx.tensor("area.pixels");
+                let px =
+                    Value::Image(Arc::new(Image::from_data(shape[0], shape[1], shape[2], shape[3], data).unwrap()));
+                let (shape, data) = fx.tensor("area.mask");
+                let m = Value::Mask(Arc::new(Mask { batch: shape[0], height: shape[1], width: shape[2], data }));
+                let grow = fx.meta["grow_mask_by"].as_i64().unwrap();
+                let inputs = [("pixels", px), ("vae", vae.clone()), ("mask", m)];
+                let latent = one(&reg, "VAEEncodeForInpaint", &inputs, &[("grow_mask_by", int(grow))]);
+                // The negative's text over the area (make_inpaint_unet_fixture.py's AREA), combined with the positive.
+                let a = &fx.meta["area"];
+                let num = |k: &str| int(a[k].as_i64().unwrap());
+                let params = [
+                    ("width", num("width")),
+                    ("height", num("height")),
+                    ("x", num("x")),
+                    ("y", num("y")),
+                    ("strength", ParamValue::Float(a["strength"].as_f64().unwrap())),
+                ];
+                let area = one(&reg, "ConditioningSetArea", &[("conditioning", neg.clone())], &params);
+                let both =
+                    one(&reg, "ConditioningCombine", &[("conditioning_1", pos.clone()), ("conditioning_2", area)], &[]);
+                (both, neg.clone(), latent)
+            }
             other => panic!("unknown case {other}"),
         };
         let l = latent_of(&latent);

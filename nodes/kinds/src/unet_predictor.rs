@@ -164,7 +164,8 @@ impl<'a> UnetPredictor<'a> {
                     let crop = area.map_or(shape, |a| a.crop_shape());
                     check_gligen(g, &model.unet, crop).map_err(|m| err(format!("input \"{side}\": {m}")))?;
                 }
-                let inpaint = e.base.inpaint.as_ref();
+                // Part of ComfyUI's model_conds, which an area partner takes from the other side with the text.
+                let inpaint = e.text.inpaint.as_ref();
                 entries.push(Bound { uncond, area, strength, mask, sigma_range, context, controls, gligen, inpaint });
             }
         }
