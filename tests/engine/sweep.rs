@@ -240,7 +240,8 @@ fn a_failed_row_is_recorded_with_its_error_and_the_shard_goes_on() {
     let params = dir.join("p.jsonl");
     std::fs::write(
         &params,
-        "{\"sample.seed\": 1}\n{\"sample.seed\": 2, \"ckpt.ckpt_name\": \"nowhere.safetensors\"}\n{\"sample.seed\": 3}\n",
+        // Row 3 repeats row 2: even its SaveImage is in the cache, yet it must write its own picture.
+        "{\"sample.seed\": 1}\n{\"sample.seed\": 2, \"ckpt.ckpt_name\": \"nowhere.safetensors\"}\n{\"sample.seed\": 3}\n{\"sample.seed\": 3}\n",
     )
     .unwrap();
     let out = dir.join("out");
@@ -248,12 +249,14 @@ fn a_failed_row_is_recorded_with_its_error_and_the_shard_goes_on() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let recs = manifest(&out.join("manifest-0-of-1.jsonl"));
     let ok: Vec<(u64, bool)> = recs.iter().map(|r| (r["row"].as_u64().unwrap(), r["ok"] == true)).collect();
-    assert_eq!(ok, [(0, true), (1, false), (2, true)]);
+    assert_eq!(ok, [(0, true), (1, false), (2, true), (3, true)]);
+    assert_eq!(check_files(&out, &recs[3]).file_name(), check_files(&out, &recs[2]).file_name());
+    assert_eq!(recs[3]["files"][0]["sha256"], recs[2]["files"][0]["sha256"]);
     assert!(recs[1]["error"].as_str().unwrap().contains("nowhere.safetensors"), "{}", recs[1]);
     assert!(!out.join("row-000001").exists());
     no_partials(&out);
     let (code, s) = status(&g, &params, &out);
-    assert_eq!((code, s["done"].clone(), s["missing"].clone()), (Some(1), 2.into(), serde_json::json!([])));
+    assert_eq!((code, s["done"].clone(), s["missing"].clone()), (Some(1), 3.into(), serde_json::json!([])));
     assert_eq!(s["failed"][0]["row"], 1);
     assert!(s["failed"][0]["error"].as_str().unwrap().contains("nowhere.safetensors"), "{s}");
 }
