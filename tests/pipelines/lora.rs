@@ -345,7 +345,19 @@ fn bad_loras_are_explained() {
         (format!("{k}.lora_down.weight"), vec![2, 1024], vec![0.1; 2048]),
     ];
     let e = err(&write_owned("sd2.safetensors", sd2)).unwrap_err();
-    assert!(e.contains("SD 2.x") && e.contains(k), "{e}");
+    assert!(e.contains("SD 2.x") && e.contains(k) && e.contains("SD 1.x model"), "{e}");
+
+    // An SDXL UNet LoRA without text-encoder keys: a block past the first of a transformer (LDM and diffusers names).
+    for k in [
+        "lora_unet_input_blocks_4_1_transformer_blocks_9_attn2_to_k",
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn1_to_q",
+    ] {
+        let mut xl = pair(vec![8, 2], vec![2, 8]);
+        xl.push((format!("{k}.lora_up.weight"), vec![8, 2], vec![0.1; 16]));
+        xl.push((format!("{k}.lora_down.weight"), vec![2, 8], vec![0.1; 16]));
+        let e = err(&write_owned("sdxl_unet.safetensors", xl)).unwrap_err();
+        assert!(e.contains("targets SDXL") && e.contains(k) && e.contains("the model is SD 1.x"), "{e}");
+    }
 
     let mut partly = pair(vec![8, 2], vec![2, 8]);
     for i in 0..7 {

@@ -312,6 +312,19 @@ pub fn parse_tensors(
             "targets SDXL (key {k:?} belongs to SDXL's second text encoder or its size conditioning); the model is SD 1.x"
         )));
     }
+    // SDXL's transformers hold 2 or 10 blocks, SD 1.x's one: a LoRA for a block this model lacks is SDXL's.
+    let deep = |k: &str| {
+        let k = k.replace(".transformer_blocks.", "_transformer_blocks_");
+        let block = |r: &str| r.chars().take_while(char::is_ascii_digit).collect::<String>();
+        k.split("_transformer_blocks_").nth(1).map(block).is_some_and(|b| !b.is_empty() && b != "0")
+    };
+    if let Some(k) = keys.iter().find(|k| deep(k) && split_part(k).is_some_and(|(x, _)| lookup(x).is_none()))
+        && !unet.keys().any(|m| deep(m))
+    {
+        return Err(error(format!(
+            "targets SDXL (key {k:?} patches a transformer block past the first: SDXL's transformers have 2 or 10 blocks, SD 1.x's one); the model is SD 1.x"
+        )));
+    }
     let read = |key: &str| -> Result<LoraTensor, String> {
         let (shape, values) = st.f32_any(key).map_err(|e| e.to_string())?;
         if let Some(v) = values.iter().find(|v| !v.is_finite()) {
@@ -485,7 +498,7 @@ pub fn merge(
             {
                 let arch = architecture(file).map(|a| format!(" (made for {a})")).unwrap_or_default();
                 msg.push_str(&format!(
-                    "; the LoRA's cross-attention takes {file}-wide text embeddings{arch}, this model's {model}-wide"
+                    "; the LoRA's cross-attention takes {file}-wide text embeddings{arch}, this SD 1.x model's {model}-wide"
                 ));
             }
             error(msg)
