@@ -145,9 +145,9 @@ fn a_shard_killed_mid_row_reruns_only_its_missing_rows_and_leaves_no_partial_fil
     let params = dir.join("p.jsonl");
     std::fs::write(&params, (1..=4).map(|s| format!("{{\"sample.seed\": {s}}}\n")).collect::<String>()).unwrap();
     let out = dir.join("out");
-    // Each row waits 1.5 s between rendering and going into place: the kill lands in that window.
+    // Each row waits 4 s between rendering and going into place: a --status and the kill land in that window.
     let mut child = sweep(&g, &params, &out, &[])
-        .env("SDGRAPH_TEST_SWEEP_STALL_MS", "1500")
+        .env("SDGRAPH_TEST_SWEEP_STALL_MS", "4000")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -161,6 +161,9 @@ fn a_shard_killed_mid_row_reruns_only_its_missing_rows_and_leaves_no_partial_fil
             break;
         }
     }
+    // Meanwhile --status sees row 1 being rendered (its lock held), not just missing.
+    let (_, s) = status(&g, &params, &out);
+    assert_eq!((s["running"].clone(), s["missing"].clone()), (serde_json::json!([1]), serde_json::json!([1, 2, 3])));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Row 1's picture was written, in its partial folder only.
@@ -171,6 +174,7 @@ fn a_shard_killed_mid_row_reruns_only_its_missing_rows_and_leaves_no_partial_fil
     assert_eq!(manifest(&out.join("manifest-0-of-1.jsonl")).len(), 1);
     let (code, s) = status(&g, &params, &out);
     assert_eq!((code, s["done"].clone(), s["missing"].clone()), (Some(1), 1.into(), serde_json::json!([1, 2, 3])));
+    assert_eq!(s["running"], serde_json::json!([]), "the kernel dropped the dead process's lock");
 
     let o = finished(sweep(&g, &params, &out, &[]).stderr(Stdio::piped()).spawn().unwrap());
     let err = text(&o.stderr);

@@ -493,6 +493,8 @@ fn status(out_dir: &Path, rows: &[Row], json: bool) -> i32 {
     failed.retain(|r, _| !done.contains_key(r));
     let missing: Vec<usize> = (0..rows.len()).filter(|r| !done.contains_key(r) && !failed.contains_key(r)).collect();
     let duplicates = done.values().filter(|n| **n > 1).count();
+    // Of the rows not done, those a process is rendering now (it holds their lock).
+    let running: Vec<usize> = missing.iter().chain(failed.keys()).copied().filter(|r| store.row_busy(*r)).collect();
     if json {
         let failed_json: Vec<serde_json::Value> =
             failed.iter().map(|(r, e)| serde_json::json!({ "row": r, "error": e })).collect();
@@ -503,6 +505,7 @@ fn status(out_dir: &Path, rows: &[Row], json: bool) -> i32 {
                 "done": done.len(),
                 "failed": failed_json,
                 "missing": missing,
+                "running": running,
                 "duplicate_lines": duplicates,
                 "torn_lines": torn,
                 "other_params": other_params,
@@ -512,6 +515,10 @@ fn status(out_dir: &Path, rows: &[Row], json: bool) -> i32 {
         println!("{} rows: {} done, {} failed, {} missing", rows.len(), done.len(), failed.len(), missing.len());
         for (r, e) in &failed {
             println!("failed {r}: {e}");
+        }
+        if !running.is_empty() {
+            let shown: Vec<String> = running.iter().map(|r| r.to_string()).collect();
+            println!("being rendered now: {}", shown.join(" "));
         }
         if !missing.is_empty() {
             let shown: Vec<String> = missing.iter().take(50).map(|r| r.to_string()).collect();

@@ -101,6 +101,16 @@ impl Store {
         lock(&path, wait).map_err(|e| format!("cannot lock {}: {e}", path.display()))
     }
 
+    /// Whether a process holds the row's lock now (rendering it); creates no lock file.
+    pub fn row_busy(&self, row: usize) -> bool {
+        let path = self.locks.join(format!("{}.lock", row_name(row)));
+        // Open for writing: NFS emulates flock with fcntl locks, whose exclusive kind needs it.
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => flock(&f, false).is_ok_and(|got| !got),
+            Err(_) => false,
+        }
+    }
+
     /// Removes what an earlier, killed process left of this row. Call only holding the row's lock.
     pub fn remove_partials(&self, row: usize) {
         let prefix = partial_prefix(row);
