@@ -24,7 +24,7 @@ pub enum UnetFileLayout {
 }
 
 /// Opens a standalone diffusion model (see the module header). What sdgraph does not run (SDXL, SD
-/// 2.x, inpainting UNets, SD3 and Flux transformers) is refused naming the family
+/// 2.x, UNets taking other than 4 or 9 input channels, SD3 and Flux transformers) is refused naming the family
 /// ([`super::family::check_single_file`]); a file that is no UNet at all names the keys expected and
 /// some it has. Also returns the layout and the file read.
 pub fn open_unet(path: &Path) -> Result<(WeightSource, UnetFileLayout, PathBuf), CheckpointError> {
