@@ -430,3 +430,34 @@ fn full_width_bigg_from_env() {
     println!("full-width bigG f32: {errs:?}");
     assert!(errs.iter().all(|(_, e)| *e <= F32_TOL), "{errs:?}");
 }
+
+#[test]
+fn weighted_prompts_pad_with_zero_for_open_clip() {
+    use models::prompt_weights::{
+        NoEmbeddings, empty_tokens, empty_tokens_with_pad, tokenize_with_embeddings_padded, tokenize_with_weights,
+    };
+    let tok = ClipTokenizer::new().unwrap();
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(fixture("tokens.json")).unwrap()).unwrap();
+    let plain = &fixture["cases"][1];
+    assert_eq!(plain["text"], "a photo of a cat");
+    let want: Vec<u32> = plain["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let got = tokenize_with_embeddings_padded(&tok, "a photo of a cat", &mut NoEmbeddings, OPEN_CLIP_PAD).unwrap();
+    assert_eq!(got.chunks.len(), 1);
+    assert_eq!(got.chunks[0].ids.to_vec(), want);
+    // Weights, a word cut at the chunk boundary and a short word moved whole to the next chunk: the same chunks and
+    // weights as SD 1.x's, with 0 wherever SD 1.x pads with the end token.
+    let text = format!("(a red:1.3) {} (photo of a cat)", "dog ".repeat(72));
+    let sd1 = tokenize_with_weights(&tok, &text).unwrap();
+    let oc = tokenize_with_embeddings_padded(&tok, &text, &mut NoEmbeddings, OPEN_CLIP_PAD).unwrap();
+    assert_eq!(sd1.chunks.len(), 2);
+    assert_eq!(oc.chunks.len(), 2);
+    for (a, b) in sd1.chunks.iter().zip(&oc.chunks) {
+        assert_eq!(a.weights, b.weights);
+        let end = a.ids.iter().position(|&t| t == 49407).unwrap();
+        assert_eq!(a.ids[..=end], b.ids[..=end]);
+        assert!(a.ids[end + 1..].iter().all(|&t| t == 49407) && b.ids[end + 1..].iter().all(|&t| t == 0));
+    }
+    let empty = empty_tokens_with_pad(OPEN_CLIP_PAD);
+    assert_eq!((empty[0], empty[1], empty[2], empty[76]), (49406, 49407, 0, 0));
+    assert_eq!(empty_tokens()[2], 49407);
+}

@@ -413,6 +413,18 @@ pub fn tokenize_with_embeddings(
     text: &str,
     embeddings: &mut dyn EmbeddingLookup,
 ) -> Result<Tokenized, String> {
+    tokenize_with_embeddings_padded(tokenizer, text, embeddings, PAD)
+}
+
+/// [`tokenize_with_embeddings`] padding with `pad`: `tokenizer::OPEN_CLIP_PAD` (0) for SD 2.x's and SDXL's
+/// OpenCLIP encoders, whose ComfyUI tokenizers (`SD2ClipHTokenizer`, `SDXLClipGTokenizer`) set `pad_with_end=False`;
+/// everything else is the same.
+pub fn tokenize_with_embeddings_padded(
+    tokenizer: &ClipTokenizer,
+    text: &str,
+    embeddings: &mut dyn EmbeddingLookup,
+    pad: u32,
+) -> Result<Tokenized, String> {
     let mut warnings = Vec::new();
     let width = embeddings.width();
     // Token groups ("words"), each with its segment's weight.
@@ -459,13 +471,13 @@ pub fn tokenize_with_embeddings(
             groups.push((ids.into_iter().map(Tok::Id).collect(), seg.weight));
         }
     }
-    Ok(Tokenized { chunks: chunk_groups(&groups, width)?, warnings })
+    Ok(Tokenized { chunks: chunk_groups(&groups, width, pad)?, warnings })
 }
 
 /// The batching loop of `tokenize_with_weights`: packs token groups into 77-position chunks. Vectors not `width`
 /// wide are then removed from their chunk as ComfyUI's `process_tokens` does: later positions move up, padding
 /// fills the end, and the weights stay by position.
-fn chunk_groups(groups: &[(Vec<Tok>, f64)], width: usize) -> Result<Vec<WeightedChunk>, String> {
+fn chunk_groups(groups: &[(Vec<Tok>, f64)], width: usize, pad: u32) -> Result<Vec<WeightedChunk>, String> {
     // With an end token, a chunk holds at most max_length - 1 = 76 positions before it is closed.
     const OPEN_MAX: usize = CONTEXT_LENGTH - 1;
     let start = || vec![(Tok::Id(START_OF_TEXT), 1.0)];
@@ -485,7 +497,7 @@ fn chunk_groups(groups: &[(Vec<Tok>, f64)], width: usize) -> Result<Vec<Weighted
                 } else {
                     // Close this chunk; the whole word goes to the next.
                     batch.push((Tok::Id(END_OF_TEXT), 1.0));
-                    batch.extend(std::iter::repeat_n((Tok::Id(PAD), 1.0), remaining));
+                    batch.extend(std::iter::repeat_n((Tok::Id(pad), 1.0), remaining));
                 }
                 batches.push(std::mem::replace(&mut batch, start()));
             } else {
@@ -496,7 +508,7 @@ fn chunk_groups(groups: &[(Vec<Tok>, f64)], width: usize) -> Result<Vec<Weighted
     }
     batch.push((Tok::Id(END_OF_TEXT), 1.0));
     let fill = CONTEXT_LENGTH.saturating_sub(batch.len());
-    batch.extend(std::iter::repeat_n((Tok::Id(PAD), 1.0), fill));
+    batch.extend(std::iter::repeat_n((Tok::Id(pad), 1.0), fill));
     batches.push(batch);
 
     batches
@@ -506,7 +518,7 @@ fn chunk_groups(groups: &[(Vec<Tok>, f64)], width: usize) -> Result<Vec<Weighted
                 return Err(format!("internal error: a chunk of {} positions instead of {CONTEXT_LENGTH}", b.len()));
             }
             let mut chunk =
-                WeightedChunk { ids: [PAD; CONTEXT_LENGTH], weights: [1.0; CONTEXT_LENGTH], vectors: Vec::new() };
+                WeightedChunk { ids: [pad; CONTEXT_LENGTH], weights: [1.0; CONTEXT_LENGTH], vectors: Vec::new() };
             let kept = b.iter().filter(|(t, _)| !matches!(t, Tok::Vector(v) if v.len() != width));
             for (j, (t, _)) in kept.enumerate() {
                 chunk.ids[j] = match t {
@@ -527,7 +539,13 @@ fn chunk_groups(groups: &[(Vec<Tok>, f64)], width: usize) -> Result<Vec<Weighted
 
 /// ComfyUI's `gen_empty_tokens` for SD 1.x: the sequence whose encoding weights interpolate from.
 pub fn empty_tokens() -> [u32; CONTEXT_LENGTH] {
-    let mut ids = [PAD; CONTEXT_LENGTH];
+    empty_tokens_with_pad(PAD)
+}
+
+/// [`empty_tokens`] padded with `pad` (ComfyUI's `gen_empty_tokens` with the encoder's `special_tokens["pad"]`:
+/// 0 for SD 2.x's and SDXL's OpenCLIP encoders).
+pub fn empty_tokens_with_pad(pad: u32) -> [u32; CONTEXT_LENGTH] {
+    let mut ids = [pad; CONTEXT_LENGTH];
     ids[0] = START_OF_TEXT;
     ids[1] = END_OF_TEXT;
     ids
