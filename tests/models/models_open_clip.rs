@@ -271,6 +271,17 @@ fn open_clip_names_convert_as_comfyui_does() {
 }
 
 #[test]
+fn checkpoints_of_these_families_are_still_refused_whole() {
+    // The text encoders load at the model level; CheckpointLoaderSimple refuses SD 2.x and SDXL files until their
+    // UNets run (checkpoint/family.rs).
+    use models::checkpoint::convert::open_checkpoint;
+    let e = open_checkpoint(&fixture("sd2.safetensors")).err().unwrap().to_string();
+    assert!(e.contains("an SD 2.x model (cond_stage_model.model: the OpenCLIP text encoder)"), "{e}");
+    let e = open_checkpoint(&fixture("sdxl.safetensors")).err().unwrap().to_string();
+    assert!(e.contains("an SDXL model"), "{e}");
+}
+
+#[test]
 fn no_text_encoder_under_the_prefix_is_an_error() {
     let src = open("sd2.safetensors");
     let e = ClipTextLayout::detect(&src, "cond_stage_model.transformer.").err().unwrap().to_string();
