@@ -282,6 +282,33 @@ fn checkpoints_of_these_families_are_still_refused_whole() {
 }
 
 #[test]
+fn text_encoders_are_found_where_comfyui_looks() {
+    use models::text_encoder::{ClipName, TextEncoderSlot, find_text_encoders};
+    let slot = |name, prefix, layout| TextEncoderSlot { name, prefix, layout };
+    assert_eq!(find_text_encoders(&open("sd2.safetensors")), [slot(ClipName::H, SD2, ClipTextLayout::OpenClip)]);
+    assert_eq!(
+        find_text_encoders(&open("sdxl.safetensors")),
+        [slot(ClipName::L, SDXL_L, ClipTextLayout::Transformers), slot(ClipName::G, SDXL_G, ClipTextLayout::OpenClip)]
+    );
+    let sd1 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd_tiny/model.safetensors");
+    assert_eq!(
+        find_text_encoders(&WeightSource::single_file(&sd1).unwrap()),
+        [slot(ClipName::L, "cond_stage_model.transformer.", ClipTextLayout::Transformers)]
+    );
+    // SGM's layout of SD 2.x (or the refiner's G, told apart by width: this tower is 32 wide, so H).
+    let sgm = edited_sd2("sgm", |t| {
+        for (n, _, _) in t.iter_mut() {
+            *n = n.replacen(SD2, "conditioner.embedders.0.model.", 1);
+        }
+    });
+    assert_eq!(
+        find_text_encoders(&sgm),
+        [slot(ClipName::H, "conditioner.embedders.0.model.", ClipTextLayout::OpenClip)]
+    );
+    assert_eq!((ClipName::L.pad_token(), ClipName::H.pad_token(), ClipName::G.pad_token()), (49407, 0, 0));
+}
+
+#[test]
 fn no_text_encoder_under_the_prefix_is_an_error() {
     let src = open("sd2.safetensors");
     let e = ClipTextLayout::detect(&src, "cond_stage_model.transformer.").err().unwrap().to_string();

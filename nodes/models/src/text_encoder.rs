@@ -76,6 +76,61 @@ impl ClipOutput {
     pub const SDXL: ClipOutput = ClipOutput { layer: ClipLayer::Penultimate, final_layer_norm: false };
 }
 
+/// ComfyUI's names for the CLIP text encoders Stable Diffusion uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipName {
+    /// OpenAI's ViT-L/14: SD 1.x's, SDXL's first.
+    L,
+    /// OpenCLIP ViT-H/14: SD 2.x's.
+    H,
+    /// OpenCLIP ViT-bigG/14: SDXL's second, the refiner's only one.
+    G,
+}
+
+impl ClipName {
+    /// What its tokenizer pads with: the end token for L (`pad_with_end=True`), 0 for OpenCLIP's H and G.
+    pub fn pad_token(self) -> u32 {
+        match self {
+            ClipName::L => crate::tokenizer::PAD,
+            ClipName::H | ClipName::G => crate::tokenizer::OPEN_CLIP_PAD,
+        }
+    }
+}
+
+/// A text encoder found in a single-file checkpoint: which one, under which prefix, in which layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextEncoderSlot {
+    pub name: ClipName,
+    pub prefix: &'static str,
+    pub layout: ClipTextLayout,
+}
+
+/// The text encoders of a single-file checkpoint, where ComfyUI's `process_clip_state_dict` looks for them
+/// (comfy/supported_models.py @ a125cd84): `cond_stage_model.transformer.` (SD 1.x, L), `cond_stage_model.model.`
+/// (SD 2.x, H), `conditioner.embedders.0.transformer.` and `.1.model.` (SDXL, L and G), `conditioner.embedders.0.model.`
+/// (the SDXL refiner's G, or SD 2.x saved in SGM's layout: ComfyUI tells them apart by the UNet; here an OpenCLIP
+/// tower 1280 wide is G, any other H). In the checkpoint's order of encoders; empty when none is there.
+pub fn find_text_encoders(src: &WeightSource) -> Vec<TextEncoderSlot> {
+    const PLACES: [(&str, Option<ClipName>); 5] = [
+        ("cond_stage_model.transformer.", Some(ClipName::L)),
+        ("cond_stage_model.model.", Some(ClipName::H)),
+        ("conditioner.embedders.0.transformer.", Some(ClipName::L)),
+        ("conditioner.embedders.0.model.", None),
+        ("conditioner.embedders.1.model.", Some(ClipName::G)),
+    ];
+    PLACES
+        .iter()
+        .filter_map(|&(prefix, name)| {
+            let layout = ClipTextLayout::detect(src, prefix).ok()?;
+            let name = name.unwrap_or_else(|| {
+                let width = detect_config(src, prefix).map(|c| c.hidden_size).unwrap_or(0);
+                if width == 1280 { ClipName::G } else { ClipName::H }
+            });
+            Some(TextEncoderSlot { name, prefix, layout })
+        })
+        .collect()
+}
+
 /// One encoding: the conditioning `[B, L, C]` and, when asked for, the pooled output `[B, proj]`.
 pub struct TextEncoding {
     pub hidden: Tensor,
