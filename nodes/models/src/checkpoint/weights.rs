@@ -477,16 +477,20 @@ fn read_view(st: &SafeTensors, loc: &Location, full: &str, shape: &[usize]) -> R
             info.shape
         )));
     }
-    let all = super::safetensors::to_f32(info.dtype, bytes)
+    // A part along the first axis is a contiguous run of the stored bytes: only it is converted.
+    let bytes = match loc.view {
+        View::Split { index, parts } => {
+            let part = bytes.len() / parts;
+            &bytes[index * part..(index + 1) * part]
+        }
+        _ => bytes,
+    };
+    let values = super::safetensors::to_f32(info.dtype, bytes)
         .ok_or_else(|| error(format!("has dtype {:?}, expected a float type", info.dtype)))?;
     Ok(match (loc.view, &stored[..]) {
-        (View::Split { index, parts }, _) => {
-            let n = all.len() / parts;
-            all[index * n..(index + 1) * n].to_vec()
-        }
         // stored [r, c] -> [c, r]: element (i, j) of the result is stored (j, i).
-        (View::Transposed, &[r, c]) => (0..r * c).map(|k| all[(k % r) * c + k / r]).collect(),
-        _ => all,
+        (View::Transposed, &[r, c]) => (0..r * c).map(|k| values[(k % r) * c + k / r]).collect(),
+        _ => values,
     })
 }
 
