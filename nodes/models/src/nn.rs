@@ -61,9 +61,11 @@ impl Linear {
         dtype: DType,
         build: impl FnOnce(&Weights) -> Result<Linear, ModelError>,
     ) -> Result<Linear, ModelError> {
-        let parts = w.derived(modules, dtype, |w| build(w).map(|l| std::iter::once(l.weight).chain(l.bias).collect()))?;
+        let parts =
+            w.derived(modules, dtype, |w| build(w).map(|l| std::iter::once(l.weight).chain(l.bias).collect()))?;
         let mut parts = parts.into_iter();
-        let weight = parts.next().ok_or_else(|| ModelError::Config(format!("{}: no weight", w.full_name(modules[0]))))?;
+        let weight =
+            parts.next().ok_or_else(|| ModelError::Config(format!("{}: no weight", w.full_name(modules[0]))))?;
         Ok(Linear { weight, bias: parts.next() })
     }
 

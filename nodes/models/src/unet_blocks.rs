@@ -233,10 +233,7 @@ impl FeedForward {
             let bias = proj.bias.as_ref().map(|b| interleave_halves(gpu, b)).transpose()?;
             Ok(Linear { weight: interleave_halves(gpu, &proj.weight)?, bias })
         })?;
-        Ok(FeedForward {
-            net_0_proj,
-            net_2: Linear::load_sized(gpu, &w.pp("net.2"), inner, dim, dtype)?,
-        })
+        Ok(FeedForward { net_0_proj, net_2: Linear::load_sized(gpu, &w.pp("net.2"), inner, dim, dtype)? })
     }
 
     /// `[B, L, C] -> [B, L, C]`, plus `residual` when given.
