@@ -25,5 +25,6 @@ mod pth;
 mod samplers;
 mod sampling_unet;
 mod schedulers;
+mod sd2_unet;
 mod tokenizer;
 mod torchsde;

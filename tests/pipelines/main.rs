@@ -16,6 +16,7 @@ mod graphs;
 mod image_scale_total;
 mod inpaint;
 mod lora;
+mod model_sampling;
 mod outpaint_composite;
 mod sd_nodes;
 mod unet_loader;

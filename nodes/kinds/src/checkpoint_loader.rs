@@ -17,6 +17,7 @@ use models::checkpoint::convert::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, VaeLayou
 use models::checkpoint::weights::WeightSource;
 use models::clip::{ClipTextConfig, ClipTextModel};
 use models::lora::NetSource;
+use models::model_detection::sd2_prediction;
 use models::tokenizer::ClipTokenizer;
 use models::unet::{Unet, UnetConfig};
 use models::unet_blocks::AttentionHeads;
@@ -114,9 +115,17 @@ pub fn load_unet(gpu: &Gpu, src: &WeightSource, meta: &ConfigOverrides, dtype: D
     if let Some(g) = meta.norm_groups {
         config.norm.groups = g;
     }
+    // SD 2.x files do not say eps or v: unless the metadata does, probe a weight as ComfyUI's SD20.model_type
+    // (SD 2.x shaped: linear proj_in with 1024-wide context, which detection gives 64-channel heads).
+    let declared = src.metadata("sdgraph.prediction").or(src.metadata("modelspec.prediction_type")).is_some();
+    let prediction = if !declared && config.heads == AttentionHeads::Dim(64) {
+        sd2_prediction(&w, config.in_channels).map_err(err)?
+    } else {
+        meta.prediction
+    };
     let unet = Unet::load(gpu, &w, &config, dtype).map_err(err)?;
     let source = NetSource { weights: src.clone(), config, dtype, loras: Vec::new() };
-    Ok(ModelHandle { unet, prediction: meta.prediction, source: Some(Arc::new(source)) })
+    Ok(ModelHandle { unet, prediction, zsnr: false, source: Some(Arc::new(source)) })
 }
 
 /// Builds the VAE under `first_stage_model.` of `src` (a checkpoint, or a standalone VAE

@@ -5,6 +5,7 @@
 //! - [`conditioning_nodes`]: ConditioningCombine, ConditioningSetArea and the other CONDITIONING nodes;
 //!   [`unet_predictor`]: the UNet with KSampler's conditionings bound (areas, batching, ControlNets)
 //! - [`lora_loader`]: LoraLoader, LoraLoaderModelOnly
+//! - [`model_sampling`]: ModelSamplingDiscrete, the sampling type (eps, v_prediction, lcm, x0, img_to_img) and zsnr
 //! - [`custom_sampling`]: KSamplerSelect, the schedulers, noise and guider nodes, SamplerCustom(Advanced)
 //! - [`controlnet_apply`]: ControlNetLoader, ControlNetApplyAdvanced
 //! - [`preprocessors`]: ControlNet preprocessors (Canny, BinaryPreprocessor)
@@ -81,6 +82,7 @@ pub mod ksampler;
 pub mod latent_nodes;
 pub mod lora_loader;
 pub mod mask_nodes;
+pub mod model_sampling;
 pub mod payload;
 pub mod plugin_values;
 pub mod png_meta;
@@ -112,6 +114,7 @@ pub fn register_builtin(reg: &mut Registry, settings: Settings) -> Result<(), Du
     reg.register(Arc::new(unet_loader::UnetLoader::new(settings)))?;
     reg.register(Arc::new(lora_loader::LoraLoader::new()))?;
     reg.register(Arc::new(lora_loader::LoraLoaderModelOnly::new()))?;
+    reg.register(Arc::new(model_sampling::ModelSamplingDiscrete::new()))?;
     reg.register(Arc::new(text_encode::ClipTextEncode::with_settings(settings)))?;
     reg.register(Arc::new(text_encode::ClipSetLastLayer::new()))?;
     conditioning_nodes::register(reg)?;

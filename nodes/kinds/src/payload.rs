@@ -180,6 +180,8 @@ impl std::fmt::Debug for Conditioning {
 pub struct ModelHandle {
     pub unet: Unet,
     pub prediction: Prediction,
+    /// Whether the noise levels are rescaled to zero terminal SNR (ModelSamplingDiscrete's `zsnr`; false as loaded).
+    pub zsnr: bool,
     /// What the UNet was built from (LoraLoader builds it again with merged weights); `None` when unknown.
     pub source: Option<Arc<NetSource<UnetConfig>>>,
 }

@@ -25,8 +25,8 @@ use crate::unet_predictor::UnetPredictor;
 use models::sampling::noise::{TorchRng, prepare_noise};
 use models::sampling::noise_mask::expand_noise_mask;
 use models::sampling::samplers::{
-    CfgDenoiser, Denoiser, FnHooks, Guided, Job, KSamplerNoise, SampleError, Sampler, StepInfo, initial_latent,
-    max_denoise, sample,
+    CfgDenoiser, Denoiser, FnHooks, Guided, Job, KSamplerNoise, ModelSampling, SampleError, Sampler, StepInfo,
+    initial_latent, max_denoise, sample,
 };
 use models::sampling::schedulers::ModelSigmas;
 
@@ -120,10 +120,10 @@ pub fn step_range(
 // The sampling path KSampler, KSamplerAdvanced and the custom-sampling nodes (custom_sampling.rs) share: ComfyUI's
 // `comfy.samplers.sample` (a CFGGuider's `sample`) once the sigmas and the noise are chosen.
 
-/// The model's noise levels: SD 1.x's discrete schedule (scaled_linear 0.00085..0.012 over 1000 steps), the one
-/// every loaded UNet samples with.
-pub fn model_sigmas(_model: &ModelHandle) -> ModelSigmas {
-    ModelSigmas::sd15()
+/// The model's noise levels: SD's discrete schedule (scaled_linear 0.00085..0.012 over 1000 steps), as loaded;
+/// ModelSamplingDiscrete's `zsnr` rescales it and its `lcm` takes the 50-step distilled table.
+pub fn model_sigmas(model: &ModelHandle) -> ModelSigmas {
+    ModelSampling { prediction: model.prediction, zsnr: model.zsnr }.sigmas()
 }
 
 /// A latent whose values match its shape (an error naming `latent_image` otherwise).

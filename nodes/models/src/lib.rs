@@ -13,6 +13,7 @@
 //!   [`resblock`]: the ResNet block the UNet and the VAE share
 //! - [`clip`]: the SD 1.x text encoder (transformers' `CLIPTextModel`); [`text_encoder`]: SD 2.x's and SDXL's
 //!   (OpenCLIP ViT-H / bigG and ViT-L) in the open_clip or transformers layout, with the projected pooled output
+//! - [`model_detection`]: what the weights say beyond the architecture (SD 2.x eps or v, as ComfyUI probes it)
 //! - [`unet`]: the SD 1.x denoising UNet (`model.diffusion_model.`); its blocks in [`unet_blocks`]
 //! - [`controlnet`]: ControlNet (`control_model.`, diffusers' `ControlNetModel`), sharing the UNet's down path
 //! - [`gligen`]: GLIGEN text-box grounding (ComfyUI's `comfy/gligen.py`), a patch in the UNet's transformer blocks
@@ -30,6 +31,7 @@ pub mod esrgan;
 pub mod gligen;
 pub mod image_ops;
 pub mod lora;
+pub mod model_detection;
 pub mod nn;
 pub mod prompt_weights;
 pub mod resblock;

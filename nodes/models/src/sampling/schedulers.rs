@@ -56,6 +56,9 @@ pub enum ScheduleError {
 pub struct ModelSigmas {
     sigmas: Vec<f32>,
     log_sigmas: Vec<f32>,
+    /// Timesteps per table entry: 1, or ComfyUI's `skip_steps` for a distilled (LCM) schedule, whose 50 entries
+    /// stand for the timesteps `20 k + 19` ([`ModelSigmas::distilled`]).
+    stride: usize,
 }
 
 impl fmt::Debug for ModelSigmas {
@@ -128,9 +131,44 @@ impl ModelSigmas {
     /// `make_beta_schedule("linear", n, linear_start, linear_end)`: `linspace(sqrt(start), sqrt(end), n) ** 2` in
     /// float64, then [`ModelSigmas::from_betas`].
     pub fn scaled_linear(linear_start: f64, linear_end: f64, timesteps: usize) -> Result<ModelSigmas, ScheduleError> {
-        let betas: Vec<f64> =
-            linspace_f64(linear_start.sqrt(), linear_end.sqrt(), timesteps).into_iter().map(|b| b * b).collect();
-        ModelSigmas::from_betas(&betas)
+        ModelSigmas::from_betas(&scaled_linear_betas(linear_start, linear_end, timesteps))
+    }
+
+    /// ComfyUI's `ModelSamplingDiscrete(model_config, zsnr)` for SD 1.x/2.x: [`ModelSigmas::sd15`], or with `zsnr`
+    /// its float64 sigmas through [`rescale_zero_terminal_snr_sigmas`] before they are stored as float32 (as
+    /// `_register_schedule(zsnr=True)` does; ModelSamplingDiscrete's `zsnr` switch).
+    pub fn discrete(zsnr: bool) -> ModelSigmas {
+        let mut sigmas = betas_to_sigmas(&scaled_linear_betas(0.00085, 0.012, 1000));
+        if zsnr {
+            sigmas = rescale_zero_terminal_snr_sigmas(&sigmas);
+        }
+        ModelSigmas::from_sigmas_f64(&sigmas).expect("the SD 1.x schedule is valid, rescaled or not")
+    }
+
+    /// ComfyUI's `ModelSamplingDiscreteDistilled` (comfy_extras/nodes_model_advanced.py, ModelSamplingDiscrete's
+    /// `lcm`): of the float32 table, the `original_timesteps` entries at timesteps `n - 1 - k * skip` (`skip = n /
+    /// original_timesteps`, 20 for 1000 and 50), in increasing order; timesteps map to entries through the stride
+    /// (`timestep = argmin * skip + skip - 1`, `sigma(t)` at `(t - (skip - 1)) / skip`). `None` when there are
+    /// fewer timesteps than `original_timesteps` or it is 0.
+    pub fn distilled(&self, original_timesteps: usize) -> Option<ModelSigmas> {
+        let n = self.sigmas.len();
+        if original_timesteps == 0 || n < original_timesteps || self.stride != 1 {
+            return None;
+        }
+        let skip = n / original_timesteps;
+        let mut valid = vec![0f32; original_timesteps];
+        for x in 0..original_timesteps {
+            valid[original_timesteps - 1 - x] = self.sigmas[n - 1 - x * skip];
+        }
+        let f64s: Vec<f64> = valid.iter().map(|&s| f64::from(s)).collect();
+        let mut m = ModelSigmas::from_sigmas_f64(&f64s).ok()?;
+        m.stride = skip;
+        Some(m)
+    }
+
+    /// Timesteps per table entry (1; 20 for the distilled LCM schedule).
+    pub fn stride(&self) -> usize {
+        self.stride
     }
 
     /// `ModelSamplingDiscrete._register_schedule(given_betas=betas)`: `alphas_cumprod = cumprod(1 - betas)` (f64,
@@ -142,15 +180,7 @@ impl ModelSigmas {
         if let Some(b) = betas.iter().find(|b| !(**b > 0.0 && **b < 1.0)) {
             return Err(ScheduleError::BadModelSchedule(format!("beta {b} is not in (0, 1)")));
         }
-        let mut acp = 1.0f64;
-        let sigmas: Vec<f64> = betas
-            .iter()
-            .map(|b| {
-                acp *= 1.0 - b;
-                ((1.0 - acp) / acp).sqrt()
-            })
-            .collect();
-        ModelSigmas::from_sigmas_f64(&sigmas)
+        ModelSigmas::from_sigmas_f64(&betas_to_sigmas(betas))
     }
 
     /// `set_sigmas(sigmas)`: float64 sigmas, stored as float32 (and their logs, taken in f64, as float32). They must
@@ -168,6 +198,7 @@ impl ModelSigmas {
         Ok(ModelSigmas {
             sigmas: sigmas.iter().map(|&s| s as f32).collect(),
             log_sigmas: sigmas.iter().map(|&s| s.ln() as f32).collect(),
+            stride: 1,
         })
     }
 
@@ -206,8 +237,14 @@ impl ModelSigmas {
     /// in float32: `(log(sigma) - log_sigmas).abs().argmin()`, the first of equal distances. The precision matters
     /// where a sigma lies halfway between two table entries (the `normal` schedule at 19 steps, `sgm_uniform` at 18):
     /// float32 rounding makes the distances equal there and ComfyUI takes the lower timestep (943, not the 944 an
-    /// f64 comparison finds). Sigmas of 0 or less give timestep 0.
+    /// f64 comparison finds). Sigmas of 0 or less give timestep 0. With a stride (the distilled schedule) the entry
+    /// `k` found is timestep `k * stride + stride - 1`, as `ModelSamplingDiscreteDistilled.timestep`.
     pub fn timestep(&self, sigma: f64) -> usize {
+        self.entry(sigma) * self.stride + self.stride - 1
+    }
+
+    /// The table entry nearest to `sigma` in log (see [`ModelSigmas::timestep`]).
+    fn entry(&self, sigma: f64) -> usize {
         let ls = (sigma as f32).ln();
         let mut best = 0;
         let mut best_d = f32::INFINITY;
@@ -241,7 +278,9 @@ impl ModelSigmas {
 
     /// ComfyUI's `ModelSamplingDiscrete.sigma(timestep)`: `t` clamped to `[0, n - 1]`, then
     /// `exp((1 - w) log_sigmas[floor t] + w log_sigmas[ceil t])` with `w = frac(t)`.
+    /// With a stride, `t` is first mapped to `(t - (stride - 1)) / stride` (`ModelSamplingDiscreteDistilled.sigma`).
     pub fn t_to_sigma(&self, t: f64) -> f64 {
+        let t = (t - (self.stride - 1) as f64) / self.stride as f64;
         let t = t.clamp(0.0, (self.log_sigmas.len() - 1) as f64);
         let low = t.floor();
         let high = t.ceil();
@@ -253,6 +292,7 @@ impl ModelSigmas {
     /// [`ModelSigmas::t_to_sigma`] in ComfyUI's float32 steps (clamp, frac, the two products and the sum each
     /// rounded to f32; only the final exp in f64), as the `normal`/`sgm_uniform` schedulers compute it.
     fn t_to_sigma_f32(&self, t: f32) -> f64 {
+        let t = (t - (self.stride - 1) as f32) / self.stride as f32;
         let t = t.clamp(0.0, (self.log_sigmas.len() - 1) as f32);
         let (low, high) = (t.floor(), t.ceil());
         let w = t - t.trunc();
@@ -275,6 +315,40 @@ impl ModelSigmas {
         }
         f64::from(self.t_to_sigma_f32(((1.0 - percent) * 999.0) as f32) as f32)
     }
+}
+
+/// `make_beta_schedule("linear", n, start, end)`: `linspace(sqrt(start), sqrt(end), n) ** 2` in float64.
+fn scaled_linear_betas(linear_start: f64, linear_end: f64, timesteps: usize) -> Vec<f64> {
+    linspace_f64(linear_start.sqrt(), linear_end.sqrt(), timesteps).into_iter().map(|b| b * b).collect()
+}
+
+/// `alphas_cumprod = cumprod(1 - betas)`, `sigmas = sqrt((1 - alphas_cumprod) / alphas_cumprod)`, in float64.
+fn betas_to_sigmas(betas: &[f64]) -> Vec<f64> {
+    let mut acp = 1.0f64;
+    betas
+        .iter()
+        .map(|b| {
+            acp *= 1.0 - b;
+            ((1.0 - acp) / acp).sqrt()
+        })
+        .collect()
+}
+
+/// ComfyUI's `rescale_zero_terminal_snr_sigmas` (comfy/model_sampling.py; Lin et al. 2023, "Common Diffusion Noise
+/// Schedules and Sample Steps are Flawed"), in float64 in ComfyUI's order: `sqrt(alphas_cumprod)` shifted so the
+/// last is 0 and scaled so the first keeps its value, squared, the last set to 4.8973451890853435e-08 (so the last
+/// sigma is about 4518.8 instead of infinite), back to sigmas. At least two sigmas.
+pub fn rescale_zero_terminal_snr_sigmas(sigmas: &[f64]) -> Vec<f64> {
+    let mut a: Vec<f64> = sigmas.iter().map(|s| (1.0 / (s * s + 1.0)).sqrt()).collect();
+    let (a0, at) = (a[0], a[a.len() - 1]);
+    let scale = a0 / (a0 - at);
+    for v in &mut a {
+        *v = (*v - at) * scale;
+    }
+    let mut bar: Vec<f64> = a.iter().map(|v| v * v).collect();
+    let last = bar.len() - 1;
+    bar[last] = 4.897_345_189_085_343_5e-8;
+    bar.iter().map(|b| ((1.0 - b) / b).sqrt()).collect()
 }
 
 /// The schedulers of ComfyUI's KSampler that this crate implements, by their ComfyUI names.

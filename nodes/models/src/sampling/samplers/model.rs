@@ -16,6 +16,53 @@ pub enum Prediction {
     Epsilon,
     /// v (SD 2.x 768-v): `denoised = x / (sigma^2 + 1) - out * sigma / sqrt(sigma^2 + 1)`.
     V,
+    /// ComfyUI's `LCM` (ModelSamplingDiscrete `lcm`, for LCM-distilled models and LoRAs): the eps estimate
+    /// `x0 = x - out * sigma` blended with the input by the consistency-model boundary conditions at the scaled
+    /// timestep `T = 10 t`: `denoised = T / sqrt(T^2 + 0.25) * x0 + 0.25 / (T^2 + 0.25) * x`. Used with the
+    /// distilled schedule, [`ModelSigmas::distilled`].
+    Lcm,
+    /// ComfyUI's `X0`: the network predicts the clean latent, `denoised = out`.
+    X0,
+    /// ComfyUI's `IMG_TO_IMG` (an `X0` whose input is the noisy latent unscaled, `calculate_input` = identity).
+    ImgToImg,
+}
+
+impl Prediction {
+    /// ComfyUI's ModelSamplingDiscrete `sampling` names: `eps`, `v_prediction`, `lcm`, `x0`, `img_to_img`.
+    pub const NAMES: [&'static str; 5] = ["eps", "v_prediction", "lcm", "x0", "img_to_img"];
+
+    /// The prediction of a ModelSamplingDiscrete `sampling` name (see [`Prediction::NAMES`]).
+    pub fn from_name(name: &str) -> Option<Prediction> {
+        Some(match name {
+            "eps" => Prediction::Epsilon,
+            "v_prediction" => Prediction::V,
+            "lcm" => Prediction::Lcm,
+            "x0" => Prediction::X0,
+            "img_to_img" => Prediction::ImgToImg,
+            _ => return None,
+        })
+    }
+}
+
+/// ComfyUI's `model_sampling` object of a discrete SD model, as `ModelSamplingDiscrete` sets it: what the network
+/// predicts, and whether the noise levels are rescaled to zero terminal SNR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelSampling {
+    pub prediction: Prediction,
+    pub zsnr: bool,
+}
+
+impl ModelSampling {
+    /// The noise levels: SD's discrete schedule ([`ModelSigmas::discrete`], rescaled with `zsnr`), and for LCM its
+    /// 50-entry distilled table ([`ModelSigmas::distilled`], as ComfyUI's `ModelSamplingDiscreteDistilled`, which
+    /// takes the zsnr-rescaled table when asked).
+    pub fn sigmas(&self) -> ModelSigmas {
+        let base = ModelSigmas::discrete(self.zsnr);
+        match self.prediction {
+            Prediction::Lcm => base.distilled(50).expect("1000 timesteps give 50 distilled ones"),
+            _ => base,
+        }
+    }
 }
 
 /// Where a conditioning applies: ComfyUI's `area` `(h, w, y, x)`, in latent pixels, of a latent of `shape`
@@ -165,8 +212,8 @@ impl<M> CfgDenoiser<M> {
     }
 }
 
-/// `calculate_denoised` for one element.
-fn denoised(prediction: Prediction, sigma: f64, out: f32, x: f32) -> f64 {
+/// `calculate_denoised` for one element at `sigma`, whose model timestep is `t` (only LCM's uses it).
+fn denoised(prediction: Prediction, sigma: f64, t: f64, out: f32, x: f32) -> f64 {
     let (o, x) = (f64::from(out), f64::from(x));
     match prediction {
         Prediction::Epsilon => x - o * sigma,
@@ -174,18 +221,28 @@ fn denoised(prediction: Prediction, sigma: f64, out: f32, x: f32) -> f64 {
             let s2 = sigma * sigma + 1.0;
             x / s2 - o * sigma / s2.sqrt()
         }
+        Prediction::Lcm => {
+            // comfy_extras/nodes_model_advanced.py LCM.calculate_denoised: sigma_data 0.5, timestep_scaling 10.
+            let x0 = x - o * sigma;
+            let (sd2, st) = (0.25, t * 10.0);
+            let c_skip = sd2 / (st * st + sd2);
+            let c_out = st / (st * st + sd2).sqrt();
+            c_out * x0 + c_skip * x
+        }
+        Prediction::X0 | Prediction::ImgToImg => o,
     }
 }
 
 impl<M: NoisePredictor> CfgDenoiser<M> {
     /// The guided estimate, and with `with_uncond` the negative prompt's own (ComfyUI's `uncond_denoised`).
     fn guide(&mut self, x: &[f32], sigma: f64, with_uncond: bool) -> Result<Guided, CfgError<M::Error>> {
-        let scale = (sigma * sigma + 1.0).sqrt();
+        // calculate_input: x / sqrt(sigma^2 + sigma_data^2), except IMG_TO_IMG's, which passes x as it is.
+        let scale = if self.prediction == Prediction::ImgToImg { 1.0 } else { (sigma * sigma + 1.0).sqrt() };
         let x_in: Vec<f32> = x.iter().map(|&v| (f64::from(v) / scale) as f32).collect();
         let timestep = self.sigmas.sigma_to_t(sigma);
         let NetOutput { cond, uncond } =
             self.model.predict(&x_in, timestep, sigma, with_uncond).map_err(CfgError::Model)?;
-        let p = self.prediction;
+        let p = (self.prediction, timestep);
         let cond = combine(p, sigma, x, &cond)?;
         if !with_uncond {
             return Ok(Guided { denoised: cond.iter().map(|&v| v as f32).collect(), uncond: vec![] });
@@ -226,7 +283,7 @@ impl<M: NoisePredictor> Denoiser for CfgDenoiser<M> {
 /// weighted by its strength (feathered at area edges inside the latent), summed, and divided by the summed weights
 /// plus 1e-37, so a spot no conditioning covers is 0. One part over the whole latent gives its denoised estimate
 /// exactly.
-fn combine<E>(p: Prediction, sigma: f64, x: &[f32], parts: &[CondPart]) -> Result<Vec<f64>, CfgError<E>> {
+fn combine<E>((p, t): (Prediction, f64), sigma: f64, x: &[f32], parts: &[CondPart]) -> Result<Vec<f64>, CfgError<E>> {
     let mut sum = vec![0.0f64; x.len()];
     let mut count = vec![1e-37f64; x.len()];
     for part in parts {
@@ -237,7 +294,7 @@ fn combine<E>(p: Prediction, sigma: f64, x: &[f32], parts: &[CondPart]) -> Resul
                 }
                 for (i, ((s, c), (&o, &xv))) in sum.iter_mut().zip(&mut count).zip(part.out.iter().zip(x)).enumerate() {
                     let mult = part.strength * part.mask.as_ref().map_or(1.0, |m| f64::from(m[i]));
-                    *s += denoised(p, sigma, o, xv) * mult;
+                    *s += denoised(p, sigma, t, o, xv) * mult;
                     *c += mult;
                 }
             }
@@ -255,7 +312,7 @@ fn combine<E>(p: Prediction, sigma: f64, x: &[f32], parts: &[CondPart]) -> Resul
                         None => rows[(k / w) % h] * cols[k % w],
                     };
                     let mult = part.strength * weight;
-                    sum[i] += denoised(p, sigma, o, x[i]) * mult;
+                    sum[i] += denoised(p, sigma, t, o, x[i]) * mult;
                     count[i] += mult;
                 }
             }
@@ -448,7 +505,7 @@ mod tests {
         let mut whole = CfgDenoiser::new(Parts(vec![(None, 1.0)], vec![]), ModelSigmas::sd15(), Prediction::V, 1.0);
         let out = whole.denoise(&x, 1.0).unwrap();
         for (i, o) in out.iter().enumerate() {
-            assert_eq!(*o, denoised(Prediction::V, 1.0, value(0, i), x[i]) as f32);
+            assert_eq!(*o, denoised(Prediction::V, 1.0, 0.0, value(0, i), x[i]) as f32);
         }
     }
 
