@@ -82,3 +82,34 @@ fn model_sampling_discrete_sets_the_prediction_and_the_noise_table() {
     let e = call_kind(&reg, "ModelSamplingDiscrete", &[("model", model.clone())], &[("sampling", s("v"))]).unwrap_err();
     assert!(e.contains("sampling"), "{e}");
 }
+
+/// A ComfyUI API prompt's ModelSamplingDiscrete imports with its params (ComfyUI's input names).
+#[test]
+fn comfyui_prompts_with_model_sampling_discrete_import() {
+    use graph::comfy::{self, ImportOptions, MissingFiles, ModelRoots};
+    let reg = nodes::builtin_registry();
+    let opts = ImportOptions {
+        roots: ModelRoots { roots: Vec::new(), extra: Vec::new(), base_dir: std::path::PathBuf::from("/nonexistent") },
+        missing: MissingFiles::Warn,
+    };
+    for (sampling, zsnr) in [("lcm", true), ("v_prediction", false)] {
+        let api = serde_json::json!({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+            "2": {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["1", 0], "sampling": sampling, "zsnr": zsnr}},
+            "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a cat"}},
+            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+            "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["3", 0],
+                  "latent_image": ["4", 0], "seed": 1, "steps": 4, "cfg": 1.5, "sampler_name": "lcm",
+                  "scheduler": "sgm_uniform", "denoise": 1.0}},
+            "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+            "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "x"}},
+        });
+        let imported =
+            comfy::import("wf.json", api.to_string().as_bytes(), &reg, &opts).unwrap_or_else(|e| panic!("{e}"));
+        let node = imported.graph.nodes.iter().find(|n| n.kind.value == "ModelSamplingDiscrete").expect("imported");
+        let param = |name: &str| node.param(name).unwrap_or_else(|| panic!("no {name}")).value.clone();
+        assert_eq!(param("sampling"), s(sampling), "{}", imported.ron);
+        assert_eq!(param("zsnr"), ParamValue::Bool(zsnr), "{}", imported.ron);
+        graph::validate(imported.graph, &reg).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

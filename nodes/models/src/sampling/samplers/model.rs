@@ -3,8 +3,10 @@
 //!
 //! Mirrors Comfy-Org/ComfyUI `comfy/model_base.py` `BaseModel._apply_model` (094c74c1b7f9cd5cdd9015741e8eb26acff1142a:
 //! `calculate_input`, `timestep(sigma).float()`, `calculate_denoised`), `comfy/model_sampling.py` (2fd20839...:
-//! `EPS`, `V_PREDICTION`, `noise_scaling`) and `comfy/samplers.py` (311c0140...: `sampling_function`, whose cfg 1
-//! shortcut skips the negative prompt, `cfg_function`, `Sampler.max_denoise`). Arithmetic in f64, rounded to f32.
+//! `EPS`, `V_PREDICTION`, `noise_scaling`; `X0` and `IMG_TO_IMG` as read at
+//! 691e82787be231880314d980b49b06a8105c5de6), `comfy_extras/nodes_model_advanced.py` (691e8278...: `LCM`) and
+//! `comfy/samplers.py` (311c0140...: `sampling_function`, whose cfg 1 shortcut skips the negative prompt,
+//! `cfg_function`, `Sampler.max_denoise`). Arithmetic in f64, rounded to f32.
 
 use super::{Denoiser, Guided};
 use crate::sampling::schedulers::ModelSigmas;
@@ -167,10 +169,10 @@ impl NetOutput {
 pub trait NoisePredictor {
     type Error;
 
-    /// Runs the network on `x_in = x / sqrt(sigma^2 + 1)` at `timestep` (ComfyUI's integer-valued timestep of
-    /// sigma, see [`ModelSigmas::sigma_to_t`]) for the positive conditioning, and also for the negative one when
-    /// `with_uncond` (implementations usually batch the two). `sigma` is what the timestep was derived from, for
-    /// networks that want it. Both outputs must have `x_in`'s length; `uncond` must be `Some` when asked for.
+    /// Runs the network on `x_in = x / sqrt(sigma^2 + 1)` (`x` itself for [`Prediction::ImgToImg`]) at `timestep`
+    /// (ComfyUI's integer-valued timestep of sigma, see [`ModelSigmas::sigma_to_t`]) for the positive conditioning,
+    /// and also for the negative one when `with_uncond` (implementations usually batch the two). `sigma` is what the
+    /// timestep was derived from, for networks that want it. Both outputs must have `x_in`'s length; `uncond` must be `Some` when asked for.
     fn predict(&mut self, x_in: &[f32], timestep: f64, sigma: f64, with_uncond: bool)
     -> Result<NetOutput, Self::Error>;
 
