@@ -607,3 +607,85 @@ fn a_merged_network_shares_what_the_lora_does_not_patch() {
     let d2: Vec<f32> = w2.iter().zip(&w0).map(|(a, b)| -2.0 * (a - b)).collect();
     assert!(max_abs(&d1, &d2) < 1e-6 && d1.iter().any(|d| d.abs() > 1e-4), "{name}");
 }
+
+/// Benchmark, not run by default: LoraLoader at strength 0.5 after the same LoRA at 1.0 on the same
+/// model (what `watch` does when a strength is edited), on the tiny model and, when
+/// SDGRAPH_LORA_BENCH_DIR holds `model/` (a diffusers folder) and `lora_r32.safetensors`, on that.
+/// cargo test -p sdgraph --test pipelines lora::bench -- --ignored --nocapture
+#[test]
+#[ignore]
+fn bench_lora_strength_change() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let reg = nodes::builtin_registry();
+    let mut cases = vec![(fixtures().join("model.safetensors"), lora_dir().join("kohya_diffusers.safetensors"))];
+    if let Ok(d) = std::env::var("SDGRAPH_LORA_BENCH_DIR") {
+        cases.push((Path::new(&d).join("model"), Path::new(&d).join("lora_r32.safetensors")));
+    }
+    for (ckpt, lora) in cases {
+        let t = std::time::Instant::now();
+        let ckpt_name = ParamValue::String(ckpt.display().to_string());
+        let out = try_kind(&reg, "CheckpointLoaderSimple", &[], &[("ckpt_name", ckpt_name)]).unwrap();
+        let load = t.elapsed().as_secs_f64();
+        let (model, clip) = (out[0].clone(), out[1].clone());
+        // Waits for the GPU's queued work (a download waits for everything submitted before it).
+        let sync = || {
+            let gpu = gpu::testing::shared_gpu().unwrap();
+            gpu.download(&gpu.zeros(&[1], DType::F32).unwrap()).unwrap();
+        };
+        sync();
+        let mut times = Vec::new();
+        // The previous result stays alive while the next is made, as in the executor's cache.
+        let mut previous = None;
+        for (sm, sc) in [(1.0, 1.0), (0.5, 1.0), (0.25, 1.0)] {
+            let t = std::time::Instant::now();
+            let r = lora_loader(&reg, &model, &clip, &lora.display().to_string(), sm, sc).unwrap();
+            sync();
+            times.push(t.elapsed().as_secs_f64());
+            previous = Some(r);
+        }
+        drop(previous);
+        // The two halves, at a strength not merged yet: the UNet's, the text encoder's.
+        let (mh, ch) = (model.downcast::<ModelHandle>().unwrap(), clip.downcast::<ClipHandle>().unwrap());
+        let parsed = read_lora(&lora, &mh, Some(&ch)).unwrap();
+        let gpu = gpu::testing::shared_gpu().unwrap();
+        sync();
+        let t = std::time::Instant::now();
+        let m = nodes::lora_loader::lora_model(gpu, &mh, &parsed, 0.7).unwrap();
+        gpu.download(&m.unet.out_2.bias.clone().unwrap()).unwrap();
+        let unet_s = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let c = nodes::lora_loader::lora_clip(gpu, &ch, &parsed, 0.7).unwrap();
+        gpu.download(&c.model.final_layer_norm.weight).unwrap();
+        println!("bench: UNet merge {unet_s:.3} s, text encoder merge {:.3} s", t.elapsed().as_secs_f64());
+        // The merge's product alone: [1280, 32] @ [32, 5120] plus a [1280, 5120] residual (an ff.net.0.proj of SD 1.5).
+        use gpu::ops::matmul::{MatmulOptions, matmul};
+        let (up, down) = (
+            gpu.upload(&vec![0.01; 1280 * 32], &[1280, 32], DType::F32).unwrap(),
+            gpu.upload(&vec![0.01; 5120 * 32], &[5120, 32], DType::F32).unwrap(),
+        );
+        let w = gpu.upload(&vec![0.5; 1280 * 5120], &[1280, 5120], DType::F32).unwrap();
+        sync();
+        let t = std::time::Instant::now();
+        for _ in 0..5 {
+            matmul(gpu, &up, &down, &MatmulOptions { residual: Some(&w), transpose_b: true, ..Default::default() })
+                .unwrap();
+        }
+        sync();
+        println!("bench: rank-32 product 1280x5120 with residual {:.3} s each", t.elapsed().as_secs_f64() / 5.0);
+        let t = std::time::Instant::now();
+        for _ in 0..5 {
+            gpu::ops::binary::add(gpu, &w, &w).unwrap();
+        }
+        sync();
+        println!("bench: add of 1280x5120 {:.3} s each", t.elapsed().as_secs_f64() / 5.0);
+        println!(
+            "bench {}: checkpoint {load:.2} s; LoraLoader at 1.0 {:.3} s, then 0.5 {:.3} s, then 0.25 {:.3} s",
+            ckpt.display(),
+            times[0],
+            times[1],
+            times[2]
+        );
+    }
+}

@@ -163,6 +163,33 @@ fn load(
     Ok(lora)
 }
 
+/// The last CLIP merged: (its input, the parsed LoRA, strength_clip's bits, the result), all held weakly.
+type LastClip = Option<(Weak<ClipHandle>, Weak<ParsedLora>, u64, Weak<ClipHandle>)>;
+static LAST_CLIP: Mutex<LastClip> = Mutex::new(None);
+
+/// [`lora_clip`], or the CLIP it made last time for the same input, LoRA and strength while that is
+/// alive: when only strength_model changed, the node runs again but the text encoder is not merged
+/// again (its output's cache key is unchanged, so the prompts are not encoded again either).
+fn merged_clip(
+    gpu: &Gpu,
+    clip: &Arc<ClipHandle>,
+    lora: &Arc<ParsedLora>,
+    strength: f64,
+) -> Result<Arc<ClipHandle>, NodeError> {
+    let mut last = LAST_CLIP.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((input, parsed, bits, out)) = last.as_ref()
+        && input.upgrade().is_some_and(|i| Arc::ptr_eq(&i, clip))
+        && parsed.upgrade().is_some_and(|p| Arc::ptr_eq(&p, lora))
+        && *bits == strength.to_bits()
+        && let Some(out) = out.upgrade()
+    {
+        return Ok(out);
+    }
+    let out = Arc::new(lora_clip(gpu, clip, lora, strength).map_err(NodeError::new)?);
+    *last = Some((Arc::downgrade(clip), Arc::downgrade(lora), strength.to_bits(), Arc::downgrade(&out)));
+    Ok(out)
+}
+
 const STRENGTH_DOC: &str =
     "How strongly the LoRA changes the weights, -100..100: 1 as trained, 0 not at all, negative the opposite way.";
 const LORA_NAME_DOC: &str = "LoRA file (.safetensors: LoRA/LoCon, LoHa, LoKr, DoRA, full diffs; kohya-ss, LyCORIS or diffusers/PEFT keys), relative to the graph file's folder.";
@@ -199,7 +226,7 @@ node_kind!(
         let clip = if f.strength_clip == 0.0 {
             Value::shared(f.clip.clone())
         } else {
-            Value::payload(lora_clip(gpu, &f.clip, &lora, f.strength_clip).map_err(NodeError::new)?)
+            Value::shared(merged_clip(gpu, &f.clip, &lora, f.strength_clip)?)
         };
         Ok(vec![model, clip])
     },

@@ -17,7 +17,7 @@
 
 mod adapters;
 
-pub use adapters::{Adapter, Factor, weight_decompose};
+pub use adapters::{Adapter, Factor, LowRank, weight_decompose};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -533,13 +533,19 @@ fn merge_one(
     let merged = match (linear, m.adapter.factors(shape)) {
         (true, Some(factors)) => {
             // W + (strength * scale * up) @ down, the product's residual W added in f32 by the kernel.
-            let (r, up, down) = factors?;
+            let LowRank { rank: r, up, down } = factors?;
             let s = (strength * m.scale()?) as f32;
             let up: Vec<f32> = up.iter().map(|v| v * s).collect();
             let up = gpu.upload(&up, &[out, r], DType::F32).map_err(gpu_err)?;
-            let down = gpu.upload(&down, &[r, rows.dim(1)], DType::F32).map_err(gpu_err)?;
+            // down as [in * kh * kw, r], a Linear weight's layout (the product's fast path, transpose_b).
+            let cols = rows.dim(1);
+            let mut down_t = vec![0f32; down.len()];
+            for (i, v) in down.iter().enumerate() {
+                down_t[(i % cols) * r + i / cols] = *v;
+            }
+            let down = gpu.upload(&down_t, &[cols, r], DType::F32).map_err(gpu_err)?;
             let residual = rows32()?;
-            let opts = MatmulOptions { residual: Some(&residual), ..Default::default() };
+            let opts = MatmulOptions { residual: Some(&residual), transpose_b: true, ..Default::default() };
             matmul(gpu, &up, &down, &opts).map_err(gpu_err)?
         }
         (true, None) => {

@@ -47,6 +47,13 @@ pub enum Adapter {
     Set(LoraTensor),
 }
 
+/// A LoRA's factors as row-major f32 matrices: `up [out, rank]`, `down [rank, in * kh * kw]`.
+pub struct LowRank {
+    pub rank: usize,
+    pub up: Vec<f32>,
+    pub down: Vec<f32>,
+}
+
 /// A tensor as the matrix `t.flatten(1)` (a vector is one column), in f64.
 struct Mat {
     rows: usize,
@@ -210,7 +217,7 @@ impl Adapter {
     /// Plain LoRA's (and LoCon's) factors as the matrices `up [out, r]` and `down [r, in * kh * kw]`
     /// (a Tucker `lora_mid` folded into `down`), so the GPU can make `up @ down`; `None` for the other
     /// kinds. Checked against `shape`.
-    pub fn factors(&self, shape: &[usize]) -> Option<Result<(usize, Vec<f32>, Vec<f32>), String>> {
+    pub fn factors(&self, shape: &[usize]) -> Option<Result<LowRank, String>> {
         let Adapter::Lora { up, down, mid } = self else { return None };
         let (out, inner) = rows_of(shape);
         let down_m = match mid {
@@ -229,7 +236,7 @@ impl Adapter {
             return Some(Err(mismatch(up, down, shape)));
         }
         let f32s = |m: Mat| m.v.into_iter().map(|v| v as f32).collect();
-        Some(Ok((up_m.cols, f32s(up_m), f32s(down_m))))
+        Some(Ok(LowRank { rank: up_m.cols, up: f32s(up_m), down: f32s(down_m) }))
     }
 
     /// `W`'s change before scaling, as the weight's rows `[out, in * kh * kw]` (row-major, `shape`'s
