@@ -267,3 +267,53 @@ fn failing_edits_do_not_make_the_cache_grow() {
     assert_eq!(r.ids_with(NodeStatus::Cached), ["load", "use"]);
     assert_eq!(alive.load(Ordering::SeqCst), 1);
 }
+
+/// `Pair` (params `x`, `y`) -> `x`, `y`; each output depends on its own param alone (`NodeKind::output_depends`),
+/// as LoraLoader's CLIP depends on strength_clip and not on strength_model.
+struct Pair(NodeSchema);
+
+impl NodeKind for Pair {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+    fn run(&self, _: &mut RunContext<'_>, inputs: &NodeInputs) -> Result<Vec<Value>, NodeError> {
+        Ok(vec![Value::Int(inputs.int("x")? as i64), Value::Int(inputs.int("y")? as i64)])
+    }
+    fn output_depends(&self, output: usize) -> Option<&'static [&'static str]> {
+        Some(if output == 0 { &["x"] } else { &["y"] })
+    }
+}
+
+/// Outputs with keys of their own: editing one param re-runs the node and the consumers of the output that
+/// depends on it, not the other output's consumers.
+#[test]
+fn an_output_that_depends_on_fewer_params_keeps_its_consumers_cached() {
+    let (_c, mut reg, mut exec, dir) = setup();
+    let pair = NodeSchema::new("Pair", "test", "Two ints.")
+        .int("x", -1000, 1000, 0, "x.")
+        .int("y", -1000, 1000, 0, "y.")
+        .output("x", PortType::Int, "x.")
+        .output("y", PortType::Int, "y.");
+    reg.register(Arc::new(Pair(pair))).unwrap();
+    let graph = |x: i64, y: i64| {
+        format!(
+            r#"(nodes: {{
+                "p": (kind: "Pair", params: {{ "x": {x}, "y": {y} }}),
+                "on_x": (kind: "Add", inputs: {{ "a": "p.x", "b": "p.x" }}),
+                "on_y": (kind: "Add", inputs: {{ "a": "p.y", "b": "p.y" }}),
+                "both": (kind: "Add", inputs: {{ "a": "on_x.int", "b": "on_y.int" }}),
+                "out": (kind: "Sink", inputs: {{ "a": "both.int" }}),
+            }})"#
+        )
+    };
+    let mut ran = |x, y| {
+        let g = validate_str(&graph(x, y), &reg).unwrap();
+        let r = run(&mut exec, &g, &dir);
+        assert!(r.ok, "{:?}", r.errors());
+        r.ids_with(NodeStatus::Executed).into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(ran(1, 2), ["p", "on_x", "on_y", "both", "out"]);
+    assert_eq!(ran(5, 2), ["p", "on_x", "both", "out"]);
+    assert_eq!(ran(5, 3), ["p", "on_y", "both", "out"]);
+    assert!(ran(5, 3).is_empty());
+}
