@@ -254,13 +254,14 @@ fn bad_loras_are_explained() {
     let (mh, ch) = handles(&reg);
     let dir = crate::common::temp_dir("lora-bad");
     let q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
-    let pair = |up: Vec<usize>, down: Vec<usize>| {
+    let pair_with = |up: Vec<usize>, down: Vec<usize>, v: f32| {
         let n = |s: &Vec<usize>| s.iter().product::<usize>();
         vec![
-            (format!("{q}.lora_up.weight"), up.clone(), vec![0.1; n(&up)]),
-            (format!("{q}.lora_down.weight"), down.clone(), vec![0.1; n(&down)]),
+            (format!("{q}.lora_up.weight"), up.clone(), vec![v; n(&up)]),
+            (format!("{q}.lora_down.weight"), down.clone(), vec![v; n(&down)]),
         ]
     };
+    let pair = |up: Vec<usize>, down: Vec<usize>| pair_with(up, down, 0.1);
     // What LoraLoader does before building the networks: read, match, merge.
     let err = |path: &Path| {
         read_lora(path, &mh, Some(&ch)).and_then(|l| nodes::lora_loader::lora_model(gpu, &mh, &l, 1.0).map(|_| l))
@@ -332,6 +333,9 @@ fn bad_loras_are_explained() {
     nan[1].2[3] = f32::NAN;
     let e = err(&write_owned("nan.safetensors", nan)).unwrap_err();
     assert!(e.contains(&format!("{q}.lora_down.weight")) && e.contains("NaN"), "{e}");
+    // Finite factors whose product overflows f32: an error naming the module, not an infinite weight.
+    let e = err(&write_owned("huge.safetensors", pair_with(vec![8, 2], vec![2, 8], 1e30))).unwrap_err();
+    assert!(e.contains(q) && e.contains("inf"), "{e}");
 
     let mut sdxl = pair(vec![8, 2], vec![2, 8]);
     sdxl.push(("lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(), vec![4, 1], vec![0.0; 4]));

@@ -530,12 +530,16 @@ fn merge_one(
     // The factors and the sum stay f32 (f16 factors would round the delta by 1e-3 of itself); only
     // the merged weight is stored in `dtype`.
     let rows32 = || cast(gpu, &rows, DType::F32).map_err(gpu_err);
+    let max_abs = |v: &[f32]| v.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
+    // A bound on |change| (or on the merged values): past half the dtype's range, the result is checked.
+    let mut bound = 0f64;
     let merged = match (linear, m.adapter.factors(shape)) {
         (true, Some(factors)) => {
             // W + (strength * scale * up) @ down, the product's residual W added in f32 by the kernel.
             let LowRank { rank: r, up, down } = factors?;
             let s = (strength * m.scale()?) as f32;
             let up: Vec<f32> = up.iter().map(|v| v * s).collect();
+            bound = max_abs(&up) * max_abs(&down) * r as f64;
             let up = gpu.upload(&up, &[out, r], DType::F32).map_err(gpu_err)?;
             // down as [in * kh * kw, r], a Linear weight's layout (the product's fast path, transpose_b).
             let cols = rows.dim(1);
@@ -551,6 +555,7 @@ fn merge_one(
         (true, None) => {
             let s = strength * m.scale()?;
             let d: Vec<f32> = m.adapter.product(shape)?.iter().map(|d| (s * d) as f32).collect();
+            bound = max_abs(&d);
             let d = gpu.upload(&d, rows.shape(), DType::F32).map_err(gpu_err)?;
             add(gpu, &rows32()?, &d).map_err(gpu_err)?
         }
@@ -560,10 +565,21 @@ fn merge_one(
             if let Some(v) = merged.iter().find(|v| !v.is_finite()) {
                 return Err(format!("the merged weight holds {v}"));
             }
+            bound = max_abs(&merged);
             gpu.upload(&merged, shape, dtype).map_err(gpu_err)?
         }
     };
-    cast(gpu, &merged, dtype).map_err(gpu_err)?.reshape(shape).map_err(gpu_err)
+    let merged = cast(gpu, &merged, dtype).map_err(gpu_err)?;
+    let limit = match dtype {
+        DType::F16 => 32752.0,
+        DType::F32 => 1.0e38,
+    };
+    if !(bound <= limit)
+        && let Some(v) = gpu.download(&merged).map_err(gpu_err)?.into_iter().find(|v| !v.is_finite())
+    {
+        return Err(format!("the merged weight holds {v} in {dtype:?} (the change reaches {bound:e})"));
+    }
+    merged.reshape(shape).map_err(gpu_err)
 }
 
 /// `base` (a tensor of `shape`) patched by `m` at `strength`, as ComfyUI's `calculate_weight`.
