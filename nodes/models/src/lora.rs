@@ -532,7 +532,7 @@ fn merge_one(
     let rows32 = || cast(gpu, &rows, DType::F32).map_err(gpu_err);
     let max_abs = |v: &[f32]| v.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
     // A bound on |change| (or on the merged values): past half the dtype's range, the result is checked.
-    let mut bound = 0f64;
+    let bound: f64;
     let merged = match (linear, m.adapter.factors(shape)) {
         (true, Some(factors)) => {
             // W + (strength * scale * up) @ down, the product's residual W added in f32 by the kernel.
@@ -574,7 +574,7 @@ fn merge_one(
         DType::F16 => 32752.0,
         DType::F32 => 1.0e38,
     };
-    if !(bound <= limit)
+    if (!bound.is_finite() || bound > limit)
         && let Some(v) = gpu.download(&merged).map_err(gpu_err)?.into_iter().find(|v| !v.is_finite())
     {
         return Err(format!("the merged weight holds {v} in {dtype:?} (the change reaches {bound:e})"));
