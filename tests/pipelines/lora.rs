@@ -614,7 +614,8 @@ fn a_merged_network_shares_what_the_lora_does_not_patch() {
 
 /// Benchmark, not run by default: LoraLoader at strength 0.5 after the same LoRA at 1.0 on the same
 /// model (what `watch` does when a strength is edited), on the tiny model and, when
-/// SDGRAPH_LORA_BENCH_DIR holds `model/` (a diffusers folder) and `lora_r32.safetensors`, on that.
+/// SDGRAPH_LORA_BENCH_DIR holds `model/` (a diffusers folder) and `lora_r32.safetensors`
+/// (tests/fixtures/lora/make_lora_bench.py writes a half-width SD 1.5-shaped one), on that.
 /// cargo test -p sdgraph --test pipelines lora::bench -- --ignored --nocapture
 #[test]
 #[ignore]
