@@ -261,3 +261,45 @@ fn f16_attention_does_not_overflow_where_sd21_needs_the_upcast() {
     // The f16 output's rounding (ulp 0.03 at 32..64) plus the f32 scores' (~6e-8 * 1e5 in the exponent).
     assert!(err < 0.05, "off by {err}");
 }
+
+/// Full width: a random SD 2.1 UNet (stabilityai/stable-diffusion-2-1's config: 320..1280 channels, 5, 10, 20, 20
+/// heads of 64, linear projections, context 1024) made by tests/fixtures/sd2_unet/make_sd21_full_width.py (1.7 GB,
+/// not committed), loaded with nothing but what detection finds, against diffusers in float64 at an 8x8 latent.
+/// `SD21_WIDE_FIXTURE=/tmp/sd21 cargo test -p sdgraph --test models full_width_sd21 -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs the 1.7 GB fixture made by make_sd21_full_width.py (SD21_WIDE_FIXTURE)"]
+fn full_width_sd21_unet_from_env() {
+    let Some(gpu) = shared_gpu() else { return };
+    let dir = std::path::PathBuf::from(std::env::var("SD21_WIDE_FIXTURE").expect("SD21_WIDE_FIXTURE"));
+    let src = WeightSource::single_file(&dir.join("model.safetensors")).unwrap();
+    let reference = models::checkpoint::safetensors::SafeTensors::open(&dir.join("reference.safetensors")).unwrap();
+    let t = |n: &str| reference.f32_any(n).unwrap();
+    let cfg = UnetConfig::detect_from_weights(&src.prefix(PREFIX)).unwrap();
+    assert_eq!(cfg.heads, AttentionHeads::Dim(64), "SD 2.x: heads of 64 channels");
+    assert_eq!((cfg.context_dim, cfg.norm.groups), (1024, 32));
+    assert_eq!(sd2_prediction(&src.prefix(PREFIX), 4).unwrap(), Prediction::V, "norm biases drawn with std 0.2");
+    let ((xs, x), (_, ts), (cs, c), (_, want)) = (t("x"), t("t"), t("context"), t("out"));
+    for (dtype, check) in [(DType::F32, "1 - cos < 1e-6"), (DType::F16, "cos >= 0.9999")] {
+        let start = std::time::Instant::now();
+        let unet = Unet::load(gpu, &src.prefix(PREFIX), &cfg, dtype).unwrap();
+        let loaded = start.elapsed().as_secs_f64();
+        let (xg, cg) = (gpu.upload(&x, &xs, dtype).unwrap(), gpu.upload(&c, &cs, dtype).unwrap());
+        let y = unet.forward(gpu, &xg, &ts, &cg).unwrap();
+        let got = gpu.download(&y).unwrap();
+        let dot: f64 = got.iter().zip(&want).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+        let norm = |v: &[f32]| v.iter().map(|&a| f64::from(a) * f64::from(a)).sum::<f64>().sqrt();
+        let cos = dot / (norm(&got) * norm(&want));
+        let err = max_abs(&got, &want);
+        println!(
+            "full-width SD 2.1 UNet {dtype:?}: 1 - cos {:.2e}, max abs err {err:.2e} (values up to {:.2}); load {loaded:.1} s, \
+             call {:.1} s",
+            1.0 - cos,
+            max_abs(&want, &vec![0.0; want.len()]),
+            start.elapsed().as_secs_f64() - loaded
+        );
+        match dtype {
+            DType::F32 => assert!(1.0 - cos < 1e-6, "{check}: {}", 1.0 - cos),
+            _ => assert!(cos >= 0.9999, "{check}: {cos}"),
+        }
+    }
+}
