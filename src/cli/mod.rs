@@ -163,6 +163,10 @@ enum Command {
         /// Listen on a non-loopback address without a token, on purpose.
         #[arg(long)]
         insecure: bool,
+        /// Sampler previews as binary WebSocket frames: `latent2rgb` (ComfyUI's cheap projection), or `none`
+        /// (ComfyUI's default: clients that take every binary frame for a result picture expect none).
+        #[arg(long, default_value = "none", value_parser = ["none", "latent2rgb"])]
+        preview_method: String,
         /// GPU adapter by name or backend substring (default: SDGRAPH_ADAPTER, else the best GPU).
         #[arg(long)]
         adapter: Option<String>,
@@ -312,10 +316,12 @@ pub fn main() -> i32 {
         Command::Import { file, out } => import::import(&registry, &models, &file, out.as_deref()),
         Command::Nodes { kind, json } => list_nodes::nodes(&registry, kind.as_deref(), json),
         Command::Dot { file, sets } => dot::dot(&registry, &models, &file, &sets),
-        Command::Serve { listen, output_dir, input_dir, state_dir, auth_token, insecure, adapter } => {
+        Command::Serve { listen, output_dir, input_dir, state_dir, auth_token, insecure, preview_method, adapter } => {
             ::gpu::device::configure_shared(settings.gpu_options(adapter, false));
             let auth_token = auth_token.or_else(|| settings.auth_token.clone());
-            let args = serve::ServeArgs { listen, output_dir, input_dir, state_dir, auth_token, insecure, models };
+            let previews = preview_method == "latent2rgb";
+            let args =
+                serve::ServeArgs { listen, output_dir, input_dir, state_dir, auth_token, insecure, previews, models };
             serve::serve(registry, args)
         }
         Command::Sweep { file, params, out_dir, shard, shards, status, json, quiet, adapter } => {

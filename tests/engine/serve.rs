@@ -186,7 +186,7 @@ fn a_comfyui_client_queues_a_prompt_and_gets_its_picture() {
         return;
     }
     let dir = setup("serve-client");
-    let server = start(&dir, &[]);
+    let server = start(&dir, &["--preview-method", "latent2rgb"]);
     let prompt_file = dir.join("prompt.json");
     std::fs::write(&prompt_file, txt2img(3, 32, 5).to_string()).unwrap();
     let picture = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo/green_square.png");
@@ -213,6 +213,9 @@ fn a_comfyui_client_queues_a_prompt_and_gets_its_picture() {
     assert!(first("execution_start") < first("executing") && first("executing") < first("executed"), "{types:?}");
     let progress = msgs.iter().find(|m| m["type"] == "progress" && m["data"]["node"] == "3").expect("sampler progress");
     assert_eq!(progress["data"]["max"], 3, "{progress}");
+    // With --preview-method latent2rgb, preview frames: event 1 (PREVIEW_IMAGE), image type 2 (PNG).
+    let frame = msgs.iter().find(|m| m["type"] == "binary").expect("a preview frame");
+    assert_eq!(frame["head"], json!([0, 0, 0, 1, 0, 0, 0, 2]));
     let executed = msgs.iter().find(|m| m["type"] == "executed").unwrap();
     assert_eq!(executed["data"]["node"], "9");
     assert_eq!(executed["data"]["output"]["images"][0]["type"], "output");
@@ -240,6 +243,70 @@ fn a_comfyui_client_queues_a_prompt_and_gets_its_picture() {
     for node in ["3", "4", "5", "6", "7", "8"] {
         assert!(cached.as_array().unwrap().iter().any(|n| n == node), "node {node} not cached: {cached}");
     }
+}
+
+/// The default workflow in API format with ComfyUI's `_meta` titles, on the demo model.
+fn titled_demo_workflow() -> Json {
+    let mut w = txt2img(8, 64, 11);
+    w["4"]["inputs"]["ckpt_name"] = "sdgraph-demo.safetensors".into();
+    for (id, title) in [
+        ("3", "KSampler"),
+        ("4", "Load Checkpoint"),
+        ("5", "Empty Latent Image"),
+        ("6", "Positive"),
+        ("7", "Negative"),
+        ("8", "VAE Decode"),
+        ("9", "Save Image"),
+    ] {
+        w[id]["_meta"] = json!({ "title": title });
+    }
+    w
+}
+
+#[test]
+fn a_comfyui_client_library_from_pypi_renders_the_demo_model() {
+    if gpu::testing::shared_gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("serve-simplified");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.join("models/checkpoints")).unwrap();
+    std::fs::copy(
+        root.join("assets/demo/sdgraph-demo.safetensors"),
+        dir.join("models/checkpoints/sdgraph-demo.safetensors"),
+    )
+    .unwrap();
+    let server = start(&dir, &[]);
+    let workflow = dir.join("workflow_api.json");
+    std::fs::write(&workflow, titled_demo_workflow().to_string()).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/fixtures/serve/simplified_client.py"))
+        .arg(&server.addr)
+        .arg(&workflow)
+        .arg(dir.join("got"))
+        .arg("a yellow square on a blue background, bottom right")
+        .output()
+        .expect("python3 runs simplified_client.py (it needs comfy-api-simplified: .ci/run installs it)");
+    assert!(out.status.success(), "simplified_client.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got = json_of(&out.stdout);
+    assert_eq!(got["images"].as_object().map(|o| o.len()), Some(1), "{got}");
+    // What the library fetched through /view is the picture the server saved, and it shows the prompt.
+    let fetched = std::fs::read(dir.join("got/ComfyUI_00001.png")).unwrap();
+    assert_eq!(fetched, std::fs::read(dir.join("output/ComfyUI_00001.png")).unwrap());
+    let pic = image::load_from_memory(&fetched).unwrap().to_rgb8();
+    assert_eq!(pic.dimensions(), (64, 64));
+    let blue = |p: &image::Rgb<u8>| p[2] > 150 && p[0] < 120;
+    let yellow = |p: &image::Rgb<u8>| p[0] > 150 && p[1] > 130 && p[2] < 120;
+    let share = |keep: &dyn Fn(u32, u32) -> bool, is: &dyn Fn(&image::Rgb<u8>) -> bool| {
+        let px: Vec<_> = pic.enumerate_pixels().filter(|(x, y, _)| keep(*x, *y)).collect();
+        px.iter().filter(|(_, _, p)| is(p)).count() as f64 / px.len() as f64
+    };
+    let (top_left_blue, bottom_right_yellow) =
+        (share(&|x, y| x < 24 && y < 24, &blue), share(&|x, y| x >= 32 && y >= 32, &yellow));
+    assert!(
+        top_left_blue > 0.8 && bottom_right_yellow > 0.15,
+        "blue {top_left_blue:.2}, yellow {bottom_right_yellow:.2}"
+    );
 }
 
 #[test]

@@ -30,6 +30,8 @@ pub struct ServeArgs {
     pub state_dir: PathBuf,
     pub auth_token: Option<String>,
     pub insecure: bool,
+    /// Binary preview frames while sampling (ComfyUI's `--preview-method latent2rgb`; off as in ComfyUI).
+    pub previews: bool,
     pub models: ModelPaths,
 }
 
@@ -118,7 +120,7 @@ pub fn serve(registry: graph::Registry, args: ServeArgs) -> i32 {
         token: args.auth_token.map(Into::into),
         object_info,
     };
-    let worker = worker::Worker { ctx, queue: queue.clone(), events };
+    let worker = worker::Worker { previews: args.previews, ctx, queue: queue.clone(), events };
     let worker = std::thread::Builder::new().name("sdgraph-worker".into()).spawn(move || worker.run());
     let worker = match worker {
         Ok(w) => w,

@@ -51,6 +51,8 @@ pub fn status(queue: &Queue, sid: Option<&str>) -> Event {
 }
 
 pub struct Worker {
+    /// Send binary preview frames of the samplers (ComfyUI sends none unless started with a preview method).
+    pub previews: bool,
     pub ctx: Arc<ServeCtx>,
     pub queue: Arc<Queue>,
     pub events: broadcast::Sender<Event>,
@@ -87,7 +89,13 @@ impl Worker {
                 return log.error(&a.id, None, "", &text.join("\n"), "ValidationError");
             }
         };
-        let progress = ClientProgress { events: &self.events, client, prompt_id: &a.id, ids: &prepared.comfy_ids };
+        let progress = ClientProgress {
+            previews: self.previews,
+            events: &self.events,
+            client,
+            prompt_id: &a.id,
+            ids: &prepared.comfy_ids,
+        };
         let opts = RunOptions {
             base_dir: self.ctx.base_dir.clone(),
             out_dir: self.ctx.output_dir.clone(),
@@ -222,6 +230,8 @@ impl Log<'_> {
 
 /// The executor's progress as ComfyUI messages to the prompt's client.
 struct ClientProgress<'a> {
+    /// Whether to send preview frames (`--preview-method`).
+    previews: bool,
     events: &'a broadcast::Sender<Event>,
     client: Option<&'a str>,
     prompt_id: &'a str,
@@ -247,7 +257,7 @@ impl Progress for ClientProgress<'_> {
     }
 
     fn wants_preview(&self, _id: &str, done: u64, total: u64) -> bool {
-        self.events.receiver_count() > 0 && (done == total || done.is_multiple_of(PREVIEW_EVERY))
+        self.previews && self.events.receiver_count() > 0 && (done == total || done.is_multiple_of(PREVIEW_EVERY))
     }
 
     /// ComfyUI's binary preview frame: event type 1 (PREVIEW_IMAGE), image type 2 (PNG), the PNG.
