@@ -96,6 +96,9 @@ fn json_run_report_lists_nodes_and_outputs() {
 fn check_accepts_every_example_graph() {
     for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs")).unwrap() {
         let p = entry.unwrap().path();
+        if p.extension().is_none_or(|x| x != "ron") {
+            continue; // graphs/embeddings/ and the like
+        }
         let o = sdgraph(&["check", "--plugins", "plugins", p.to_str().unwrap()]);
         assert!(o.status.success(), "{}: {}", p.display(), text(&o.stderr));
     }

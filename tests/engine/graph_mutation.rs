@@ -53,8 +53,13 @@ fn mutate(src: &[u8], rng: &mut Rng) -> Vec<u8> {
 
 fn seeds() -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs");
-    let mut v: Vec<Vec<u8>> =
-        std::fs::read_dir(dir).unwrap().flatten().map(|e| std::fs::read(e.path()).unwrap()).collect();
+    // The graph files (graphs/ also holds folders, such as embeddings/).
+    let mut v: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "ron"))
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .collect();
     v.sort();
     assert!(!v.is_empty(), "no example graphs found to mutate");
     v

@@ -59,7 +59,8 @@ pub use gradient_estimation::sample_gradient_estimation;
 pub use heun::{sample_dpm_2, sample_heun, sample_heunpp2};
 pub use lcm::sample_lcm;
 pub use model::{
-    CfgDenoiser, CfgError, CondPart, LatentArea, ModelSampling, NetOutput, NoisePredictor, Prediction, initial_latent, max_denoise,
+    CfgDenoiser, CfgError, CondPart, LatentArea, ModelSampling, NetOutput, NoisePredictor, Prediction, initial_latent,
+    max_denoise,
 };
 pub use multistep::{sample_deis, sample_ipndm, sample_ipndm_v, sample_lms};
 pub use res_multistep::sample_res_multistep;
