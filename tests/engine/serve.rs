@@ -92,11 +92,18 @@ fn unchunk(mut data: &[u8]) -> Vec<u8> {
 
 /// `POST /upload/image` with `data` as the multipart `image` file named `name`.
 fn upload(addr: &str, name: &str, data: &[u8]) -> (u16, Vec<u8>) {
+    upload_to(addr, name, data, "")
+}
+
+/// [`upload`] into `subfolder`.
+fn upload_to(addr: &str, name: &str, data: &[u8], subfolder: &str) -> (u16, Vec<u8>) {
     let boundary = "sdgraphtestboundary";
-    let mut body = format!(
+    let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"subfolder\"\r\n\r\n{subfolder}\r\n")
+        .into_bytes();
+    body.extend(format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n"
     )
-    .into_bytes();
+    .into_bytes());
     body.extend_from_slice(data);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let mut s = TcpStream::connect(addr).unwrap();
@@ -485,6 +492,20 @@ fn bad_requests_and_paths_outside_their_folders_are_refused() {
     assert!(!dir.join("escape.png").exists());
     let (status, body) = upload(addr, "ok.png", &png);
     assert_eq!((status, json_of(&body)["name"].as_str()), (200, Some("ok.png")));
+    // Links out of the folders are not followed: a linked subfolder, a linked file with overwrite.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(dir.as_ref() as &Path, dir.join("input/out")).unwrap();
+        std::fs::write(dir.join("outside.png"), &png).unwrap();
+        std::os::unix::fs::symlink(dir.join("outside.png"), dir.join("input/linked.png")).unwrap();
+        for path in ["/view?filename=secret.txt&subfolder=out&type=input", "/view?filename=linked.png&type=input"] {
+            let (status, _) = http(addr, "GET", path, None, None);
+            assert_eq!(status, 400, "{path}");
+        }
+        let (status, _) = upload_to(addr, "x.png", &png, "out");
+        assert_eq!(status, 400);
+        assert!(!dir.join("x.png").exists());
+    }
     let (status, body) = upload(addr, "ok.png", &png);
     assert_eq!((status, json_of(&body)["name"].as_str()), (200, Some("ok (1).png")), "a taken name is not overwritten");
     // The node kinds in ComfyUI's terms, with the checkpoint among ckpt_name's choices.

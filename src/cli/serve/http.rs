@@ -313,6 +313,17 @@ async fn upload_image(State(app): State<App>, mut form: Multipart) -> Response {
         }
     }
     let path = folder.join(&file_name);
+    // No way out through links: the folder must resolve inside its root, and no link is written through.
+    let inside = match (dir.canonicalize(), folder.canonicalize()) {
+        (Ok(root), Ok(f)) => f.starts_with(root),
+        _ => false,
+    };
+    if !inside || path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} leads outside the {ty} folder", rel.display().to_string()),
+        );
+    }
     if let Err(e) = tokio::fs::write(&path, &data).await {
         return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}", path.display()));
     }
