@@ -103,11 +103,17 @@ fn prompts() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     out
 }
 
-/// Runs graphs/txt2img.ron with `sets`, in `exec` (so the model loads once).
-fn run_txt2img(exec: &mut Executor, sets: &[String], out: &Path) -> PathBuf {
-    let path = root().join("graphs/txt2img.ron");
+/// Runs `graphs/<name>` as shipped with `sets` applied, in `exec` (so a model loads once); the run's report,
+/// which must be ok.
+pub(crate) fn run_shipped(
+    exec: &mut Executor,
+    name: &str,
+    sets: &[impl AsRef<str>],
+    out: &Path,
+) -> graph::exec::RunReport {
+    let path = root().join("graphs").join(name);
     let mut g = graph::parse_graph(&path.display().to_string(), &std::fs::read(&path).unwrap()).unwrap();
-    let sets: Vec<SetOverride> = sets.iter().map(|s| SetOverride::parse(s).unwrap()).collect();
+    let sets: Vec<SetOverride> = sets.iter().map(|s| SetOverride::parse(s.as_ref()).unwrap()).collect();
     g.apply_overrides(&sets).unwrap();
     let g = graph::validate(g, &nodes::builtin_registry()).unwrap_or_else(|e| panic!("{e}"));
     let opts = graph::exec::RunOptions {
@@ -118,8 +124,13 @@ fn run_txt2img(exec: &mut Executor, sets: &[String], out: &Path) -> PathBuf {
         cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let report = exec.run(&g, &opts);
-    assert!(report.ok, "{:?}", report.errors());
-    report.outputs()[0].clone()
+    assert!(report.ok, "{name}: {:?}", report.errors());
+    report
+}
+
+/// Runs graphs/txt2img.ron with `sets`, in `exec` (so the model loads once).
+fn run_txt2img(exec: &mut Executor, sets: &[String], out: &Path) -> PathBuf {
+    run_shipped(exec, "txt2img.ron", sets, out).outputs()[0].clone()
 }
 
 #[test]

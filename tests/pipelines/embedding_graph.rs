@@ -11,20 +11,7 @@ fn root() -> &'static Path {
 
 /// Runs `graphs/<name>` as shipped in `exec`; the saved picture and what the run read.
 fn run(exec: &mut Executor, name: &str, sets: &[&str], out: &Path) -> (PathBuf, Vec<PathBuf>) {
-    let path = root().join("graphs").join(name);
-    let mut g = graph::parse_graph(&path.display().to_string(), &std::fs::read(&path).unwrap()).unwrap();
-    let sets: Vec<graph::SetOverride> = sets.iter().map(|s| graph::SetOverride::parse(s).unwrap()).collect();
-    g.apply_overrides(&sets).unwrap();
-    let g = graph::validate(g, &nodes::builtin_registry()).unwrap_or_else(|e| panic!("{e}"));
-    let opts = graph::exec::RunOptions {
-        base_dir: root().join("graphs"),
-        out_dir: out.to_path_buf(),
-        graph_text: String::new(),
-        progress: &graph::exec::NoProgress,
-        cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    };
-    let report = exec.run(&g, &opts);
-    assert!(report.ok, "{name}: {:?}", report.errors());
+    let report = crate::demo_model::run_shipped(exec, name, sets, out);
     let read = report.nodes.iter().flat_map(|n| n.files_read.iter().map(|f| f.path.clone())).collect();
     (report.outputs()[0].clone(), read)
 }
