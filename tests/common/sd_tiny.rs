@@ -58,3 +58,33 @@ pub fn full_vocab_checkpoint_with(dir: &Path, file: &str, edit: &dyn Fn(&str, &m
     write_with_metadata(&path, &tensors, Dtype::F32, &meta).unwrap();
     path
 }
+
+/// Writes `src`'s tensors (as f32) to `dst` with tensor `key` replaced by `replace` (added when `src` lacks it),
+/// or dropped when `replace` is `None`, and with `meta` as the metadata: a broken copy of a fixture.
+pub fn copy_with_tensor(
+    src: &Path,
+    dst: &Path,
+    key: &str,
+    replace: Option<(Vec<usize>, Vec<f32>)>,
+    meta: &[(&str, &str)],
+) -> PathBuf {
+    let st = SafeTensors::open(src).unwrap();
+    let mut owned = Vec::new();
+    for n in st.names() {
+        let (shape, data) = st.f32_any(n).unwrap();
+        if n == key {
+            if let Some((s, d)) = &replace {
+                owned.push((n.to_string(), s.clone(), d.clone()));
+            }
+            continue;
+        }
+        owned.push((n.to_string(), shape, data));
+    }
+    if let Some((s, d)) = replace.filter(|_| st.info(key).is_none()) {
+        owned.push((key.to_string(), s, d));
+    }
+    let tensors: Vec<(&str, &[usize], &[f32])> =
+        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+    write_with_metadata(dst, &tensors, Dtype::F32, meta).unwrap();
+    dst.to_path_buf()
+}

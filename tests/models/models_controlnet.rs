@@ -12,7 +12,7 @@ use crate::common::sd_tiny::{Layout, source};
 use gpu::testing::shared_gpu;
 use gpu::{DType, Gpu, Tensor};
 use graph::Image;
-use models::checkpoint::safetensors::{Dtype, SafeTensors, write, write_with_metadata};
+use models::checkpoint::safetensors::{SafeTensors, write};
 use models::sampling::controls::{
     PreparedControl, UnetCall, control_hint, control_residuals, prepare_controls, scale_residuals,
 };
@@ -290,24 +290,8 @@ fn control_image_is_center_cropped_resized_nearest_exact_and_repeated_to_the_bat
 
 /// Copies the LDM fixture with one tensor changed (`None` drops it).
 fn broken_copy(dir: &Path, name: &str, key: &str, replace: Option<(Vec<usize>, Vec<f32>)>) -> PathBuf {
-    let st = SafeTensors::open(&ldm_file()).unwrap();
-    let mut owned = Vec::new();
-    for n in st.names() {
-        let (shape, data) = st.f32_any(n).unwrap();
-        if n == key {
-            if let Some((s, d)) = &replace {
-                owned.push((n.to_string(), s.clone(), d.clone()));
-            }
-            continue;
-        }
-        owned.push((n.to_string(), shape, data));
-    }
-    let tensors: Vec<(&str, &[usize], &[f32])> =
-        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
-    let path = dir.join(name);
-    write_with_metadata(&path, &tensors, Dtype::F32, &[("sdgraph.unet.heads", "2"), ("sdgraph.norm_groups", "4")])
-        .unwrap();
-    path
+    let meta = [("sdgraph.unet.heads", "2"), ("sdgraph.norm_groups", "4")];
+    crate::common::sd_tiny::copy_with_tensor(&ldm_file(), &dir.join(name), key, replace, &meta)
 }
 
 #[test]

@@ -226,7 +226,8 @@ fn t2i_adapter_strengths_add_up_and_respect_their_sigma_range() {
     assert_eq!(f3, feats(0).repeat(3));
 }
 
-/// Copies the full adapter with one tensor changed (`None` drops it) and the given metadata.
+/// Copies the full adapter with one tensor changed (`None` drops it, a key it lacks is added) and the given
+/// metadata.
 fn broken_copy(
     dir: &Path,
     name: &str,
@@ -234,26 +235,7 @@ fn broken_copy(
     replace: Option<(Vec<usize>, Vec<f32>)>,
     meta: &[(&str, &str)],
 ) -> PathBuf {
-    let st = SafeTensors::open(&self::dir().join("full.safetensors")).unwrap();
-    let mut owned = Vec::new();
-    for n in st.names() {
-        let (shape, data) = st.f32_any(n).unwrap();
-        if n == key {
-            if let Some((s, d)) = &replace {
-                owned.push((n.to_string(), s.clone(), d.clone()));
-            }
-            continue;
-        }
-        owned.push((n.to_string(), shape, data));
-    }
-    if let Some((s, d)) = replace.filter(|_| st.info(key).is_none()) {
-        owned.push((key.to_string(), s, d));
-    }
-    let tensors: Vec<(&str, &[usize], &[f32])> =
-        owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
-    let path = dir.join(name);
-    write_with_metadata(&path, &tensors, Dtype::F32, meta).unwrap();
-    path
+    crate::common::sd_tiny::copy_with_tensor(&self::dir().join("full.safetensors"), &dir.join(name), key, replace, meta)
 }
 
 #[test]
